@@ -1,0 +1,294 @@
+"""Dataset discovery, decoding and augmentation.
+
+Layout: ROOT/{train,valid,test}/{Fake,Real}/* (also validation/ or val/, any letter case).
+Label convention: Fake = 1 (the positive class), Real = 0.
+
+Images are decoded and resized once, into a uint8 array (N, 3, S, S). When a cache folder is
+given the array lives in a memory-mapped .npy keyed by the split's content fingerprint and the
+size, so every trial on a machine shares one decoded copy. Augmentation then runs on tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+from tune import FAKE, REAL
+from tune.utils import UserError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation", "val"), "test": ("test",)}
+CLASS_LABELS = {"fake": FAKE, "real": REAL}
+MAX_PIXELS = 64_000_000  # refuse decompression bombs (PIL's own default warns at 89 M)
+
+
+class DataError(UserError):
+    pass
+
+
+@dataclass
+class SplitFiles:
+    split: str
+    paths: list[Path]
+    labels: list[int]
+    ignored: int = 0  # non-image files found and skipped
+
+
+@dataclass
+class ImageSet:
+    """Decoded images of one split: x is uint8 (N, 3, S, S), possibly a read-only memmap."""
+
+    split: str
+    x: np.ndarray
+    y: np.ndarray  # float32 labels, 1 = Fake
+    paths: list[str]
+    fingerprint: str
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def _child_ci(parent: Path, names: tuple[str, ...]) -> Path | None:
+    """The child of `parent` whose name matches one of `names`, ignoring case."""
+    try:
+        children = {c.name.lower(): c for c in parent.iterdir()}
+    except (NotADirectoryError, FileNotFoundError):
+        return None
+    for name in names:
+        if name in children:
+            return children[name]
+    return None
+
+
+def find_split_dir(root: Path, split: str) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data folder not found: {root} (expected ROOT/{{train,valid,test}}/{{Fake,Real}}/)")
+    if not root.is_dir():
+        raise DataError(f"data path is a file, not a folder: {root}")
+    d = _child_ci(root, SPLIT_NAMES[split])
+    if d is None:
+        raise DataError(f"missing split folder: {root}/{split} (also accepted: {', '.join(SPLIT_NAMES[split])})")
+    if not d.is_dir():
+        raise DataError(f"split path is a file, not a folder: {d}")
+    return d
+
+
+def _walk_files(top: Path) -> list[Path]:
+    """All files under `top`, following symlinked folders but never entering one twice (no loop hangs)."""
+    seen: set[tuple[int, int]] = set()
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        out += [Path(dirpath) / f for f in sorted(filenames)]
+    return out
+
+
+def scan_split(root: Path, split: str) -> SplitFiles:
+    split_dir = find_split_dir(root, split)
+    paths: list[Path] = []
+    labels: list[int] = []
+    ignored = 0
+    for cls in ("Fake", "Real"):
+        d = _child_ci(split_dir, (cls.lower(),))
+        if d is None:
+            raise DataError(f"missing class folder: {split_dir}/{cls}")
+        if not d.is_dir():
+            raise DataError(f"class path is a file, not a folder: {d}")
+        files = _walk_files(d)
+        images = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
+        ignored += len(files) - len(images)
+        if not images:
+            raise DataError(f"empty class folder: {d} has no images (expected {', '.join(sorted(IMAGE_EXTS))})")
+        paths += images
+        labels += [CLASS_LABELS[cls.lower()]] * len(images)
+    return SplitFiles(split, paths, labels, ignored)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(files: SplitFiles) -> str:
+    """Content hash of a split: relative paths, labels and file bytes (renames and edits both count)."""
+    h = hashlib.sha256()
+    base = files.paths[0].parents[1] if files.paths else Path(".")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        digests = list(pool.map(file_digest, files.paths))
+    for p, lab, dig in zip(files.paths, files.labels, digests, strict=False):
+        h.update(f"{p.relative_to(base).as_posix()}\t{lab}\t{dig}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """One image → uint8 (3, size, size) RGB. Raises ValueError with a short reason when it can't."""
+    if path.stat().st_size == 0:
+        raise ValueError("zero bytes")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ValueError(f"decompression bomb refused ({im.width}x{im.height} pixels)")
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    # 16-bit greyscale: scale to 8 bits rather than clip.
+                    arr = np.asarray(im, dtype=np.float64)
+                    im = Image.fromarray((arr * (255.0 / max(arr.max(), 1.0))).astype(np.uint8))
+                elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                    im = im.convert("RGBA")
+                rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"decompression bomb refused ({e})") from None
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt/truncated files
+        raise ValueError(f"unreadable: {str(e).strip() or type(e).__name__}"[:160]) from None
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def _decode_all(files: SplitFiles, size: int) -> tuple[np.ndarray, list[tuple[Path, str]]]:
+    x = np.zeros((len(files.paths), 3, size, size), dtype=np.uint8)
+    bad: list[tuple[Path, str]] = []
+
+    def one(i: int) -> None:
+        try:
+            x[i] = decode_image(files.paths[i], size)
+        except (ValueError, OSError) as e:
+            bad.append((files.paths[i], str(e)))
+
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        list(pool.map(one, range(len(files.paths))))
+    return x, sorted(bad)
+
+
+def load_split(root: Path, split: str, size: int, *, skip_bad: bool = False,
+               cache_dir: Path | None = None) -> ImageSet:
+    """Scan, fingerprint and decode a split; reuse the decoded array from `cache_dir` when present."""
+    files = scan_split(root, split)
+    fp = fingerprint(files)
+    cached = Path(cache_dir) / f"decoded-{fp}-{size}.npz" if cache_dir else None
+    if cached is not None and cached.exists():
+        with np.load(cached, allow_pickle=False) as z:
+            keep = z["keep"]
+        x = np.load(cached.with_suffix(".npy"), mmap_mode="r")
+        kept = [files.paths[i] for i in keep]
+        keep_set = set(keep.tolist())
+        skipped = [str(p) for i, p in enumerate(files.paths) if i not in keep_set]
+        if skipped and not skip_bad:
+            raise DataError(f"{len(skipped)} unreadable image(s) in {files.paths[0].parents[1]}: "
+                            f"{', '.join(skipped[:20])} (use --skip-bad-images to skip them)")
+        y = np.asarray([files.labels[i] for i in keep], dtype=np.float32)
+        return ImageSet(split, x, y, [str(p) for p in kept], fp, skipped)
+
+    x, bad = _decode_all(files, size)
+    if bad and not skip_bad:
+        listing = "; ".join(f"{p} ({why})" for p, why in bad[:50])
+        more = f"; and {len(bad) - 50} more" if len(bad) > 50 else ""
+        raise DataError(f"{len(bad)} bad image(s) in split '{split}': {listing}{more} "
+                        "(expected readable jpg/jpeg/png/bmp/webp; --skip-bad-images skips them)")
+    bad_set = {p for p, _ in bad}
+    keep = np.asarray([i for i, p in enumerate(files.paths) if p not in bad_set], dtype=np.int64)
+    if len(keep) == 0:
+        raise DataError(f"no readable images in split '{split}' of {root}")
+    x = x[keep] if len(bad) else x
+    y = np.asarray([files.labels[i] for i in keep], dtype=np.float32)
+    for cls, lab in (("Fake", FAKE), ("Real", REAL)):
+        if not (y == lab).any():
+            raise DataError(f"split '{split}' of {root} has no readable {cls} images")
+    if cached is not None:
+        from tune.utils import atomic_write_bytes
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, x)
+        os.replace(tmp, cached.with_suffix(".npy"))
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, keep=keep)
+        atomic_write_bytes(cached, buf.getvalue())  # written last: its presence marks the cache complete
+    return ImageSet(split, x, y, [str(files.paths[i]) for i in keep], fp, [str(p) for p, _ in bad])
+
+
+# --------------------------------------------------------------------------- augmentation
+@dataclass
+class AugPlan:
+    """Random choices for one batch, drawn up front so cached and live paths see the same draws."""
+
+    flip: torch.Tensor  # bool (B,)
+    blur_sigma: torch.Tensor  # float (B,), 0 = no blur
+    jpeg_quality: torch.Tensor  # int (B,), 0 = no re-compression
+
+    @property
+    def needs_pixels(self) -> bool:
+        """True when the plan has transforms that a per-image feature cache cannot enumerate."""
+        return bool((self.blur_sigma > 0).any() or (self.jpeg_quality > 0).any())
+
+
+def draw_plan(n: int, *, hflip: bool, blur_prob: float, jpeg_prob: float, gen: torch.Generator) -> AugPlan:
+    # Always draw every random number, so the stream does not depend on which transforms are on.
+    u = torch.rand(n, 5, generator=gen)
+    flip = (u[:, 0] < 0.5) & hflip
+    blur = torch.where(u[:, 1] < blur_prob, 0.1 + 2.9 * u[:, 2], torch.zeros(n))  # sigma ~ U[0.1, 3]
+    quality = torch.where(u[:, 3] < jpeg_prob, (30 + 71 * u[:, 4]).long().clamp(max=100), torch.zeros(n).long())
+    return AugPlan(flip, blur, quality)
+
+
+def apply_plan(x: torch.Tensor, plan: AugPlan) -> torch.Tensor:
+    """uint8 (B, 3, S, S) → augmented float in [0, 1]. Blur, then JPEG, as in Wang et al. 2020."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    x = torch.where(plan.flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if plan.needs_pixels:
+        x = x.clone()
+        for i in range(x.shape[0]):
+            img = x[i]
+            sigma = float(plan.blur_sigma[i])
+            if sigma > 0:
+                k = 2 * math.ceil(3 * sigma) + 1
+                img = gaussian_blur(img.float(), [k, k], [sigma, sigma]).round().clamp(0, 255).to(torch.uint8)
+            q = int(plan.jpeg_quality[i])
+            if q > 0:
+                img = decode_jpeg(encode_jpeg(img.contiguous(), quality=q))
+            x[i] = img
+    return x.float().div_(255.0)
+
+
+def to_float(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return as_tensor(x).float().div_(255.0) if isinstance(x, np.ndarray) else x.float().div_(255.0)
+
+
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor owning a writable copy (slices of read-only memmaps cannot be wrapped directly)."""
+    return torch.from_numpy(np.array(a))
+
+
+def split_counts(root: Path, splits: tuple[str, ...] = ("train", "valid", "test")) -> dict[str, dict[str, int]]:
+    """Images per split and class (for the dataset-distribution plot)."""
+    out: dict[str, dict[str, int]] = {}
+    for s in splits:
+        f = scan_split(root, s)
+        out[s] = {"Fake": f.labels.count(FAKE), "Real": f.labels.count(REAL)}
+    return out
