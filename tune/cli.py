@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,9 @@ from tune.utils import UserError
 # Set before torch allocates anything; Ray workers inherit the environment.
 os.environ.setdefault("MALLOC_MMAP_MAX_", "0")
 os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "100000000000")
+
+
+SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
 def cache_root() -> Path:
@@ -108,6 +112,25 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(a: argparse.Namespace) -> int:
+    from tune.search import SearchOptions, check_run_name, run_search
+
+    space = a.space or SPACES / ("demo.yaml" if a.data is None else "default.yaml")
+    name = check_run_name(a.name or time.strftime("search-%Y%m%d-%H%M%S"))
+    uri = a.storage if a.storage and "://" in a.storage else None
+    results = Path(a.storage) if a.storage and not uri else Path("results")
+    root = (a.data or builtin_data()).absolute()
+    opts = SearchOptions(space=space, data=root, name=name, results=results.absolute(), trials=a.trials,
+                         address=a.address, storage_uri=uri, resume=a.resume, use_cache=not a.no_cache,
+                         skip_bad=a.skip_bad_images, cache_dir=cache_root())
+    run_dir = run_search(opts)
+    print(f"search finished: {run_dir}")
+    from tune.leaderboard import load_leaderboard, render
+
+    print(render(load_leaderboard(run_dir), fmt="table", top=10))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tune", description=__doc__.split("\n")[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -124,6 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.add_argument("--out", type=Path, help="run folder (default: results/train-ARCH-TIME)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("search", help="Ray Tune search (Optuna TPE + ASHA) over both architectures")
+    p.add_argument("--data", type=Path, help="dataset root (default: the built-in dataset with demo.yaml)")
+    p.add_argument("--space", type=Path, help="search-space YAML (default: search_spaces/default.yaml, "
+                   "or demo.yaml on the built-in data)")
+    p.add_argument("--name", help="run name: a folder under results/ (default: search-DATE-TIME)")
+    p.add_argument("--trials", type=int, help="trials per architecture (overrides the space file)")
+    p.add_argument("--address", help="join an existing Ray cluster (e.g. 10.0.0.5:6379 or auto)")
+    p.add_argument("--storage", help="folder for run folders (shared path on clusters) or a URI Ray accepts")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of this --name")
+    p.add_argument("--no-cache", action="store_true", help="decode and run the frozen backbone live")
+    p.add_argument("--skip-bad-images", action="store_true")
+    p.set_defaults(func=cmd_search)
     return parser
 
 

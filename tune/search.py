@@ -1,0 +1,241 @@
+"""The search driver: Ray Tune runs the trials, Optuna (TPE) decides what to try, ASHA when to stop.
+
+Each architecture gets its own Tuner and Optuna study with the same number of trials, run one
+after the other, so the comparison is fair. The trainable is thin: it turns the sampled config
+into a TrainConfig and calls tune.train.fit with a hook that reports and checkpoints each epoch.
+The test split is never read here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tune.config import TrainConfig
+from tune.data import ImageSet, load_split
+from tune.space import DefineByRun, SearchSpace, load_space
+from tune.utils import UserError, atomic_write_json, library_versions
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    space: Path
+    data: Path
+    name: str
+    results: Path  # where run folders live (results/ or --storage when it is a path)
+    trials: int | None = None
+    address: str | None = None
+    storage_uri: str | None = None  # --storage given as a URI: Ray writes trials there
+    resume: bool = False
+    use_cache: bool = True
+    skip_bad: bool = False
+    cache_dir: Path | None = None
+    max_failures: int = 2
+
+
+def check_run_name(name: str) -> str:
+    """Run names are single folder names: they can never escape the results folder."""
+    if not RUN_NAME.match(name) or ".." in name:
+        raise UserError(f"bad run name {name!r}: use letters, digits, '.', '_' and '-' only "
+                        "(no path separators, no '..', at most 100 characters)")
+    return name
+
+
+@dataclass
+class TrialData:
+    """What every trial needs besides its config; Ray puts it in the object store once per search."""
+
+    train: ImageSet
+    valid: ImageSet
+    metric: str
+    mode: str
+    threads: int
+    cache_dir: str | None
+
+
+def run_trial(config: dict[str, Any], data: TrialData) -> None:
+    """The Ray Tune trainable (function API)."""
+    from ray import tune
+
+    cfg = TrainConfig.from_dict({**config, "threads": data.threads})
+    sign = 1.0 if data.mode == "max" else -1.0
+    best = {"value": -float("inf")}
+    resume = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        for row in resume["history"]:
+            best["value"] = max(best["value"], sign * row[data.metric])
+
+    def report(row: dict[str, Any], state: Any) -> None:
+        value = row[data.metric]
+        if value == value:  # not NaN
+            best["value"] = max(best["value"], sign * value)
+        row[f"best_{data.metric}"] = sign * best["value"] if best["value"] > -float("inf") else float("nan")
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state(), Path(d) / "state.pt")
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
+
+    cache = Path(data.cache_dir) if data.cache_dir and cfg.use_cache else None
+    fit(cfg, data.train, data.valid, report=report, resume=resume, cache_dir=cache, log=None)
+
+
+def fit(*args: Any, **kwargs: Any) -> Any:  # indirection so tests can count or break trainings
+    from tune.train import fit as _fit
+
+    return _fit(*args, **kwargs)
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"{trial.config.get('arch', 'trial')}_{trial.trial_id}"
+
+
+def resolve_weights(space: SearchSpace) -> tuple[SearchSpace, dict[str, str]]:
+    """Fetch ImageNet weights once in the driver; offline, fall back to random weights, loudly, once."""
+    notes: dict[str, str] = {}
+    archs = dict(space.architectures)
+    for arch, params in space.architectures.items():
+        if arch != "mobilenet_v2":
+            continue
+        w = params.get("weights")
+        wanted = w.value if w is not None and w.kind == "fixed" else space.fixed.get("weights", "imagenet")
+        if wanted == "imagenet":
+            from tune.models import _imagenet_state_dict
+
+            sd, source = _imagenet_state_dict()
+            notes[arch] = source
+            if sd is None:
+                from tune.space import Param
+
+                archs[arch] = {**params, "weights": Param("weights", "fixed", value="none")}
+    return replace(space, architectures=archs), notes
+
+
+def quiet_ray() -> None:
+    """Keep the screen for our own progress lines: Ray's INFO chatter and snapshot warnings go."""
+    import logging
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_search(opts: SearchOptions) -> Path:
+    quiet_ray()
+    import ray
+    from optuna.samplers import TPESampler
+    from optuna.storages import RDBStorage
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.progress import Progress
+
+    space = load_space(opts.space)
+    if opts.trials is not None:
+        if opts.trials < 1:
+            raise UserError(f"--trials must be >= 1, got {opts.trials}")
+        space = replace(space, budget=replace(space.budget, trials=opts.trials))
+    budget = space.budget
+    run_dir = (opts.results / check_run_name(opts.name)).absolute()
+    trials_root = opts.storage_uri.rstrip("/") + f"/{opts.name}" if opts.storage_uri else str(run_dir / "trials")
+    if run_dir.exists() and any(run_dir.iterdir()) and not opts.resume:
+        raise UserError(f"run folder {run_dir} already exists; pass --resume to continue it or choose another --name")
+    if opts.resume and not (run_dir / "run.json").is_file():
+        raise UserError(f"nothing to resume: {run_dir}/run.json not found")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    cache = opts.cache_dir / "decoded" if opts.use_cache and opts.cache_dir else None
+    t0 = time.time()
+    train = load_split(opts.data, "train", space.image_size, skip_bad=opts.skip_bad, cache_dir=cache)
+    valid = load_split(opts.data, "valid", space.image_size, skip_bad=opts.skip_bad, cache_dir=cache)
+    print(f"data: {len(train)} train / {len(valid)} valid images at {space.image_size}px "
+          f"(decoded in {time.time() - t0:.1f}s); the test split is not read by the search", flush=True)
+    space, weight_notes = resolve_weights(space)
+    record = {"name": opts.name, "space_file": str(opts.space), "space": asdict(space),
+              "data": {"root": str(opts.data), "train_fingerprint": train.fingerprint,
+                       "valid_fingerprint": valid.fingerprint, "n_train": len(train), "n_valid": len(valid),
+                       "skipped": train.skipped + valid.skipped},
+              "weights": weight_notes, "trials_root": trials_root, "use_cache": opts.use_cache,
+              "versions": library_versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if opts.resume:
+        old = _read_json(run_dir / "run.json")
+        if old.get("data", {}).get("train_fingerprint") != train.fingerprint:
+            raise UserError(f"cannot resume {opts.name}: the training data changed since the run started "
+                            f"(fingerprint {old['data']['train_fingerprint']} -> {train.fingerprint})")
+        record["started"], record["resumed"] = old.get("started"), time.strftime("%Y-%m-%d %H:%M:%S")
+    atomic_write_json(run_dir / "run.json", record)
+
+    started_ray = False
+    if not ray.is_initialized():
+        if opts.address:
+            ray.init(address=opts.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     _node_ip_address="127.0.0.1")
+        started_ray = True
+    try:
+        cuda = torch.cuda.is_available()
+        resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial if cuda else 0}
+        data = TrialData(train, valid, space.metric, space.mode, max(1, int(space.resources.cpus_per_trial)),
+                         str(opts.cache_dir / "features") if opts.cache_dir else None)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), resources)
+        best_key = f"best_{space.metric}"
+        for arch in space.architectures:
+            path = f"{trials_root}/{arch}"
+            progress = Progress(arch, best_key, space.mode, budget.trials)
+            if opts.resume and tune.Tuner.can_restore(path):
+                print(f"[{arch}] resuming from {path}", flush=True)
+                tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            else:
+                searcher = OptunaSearch(
+                    space=DefineByRun(space, arch), metric=best_key, mode=space.mode,
+                    sampler=TPESampler(seed=space.seed, n_startup_trials=max(2, min(10, budget.trials // 2))),
+                    study_name=f"{opts.name}-{arch}",
+                    storage=RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}"))
+                scheduler = ASHAScheduler(time_attr="epoch", max_t=budget.max_epochs,
+                                          grace_period=budget.grace_period,
+                                          reduction_factor=budget.reduction_factor)
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(
+                        metric=best_key, mode=space.mode, search_alg=searcher, scheduler=scheduler,
+                        num_samples=budget.trials, reuse_actors=True, trial_dirname_creator=trial_dirname),
+                    run_config=tune.RunConfig(
+                        name=arch, storage_path=trials_root, verbose=0, callbacks=[progress],
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=best_key,
+                                                                checkpoint_score_order=space.mode),
+                        failure_config=tune.FailureConfig(max_failures=opts.max_failures)))
+            print(f"[{arch}] {budget.trials} trials, up to {budget.max_epochs} epochs each "
+                  f"(ASHA grace {budget.grace_period}, reduction {budget.reduction_factor})", flush=True)
+            tuner.fit()
+            progress.summary()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    from tune.leaderboard import write_leaderboard
+
+    write_leaderboard(run_dir)
+    return run_dir
+
+
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None

@@ -1,0 +1,236 @@
+"""Search spaces as data: a YAML file → a typed `SearchSpace` → one Optuna define-by-run per architecture.
+
+File format (see search_spaces/default.yaml):
+
+    metric: val_auc          # a per-epoch validation metric
+    mode: max
+    seed: 0
+    image_size: 224
+    budget: {trials: 20, max_epochs: 15, grace_period: 2, reduction_factor: 3, patience: 3}
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0.25}   # GPUs only used when CUDA is present
+    fixed: {batch_size: 32}                                  # TrainConfig fields shared by all trials
+    architectures:
+      mobilenet_v2:
+        lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}
+        unfrozen_blocks: {type: int, low: 0, high: 5}
+        head_sizes: {type: categorical, choices: [[128], [256, 64]]}
+        weights: imagenet                                    # a plain value is fixed, not sampled
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tune.config import TrainConfig, parse_head_sizes
+from tune.models import ARCH_PARAMS, MODELS
+from tune.utils import UserError
+
+METRICS = {"val_auc": "max", "val_loss": "min", "val_accuracy": "max", "val_f1": "max",
+           "val_precision": "max", "val_recall": "max"}
+SHARED_PARAMS = ("lr", "weight_decay", "batch_size", "blur_prob", "jpeg_prob", "hflip")
+NOT_SEARCHABLE = ("arch", "epochs", "patience", "seed", "image_size", "threads", "use_cache")
+KINDS = ("loguniform", "uniform", "int", "categorical")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # one of KINDS, or "fixed"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: int | None = None
+    choices: tuple[Any, ...] = ()
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    trials: int = 8
+    max_epochs: int = 10
+    grace_period: int = 2
+    reduction_factor: int = 2
+    patience: int = 3
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    source: str
+    metric: str = "val_auc"
+    mode: str = "max"
+    seed: int = 0
+    image_size: int = 224
+    budget: Budget = Budget()
+    resources: Resources = Resources()
+    fixed: dict[str, Any] = field(default_factory=dict)
+    architectures: dict[str, dict[str, Param]] = field(default_factory=dict)
+
+    def base_config(self, arch: str) -> dict[str, Any]:
+        """TrainConfig fields every trial of `arch` shares (sampled values are added on top)."""
+        return {**self.fixed, "arch": arch, "epochs": self.budget.max_epochs, "patience": self.budget.patience,
+                "image_size": self.image_size,
+                **{p.name: p.value for p in self.architectures[arch].values() if p.kind == "fixed"}}
+
+
+class DefineByRun:
+    """Optuna define-by-run space for one architecture. A module-level class, so Ray can pickle it."""
+
+    def __init__(self, space: SearchSpace, arch: str) -> None:
+        self.params = [p for p in space.architectures[arch].values() if p.kind != "fixed"]
+        self.base = space.base_config(arch)
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        for p in self.params:
+            if p.kind in ("loguniform", "uniform"):
+                trial.suggest_float(p.name, p.low, p.high, log=p.kind == "loguniform")
+            elif p.kind == "int":
+                trial.suggest_int(p.name, int(p.low), int(p.high), step=p.step or 1, log=p.log)
+            else:
+                trial.suggest_categorical(p.name, list(p.choices))
+        return dict(self.base)  # Ray merges these constants with the sampled values
+
+
+def _err(src: str, key: str, problem: str) -> UserError:
+    return UserError(f"{src}: key '{key}': {problem}")
+
+
+def _number(src: str, key: str, v: Any, *, integer: bool = False) -> float:
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok:
+        raise _err(src, key, f"expected {'an integer' if integer else 'a number'}, got {v!r}")
+    return v
+
+
+def _mapping(src: str, key: str, v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise _err(src, key, f"expected a mapping of names to values, got {type(v).__name__}")
+    return v
+
+
+def _check_keys(src: str, key: str, d: dict[str, Any], allowed: tuple[str, ...] | set[str]) -> None:
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise _err(src, f"{key}{unknown[0]}", f"unknown key; expected one of {sorted(allowed)}")
+
+
+def _choice(src: str, key: str, name: str, c: Any) -> Any:
+    if name == "head_sizes":  # Optuna choices must be scalars: encode widths as "256,64"
+        if isinstance(c, int) and not isinstance(c, bool):
+            c = [c]
+        try:
+            return ",".join(str(w) for w in parse_head_sizes(c))
+        except UserError as e:
+            raise _err(src, key, str(e)) from None
+    if c is not None and not isinstance(c, (bool, int, float, str)):
+        raise _err(src, key, f"choices must be numbers, strings or booleans, got {c!r}")
+    return c
+
+
+def _param(src: str, key: str, name: str, spec: Any) -> Param:
+    if not isinstance(spec, dict):
+        return Param(name, "fixed", value=_choice(src, key, name, spec) if name == "head_sizes" else spec)
+    _check_keys(src, f"{key}.", spec, ("type", "low", "high", "log", "step", "choices"))
+    kind = spec.get("type")
+    if kind not in KINDS:
+        raise _err(src, f"{key}.type", f"expected one of {list(KINDS)}, got {kind!r}")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _err(src, f"{key}.choices", "expected a non-empty list")
+        return Param(name, kind, choices=tuple(_choice(src, f"{key}.choices", name, c) for c in choices))
+    for bound in ("low", "high"):
+        if bound not in spec:
+            raise _err(src, f"{key}.{bound}", "missing")
+    integer = kind == "int"
+    low = _number(src, f"{key}.low", spec["low"], integer=integer)
+    high = _number(src, f"{key}.high", spec["high"], integer=integer)
+    if low > high:
+        raise _err(src, key, f"low ({low}) > high ({high})")
+    if kind == "loguniform" and low <= 0:
+        raise _err(src, f"{key}.low", f"loguniform needs low > 0, got {low}")
+    step = spec.get("step")
+    if step is not None:
+        _number(src, f"{key}.step", step, integer=True)
+    return Param(name, kind, low=low, high=high, log=bool(spec.get("log", False)), step=step)
+
+
+def parse_space(doc: Any, src: str = "<space>") -> SearchSpace:
+    """Validate a loaded YAML document; every problem is one UserError naming file and key."""
+    doc = _mapping(src, "(top level)", doc)
+    top = ("metric", "mode", "seed", "image_size", "budget", "resources", "fixed", "architectures")
+    _check_keys(src, "", doc, top)
+    metric = doc.get("metric", "val_auc")
+    if metric not in METRICS:
+        raise _err(src, "metric", f"expected one of {sorted(METRICS)}, got {metric!r}")
+    mode = doc.get("mode", METRICS[metric])
+    if mode not in ("min", "max"):
+        raise _err(src, "mode", f"expected min or max, got {mode!r}")
+    seed = int(_number(src, "seed", doc.get("seed", 0), integer=True))
+    image_size = int(_number(src, "image_size", doc.get("image_size", 224), integer=True))
+    if image_size < 32:
+        raise _err(src, "image_size", f"expected >= 32, got {image_size}")
+
+    b = _mapping(src, "budget", doc.get("budget", {}))
+    _check_keys(src, "budget.", b, [f.name for f in dataclasses.fields(Budget)])
+    budget = Budget(**{k: int(_number(src, f"budget.{k}", v, integer=True)) for k, v in b.items()})
+    for k, v in dataclasses.asdict(budget).items():
+        if v < (2 if k == "reduction_factor" else 1):
+            raise _err(src, f"budget.{k}", f"expected >= {2 if k == 'reduction_factor' else 1}, got {v}")
+    if budget.grace_period > budget.max_epochs:
+        raise _err(src, "budget.grace_period", f"{budget.grace_period} > max_epochs ({budget.max_epochs})")
+
+    r = _mapping(src, "resources", doc.get("resources", {}))
+    _check_keys(src, "resources.", r, [f.name for f in dataclasses.fields(Resources)])
+    resources = Resources(**{k: float(_number(src, f"resources.{k}", v)) for k, v in r.items()})
+    if resources.cpus_per_trial <= 0 or resources.gpus_per_trial < 0:
+        raise _err(src, "resources", "cpus_per_trial must be > 0 and gpus_per_trial >= 0")
+
+    config_fields = set(TrainConfig().to_dict())
+    fixed = _mapping(src, "fixed", doc.get("fixed", {}))
+    _check_keys(src, "fixed.", fixed, config_fields - set(NOT_SEARCHABLE))
+
+    archs_doc = _mapping(src, "architectures", doc.get("architectures"))
+    if not archs_doc:
+        raise _err(src, "architectures", "expected at least one architecture")
+    archs: dict[str, dict[str, Param]] = {}
+    for arch, params in archs_doc.items():
+        if arch not in MODELS:
+            raise _err(src, f"architectures.{arch}", f"unknown architecture; valid: {sorted(MODELS)}")
+        params = _mapping(src, f"architectures.{arch}", params or {})
+        allowed = set(SHARED_PARAMS) | set(ARCH_PARAMS[arch])
+        _check_keys(src, f"architectures.{arch}.", params, allowed)
+        archs[arch] = {n: _param(src, f"architectures.{arch}.{n}", n, s) for n, s in params.items()}
+
+    space = SearchSpace(src, metric, mode, seed, image_size, budget, resources, fixed, archs)
+    for arch in archs:  # the fixed part must itself be a valid training config
+        try:
+            TrainConfig.from_dict({k: v for k, v in space.base_config(arch).items()})
+        except (UserError, TypeError) as e:
+            raise _err(src, f"architectures.{arch}", f"invalid fixed values: {e}") from None
+    return space
+
+
+def load_space(path: Path) -> SearchSpace:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"search space file not found: {path}")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (expected YAML)") from None
+    return parse_space(doc, str(path))
