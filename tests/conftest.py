@@ -39,3 +39,57 @@ def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "cache"
     monkeypatch.setenv("TUNE_CACHE_DIR", str(d))
     return d
+
+
+TINY_SPACE = """
+metric: val_auc
+mode: max
+seed: 0
+image_size: 32
+budget: {trials: 2, max_epochs: 2, grace_period: 1, reduction_factor: 2, patience: 3}
+resources: {cpus_per_trial: 1}
+fixed: {batch_size: 16}
+architectures:
+  custom_cnn:
+    lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+    conv_blocks: {type: int, low: 1, high: 2}
+    base_width: {type: categorical, choices: [4, 8]}
+    head_sizes: {type: categorical, choices: [[8], [16, 8]]}
+  mobilenet_v2:
+    weights: none
+    lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+    unfrozen_blocks: {type: int, low: 0, high: 2}
+    head_sizes: {type: categorical, choices: [[8], [16]]}
+"""
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (starting one costs seconds on 2 cores)."""
+    import ray
+
+    from tune.search import quiet_ray
+
+    quiet_ray()
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield ray
+    ray.shutdown()
+
+
+def run_tiny_search(tmp: Path, *, name: str = "tiny", space: str = TINY_SPACE, data: Path | None = None,
+                    trials: int | None = None, **kw: object) -> Path:
+    from tune.search import SearchOptions, run_search
+
+    data = data or make_dataset(tmp / "data", n=10, size=32)
+    space_file = tmp / f"{name}.yaml"
+    space_file.write_text(space)
+    opts = SearchOptions(space=space_file, data=data, name=name, results=tmp / "results", trials=trials,
+                         cache_dir=tmp / "cache", **kw)
+    return run_search(opts)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_session, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny search (2 trials per architecture, 2 epochs, 32 px), shared read-only by tests."""
+    return run_tiny_search(tmp_path_factory.mktemp("tiny_run"))

@@ -128,6 +128,18 @@ def cmd_search(a: argparse.Namespace) -> int:
     from tune.leaderboard import load_leaderboard, render
 
     print(render(load_leaderboard(run_dir), fmt="table", top=10))
+    if not a.no_finalize:
+        from tune.finalize import run_finalize
+
+        run_finalize(run_dir, seeds=a.seeds, cache_dir=cache_root())
+    return 0
+
+
+def cmd_leaderboard(a: argparse.Namespace) -> int:
+    from tune.leaderboard import load_leaderboard, render, resolve_run
+
+    run = resolve_run(a.run, Path(a.storage) if a.storage else Path("results"))
+    print(render(load_leaderboard(run), fmt=a.format, top=a.top, arch=a.arch), end="")
     return 0
 
 
@@ -159,7 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of this --name")
     p.add_argument("--no-cache", action="store_true", help="decode and run the frozen backbone live")
     p.add_argument("--skip-bad-images", action="store_true")
+    p.add_argument("--no-finalize", action="store_true", help="skip retraining the winners and the test evaluation")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per winner in the finalize step (default: 3)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("leaderboard", help="one row per trial, best first (works while a search runs)")
+    p.add_argument("run", nargs="?", help="run name under results/ or a run folder (default: newest)")
+    p.add_argument("--storage", help="folder holding run folders (default: results)")
+    p.add_argument("--top", type=int, help="show only the best K trials")
+    p.add_argument("--arch", help="only this architecture")
+    p.add_argument("--format", default="table", choices=["table", "csv", "markdown", "json"])
+    p.set_defaults(func=cmd_leaderboard)
     return parser
 
 

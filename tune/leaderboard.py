@@ -108,7 +108,7 @@ def _first_line(path: Path) -> str:
 
 def render(df: pd.DataFrame, *, fmt: str = "table", top: int | None = None, arch: str | None = None) -> str:
     if arch:
-        df = df[df["arch"] == arch]
+        df = df[df["arch"] == arch].dropna(axis=1, how="all")
     if top:
         df = df.head(top)
     metric = df.attrs.get("metric", "score")

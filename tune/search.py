@@ -64,8 +64,10 @@ class TrialData:
 
 def run_trial(config: dict[str, Any], data: TrialData) -> None:
     """The Ray Tune trainable (function API)."""
+    import ray
     from ray import tune
 
+    node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (shown in cluster runs)
     cfg = TrainConfig.from_dict({**config, "threads": data.threads})
     sign = 1.0 if data.mode == "max" else -1.0
     best = {"value": -float("inf")}
@@ -82,6 +84,7 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
         if value == value:  # not NaN
             best["value"] = max(best["value"], sign * value)
         row[f"best_{data.metric}"] = sign * best["value"] if best["value"] > -float("inf") else float("nan")
+        row["node_id"] = node_id
         with tempfile.TemporaryDirectory() as d:
             torch.save(state(), Path(d) / "state.pt")
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))

@@ -142,7 +142,7 @@ def _param(src: str, key: str, name: str, spec: Any) -> Param:
         return Param(name, "fixed", value=_choice(src, key, name, spec) if name == "head_sizes" else spec)
     _check_keys(src, f"{key}.", spec, ("type", "low", "high", "log", "step", "choices"))
     kind = spec.get("type")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise _err(src, f"{key}.type", f"expected one of {list(KINDS)}, got {kind!r}")
     if kind == "categorical":
         choices = spec.get("choices")
@@ -171,10 +171,10 @@ def parse_space(doc: Any, src: str = "<space>") -> SearchSpace:
     top = ("metric", "mode", "seed", "image_size", "budget", "resources", "fixed", "architectures")
     _check_keys(src, "", doc, top)
     metric = doc.get("metric", "val_auc")
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise _err(src, "metric", f"expected one of {sorted(METRICS)}, got {metric!r}")
     mode = doc.get("mode", METRICS[metric])
-    if mode not in ("min", "max"):
+    if not isinstance(mode, str) or mode not in ("min", "max"):
         raise _err(src, "mode", f"expected min or max, got {mode!r}")
     seed = int(_number(src, "seed", doc.get("seed", 0), integer=True))
     image_size = int(_number(src, "image_size", doc.get("image_size", 224), integer=True))

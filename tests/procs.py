@@ -1,0 +1,57 @@
+"""Start commands with a marker in their environment, and end exactly those processes later.
+
+Ray daemonises some of its processes, so a process group is not enough; every process a
+command starts inherits its environment, so a unique variable finds them all (and only them).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def marked_env(**extra: str) -> tuple[dict[str, str], str]:
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "TUNE_TEST_MARK": mark, "PYTHONUNBUFFERED": "1", "TUNE_OFFLINE": "1", **extra}
+    return env, mark
+
+
+def pids_with_mark(mark: str) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if f"TUNE_TEST_MARK={mark}".encode() in (d / "environ").read_bytes().split(b"\0"):
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
+
+
+def kill_marked(mark: str, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL, every process carrying `mark` (Ray agents can ignore SIGTERM)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids_with_mark(mark):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + timeout / 2
+        while time.time() < deadline and pids_with_mark(mark):
+            time.sleep(0.2)
+
+
+def tune_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tune", *args]
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

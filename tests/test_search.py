@@ -1,0 +1,170 @@
+"""Real Ray Tune searches (Optuna TPE + ASHA) on tiny data: leaderboard contents, ASHA, resume, cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from conftest import TINY_SPACE, make_dataset, run_tiny_search
+from procs import ROOT, kill_marked, marked_env, run, tune_cmd
+
+from tune.leaderboard import load_leaderboard
+from tune.utils import UserError
+
+pytestmark = pytest.mark.slow
+
+
+def test_tiny_search_leaderboard(tiny_run: Path) -> None:
+    df = load_leaderboard(tiny_run)
+    assert sorted(df["arch"].value_counts().to_dict().items()) == [("custom_cnn", 2), ("mobilenet_v2", 2)]
+    cnn, mob = df[df.arch == "custom_cnn"], df[df.arch == "mobilenet_v2"]
+    # sampled values inside the declared ranges
+    assert cnn["lr"].between(1e-4, 1e-2).all() and mob["lr"].between(1e-4, 1e-2).all()
+    assert set(cnn["conv_blocks"]) <= {1, 2} and set(cnn["base_width"]) <= {4, 8}
+    assert set(cnn["head_sizes"]) <= {"8", "16,8"} and set(mob["head_sizes"]) <= {"8", "16"}
+    assert set(mob["unfrozen_blocks"].astype(int)) <= {0, 1, 2}
+    # conditional parameters only on their architecture
+    assert cnn["unfrozen_blocks"].isna().all() and mob["conv_blocks"].isna().all()
+    assert df["ended"].isin(["completed", "early_stopped", "stopped_by_asha"]).all()
+    assert (df["epochs"] >= 1).all() and (df["epochs"] <= 2).all()
+    assert df["score"].is_monotonic_decreasing  # sorted by the metric, best first
+    # written when the search ends, and the Optuna study is persisted per architecture
+    assert len(pd.read_csv(tiny_run / "leaderboard.csv")) == 4
+    assert (tiny_run / "leaderboard.md").read_text().startswith("| trial_id |")
+    for arch in ("custom_cnn", "mobilenet_v2"):
+        study = optuna.load_study(study_name=f"tiny-{arch}", storage=f"sqlite:///{tiny_run / 'optuna.db'}")
+        assert len(study.trials) == 2
+    run_json = json.loads((tiny_run / "run.json").read_text())
+    assert run_json["data"]["train_fingerprint"] and "ray" in run_json["versions"]
+
+
+def test_leaderboard_cli_formats(tiny_run: Path) -> None:
+    from tune.cli import main
+
+    for fmt in ("table", "csv", "markdown", "json"):
+        assert main(["leaderboard", str(tiny_run), "--format", fmt, "--top", "3"]) == 0
+    assert main(["leaderboard", str(tiny_run), "--arch", "custom_cnn", "--format", "json"]) == 0
+
+
+def test_asha_stops_trials_and_test_split_is_never_read(ray_session, tmp_path: Path) -> None:
+    # No test split at all: the search must not need it.
+    data = make_dataset(tmp_path / "data", n=12, size=32, splits=("train", "valid"))
+    space = TINY_SPACE.replace("trials: 2, max_epochs: 2, grace_period: 1",
+                               "trials: 6, max_epochs: 4, grace_period: 1")
+    space = space[:space.index("  mobilenet_v2:")]  # one architecture is enough here
+    run_dir = run_tiny_search(tmp_path, name="asha", space=space, data=data)
+    df = load_leaderboard(run_dir)
+    assert len(df) == 6
+    assert (df["ended"] == "stopped_by_asha").sum() >= 1, df[["ended", "epochs"]]
+    stopped = df[df["ended"] == "stopped_by_asha"]
+    assert (stopped["epochs"] < 4).all()
+
+
+def test_run_name_cannot_escape_results(tmp_path: Path) -> None:
+    from tune.search import check_run_name
+
+    for bad in ("../x", "a/b", "..", "", ".hidden", "a\\b", "x" * 101):
+        with pytest.raises(UserError):
+            check_run_name(bad)
+    assert check_run_name("run-1.a_b") == "run-1.a_b"
+
+
+RESUME_SPACE = """
+metric: val_auc
+seed: 0
+image_size: 48
+budget: {trials: 3, max_epochs: 6, grace_period: 6, reduction_factor: 2, patience: 6}
+resources: {cpus_per_trial: 1}
+architectures:
+  custom_cnn:
+    lr: {type: loguniform, low: 1.0e-4, high: 1.0e-3}
+    base_width: {type: categorical, choices: [16, 24]}
+"""
+
+
+def _raw_epochs(trial_dir: Path) -> list[int]:
+    f = trial_dir / "result.json"
+    return [json.loads(line)["epoch"] for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+
+
+def test_sigkill_driver_then_resume(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", n=40, size=48)
+    (tmp_path / "s.yaml").write_text(RESUME_SPACE)
+    env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"))
+    args = ["search", "--data", str(data), "--space", str(tmp_path / "s.yaml"), "--name", "r",
+            "--storage", str(tmp_path / "results"), "--no-finalize"]
+    arch_dir = tmp_path / "results" / "r" / "trials" / "custom_cnn"
+    try:
+        proc = subprocess.Popen(tune_cmd(*args), env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 240
+        while time.time() < deadline:  # kill once some trial is mid-way (>= 2 epochs, not finished)
+            epochs = {d.name: _raw_epochs(d) for d in arch_dir.glob("custom_cnn_*")}
+            if any(2 <= len(e) < 6 for e in epochs.values()):
+                break
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        kill_marked(mark)
+    before = {d.name: _raw_epochs(d) for d in arch_dir.glob("custom_cnn_*")}
+    assert any(2 <= len(e) < 6 for e in before.values()), before
+
+    env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"))
+    try:
+        res = run(tune_cmd(*args, "--resume"), env, timeout=400)
+    finally:
+        kill_marked(mark)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    df = load_leaderboard(tmp_path / "results" / "r")
+    assert len(df) == 3 and (df["epochs"] == 6).all(), df  # every trial accounted for, all finished
+    for name, epochs_before in before.items():
+        after = _raw_epochs(arch_dir / name)
+        assert after[:len(epochs_before)] == epochs_before  # kept what was there
+        assert after.count(1) == 1, (name, after)  # never restarted from scratch
+    study = optuna.load_study(study_name="r-custom_cnn", storage=f"sqlite:///{tmp_path / 'results/r/optuna.db'}")
+    assert len(study.trials) == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_cluster(tmp_path: Path) -> None:
+    """A real two-node Ray cluster on this machine; trials must run on both nodes."""
+    data = make_dataset(tmp_path / "data", n=10, size=32)
+    space = TINY_SPACE.replace("trials: 2", "trials: 4")
+    (tmp_path / "s.yaml").write_text(space)
+    port = _free_port()
+    env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"), RAY_AUTH_MODE="token")
+    ray_bin = str(Path(os.sys.executable).parent / "ray")
+    mem = ["--memory", str(2 * 1024**3), "--object-store-memory", str(300 * 1024**2)]
+    try:
+        head = run([ray_bin, "start", "--head", "--num-cpus=1", f"--port={port}", "--include-dashboard=false",
+                    "--disable-usage-stats", "--node-ip-address=127.0.0.1", *mem], env, timeout=120)
+        assert head.returncode == 0, head.stderr[-2000:]
+        worker = run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+                      "--node-ip-address=127.0.0.1", *mem], env, timeout=120)
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        res = run(tune_cmd("search", "--data", str(data), "--space", str(tmp_path / "s.yaml"), "--name", "c",
+                           "--storage", str(tmp_path / "results"), "--address", f"127.0.0.1:{port}",
+                           "--no-finalize"), env, timeout=400)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    finally:
+        kill_marked(mark)
+    nodes = set()
+    for f in (tmp_path / "results" / "c" / "trials").glob("*/*/result.json"):
+        nodes |= {json.loads(line)["node_id"] for line in f.read_text().splitlines() if line.strip()}
+    assert len(nodes) == 2, nodes
+    assert len(load_leaderboard(tmp_path / "results" / "c")) == 8
