@@ -57,7 +57,8 @@ def cached_encode(model: Detector, data: ImageSet, *, flip: bool, cache_dir: Pat
     if cache_dir is None:
         BACKBONE_PASSES.append(key)
         return encode_all(model, data.x, flip=flip)
-    path = Path(cache_dir) / f"features-{key}.npy"
+    # v2: features from before the frozen prefix was put in eval mode at build time used batch statistics.
+    path = Path(cache_dir) / f"features-v2-{key}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -71,6 +71,9 @@ class TrainConfig:
             (self.image_size >= 32, "image_size must be >= 32"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.conv_blocks >= 1, "conv_blocks must be >= 1"),
+            (self.arch != "custom_cnn" or self.image_size >= 2**self.conv_blocks,
+             f"custom_cnn halves the image {self.conv_blocks} times: image_size must be >= 2**conv_blocks "
+             f"= {2**self.conv_blocks}"),
             (self.base_width >= 1, "base_width must be >= 1"),
             (self.unfrozen_blocks >= 0, "unfrozen_blocks must be >= 0"),
             (0 <= self.blur_prob <= 1 and 0 <= self.jpeg_prob <= 1, "blur_prob/jpeg_prob must be in [0, 1]"),

@@ -41,6 +41,7 @@ class SplitFiles:
     paths: list[Path]
     labels: list[int]
     ignored: int = 0  # non-image files found and skipped
+    split_dir: Path | None = None  # the folder the paths are under (fingerprints are relative to it)
 
 
 @dataclass
@@ -64,6 +65,8 @@ def _child_ci(parent: Path, names: tuple[str, ...]) -> Path | None:
         children = {c.name.lower(): c for c in parent.iterdir()}
     except (NotADirectoryError, FileNotFoundError):
         return None
+    except PermissionError:
+        raise DataError(f"cannot list folder {parent}: permission denied") from None
     for name in names:
         if name in children:
             return children[name]
@@ -86,7 +89,8 @@ def find_split_dir(root: Path, split: str) -> Path:
 
 def _walk_files(top: Path) -> list[Path]:
     """All files under `top`, following symlinked folders but never entering one twice (no loop hangs)."""
-    seen: set[tuple[int, int]] = set()
+    # Pre-seed the ancestors too, so a link back up (e.g. Fake/up -> ..) is not walked into the split folder.
+    seen = {(st.st_dev, st.st_ino) for st in map(os.stat, Path(os.path.realpath(top)).parents)}
     out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         st = os.stat(dirpath)
@@ -117,21 +121,24 @@ def scan_split(root: Path, split: str) -> SplitFiles:
             raise DataError(f"empty class folder: {d} has no images (expected {', '.join(sorted(IMAGE_EXTS))})")
         paths += images
         labels += [CLASS_LABELS[cls.lower()]] * len(images)
-    return SplitFiles(split, paths, labels, ignored)
+    return SplitFiles(split, paths, labels, ignored, split_dir)
 
 
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:  # unreadable: decoding reports it with the other bad images
+        return f"unreadable:{e.errno}"
     return h.hexdigest()
 
 
 def fingerprint(files: SplitFiles) -> str:
     """Content hash of a split: relative paths, labels and file bytes (renames and edits both count)."""
     h = hashlib.sha256()
-    base = files.paths[0].parents[1] if files.paths else Path(".")
+    base = files.split_dir or (files.paths[0].parents[1] if files.paths else Path("."))
     with ThreadPoolExecutor(max_workers=4) as pool:
         digests = list(pool.map(file_digest, files.paths))
     for p, lab, dig in zip(files.paths, files.labels, digests, strict=False):
@@ -152,9 +159,11 @@ def decode_image(path: Path, size: int) -> np.ndarray:
                     raise ValueError(f"decompression bomb refused ({im.width}x{im.height} pixels)")
                 im.load()
                 if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    # 16-bit greyscale: scale to 8 bits rather than clip.
+                    # 16-bit greyscale: scale the full 16-bit range to 8 bits rather than clip. A fixed
+                    # scale, not the image's own maximum: a dark image must not come out white.
                     arr = np.asarray(im, dtype=np.float64)
-                    im = Image.fromarray((arr * (255.0 / max(arr.max(), 1.0))).astype(np.uint8))
+                    top = 65535.0 if arr.max() <= 65535 else arr.max()
+                    im = Image.fromarray(np.clip(arr * (255.0 / top) + 0.5, 0, 255).astype(np.uint8))
                 elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                     im = im.convert("RGBA")
                 rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
@@ -187,7 +196,8 @@ def load_split(root: Path, split: str, size: int, *, skip_bad: bool = False,
     """Scan, fingerprint and decode a split; reuse the decoded array from `cache_dir` when present."""
     files = scan_split(root, split)
     fp = fingerprint(files)
-    cached = Path(cache_dir) / f"decoded-{fp}-{size}.npz" if cache_dir else None
+    # v2: 16-bit images are scaled by a fixed 65535 instead of each image's maximum.
+    cached = Path(cache_dir) / f"decoded-v2-{fp}-{size}.npz" if cache_dir else None
     if cached is not None and cached.exists():
         with np.load(cached, allow_pickle=False) as z:
             keep = z["keep"]
@@ -196,7 +206,7 @@ def load_split(root: Path, split: str, size: int, *, skip_bad: bool = False,
         keep_set = set(keep.tolist())
         skipped = [str(p) for i, p in enumerate(files.paths) if i not in keep_set]
         if skipped and not skip_bad:
-            raise DataError(f"{len(skipped)} unreadable image(s) in {files.paths[0].parents[1]}: "
+            raise DataError(f"{len(skipped)} unreadable image(s) in {files.split_dir}: "
                             f"{', '.join(skipped[:20])} (use --skip-bad-images to skip them)")
         y = np.asarray([files.labels[i] for i in keep], dtype=np.float32)
         return ImageSet(split, x, y, [str(p) for p in kept], fp, skipped)

@@ -53,6 +53,9 @@ class Detector(nn.Module):
         self.weights_source = weights_source
         for p in self.frozen.parameters():
             p.requires_grad_(False)
+        # A new module is in train mode: without this, encoding before the first model.train()/eval()
+        # (the feature cache does) would use batch statistics and move the frozen BatchNorm's running stats.
+        self.frozen.eval()
 
     def train(self, mode: bool = True) -> Detector:
         super().train(mode)
@@ -168,7 +171,11 @@ def mobilenet_v2(*, unfrozen_blocks: int = 0, head_sizes: tuple[int, ...] = (128
     if sd is not None:
         # Accept torchvision's own state_dict (features.*, classifier.*); the classifier is replaced.
         feats = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
-        missing, unexpected = net.features.load_state_dict(feats, strict=False)
+        try:
+            missing, unexpected = net.features.load_state_dict(feats, strict=False)
+        except RuntimeError as e:  # right names, wrong shapes
+            first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+            raise UserError(f"weights {weights!r} do not fit MobileNetV2 features: {first[:300]}") from None
         if missing or unexpected:
             raise UserError(f"weights {weights!r} do not fit MobileNetV2 features: {len(missing)} missing keys "
                             f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (expected torchvision's keys)")

@@ -185,7 +185,8 @@ def run_search(opts: SearchOptions) -> Path:
         if opts.address:
             ray.init(address=opts.address, log_to_driver=False)
         else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+            # address="local": always a fresh local Ray, never silently joining another one on this machine
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                      _node_ip_address="127.0.0.1")
         started_ray = True
     try:

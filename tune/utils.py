@@ -10,9 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 
 class UserError(Exception):
     """A problem with the user's input. The CLI prints it as one line and exits 2."""
@@ -20,6 +17,9 @@ class UserError(Exception):
 
 def seed_everything(seed: int) -> None:
     """The one seeding helper: Python, NumPy and torch, plus deterministic kernels."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -55,6 +55,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     import io
+
+    import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
