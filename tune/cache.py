@@ -37,14 +37,19 @@ def frozen_key(model: Detector) -> str:
 
 
 def encode_all(model: Detector, x: np.ndarray, *, flip: bool = False) -> np.ndarray:
+    device = model_device(model)
     outs = []
     with torch.inference_mode():
         for i in range(0, len(x), ENCODE_BATCH):
-            b = to_float(x[i:i + ENCODE_BATCH])
+            b = to_float(x[i:i + ENCODE_BATCH]).to(device)
             if flip:
                 b = b.flip(-1)
-            outs.append(model.frozen(b.contiguous(memory_format=torch.channels_last)).contiguous().numpy())
+            outs.append(model.frozen(b.contiguous(memory_format=torch.channels_last)).contiguous().cpu().numpy())
     return np.concatenate(outs)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def cached_encode(model: Detector, data: ImageSet, *, flip: bool, cache_dir: Path | None) -> np.ndarray:
@@ -77,6 +82,7 @@ class Inputs:
     def __init__(self, model: Detector, cfg: TrainConfig, train: ImageSet, valid: ImageSet,
                  cache_dir: Path | None) -> None:
         self.model, self.train, self.valid = model, train, valid
+        self.device = model_device(model)
         cacheable = cfg.use_cache and model.has_frozen_params
         self.train_live = not cacheable or cfg.blur_prob > 0 or cfg.jpeg_prob > 0
         if not cacheable:
@@ -94,18 +100,18 @@ class Inputs:
 
     def train_batch(self, idx: np.ndarray, plan: AugPlan) -> torch.Tensor:
         if self.train_z is None:
-            x = apply_plan(as_tensor(self.train.x[idx]), plan)
+            x = apply_plan(as_tensor(self.train.x[idx]), plan).to(self.device)
             return self.model.encode(x.contiguous(memory_format=torch.channels_last))
         z = np.array(self.train_z[idx])
         if self.train_z_flip is not None and bool(plan.flip.any()):
             flipped = plan.flip.numpy()
             z[flipped] = self.train_z_flip[idx[flipped]]
-        return torch.from_numpy(z)
+        return torch.from_numpy(z).to(self.device)
 
     def valid_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         for i in range(0, len(self.valid), batch_size):
             if self.valid_z is not None:
-                yield as_tensor(self.valid_z[i:i + batch_size])
+                yield as_tensor(self.valid_z[i:i + batch_size]).to(self.device)
             else:
-                x = to_float(self.valid.x[i:i + batch_size])
+                x = to_float(self.valid.x[i:i + batch_size]).to(self.device)
                 yield self.model.encode(x.contiguous(memory_format=torch.channels_last))

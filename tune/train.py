@@ -64,7 +64,7 @@ def train_one_epoch(model: Detector, inputs: Inputs, y: np.ndarray, optimizer: t
         idx = np.sort(order[i:i + cfg.batch_size])  # sorted: memmap reads stay sequential
         plan = draw_plan(len(idx), hflip=cfg.hflip, blur_prob=cfg.blur_prob, jpeg_prob=cfg.jpeg_prob, gen=gen)
         z = inputs.train_batch(idx, plan)
-        target = torch.from_numpy(y[idx])
+        target = torch.from_numpy(y[idx]).to(z.device)
         loss = loss_fn(model.forward_features(z), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -78,7 +78,7 @@ def evaluate(model: Detector, batches: Any, y: np.ndarray) -> tuple[float, np.nd
     """(mean BCE loss, P(fake) per image) over pre-encoded batches, in inference mode."""
     model.eval()
     with torch.inference_mode():
-        logits = torch.cat([model.forward_features(z) for z in batches])
+        logits = torch.cat([model.forward_features(z).cpu() for z in batches])
     loss = float(nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y)))
     return loss, torch.sigmoid(logits).numpy().astype(np.float64)
 
@@ -87,7 +87,9 @@ def make_model(cfg: TrainConfig) -> Detector:
     seed_everything(cfg.seed)  # model init depends on the seed only
     hp = {"conv_blocks": cfg.conv_blocks, "base_width": cfg.base_width, "head_sizes": cfg.head_sizes,
           "dropout": cfg.dropout, "unfrozen_blocks": cfg.unfrozen_blocks, "weights": cfg.weights}
-    return build_model(cfg.arch, **hp).to(memory_format=torch.channels_last)
+    # CUDA when present (a Ray trial sees only the GPU share it was given); else the CPU.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return build_model(cfg.arch, **hp).to(device=device, memory_format=torch.channels_last)
 
 
 def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, report: ReportHook | None = None,
@@ -173,7 +175,8 @@ def run_record(cfg: TrainConfig, result: FitResult, data: dict[str, Any]) -> dic
     return {"config": cfg.to_dict(), "seed": cfg.seed, "data": data, "weights_source": result.model.weights_source,
             "cache": result.cache_mode, "best_epoch": result.best_epoch, "ended": result.ended,
             "epochs_run": len(result.history), "best": result.best, "trainable_params": result.trainable_params,
-            "frozen_params": result.frozen_params, "versions": library_versions(), "threads": torch.get_num_threads()}
+            "frozen_params": result.frozen_params, "versions": library_versions(), "threads": torch.get_num_threads(),
+            "device": str(next(result.model.parameters()).device)}
 
 
 def save_run(out: Path, cfg: TrainConfig, result: FitResult, data: dict[str, Any]) -> dict[str, Any]:

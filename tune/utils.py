@@ -20,6 +20,7 @@ def seed_everything(seed: int) -> None:
     import numpy as np
     import torch
 
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on GPUs
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
