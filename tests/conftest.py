@@ -68,12 +68,12 @@ def ray_session():
     """One local Ray for the whole test session (starting one costs seconds on 2 cores)."""
     import ray
 
-    from tune.search import quiet_ray
+    from tune.search import loopback_only, quiet_ray
 
     quiet_ray()
+    loopback_only()
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -55,3 +55,42 @@ def tune_cmd(*args: str) -> list[str]:
 
 def run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def listening_addresses(pids: list[int]) -> set[str]:
+    """Local IP addresses on which any of `pids` has a listening TCP socket (from /proc/net)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    out: set[str] = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # 0A = LISTEN
+                hex_ip = f[1].split(":")[0]
+                out.add(_ip(hex_ip, width))
+    return out
+
+
+def _ip(hex_ip: str, width: int) -> str:
+    import ipaddress
+
+    raw = bytes.fromhex(hex_ip)
+    if width == 8:
+        return str(ipaddress.IPv4Address(raw[::-1]))
+    # /proc stores IPv6 as four little-endian 32-bit words
+    addr = ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    return str(addr.ipv4_mapped or addr)

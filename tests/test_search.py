@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 from conftest import TINY_SPACE, make_dataset, run_tiny_search
-from procs import ROOT, kill_marked, marked_env, run, tune_cmd
+from procs import ROOT, kill_marked, listening_addresses, marked_env, pids_with_mark, run, tune_cmd
 
 from tune.leaderboard import load_leaderboard
 from tune.utils import UserError
@@ -109,6 +109,9 @@ def test_sigkill_driver_then_resume(tmp_path: Path) -> None:
         while time.time() < deadline:  # kill once some trial is mid-way (>= 2 epochs, not finished)
             epochs = {d.name: _raw_epochs(d) for d in arch_dir.glob("custom_cnn_*")}
             if any(2 <= len(e) < 6 for e in epochs.values()):
+                # Every server the search started (Ray's GCS, raylet, object manager...) is on loopback only.
+                addresses = listening_addresses(pids_with_mark(mark))
+                assert addresses and addresses <= {"127.0.0.1", "::1"}, addresses
                 break
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.3)
@@ -147,7 +150,9 @@ def test_two_node_cluster(tmp_path: Path) -> None:
     space = TINY_SPACE.replace("trials: 2", "trials: 4")
     (tmp_path / "s.yaml").write_text(space)
     port = _free_port()
-    env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"), RAY_AUTH_MODE="token")
+    # A cluster is the user asking for more than loopback: undo the session's loopback-only setting.
+    env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"), RAY_AUTH_MODE="token",
+                           RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1")
     ray_bin = str(Path(os.sys.executable).parent / "ray")
     mem = ["--memory", str(2 * 1024**3), "--object-store-memory", str(300 * 1024**2)]
     try:

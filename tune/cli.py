@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="only this architecture")
     p.add_argument("--format", default="table", choices=["table", "csv", "markdown", "json"])
     p.set_defaults(func=cmd_leaderboard)
+
+    from tune import finalize, predict, reproduce
+
+    for mod in (finalize, reproduce, predict):
+        mod.add_parser(sub)
     return parser
 
 
@@ -196,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         return func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # unwritable results folder, full disk...: results are written atomically, so
+        # nothing is half-written; say what and where in one line.
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: cannot read or write results ({e.strerror or e}){where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

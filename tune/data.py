@@ -17,6 +17,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -191,9 +192,33 @@ def _decode_all(files: SplitFiles, size: int) -> tuple[np.ndarray, list[tuple[Pa
     return x, sorted(bad)
 
 
+class LiveImages:
+    """Decodes from disk on every access, as the usual pipeline does every epoch (`--no-cache`).
+
+    Indexable like the decoded uint8 array it stands in for, so training code does not care.
+    """
+
+    def __init__(self, paths: list[str], size: int) -> None:
+        self.paths, self.size = paths, size
+        self.shape = (len(paths), 3, size, size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        rows = np.arange(len(self.paths))[idx]
+        return np.stack([decode_image(Path(self.paths[i]), self.size) for i in np.atleast_1d(rows)])
+
+
 def load_split(root: Path, split: str, size: int, *, skip_bad: bool = False,
-               cache_dir: Path | None = None) -> ImageSet:
-    """Scan, fingerprint and decode a split; reuse the decoded array from `cache_dir` when present."""
+               cache_dir: Path | None = None, live: bool = False) -> ImageSet:
+    """Scan, fingerprint and decode a split; reuse the decoded array from `cache_dir` when present.
+
+    With `live`, images are still checked once here, but decoded again at every use (LiveImages).
+    """
+    if live:
+        s = load_split(root, split, size, skip_bad=skip_bad, cache_dir=None)
+        return ImageSet(split, LiveImages(s.paths, size), s.y, s.paths, s.fingerprint, s.skipped)  # type: ignore[arg-type]
     files = scan_split(root, split)
     fp = fingerprint(files)
     # v2: 16-bit images are scaled by a fixed 65535 instead of each image's maximum.

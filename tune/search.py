@@ -60,6 +60,7 @@ class TrialData:
     mode: str
     threads: int
     cache_dir: str | None
+    use_cache: bool = True
 
 
 def run_trial(config: dict[str, Any], data: TrialData) -> None:
@@ -68,7 +69,7 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
     from ray import tune
 
     node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (shown in cluster runs)
-    cfg = TrainConfig.from_dict({**config, "threads": data.threads})
+    cfg = TrainConfig.from_dict({**config, "threads": data.threads, "use_cache": data.use_cache})
     sign = 1.0 if data.mode == "max" else -1.0
     best = {"value": -float("inf")}
     resume = None
@@ -89,7 +90,7 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
             torch.save(state(), Path(d) / "state.pt")
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
-    cache = Path(data.cache_dir) if data.cache_dir and cfg.use_cache else None
+    cache = Path(data.cache_dir) if data.cache_dir else None
     fit(cfg, data.train, data.valid, report=report, resume=resume, cache_dir=cache, log=None)
 
 
@@ -134,8 +135,16 @@ def quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def loopback_only() -> None:
+    """Make a local Ray bind every server to 127.0.0.1. On Linux Ray otherwise swaps "localhost"
+    for the machine's reachable IP and listens on all interfaces. Must run before `import ray`."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def run_search(opts: SearchOptions) -> Path:
     quiet_ray()
+    if not opts.address:
+        loopback_only()
     import ray
     from optuna.samplers import TPESampler
     from optuna.storages import RDBStorage
@@ -161,8 +170,11 @@ def run_search(opts: SearchOptions) -> Path:
 
     cache = opts.cache_dir / "decoded" if opts.use_cache and opts.cache_dir else None
     t0 = time.time()
-    train = load_split(opts.data, "train", space.image_size, skip_bad=opts.skip_bad, cache_dir=cache)
-    valid = load_split(opts.data, "valid", space.image_size, skip_bad=opts.skip_bad, cache_dir=cache)
+    # --no-cache: every trial decodes every image every epoch, like the usual pipeline (for comparison)
+    train = load_split(opts.data, "train", space.image_size, skip_bad=opts.skip_bad, cache_dir=cache,
+                       live=not opts.use_cache)
+    valid = load_split(opts.data, "valid", space.image_size, skip_bad=opts.skip_bad, cache_dir=cache,
+                       live=not opts.use_cache)
     print(f"data: {len(train)} train / {len(valid)} valid images at {space.image_size}px "
           f"(decoded in {time.time() - t0:.1f}s); the test split is not read by the search", flush=True)
     space, weight_notes = resolve_weights(space)
@@ -186,14 +198,13 @@ def run_search(opts: SearchOptions) -> Path:
             ray.init(address=opts.address, log_to_driver=False)
         else:
             # address="local": always a fresh local Ray, never silently joining another one on this machine
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     _node_ip_address="127.0.0.1")
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         started_ray = True
     try:
         cuda = torch.cuda.is_available()
         resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial if cuda else 0}
         data = TrialData(train, valid, space.metric, space.mode, max(1, int(space.resources.cpus_per_trial)),
-                         str(opts.cache_dir / "features") if opts.cache_dir else None)
+                         str(opts.cache_dir / "features") if opts.cache_dir else None, opts.use_cache)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), resources)
         best_key = f"best_{space.metric}"
         for arch in space.architectures:

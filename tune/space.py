@@ -79,7 +79,7 @@ class SearchSpace:
     def base_config(self, arch: str) -> dict[str, Any]:
         """TrainConfig fields every trial of `arch` shares (sampled values are added on top)."""
         return {**self.fixed, "arch": arch, "epochs": self.budget.max_epochs, "patience": self.budget.patience,
-                "image_size": self.image_size,
+                "image_size": self.image_size, "seed": self.seed,
                 **{p.name: p.value for p in self.architectures[arch].values() if p.kind == "fixed"}}
 
 

@@ -1,0 +1,27 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11 + pip):
+#   make demo   - create .venv from requirements.txt if missing, then search + finalize on the built-in data
+#   make test   - create .venv if missing, then run the whole test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+
+.PHONY: demo test lint bench venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(PY) -m tune search --name demo-$(shell date +%Y%m%d-%H%M%S)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check tune tests benchmarks
+	$(PY) -m pytest -q --durations=15
+
+bench: $(STAMP)
+	$(PY) benchmarks/search_overhead.py
+	$(PY) benchmarks/cache_speedup.py

@@ -1,0 +1,223 @@
+"""finalize and its pictures on a copy of the tiny search: seeds, the one test read, resume, numbers, PNGs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from splits import spy_split_reads
+
+import tune.cli
+import tune.data
+import tune.finalize
+from tune import stats
+from tune.metrics import binary_metrics
+
+ARCHS = ("custom_cnn", "mobilenet_v2")
+PLOTS = ("dataset", "learning_curves", "roc", "confusion", "search_metric", "search_epochs", "importance")
+TUNE_SRC = Path(tune.data.__file__).parent
+
+
+def count_fits(mp: pytest.MonkeyPatch) -> list[str]:
+    real = tune.finalize.fit
+    seen: list[str] = []
+
+    def counting(cfg: Any, *a: Any, **k: Any) -> Any:
+        seen.append(f"{cfg.arch}/{cfg.seed}")
+        return real(cfg, *a, **k)
+
+    mp.setattr(tune.finalize, "fit", counting)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def finalized(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A copy of the tiny run, finalized once with 2 seeds and the baseline rows."""
+    tmp = tmp_path_factory.mktemp("finalize")
+    run = tmp / "tiny"
+    shutil.copytree(tiny_run, run)
+    with pytest.MonkeyPatch.context() as mp:
+        calls, fits = spy_split_reads(mp), count_fits(mp)
+        cmp = tune.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=tmp / "cache", log=lambda s: None)
+    return {"run": run, "cmp": cmp, "calls": calls, "fits": fits, "cache": tmp / "cache"}
+
+
+def test_finalize_writes_every_seed_and_the_comparison(finalized: dict[str, Any]) -> None:
+    run, cmp = finalized["run"], finalized["cmp"]
+    assert len(finalized["fits"]) == 8  # (2 tuned + 2 baseline) x 2 seeds
+    for name in ("custom_cnn", "custom_cnn-baseline", "mobilenet_v2", "mobilenet_v2-baseline"):
+        for seed in (0, 1):  # space seed 0, + i
+            d = run / "finalize" / name / f"seed{seed}"
+            assert {p.name for p in d.iterdir()} >= {"best.pth", "history.csv", "predictions.csv", "record.json"}
+            rec = json.loads((d / "record.json").read_text())
+            assert rec["seed"] == seed and rec["config"]["threads"] == 1  # the trial's cpus_per_trial
+            assert rec["data"]["test_fingerprint"] and rec["threshold_rule"].startswith("threshold chosen on valid")
+    assert json.loads((run / "comparison.json").read_text()) == json.loads(json.dumps(cmp, default=str))
+    md = (run / "comparison.md").read_text()
+    assert md.count("| Model | Accuracy | Precision | Recall | F1-Score | AUC Score |") == 2  # both thresholds
+    assert "threshold 0.5" in md and "Youden's J" in md and "paired bootstrap p =" in md
+    assert (run / "comparison.csv").read_text().startswith("model,kind,threshold_rule,metric,mean,")
+    tuned = {r["arch"]: r for r in cmp["rows"] if r["kind"] == "tuned"}
+    # the baseline is the notebook recipe; the tuned row is the search's best trial
+    base = next(r for r in cmp["rows"] if r["name"] == "custom_cnn-baseline")["config"]
+    assert (base["lr"], base["head_sizes"], base["dropout"], base["conv_blocks"], base["base_width"]) == (
+        1e-4, [128], 0.5, 3, 32)
+    mob = next(r for r in cmp["rows"] if r["name"] == "mobilenet_v2-baseline")["config"]
+    assert (mob["unfrozen_blocks"], mob["weights"], mob["patience"], mob["image_size"]) == (0, "none", 3, 32)
+    for arch, row in tuned.items():
+        params = json.loads((run / "trials" / arch / f"{arch}_{row['trial_id']}" / "params.json").read_text())
+        assert row["config"]["lr"] == params["lr"]
+
+
+def test_numbers_match_a_recomputation_from_predictions(finalized: dict[str, Any]) -> None:
+    run, cmp = finalized["run"], finalized["cmp"]
+    for row in cmp["rows"]:
+        probs, y = [], None
+        for seed, thr in zip(row["seeds"], row["thresholds"]):
+            with open(run / row["folder"] / f"seed{seed}" / "predictions.csv") as f:
+                lines = [ln.split(",") for ln in f.read().splitlines()[1:]]
+            y = np.array([int(ln[1]) for ln in lines])
+            probs.append(np.array([float(ln[2]) for ln in lines]))
+            rec = json.loads((run / row["folder"] / f"seed{seed}" / "record.json").read_text())
+            assert rec["threshold"] == thr
+        assert len(y) == cmp["n_test"] == 20
+        for rule, thresholds in (("at_0.5", [0.5, 0.5]), ("at_valid_threshold", row["thresholds"])):
+            for m in stats.ALL_METRICS:
+                values = [binary_metrics(y, p, t)[m] for p, t in zip(probs, thresholds)]
+                cell = row[rule][m]
+                assert cell["per_seed"] == pytest.approx(values, abs=1e-12)
+                assert cell["mean"] == pytest.approx(float(np.mean(values)), abs=1e-12)
+                half = 12.706204736174694 * np.std(values, ddof=1) / math.sqrt(2)  # t(0.975, df=1)
+                assert cell["t_half"] == pytest.approx(half, abs=1e-9)
+            boot = stats.bootstrap(y, {"m": (np.stack(probs), thresholds)})["m"]
+            for m in stats.BOOT_METRICS:
+                lo, hi = np.percentile(boot[m], [2.5, 97.5])
+                assert (row[rule][m]["boot_low"], row[rule][m]["boot_high"]) == pytest.approx((lo, hi), abs=1e-12)
+    best = cmp["best"]["auc"]
+    assert best["model"] in ARCHS and best["runner_up"] in ARCHS and 0 < best["p_value"] <= 1
+    assert best["significant"] == (best["p_value"] < 0.05)
+
+
+def test_exported_model_is_the_best_valid_seed_and_predict_agrees(finalized: dict[str, Any]) -> None:
+    run = finalized["run"]
+    for arch in ARCHS:
+        meta = json.loads((run / "models" / f"{arch}.json").read_text())
+        recs = [json.loads((run / "finalize" / arch / f"seed{s}" / "record.json").read_text()) for s in (0, 1)]
+        scores = [r["valid_score"] for r in recs]
+        assert meta["seed"] == (0 if not scores[1] > scores[0] else 1)  # by valid (max), ties to the first seed
+        assert meta["data"]["test_fingerprint"] and meta["versions"]["torch"] and meta["weights_source"]
+        assert meta["threshold"] == recs[meta["seed"]]["threshold"]
+        src = run / "finalize" / arch / f"seed{meta['seed']}"
+        assert (run / "models" / f"{arch}.pth").read_bytes() == (src / "best.pth").read_bytes()
+    # predict on the test images reproduces the saved test probabilities of the exported seed
+    meta = json.loads((run / "models" / "custom_cnn.json").read_text())
+    out = finalized["cache"].parent / "pred.csv"
+    test_dir = Path(json.loads((run / "run.json").read_text())["data"]["root"]) / "test"
+    assert tune.cli.main(["predict", "--model", str(run / "models" / "custom_cnn.pth"), str(test_dir),
+                          "--csv", str(out)]) == 0
+    got = {ln.split(",")[0]: float(ln.split(",")[1]) for ln in out.read_text().splitlines()[1:]}
+    saved = run / "finalize" / "custom_cnn" / f"seed{meta['seed']}" / "predictions.csv"
+    want = {ln.split(",")[0]: float(ln.split(",")[2]) for ln in saved.read_text().splitlines()[1:]}
+    assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], abs=1e-6) for k in want)
+
+
+def test_test_split_is_read_only_by_finalize(finalized: dict[str, Any]) -> None:
+    test_reads = [mod for mod, split in finalized["calls"] if split == "test"]
+    assert test_reads == ["tune.finalize"]  # once per finalize, by finalize
+    assert {split for _, split in finalized["calls"]} == {"train", "valid", "test"}
+    # and no other module in the package even asks for it
+    for src in TUNE_SRC.glob("*.py"):
+        if src.name != "finalize.py":
+            assert not re.search(r"load_split\([^)]*[\"']test[\"']", src.read_text()), src.name
+
+
+def test_resume_redoes_only_the_unfinished_seed(finalized: dict[str, Any], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "tiny"
+    shutil.copytree(finalized["run"], run)
+    (run / "finalize" / "custom_cnn" / "seed1" / "record.json").unlink()
+    fits = count_fits(monkeypatch)
+    monkeypatch.setenv("TUNE_CACHE_DIR", str(finalized["cache"]))
+    assert tune.cli.main(["finalize", str(run), "--seeds", "2", "--baseline"]) == 0
+    assert fits == ["custom_cnn/1"]
+    # retraining is deterministic, so the redone seed gives back the very same numbers
+    assert json.loads((run / "comparison.json").read_text()) == json.loads((finalized["run"] / "comparison.json")
+                                                                         .read_text())
+
+
+def test_every_plot_is_a_png(finalized: dict[str, Any]) -> None:
+    for name in PLOTS:
+        path = finalized["run"] / "plots" / f"{name}.png"
+        assert path.stat().st_size > 0, name
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.width > 100 and im.height > 100
+            im.verify()
+
+
+def test_importance_plot_draws_bars_with_enough_trials_and_a_note_otherwise(tmp_path: Path) -> None:
+    import optuna
+
+    from tune.report import plot_importance
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="r-custom_cnn", storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("lr", 0, 1) + 0.01 * t.suggest_int("blocks", 1, 3), n_trials=8)
+    optuna.create_study(study_name="r-mobilenet_v2", storage=storage).optimize(
+        lambda t: t.suggest_float("lr", 0, 1), n_trials=1)
+    fig = plot_importance(tmp_path, {"name": "r", "space": {"architectures": {"custom_cnn": {}, "mobilenet_v2": {}}}})
+    bars, empty = fig.axes
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["blocks", "lr"]  # lr explains the metric
+    assert "too few" in empty.texts[0].get_text()
+
+
+def test_bootstrap_metrics_match_binary_metrics() -> None:
+    rng = np.random.default_rng(3)
+    y = np.array([1] * 9 + [0] * 7)
+    p = np.round(rng.random(len(y)), 1)  # rounded: plenty of ties, which AUC must count as one half
+    idx = stats.stratified_indices(y, 50, rng)
+    got = stats.resampled_metrics(y, p, idx, 0.5)
+    for b in range(len(idx)):
+        want = binary_metrics(y[idx[b]], p[idx[b]], 0.5)
+        for m in stats.BOOT_METRICS:
+            assert got[m][b] == pytest.approx(want[m], abs=1e-12), m
+    assert (y[idx] == 1).sum(1).tolist() == [9] * 50  # stratified: class counts kept
+
+
+def test_paired_p_value() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.8, 0.02, 1000)
+    assert stats.paired_p_value(a, a, 0.0) == 1.0
+    assert stats.paired_p_value(a, a - 0.1 + rng.normal(0, 0.01, 1000), 0.1) < 0.01
+    assert stats.paired_p_value(a, a + rng.normal(0, 0.05, 1000), 0.001) > 0.5
+
+
+def test_finalize_refuses_bad_input(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert tune.cli.main(["finalize", str(tiny_run), "--seeds", "0"]) == 2
+    assert tune.cli.main(["finalize", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: --seeds must be >= 1") and err[1].startswith("error: run not found")
+
+
+def test_seed_zero_retraining_is_the_trial_itself(finalized: dict[str, Any]) -> None:
+    """Trials train with seed 0 and the tiny space's seed is 0: finalize's seed 0 must redo the trial exactly."""
+    import pandas as pd
+
+    from tune.leaderboard import _read_results
+
+    run = finalized["run"]
+    for row in (r for r in finalized["cmp"]["rows"] if r["kind"] == "tuned"):
+        trial = _read_results(run / "trials" / row["arch"] / f"{row['arch']}_{row['trial_id']}" / "result.json")
+        mine = pd.read_csv(run / row["folder"] / "seed0" / "history.csv", float_precision="round_trip")
+        assert len(mine) >= len(trial)  # ASHA may have stopped the trial earlier than finalize stops
+        for rec, (_, got) in zip(trial, mine.iterrows()):
+            assert (rec["train_loss"], rec["val_loss"], rec["val_auc"]) == (got["train_loss"], got["val_loss"],
+                                                                            got["val_auc"])

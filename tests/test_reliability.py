@@ -1,0 +1,127 @@
+"""Faults injected for real: a killed trial worker, a diverging loss, a trial that raises,
+results that cannot be written, servers that must only listen on loopback."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY_SPACE, make_dataset, run_tiny_search
+
+from tune.leaderboard import load_leaderboard
+
+pytestmark = pytest.mark.slow
+
+ONE_ARCH = """
+metric: val_auc
+seed: 0
+image_size: 48
+budget: {trials: 2, max_epochs: 5, grace_period: 5, reduction_factor: 2, patience: 5}
+resources: {cpus_per_trial: 1}
+architectures:
+  custom_cnn:
+    lr: {type: loguniform, low: 1.0e-4, high: 1.0e-3}
+    base_width: {type: categorical, choices: [16, 24]}
+"""
+
+
+def _epochs(f: Path) -> list[dict]:
+    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+
+
+def test_killed_trial_worker_is_retried_from_its_checkpoint(ray_session, tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", n=40, size=48)
+    killed: dict[str, object] = {}
+
+    def killer() -> None:  # SIGKILL the worker process of the first trial that reached epoch 2
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            for f in (tmp_path / "results").glob("k/trials/custom_cnn/*/result.json"):
+                rows = _epochs(f)
+                if len(rows) >= 2 and rows[-1]["epoch"] < 5:
+                    killed.update(trial=f.parent.name, pid=rows[-1]["pid"], epoch=rows[-1]["epoch"])
+                    os.kill(rows[-1]["pid"], signal.SIGKILL)
+                    return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    run_dir = run_tiny_search(tmp_path, name="k", space=ONE_ARCH, data=data)
+    t.join()
+    assert killed, "no trial was caught mid-way"
+    df = load_leaderboard(run_dir)
+    assert len(df) == 2 and set(df["ended"]) <= {"completed", "early_stopped"}, df  # one row per trial
+    rows = _epochs(run_dir / "trials" / "custom_cnn" / str(killed["trial"]) / "result.json")
+    epochs = [r["epoch"] for r in rows]
+    assert epochs.count(1) == 1, epochs  # resumed from a checkpoint, not from scratch
+    assert len({r["pid"] for r in rows}) == 2  # ...in a new worker process
+    assert max(epochs) == 5
+
+
+def test_diverging_and_raising_trials_are_recorded_and_the_search_goes_on(ray_session, tmp_path: Path) -> None:
+    space = TINY_SPACE.replace("lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n    conv_blocks",
+                               "lr: 1.0e+30\n    conv_blocks")  # Adam with this lr overflows to inf/NaN
+    space = space.replace("weights: none", "weights: /nonexistent/weights.pth")  # every trial raises
+    run_dir = run_tiny_search(tmp_path, name="faults", space=space, max_failures=0)
+    df = load_leaderboard(run_dir)
+    cnn, mob = df[df.arch == "custom_cnn"], df[df.arch == "mobilenet_v2"]
+    assert len(cnn) == 2 and (cnn["ended"] == "diverged").all(), cnn
+    assert len(mob) == 2 and (mob["ended"] == "errored").all(), mob
+    assert mob["error"].str.contains("weights file not found: /nonexistent/weights.pth").all()
+    assert (run_dir / "leaderboard.csv").is_file()
+
+
+def test_unwritable_results_one_line_and_nothing_half_written(tiny_run: Path, tmp_path: Path, capsys,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from tune import utils
+    from tune.cli import main
+    from tune.leaderboard import write_leaderboard
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = (run / "leaderboard.csv").read_bytes()
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:  # the disk fills up half-way through the file
+        real_write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(utils.os, "fdopen", lambda fd, mode: _Writer(fd, full_disk))
+    with pytest.raises(OSError):
+        write_leaderboard(run)
+    assert (run / "leaderboard.csv").read_bytes() == before  # the old file is intact
+    assert not list(run.glob(".*.tmp"))  # and no temporary file is left behind
+    monkeypatch.undo()
+    # A folder that cannot be created (read-only even for root): one line, exit 2.
+    code = main(["search", "--data", str(tmp_path), "--storage", "/proc/not-writable", "--name", "x",
+                 "--no-finalize"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "/proc/not-writable" in err[0], err
+
+
+class _Writer:
+    def __init__(self, fd: int, write) -> None:
+        self.fd, self._write = fd, write
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *a: object) -> None:
+        os.close(self.fd)
+
+    def write(self, data: bytes) -> int:
+        return self._write(self.fd, data)
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.fd

@@ -1,0 +1,295 @@
+"""`python -m tune finalize [RUN]`: retrain the search's winners with several seeds and test them once.
+
+For each architecture the best trial (leaderboard order) is retrained from scratch with K seeds,
+exactly as a trial trains (tune.train.fit, early stopping on valid, the trial's thread count),
+then each retrained model is scored once on the test split. This module is the only place in the
+project that reads the test split (`load_test`); nothing here ever chooses anything by test
+numbers: thresholds come from valid, and the shipped model is the seed with the best valid score.
+
+Each seed's folder gets record.json last, so an interrupted finalize redoes only unfinished seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune.config import TrainConfig
+from tune.runinfo import RunInfo, cache_dirs, load_train_valid, read_json, read_run, trial_config
+from tune.utils import UserError, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:  # numpy, torch, scipy are imported on use, so `python -m tune --help` stays fast
+    import numpy as np
+
+    from tune.data import ImageSet
+
+Log = Callable[[str], None]
+RULES = {"at_0.5": "threshold 0.5 (the notebook's rule)",
+         "at_valid_threshold": "threshold chosen on valid: Youden's J = TPR - FPR maximised on each retrained "
+                               "model's validation probabilities (the test set never picks it)"}
+
+
+def fit(*args: Any, **kwargs: Any) -> Any:
+    """tune.train.fit, looked up on use (tests replace this to count trainings)."""
+    from tune.train import fit as _fit
+
+    return _fit(*args, **kwargs)
+
+
+def load_split(*args: Any, **kwargs: Any) -> Any:
+    """tune.data.load_split, looked up on use (tests watch it to see who reads the test split)."""
+    from tune.data import load_split as _load_split
+
+    return _load_split(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str  # table row and folder under finalize/: the arch, or "<arch>-baseline"
+    arch: str
+    kind: str  # "tuned" (the search's best trial) or "baseline" (the notebook's fixed recipe)
+    config: TrainConfig  # its seed is replaced by each retraining's seed
+    trial_id: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch} (tuned, trial {self.trial_id})" if self.kind == "tuned" else f"{self.arch} (baseline)"
+
+
+def baseline_config(info: RunInfo, arch: str) -> TrainConfig:
+    """The notebook's recipe: TrainConfig's defaults (lr 1e-4, head 128, dropout 0.5, 3 conv blocks of
+    width 32, MobileNetV2 head only), at the search's image size and epoch cap, patience 3."""
+    fields: dict[str, Any] = {"arch": arch, "image_size": info.image_size, "epochs": info.max_epochs, "patience": 3,
+                              "threads": info.threads, "use_cache": info.use_cache}
+    if arch == "mobilenet_v2":
+        # The weights the search used: run.json's space already says "none" when ImageNet was unavailable.
+        w = info.space["architectures"][arch].get("weights")
+        fields["weights"] = w["value"] if w and w["kind"] == "fixed" else info.space["fixed"].get("weights", "imagenet")
+    return TrainConfig.from_dict(fields)
+
+
+def candidates(info: RunInfo, baseline: bool, log: Log) -> list[Candidate]:
+    from tune.leaderboard import load_leaderboard
+
+    board = load_leaderboard(info.run_dir)
+    out = []
+    for arch in info.space["architectures"]:
+        scored = board[(board["arch"] == arch) & board["score"].notna()] if len(board) else board
+        if len(scored):
+            tid = str(scored.iloc[0]["trial_id"])
+            out.append(Candidate(arch, arch, "tuned", trial_config(info, arch, tid), tid))
+        else:
+            log(f"[{arch}] no trial with a {info.metric} yet: nothing to finalize for it")
+        if baseline:
+            out.append(Candidate(f"{arch}-baseline", arch, "baseline", baseline_config(info, arch)))
+    if not any(c.kind == "tuned" for c in out):
+        raise UserError(f"run {info.name} has no finished trials to finalize")
+    return out
+
+
+def load_test(info: RunInfo, decoded_cache: Path | None) -> ImageSet:
+    """The one read of the test split in the whole project (tests assert that)."""
+    return load_split(info.root, "test", info.image_size, skip_bad=info.skip_bad, cache_dir=decoded_cache)
+
+
+def predictions_csv(test: ImageSet, p: np.ndarray) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "label", "p_fake"])
+    w.writerows((path, int(y), repr(float(q))) for path, y, q in zip(test.paths, test.y, p))  # repr: exact
+    return buf.getvalue()
+
+
+def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    import numpy as np
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return ([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
+            np.array([float(r["p_fake"]) for r in rows]))
+
+
+def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, ImageSet, ImageSet],
+                  features: Path | None, log: Log) -> dict[str, Any]:
+    """Retrain one candidate with one seed, score test once, save; reuse a finished record of the same thing."""
+    from tune.metrics import binary_metrics, youden_threshold
+    from tune.predict import probabilities
+    from tune.train import history_csv, run_record
+
+    train, valid, test = data
+    out = info.run_dir / "finalize" / c.name / f"seed{seed}"
+    cfg = c.config.replace(seed=seed)
+    fingerprints = {"train_fingerprint": train.fingerprint, "valid_fingerprint": valid.fingerprint,
+                    "test_fingerprint": test.fingerprint, "root": str(info.root)}
+    if (out / "record.json").is_file():
+        old = read_json(out / "record.json")
+        if old.get("config") == cfg.to_dict() and old.get("data") == fingerprints:
+            log(f"[{c.name}] seed {seed}: already done, kept ({out})")
+            return old
+        log(f"[{c.name}] seed {seed}: the saved result is for another config or data; redoing it")
+    log(f"[{c.name}] seed {seed}: training {'trial ' + c.trial_id if c.trial_id else 'the notebook recipe'}")
+    result = fit(cfg, train, valid, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
+    threshold = youden_threshold(valid.y, result.val_probs)
+    p_test = probabilities(result.model, test.x)
+    # CPU tensors, so the file loads the same on a machine without the GPU it was trained on
+    atomic_torch_save(out / "best.pth", {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
+    atomic_write_text(out / "history.csv", history_csv(result.history))
+    atomic_write_text(out / "predictions.csv", predictions_csv(test, p_test))
+    record = run_record(cfg, result, fingerprints)
+    record.update(name=c.name, kind=c.kind, trial_id=c.trial_id, metric=info.metric,
+                  valid_score=float(result.best.get(info.metric, float("nan"))),
+                  threshold=threshold, threshold_rule=RULES["at_valid_threshold"],
+                  test={"at_0.5": binary_metrics(test.y, p_test, 0.5),
+                        "at_valid_threshold": binary_metrics(test.y, p_test, threshold)})
+    atomic_write_json(out / "record.json", record)  # last: its presence marks this seed as done
+    return record
+
+
+def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[str, Any]]],
+            test: ImageSet) -> dict[str, Any]:
+    """Means with t-intervals over seeds, bootstrap intervals over test images, and the paired test."""
+    import numpy as np
+
+    from tune import stats
+
+    y = test.y.astype(int)
+    probs: dict[str, np.ndarray] = {}
+    for c in cands:
+        cols = []
+        for r in records[c.name]:
+            paths, labels, p = read_predictions(info.run_dir / "finalize" / c.name / f"seed{r['seed']}" /
+                                                "predictions.csv")
+            if paths != test.paths or not (labels == y).all():
+                raise UserError(f"{c.name} seed {r['seed']}: predictions.csv does not match the test split")
+            cols.append(p)
+        probs[c.name] = np.stack(cols)
+    thresholds = {c.name: [float(r["threshold"]) for r in records[c.name]] for c in cands}
+    rule_thresholds = {"at_0.5": lambda name: [0.5] * len(thresholds[name]), "at_valid_threshold": thresholds.get}
+    boot = {rule: stats.bootstrap(y, {c.name: (probs[c.name], pick(c.name)) for c in cands})
+            for rule, pick in rule_thresholds.items()}
+    rows = []
+    for c in cands:
+        recs = records[c.name]
+        row: dict[str, Any] = {"model": c.label, "name": c.name, "arch": c.arch, "kind": c.kind,
+                               "trial_id": c.trial_id, "config": {**c.config.to_dict(), "seed": None},
+                               "seeds": [r["seed"] for r in recs], "valid_scores": [r["valid_score"] for r in recs],
+                               "thresholds": thresholds[c.name], "folder": f"finalize/{c.name}"}
+        chosen = choose_seed(info, recs)
+        row["chosen_seed"], row["chosen_threshold"] = chosen["seed"], chosen["threshold"]
+        for rule, pick in rule_thresholds.items():
+            row[rule] = metric_cells(stats.per_seed_metrics(y, probs[c.name], pick(c.name)), boot[rule][c.name])
+        rows.append(row)
+    return {"run": info.name, "metric": info.metric, "n_test": len(y), "test_fingerprint": test.fingerprint,
+            "threshold_rules": RULES, "alpha": 0.05,
+            "bootstrap": {"resamples": stats.RESAMPLES, "numpy_seed": stats.SEED, "stratified_by_class": True,
+                          "statistic": "each resample's metric is averaged over seeds"},
+            "rows": rows, "best": best_models(rows, boot["at_0.5"])}
+
+
+def choose_seed(info: RunInfo, recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seed whose model scored best on VALID (ties: the first seed). Test numbers never choose."""
+    best = recs[0]
+    for r in recs[1:]:
+        best = r if info.better(r["valid_score"], best["valid_score"]) else best
+    return best
+
+
+def metric_cells(per_seed: dict[str, list[float]], boot: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    from tune import stats
+
+    cells = {}
+    for m, values in per_seed.items():
+        mean, half = stats.t_interval(values)
+        cells[m] = {"mean": mean, "t_half": half, "t_low": mean - half, "t_high": mean + half, "per_seed": values}
+        if m in boot:
+            cells[m]["boot_low"], cells[m]["boot_high"] = stats.percentile_interval(boot[m])
+    return cells
+
+
+def best_models(rows: list[dict[str, Any]], boot: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The notebook named the best model by accuracy and by AUC; we add whether the gap is significant."""
+    from tune import stats
+
+    tuned = [r for r in rows if r["kind"] == "tuned"]
+    out: dict[str, Any] = {}
+    for m in ("accuracy", "auc"):
+        ranked = sorted(tuned, key=lambda r: -r["at_0.5"][m]["mean"])
+        entry: dict[str, Any] = {"model": ranked[0]["name"], "value": ranked[0]["at_0.5"][m]["mean"]}
+        if len(ranked) > 1:
+            a, b = ranked[0], ranked[1]
+            diff = a["at_0.5"][m]["mean"] - b["at_0.5"][m]["mean"]
+            p = stats.paired_p_value(boot[a["name"]][m], boot[b["name"]][m], diff)
+            entry.update(runner_up=b["name"], runner_up_value=b["at_0.5"][m]["mean"], difference=diff,
+                         p_value=p, significant=bool(p < 0.05), tie=bool(diff == 0))
+        out[m] = entry
+    return out
+
+
+def export_models(info: RunInfo, cmp: dict[str, Any], records: dict[str, list[dict[str, Any]]]) -> None:
+    """models/<arch>.pth + .json: the tuned seed with the best valid score, ready for `predict`."""
+    for row in (r for r in cmp["rows"] if r["kind"] == "tuned"):
+        rec = next(r for r in records[row["name"]] if r["seed"] == row["chosen_seed"])
+        src = info.run_dir / row["folder"] / f"seed{rec['seed']}"
+        atomic_write_bytes(info.run_dir / "models" / f"{row['arch']}.pth", (src / "best.pth").read_bytes())
+        atomic_write_json(info.run_dir / "models" / f"{row['arch']}.json", {
+            "arch": row["arch"], "config": rec["config"], "seed": rec["seed"], "trial_id": row["trial_id"],
+            "run": info.name, "chosen_by": f"best valid {info.metric} over seeds {row['seeds']}",
+            "valid_score": rec["valid_score"], "threshold": rec["threshold"], "threshold_rule": rec["threshold_rule"],
+            "test_metrics": rec["test"], "data": rec["data"], "weights_source": rec["weights_source"],
+            "device": rec.get("device", "cpu"), "versions": rec["versions"], "source": str(src)})
+
+
+def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache_dir: Path | None = None,
+                 log: Log = print) -> dict[str, Any]:
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    import torch
+
+    info = read_run(run_dir)
+    cands = candidates(info, baseline, log)
+    decoded, features = cache_dirs(info, cache_dir)
+    train, valid = load_train_valid(info, cache_dir)
+    test = load_test(info, decoded)
+    log(f"finalize {info.name}: {len(cands)} model(s) x {seeds} seed(s); {len(train)} train / {len(valid)} valid / "
+        f"{len(test)} test images; {info.threads} thread(s) per training, as the trials")
+    threads_before = torch.get_num_threads()
+    try:
+        records = {c.name: [finalize_seed(c, info.seed + i, info, (train, valid, test), features, log)
+                            for i in range(seeds)] for c in cands}
+    finally:
+        torch.set_num_threads(threads_before)  # fit changed it for the whole process
+    cmp = compare(info, cands, records, test)
+    from tune.report import make_plots, render_csv, render_markdown
+
+    md = render_markdown(cmp)
+    atomic_write_json(info.run_dir / "comparison.json", cmp)
+    atomic_write_text(info.run_dir / "comparison.csv", render_csv(cmp))
+    atomic_write_text(info.run_dir / "comparison.md", md)
+    export_models(info, cmp, records)
+    log(md)
+    plots = make_plots(info.run_dir, log=log)
+    log(f"wrote {info.run_dir}/comparison.{{md,csv,json}}, models/, and {len(plots)} plot(s) in plots/")
+    return cmp
+
+
+def cmd_finalize(a: argparse.Namespace) -> int:
+    from tune.cli import cache_root
+    from tune.leaderboard import resolve_run
+
+    run = resolve_run(a.run, Path(a.storage) if a.storage else Path("results"))
+    run_finalize(run, seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root())
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finalize", help="retrain each architecture's best trial with K seeds; test once; compare")
+    p.add_argument("run", nargs="?", help="run name under results/ or a run folder (default: newest)")
+    p.add_argument("--seeds", type=int, default=3, help="retrainings per model, seeds SEED..SEED+K-1 (default: 3)")
+    p.add_argument("--baseline", action="store_true", help="also train the notebook's fixed recipe per architecture")
+    p.add_argument("--storage", help="folder holding run folders (default: results)")
+    p.set_defaults(func=cmd_finalize)

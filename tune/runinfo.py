@@ -1,0 +1,103 @@
+"""What finalize and reproduce need from a finished search's run folder, read one way.
+
+Both re-run training outside Ray, so both must rebuild exactly what a trial saw: the same
+data (checked by fingerprint), the same config (params.json), the same thread count and the
+same cache setting. Keeping that in one place keeps the two commands honest with each other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune.config import TrainConfig
+from tune.utils import UserError
+
+if TYPE_CHECKING:
+    from tune.data import ImageSet
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_dir: Path
+    name: str
+    root: Path  # dataset root the search used
+    image_size: int
+    metric: str  # the search metric, e.g. val_auc
+    mode: str  # "max" or "min"
+    seed: int  # the space's seed; finalize uses seed + i
+    max_epochs: int
+    threads: int  # what every trial ran with: int(cpus_per_trial), at least 1
+    use_cache: bool
+    skip_bad: bool  # the search skipped unreadable images, so we must too
+    fingerprints: dict[str, str]  # train/valid content hashes recorded by the search
+    space: dict[str, Any]
+    meta: dict[str, Any]
+
+    def better(self, a: float, b: float) -> bool:
+        """True when score `a` beats `b` in the search's direction (NaN never wins)."""
+        if a != a:
+            return False
+        if b != b:
+            return True
+        return a > b if self.mode == "max" else a < b
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def read_run(run_dir: Path) -> RunInfo:
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / "run.json")
+    try:
+        space, data = meta["space"], meta["data"]
+        return RunInfo(
+            run_dir=run_dir, name=meta["name"], root=Path(data["root"]), image_size=int(space["image_size"]),
+            metric=space["metric"], mode=space["mode"], seed=int(space["seed"]),
+            max_epochs=int(space["budget"]["max_epochs"]),
+            threads=max(1, int(space["resources"]["cpus_per_trial"])),  # as tune.search.run_search
+            use_cache=bool(meta.get("use_cache", True)), skip_bad=bool(data.get("skipped")),
+            fingerprints={"train": data["train_fingerprint"], "valid": data["valid_fingerprint"]},
+            space=space, meta=meta)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{run_dir}/run.json is incomplete ({type(e).__name__}: {e}); was it written by "
+                        "`python -m tune search`?") from None
+
+
+def cache_dirs(info: RunInfo, cache_dir: Path | None) -> tuple[Path | None, Path | None]:
+    """(decoded-image cache, frozen-feature cache): the same layout as the search, off when it was off."""
+    if cache_dir is None or not info.use_cache:
+        return None, None
+    return Path(cache_dir) / "decoded", Path(cache_dir) / "features"
+
+
+def load_train_valid(info: RunInfo, cache_dir: Path | None) -> tuple[ImageSet, ImageSet]:
+    """The search's train and valid splits; refuse when their content changed since the search."""
+    from tune import data  # numpy, torch, PIL: imported when needed, so the CLI starts fast
+
+    decoded, _ = cache_dirs(info, cache_dir)
+    out = []
+    for split in ("train", "valid"):
+        s = data.load_split(info.root, split, info.image_size, skip_bad=info.skip_bad, cache_dir=decoded)
+        if s.fingerprint != info.fingerprints[split]:
+            raise UserError(f"the {split} data in {info.root} changed since search {info.name} ran (fingerprint "
+                            f"{info.fingerprints[split]} in run.json, {s.fingerprint} now); its numbers cannot be "
+                            "reproduced on different data")
+        out.append(s)
+    return out[0], out[1]
+
+
+def trial_dir(info: RunInfo, arch: str, trial_id: str) -> Path:
+    return info.run_dir / "trials" / arch / f"{arch}_{trial_id}"
+
+
+def trial_config(info: RunInfo, arch: str, trial_id: str) -> TrainConfig:
+    """The trial's full recorded config, plus what the trial got from its environment, not params.json."""
+    params = read_json(trial_dir(info, arch, trial_id) / "params.json")
+    return TrainConfig.from_dict({**params, "threads": info.threads, "use_cache": info.use_cache})
