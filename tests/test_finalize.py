@@ -221,3 +221,13 @@ def test_seed_zero_retraining_is_the_trial_itself(finalized: dict[str, Any]) -> 
         for rec, (_, got) in zip(trial, mine.iterrows()):
             assert (rec["train_loss"], rec["val_loss"], rec["val_auc"]) == (got["train_loss"], got["val_loss"],
                                                                             got["val_auc"])
+
+
+def test_parallel_finalize_gives_the_same_numbers(finalized: dict[str, Any], tmp_path: Path) -> None:
+    """Two retrainings at once in separate processes, each with the trials' threads: same results."""
+    run = tmp_path / "tiny"
+    shutil.copytree(finalized["run"], run)
+    shutil.rmtree(run / "finalize")
+    cmp = tune.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=finalized["cache"], log=lambda s: None,
+                                     jobs=2)
+    assert cmp == finalized["cmp"]

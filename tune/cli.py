@@ -131,8 +131,15 @@ def cmd_search(a: argparse.Namespace) -> int:
     if not a.no_finalize:
         from tune.finalize import run_finalize
 
-        run_finalize(run_dir, seeds=a.seeds, cache_dir=cache_root())
+        run_finalize(run_dir, seeds=a.seeds, cache_dir=cache_root(), jobs=finalize_jobs(run_dir))
     return 0
+
+
+def finalize_jobs(run_dir: Path) -> int:
+    """As many retrainings at once as the machine has room for at the trials' CPUs per trial."""
+    from tune.runinfo import read_run
+
+    return max(1, (os.cpu_count() or 1) // read_run(run_dir).threads)
 
 
 def cmd_leaderboard(a: argparse.Namespace) -> int:

@@ -114,6 +114,23 @@ def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
             np.array([float(r["p_fake"]) for r in rows]))
 
 
+def _fingerprints(info: RunInfo, data: tuple[ImageSet, ImageSet, ImageSet]) -> dict[str, str]:
+    train, valid, test = data
+    return {"train_fingerprint": train.fingerprint, "valid_fingerprint": valid.fingerprint,
+            "test_fingerprint": test.fingerprint, "root": str(info.root)}
+
+
+def done_record(c: Candidate, seed: int, info: RunInfo,
+                data: tuple[ImageSet, ImageSet, ImageSet]) -> dict[str, Any] | None:
+    """The saved record of this exact (config, data, seed), if a previous finalize finished it."""
+    path = info.run_dir / "finalize" / c.name / f"seed{seed}" / "record.json"
+    if path.is_file():
+        old = read_json(path)
+        if old.get("config") == c.config.replace(seed=seed).to_dict() and old.get("data") == _fingerprints(info, data):
+            return old
+    return None
+
+
 def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, ImageSet, ImageSet],
                   features: Path | None, log: Log) -> dict[str, Any]:
     """Retrain one candidate with one seed, score test once, save; reuse a finished record of the same thing."""
@@ -124,13 +141,12 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, 
     train, valid, test = data
     out = info.run_dir / "finalize" / c.name / f"seed{seed}"
     cfg = c.config.replace(seed=seed)
-    fingerprints = {"train_fingerprint": train.fingerprint, "valid_fingerprint": valid.fingerprint,
-                    "test_fingerprint": test.fingerprint, "root": str(info.root)}
+    fingerprints = _fingerprints(info, data)
+    old = done_record(c, seed, info, data)
+    if old is not None:
+        log(f"[{c.name}] seed {seed}: already done, kept ({out})")
+        return old
     if (out / "record.json").is_file():
-        old = read_json(out / "record.json")
-        if old.get("config") == cfg.to_dict() and old.get("data") == fingerprints:
-            log(f"[{c.name}] seed {seed}: already done, kept ({out})")
-            return old
         log(f"[{c.name}] seed {seed}: the saved result is for another config or data; redoing it")
     log(f"[{c.name}] seed {seed}: training {'trial ' + c.trial_id if c.trial_id else 'the notebook recipe'}")
     result = fit(cfg, train, valid, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
@@ -245,7 +261,9 @@ def export_models(info: RunInfo, cmp: dict[str, Any], records: dict[str, list[di
 
 
 def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache_dir: Path | None = None,
-                 log: Log = print) -> dict[str, Any]:
+                 log: Log = print, jobs: int = 1) -> dict[str, Any]:
+    """`jobs` > 1 retrains that many (model, seed) pairs at once in separate processes, each with the
+    trials' thread count, so the numbers are the same as sequentially, only sooner."""
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     import torch
@@ -258,9 +276,23 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     log(f"finalize {info.name}: {len(cands)} model(s) x {seeds} seed(s); {len(train)} train / {len(valid)} valid / "
         f"{len(test)} test images; {info.threads} thread(s) per training, as the trials")
     threads_before = torch.get_num_threads()
+    data = (train, valid, test)
     try:
-        records = {c.name: [finalize_seed(c, info.seed + i, info, (train, valid, test), features, log)
-                            for i in range(seeds)] for c in cands}
+        pending = [(c, i) for c in cands for i in range(seeds) if done_record(c, info.seed + i, info, data) is None]
+        if jobs > 1 and len(pending) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: forking a process whose OpenMP threads already ran can deadlock
+            with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {(c.name, i): pool.submit(finalize_seed, c, info.seed + i, info, data, features, print)
+                           for c, i in pending}
+                records = {c.name: [futures[c.name, i].result() if (c.name, i) in futures else
+                                    finalize_seed(c, info.seed + i, info, data, features, log) for i in range(seeds)]
+                           for c in cands}
+        else:
+            records = {c.name: [finalize_seed(c, info.seed + i, info, data, features, log) for i in range(seeds)]
+                       for c in cands}
     finally:
         torch.set_num_threads(threads_before)  # fit changed it for the whole process
     cmp = compare(info, cands, records, test)
@@ -278,11 +310,11 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
 
 
 def cmd_finalize(a: argparse.Namespace) -> int:
-    from tune.cli import cache_root
+    from tune.cli import cache_root, finalize_jobs
     from tune.leaderboard import resolve_run
 
     run = resolve_run(a.run, Path(a.storage) if a.storage else Path("results"))
-    run_finalize(run, seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root())
+    run_finalize(run, seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(), jobs=finalize_jobs(run))
     return 0
 
 
