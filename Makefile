@@ -23,5 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
 
 bench: $(STAMP)
+	$(PY) benchmarks/cache_speedup.py --threads 1
 	$(PY) benchmarks/search_overhead.py
-	$(PY) benchmarks/cache_speedup.py
+	$(PY) benchmarks/load_200.py
+	$(PY) benchmarks/demo_difficulty.py
