@@ -173,3 +173,13 @@ def test_two_node_cluster(tmp_path: Path) -> None:
         nodes |= {json.loads(line)["node_id"] for line in f.read_text().splitlines() if line.strip()}
     assert len(nodes) == 2, nodes
     assert len(load_leaderboard(tmp_path / "results" / "c")) == 8
+
+
+def test_tiny_search_on_the_builtin_data(ray_session, tmp_path: Path) -> None:
+    from tune.demo_data import generate_demo_data
+
+    data = tmp_path / "demo"
+    generate_demo_data(data, n_per_class=8, size=32, seed=0)
+    df = load_leaderboard(run_tiny_search(tmp_path, name="builtin", data=data, trials=1))
+    assert sorted(df["arch"]) == ["custom_cnn", "mobilenet_v2"]
+    assert (df["score"] >= 0).all() and (df["epochs"] >= 1).all()
