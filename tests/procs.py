@@ -57,6 +57,13 @@ def run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> subprocess
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+def result_rows(path: Path) -> list[dict]:
+    """The lines of a trial's result.json as Ray wrote them (replays after a restore included)."""
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def listening_addresses(pids: list[int]) -> set[str]:
     """Local IP addresses on which any of `pids` has a listening TCP socket (from /proc/net)."""
     inodes: set[str] = set()

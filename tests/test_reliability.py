@@ -4,7 +4,6 @@ results that cannot be written, servers that must only listen on loopback."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import threading
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_SPACE, make_dataset, run_tiny_search
+from procs import result_rows
 
 from tune.leaderboard import load_leaderboard
 
@@ -31,10 +31,6 @@ architectures:
 """
 
 
-def _epochs(f: Path) -> list[dict]:
-    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
-
-
 def test_killed_trial_worker_is_retried_from_its_checkpoint(ray_session, tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n=40, size=48)
     killed: dict[str, object] = {}
@@ -43,7 +39,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(ray_session, tmp_pat
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
             for f in (tmp_path / "results").glob("k/trials/custom_cnn/*/result.json"):
-                rows = _epochs(f)
+                rows = result_rows(f)
                 if len(rows) >= 2 and rows[-1]["epoch"] < 5:
                     killed.update(trial=f.parent.name, pid=rows[-1]["pid"], epoch=rows[-1]["epoch"])
                     os.kill(rows[-1]["pid"], signal.SIGKILL)
@@ -57,7 +53,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(ray_session, tmp_pat
     assert killed, "no trial was caught mid-way"
     df = load_leaderboard(run_dir)
     assert len(df) == 2 and set(df["ended"]) <= {"completed", "early_stopped"}, df  # one row per trial
-    rows = _epochs(run_dir / "trials" / "custom_cnn" / str(killed["trial"]) / "result.json")
+    rows = result_rows(run_dir / "trials" / "custom_cnn" / str(killed["trial"]) / "result.json")
     epochs = [r["epoch"] for r in rows]
     assert epochs.count(1) == 1, epochs  # resumed from a checkpoint, not from scratch
     assert len({r["pid"] for r in rows}) == 2  # ...in a new worker process

@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 from conftest import TINY_SPACE, make_dataset, run_tiny_search
-from procs import ROOT, kill_marked, listening_addresses, marked_env, pids_with_mark, run, tune_cmd
+from procs import ROOT, kill_marked, listening_addresses, marked_env, pids_with_mark, result_rows, run, tune_cmd
 
 from tune.leaderboard import load_leaderboard
 from tune.utils import UserError
@@ -91,8 +91,7 @@ architectures:
 
 
 def _raw_epochs(trial_dir: Path) -> list[int]:
-    f = trial_dir / "result.json"
-    return [json.loads(line)["epoch"] for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+    return [r["epoch"] for r in result_rows(trial_dir / "result.json")]
 
 
 def test_sigkill_driver_then_resume(tmp_path: Path) -> None:
@@ -146,8 +145,9 @@ def _free_port() -> int:
 
 def test_two_node_cluster(tmp_path: Path) -> None:
     """A real two-node Ray cluster on this machine; trials must run on both nodes."""
-    data = make_dataset(tmp_path / "data", n=10, size=32)
-    space = TINY_SPACE.replace("trials: 2", "trials: 4")
+    # Trials long enough (a few seconds) that the second node's worker is up before the head has run them all.
+    data = make_dataset(tmp_path / "data", n=40, size=32)
+    space = TINY_SPACE.replace("trials: 2, max_epochs: 2", "trials: 4, max_epochs: 4")
     (tmp_path / "s.yaml").write_text(space)
     port = _free_port()
     # A cluster is the user asking for more than loopback: undo the session's loopback-only setting.
@@ -162,6 +162,14 @@ def test_two_node_cluster(tmp_path: Path) -> None:
         worker = run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
                       "--node-ip-address=127.0.0.1", *mem], env, timeout=120)
         assert worker.returncode == 0, worker.stderr[-2000:]
+        # Wait until the head sees both nodes alive, or the first trials may all land on the head.
+        alive = "import ray; ray.init(address='auto'); print(sum(n['Alive'] for n in ray.nodes()))"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            probe = run([os.sys.executable, "-c", alive], {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, timeout=60)
+            if probe.stdout.strip().endswith("2"):
+                break
+            time.sleep(1)
         res = run(tune_cmd("search", "--data", str(data), "--space", str(tmp_path / "s.yaml"), "--name", "c",
                            "--storage", str(tmp_path / "results"), "--address", f"127.0.0.1:{port}",
                            "--no-finalize"), env, timeout=400)

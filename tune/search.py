@@ -72,21 +72,18 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
 
     node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (shown in cluster runs)
     cfg = TrainConfig.from_dict({**config, "threads": data.threads, "use_cache": data.use_cache})
-    sign = 1.0 if data.mode == "max" else -1.0
-    best = {"value": -float("inf")}
     resume = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
-        for row in resume["history"]:
-            best["value"] = max(best["value"], sign * row[data.metric])
+    seen = [r[data.metric] for r in resume["history"]] if resume else []
+    pick = max if data.mode == "max" else min
 
     def report(row: dict[str, Any], state: Any) -> None:
-        value = row[data.metric]
-        if value == value:  # not NaN
-            best["value"] = max(best["value"], sign * value)
-        row[f"best_{data.metric}"] = sign * best["value"] if best["value"] > -float("inf") else float("nan")
+        seen.append(row[data.metric])
+        finite = [v for v in seen if v == v]  # NaN (a diverged epoch) never counts as best
+        row[f"best_{data.metric}"] = pick(finite) if finite else float("nan")
         row["node_id"] = node_id
         with tempfile.TemporaryDirectory() as d:
             torch.save(state(), Path(d) / "state.pt")
