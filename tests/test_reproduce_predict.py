@@ -120,4 +120,4 @@ def test_predict_refuses_a_model_without_metadata(model_file: Path, tmp_path: Pa
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     model_file.with_suffix(".json").unlink()
     assert tune.cli.main(["predict", "--model", str(model_file), str(tmp_path)]) == 2
-    assert "model metadata not found" in capsys.readouterr().err
+    assert "model record not found" in capsys.readouterr().err

@@ -104,7 +104,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     result = fit(cfg, train, valid, cache_dir=cache_root() / "features" if cfg.use_cache else None)
     data = {"root": str(root), "train_fingerprint": train.fingerprint, "valid_fingerprint": valid.fingerprint,
             "n_train": len(train), "n_valid": len(valid), "skipped": train.skipped + valid.skipped}
-    save_run(out, cfg, result, data)
+    save_run(out, cfg, result, data, valid.y)
     b = result.best
     print(f"{result.ended} after {len(result.history)} epochs; best epoch {result.best_epoch}: "
           f"val_loss {b['val_loss']:.4f} val_auc {b['val_auc']:.4f} val_acc {b['val_accuracy']:.4f}")

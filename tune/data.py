@@ -11,6 +11,7 @@ size, so every trial on a machine shares one decoded copy. Augmentation then run
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import warnings
@@ -147,15 +148,16 @@ def fingerprint(files: SplitFiles) -> str:
     return h.hexdigest()[:20]
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One image → uint8 (3, size, size) RGB. Raises ValueError with a short reason when it can't."""
-    if path.stat().st_size == 0:
+def decode_image(src: Path | bytes, size: int) -> np.ndarray:
+    """One image (a file, or its bytes) → uint8 (3, size, size) RGB. Raises ValueError with a short
+    reason when it can't (OSError when a file cannot be opened)."""
+    if (len(src) if isinstance(src, bytes) else Path(src).stat().st_size) == 0:
         raise ValueError("zero bytes")
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise ValueError(f"decompression bomb refused ({im.width}x{im.height} pixels)")
                 im.load()
@@ -258,8 +260,6 @@ def load_split(root: Path, split: str, size: int, *, skip_bad: bool = False,
         tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, x)
         os.replace(tmp, cached.with_suffix(".npy"))
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, keep=keep)
         atomic_write_bytes(cached, buf.getvalue())  # written last: its presence marks the cache complete

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from tune.config import TrainConfig
 from tune.runinfo import RunInfo, cache_dirs, load_train_valid, read_json, read_run, trial_config
-from tune.utils import UserError, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
+from tune.utils import (
+    UserError,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+)
 
 if TYPE_CHECKING:  # numpy, torch, scipy are imported on use, so `python -m tune --help` stays fast
     import numpy as np
@@ -134,8 +141,8 @@ def done_record(c: Candidate, seed: int, info: RunInfo,
 def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, ImageSet, ImageSet],
                   features: Path | None, log: Log) -> dict[str, Any]:
     """Retrain one candidate with one seed, score test once, save; reuse a finished record of the same thing."""
+    from tune.inference import probabilities
     from tune.metrics import binary_metrics, youden_threshold
-    from tune.predict import probabilities
     from tune.train import history_csv, run_record
 
     train, valid, test = data
@@ -257,7 +264,8 @@ def export_models(info: RunInfo, cmp: dict[str, Any], records: dict[str, list[di
             "run": info.name, "chosen_by": f"best valid {info.metric} over seeds {row['seeds']}",
             "valid_score": rec["valid_score"], "threshold": rec["threshold"], "threshold_rule": rec["threshold_rule"],
             "test_metrics": rec["test"], "data": rec["data"], "weights_source": rec["weights_source"],
-            "device": rec.get("device", "cpu"), "versions": rec["versions"], "source": str(src)})
+            "device": rec.get("device", "cpu"), "versions": rec["versions"], "source": str(src),
+            "weights_sha256": file_sha256(info.run_dir / "models" / f"{row['arch']}.pth")})
 
 
 def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache_dir: Path | None = None,

@@ -7,7 +7,6 @@ image instead of once per step of every epoch of every trial.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tune.utils import UserError
+from tune.utils import UserError, file_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -188,14 +187,6 @@ def mobilenet_v2(*, unfrozen_blocks: int = 0, head_sizes: tuple[int, ...] = (128
     else:
         body.extend(pool)
     return Detector(frozen, body, mlp_head(net.last_channel, head_sizes, dropout), weights_source=source)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 MODELS: dict[str, Callable[..., Detector]] = {"custom_cnn": custom_cnn, "mobilenet_v2": mobilenet_v2}

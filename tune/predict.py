@@ -10,22 +10,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from tune import CLASSES
-from tune.config import TrainConfig
+from tune import inference
+from tune.inference import LoadedModel
 from tune.utils import UserError, atomic_write_text
-
-if TYPE_CHECKING:  # numpy/torch/PIL are imported on use, so `python -m tune --help` stays fast
-    import numpy as np
-
-    from tune.models import Detector
-
-BATCH = 64
 
 
 @dataclass
@@ -34,50 +25,6 @@ class Prediction:
     p_fake: float  # NaN when the image could not be read
     label: str  # "Fake", "Real" or "" when unreadable
     error: str = ""
-
-
-def probabilities(model: Detector, x: np.ndarray, batch: int = BATCH) -> np.ndarray:
-    """P(fake) for uint8 images (N, 3, S, S): the full model (frozen prefix included), eval mode."""
-    import numpy as np
-    import torch
-
-    from tune.data import to_float
-
-    model.eval()
-    device = next(model.parameters()).device  # make_model puts it on CUDA when there is one
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            b = to_float(x[i:i + batch]).to(device).contiguous(memory_format=torch.channels_last)
-            out.append(torch.sigmoid(model(b)).cpu())
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
-
-
-def load_model(path: Path) -> tuple[Detector, dict[str, Any]]:
-    """The model and its metadata. weights="none": the state_dict holds every weight, so no download."""
-    from tune.models import load_state_dict_file
-    from tune.train import make_model
-
-    path = Path(path)
-    meta_path = path.with_suffix(".json")
-    if not meta_path.is_file():
-        raise UserError(f"model metadata not found: {meta_path} (expected the .json that `finalize` writes "
-                        "next to the .pth)")
-    try:
-        meta = json.loads(meta_path.read_text())
-        cfg = TrainConfig.from_dict({**meta["config"], "weights": "none"})
-        threshold = float(meta["threshold"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"bad model metadata {meta_path}: {type(e).__name__}: {e}") from None
-    model = make_model(cfg)
-    state = load_state_dict_file(path)  # torch.load(..., weights_only=True): never unpickles code
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"{path} does not fit a {cfg.arch} built from {meta_path.name}: "
-                        f"{str(e).splitlines()[0][:200]}") from None
-    meta["threshold"] = threshold
-    return model.eval(), meta
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
@@ -93,27 +40,23 @@ def collect_images(inputs: list[Path]) -> list[Path]:
     return found
 
 
-def predict(model: Detector, meta: dict[str, Any], files: list[Path]) -> list[Prediction]:
+def predict(loaded: LoadedModel, files: list[Path]) -> list[Prediction]:
     import numpy as np
 
-    from tune.data import decode_image
-
-    size = int(meta["config"]["image_size"])
-    threshold = float(meta["threshold"])
     rows = [Prediction(str(f), math.nan, "") for f in files]
     good: list[int] = []
     pixels: list[np.ndarray] = []
     for i, f in enumerate(files):
         try:
-            pixels.append(decode_image(f, size))
+            pixels.append(loaded.decode(f))
             good.append(i)
         except (ValueError, OSError) as e:  # decode_image's ValueError; OSError: missing or unreadable file
             rows[i].error = str(e) if isinstance(e, ValueError) else f"cannot open: {e.strerror or e}"
     if good:
-        probs = probabilities(model, np.stack(pixels))
+        probs = loaded.probabilities(np.stack(pixels))
         for i, p in zip(good, probs):
             rows[i].p_fake = float(p)
-            rows[i].label = CLASSES[int(p >= threshold)]  # same rule as tune.metrics.binary_metrics
+            rows[i].label = loaded.label(float(p))
     return rows
 
 
@@ -136,12 +79,14 @@ def render_table(rows: list[Prediction]) -> str:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    model, meta = load_model(a.model)
+    loaded = inference.load(a.model)
+    for note in loaded.notes:
+        print(f"note: {note}")
     files = collect_images(a.images)
     if not files:
         raise UserError(f"no images found in {', '.join(map(str, a.images))} "
                         "(expected image files, or folders with .jpg/.jpeg/.png/.bmp/.webp files)")
-    rows = predict(model, meta, files)
+    rows = predict(loaded, files)
     bad = sum(1 for r in rows if r.error)
     if a.csv:
         atomic_write_text(a.csv, render_csv(rows))
@@ -149,14 +94,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
     else:
         print(render_table(rows), end="")
     fakes = sum(1 for r in rows if r.label == "Fake")
-    print(f"{len(rows) - bad} image(s) scored ({fakes} Fake at threshold {meta['threshold']:.4f}, chosen on the "
-          f"validation split); {bad} unreadable")
+    print(f"{len(rows) - bad} image(s) scored ({fakes} Fake X; {bad} unreadable")
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="score images with a finalized model (P(fake) and a Fake/Real label)")
-    p.add_argument("--model", type=Path, required=True, help="results/RUN/models/ARCH.pth (its .json beside it)")
+    p.add_argument("--model", type=Path, required=True, help=(
+                   "results/RUN/models/ARCH.pth (its .json beside it) or a train folder's best.pth"))
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders")
     p.add_argument("--csv", type=Path, help="write path,p_fake,label,error to this file instead of a table")
     p.set_defaults(func=cmd_predict)

@@ -25,7 +25,14 @@ from tune.config import TrainConfig
 from tune.data import ImageSet, draw_plan
 from tune.metrics import binary_metrics
 from tune.models import Detector, build_model, count_params
-from tune.utils import atomic_torch_save, atomic_write_json, atomic_write_text, library_versions, seed_everything
+from tune.utils import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    library_versions,
+    seed_everything,
+)
 
 # report(metrics, checkpoint_state) is called after every epoch; checkpoint_state() builds the
 # resumable state lazily, so callers that do not checkpoint pay nothing for it.
@@ -171,19 +178,29 @@ def history_csv(history: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def run_record(cfg: TrainConfig, result: FitResult, data: dict[str, Any]) -> dict[str, Any]:
-    return {"config": cfg.to_dict(), "seed": cfg.seed, "data": data, "weights_source": result.model.weights_source,
+def run_record(cfg: TrainConfig, result: FitResult, data: dict[str, Any],
+               y_valid: np.ndarray | None = None) -> dict[str, Any]:
+    """Everything about a training run but its weights. With the valid labels it also records the
+    threshold that a model file is used at (Youden's J on valid, as finalize chooses it)."""
+    from tune.metrics import youden_threshold
+
+    threshold = {} if y_valid is None else {"threshold": youden_threshold(y_valid, result.val_probs),
+                                            "threshold_rule": "Youden's J maximised on the validation split"}
+    return {**threshold, "config": cfg.to_dict(), "seed": cfg.seed, "data": data,
+            "weights_source": result.model.weights_source,
             "cache": result.cache_mode, "best_epoch": result.best_epoch, "ended": result.ended,
             "epochs_run": len(result.history), "best": result.best, "trainable_params": result.trainable_params,
             "frozen_params": result.frozen_params, "versions": library_versions(), "threads": torch.get_num_threads(),
             "device": str(next(result.model.parameters()).device)}
 
 
-def save_run(out: Path, cfg: TrainConfig, result: FitResult, data: dict[str, Any]) -> dict[str, Any]:
+def save_run(out: Path, cfg: TrainConfig, result: FitResult, data: dict[str, Any],
+             y_valid: np.ndarray | None = None) -> dict[str, Any]:
     """out/best.pth (state_dict), out/history.csv (per epoch), out/record.json (everything else)."""
     out.mkdir(parents=True, exist_ok=True)
-    record = run_record(cfg, result, data)
-    atomic_torch_save(out / "best.pth", result.model.state_dict())
+    record = run_record(cfg, result, data, y_valid)
+    atomic_torch_save(out / "best.pth", {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
+    record["weights_sha256"] = file_sha256(out / "best.pth")
     atomic_write_text(out / "history.csv", history_csv(result.history))
     atomic_write_json(out / "record.json", record)
     return record
