@@ -205,3 +205,8 @@ def check_arch(name: str) -> None:
 def build_model(name: str, **hparams: Any) -> Detector:
     check_arch(name)
     return MODELS[name](**hparams)
+
+
+def list_archs() -> list[str]:
+    """Every registered architecture name (tests and tools iterate over this, never over literals)."""
+    return sorted(MODELS)
