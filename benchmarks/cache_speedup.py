@@ -91,7 +91,7 @@ def main() -> None:
           "usual / cached | max val-metric diff cached vs no-cache |")
     print("|---|---|---|---|---|---|---|", flush=True)
     for arch, hp in CONFIGS:
-        cfg = TrainConfig(arch=arch, image_size=a.size, epochs=a.epochs, weights="none", threads=a.threads, **hp)
+        cfg = TrainConfig.of(arch=arch, image_size=a.size, epochs=a.epochs, weights="none", threads=a.threads, **hp)
         usual_s, _ = usual_epoch(cfg, root)
         res = {}
         for use_cache in (False, True):

@@ -30,7 +30,7 @@ def test_cache_is_invalidated_exactly_when_its_output_could_change(tmp_path: Pat
     torch.set_num_threads(1)
     root = make_dataset(tmp_path / "data", n=6, size=32, splits=("train", "valid"))
     c = tmp_path / "features"
-    cfg = TrainConfig(arch="mobilenet_v2", weights="none", epochs=1, image_size=32, unfrozen_blocks=1, batch_size=8)
+    cfg = TrainConfig.of(arch="mobilenet_v2", weights="none", epochs=1, image_size=32, unfrozen_blocks=1, batch_size=8)
     assert passes(cfg, root, c) == 3  # valid, train, flipped train
     assert passes(cfg, root, c) == 0  # reused
     assert passes(cfg.replace(lr=1e-3, head_sizes=(8,)), root, c) == 0  # trainable part only: still valid
@@ -50,18 +50,20 @@ def test_cache_is_invalidated_exactly_when_its_output_could_change(tmp_path: Pat
 
 
 def test_cache_is_shared_by_the_search_trials(tiny_run: Path) -> None:
-    """Every mobilenet trial of the tiny search with the same depth used one set of feature files."""
+    """The search built the features of every depth its space allows (0..2) once, before the trials, and
+    the trials used those files: no trial added one."""
     depths = set()
     for params in (tiny_run / "trials" / "mobilenet_v2").glob("*/params.json"):
         depths.add(json.loads(params.read_text())["unfrozen_blocks"])
+    assert depths <= {0, 1, 2}
     files = list((tiny_run.parent.parent / "cache" / "features").glob("features-*.npy"))
-    assert len(files) == 3 * len(depths), (depths, [f.name for f in files])
+    assert len(files) == 3 * 3, (depths, [f.name for f in files])
 
 
 @pytest.mark.parametrize("prob", ["blur_prob", "jpeg_prob"])
 def test_random_augmentation_falls_back_to_live_and_says_so(tmp_path: Path, prob: str) -> None:
     root = make_dataset(tmp_path / "data", n=4, size=32, splits=("train", "valid"))
-    cfg = TrainConfig(arch="mobilenet_v2", weights="none", epochs=1, image_size=32, batch_size=8, **{prob: 0.5})
+    cfg = TrainConfig.of(arch="mobilenet_v2", weights="none", epochs=1, image_size=32, batch_size=8, **{prob: 0.5})
     assert passes(cfg, root, tmp_path / "f") == 1  # only valid is cached
     train, valid = load_split(root, "train", 32), load_split(root, "valid", 32)
     assert "train live" in fit(cfg, train, valid, cache_dir=tmp_path / "f", log=None).cache_mode

@@ -18,6 +18,7 @@ from tune.cli import main
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--image-size", "32", "--batch-size", "8", "--conv-blocks", "1", "--base-width", "4", "--head-sizes", "8",
         "--threads", "1"]
+FAST_PRETRAINED = ["--image-size", "32", "--batch-size", "8", "--head-sizes", "8", "--threads", "1"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,17 +76,14 @@ def test_tiny_train_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert (tmp_path / "cache" / "decoded").is_dir()  # TUNE_CACHE_DIR (conftest) holds the decoded images
 
 
-def test_train_mobilenet_offline_warns_once(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_pretrained_offline_is_refused_not_random(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     data = make_dataset(tmp_path / "data", n=4, size=32, splits=("train", "valid"))
-    rc = main(["train", "--data", str(data), "--arch", "mobilenet_v2", "--epochs", "1", "--out",
-               str(tmp_path / "run"), *FAST])
-    err = capsys.readouterr().err
-    assert rc == 0, err
-    assert err.count("warning:") == 1 and "RANDOM weights" in err and str(tmp_path / "torch") in err
-    record = json.loads((tmp_path / "run" / "record.json").read_text())
-    assert record["weights_source"].startswith("random")
+    line = one_error_line(capsys, main(["train", "--data", str(data), "--arch", "mobilenet_v2", "--epochs", "1",
+                                        "--out", str(tmp_path / "run"), "--image-size", "32"]))
+    assert "mobilenet_v2" in line and str(tmp_path / "torch") in line and "file:PATH" in line
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("make,what,where", LAYOUT_ERRORS, ids=[m.__name__[1:] for m, _, _ in LAYOUT_ERRORS])
@@ -119,13 +117,19 @@ def test_option_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
         (["--arch", "resnet"], "unknown architecture 'resnet'; valid: custom_cnn, mobilenet_v2"),
         (["--lr", "0"], "lr must be > 0"),
         (["--head-sizes", "big"], "bad head_sizes 'big'"),
-        (["--conv-blocks", "6"], "image_size must be >= 2**conv_blocks = 64"),  # 32 px halved 6 times
+        (["--conv-blocks", "6"], "custom_cnn needs image_size >= 64"),  # 32 px halved 6 times
         (["--arch", "mobilenet_v2", "--weights", "none", "--unfrozen-blocks", "20"], "unfrozen_blocks=20"),
         (["--arch", "mobilenet_v2", "--weights", str(evil)], f"refused to load {evil}"),
         (["--arch", "mobilenet_v2", "--weights", str(tmp_path / "nope.pth")], "weights file not found"),
+        (["--arch", "efficientnet_lite0", "--conv-blocks", "2"],
+         "unknown training option(s) ['conv_blocks'] for efficientnet_lite0"),
+        (["--arch", "efficientnet_lite0", "--weights", "hubb"], "bad weights 'hubb'"),
     ]
     for args, want in cases:
-        line = one_error_line(capsys, main(["train", "--data", str(root), "--epochs", "1", *FAST, *args]))
+        fast = FAST_PRETRAINED if args[:2] in (["--arch", "mobilenet_v2"], ["--arch", "efficientnet_lite0"]) else FAST
+        if "--conv-blocks" in args:
+            fast = FAST_PRETRAINED
+        line = one_error_line(capsys, main(["train", "--data", str(root), "--epochs", "1", *fast, *args]))
         assert want in line, (args, line)
 
 

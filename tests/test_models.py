@@ -1,4 +1,5 @@
-"""Model registry: parameter counts, freezing, weights files (safe loading), offline ImageNet fallback."""
+"""MobileNetV2 and the custom CNN through the registry: parameter counts, freezing, weights files (safe
+loading), ImageNet weights from the torch cache, and no silent random backbone offline."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ import torch
 from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
 
 import tune.models as models
-from tune.models import MOBILENET_BLOCKS, build_model, count_params
-from tune.utils import UserError
+from tune.archs import build_model
+from tune.models import count_params
+from tune.utils import UserError, file_sha256
+from tune.weights import WeightsUnavailable
+
+MOBILENET_BLOCKS = 19  # len(torchvision mobilenet_v2().features)
 
 HEAD = (16,)
 
@@ -44,9 +49,10 @@ def tv_features_counts() -> list[int]:
 
 
 def features_of(model: models.Detector) -> list[torch.nn.Module]:
-    """MobileNetV2's 19 feature blocks, wherever the frozen/body split put them."""
-    mods = [m for m in [*model.frozen, *model.body] if not isinstance(m, models.Normalize)]
-    return mods[:MOBILENET_BLOCKS]
+    """MobileNetV2's 19 feature blocks, wherever the frozen/body split put them (unit 0 is Normalize + block 0)."""
+    units = [*model.frozen, *model.body][:MOBILENET_BLOCKS]
+    assert isinstance(units[0][0], models.Normalize)
+    return [units[0][1], *units[1:]]
 
 
 def test_unknown_arch_lists_valid_names() -> None:
@@ -78,8 +84,7 @@ def test_mobilenet_param_counts(tv_features_counts: list[int]) -> None:
             assert trainable == head and model.has_frozen_params
         if k == 19:
             assert frozen == 0 and not model.has_frozen_params
-            assert [type(m) for m in model.frozen] == [models.Normalize]
-            assert {n for n, _ in model.frozen.named_buffers()} == {"0.mean", "0.std"}
+            assert len(model.frozen) == 0 and isinstance(model.body[0][0], models.Normalize)
     assert frozen_seen == sorted(frozen_seen, reverse=True) and len(set(frozen_seen)) == 4
 
 
@@ -144,7 +149,7 @@ def test_weights_from_local_file(saved_weights, unfrozen: int) -> None:
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
     assert model.weights_source.startswith("file mine.pth sha256:")
-    assert models.file_sha256(path)[:16] in model.weights_source
+    assert file_sha256(path) in model.weights_source
 
 
 def test_weights_wrapped_in_model_key(saved_weights, tmp_path: Path) -> None:
@@ -208,22 +213,28 @@ def test_bad_weights_files(saved_weights, tmp_path: Path) -> None:
         build_model("mobilenet_v2", weights=str(tmp_path / "nope.pth"))
 
 
-def test_imagenet_offline_warns_and_says_random(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def imagenet_cache_path() -> Path:
+    from torchvision.models import MobileNet_V2_Weights
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(MobileNet_V2_Weights.IMAGENET1K_V1.url).name
+
+
+def test_imagenet_offline_is_refused_never_random(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("TUNE_OFFLINE", "1")
-    path = models.imagenet_cache_path()
+    path = imagenet_cache_path()
     assert str(path).startswith(str(tmp_path)) and not path.exists()
-    with pytest.warns(UserWarning, match=re.escape(str(path))):
-        model = build_model("mobilenet_v2", weights="imagenet", head_sizes=HEAD)
-    assert model.weights_source.startswith("random")
+    with pytest.raises(WeightsUnavailable, match=re.escape(str(path))):
+        build_model("mobilenet_v2", weights="imagenet", head_sizes=HEAD)
+    assert build_model("mobilenet_v2", weights="none").weights_source.startswith("none (random init, as")
 
 
 def test_imagenet_from_torch_cache(saved_weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src, net = saved_weights
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    path = models.imagenet_cache_path()
+    path = imagenet_cache_path()
     path.parent.mkdir(parents=True)
     path.write_bytes(src.read_bytes())
     model = build_model("mobilenet_v2", weights="imagenet", head_sizes=HEAD)
-    assert model.weights_source.startswith("imagenet")
+    assert model.weights_source.startswith("hub: torchvision IMAGENET1K_V1")
     assert torch.equal(features_of(model)[5].conv[0][0].weight, net.features[5].conv[0][0].weight)

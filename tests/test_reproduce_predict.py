@@ -77,7 +77,7 @@ def test_reproduce_unknown_trial(tiny_run: Path, capsys: pytest.CaptureFixture[s
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
     """A small custom CNN saved the way finalize exports one (state_dict + .json beside it)."""
-    cfg = TrainConfig(arch="custom_cnn", image_size=32, conv_blocks=1, base_width=4, head_sizes=(8,), seed=3)
+    cfg = TrainConfig.of(arch="custom_cnn", image_size=32, conv_blocks=1, base_width=4, head_sizes=(8,), seed=3)
     path = tmp_path / "models" / "custom_cnn.pth"
     atomic_torch_save(path, make_model(cfg).state_dict())
     atomic_write_json(path.with_suffix(".json"), {"config": cfg.to_dict(), "threshold": 0.5, "seed": 3})

@@ -39,9 +39,10 @@ def splits(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImageSet, ImageSet
     return load_split(root, "train", 32), load_split(root, "valid", 32)
 
 
-CNN = TrainConfig(arch="custom_cnn", image_size=32, batch_size=8, epochs=2, lr=3e-3, conv_blocks=1, base_width=4,
-                  head_sizes=(8,), dropout=0.2, weights="none")
-MOBILE = CNN.replace(arch="mobilenet_v2", unfrozen_blocks=1, head_sizes=[8])
+CNN = TrainConfig.of(arch="custom_cnn", image_size=32, batch_size=8, epochs=2, lr=3e-3, conv_blocks=1, base_width=4,
+                  head_sizes=(8,), dropout=0.2)
+MOBILE = TrainConfig.of(**{k: v for k, v in CNN.to_dict().items() if k not in ("arch", "conv_blocks", "base_width")},
+                        **{"arch": "mobilenet_v2", "unfrozen_blocks": 1, "weights": "none"})
 
 
 def run(cfg: TrainConfig, splits, **kw) -> train_mod.FitResult:

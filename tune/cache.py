@@ -1,9 +1,11 @@
 """What a training step feeds the trainable part of a model, computed once where possible.
 
-For a model with a frozen prefix (MobileNetV2 with `unfrozen_blocks` < 19), the prefix's output
-never changes: we compute it once per image (and once per orientation when flips are on), keep it
-in a .npy file shared by every trial on the machine, and a step runs only the unfrozen blocks and
-the head. Random blur or JPEG re-compression cannot be enumerated, so then the train split falls
+For a model with a frozen prefix (a pretrained backbone with some units frozen), the prefix's
+output never changes: we compute it once per image (and once per orientation when flips are on),
+keep it in a .npy file shared by every trial on the machine, and a step runs only the unfrozen
+units and the head. Prefixes are chained: a longer prefix's features are derived from a shorter
+one's by running only the units in between, so a search over several depths pays about one
+backbone pass. Random blur or JPEG re-compression cannot be enumerated, so then the train split falls
 back to live computation (valid is always cached) and the run records it.
 """
 
@@ -23,29 +25,49 @@ from tune.data import AugPlan, ImageSet, apply_plan, as_tensor, to_float
 from tune.models import Detector
 
 ENCODE_BATCH = 64
-# Counts full passes over a split through a frozen prefix, for tests and benchmarks.
+# Full passes over a split through a frozen prefix, and derivations of a longer prefix's features from a
+# shorter one's (tests and benchmarks count these).
 BACKBONE_PASSES: list[str] = []
+DERIVED: list[str] = []
+
+
+def prefix_keys(model: Detector) -> list[str]:
+    """keys[k] names the output of the first k units of the frozen prefix: a hash chain over each unit's
+    structure and weights, so two models that share their first k units share keys[k]."""
+    h = hashlib.sha256(b"prefix-v3")
+    keys = [h.hexdigest()[:16]]
+    for unit in model.frozen:
+        h.update(repr(unit).encode())
+        for name, t in unit.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+        keys.append(h.hexdigest()[:16])
+    return keys
 
 
 def frozen_key(model: Detector) -> str:
     """Hash of the frozen prefix's weights and structure: changes whenever its outputs could."""
-    h = hashlib.sha256(repr(model.frozen).encode())
-    for name, t in model.frozen.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return prefix_keys(model)[-1]
 
 
-def encode_all(model: Detector, x: np.ndarray, *, flip: bool = False) -> np.ndarray:
+def run_units(model: Detector, x: np.ndarray, start: int, *, flip: bool = False) -> np.ndarray:
+    """Units start.. of the frozen prefix over `x`: uint8 images when start is 0, else stored features."""
     device = model_device(model)
+    units = model.frozen[start:]
     outs = []
     with torch.inference_mode():
         for i in range(0, len(x), ENCODE_BATCH):
-            b = to_float(x[i:i + ENCODE_BATCH]).to(device)
-            if flip:
+            b = (to_float(x[i:i + ENCODE_BATCH]) if start == 0 else as_tensor(x[i:i + ENCODE_BATCH])).to(device)
+            if flip and start == 0:
                 b = b.flip(-1)
-            outs.append(model.frozen(b.contiguous(memory_format=torch.channels_last)).contiguous().cpu().numpy())
+            if b.dim() == 4:
+                b = b.contiguous(memory_format=torch.channels_last)
+            outs.append(units(b).contiguous().cpu().numpy())
     return np.concatenate(outs)
+
+
+def encode_all(model: Detector, x: np.ndarray, *, flip: bool = False) -> np.ndarray:
+    return run_units(model, x, 0, flip=flip)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -53,31 +75,53 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def cached_encode(model: Detector, data: ImageSet, *, flip: bool, cache_dir: Path | None) -> np.ndarray:
-    """encode_all, memoised on disk by (data fingerprint, image size, frozen weights, flip).
+    """encode_all, memoised on disk by (data fingerprint, image size, frozen prefix, flip).
 
+    Chained: when a shorter prefix of the same backbone is already stored (a trial with more
+    unfrozen units ran first, or the search precomputed it), only the units in between run.
     A file lock makes concurrent trials on one machine wait for the first to finish instead of
     all computing the same thing; the file is written to a temporary name and renamed.
     """
-    key = f"{data.fingerprint}-{data.x.shape[-1]}-{frozen_key(model)}-{len(data)}{'-flip' if flip else ''}"
+    keys = prefix_keys(model)
+    n = len(model.frozen)
+    base = f"{data.fingerprint}-{data.x.shape[-1]}-{len(data)}{'-flip' if flip else ''}"
     if cache_dir is None:
-        BACKBONE_PASSES.append(key)
+        BACKBONE_PASSES.append(f"{base}-{keys[n]}")
         return encode_all(model, data.x, flip=flip)
-    # v2: features from before the frozen prefix was put in eval mode at build time used batch statistics.
-    path = Path(cache_dir) / f"features-v2-{key}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
+
+    def path(k: int) -> Path:
+        return Path(cache_dir) / f"features-v3-{base}-{keys[k]}.npy"
+
+    target = path(n)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():
-            BACKBONE_PASSES.append(key)
-            z = encode_all(model, data.x, flip=flip)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        if not target.exists():
+            start = next((k for k in range(n - 1, 0, -1) if path(k).exists()), 0)
+            if start:
+                DERIVED.append(f"{base}-{keys[n]} from {start}")
+                z = run_units(model, np.load(path(start), mmap_mode="r"), start)
+            else:
+                BACKBONE_PASSES.append(f"{base}-{keys[n]}")
+                z = encode_all(model, data.x, flip=flip)
+            tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
             np.save(tmp, z)
-            os.replace(tmp, path)
-    return np.load(path, mmap_mode="r")
+            os.replace(tmp, target)
+    return np.load(target, mmap_mode="r")
+
+
+def precompute(models: list[Detector], train: ImageSet, valid: ImageSet, *, hflip: bool,
+               cache_dir: Path) -> None:
+    """Fill the cache for every frozen depth a search can ask for, shortest prefix first, so the
+    backbone runs over the images once and each longer prefix adds only its own units."""
+    for model in sorted(models, key=lambda m: len(m.frozen)):
+        if model.has_frozen_params:
+            for data, flip in ((valid, False), (train, False), *([(train, True)] if hflip else [])):
+                cached_encode(model, data, flip=flip, cache_dir=cache_dir)
 
 
 class Inputs:
-    """Batches for `model.forward_features`, from the cache or computed live."""
+    """Batches for `model.forward_cached`: the frozen prefix's output, from the cache or computed live."""
 
     def __init__(self, model: Detector, cfg: TrainConfig, train: ImageSet, valid: ImageSet,
                  cache_dir: Path | None) -> None:

@@ -10,6 +10,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tune.utils import UserError
 
@@ -40,31 +41,41 @@ def builtin_data(*, n_per_class: int | None = None, size: int | None = None, see
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from tune.config import TrainConfig
+    """Flags from the declarations: TrainConfig's options, then every registered architecture's own
+    hyperparameters (left unset, an architecture's default applies)."""
+    from tune.archs import REGISTRY
+    from tune.config import options
 
-    d = TrainConfig()
     p.add_argument("--data", type=Path, help="dataset root (default: the built-in dataset)")
-    p.add_argument("--arch", default=d.arch, help="custom_cnn or mobilenet_v2 (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--epochs", type=int, default=d.epochs, help="max epochs (default: %(default)s)")
-    p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience on val loss")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--head-sizes", default="128", help="hidden widths of the head, e.g. 256,64 (default: 128)")
-    p.add_argument("--dropout", type=float, default=d.dropout)
-    p.add_argument("--conv-blocks", type=int, default=d.conv_blocks, help="custom_cnn: number of conv blocks")
-    p.add_argument("--base-width", type=int, default=d.base_width, help="custom_cnn: channels of the first block")
-    p.add_argument("--unfrozen-blocks", type=int, default=d.unfrozen_blocks,
-                   help="mobilenet_v2: trainable blocks at the end of `features` (0 = head only)")
-    p.add_argument("--weights", default=d.weights, help="mobilenet_v2: imagenet, none, or a .pth file")
-    p.add_argument("--blur-prob", type=float, default=d.blur_prob, help="train-time Gaussian blur probability")
-    p.add_argument("--jpeg-prob", type=float, default=d.jpeg_prob, help="train-time JPEG re-compression probability")
-    p.add_argument("--no-hflip", action="store_true", help="turn off horizontal-flip augmentation")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--no-cache", action="store_true", help="recompute the frozen backbone every step")
+    for f in options():
+        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
+                           help=f.metadata["help"])
+        else:
+            p.add_argument(flag, dest=f.name, type=type(f.default), default=f.default,
+                           help=f"{f.metadata['help']} (default: %(default)s)")
+    owners: dict[str, list[str]] = {}
+    for arch in REGISTRY.values():
+        for name in arch.hparams:
+            owners.setdefault(name, []).append(arch.name)
+    for name, archs in owners.items():
+        spec = next(a.hparams[name] for a in REGISTRY.values() if name in a.hparams)
+        kind = {"int": int, "float": float}.get(spec.kind, str)
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                       help=f"{', '.join(archs)}: {spec.help} (default: the architecture's)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and report the count")
+
+
+def train_config(a: argparse.Namespace) -> Any:
+    """The TrainConfig the flags describe; an architecture's hyperparameter given to another is refused."""
+    from tune.archs import REGISTRY
+    from tune.config import TrainConfig, options
+
+    flat = {f.name: getattr(a, f.name) for f in options()}
+    hp_names = {n for arch in REGISTRY.values() for n in arch.hparams}
+    flat.update({n: getattr(a, n) for n in hp_names if getattr(a, n, None) is not None})
+    return TrainConfig.from_dict(flat)
 
 
 def cmd_demo_data(a: argparse.Namespace) -> int:
@@ -79,19 +90,10 @@ def cmd_demo_data(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     import time
 
-    from tune.config import TrainConfig
     from tune.data import load_split
     from tune.train import fit, save_run
 
-    cfg = TrainConfig.from_dict({
-        "arch": a.arch, "lr": a.lr, "weight_decay": a.weight_decay, "batch_size": a.batch_size, "epochs": a.epochs,
-        "patience": a.patience, "seed": a.seed, "image_size": a.image_size, "head_sizes": a.head_sizes,
-        "dropout": a.dropout, "conv_blocks": a.conv_blocks, "base_width": a.base_width,
-        "unfrozen_blocks": a.unfrozen_blocks, "weights": a.weights, "hflip": not a.no_hflip,
-        "blur_prob": a.blur_prob, "jpeg_prob": a.jpeg_prob, "threads": a.threads, "use_cache": not a.no_cache})
-    from tune.models import check_arch
-
-    check_arch(cfg.arch)  # fail fast, before reading any data
+    cfg = train_config(a)  # fails fast, before reading any data
     root = (a.data or builtin_data()).absolute()
     cache = cache_root() / "decoded" if cfg.use_cache else None
     train = load_split(root, "train", cfg.image_size, skip_bad=a.skip_bad_images, cache_dir=cache)

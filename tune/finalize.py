@@ -69,14 +69,14 @@ class Candidate:
 
 
 def baseline_config(info: RunInfo, arch: str) -> TrainConfig:
-    """The notebook's recipe: TrainConfig's defaults (lr 1e-4, head 128, dropout 0.5, 3 conv blocks of
-    width 32, MobileNetV2 head only), at the search's image size and epoch cap, patience 3."""
+    """The notebook's recipe: TrainConfig's defaults (lr 1e-4, patience 3) and the architecture's own
+    defaults (head 128, dropout 0.5; 3 conv blocks of width 32; pretrained backbones head only), at the
+    search's image size and epoch cap, with the weights the search used."""
     fields: dict[str, Any] = {"arch": arch, "image_size": info.image_size, "epochs": info.max_epochs, "patience": 3,
                               "threads": info.threads, "use_cache": info.use_cache}
-    if arch == "mobilenet_v2":
-        # The weights the search used: run.json's space already says "none" when ImageNet was unavailable.
-        w = info.space["architectures"][arch].get("weights")
-        fields["weights"] = w["value"] if w and w["kind"] == "fixed" else info.space["fixed"].get("weights", "imagenet")
+    w = info.space["architectures"][arch].get("weights")
+    if w and w["kind"] == "fixed":
+        fields["weights"] = w["value"]
     return TrainConfig.from_dict(fields)
 
 
@@ -208,6 +208,7 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
             row[rule] = metric_cells(stats.per_seed_metrics(y, probs[c.name], pick(c.name)), boot[rule][c.name])
         rows.append(row)
     return {"run": info.name, "metric": info.metric, "n_test": len(y), "test_fingerprint": test.fingerprint,
+            "skipped": info.meta.get("skipped", {}),
             "threshold_rules": RULES, "alpha": 0.05,
             "bootstrap": {"resamples": stats.RESAMPLES, "numpy_seed": stats.SEED, "stratified_by_class": True,
                           "statistic": "each resample's metric is averaged over seeds"},

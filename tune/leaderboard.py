@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from tune.archs import folder_name
 from tune.utils import UserError, atomic_write_text
 
 BASE_COLUMNS = ["trial_id", "arch", "ended", "epochs", "best_epoch", "score", "val_loss_at_best", "wall_s"]
@@ -57,12 +58,13 @@ def load_leaderboard(run: Path) -> pd.DataFrame:
     sampled = {a: [n for n, p in ps.items() if p["kind"] != "fixed"] for a, ps in space["architectures"].items()}
     rows = []
     for arch in space["architectures"]:
-        arch_dir = run / "trials" / arch
+        folder = folder_name(arch)
+        arch_dir = run / "trials" / folder
         statuses = trial_statuses(arch_dir)
-        for tdir in sorted(p for p in arch_dir.glob(f"{arch}_*") if p.is_dir()):
+        for tdir in sorted(p for p in arch_dir.glob(f"{folder}_*") if p.is_dir()):
             params = json.loads((tdir / "params.json").read_text()) if (tdir / "params.json").is_file() else {}
             results = _read_results(tdir / "result.json")
-            trial_id = tdir.name[len(arch) + 1:]
+            trial_id = tdir.name[len(folder) + 1:]
             status = statuses.get(trial_id, "")
             last = results[-1] if results else {}
             if (tdir / "error.txt").is_file() and status in ("ERROR", ""):

@@ -1,36 +1,52 @@
-"""Classification metrics as pure functions of (labels, P(fake)). Positive class: Fake = 1."""
+"""Classification metrics, declared once: name, direction, function. Positive class: Fake = 1.
+
+Everything else looks metrics up here: a trial reports `val_NAME` for every metric below, a search
+space may optimise any of them, and "which is better" is `better()`. Adding a metric is one entry.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
-def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Accuracy, precision, recall, F1 at `threshold`, plus ROC-AUC, average precision and EER."""
-    y = np.asarray(y).astype(int)
-    p = np.asarray(p, dtype=np.float64)
-    pred = (p >= threshold).astype(int)
-    tp = int(((pred == 1) & (y == 1)).sum())
-    fp = int(((pred == 1) & (y == 0)).sum())
-    fn = int(((pred == 0) & (y == 1)).sum())
-    tn = int(((pred == 0) & (y == 0)).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    both = len(np.unique(y)) == 2
-    return {
-        "accuracy": (tp + tn) / len(y) if len(y) else math.nan,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "auc": float(roc_auc_score(y, p)) if both else math.nan,
-        "ap": float(average_precision_score(y, p)) if both else math.nan,
-        "eer": equal_error_rate(y, p) if both else math.nan,
-        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-    }
+@dataclass(frozen=True)
+class Counts:
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def _precision(c: Counts) -> float:
+    return _div(c.tp, c.tp + c.fp)
+
+
+def _recall(c: Counts) -> float:
+    return _div(c.tp, c.tp + c.fn)
+
+
+def _f1(c: Counts) -> float:
+    p, r = _precision(c), _recall(c)
+    return _div(2 * p * r, p + r)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    mode: str  # "max" or "min": which direction is better
+    label: str
+    # threshold metrics read the confusion counts; ranking metrics read (labels, scores) and need both classes
+    from_counts: Callable[[Counts], float] | None = None
+    from_scores: Callable[[np.ndarray, np.ndarray], float] | None = None
 
 
 def equal_error_rate(y: np.ndarray, p: np.ndarray) -> float:
@@ -43,6 +59,56 @@ def equal_error_rate(y: np.ndarray, p: np.ndarray) -> float:
     d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
     t = d0 / (d0 - d1) if d0 != d1 else 0.0
     return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("accuracy", "max", "Accuracy", from_counts=lambda c: _div(c.tp + c.tn, c.tp + c.fp + c.fn + c.tn)),
+    Metric("precision", "max", "Precision", from_counts=_precision),
+    Metric("recall", "max", "Recall", from_counts=_recall),
+    Metric("f1", "max", "F1-Score", from_counts=_f1),
+    Metric("auc", "max", "ROC-AUC", from_scores=lambda y, p: float(roc_auc_score(y, p))),
+    Metric("ap", "max", "Average precision", from_scores=lambda y, p: float(average_precision_score(y, p))),
+    Metric("eer", "min", "EER", from_scores=equal_error_rate),
+)}
+LOSS = Metric("loss", "min", "BCE loss")  # computed from logits by the training loop
+
+
+def search_metrics() -> dict[str, str]:
+    """Every per-epoch validation number a search may optimise, with its direction."""
+    return {"val_loss": LOSS.mode, **{f"val_{m.name}": m.mode for m in METRICS.values()}}
+
+
+def mode_of(name: str) -> str:
+    """Direction of `name`, with or without the val_/best_ prefixes."""
+    base = name.removeprefix("best_").removeprefix("val_")
+    return LOSS.mode if base == "loss" else METRICS[base].mode
+
+
+def better(a: float, b: float, mode: str) -> bool:
+    """True when `a` beats `b` in `mode` ("max" or "min"); NaN never wins, anything beats NaN."""
+    if a != a:
+        return False
+    if b != b:
+        return True
+    return a > b if mode == "max" else a < b
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Every declared metric at `threshold` (ranking metrics NaN unless both classes are present),
+    plus the confusion counts tp, fp, fn, tn."""
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=np.float64)
+    pred = (p >= threshold).astype(int)
+    c = Counts(tp=int(((pred == 1) & (y == 1)).sum()), fp=int(((pred == 1) & (y == 0)).sum()),
+               fn=int(((pred == 0) & (y == 1)).sum()), tn=int(((pred == 0) & (y == 0)).sum()))
+    both = len(np.unique(y)) == 2
+    out: dict[str, float] = {}
+    for m in METRICS.values():
+        if m.from_counts is not None:
+            out[m.name] = m.from_counts(c) if len(y) else math.nan
+        else:
+            out[m.name] = m.from_scores(y, p) if both and m.from_scores else math.nan
+    return {**out, "tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn}
 
 
 def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:

@@ -1,22 +1,25 @@
-"""Model registry and `build_model(name, **hparams)` factory (timm style).
+"""What every detector is made of, and the registry's types (the entries live in tune/archs.py).
 
-Every detector is a `Detector`: a frozen prefix (`encode`), a trainable body and a head.
-Splitting the network this way is what lets tune/cache.py compute the frozen part once per
-image instead of once per step of every epoch of every trial.
+Every detector is a `Detector`: a frozen prefix, a trainable body and a head. Pretrained backbones
+are cut into *units* (the stem, each block, the head convolution) and a tail (pooling): the last
+`unfrozen_blocks` units train, the others form the frozen prefix. Cutting the network this way is
+what lets tune/cache.py compute the frozen part once per image instead of once per step of every
+epoch of every trial, and derive a longer prefix's features from a shorter one's.
+
+Names follow timm: `forward_features(x)` gives the pooled features, `forward_head(f)` the logit.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from tune.utils import UserError, file_sha256
+from tune.utils import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,7 +46,7 @@ def mlp_head(in_features: int, head_sizes: tuple[int, ...], dropout: float) -> n
 
 
 class Detector(nn.Module):
-    """frozen (no grad, eval mode) → body (trainable) → head → one logit per image (P(fake))."""
+    """frozen (no grad, eval mode) → body (trainable) → pooled features → head → one logit (P(fake))."""
 
     def __init__(self, frozen: nn.Sequential, body: nn.Sequential, head: nn.Sequential, *,
                  weights_source: str = "n/a") -> None:
@@ -67,14 +70,36 @@ class Detector(nn.Module):
         return any(True for _ in self.frozen.parameters())
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen prefix's output: what the feature cache stores."""
         with torch.no_grad():
             return self.frozen(x)
 
-    def forward_features(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(z)).squeeze(1)
+    def forward_cached(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits from the frozen prefix's output (what a training step runs)."""
+        return self.forward_head(self.body(z))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of images in [0, 1] (timm's meaning: everything before the classifier)."""
+        return self.body(self.encode(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features).squeeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(self.encode(x))
+        return self.forward_head(self.forward_features(x))
+
+
+def split_detector(units: list[nn.Module], tail: nn.Module, features: int, *, unfrozen_blocks: int,
+                   head_sizes: tuple[int, ...], dropout: float, weights_source: str) -> Detector:
+    """Freeze all but the last `unfrozen_blocks` units. With none unfrozen the tail (pooling) is frozen
+    too, so the cacheable output is one feature vector per image; otherwise it trains with the body."""
+    if not 0 <= unfrozen_blocks <= len(units):
+        raise UserError(f"unfrozen_blocks={unfrozen_blocks} out of range: this backbone has {len(units)} "
+                        f"units (stem, blocks, head convolution; expected 0..{len(units)})")
+    cut = len(units) - unfrozen_blocks
+    frozen, body = nn.Sequential(*units[:cut]), nn.Sequential(*units[cut:])
+    (frozen if unfrozen_blocks == 0 else body).append(tail)
+    return Detector(frozen, body, mlp_head(features, head_sizes, dropout), weights_source=weights_source)
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -82,36 +107,6 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     return trainable, frozen
-
-
-# --------------------------------------------------------------------------- custom CNN
-def custom_cnn(*, conv_blocks: int = 3, base_width: int = 32, head_sizes: tuple[int, ...] = (128,),
-               dropout: float = 0.5, **_: Any) -> Detector:
-    """Conv3x3→ReLU→MaxPool blocks doubling the width (32/64/128 by default), then dense layers.
-
-    Inputs stay in [0, 1] as in the notebook (Rescaling(1/255)). Adaptive pooling to 4×4 keeps
-    some spatial layout while making the head independent of the image size.
-    """
-    layers: list[nn.Module] = []
-    in_ch = 3
-    for i in range(conv_blocks):
-        out_ch = base_width * 2**i
-        layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-        in_ch = out_ch
-    layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten()]
-    return Detector(nn.Sequential(), nn.Sequential(*layers), mlp_head(in_ch * 16, head_sizes, dropout),
-                    weights_source="random init")
-
-
-# --------------------------------------------------------------------------- MobileNetV2
-MOBILENET_BLOCKS = 19  # len(torchvision mobilenet_v2().features)
-
-
-def imagenet_cache_path() -> Path:
-    from torchvision.models import MobileNet_V2_Weights
-
-    url = MobileNet_V2_Weights.IMAGENET1K_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -131,82 +126,49 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _imagenet_state_dict() -> tuple[dict[str, torch.Tensor] | None, str]:
-    """torchvision's ImageNet weights: from the torch cache, else downloaded once into it."""
-    from torchvision.models import MobileNet_V2_Weights
-
-    path = imagenet_cache_path()
-    if path.is_file():
-        return load_state_dict_file(path), f"imagenet ({path.name})"
-    try:
-        if os.environ.get("TUNE_OFFLINE"):
-            raise ConnectionError("TUNE_OFFLINE is set")
-        sd = MobileNet_V2_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-        return sd, f"imagenet ({path.name}, downloaded)"
-    except Exception as e:  # noqa: BLE001 - no network, DNS failure, proxy...: all mean "offline"
-        warnings.warn(
-            f"could not get ImageNet weights for MobileNetV2 ({type(e).__name__}: {e}); place "
-            f"{Path(MobileNet_V2_Weights.IMAGENET1K_V1.url).name} at {path} (or pass --weights FILE). "
-            "Continuing with RANDOM weights; the run record says so.", stacklevel=2)
-        return None, "random (imagenet weights unavailable offline)"
-
-
-def mobilenet_v2(*, unfrozen_blocks: int = 0, head_sizes: tuple[int, ...] = (128,), dropout: float = 0.5,
-                 weights: str = "imagenet", **_: Any) -> Detector:
-    """torchvision MobileNetV2, base frozen except its last `unfrozen_blocks` blocks of `features`."""
-    from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
-
-    if not 0 <= unfrozen_blocks <= MOBILENET_BLOCKS:
-        raise UserError(f"unfrozen_blocks={unfrozen_blocks} out of range: MobileNetV2 has "
-                        f"{MOBILENET_BLOCKS} feature blocks (expected 0..{MOBILENET_BLOCKS})")
-    net = tv_mobilenet_v2(weights=None)
-    if weights == "imagenet":
-        sd, source = _imagenet_state_dict()
-    elif weights in ("none", "random", ""):
-        sd, source = None, "random init (weights=none)"
-    else:
-        sd = load_state_dict_file(Path(weights))
-        source = f"file {Path(weights).name} sha256:{file_sha256(weights)[:16]}"
-    if sd is not None:
-        # Accept torchvision's own state_dict (features.*, classifier.*); the classifier is replaced.
-        feats = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
+# --------------------------------------------------------------------------- the registry's types
+def parse_head_sizes(value: Any) -> tuple[int, ...]:
+    """Accept [256, 64], (256, 64), "256,64", "256-64" or "" (no hidden layer)."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace("-", ",").split(",") if p.strip()]
         try:
-            missing, unexpected = net.features.load_state_dict(feats, strict=False)
-        except RuntimeError as e:  # right names, wrong shapes
-            first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
-            raise UserError(f"weights {weights!r} do not fit MobileNetV2 features: {first[:300]}") from None
-        if missing or unexpected:
-            raise UserError(f"weights {weights!r} do not fit MobileNetV2 features: {len(missing)} missing keys "
-                            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (expected torchvision's keys)")
-    cut = MOBILENET_BLOCKS - unfrozen_blocks
-    pool = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    frozen = nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), *net.features[:cut])
-    body = nn.Sequential(*net.features[cut:])
-    if unfrozen_blocks == 0:
-        frozen.extend(pool)  # then the cacheable output is a 1280-vector per image
-    else:
-        body.extend(pool)
-    return Detector(frozen, body, mlp_head(net.last_channel, head_sizes, dropout), weights_source=source)
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            raise UserError(f"bad head_sizes {value!r}: expected comma-separated widths like 256,64") from None
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return tuple(value)
+    raise UserError(f"bad head_sizes {value!r}: expected a list of integer widths")
 
 
-MODELS: dict[str, Callable[..., Detector]] = {"custom_cnn": custom_cnn, "mobilenet_v2": mobilenet_v2}
-# Which hyperparameters each architecture takes (the search space checks against this).
-ARCH_PARAMS: dict[str, tuple[str, ...]] = {
-    "custom_cnn": ("conv_blocks", "base_width", "head_sizes", "dropout"),
-    "mobilenet_v2": ("unfrozen_blocks", "head_sizes", "dropout", "weights"),
-}
+
+@dataclass(frozen=True)
+class HParam:
+    """One architecture hyperparameter: its type, default and valid range (checked, never swallowed)."""
+
+    kind: str  # "int", "float", "widths" (hidden layer sizes) or "weights" (a weights source)
+    default: Any
+    low: float | None = None
+    high: float | None = None  # inclusive
+    help: str = ""
 
 
-def check_arch(name: str) -> None:
-    if name not in MODELS:
-        raise UserError(f"unknown architecture {name!r}; valid: {', '.join(sorted(MODELS))}")
+@dataclass(frozen=True)
+class Arch:
+    """One registered architecture: everything any module needs to know about it."""
 
+    name: str
+    builder: Callable[..., Detector]  # builder(**hparams) -> Detector
+    hparams: dict[str, HParam]
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # inputs are RGB in [0, 1], then (x - mean) / std
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    weights: tuple[str, ...] = ("none",)  # the sources it accepts, besides a local file
+    about: str = ""
+    color: str = "tab:purple"  # in every plot
+    min_size: Callable[[dict[str, Any]], int] = field(default=lambda hp: 32)
 
-def build_model(name: str, **hparams: Any) -> Detector:
-    check_arch(name)
-    return MODELS[name](**hparams)
+    @property
+    def pretrained(self) -> bool:
+        return "weights" in self.hparams and self.hparams["weights"].default != "none"
 
-
-def list_archs() -> list[str]:
-    """Every registered architecture name (tests and tools iterate over this, never over literals)."""
-    return sorted(MODELS)
+    def preprocessing(self) -> dict[str, Any]:
+        return {"range": [0.0, 1.0], "mean": list(self.mean), "std": list(self.std), "resize": "bilinear, square"}

@@ -20,16 +20,20 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from tune.utils import atomic_write_bytes
+from tune.utils import UserError, atomic_write_bytes
 
-COLORS = {"custom_cnn": "tab:blue", "mobilenet_v2": "tab:orange"}
 STATUS_COLORS = {"completed": "tab:green", "early_stopped": "tab:blue", "stopped_by_asha": "tab:gray",
                  "diverged": "tab:red", "errored": "tab:red"}
 MIN_IMPORTANCE_TRIALS = 4  # fANOVA on fewer finished trials is noise; say so instead of drawing it
 
 
 def color(arch: str) -> str:
-    return COLORS.get(arch, "tab:purple")
+    from tune.archs import get_arch
+
+    try:
+        return get_arch(arch).color
+    except UserError:  # a run made with an architecture this version no longer has
+        return "tab:purple"
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -73,6 +77,8 @@ def render_markdown(cmp: dict[str, Any]) -> str:
     lines += ["", f"Cells: mean over seeds ± half-width of its 95% t-interval over seeds [95% bootstrap interval over "
               f"test images: {b['resamples']} resamples stratified by class, numpy seed {b['numpy_seed']}, each "
               "resample's metric averaged over seeds]. Positive class: Fake.", ""]
+    for arch, why in cmp.get("skipped", {}).items():
+        lines.append(f"Skipped by the search: {arch} ({why}).")
     for m, name in (("accuracy", "accuracy at threshold 0.5"), ("auc", "AUC")):
         e = cmp["best"][m]
         if e.get("tie"):
@@ -197,9 +203,10 @@ def plot_confusion(run_dir: Path, cmp: dict[str, Any]) -> Figure:
 # --------------------------------------------------------------------------- the search
 def trials_in_order(run_dir: Path, arch: str, board: Any) -> Any:
     """This architecture's leaderboard rows in the order Ray created the trials."""
+    from tune.archs import folder_name
     from tune.leaderboard import trial_statuses
 
-    order = {tid: i for i, tid in enumerate(trial_statuses(run_dir / "trials" / arch))}
+    order = {tid: i for i, tid in enumerate(trial_statuses(run_dir / "trials" / folder_name(arch)))}
     rows = board[board["arch"] == arch].copy()
     rows["order"] = [order.get(t, len(order)) for t in rows["trial_id"]]
     return rows.sort_values(["order", "trial_id"], kind="stable").reset_index(drop=True)

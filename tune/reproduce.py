@@ -45,7 +45,7 @@ def same(a: Any, b: Any) -> bool:
 
 
 def find_trial(info: RunInfo, trial: str | None) -> tuple[str, str]:
-    """(arch, trial id) for "best" (the leaderboard's top row), an id like 1bbc8688, or custom_cnn_1bbc8688."""
+    """(arch, trial id) for "best" (the leaderboard's top row), an id like 1bbc8688, or ARCH_1bbc8688."""
     from tune.leaderboard import load_leaderboard
 
     if trial in (None, "best"):

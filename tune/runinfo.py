@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tune.archs import folder_name
 from tune.config import TrainConfig
 from tune.utils import UserError
 
@@ -94,7 +95,7 @@ def load_train_valid(info: RunInfo, cache_dir: Path | None) -> tuple[ImageSet, I
 
 
 def trial_dir(info: RunInfo, arch: str, trial_id: str) -> Path:
-    return info.run_dir / "trials" / arch / f"{arch}_{trial_id}"
+    return info.run_dir / "trials" / folder_name(arch) / f"{folder_name(arch)}_{trial_id}"
 
 
 def trial_config(info: RunInfo, arch: str, trial_id: str) -> TrainConfig:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tune.archs import folder_name
 from tune.config import TrainConfig
 from tune.data import ImageSet, load_split
 from tune.space import DefineByRun, SearchSpace, load_space
@@ -94,28 +95,62 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
 
 
 def trial_dirname(trial: Any) -> str:
-    return f"{trial.config.get('arch', 'trial')}_{trial.trial_id}"
+    from tune.archs import folder_name
+
+    return f"{folder_name(trial.config.get('arch', 'trial'))}_{trial.trial_id}"
 
 
-def resolve_weights(space: SearchSpace) -> tuple[SearchSpace, dict[str, str]]:
-    """Fetch ImageNet weights once in the driver; offline, fall back to random weights, loudly, once."""
-    notes: dict[str, str] = {}
-    archs = dict(space.architectures)
-    for arch, params in space.architectures.items():
-        if arch != "mobilenet_v2":
-            continue
-        w = params.get("weights")
-        wanted = w.value if w is not None and w.kind == "fixed" else space.fixed.get("weights", "imagenet")
-        if wanted == "imagenet":
-            from tune.models import _imagenet_state_dict
+def check_weights(space: SearchSpace) -> tuple[SearchSpace, dict[str, str], dict[str, str]]:
+    """Build each architecture once with its fixed weights (downloading them now, in the driver, when
+    they come from a hub). An architecture whose weights cannot be had is skipped, never run with
+    random weights: (space without it, weights source per arch, reason per skipped arch)."""
+    from tune.archs import build_model
+    from tune.weights import WeightsUnavailable
 
-            sd, source = _imagenet_state_dict()
-            notes[arch] = source
-            if sd is None:
-                from tune.space import Param
+    sources, skipped = {}, {}
+    for arch in space.architectures:
+        try:
+            cfg = TrainConfig.from_dict(space.base_config(arch))
+            sources[arch] = build_model(arch, **cfg.hparams).weights_source
+        except WeightsUnavailable as e:
+            skipped[arch] = str(e)
+            print(f"[{arch}] skipped: {e}", flush=True)
+    if len(skipped) == len(space.architectures):
+        raise UserError(f"no architecture of {space.source} can run: {'; '.join(skipped.values())}")
+    archs = {a: p for a, p in space.architectures.items() if a not in skipped}
+    return replace(space, architectures=archs), sources, skipped
 
-                archs[arch] = {**params, "weights": Param("weights", "fixed", value="none")}
-    return replace(space, architectures=archs), notes
+
+def frozen_depths(space: SearchSpace, arch: str) -> list[int]:
+    """Every unfrozen_blocks value the space can give `arch` (empty when the arch has no such setting)."""
+    p = space.architectures[arch].get("unfrozen_blocks")
+    if p is None:
+        from tune.archs import get_arch
+
+        spec = get_arch(arch).hparams.get("unfrozen_blocks")
+        return [int(spec.default)] if spec is not None else []
+    if p.kind == "fixed":
+        return [int(p.value)]
+    if p.kind == "categorical":
+        return sorted({int(c) for c in p.choices})
+    return list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
+
+
+def precompute_features(space: SearchSpace, arch: str, train: ImageSet, valid: ImageSet, cache_dir: Path) -> None:
+    """The frozen-backbone cache for every depth the trials can ask for, built once before they start:
+    the shortest prefix from the images, each longer one from the previous (tune/cache.py)."""
+    from tune.cache import precompute
+    from tune.train import make_model
+
+    depths = frozen_depths(space, arch)
+    if not depths:
+        return
+    t0 = time.time()
+    base = space.base_config(arch)
+    models = [make_model(TrainConfig.from_dict({**base, "unfrozen_blocks": d})) for d in depths]
+    hflip = base.get("hflip", True) is not False or "hflip" in space.architectures[arch]
+    precompute(models, train, valid, hflip=bool(hflip), cache_dir=cache_dir)
+    print(f"[{arch}] frozen-backbone features for unfrozen_blocks {depths}: {time.time() - t0:.1f}s", flush=True)
 
 
 def quiet_ray() -> None:
@@ -170,12 +205,12 @@ def run_search(opts: SearchOptions) -> Path:
                        live=not opts.use_cache)
     print(f"data: {len(train)} train / {len(valid)} valid images at {space.image_size}px "
           f"(decoded in {time.time() - t0:.1f}s); the test split is not read by the search", flush=True)
-    space, weight_notes = resolve_weights(space)
+    space, weight_notes, skipped = check_weights(space)
     record = {"name": opts.name, "space_file": str(opts.space), "space": asdict(space),
               "data": {"root": str(opts.data), "train_fingerprint": train.fingerprint,
                        "valid_fingerprint": valid.fingerprint, "n_train": len(train), "n_valid": len(valid),
                        "skipped": train.skipped + valid.skipped},
-              "weights": weight_notes, "trials_root": trials_root, "use_cache": opts.use_cache,
+              "weights": weight_notes, "skipped": skipped, "trials_root": trials_root, "use_cache": opts.use_cache,
               "versions": library_versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if opts.resume:
         old = _read_json(run_dir / "run.json")
@@ -201,7 +236,9 @@ def run_search(opts: SearchOptions) -> Path:
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), resources)
         best_key = f"best_{space.metric}"
         for arch in space.architectures:
-            path = f"{trials_root}/{arch}"
+            if opts.use_cache and opts.cache_dir:
+                precompute_features(space, arch, train, valid, opts.cache_dir / "features")
+            path = f"{trials_root}/{folder_name(arch)}"
             progress = Progress(arch, best_key, space.mode, budget.trials)
             if opts.resume and tune.Tuner.can_restore(path):
                 print(f"[{arch}] resuming from {path}", flush=True)
@@ -221,7 +258,7 @@ def run_search(opts: SearchOptions) -> Path:
                         metric=best_key, mode=space.mode, search_alg=searcher, scheduler=scheduler,
                         num_samples=budget.trials, reuse_actors=True, trial_dirname_creator=trial_dirname),
                     run_config=tune.RunConfig(
-                        name=arch, storage_path=trials_root, verbose=0, callbacks=[progress],
+                        name=folder_name(arch), storage_path=trials_root, verbose=0, callbacks=[progress],
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=best_key,
                                                                 checkpoint_score_order=space.mode),
                         failure_config=tune.FailureConfig(max_failures=opts.max_failures)))

@@ -10,11 +10,11 @@ File format (see search_spaces/default.yaml):
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.25}   # GPUs only used when CUDA is present
     fixed: {batch_size: 32}                                  # TrainConfig fields shared by all trials
     architectures:
-      mobilenet_v2:
+      SOME_BACKBONE:                                         # a name from `python -m tune archs`
         lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}
         unfrozen_blocks: {type: int, low: 0, high: 5}
         head_sizes: {type: categorical, choices: [[128], [256, 64]]}
-        weights: imagenet                                    # a plain value is fixed, not sampled
+        weights: hub                                         # a plain value is fixed, not sampled
 """
 
 from __future__ import annotations
@@ -26,14 +26,12 @@ from typing import Any
 
 import yaml
 
-from tune.config import TrainConfig, parse_head_sizes
-from tune.models import ARCH_PARAMS, MODELS
+from tune.archs import check_hparams, get_arch
+from tune.config import TrainConfig, searchable_options
+from tune.metrics import search_metrics
+from tune.models import parse_head_sizes
 from tune.utils import UserError
 
-METRICS = {"val_auc": "max", "val_loss": "min", "val_accuracy": "max", "val_f1": "max",
-           "val_precision": "max", "val_recall": "max"}
-SHARED_PARAMS = ("lr", "weight_decay", "batch_size", "blur_prob", "jpeg_prob", "hflip")
-NOT_SEARCHABLE = ("arch", "epochs", "patience", "seed", "image_size", "threads", "use_cache")
 KINDS = ("loguniform", "uniform", "int", "categorical")
 
 
@@ -138,6 +136,8 @@ def _choice(src: str, key: str, name: str, c: Any) -> Any:
 
 
 def _param(src: str, key: str, name: str, spec: Any) -> Param:
+    if name == "weights" and isinstance(spec, dict) and list(spec) == ["file"]:
+        return Param(name, "fixed", value=f"file:{spec['file']}")  # weights: {file: PATH}
     if not isinstance(spec, dict):
         return Param(name, "fixed", value=_choice(src, key, name, spec) if name == "head_sizes" else spec)
     _check_keys(src, f"{key}.", spec, ("type", "low", "high", "log", "step", "choices"))
@@ -165,15 +165,28 @@ def _param(src: str, key: str, name: str, spec: Any) -> Param:
     return Param(name, kind, low=low, high=high, log=bool(spec.get("log", False)), step=step)
 
 
+def _check_range(src: str, key: str, arch: str, p: Param) -> None:
+    """Every value a parameter can take must be valid for the architecture (its registry entry says)."""
+    if p.name in searchable_options():
+        return  # checked with the whole config below
+    values = list(p.choices) if p.kind == "categorical" else [p.value] if p.kind == "fixed" else [p.low, p.high]
+    for v in values:
+        try:
+            check_hparams(arch, {p.name: v})
+        except UserError as e:
+            raise _err(src, key, str(e)) from None
+
+
 def parse_space(doc: Any, src: str = "<space>") -> SearchSpace:
     """Validate a loaded YAML document; every problem is one UserError naming file and key."""
     doc = _mapping(src, "(top level)", doc)
     top = ("metric", "mode", "seed", "image_size", "budget", "resources", "fixed", "architectures")
     _check_keys(src, "", doc, top)
+    metrics = search_metrics()
     metric = doc.get("metric", "val_auc")
-    if not isinstance(metric, str) or metric not in METRICS:
-        raise _err(src, "metric", f"expected one of {sorted(METRICS)}, got {metric!r}")
-    mode = doc.get("mode", METRICS[metric])
+    if not isinstance(metric, str) or metric not in metrics:
+        raise _err(src, "metric", f"expected one of {sorted(metrics)}, got {metric!r}")
+    mode = doc.get("mode", metrics[metric])
     if not isinstance(mode, str) or mode not in ("min", "max"):
         raise _err(src, "mode", f"expected min or max, got {mode!r}")
     seed = int(_number(src, "seed", doc.get("seed", 0), integer=True))
@@ -196,21 +209,24 @@ def parse_space(doc: Any, src: str = "<space>") -> SearchSpace:
     if resources.cpus_per_trial <= 0 or resources.gpus_per_trial < 0:
         raise _err(src, "resources", "cpus_per_trial must be > 0 and gpus_per_trial >= 0")
 
-    config_fields = set(TrainConfig().to_dict())
+    shared = searchable_options()
     fixed = _mapping(src, "fixed", doc.get("fixed", {}))
-    _check_keys(src, "fixed.", fixed, config_fields - set(NOT_SEARCHABLE))
+    _check_keys(src, "fixed.", fixed, shared)
 
     archs_doc = _mapping(src, "architectures", doc.get("architectures"))
     if not archs_doc:
         raise _err(src, "architectures", "expected at least one architecture")
     archs: dict[str, dict[str, Param]] = {}
     for arch, params in archs_doc.items():
-        if arch not in MODELS:
-            raise _err(src, f"architectures.{arch}", f"unknown architecture; valid: {sorted(MODELS)}")
+        try:
+            entry = get_arch(arch)
+        except UserError as e:
+            raise _err(src, f"architectures.{arch}", str(e)) from None
         params = _mapping(src, f"architectures.{arch}", params or {})
-        allowed = set(SHARED_PARAMS) | set(ARCH_PARAMS[arch])
-        _check_keys(src, f"architectures.{arch}.", params, allowed)
+        _check_keys(src, f"architectures.{arch}.", params, set(shared) | set(entry.hparams))
         archs[arch] = {n: _param(src, f"architectures.{arch}.{n}", n, s) for n, s in params.items()}
+        for p in archs[arch].values():
+            _check_range(src, f"architectures.{arch}.{p.name}", arch, p)
 
     space = SearchSpace(src, metric, mode, seed, image_size, budget, resources, fixed, archs)
     for arch in archs:  # the fixed part must itself be a valid training config

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from tune.archs import build_model
 from tune.cache import Inputs
 from tune.config import TrainConfig
 from tune.data import ImageSet, draw_plan
-from tune.metrics import binary_metrics
-from tune.models import Detector, build_model, count_params
+from tune.metrics import METRICS, binary_metrics
+from tune.models import Detector, count_params
 from tune.utils import (
     atomic_torch_save,
     atomic_write_json,
@@ -72,7 +73,7 @@ def train_one_epoch(model: Detector, inputs: Inputs, y: np.ndarray, optimizer: t
         plan = draw_plan(len(idx), hflip=cfg.hflip, blur_prob=cfg.blur_prob, jpeg_prob=cfg.jpeg_prob, gen=gen)
         z = inputs.train_batch(idx, plan)
         target = torch.from_numpy(y[idx]).to(z.device)
-        loss = loss_fn(model.forward_features(z), target)
+        loss = loss_fn(model.forward_cached(z), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -85,18 +86,16 @@ def evaluate(model: Detector, batches: Any, y: np.ndarray) -> tuple[float, np.nd
     """(mean BCE loss, P(fake) per image) over pre-encoded batches, in inference mode."""
     model.eval()
     with torch.inference_mode():
-        logits = torch.cat([model.forward_features(z).cpu() for z in batches])
+        logits = torch.cat([model.forward_cached(z).cpu() for z in batches])
     loss = float(nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y)))
     return loss, torch.sigmoid(logits).numpy().astype(np.float64)
 
 
 def make_model(cfg: TrainConfig) -> Detector:
     seed_everything(cfg.seed)  # model init depends on the seed only
-    hp = {"conv_blocks": cfg.conv_blocks, "base_width": cfg.base_width, "head_sizes": cfg.head_sizes,
-          "dropout": cfg.dropout, "unfrozen_blocks": cfg.unfrozen_blocks, "weights": cfg.weights}
     # CUDA when present (a Ray trial sees only the GPU share it was given); else the CPU.
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return build_model(cfg.arch, **hp).to(device=device, memory_format=torch.channels_last)
+    return build_model(cfg.arch, **cfg.hparams).to(device=device, memory_format=torch.channels_last)
 
 
 def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, report: ReportHook | None = None,
@@ -140,7 +139,7 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, report: ReportHoo
         diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
         m = binary_metrics(valid.y, np.nan_to_num(probs, nan=0.5)) if not diverged else {}
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               **{f"val_{k}": m.get(k, math.nan) for k in ("accuracy", "precision", "recall", "f1", "auc")},
+               **{f"val_{k}": m.get(k, math.nan) for k in METRICS},
                "epoch_time": time.perf_counter() - t0}
         if not diverged and val_loss < best_loss:
             best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
@@ -166,8 +165,8 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, report: ReportHoo
 
 
 # --------------------------------------------------------------------------- run folder
-HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
-                  "val_auc", "epoch_time", "best_epoch", "ended"]
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", *(f"val_{k}" for k in METRICS), "epoch_time", "best_epoch",
+                  "ended"]
 
 
 def history_csv(history: list[dict[str, Any]]) -> str:
