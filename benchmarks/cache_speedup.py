@@ -91,7 +91,8 @@ def main() -> None:
           "usual / cached | max val-metric diff cached vs no-cache |")
     print("|---|---|---|---|---|---|---|", flush=True)
     for arch, hp in CONFIGS:
-        cfg = TrainConfig.of(arch=arch, image_size=a.size, epochs=a.epochs, weights="none", threads=a.threads, **hp)
+        weights = {"weights": "none"} if arch != "custom_cnn" else {}
+        cfg = TrainConfig.of(arch=arch, image_size=a.size, epochs=a.epochs, threads=a.threads, **weights, **hp)
         usual_s, _ = usual_epoch(cfg, root)
         res = {}
         for use_cache in (False, True):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tune.utils import UserError
+from tune.utils import UserError, cache_root
 
 # Allocator settings measured on a 2-core VM where page faults are expensive: about 2x on torch.
 # Set before torch allocates anything; Ray workers inherit the environment.
@@ -21,10 +21,6 @@ os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "100000000000")
 
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNE_CACHE_DIR") or Path.home() / ".cache" / "deepfake-tune").absolute()
 
 
 def builtin_data(*, n_per_class: int | None = None, size: int | None = None, seed: int = 0) -> Path:

@@ -100,8 +100,8 @@ def render(rep: Reproduction) -> str:
 def cmd_reproduce(a: argparse.Namespace) -> int:
     import torch
 
-    from tune.cli import cache_root
     from tune.leaderboard import resolve_run
+    from tune.utils import cache_root
 
     run = resolve_run(a.run, Path(a.storage) if a.storage else Path("results"))
     rep = reproduce_trial(run, a.trial, cache_dir=cache_root())

@@ -15,6 +15,11 @@ class UserError(Exception):
     """A problem with the user's input. The CLI prints it as one line and exits 2."""
 
 
+def cache_root() -> Path:
+    """Where decoded images, frozen-backbone features and the built-in dataset are kept ($TUNE_CACHE_DIR)."""
+    return Path(os.environ.get("TUNE_CACHE_DIR") or Path.home() / ".cache" / "deepfake-tune").absolute()
+
+
 def seed_everything(seed: int) -> None:
     """The one seeding helper: Python, NumPy and torch, plus deterministic kernels."""
     import numpy as np
