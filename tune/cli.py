@@ -140,6 +140,27 @@ def finalize_jobs(run_dir: Path) -> int:
     return max(1, (os.cpu_count() or 1) // read_run(run_dir).threads)
 
 
+def cmd_archs(a: argparse.Namespace) -> int:
+    """Every registered architecture: what it is, its hyperparameters, and whether its weights are here."""
+    from tune.archs import build_model, get_arch, list_archs
+    from tune.weights import WeightsUnavailable
+
+    for name in a.names or list_archs():
+        arch = get_arch(name)
+        print(f"{name}: {arch.about}")
+        for key, hp in arch.hparams.items():
+            rng = f" [{hp.low}..{hp.high}]" if hp.low is not None else ""
+            print(f"  {key:<16} {hp.kind}{rng}, default {hp.default!r}: {hp.help}")
+        print(f"  input: RGB in [0, 1], then (x - {list(arch.mean)}) / {list(arch.std)}")
+        if arch.pretrained:
+            try:
+                source = build_model(name).weights_source
+                print(f"  default weights: available ({source})")
+            except WeightsUnavailable as e:
+                print(f"  default weights: NOT available here: {e}")
+    return 0
+
+
 def cmd_leaderboard(a: argparse.Namespace) -> int:
     from tune.leaderboard import load_leaderboard, render, resolve_run
 
@@ -179,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-finalize", action="store_true", help="skip retraining the winners and the test evaluation")
     p.add_argument("--seeds", type=int, default=3, help="seeds per winner in the finalize step (default: 3)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("archs", help="list the registered architectures, their hyperparameters and weights")
+    p.add_argument("names", nargs="*", help="only these (also timm/NAME for any timm backbone)")
+    p.set_defaults(func=cmd_archs)
 
     p = sub.add_parser("leaderboard", help="one row per trial, best first (works while a search runs)")
     p.add_argument("run", nargs="?", help="run name under results/ or a run folder (default: newest)")
