@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
@@ -24,7 +26,6 @@ if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):  # must be set be
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from tune.archs import DEFAULT_ARCH  # noqa: E402
 from tune.config import TrainConfig  # noqa: E402
@@ -37,6 +38,15 @@ from tune.train import fit  # noqa: E402
 from tune.utils import cache_root  # noqa: E402
 
 
+def recipe_auc(job: tuple[int, int, int, int], data: tuple) -> tuple[float, int]:
+    """One seed of the recipe, in its own process with the trials' thread count: (test AUC, epochs run)."""
+    seed, size, epochs, threads = job
+    train, valid, test = data
+    cfg = TrainConfig.of(arch=DEFAULT_ARCH, image_size=size, epochs=epochs, patience=3, seed=seed, threads=threads)
+    r = fit(cfg, train, valid, log=None)
+    return float(binary_metrics(test.y, probabilities(r.model, test.x))["auc"]), len(r.history)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path, help="results/RUN of a finished demo")
@@ -47,14 +57,15 @@ def main() -> None:
     cmp = json.loads((a.run / "comparison.json").read_text())
     train, valid = load_train_valid(info, cache_root())
     test = load_test(info, cache_dirs(info, cache_root())[0])
-    aucs, epochs = [], []
-    for seed in range(info.seed, info.seed + a.seeds):
-        cfg = TrainConfig.of(arch=DEFAULT_ARCH, image_size=info.image_size, epochs=a.epochs, patience=3, seed=seed,
-                             threads=torch.get_num_threads())
-        r = fit(cfg, train, valid, log=None)
-        aucs.append(binary_metrics(test.y, probabilities(r.model, test.x))["auc"])
-        epochs.append(len(r.history))
-        print(f"recipe seed {seed}: test AUC {aucs[-1]:.4f} after {epochs[-1]} epochs", flush=True)
+    seeds = list(range(info.seed, info.seed + a.seeds))
+    jobs = max(1, min(len(seeds), (os.cpu_count() or 1) // info.threads))
+    # spawn, not fork: forking a process whose OpenMP threads already ran can deadlock
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = list(pool.map(recipe_auc, [(s, info.image_size, a.epochs, info.threads) for s in seeds],
+                             [(train, valid, test)] * len(seeds)))
+    aucs, epochs = [d[0] for d in done], [d[1] for d in done]
+    for s, (auc, n) in zip(seeds, done):
+        print(f"recipe seed {s}: test AUC {auc:.4f} after {n} epochs", flush=True)
     mean, half = t_interval(aucs)
     print(f"\n{len(test)} test images at {info.image_size}px; run {info.name}\n")
     print("| model | seeds | test ROC-AUC per seed | mean ± 95% t half-width |")
