@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: demo test lint bench venv
+.PHONY: demo test lint bench venv report-screenshot
 
 venv: $(STAMP)
 
@@ -26,4 +26,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/cache_speedup.py --threads 1
 	$(PY) benchmarks/search_overhead.py
 	$(PY) benchmarks/load_200.py
+	$(PY) benchmarks/report_200.py
 	$(PY) benchmarks/demo_difficulty.py
+
+# The README's picture of a run's report, taken by headless Chromium at 1280x900:
+#   make report-screenshot RUN=results/demo-YYYYMMDD-HHMMSS [SHOT=docs/report.png]
+SHOT ?= docs/report.png
+report-screenshot: $(STAMP)
+	@test -n "$(RUN)" || { echo "usage: make report-screenshot RUN=results/NAME [SHOT=docs/report.png]"; exit 2; }
+	$(PY) -m tune report $(RUN)
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,900 \
+	  --virtual-time-budget=10000 --screenshot=$(SHOT) file://$(abspath $(RUN))/report.html

@@ -130,6 +130,10 @@ def cmd_search(a: argparse.Namespace) -> int:
         from tune.finalize import run_finalize
 
         run_finalize(run_dir, seeds=a.seeds, cache_dir=cache_root(), jobs=finalize_jobs(run_dir))
+    else:
+        from tune.html_report import write_report
+
+        print(f"wrote {write_report(run_dir)}")
     return 0
 
 
@@ -213,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "csv", "markdown", "json"])
     p.set_defaults(func=cmd_leaderboard)
 
-    from tune import finalize, predict, reproduce
+    from tune import finalize, html_report, predict, reproduce
 
-    for mod in (finalize, reproduce, predict):
+    for mod in (finalize, reproduce, predict, html_report):
         mod.add_parser(sub)
     return parser
 

@@ -314,7 +314,10 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     export_models(info, cmp, records)
     log(md)
     plots = make_plots(info.run_dir, log=log)
-    log(f"wrote {info.run_dir}/comparison.{{md,csv,json}}, models/, and {len(plots)} plot(s) in plots/")
+    from tune.html_report import write_report
+
+    log(f"wrote {info.run_dir}/comparison.{{md,csv,json}}, models/, {len(plots)} plot(s) in plots/ and "
+        f"{write_report(info.run_dir, log=log)}")
     return cmp
 
 

@@ -66,19 +66,30 @@ def render_markdown(cmp: dict[str, Any]) -> str:
     for rule, text in cmp["threshold_rules"].items():
         lines += [f"At {text}:", "", "| Model | " + " | ".join(h for _, h in COLUMNS) + " |",
                   "|---|" + "---|" * len(COLUMNS)]
-        lines += [f"| {r['model']} | " + " | ".join(
-            f"{_pm(r[rule][m])} [{r[rule][m]['boot_low']:.3f}, {r[rule][m]['boot_high']:.3f}]" for m, _ in COLUMNS)
-            + " |" for r in cmp["rows"]]
+        lines += [f"| {r['model']} | " + " | ".join(cell(r[rule][m]) for m, _ in COLUMNS) + " |" for r in cmp["rows"]]
         lines.append("")
     lines += ["Threshold-free (mean ± 95% t half-width over seeds):", "", "| Model | Average precision | EER |",
               "|---|---|---|"]
     lines += [f"| {r['model']} | {_pm(r['at_0.5']['ap'])} | {_pm(r['at_0.5']['eer'])} |" for r in cmp["rows"]]
+    lines += ["", caption(cmp), ""] + verdict_lines(cmp)
+    return "\n".join(lines) + "\n"
+
+
+def cell(c: dict[str, Any]) -> str:
+    """A comparison cell: mean ± t half-width [bootstrap interval]."""
+    return f"{_pm(c)} [{c['boot_low']:.3f}, {c['boot_high']:.3f}]"
+
+
+def caption(cmp: dict[str, Any]) -> str:
     b = cmp["bootstrap"]
-    lines += ["", f"Cells: mean over seeds ± half-width of its 95% t-interval over seeds [95% bootstrap interval over "
-              f"test images: {b['resamples']} resamples stratified by class, numpy seed {b['numpy_seed']}, each "
-              "resample's metric averaged over seeds]. Positive class: Fake.", ""]
-    for arch, why in cmp.get("skipped", {}).items():
-        lines.append(f"Skipped by the search: {arch} ({why}).")
+    return (f"Cells: mean over seeds ± half-width of its 95% t-interval over seeds [95% bootstrap interval over "
+            f"test images: {b['resamples']} resamples stratified by class, numpy seed {b['numpy_seed']}, each "
+            "resample's metric averaged over seeds]. Positive class: Fake.")
+
+
+def verdict_lines(cmp: dict[str, Any]) -> list[str]:
+    """The best model by accuracy and by AUC, and whether its lead over the runner-up is significant."""
+    lines = [f"Skipped by the search: {arch} ({why})." for arch, why in cmp.get("skipped", {}).items()]
     for m, name in (("accuracy", "accuracy at threshold 0.5"), ("auc", "AUC")):
         e = cmp["best"][m]
         if e.get("tie"):
@@ -90,7 +101,7 @@ def render_markdown(cmp: dict[str, Any]) -> str:
             line += (f"; vs {e['runner_up']} ({e['runner_up_value']:.3f}): difference {e['difference']:+.3f}, "
                      f"paired bootstrap p = {e['p_value']:.3f}, {verdict} at α = {cmp['alpha']}")
         lines.append(line + ".")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def render_csv(cmp: dict[str, Any]) -> str:

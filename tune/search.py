@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tune import FAKE, REAL
 from tune.archs import folder_name
 from tune.config import TrainConfig
 from tune.data import ImageSet, load_split
@@ -209,6 +210,8 @@ def run_search(opts: SearchOptions) -> Path:
     record = {"name": opts.name, "space_file": str(opts.space), "space": asdict(space),
               "data": {"root": str(opts.data), "train_fingerprint": train.fingerprint,
                        "valid_fingerprint": valid.fingerprint, "n_train": len(train), "n_valid": len(valid),
+                       "classes": {s.split: {"Fake": int((s.y == FAKE).sum()), "Real": int((s.y == REAL).sum())}
+                                   for s in (train, valid)},
                        "skipped": train.skipped + valid.skipped},
               "weights": weight_notes, "skipped": skipped, "trials_root": trials_root, "use_cache": opts.use_cache,
               "versions": library_versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
