@@ -114,8 +114,8 @@ def check_weights(space: SearchSpace) -> tuple[SearchSpace, dict[str, str], dict
             cfg = TrainConfig.from_dict(space.base_config(arch))
             sources[arch] = build_model(arch, **cfg.hparams).weights_source
         except WeightsUnavailable as e:
-            skipped[arch] = str(e)
-            print(f"[{arch}] skipped: {e}", flush=True)
+            skipped[arch] = str(e).removeprefix(f"{arch}: ")
+            print(f"[{arch}] skipped: {skipped[arch]}", flush=True)
     if len(skipped) == len(space.architectures):
         raise UserError(f"no architecture of {space.source} can run: {'; '.join(skipped.values())}")
     archs = {a: p for a, p in space.architectures.items() if a not in skipped}
