@@ -29,6 +29,39 @@ def make_dataset(root: Path, n: int = 12, size: int = 40, seed: int = 0,
     return root
 
 
+class BackbonePasses:
+    """Counts the frozen-prefix work done through tune.cache: full passes over a split's images, and
+    longer prefixes derived from a stored shorter one (only the units in between run)."""
+
+    def __init__(self, mp: pytest.MonkeyPatch) -> None:
+        from tune import cache
+
+        self.full: list[int] = []
+        self.derived: list[int] = []
+        encode_all, run_units = cache.encode_all, cache.run_units
+
+        def counting_encode_all(model, x, *, flip=False):
+            self.full.append(len(x))
+            return encode_all(model, x, flip=flip)
+
+        def counting_run_units(model, x, start, *, flip=False):
+            if start:
+                self.derived.append(start)
+            return run_units(model, x, start, flip=flip)
+
+        mp.setattr(cache, "encode_all", counting_encode_all)
+        mp.setattr(cache, "run_units", counting_run_units)
+
+    def clear(self) -> None:
+        self.full.clear()
+        self.derived.clear()
+
+
+@pytest.fixture
+def backbone_passes(monkeypatch: pytest.MonkeyPatch) -> BackbonePasses:
+    return BackbonePasses(monkeypatch)
+
+
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "data")

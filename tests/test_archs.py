@@ -127,7 +127,7 @@ def test_cached_and_live_training_give_identical_numbers(tmp_path: Path, arch: s
 
 
 # --------------------------------------------------------------------------- chained caches
-def test_longer_prefixes_are_derived_from_the_shortest_one(tmp_path: Path) -> None:
+def test_longer_prefixes_are_derived_from_the_shortest_one(tmp_path: Path, backbone_passes) -> None:
     root = make_dataset(tmp_path / "data", n=6, size=32, splits=("train", "valid"))
     train, valid = load_split(root, "train", 32), load_split(root, "valid", 32)
     feats = tmp_path / "features"
@@ -135,16 +135,16 @@ def test_longer_prefixes_are_derived_from_the_shortest_one(tmp_path: Path) -> No
     def model(k: int) -> torch.nn.Module:
         return archs.build_model("efficientnet_lite0", unfrozen_blocks=k, head_sizes=(8,))
 
-    cache.BACKBONE_PASSES.clear()
-    cache.DERIVED.clear()
     cache.precompute([model(k) for k in (0, 4, 2, 3)], train, valid, hflip=True, cache_dir=feats)
-    assert len(cache.BACKBONE_PASSES) == 3  # valid, train, flipped train: once, for the shortest prefix
-    assert len(cache.DERIVED) == 3 * 3 and all(re.search(r"from \d+$", d) for d in cache.DERIVED)
+    assert len(backbone_passes.full) == 3  # valid, train, flipped train: once, for the shortest prefix
+    # 18 units: depth 4 freezes 14 of them; depths 3, 2 and 0 (all 18 + the pooling tail) each start from the
+    # prefix before them, 14, 15 and 16 units long
+    assert backbone_passes.derived == [14] * 3 + [15] * 3 + [16] * 3
     for k in (0, 3):  # derived features equal the ones computed from the images in one go
         m = model(k)
         got = cache.cached_encode(m, train, flip=True, cache_dir=feats)
         assert np.array_equal(got, cache.encode_all(m, train.x, flip=True))
-    assert len(cache.BACKBONE_PASSES) == 3
+    assert len(backbone_passes.full) == 3 + 2  # only the two reference computations just above
 
 
 # --------------------------------------------------------------------------- the registry owns the names

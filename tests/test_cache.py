@@ -12,21 +12,23 @@ import torch
 from conftest import make_dataset
 from PIL import Image
 
-from tune import cache
 from tune.config import TrainConfig
 from tune.data import load_split
 from tune.train import fit
 
 
-def passes(cfg: TrainConfig, root: Path, cache_dir: Path) -> int:
-    train = load_split(root, "train", cfg.image_size)
-    valid = load_split(root, "valid", cfg.image_size)
-    cache.BACKBONE_PASSES.clear()
-    fit(cfg, train, valid, cache_dir=cache_dir, log=None)
-    return len(cache.BACKBONE_PASSES)
+@pytest.fixture
+def passes(backbone_passes):
+    def count(cfg: TrainConfig, root: Path, cache_dir: Path) -> int:
+        train = load_split(root, "train", cfg.image_size)
+        valid = load_split(root, "valid", cfg.image_size)
+        backbone_passes.clear()
+        fit(cfg, train, valid, cache_dir=cache_dir, log=None)
+        return len(backbone_passes.full)
+    return count
 
 
-def test_cache_is_invalidated_exactly_when_its_output_could_change(tmp_path: Path) -> None:
+def test_cache_is_invalidated_exactly_when_its_output_could_change(tmp_path: Path, passes) -> None:
     torch.set_num_threads(1)
     root = make_dataset(tmp_path / "data", n=6, size=32, splits=("train", "valid"))
     c = tmp_path / "features"
@@ -61,7 +63,7 @@ def test_cache_is_shared_by_the_search_trials(tiny_run: Path) -> None:
 
 
 @pytest.mark.parametrize("prob", ["blur_prob", "jpeg_prob"])
-def test_random_augmentation_falls_back_to_live_and_says_so(tmp_path: Path, prob: str) -> None:
+def test_random_augmentation_falls_back_to_live_and_says_so(tmp_path: Path, prob: str, passes) -> None:
     root = make_dataset(tmp_path / "data", n=4, size=32, splits=("train", "valid"))
     cfg = TrainConfig.of(arch="mobilenet_v2", weights="none", epochs=1, image_size=32, batch_size=8, **{prob: 0.5})
     assert passes(cfg, root, tmp_path / "f") == 1  # only valid is cached

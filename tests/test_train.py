@@ -146,15 +146,15 @@ def test_diverged_on_first_epoch(splits, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 @pytest.mark.parametrize("unfrozen", [0, 2])
-def test_cached_and_live_training_agree(splits, tmp_path: Path, unfrozen: int) -> None:
+def test_cached_and_live_training_agree(splits, tmp_path: Path, unfrozen: int, backbone_passes) -> None:
     # One batch per epoch (16 images): the frozen prefix then sees the same batch shapes on both paths, so
     # the numbers agree to float precision. (With other batch sizes the backbone's kernels differ at ~1e-6
     # relative, which training-mode BatchNorm on 1x1 maps and Adam amplify; test_cached_inputs_match_live
     # checks the per-batch indexing at those sizes.)
     cfg = MOBILE.replace(unfrozen_blocks=unfrozen, batch_size=16, epochs=3, lr=1e-2)
-    cache.BACKBONE_PASSES.clear()
+    backbone_passes.clear()
     cached = run(cfg, splits, cache_dir=tmp_path / "features")
-    assert len(cache.BACKBONE_PASSES) == 3  # valid, train, flipped train
+    assert len(backbone_passes.full) == 3  # valid, train, flipped train
     live = run(cfg.replace(use_cache=False), splits, cache_dir=tmp_path / "features")
     assert cached.cache_mode == "train and valid cached" and live.cache_mode == "off"
     assert len(cached.history) == len(live.history) == 3
@@ -164,7 +164,7 @@ def test_cached_and_live_training_agree(splits, tmp_path: Path, unfrozen: int) -
     np.testing.assert_allclose(cached.val_probs, live.val_probs, atol=1e-5)
     assert numbers(cached)[0] != numbers(cached)[-1]  # it did train
     again = run(cfg, splits, cache_dir=tmp_path / "features")
-    assert len(cache.BACKBONE_PASSES) == 3  # the features came from disk
+    assert len(backbone_passes.full) == 3  # the features came from disk
     assert numbers(again) == numbers(cached)
 
 

@@ -25,10 +25,6 @@ from tune.data import AugPlan, ImageSet, apply_plan, as_tensor, to_float
 from tune.models import Detector
 
 ENCODE_BATCH = 64
-# Full passes over a split through a frozen prefix, and derivations of a longer prefix's features from a
-# shorter one's (tests and benchmarks count these).
-BACKBONE_PASSES: list[str] = []
-DERIVED: list[str] = []
 
 
 def prefix_keys(model: Detector) -> list[str]:
@@ -86,7 +82,6 @@ def cached_encode(model: Detector, data: ImageSet, *, flip: bool, cache_dir: Pat
     n = len(model.frozen)
     base = f"{data.fingerprint}-{data.x.shape[-1]}-{len(data)}{'-flip' if flip else ''}"
     if cache_dir is None:
-        BACKBONE_PASSES.append(f"{base}-{keys[n]}")
         return encode_all(model, data.x, flip=flip)
 
     def path(k: int) -> Path:
@@ -99,10 +94,8 @@ def cached_encode(model: Detector, data: ImageSet, *, flip: bool, cache_dir: Pat
         if not target.exists():
             start = next((k for k in range(n - 1, 0, -1) if path(k).exists()), 0)
             if start:
-                DERIVED.append(f"{base}-{keys[n]} from {start}")
                 z = run_units(model, np.load(path(start), mmap_mode="r"), start)
             else:
-                BACKBONE_PASSES.append(f"{base}-{keys[n]}")
                 z = encode_all(model, data.x, flip=flip)
             tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
             np.save(tmp, z)
