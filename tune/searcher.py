@@ -14,6 +14,7 @@ A module-level class: Ray pickles the searcher with the experiment and restores 
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
@@ -42,7 +43,9 @@ class HonestOptunaSearch(OptunaSearch):
         # never to on_trial_result: record it as an intermediate value too, so every epoch is there.
         if result and isinstance(result.get(self.metric), (int, float)) and STEP in result:
             try:
-                ot_trial.report(float(result[self.metric]), int(result[STEP]))
+                with warnings.catch_warnings():  # a step already there (reported before a restore) is kept
+                    warnings.simplefilter("ignore", UserWarning)
+                    ot_trial.report(float(result[self.metric]), int(result[STEP]))
             except Exception as e:  # noqa: BLE001 - e.g. a NaN of a diverged first epoch
                 log.debug("intermediate value of %s not recorded: %s", trial_id, e)
         if how in ("completed", "early_stopped", "diverged"):
