@@ -211,11 +211,12 @@ def test_seed_zero_retraining_is_the_trial_itself(finalized: dict[str, Any]) -> 
     """Trials train with seed 0 and the tiny space's seed is 0: finalize's seed 0 must redo the trial exactly."""
     import pandas as pd
 
-    from tune.leaderboard import _read_results
+    from tune.runinfo import read_run, trial_record
 
     run = finalized["run"]
+    info = read_run(run)
     for row in (r for r in finalized["cmp"]["rows"] if r["kind"] == "tuned"):
-        trial = _read_results(run / "trials" / row["arch"] / f"{row['arch']}_{row['trial_id']}" / "result.json")
+        trial = trial_record(info, row["arch"], row["trial_id"]).results
         mine = pd.read_csv(run / row["folder"] / "seed0" / "history.csv", float_precision="round_trip")
         assert len(mine) >= len(trial)  # ASHA may have stopped the trial earlier than finalize stops
         for rec, (_, got) in zip(trial, mine.iterrows()):

@@ -66,10 +66,24 @@ def test_asha_stops_trials_and_test_split_is_never_read(ray_session, tmp_path: P
     assert (df["ended"] == "stopped_by_asha").sum() >= 1, df[["ended", "epochs"]]
     stopped = df[df["ended"] == "stopped_by_asha"]
     assert (stopped["epochs"] < 4).all()
+    # Optuna is told the truth: ASHA's stops are PRUNED, the rest COMPLETE with their best value,
+    # and every trial has one intermediate value per epoch it ran.
+    study = optuna.load_study(study_name="asha-custom_cnn", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert set(by_ray_id) == set(df["trial_id"])
+    for row in df.itertuples():
+        t = by_ray_id[row.trial_id]
+        if row.ended == "stopped_by_asha":
+            assert t.state == optuna.trial.TrialState.PRUNED, (row, t)
+        else:
+            assert row.ended in ("completed", "early_stopped"), row
+            assert t.state == optuna.trial.TrialState.COMPLETE and t.value == row.score, (row, t)
+        assert sorted(t.intermediate_values) == list(range(1, row.epochs + 1)), (row, t.intermediate_values)
+        assert max(t.intermediate_values.values()) == row.score  # the running best, reported per epoch
 
 
 def test_run_name_cannot_escape_results(tmp_path: Path) -> None:
-    from tune.search import check_run_name
+    from tune.runs import check_run_name
 
     for bad in ("../x", "a/b", "..", "", ".hidden", "a\\b", "x" * 101):
         with pytest.raises(UserError):

@@ -303,11 +303,6 @@ def get_arch(name: str) -> Arch:
                     "timm backbone")
 
 
-def folder_name(arch: str) -> str:
-    """An architecture's name as one folder name (timm/NAME → timm--NAME)."""
-    return arch.replace("/", "--")
-
-
 def list_archs() -> list[str]:
     """The registered names (timm/NAME backbones are made on use and not listed)."""
     return list(REGISTRY)

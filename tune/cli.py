@@ -111,23 +111,27 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_search(a: argparse.Namespace) -> int:
-    from tune.search import SearchOptions, check_run_name, run_search
+    from tune.runs import check_run_name, is_uri, results_root
+    from tune.search import SearchOptions, run_search
 
-    space = a.space or SPACES / ("demo.yaml" if a.data is None else "default.yaml")
+    going_on = a.resume or a.extend is not None  # the run's recorded space and data, unless given
+    if a.extend is not None and (a.name is None or a.space is not None or a.trials is not None):
+        raise UserError("--extend N adds N trials per architecture to the run --name names, with its recorded "
+                        "search space: give --name, and leave out --space and --trials")
+    space = a.space or (None if going_on else SPACES / ("demo.yaml" if a.data is None else "default.yaml"))
     name = check_run_name(a.name or time.strftime("search-%Y%m%d-%H%M%S"))
-    uri = a.storage if a.storage and "://" in a.storage else None
-    results = Path(a.storage) if a.storage and not uri else Path("results")
-    root = (a.data or builtin_data()).absolute()
-    opts = SearchOptions(space=space, data=root, name=name, results=results.absolute(), trials=a.trials,
-                         address=a.address, storage_uri=uri, resume=a.resume, use_cache=not a.no_cache,
-                         skip_bad=a.skip_bad_images, cache_dir=cache_root())
+    root = a.data.absolute() if a.data else None if going_on else builtin_data()
+    opts = SearchOptions(space=space, data=root, name=name, results=results_root(a.storage).absolute(),
+                         trials=a.trials, address=a.address, storage_uri=a.storage if is_uri(a.storage) else None,
+                         resume=a.resume, use_cache=not a.no_cache, skip_bad=a.skip_bad_images,
+                         cache_dir=cache_root(), extend=a.extend)
     run_dir = run_search(opts)
     print(f"search finished: {run_dir}")
     from tune.leaderboard import load_leaderboard, render
 
     print(render(load_leaderboard(run_dir), fmt="table", top=10))
     if not a.no_finalize:
-        from tune.finalize import run_finalize
+        from tune.finalize import finalize_jobs, run_finalize
 
         run_finalize(run_dir, seeds=a.seeds, cache_dir=cache_root(), jobs=finalize_jobs(run_dir))
     else:
@@ -135,13 +139,6 @@ def cmd_search(a: argparse.Namespace) -> int:
 
         print(f"wrote {write_report(run_dir)}")
     return 0
-
-
-def finalize_jobs(run_dir: Path) -> int:
-    """As many retrainings at once as the machine has room for at the trials' CPUs per trial."""
-    from tune.runinfo import read_run
-
-    return max(1, (os.cpu_count() or 1) // read_run(run_dir).threads)
 
 
 def cmd_archs(a: argparse.Namespace) -> int:
@@ -166,10 +163,16 @@ def cmd_archs(a: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(a: argparse.Namespace) -> int:
-    from tune.leaderboard import load_leaderboard, render, resolve_run
+    from tune.leaderboard import load_leaderboard, render
+    from tune.runs import Run, resolve_run, results_root
 
-    run = resolve_run(a.run, Path(a.storage) if a.storage else Path("results"))
-    print(render(load_leaderboard(run), fmt=a.format, top=a.top, arch=a.arch), end="")
+    run = Run(resolve_run(a.run, results_root(a.storage)))
+    board = load_leaderboard(run.path)
+    if board.empty and a.format == "table":
+        print(f"run {run.name}: no trials yet in {run.trials_root(run.read())}")
+        return 0
+    out = render(board, fmt=a.format, top=a.top, arch=a.arch)
+    print(out, end="" if out.endswith("\n") else "\n")
     return 0
 
 
@@ -197,8 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name: a folder under results/ (default: search-DATE-TIME)")
     p.add_argument("--trials", type=int, help="trials per architecture (overrides the space file)")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. 10.0.0.5:6379 or auto)")
-    p.add_argument("--storage", help="folder for run folders (shared path on clusters) or a URI Ray accepts")
+    p.add_argument("--storage", help="folder for run folders (shared path on clusters), or a URI Ray accepts "
+                   "(s3://..., file://...): then the trials go there and the run folder stays in results/")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of this --name")
+    p.add_argument("--extend", type=int, metavar="N", help="add N trials per architecture to the finished run "
+                   "--name (TPE goes on from its Optuna studies)")
     p.add_argument("--no-cache", action="store_true", help="decode and run the frozen backbone live")
     p.add_argument("--skip-bad-images", action="store_true")
     p.add_argument("--no-finalize", action="store_true", help="skip retraining the winners and the test evaluation")
@@ -211,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("leaderboard", help="one row per trial, best first (works while a search runs)")
     p.add_argument("run", nargs="?", help="run name under results/ or a run folder (default: newest)")
-    p.add_argument("--storage", help="folder holding run folders (default: results)")
+    p.add_argument("--storage", help="folder holding run folders, or the URI the search's --storage named "
+                   "(then the run folder is in results/) (default: results)")
     p.add_argument("--top", type=int, help="show only the best K trials")
     p.add_argument("--arch", help="only this architecture")
     p.add_argument("--format", default="table", choices=["table", "csv", "markdown", "json"])

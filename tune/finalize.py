@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.config import TrainConfig
-from tune.runinfo import RunInfo, cache_dirs, load_train_valid, read_json, read_run, trial_config
+from tune.runinfo import RunInfo, cache_dirs, load_train_valid, read_run, trial_config
+from tune.runs import read_json, resolve_run, results_root
 from tune.utils import (
     UserError,
     atomic_torch_save,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    cache_root,
     file_sha256,
 )
 
@@ -130,7 +132,7 @@ def _fingerprints(info: RunInfo, data: tuple[ImageSet, ImageSet, ImageSet]) -> d
 def done_record(c: Candidate, seed: int, info: RunInfo,
                 data: tuple[ImageSet, ImageSet, ImageSet]) -> dict[str, Any] | None:
     """The saved record of this exact (config, data, seed), if a previous finalize finished it."""
-    path = info.run_dir / "finalize" / c.name / f"seed{seed}" / "record.json"
+    path = info.run.finalize(c.name, seed) / "record.json"
     if path.is_file():
         old = read_json(path)
         if old.get("config") == c.config.replace(seed=seed).to_dict() and old.get("data") == _fingerprints(info, data):
@@ -146,7 +148,7 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, 
     from tune.train import history_csv, run_record
 
     train, valid, test = data
-    out = info.run_dir / "finalize" / c.name / f"seed{seed}"
+    out = info.run.finalize(c.name, seed)
     cfg = c.config.replace(seed=seed)
     fingerprints = _fingerprints(info, data)
     old = done_record(c, seed, info, data)
@@ -185,8 +187,7 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
     for c in cands:
         cols = []
         for r in records[c.name]:
-            paths, labels, p = read_predictions(info.run_dir / "finalize" / c.name / f"seed{r['seed']}" /
-                                                "predictions.csv")
+            paths, labels, p = read_predictions(info.run.finalize(c.name, r["seed"]) / "predictions.csv")
             if paths != test.paths or not (labels == y).all():
                 raise UserError(f"{c.name} seed {r['seed']}: predictions.csv does not match the test split")
             cols.append(p)
@@ -201,7 +202,8 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
         row: dict[str, Any] = {"model": c.label, "name": c.name, "arch": c.arch, "kind": c.kind,
                                "trial_id": c.trial_id, "config": {**c.config.to_dict(), "seed": None},
                                "seeds": [r["seed"] for r in recs], "valid_scores": [r["valid_score"] for r in recs],
-                               "thresholds": thresholds[c.name], "folder": f"finalize/{c.name}"}
+                               "thresholds": thresholds[c.name],
+                               "folder": str(info.run.finalize(c.name).relative_to(info.run.path))}
         chosen = choose_seed(info, recs)
         row["chosen_seed"], row["chosen_threshold"] = chosen["seed"], chosen["threshold"]
         for rule, pick in rule_thresholds.items():
@@ -258,15 +260,16 @@ def export_models(info: RunInfo, cmp: dict[str, Any], records: dict[str, list[di
     """models/<arch>.pth + .json: the tuned seed with the best valid score, ready for `predict`."""
     for row in (r for r in cmp["rows"] if r["kind"] == "tuned"):
         rec = next(r for r in records[row["name"]] if r["seed"] == row["chosen_seed"])
-        src = info.run_dir / row["folder"] / f"seed{rec['seed']}"
-        atomic_write_bytes(info.run_dir / "models" / f"{row['arch']}.pth", (src / "best.pth").read_bytes())
-        atomic_write_json(info.run_dir / "models" / f"{row['arch']}.json", {
+        src = info.run.finalize(row["name"], rec["seed"])
+        weights = info.run.model(row["arch"], "pth")
+        atomic_write_bytes(weights, (src / "best.pth").read_bytes())
+        atomic_write_json(info.run.model(row["arch"], "json"), {
             "arch": row["arch"], "config": rec["config"], "seed": rec["seed"], "trial_id": row["trial_id"],
             "run": info.name, "chosen_by": f"best valid {info.metric} over seeds {row['seeds']}",
             "valid_score": rec["valid_score"], "threshold": rec["threshold"], "threshold_rule": rec["threshold_rule"],
             "test_metrics": rec["test"], "data": rec["data"], "weights_source": rec["weights_source"],
             "device": rec.get("device", "cpu"), "versions": rec["versions"], "source": str(src),
-            "weights_sha256": file_sha256(info.run_dir / "models" / f"{row['arch']}.pth")})
+            "weights_sha256": file_sha256(weights)})
 
 
 def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache_dir: Path | None = None,
@@ -308,24 +311,28 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     from tune.report import make_plots, render_csv, render_markdown
 
     md = render_markdown(cmp)
-    atomic_write_json(info.run_dir / "comparison.json", cmp)
-    atomic_write_text(info.run_dir / "comparison.csv", render_csv(cmp))
-    atomic_write_text(info.run_dir / "comparison.md", md)
+    atomic_write_json(info.run.comparison("json"), cmp)
+    atomic_write_text(info.run.comparison("csv"), render_csv(cmp))
+    atomic_write_text(info.run.comparison("md"), md)
     export_models(info, cmp, records)
     log(md)
     plots = make_plots(info.run_dir, log=log)
     from tune.html_report import write_report
 
-    log(f"wrote {info.run_dir}/comparison.{{md,csv,json}}, models/, {len(plots)} plot(s) in plots/ and "
-        f"{write_report(info.run_dir, log=log)}")
+    log(f"wrote {info.run.comparison('{md,csv,json}')}, the winners in {info.run.model('*').parent}, "
+        f"{len(plots)} plot(s) in {info.run.plot('*').parent} and {write_report(info.run_dir, log=log)}")
     return cmp
 
 
-def cmd_finalize(a: argparse.Namespace) -> int:
-    from tune.cli import cache_root, finalize_jobs
-    from tune.leaderboard import resolve_run
+def finalize_jobs(run_dir: Path) -> int:
+    """As many retrainings at once as the machine has room for at the trials' CPUs per trial."""
+    import os
 
-    run = resolve_run(a.run, Path(a.storage) if a.storage else Path("results"))
+    return max(1, (os.cpu_count() or 1) // read_run(run_dir).threads)
+
+
+def cmd_finalize(a: argparse.Namespace) -> int:
+    run = resolve_run(a.run, results_root(a.storage))
     run_finalize(run, seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(), jobs=finalize_jobs(run))
     return 0
 
@@ -335,5 +342,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", nargs="?", help="run name under results/ or a run folder (default: newest)")
     p.add_argument("--seeds", type=int, default=3, help="retrainings per model, seeds SEED..SEED+K-1 (default: 3)")
     p.add_argument("--baseline", action="store_true", help="also train the notebook's fixed recipe per architecture")
-    p.add_argument("--storage", help="folder holding run folders (default: results)")
+    p.add_argument("--storage", help="folder holding run folders, or the URI the search's --storage named "
+                   "(then the run folder is in results/) (default: results)")
     p.set_defaults(func=cmd_finalize)

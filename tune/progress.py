@@ -7,13 +7,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-
-def ended_how(trial: Any) -> str:
-    """completed / early_stopped / diverged (said by the trial itself), stopped_by_asha, errored."""
-    if trial.status == "ERROR":
-        return "errored"
-    last = trial.last_result or {}
-    return last.get("ended") or "stopped_by_asha"
+from tune.trials import ended_how
 
 
 class Progress(Callback):
@@ -43,7 +37,7 @@ class Progress(Callback):
         self._done(trials, trial)
 
     def _done(self, trials: list, trial: Any) -> None:
-        how = ended_how(trial)
+        how = ended_how(trial.last_result, "ERROR" if trial.status == "ERROR" else "TERMINATED")
         self.ended[trial.trial_id] = how
         last = trial.last_result or {}
         v = last.get(self.metric, float("nan"))

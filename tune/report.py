@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from tune.runs import Run, read_json
 from tune.utils import UserError, atomic_write_bytes
 
 STATUS_COLORS = {"completed": "tab:green", "early_stopped": "tab:blue", "stopped_by_asha": "tab:gray",
@@ -140,7 +140,7 @@ def plot_dataset(run: dict[str, Any]) -> Figure:
 def winners(run_dir: Path, cmp: dict[str, Any]) -> list[tuple[dict[str, Any], Path]]:
     """(comparison row, folder of its chosen seed) for every finalized model, tuned ones first."""
     rows = sorted(cmp["rows"], key=lambda r: r["kind"] != "tuned")
-    return [(r, run_dir / r["folder"] / f"seed{r['chosen_seed']}") for r in rows]
+    return [(r, Run(run_dir).finalize(r["name"], r["chosen_seed"])) for r in rows]
 
 
 def plot_learning_curves(run_dir: Path, cmp: dict[str, Any]) -> Figure:
@@ -212,15 +212,10 @@ def plot_confusion(run_dir: Path, cmp: dict[str, Any]) -> Figure:
 
 
 # --------------------------------------------------------------------------- the search
-def trials_in_order(run_dir: Path, arch: str, board: Any) -> Any:
-    """This architecture's leaderboard rows in the order Ray created the trials."""
-    from tune.archs import folder_name
-    from tune.leaderboard import trial_statuses
-
-    order = {tid: i for i, tid in enumerate(trial_statuses(run_dir / "trials" / folder_name(arch)))}
-    rows = board[board["arch"] == arch].copy()
-    rows["order"] = [order.get(t, len(order)) for t in rows["trial_id"]]
-    return rows.sort_values(["order", "trial_id"], kind="stable").reset_index(drop=True)
+def trials_in_order(arch: str, board: Any) -> Any:
+    """This architecture's leaderboard rows in the order the trials started (the leaderboard's trial_no)."""
+    rows = board[board["arch"] == arch]
+    return rows.sort_values("trial_no", kind="stable").reset_index(drop=True)
 
 
 def plot_search_metric(run_dir: Path, run: dict[str, Any], board: Any) -> Figure:
@@ -229,7 +224,7 @@ def plot_search_metric(run_dir: Path, run: dict[str, Any], board: Any) -> Figure
     ax = fig.subplots()
     pick = np.fmax.accumulate if space["mode"] == "max" else np.fmin.accumulate
     for arch in space["architectures"]:
-        rows = trials_in_order(run_dir, arch, board)
+        rows = trials_in_order(arch, board)
         if rows.empty:
             continue
         n = np.arange(1, len(rows) + 1)
@@ -251,7 +246,7 @@ def plot_search_epochs(run_dir: Path, run: dict[str, Any], board: Any) -> Figure
     rungs = [budget["grace_period"] * budget["reduction_factor"] ** k for k in range(32)
              if budget["grace_period"] * budget["reduction_factor"] ** k < budget["max_epochs"]]
     for ax, arch in zip(np.atleast_1d(fig.subplots(len(archs), 1, squeeze=False)[:, 0]), archs):
-        rows = trials_in_order(run_dir, arch, board)
+        rows = trials_in_order(arch, board)
         ax.bar(np.arange(1, len(rows) + 1), rows["epochs"], color=[STATUS_COLORS.get(s, "tab:olive")
                                                                    for s in rows["ended"]])
         for r in rungs:
@@ -268,22 +263,26 @@ def plot_search_epochs(run_dir: Path, run: dict[str, Any], board: Any) -> Figure
 
 
 def plot_importance(run_dir: Path, run: dict[str, Any]) -> Figure:
+    """fANOVA on the trials that reached the same budget: Optuna's COMPLETE ones (ran to the end or
+    early-stopped on patience). Trials ASHA stopped are PRUNED there (tune.searcher) and left out:
+    a 2-epoch score explains nothing about what a hyperparameter does at 10 epochs."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     archs = list(run["space"]["architectures"])
     fig = Figure(figsize=(6.5, 3 * len(archs)), layout="constrained")
-    storage = f"sqlite:///{(run_dir / 'optuna.db').absolute()}"
+    folder = Run(run_dir)
     for ax, arch in zip(fig.subplots(len(archs), 1, squeeze=False)[:, 0], archs):
         ax.set_title(f"{arch}: hyperparameter importance (fANOVA on the Optuna study)")
         try:
-            study = optuna.load_study(study_name=f"{run['name']}-{arch}", storage=storage)
+            study = optuna.load_study(study_name=folder.study_name(arch, run), storage=folder.optuna_url)
             done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
             if len(done) < MIN_IMPORTANCE_TRIALS:
                 note(ax, f"{len(done)} finished trial(s): too few to estimate importance "
-                         f"(needs {MIN_IMPORTANCE_TRIALS}+)")
+                         f"(needs {MIN_IMPORTANCE_TRIALS}+; {pruned} stopped early by ASHA are not counted)")
                 continue
-            imp = optuna.importance.get_param_importances(
+            imp = optuna.importance.get_param_importances(  # uses COMPLETE trials only
                 study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
         except (KeyError, ValueError, RuntimeError) as e:  # missing study, constant params, ...
             note(ax, f"importance not available: {str(e)[:120]}")
@@ -291,6 +290,8 @@ def plot_importance(run_dir: Path, run: dict[str, Any]) -> Figure:
         if not imp:
             note(ax, "no sampled hyperparameters varied")
             continue
+        ax.set_title(f"{arch}: hyperparameter importance (fANOVA on the {len(done)} trials that ran their full "
+                     f"course;\n{pruned} stopped early by ASHA left out)", fontsize=10)
         names = list(imp)[::-1]  # most important on top
         ax.barh(names, [imp[n] for n in names], color=color(arch))
         ax.set(xlabel="share of the metric's variance explained", xlim=(0, 1))
@@ -302,11 +303,12 @@ def make_plots(run_dir: Path, *, log: Callable[[str], None] = print) -> list[Pat
     """Every plot the run's files allow; the winners' plots need finalize's comparison.json."""
     from tune.leaderboard import load_leaderboard
 
-    run_dir = Path(run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
+    folder = Run(Path(run_dir))
+    run_dir = folder.path
+    run = folder.read()
     board = load_leaderboard(run_dir)
-    cmp_path = run_dir / "comparison.json"
-    cmp = json.loads(cmp_path.read_text()) if cmp_path.is_file() else None
+    cmp_path = folder.comparison("json")
+    cmp = read_json(cmp_path) if cmp_path.is_file() else None
     jobs: dict[str, Callable[[], Figure]] = {
         "dataset": lambda: plot_dataset(run),
         "search_metric": lambda: plot_search_metric(run_dir, run, board),
@@ -319,7 +321,7 @@ def make_plots(run_dir: Path, *, log: Callable[[str], None] = print) -> list[Pat
     written = []
     for name, make in jobs.items():
         try:
-            written.append(save(make(), run_dir / "plots" / f"{name}.png"))
+            written.append(save(make(), folder.plot(name)))
         except Exception as e:  # noqa: BLE001 - a broken picture must not lose the finished numbers
             log(f"warning: plot {name} failed: {type(e).__name__}: {e}")
     return written

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tune.runinfo import RunInfo, cache_dirs, load_train_valid, read_run, trial_config, trial_dir
-from tune.utils import UserError
+from tune.runinfo import RunInfo, cache_dirs, load_train_valid, read_run, trial_config, trial_record
+from tune.runs import resolve_run, results_root
+from tune.utils import UserError, cache_root
 
 KEYS = ("train_loss", "val_loss", "val_accuracy", "val_auc")
 
@@ -44,21 +45,21 @@ def same(a: Any, b: Any) -> bool:
     return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
-def find_trial(info: RunInfo, trial: str | None) -> tuple[str, str]:
+def find_trial(info: RunInfo, wanted: str | None) -> tuple[str, str]:
     """(arch, trial id) for "best" (the leaderboard's top row), an id like 1bbc8688, or ARCH_1bbc8688."""
     from tune.leaderboard import load_leaderboard
 
-    if trial in (None, "best"):
+    if wanted in (None, "best"):
         board = load_leaderboard(info.run_dir)
         scored = board[board["score"].notna()] if len(board) else board
         if not len(scored):
             raise UserError(f"run {info.name} has no trial with a {info.metric} to reproduce")
         return str(scored.iloc[0]["arch"]), str(scored.iloc[0]["trial_id"])
     for arch in info.space["architectures"]:
-        tid = trial[len(arch) + 1:] if trial.startswith(f"{arch}_") else trial
-        if trial_dir(info, arch, tid).is_dir():
+        tid = wanted[len(arch) + 1:] if wanted.startswith(f"{arch}_") else wanted
+        if trial_record(info, arch, tid) is not None:
             return arch, tid
-    raise UserError(f"trial {trial!r} not found in run {info.name} (see `python -m tune leaderboard "
+    raise UserError(f"trial {wanted!r} not found in run {info.name} (see `python -m tune leaderboard "
                     f"{info.run_dir}` for trial ids, or use --trial best)")
 
 
@@ -66,12 +67,12 @@ def reproduce_trial(run_dir: Path, trial: str | None = "best", *, cache_dir: Pat
                     log: Callable[[str], None] = print) -> Reproduction:
     import torch
 
-    from tune.leaderboard import _read_results  # the leaderboard's reader: resumed trials replay epochs
     from tune.train import fit
 
     info = read_run(run_dir)
     arch, tid = find_trial(info, trial)
-    recorded = _read_results(trial_dir(info, arch, tid) / "result.json")
+    found = trial_record(info, arch, tid)
+    recorded = found.results if found else []  # one row per epoch: a resumed trial's replays counted once
     if not recorded:
         raise UserError(f"trial {arch}_{tid} has no recorded epochs to reproduce")
     cfg = trial_config(info, arch, tid)
@@ -100,10 +101,7 @@ def render(rep: Reproduction) -> str:
 def cmd_reproduce(a: argparse.Namespace) -> int:
     import torch
 
-    from tune.leaderboard import resolve_run
-    from tune.utils import cache_root
-
-    run = resolve_run(a.run, Path(a.storage) if a.storage else Path("results"))
+    run = resolve_run(a.run, results_root(a.storage))
     rep = reproduce_trial(run, a.trial, cache_dir=cache_root())
     print(render(rep), end="")
     bad = rep.differing
@@ -121,5 +119,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="re-run one trial's recorded config and check its numbers exactly")
     p.add_argument("run", nargs="?", help="run name under results/ or a run folder (default: newest)")
     p.add_argument("--trial", default="best", help="trial id (as in the leaderboard) or best (default: best)")
-    p.add_argument("--storage", help="folder holding run folders (default: results)")
+    p.add_argument("--storage", help="folder holding run folders, or the URI the search's --storage named "
+                   "(then the run folder is in results/) (default: results)")
     p.set_defaults(func=cmd_reproduce)

@@ -7,17 +7,17 @@ same cache setting. Keeping that in one place keeps the two commands honest with
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune.archs import folder_name
 from tune.config import TrainConfig
+from tune.runs import Run
 from tune.utils import UserError
 
 if TYPE_CHECKING:
     from tune.data import ImageSet
+    from tune.trials import TrialRecord
 
 
 @dataclass(frozen=True)
@@ -45,17 +45,14 @@ class RunInfo:
             return True
         return a > b if self.mode == "max" else a < b
 
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+    @property
+    def run(self) -> Run:
+        return Run(self.run_dir)
 
 
 def read_run(run_dir: Path) -> RunInfo:
     run_dir = Path(run_dir)
-    meta = read_json(run_dir / "run.json")
+    meta = Run(run_dir).read()
     try:
         space, data = meta["space"], meta["data"]
         return RunInfo(
@@ -67,7 +64,7 @@ def read_run(run_dir: Path) -> RunInfo:
             fingerprints={"train": data["train_fingerprint"], "valid": data["valid_fingerprint"]},
             space=space, meta=meta)
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{run_dir}/run.json is incomplete ({type(e).__name__}: {e}); was it written by "
+        raise UserError(f"{Run(run_dir).record_file} is incomplete ({type(e).__name__}: {e}); was it written by "
                         "`python -m tune search`?") from None
 
 
@@ -94,11 +91,17 @@ def load_train_valid(info: RunInfo, cache_dir: Path | None) -> tuple[ImageSet, I
     return out[0], out[1]
 
 
-def trial_dir(info: RunInfo, arch: str, trial_id: str) -> Path:
-    return info.run_dir / "trials" / folder_name(arch) / f"{folder_name(arch)}_{trial_id}"
+def trial_record(info: RunInfo, arch: str, trial_id: str) -> TrialRecord | None:
+    """One trial of the run (its params.json and per-epoch results), wherever Ray stored it."""
+    from tune.trials import find_trial
+
+    return find_trial(info.run, info.meta, arch, trial_id)
 
 
 def trial_config(info: RunInfo, arch: str, trial_id: str) -> TrainConfig:
     """The trial's full recorded config, plus what the trial got from its environment, not params.json."""
-    params = read_json(trial_dir(info, arch, trial_id) / "params.json")
-    return TrainConfig.from_dict({**params, "threads": info.threads, "use_cache": info.use_cache})
+    t = trial_record(info, arch, trial_id)
+    if t is None or not t.params:
+        raise UserError(f"trial {arch} {trial_id} of run {info.name}: no params.json under "
+                        f"{info.run.trials_root(info.meta)}")
+    return TrainConfig.from_dict({**t.params, "threads": info.threads, "use_cache": info.use_cache})

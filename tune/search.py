@@ -9,7 +9,6 @@ The test split is never read here.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -19,19 +18,17 @@ from typing import Any
 import torch
 
 from tune import FAKE, REAL
-from tune.archs import folder_name
 from tune.config import TrainConfig
 from tune.data import ImageSet, load_split
-from tune.space import DefineByRun, SearchSpace, load_space
-from tune.utils import UserError, atomic_write_json, library_versions
-
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+from tune.runs import Run, exists, experiment_name, join, trial_folder, trials_root_for
+from tune.space import Budget, DefineByRun, Param, Resources, SearchSpace, load_space
+from tune.utils import UserError, library_versions
 
 
 @dataclass(frozen=True)
 class SearchOptions:
-    space: Path
-    data: Path
+    space: Path | None  # None with --resume/--extend: the run's recorded space
+    data: Path | None  # None with --resume/--extend: the run's recorded data root
     name: str
     results: Path  # where run folders live (results/ or --storage when it is a path)
     trials: int | None = None
@@ -42,14 +39,7 @@ class SearchOptions:
     skip_bad: bool = False
     cache_dir: Path | None = None
     max_failures: int = 2
-
-
-def check_run_name(name: str) -> str:
-    """Run names are single folder names: they can never escape the results folder."""
-    if not RUN_NAME.match(name) or ".." in name:
-        raise UserError(f"bad run name {name!r}: use letters, digits, '.', '_' and '-' only "
-                        "(no path separators, no '..', at most 100 characters)")
-    return name
+    extend: int | None = None  # --extend N: N more trials per architecture on a finished run
 
 
 @dataclass
@@ -96,9 +86,7 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
 
 
 def trial_dirname(trial: Any) -> str:
-    from tune.archs import folder_name
-
-    return f"{folder_name(trial.config.get('arch', 'trial'))}_{trial.trial_id}"
+    return trial_folder(trial.config.get("arch", "trial"), trial.trial_id)
 
 
 def check_weights(space: SearchSpace) -> tuple[SearchSpace, dict[str, str], dict[str, str]]:
@@ -170,7 +158,38 @@ def loopback_only() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
+def space_from_record(d: dict[str, Any]) -> SearchSpace:
+    """The SearchSpace run.json recorded (dataclasses.asdict through JSON), for --resume and --extend."""
+    archs = {a: {n: Param(**{**p, "choices": tuple(p.get("choices") or ())}) for n, p in ps.items()}
+             for a, ps in d["architectures"].items()}
+    return SearchSpace(**{**d, "budget": Budget(**d["budget"]), "resources": Resources(**d["resources"]),
+                          "architectures": archs})
+
+
+def previous_run(run: Run, opts: SearchOptions) -> dict[str, Any] | None:
+    """The run's record when continuing it (--resume, --extend); refuse what cannot work, before any write."""
+    if opts.resume and opts.extend is not None:
+        raise UserError("--resume and --extend do not go together: --resume finishes an interrupted search "
+                        "(an interrupted --extend too), --extend adds trials to a finished one")
+    if opts.extend is not None and opts.extend < 1:
+        raise UserError(f"--extend must be >= 1 (trials per architecture), got {opts.extend}")
+    if not (opts.resume or opts.extend):
+        if run.path.exists() and any(run.path.iterdir()):
+            raise UserError(f"run folder {run.path} already exists; pass --resume to continue it, --extend N to add "
+                            "trials to it, or choose another --name")
+        return None
+    if not run.exists():
+        raise UserError(f"nothing to {'resume' if opts.resume else 'extend'}: {run.record_file} not found")
+    old = run.read()
+    if opts.storage_uri and join(opts.storage_uri, run.name) != run.trials_root(old):
+        raise UserError(f"run {run.name} keeps its trials at {run.trials_root(old)} (run.json); --storage "
+                        f"{opts.storage_uri} names another place")
+    return old
+
+
 def run_search(opts: SearchOptions) -> Path:
+    """A new search, the rest of an interrupted one (--resume), or N more trials per architecture
+    (--extend: new Ray experiments ARCH-extendK, the same Optuna studies, so TPE goes on from them)."""
     quiet_ray()
     if not opts.address:
         loopback_only()
@@ -179,49 +198,70 @@ def run_search(opts: SearchOptions) -> Path:
     from optuna.storages import RDBStorage
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from tune.progress import Progress
+    from tune.searcher import HonestOptunaSearch
 
-    space = load_space(opts.space)
-    if opts.trials is not None:
-        if opts.trials < 1:
-            raise UserError(f"--trials must be >= 1, got {opts.trials}")
-        space = replace(space, budget=replace(space.budget, trials=opts.trials))
+    run = Run.named(opts.results, opts.name)
+    old = previous_run(run, opts)
+    if old is not None:  # continuing: the recorded space and data, whatever the command line's defaults say
+        space = space_from_record(old["space"])
+        data_root = opts.data or Path(old["data"]["root"])
+    else:
+        if opts.space is None or opts.data is None:
+            raise UserError("a new search needs --space and --data")
+        space = load_space(opts.space)
+        data_root = opts.data
+        if opts.trials is not None:
+            if opts.trials < 1:
+                raise UserError(f"--trials must be >= 1, got {opts.trials}")
+            space = replace(space, budget=replace(space.budget, trials=opts.trials))
     budget = space.budget
-    run_dir = (opts.results / check_run_name(opts.name)).absolute()
-    trials_root = opts.storage_uri.rstrip("/") + f"/{opts.name}" if opts.storage_uri else str(run_dir / "trials")
-    if run_dir.exists() and any(run_dir.iterdir()) and not opts.resume:
-        raise UserError(f"run folder {run_dir} already exists; pass --resume to continue it or choose another --name")
-    if opts.resume and not (run_dir / "run.json").is_file():
-        raise UserError(f"nothing to resume: {run_dir}/run.json not found")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run.path.mkdir(parents=True, exist_ok=True)
 
     cache = opts.cache_dir / "decoded" if opts.use_cache and opts.cache_dir else None
     t0 = time.time()
     # --no-cache: every trial decodes every image every epoch, like the usual pipeline (for comparison)
-    train = load_split(opts.data, "train", space.image_size, skip_bad=opts.skip_bad, cache_dir=cache,
+    train = load_split(data_root, "train", space.image_size, skip_bad=opts.skip_bad, cache_dir=cache,
                        live=not opts.use_cache)
-    valid = load_split(opts.data, "valid", space.image_size, skip_bad=opts.skip_bad, cache_dir=cache,
+    valid = load_split(data_root, "valid", space.image_size, skip_bad=opts.skip_bad, cache_dir=cache,
                        live=not opts.use_cache)
     print(f"data: {len(train)} train / {len(valid)} valid images at {space.image_size}px "
           f"(decoded in {time.time() - t0:.1f}s); the test split is not read by the search", flush=True)
     space, weight_notes, skipped = check_weights(space)
     record = {"name": opts.name, "space_file": str(opts.space), "space": asdict(space),
-              "data": {"root": str(opts.data), "train_fingerprint": train.fingerprint,
+              "data": {"root": str(data_root), "train_fingerprint": train.fingerprint,
                        "valid_fingerprint": valid.fingerprint, "n_train": len(train), "n_valid": len(valid),
                        "classes": {s.split: {"Fake": int((s.y == FAKE).sum()), "Real": int((s.y == REAL).sum())}
                                    for s in (train, valid)},
                        "skipped": train.skipped + valid.skipped},
-              "weights": weight_notes, "skipped": skipped, "trials_root": trials_root, "use_cache": opts.use_cache,
-              "versions": library_versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if opts.resume:
-        old = _read_json(run_dir / "run.json")
-        if old.get("data", {}).get("train_fingerprint") != train.fingerprint:
-            raise UserError(f"cannot resume {opts.name}: the training data changed since the run started "
-                            f"(fingerprint {old['data']['train_fingerprint']} -> {train.fingerprint})")
-        record["started"], record["resumed"] = old.get("started"), time.strftime("%Y-%m-%d %H:%M:%S")
-    atomic_write_json(run_dir / "run.json", record)
+              "weights": weight_notes, "skipped": skipped, "trials_root": trials_root_for(run, opts.storage_uri),
+              "extensions": [],
+              "use_cache": opts.use_cache, "versions": library_versions(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if old is not None:
+        for split, s in (("train", train), ("valid", valid)):
+            if old["data"].get(f"{split}_fingerprint") != s.fingerprint:
+                raise UserError(f"cannot continue {opts.name}: the {split} data changed since the run started "
+                                f"(fingerprint {old['data'].get(f'{split}_fingerprint')} -> {s.fingerprint})")
+        record.update({k: old[k] for k in ("space_file", "space", "trials_root", "started") if k in old})
+        record["extensions"] = list(old.get("extensions", []))
+        if opts.resume:
+            record["resumed"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    if opts.extend:
+        record["extensions"].append({"trials": opts.extend, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    last = len(record["extensions"])
+    # (arch, experiment number, trials): the search is experiment 0, each --extend the next one
+    trials_of = [budget.trials] + [int(e["trials"]) for e in record["extensions"]]
+    plan = [(arch, k, trials_of[k]) for arch in space.architectures
+            for k in ((last,) if opts.extend else range(last + 1) if opts.resume else (0,))]
+    root = run.trials_root(record)
+    for arch, k, _ in plan:  # a new experiment never lands on another run's trials (a reused name at a URI)
+        location = join(root, experiment_name(arch, k))
+        if not opts.resume and exists(location):
+            raise UserError(f"{location} already holds trials of an earlier search named {opts.name}; "
+                            "choose another --name")
+    run.write(record)
 
     started_ray = False
     if not ray.is_initialized():
@@ -238,20 +278,23 @@ def run_search(opts: SearchOptions) -> Path:
                          str(opts.cache_dir / "features") if opts.cache_dir else None, opts.use_cache)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), resources)
         best_key = f"best_{space.metric}"
-        for arch in space.architectures:
+        for arch, k, n in plan:
             if opts.use_cache and opts.cache_dir:
                 precompute_features(space, arch, train, valid, opts.cache_dir / "features")
-            path = f"{trials_root}/{folder_name(arch)}"
-            progress = Progress(arch, best_key, space.mode, budget.trials)
-            if opts.resume and tune.Tuner.can_restore(path):
-                print(f"[{arch}] resuming from {path}", flush=True)
-                tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            name = experiment_name(arch, k)
+            location = join(root, name)
+            progress = Progress(arch, best_key, space.mode, n)
+            if opts.resume and tune.Tuner.can_restore(location):
+                print(f"[{arch}] resuming from {location}", flush=True)
+                tuner = tune.Tuner.restore(location, trainable=trainable, resume_unfinished=True,
+                                           resume_errored=True)
             else:
-                searcher = OptunaSearch(
+                # The same study for every experiment of an arch: an extension's TPE starts from all earlier
+                # trials. Its own sampler seed, so its random draws are not the first experiment's again.
+                searcher = HonestOptunaSearch(
                     space=DefineByRun(space, arch), metric=best_key, mode=space.mode,
-                    sampler=TPESampler(seed=space.seed, n_startup_trials=max(2, min(10, budget.trials // 2))),
-                    study_name=f"{opts.name}-{arch}",
-                    storage=RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}"))
+                    sampler=TPESampler(seed=space.seed + k, n_startup_trials=max(2, min(10, budget.trials // 2))),
+                    study_name=run.study_name(arch, record), storage=RDBStorage(run.optuna_url))
                 scheduler = ASHAScheduler(time_attr="epoch", max_t=budget.max_epochs,
                                           grace_period=budget.grace_period,
                                           reduction_factor=budget.reduction_factor)
@@ -259,14 +302,14 @@ def run_search(opts: SearchOptions) -> Path:
                     trainable,
                     tune_config=tune.TuneConfig(
                         metric=best_key, mode=space.mode, search_alg=searcher, scheduler=scheduler,
-                        num_samples=budget.trials, reuse_actors=True, trial_dirname_creator=trial_dirname),
+                        num_samples=n, reuse_actors=True, trial_dirname_creator=trial_dirname),
                     run_config=tune.RunConfig(
-                        name=folder_name(arch), storage_path=trials_root, verbose=0, callbacks=[progress],
+                        name=name, storage_path=root, verbose=0, callbacks=[progress],
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=best_key,
                                                                 checkpoint_score_order=space.mode),
                         failure_config=tune.FailureConfig(max_failures=opts.max_failures)))
-            print(f"[{arch}] {budget.trials} trials, up to {budget.max_epochs} epochs each "
-                  f"(ASHA grace {budget.grace_period}, reduction {budget.reduction_factor})", flush=True)
+            print(f"[{arch}] {n} trials{f' more (extension {k})' if k else ''}, up to {budget.max_epochs} epochs "
+                  f"each (ASHA grace {budget.grace_period}, reduction {budget.reduction_factor})", flush=True)
             tuner.fit()
             progress.summary()
     finally:
@@ -274,16 +317,5 @@ def run_search(opts: SearchOptions) -> Path:
             ray.shutdown()
     from tune.leaderboard import write_leaderboard
 
-    write_leaderboard(run_dir)
-    return run_dir
-
-
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+    write_leaderboard(run.path)
+    return run.path

@@ -15,11 +15,6 @@ class UserError(Exception):
     """A problem with the user's input. The CLI prints it as one line and exits 2."""
 
 
-def cache_root() -> Path:
-    """Where decoded images, frozen-backbone features and the built-in dataset are kept ($TUNE_CACHE_DIR)."""
-    return Path(os.environ.get("TUNE_CACHE_DIR") or Path.home() / ".cache" / "deepfake-tune").absolute()
-
-
 def seed_everything(seed: int) -> None:
     """The one seeding helper: Python, NumPy and torch, plus deterministic kernels."""
     import numpy as np
@@ -32,10 +27,30 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def cache_root() -> Path:
+    """The user's cache folder (decoded images, frozen-backbone features, the built-in dataset)."""
+    return Path(os.environ.get("TUNE_CACHE_DIR") or Path.home() / ".cache" / "deepfake-tune").absolute()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (set-and-restore races threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
-    A crash or a full disk leaves either the old file or the new one, never half of one.
+    A crash or a full disk leaves either the old file or the new one, never half of one. The file
+    gets the mode any new file of the user gets (0666 less the umask), not mkstemp's private 0600,
+    so results on shared storage are readable by the user's group as usual.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +59,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
