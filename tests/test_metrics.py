@@ -87,3 +87,27 @@ def test_bce_loss_matches_torch() -> None:
     got = bce_loss(y, z)
     assert math.isfinite(got) and got == pytest.approx(ref, rel=1e-12)
     assert bce_loss(np.array([1.0]), np.array([-1000.0])) == pytest.approx(1000.0)
+
+
+def test_better_and_best_index_are_the_one_rule_for_direction() -> None:
+    from tune.metrics import best_index, better, mode_of
+
+    nan = float("nan")
+    assert better(0.9, 0.8, "max") and better(0.1, 0.2, "min") and not better(0.8, 0.9, "max")
+    assert not better(nan, 0.1, "max") and better(0.1, nan, "min")  # NaN never wins
+    assert best_index([nan, 0.5, 0.7, 0.7], "max") == 2  # first on ties
+    assert best_index([0.3, 0.2, 0.2], "min") == 1
+    assert best_index([nan, nan], "max") is None and best_index([], "min") is None
+    assert mode_of("best_val_eer") == "min" and mode_of("val_ap") == "max" and mode_of("val_loss") == "min"
+
+
+def test_a_declared_metric_is_a_search_metric_and_a_history_column() -> None:
+    """val_ap and val_eer exist because metrics.METRICS declares ap and eer: nothing else lists them."""
+    from tune.metrics import METRICS, search_metrics
+    from tune.space import parse_space
+    from tune.train import HISTORY_FIELDS
+
+    assert {"val_ap", "val_eer"} <= set(search_metrics()) and {"val_ap", "val_eer"} <= set(HISTORY_FIELDS)
+    space = parse_space({"metric": "val_ap", "architectures": {"custom_cnn": {}}})
+    assert space.mode == "max" == METRICS["ap"].mode
+    assert parse_space({"metric": "val_eer", "architectures": {"custom_cnn": {}}}).mode == "min"

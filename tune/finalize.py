@@ -219,9 +219,11 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
 
 def choose_seed(info: RunInfo, recs: list[dict[str, Any]]) -> dict[str, Any]:
     """The seed whose model scored best on VALID (ties: the first seed). Test numbers never choose."""
+    from tune.metrics import better
+
     best = recs[0]
     for r in recs[1:]:
-        best = r if info.better(r["valid_score"], best["valid_score"]) else best
+        best = r if better(r["valid_score"], best["valid_score"], info.mode) else best
     return best
 
 

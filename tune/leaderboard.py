@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from tune.metrics import best_index
 from tune.runs import Run
 from tune.trials import read_trials
 from tune.utils import UserError, atomic_write_text
@@ -28,12 +29,7 @@ def load_leaderboard(run_dir: Path) -> pd.DataFrame:
     for arch in space["architectures"]:
         for no, t in enumerate(read_trials(run, meta, arch), 1):
             results, ended = t.results, t.ended
-            scores = [r[metric] for r in results if isinstance(r.get(metric), (int, float)) and r[metric] == r[metric]]
-            best_i = None
-            if scores:
-                pick = max if mode == "max" else min
-                best_v = pick(scores)
-                best_i = next(i for i, r in enumerate(results) if r.get(metric) == best_v)
+            best_i = best_index([r.get(metric) for r in results], mode)
             row: dict[str, Any] = {
                 "trial_id": t.trial_id, "arch": arch, "trial_no": no, "ended": ended, "epochs": len(results),
                 "best_epoch": results[best_i]["epoch"] if best_i is not None else None,

@@ -93,6 +93,15 @@ def better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
 
+def best_index(values: list[float], mode: str) -> int | None:
+    """Position of the best value in `mode` (the first on ties); None when none is a number."""
+    best = None
+    for i, v in enumerate(values):
+        if isinstance(v, (int, float)) and (best is None or better(v, values[best], mode)):
+            best = i
+    return None if best is None or values[best] != values[best] else best
+
+
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Every declared metric at `threshold` (ranking metrics NaN unless both classes are present),
     plus the confusion counts tp, fp, fn, tn."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from tune.metrics import better
 from tune.trials import ended_how
 
 
@@ -18,14 +19,9 @@ class Progress(Callback):
         self.last_print = 0.0
         self.t0 = time.time()
 
-    def _better(self, v: float) -> bool:
-        if self.best is None:
-            return True
-        return v > self.best[0] if self.mode == "max" else v < self.best[0]
-
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         v = result.get(self.metric)
-        if v is not None and v == v and self._better(v):
+        if v is not None and better(v, self.best[0] if self.best else float("nan"), self.mode):
             self.best = (v, trial.trial_id)
         if time.time() - self.last_print > self.every_s:
             self.status(trials)

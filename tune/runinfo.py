@@ -37,14 +37,6 @@ class RunInfo:
     space: dict[str, Any]
     meta: dict[str, Any]
 
-    def better(self, a: float, b: float) -> bool:
-        """True when score `a` beats `b` in the search's direction (NaN never wins)."""
-        if a != a:
-            return False
-        if b != b:
-            return True
-        return a > b if self.mode == "max" else a < b
-
     @property
     def run(self) -> Run:
         return Run(self.run_dir)

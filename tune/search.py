@@ -20,6 +20,7 @@ import torch
 from tune import FAKE, REAL
 from tune.config import TrainConfig
 from tune.data import ImageSet, load_split
+from tune.metrics import best_index
 from tune.runs import Run, exists, experiment_name, join, trial_folder, trials_root_for
 from tune.space import Budget, DefineByRun, Param, Resources, SearchSpace, load_space
 from tune.utils import UserError, library_versions
@@ -70,12 +71,11 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
         with ckpt.as_directory() as d:
             resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
     seen = [r[data.metric] for r in resume["history"]] if resume else []
-    pick = max if data.mode == "max" else min
 
     def report(row: dict[str, Any], state: Any) -> None:
         seen.append(row[data.metric])
-        finite = [v for v in seen if v == v]  # NaN (a diverged epoch) never counts as best
-        row[f"best_{data.metric}"] = pick(finite) if finite else float("nan")
+        best = best_index(seen, data.mode)  # NaN (a diverged epoch) never counts as best
+        row[f"best_{data.metric}"] = seen[best] if best is not None else float("nan")
         row["node_id"] = node_id
         with tempfile.TemporaryDirectory() as d:
             torch.save(state(), Path(d) / "state.pt")
