@@ -17,6 +17,7 @@ from splits import spy_split_reads
 import tune.cli
 import tune.data
 import tune.finalize
+import tune.train
 from tune import stats
 from tune.metrics import binary_metrics
 
@@ -26,14 +27,14 @@ TUNE_SRC = Path(tune.data.__file__).parent
 
 
 def count_fits(mp: pytest.MonkeyPatch) -> list[str]:
-    real = tune.finalize.fit
+    real = tune.train.fit
     seen: list[str] = []
 
     def counting(cfg: Any, *a: Any, **k: Any) -> Any:
         seen.append(f"{cfg.arch}/{cfg.seed}")
         return real(cfg, *a, **k)
 
-    mp.setattr(tune.finalize, "fit", counting)
+    mp.setattr(tune.train, "fit", counting)
     return seen
 
 

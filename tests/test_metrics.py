@@ -104,8 +104,8 @@ def test_better_and_best_index_are_the_one_rule_for_direction() -> None:
 def test_a_declared_metric_is_a_search_metric_and_a_history_column() -> None:
     """val_ap and val_eer exist because metrics.METRICS declares ap and eer: nothing else lists them."""
     from tune.metrics import METRICS, search_metrics
+    from tune.records import HISTORY_FIELDS
     from tune.space import parse_space
-    from tune.train import HISTORY_FIELDS
 
     assert {"val_ap", "val_eer"} <= set(search_metrics()) and {"val_ap", "val_eer"} <= set(HISTORY_FIELDS)
     space = parse_space({"metric": "val_ap", "architectures": {"custom_cnn": {}}})

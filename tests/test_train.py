@@ -19,7 +19,8 @@ import tune.train as train_mod
 from tune.config import TrainConfig
 from tune.data import ImageSet, draw_plan, load_split
 from tune.models import count_params
-from tune.train import HISTORY_FIELDS, fit, make_model, save_run
+from tune.records import HISTORY_FIELDS, save_run
+from tune.train import fit, make_model
 
 METRICS = ("train_loss", "val_loss", "val_auc")
 

@@ -87,7 +87,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     import time
 
     from tune.data import load_split
-    from tune.train import fit, save_run
+    from tune.records import save_run
+    from tune.train import fit
 
     cfg = train_config(a)  # fails fast, before reading any data
     root = (a.data or builtin_data()).absolute()

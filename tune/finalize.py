@@ -12,8 +12,6 @@ Each seed's folder gets record.json last, so an interrupted finalize redoes only
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,20 +39,6 @@ Log = Callable[[str], None]
 RULES = {"at_0.5": "threshold 0.5 (the notebook's rule)",
          "at_valid_threshold": "threshold chosen on valid: Youden's J = TPR - FPR maximised on each retrained "
                                "model's validation probabilities (the test set never picks it)"}
-
-
-def fit(*args: Any, **kwargs: Any) -> Any:
-    """tune.train.fit, looked up on use (tests replace this to count trainings)."""
-    from tune.train import fit as _fit
-
-    return _fit(*args, **kwargs)
-
-
-def load_split(*args: Any, **kwargs: Any) -> Any:
-    """tune.data.load_split, looked up on use (tests watch it to see who reads the test split)."""
-    from tune.data import load_split as _load_split
-
-    return _load_split(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -103,24 +87,9 @@ def candidates(info: RunInfo, baseline: bool, log: Log) -> list[Candidate]:
 
 def load_test(info: RunInfo, decoded_cache: Path | None) -> ImageSet:
     """The one read of the test split in the whole project (tests assert that)."""
-    return load_split(info.root, "test", info.image_size, skip_bad=info.skip_bad, cache_dir=decoded_cache)
+    from tune import data
 
-
-def predictions_csv(test: ImageSet, p: np.ndarray) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "label", "p_fake"])
-    w.writerows((path, int(y), repr(float(q))) for path, y, q in zip(test.paths, test.y, p))  # repr: exact
-    return buf.getvalue()
-
-
-def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    import numpy as np
-
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return ([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
-            np.array([float(r["p_fake"]) for r in rows]))
+    return data.load_split(info.root, "test", info.image_size, skip_bad=info.skip_bad, cache_dir=decoded_cache)
 
 
 def _fingerprints(info: RunInfo, data: tuple[ImageSet, ImageSet, ImageSet]) -> dict[str, str]:
@@ -143,9 +112,10 @@ def done_record(c: Candidate, seed: int, info: RunInfo,
 def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, ImageSet, ImageSet],
                   features: Path | None, log: Log) -> dict[str, Any]:
     """Retrain one candidate with one seed, score test once, save; reuse a finished record of the same thing."""
+    from tune import train as training  # looked up on use: tests wrap tune.train.fit to count trainings
     from tune.inference import probabilities
     from tune.metrics import binary_metrics, youden_threshold
-    from tune.train import history_csv, run_record
+    from tune.records import history_csv, predictions_csv, run_record
 
     train, valid, test = data
     out = info.run.finalize(c.name, seed)
@@ -158,7 +128,7 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, 
     if (out / "record.json").is_file():
         log(f"[{c.name}] seed {seed}: the saved result is for another config or data; redoing it")
     log(f"[{c.name}] seed {seed}: training {'trial ' + c.trial_id if c.trial_id else 'the notebook recipe'}")
-    result = fit(cfg, train, valid, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
+    result = training.fit(cfg, train, valid, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
     threshold = youden_threshold(valid.y, result.val_probs)
     p_test = probabilities(result.model, test.x)
     # CPU tensors, so the file loads the same on a machine without the GPU it was trained on
@@ -181,6 +151,7 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
     import numpy as np
 
     from tune import stats
+    from tune.records import read_predictions
 
     y = test.y.astype(int)
     probs: dict[str, np.ndarray] = {}

@@ -166,7 +166,7 @@ def plot_learning_curves(run_dir: Path, cmp: dict[str, Any]) -> Figure:
 
 
 def _predictions(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    from tune.finalize import read_predictions
+    from tune.records import read_predictions
 
     _, y, p = read_predictions(folder / "predictions.csv")
     return y, p

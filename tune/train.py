@@ -7,8 +7,6 @@ the command line or of Ray, and talks to its caller through a per-epoch `report`
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
 import time
 from collections.abc import Callable
@@ -27,11 +25,6 @@ from tune.data import ImageSet, draw_plan
 from tune.metrics import METRICS, binary_metrics
 from tune.models import Detector, count_params
 from tune.utils import (
-    atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
-    file_sha256,
-    library_versions,
     seed_everything,
 )
 
@@ -162,44 +155,3 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, report: ReportHoo
             break
     model.load_state_dict(best_state)
     return FitResult(model, history, best_epoch, ended, inputs.mode, best_probs, trainable, frozen)
-
-
-# --------------------------------------------------------------------------- run folder
-HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", *(f"val_{k}" for k in METRICS), "epoch_time", "best_epoch",
-                  "ended"]
-
-
-def history_csv(history: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(history)
-    return buf.getvalue()
-
-
-def run_record(cfg: TrainConfig, result: FitResult, data: dict[str, Any],
-               y_valid: np.ndarray | None = None) -> dict[str, Any]:
-    """Everything about a training run but its weights. With the valid labels it also records the
-    threshold that a model file is used at (Youden's J on valid, as finalize chooses it)."""
-    from tune.metrics import youden_threshold
-
-    threshold = {} if y_valid is None else {"threshold": youden_threshold(y_valid, result.val_probs),
-                                            "threshold_rule": "Youden's J maximised on the validation split"}
-    return {**threshold, "config": cfg.to_dict(), "seed": cfg.seed, "data": data,
-            "weights_source": result.model.weights_source,
-            "cache": result.cache_mode, "best_epoch": result.best_epoch, "ended": result.ended,
-            "epochs_run": len(result.history), "best": result.best, "trainable_params": result.trainable_params,
-            "frozen_params": result.frozen_params, "versions": library_versions(), "threads": torch.get_num_threads(),
-            "device": str(next(result.model.parameters()).device)}
-
-
-def save_run(out: Path, cfg: TrainConfig, result: FitResult, data: dict[str, Any],
-             y_valid: np.ndarray | None = None) -> dict[str, Any]:
-    """out/best.pth (state_dict), out/history.csv (per epoch), out/record.json (everything else)."""
-    out.mkdir(parents=True, exist_ok=True)
-    record = run_record(cfg, result, data, y_valid)
-    atomic_torch_save(out / "best.pth", {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
-    record["weights_sha256"] = file_sha256(out / "best.pth")
-    atomic_write_text(out / "history.csv", history_csv(result.history))
-    atomic_write_json(out / "record.json", record)
-    return record

@@ -1,0 +1,77 @@
+"""What a training run leaves behind, written and read one way: the per-epoch history, the run record,
+the weights and the test predictions (train --out folders and finalize's seed folders alike)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune.config import TrainConfig
+from tune.metrics import METRICS
+from tune.utils import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, library_versions
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tune.data import ImageSet
+    from tune.train import FitResult
+
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", *(f"val_{k}" for k in METRICS), "epoch_time", "best_epoch",
+                  "ended"]
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    return buf.getvalue()
+
+
+def run_record(cfg: TrainConfig, result: FitResult, data: dict[str, Any],
+               y_valid: np.ndarray | None = None) -> dict[str, Any]:
+    """Everything about a training run but its weights. With the valid labels it also records the
+    threshold that a model file is used at (Youden's J on valid, as finalize chooses it)."""
+    from tune.metrics import youden_threshold
+
+    threshold = {} if y_valid is None else {"threshold": youden_threshold(y_valid, result.val_probs),
+                                            "threshold_rule": "Youden's J maximised on the validation split"}
+    import torch
+
+    return {**threshold, "config": cfg.to_dict(), "seed": cfg.seed, "data": data,
+            "weights_source": result.model.weights_source,
+            "cache": result.cache_mode, "best_epoch": result.best_epoch, "ended": result.ended,
+            "epochs_run": len(result.history), "best": result.best, "trainable_params": result.trainable_params,
+            "frozen_params": result.frozen_params, "versions": library_versions(), "threads": torch.get_num_threads(),
+            "device": str(next(result.model.parameters()).device)}
+
+
+def save_run(out: Path, cfg: TrainConfig, result: FitResult, data: dict[str, Any],
+             y_valid: np.ndarray | None = None) -> dict[str, Any]:
+    """out/best.pth (state_dict), out/history.csv (per epoch), out/record.json (everything else)."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = run_record(cfg, result, data, y_valid)
+    atomic_torch_save(out / "best.pth", {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
+    record["weights_sha256"] = file_sha256(out / "best.pth")
+    atomic_write_text(out / "history.csv", history_csv(result.history))
+    atomic_write_json(out / "record.json", record)
+    return record
+
+
+def predictions_csv(test: ImageSet, p: np.ndarray) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "label", "p_fake"])
+    w.writerows((path, int(y), repr(float(q))) for path, y, q in zip(test.paths, test.y, p))  # repr: exact
+    return buf.getvalue()
+
+
+def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    import numpy as np
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return ([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
+            np.array([float(r["p_fake"]) for r in rows]))
