@@ -17,6 +17,7 @@ from html import escape
 from pathlib import Path
 
 from tune import report_sections as sec
+from tune.runs import Run
 from tune.utils import atomic_write_text
 
 Log = Callable[[str], None]
@@ -94,12 +95,11 @@ document.querySelectorAll("table.sortable").forEach(function (t) {
 
 def context(run_dir: Path) -> sec.Context:
     from tune.leaderboard import load_leaderboard
-    from tune.runinfo import read_json
+    from tune.runs import Run, read_json
 
-    files = sec.run_files(run_dir)
-    meta = read_json(files.run_json)
-    cmp = read_json(files.comparison) if files.comparison.is_file() else None
-    return sec.Context(files=files, meta=meta, cmp=cmp, board=load_leaderboard(files.dir))
+    run = Run(run_dir)
+    cmp = read_json(run.comparison("json")) if run.comparison("json").is_file() else None
+    return sec.Context(run=run, meta=run.read(), cmp=cmp, board=load_leaderboard(run.path))
 
 
 def missing(ctx: sec.Context) -> list[str]:
@@ -155,15 +155,15 @@ def build_html(run_dir: Path, *, log: Log = print) -> str:
 
 def write_report(run_dir: Path, *, log: Log = print) -> Path:
     """Build the page and write it atomically: a reader never opens half a report."""
-    path = sec.run_files(run_dir).report
+    path = Run(run_dir).report_html
     atomic_write_text(path, build_html(run_dir, log=log))
     return path
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from tune.leaderboard import resolve_run
+    from tune.runs import resolve_run, results_root
 
-    run = resolve_run(a.run, Path(a.storage) if a.storage else Path("results"))
+    run = resolve_run(a.run, results_root(a.storage))
     t0 = time.perf_counter()
     path = write_report(run)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s)")

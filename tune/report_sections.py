@@ -16,28 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from tune.charts import figure_div, figure_png, png_uri, study_charts
-
-
-@dataclass(frozen=True)
-class RunFiles:
-    dir: Path
-    run_json: Path
-    optuna_db: Path
-    comparison: Path
-    plots: Path
-    report: Path
-
-
-def run_files(run_dir: Path) -> RunFiles:
-    """Every path of a run folder the report reads or writes, in one place (for tune/runs.py to take over)."""
-    d = Path(run_dir)
-    return RunFiles(dir=d, run_json=d / "run.json", optuna_db=d / "optuna.db", comparison=d / "comparison.json",
-                    plots=d / "plots", report=d / "report.html")
+from tune.runs import Run
 
 
 @dataclass
 class Context:
-    files: RunFiles
+    run: Run
     meta: dict[str, Any]  # run.json
     cmp: dict[str, Any] | None  # comparison.json, None before finalize
     board: Any  # tune.leaderboard.load_leaderboard's DataFrame
@@ -65,9 +49,9 @@ def image(uri: str, alt: str) -> str:
     return f'<figure><img src="{uri}" alt="{escape(alt)}"></figure>'
 
 
-def png_of(files: RunFiles, name: str, draw: Any) -> str:
+def png_of(run: Run, name: str, draw: Any) -> str:
     """plots/NAME.png as finalize saved it, else the same figure drawn now in memory."""
-    path = files.plots / f"{name}.png"
+    path = run.plot(name)
     return png_uri(path.read_bytes()) if path.is_file() else png_uri(figure_png(draw()))
 
 
@@ -119,9 +103,9 @@ def comparison(ctx: Context) -> str:
 def curves(ctx: Context) -> str:
     from tune import report
 
-    cmp, d = ctx.cmp, ctx.files.dir
+    cmp, d = ctx.cmp, ctx.run.path
     assert cmp is not None
-    return "".join(image(png_of(ctx.files, name, lambda f=f: f(d, cmp)), alt) for name, f, alt in (
+    return "".join(image(png_of(ctx.run, name, lambda f=f: f(d, cmp)), alt) for name, f, alt in (
         ("roc", report.plot_roc, "ROC curves on the test split"),
         ("confusion", report.plot_confusion, "confusion matrices at the valid-chosen threshold"),
         ("learning_curves", report.plot_learning_curves, "learning curves of the retrained winners")))
@@ -162,7 +146,7 @@ def evaluation(ctx: Context) -> str:
               f"{p['p_value']:.3f}" if p.get("p_value") is not None else "n/a",
               "yes" if p.get("significant") else "no"] for p in ev["paired"]]))
     for name, rel in (ev.get("plots") or {}).items():
-        path = ctx.files.dir / rel
+        path = ctx.run.path / rel
         if path.is_file() and path.suffix.lower() == ".png":
             out.append(image(png_uri(path.read_bytes()), name.replace("_", " ")))
     return "".join(out)
@@ -203,7 +187,7 @@ def search(ctx: Context) -> str:
     for arch in ctx.meta["space"]["architectures"]:
         asha = 0 if ctx.board.empty else int(((ctx.board["arch"] == arch)
                                                & (ctx.board["ended"] == "stopped_by_asha")).sum())
-        said, charts = study_charts(ctx.files.optuna_db, f"{ctx.name}-{arch}", ctx.metric, asha)
+        said, charts = study_charts(ctx.run.optuna_db, ctx.run.study_name(arch, ctx.meta), ctx.metric, asha)
         out.append(f"<h3>{escape(arch)}</h3><p>{escape(said)}</p>")
         out += [f'<div class="chart">{figure_div(fig, f"{arch}-{title}")}</div>' for title, fig in charts]
     return "".join(out)
@@ -214,7 +198,7 @@ def epochs(ctx: Context) -> str:
 
     if ctx.board.empty:
         return "<p>No trial has reported yet.</p>"
-    fig = plot_search_epochs(ctx.files.dir, ctx.meta, ctx.board)
+    fig = plot_search_epochs(ctx.run.path, ctx.meta, ctx.board)
     return image(png_uri(figure_png(fig)), "epochs per trial, coloured by how each trial ended")
 
 
@@ -228,7 +212,7 @@ def _test_classes(ctx: Context) -> dict[str, int]:
     row = (ctx.cmp or {}).get("rows", [None])[0]
     if row is None:
         return {}
-    with open(ctx.files.dir / row["folder"] / f"seed{row['seeds'][0]}" / "predictions.csv", newline="") as f:
+    with open(ctx.run.finalize(row["name"], row["seeds"][0]) / "predictions.csv", newline="") as f:
         labels = [int(r["label"]) for r in csv.DictReader(f)]
     return {"Fake": labels.count(FAKE), "Real": len(labels) - labels.count(FAKE)}
 
@@ -263,7 +247,7 @@ def dataset(ctx: Context) -> str:
 
 def reproduce(ctx: Context) -> str:
     meta, cmp, space = ctx.meta, ctx.cmp, ctx.meta["space"]
-    storage = str(ctx.files.dir.parent.absolute())
+    storage = str(ctx.run.path.parent.absolute())
     again = f"{ctx.name}-again"
     search = ["python", "-m", "tune", "search", "--data", str(meta["data"]["root"]), "--space",
               str(meta.get("space_file", "SPACE.yaml")), "--name", again, "--trials", str(space["budget"]["trials"]),
