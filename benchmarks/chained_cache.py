@@ -7,8 +7,8 @@ For each backbone, measured side by side in one run on the built-in data (train,
   independent    every depth 0..4 built from the images, as before chaining (one pass per depth);
   chained        every depth 0..4 as the search builds them now: the shortest prefix from the images,
                  each longer prefix derived from the previous one by running only the units in between.
-The target is chained <= 1.3x one pass. It also trains one epoch per depth from the chained cache and
-live (no cache) and prints the largest difference of the validation metrics (expected: exactly 0).
+The target is chained <= 1.3x one pass. It also trains one epoch at depths 0 and 4 from the chained cache
+and live (no cache) and prints the largest difference of the validation metrics (expected: exactly 0).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> None:
         chained = build(models, train, valid, work / f"{arch}-chained", chained=True)
         independent = build(models, train, valid, work / f"{arch}-independent", chained=False)
         diff = 0.0
-        for c in cfgs:
+        for c in (cfgs[0], cfgs[-1]):  # the longest prefix (derived last) and the shortest
             cached = fit(c, train, valid, cache_dir=work / f"{arch}-chained", log=None).history[-1]
             live = fit(c.replace(use_cache=False), train, valid, cache_dir=None, log=None).history[-1]
             diff = max(diff, *(abs(cached[k] - live[k]) for k in ("val_loss", "val_auc", "val_accuracy")))
