@@ -78,8 +78,11 @@ def to_onnx(loaded: LoadedModel) -> tuple[bytes, int]:
     net = WithSigmoid(loaded.model).eval().cpu()
     s = loaded.image_size
     example = torch.rand(2, 3, s, s)  # batch 2, not 1: a batch of 1 would be specialised into the graph
-    try:  # the exporter prints its progress; the CLI prints one line of its own
-        with contextlib.redirect_stdout(io.StringIO()):
+    # Under no_grad the frozen prefix's own no_grad is not a grad-mode switch, so torch.export does not
+    # wrap it in a higher-order op: the same graph, exported 2-3x faster. The exporter prints progress;
+    # the CLI prints one line of its own.
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             program = torch.onnx.export(net, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
                                         dynamic_shapes={INPUT: {0: torch.export.Dim("batch")}}, verbose=False)
     except Exception as e:  # noqa: BLE001 - torch.export raises many types; the user gets one line
