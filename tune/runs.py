@@ -96,6 +96,16 @@ def trial_folder(arch: str, trial_id: str) -> str:
     return f"{folder_name(arch)}_{trial_id}"
 
 
+def run_of_model(path: Path) -> Run | None:
+    """The run folder a model file belongs to (RUN/models/ARCH.pth, RUN/finalize/NAME/seedS/best.pth),
+    or None for a model outside any run (a train folder's best.pth)."""
+    p = Path(path).absolute()
+    for cand in p.parents[1:4]:
+        if Run(cand).exists():
+            return Run(cand)
+    return None
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON document the project wrote (run.json, a record); unreadable → one-line UserError."""
     try:

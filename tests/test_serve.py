@@ -1,0 +1,279 @@
+"""`python -m tune serve`: the real server (its own loopback Ray, started as a subprocess), called over HTTP.
+
+One server for the module: starting Ray and Serve costs ~15 s on 2 cores. The tests run in file
+order and the last one stops it with Ctrl-C (SIGINT) and checks that every process it started ended.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from browser import chromium, console_errors, network_requests
+from conftest import make_dataset
+from PIL import Image
+from procs import ROOT, kill_marked, listening_addresses, marked_env, pids_with_mark, tune_cmd
+
+import tune.cli
+from tune import inference
+from tune.data import MAX_PIXELS, scan_split
+from tune.metrics import binary_metrics
+from tune.predict import predict
+
+MAX_BYTES = 200_000  # small, so the over-limit test sends a few hundred KB, not 20 MB
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def trained_model(root: Path) -> tuple[Path, list[Path]]:
+    """A tiny custom CNN trained for real (`train`), with test metrics and predictions beside it the way
+    finalize leaves them, so /model has intervals. Returns the model file and the test images."""
+    data = make_dataset(root / "data", n=12, size=40)
+    out = root / "model"
+    assert tune.cli.main(["train", "--data", str(data), "--arch", "custom_cnn", "--epochs", "2", "--image-size", "32",
+                          "--conv-blocks", "1", "--base-width", "4", "--head-sizes", "8", "--out", str(out)]) == 0
+    loaded = inference.load(out / "best.pth")
+    test = scan_split(data, "test")
+    rows = predict(loaded, test.paths)
+    y, p = np.array(test.labels), np.array([r.p_fake for r in rows])
+    (out / "predictions.csv").write_text("path,label,p_fake\n" + "".join(
+        f"{f},{int(t)},{float(q)!r}\n" for f, t, q in zip(test.paths, y, p)))
+    record = json.loads((out / "record.json").read_text())
+    record["test_metrics"] = {"at_0.5": binary_metrics(y, p, 0.5),
+                              "at_valid_threshold": binary_metrics(y, p, loaded.threshold)}
+    (out / "record.json").write_text(json.dumps(record))
+    return out / "best.pth", test.paths
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[str]
+    mark: str
+    model: Path
+    images: list[Path]
+    port: int
+    lines: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("serve")
+    with pytest.MonkeyPatch.context() as mp:  # module scope: the per-test cache fixture does not apply yet
+        mp.setenv("TUNE_CACHE_DIR", str(root / "cache"))
+        model, images = trained_model(root)
+    port = free_port()
+    env, mark = marked_env(TUNE_CACHE_DIR=str(root / "cache"))
+    cmd = tune_cmd("serve", "--model", str(model), "--port", str(port), "--max-bytes", str(MAX_BYTES),
+                   "--batch-wait-ms", "5")
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    srv = Server(f"http://127.0.0.1:{port}", proc, mark, model, images, port)
+
+    def pump() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            srv.lines.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        deadline = time.time() + 180
+        while not any(line.startswith("serving ") for line in srv.lines):
+            assert proc.poll() is None and time.time() < deadline, "".join(srv.lines)[-3000:]
+            time.sleep(0.2)
+        yield srv
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        kill_marked(mark)
+
+
+def expected(srv: Server) -> dict[str, float]:
+    return {r.path: r.p_fake for r in predict(inference.load(srv.model), srv.images)}
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_endpoints_answer_like_predict(server: Server) -> None:
+    want = expected(server)
+    loaded = inference.load(server.model)
+    assert f"at {server.url}/" in "".join(server.lines)
+
+    h = requests.get(f"{server.url}/healthz", timeout=30)
+    assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["model"]["sha256"] == loaded.sha256
+
+    first = server.images[0]
+    raw = requests.post(f"{server.url}/predict", data=first.read_bytes(), headers={"Content-Type": "image/png"},
+                        timeout=30).json()
+    assert abs(raw["p_fake"] - want[str(first)]) <= 1e-6
+    assert raw["label"] == loaded.label(want[str(first)]) and raw["threshold"] == loaded.threshold
+    assert raw["model"]["arch"] == "custom_cnn" and raw["model"]["sha256"] == loaded.sha256
+    assert raw["latency_ms"] > 0
+
+    # every image, as a multipart upload, sent concurrently so the replica batches them
+    def one(path: Path) -> float:
+        with open(path, "rb") as f:
+            r = requests.post(f"{server.url}/predict", files={"file": (path.name, f, "image/png")}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["p_fake"]
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        got = dict(zip(map(str, server.images), pool.map(one, server.images)))
+    assert max(abs(got[k] - want[k]) for k in want) <= 1e-6
+
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in server.images[:3]]
+    files.insert(1, ("files", ("notes.txt", b"not an image at all", "text/plain")))
+    b = requests.post(f"{server.url}/predict/batch", files=files, timeout=60)
+    assert b.status_code == 200
+    results = b.json()["results"]
+    assert [r["file"] for r in results] == [server.images[0].name, "notes.txt", server.images[1].name,
+                                            server.images[2].name]
+    assert results[1]["p_fake"] is None and results[1]["error"].startswith("not a usable image")
+    for r, path in zip([results[0], *results[2:]], server.images[:3]):
+        assert abs(r["p_fake"] - want[str(path)]) <= 1e-6 and "error" not in r
+
+    m = requests.get(f"{server.url}/model", timeout=30).json()
+    assert m["sha256"] == loaded.sha256 and m["threshold"] == loaded.threshold and m["config"]["arch"] == "custom_cnn"
+    auc = m["test_metrics"]["rules"]["at_0.5"]["auc"]
+    assert auc["low"] <= auc["value"] <= auc["high"] and m["test_metrics"]["n_test"] == len(server.images)
+    assert m["data"]["train_fingerprint"] and "root" not in m["data"]  # fingerprints, not paths
+    assert m["weights_source"] and m["limits"]["max_bytes"] == MAX_BYTES
+
+    page = requests.get(f"{server.url}/", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="file"' in page.text and "http" not in page.text.split("<script>")[1]  # no external URL in the JS
+
+
+def test_listens_on_loopback_only(server: Server) -> None:
+    addresses = listening_addresses(pids_with_mark(server.mark))
+    assert "127.0.0.1" in addresses and addresses <= {"127.0.0.1", "::1"}, addresses
+    with socket.socket() as s:  # and the HTTP port is among them
+        assert s.connect_ex(("127.0.0.1", server.port)) == 0
+
+
+def test_bad_input_is_4xx_and_the_server_stays_up(server: Server) -> None:
+    url = server.url
+    good = server.images[0].read_bytes()
+    bomb = png_bytes(Image.new("1", (9000, 9000)))  # 81 M pixels in a few KB
+    assert len(bomb) < MAX_BYTES and 9000 * 9000 > MAX_PIXELS
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8))
+    big = png_bytes(noise)  # a real image, over --max-bytes
+    assert len(big) > MAX_BYTES
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the server must count while reading
+        for i in range(0, len(big), 16_384):
+            yield big[i:i + 16_384]
+
+    cases = [
+        ("not an image", dict(data=b"hello, I am text", headers={"Content-Type": "image/png"}), 400),
+        ("zero bytes", dict(data=b"", headers={"Content-Type": "image/jpeg"}), 400),
+        ("truncated png", dict(data=good[:60], headers={"Content-Type": "image/png"}), 400),
+        ("not an image (multipart)", dict(files={"file": ("a.png", b"GIF89a nope", "image/png")}), 400),
+        ("multipart without a file", dict(data={"x": "1"}, files={}), 415),  # urlencoded form
+        ("empty multipart", dict(files={"x": (None, "1")}), 400),
+        ("decompression bomb", dict(data=bomb, headers={"Content-Type": "image/png"}), 413),
+        ("over --max-bytes", dict(data=big, headers={"Content-Type": "image/png"}), 413),
+        ("over --max-bytes, chunked", dict(data=chunked(), headers={"Content-Type": "image/png"}), 413),
+        ("over --max-bytes (multipart)", dict(files={"file": ("big.png", big, "image/png")}), 413),
+        ("wrong content type", dict(data=good, headers={"Content-Type": "text/plain"}), 415),
+        ("no content type", dict(data=good, headers={"Content-Type": ""}), 415),
+        ("json", dict(json={"image": "x"}), 415),
+        ("two files to /predict", dict(files=[("f", ("a.png", good, "image/png"))] * 2), 400),
+    ]
+    for name, kw, status in cases:
+        r = requests.post(f"{url}/predict", timeout=60, **kw)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        msg = r.json()["error"]
+        assert "\n" not in msg and "Traceback" not in r.text and len(msg) < 400, (name, msg)
+    bad_batch = requests.post(f"{url}/predict/batch", data=good, headers={"Content-Type": "image/png"}, timeout=30)
+    assert bad_batch.status_code == 415
+    bomb_batch = requests.post(f"{url}/predict/batch", files=[("files", ("bomb.png", bomb, "image/png")),
+                                                              ("files", ("ok.png", good, "image/png"))], timeout=60)
+    rows = bomb_batch.json()["results"]
+    assert bomb_batch.status_code == 200 and rows[0]["status"] == 413 and rows[1]["p_fake"] is not None
+    for method, path, status in (("GET", "/nope", 404), ("POST", "/predict/nope", 404), ("GET", "/predict", 405),
+                                 ("DELETE", "/model", 405)):
+        r = requests.request(method, f"{url}{path}", timeout=30)
+        assert r.status_code == status and "Traceback" not in r.text, (method, path, r.status_code, r.text)
+
+    assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
+    ok = requests.post(f"{url}/predict", data=good, headers={"Content-Type": "image/png"}, timeout=30)
+    assert ok.status_code == 200 and abs(ok.json()["p_fake"] - expected(server)[str(server.images[0])]) <= 1e-6
+
+
+def test_web_page_scores_an_uploaded_image(server: Server, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = server.images[-1]
+    want = expected(server)[str(image)]
+    loaded = inference.load(server.model)
+    with chromium(1100, 760) as driver:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: "threshold" in d.find_element(By.ID, "model-line").text)
+        assert "auc" in driver.find_element(By.ID, "metrics").text.lower()
+        driver.find_element(By.ID, "file").send_keys(str(image))
+        wait.until(lambda d: d.find_element(By.ID, "verdict").text in ("Fake", "Real"))
+        verdict = driver.find_element(By.ID, "verdict")
+        assert verdict.text == loaded.label(want)
+        assert abs(float(verdict.get_attribute("data-p-fake")) - want) <= 1e-6
+        width = driver.execute_script("return document.getElementById('bar').style.width")
+        assert abs(float(width.rstrip("%")) - 100 * want) < 1e-3
+        shot = tmp_path / "serve_page.png"
+        driver.save_screenshot(str(shot))
+        assert console_errors(driver) == []
+        assert all(u.startswith(server.url) or u.startswith(("blob:", "data:")) for u in network_requests(driver))
+    assert Image.open(shot).size[0] > 0
+    if os.environ.get("TUNE_DOCS_SCREENSHOT"):  # how docs/serve_page.png is made (README: Serving the winner)
+        shutil.copy(shot, os.environ["TUNE_DOCS_SCREENSHOT"])
+
+
+def test_ctrl_c_stops_everything_it_started(server: Server) -> None:
+    assert pids_with_mark(server.mark)
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(90) == 0, "".join(server.lines)[-3000:]
+    out = "".join(server.lines)
+    assert "stopped" in out and "Traceback" not in out
+    deadline = time.time() + 30
+    while pids_with_mark(server.mark) and time.time() < deadline:  # Ray's daemons exit after the driver
+        time.sleep(0.5)
+    assert pids_with_mark(server.mark) == []
+
+
+def test_serve_refuses_bad_options_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert tune.cli.main(["serve", "--model", str(tmp_path / "missing.pth")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+    assert tune.cli.main(["serve", "--run", "nosuch"]) == 2
+    assert "--run RUN --arch ARCH" in capsys.readouterr().err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        assert tune.cli.main(["serve", "--model", str(tmp_path / "m.pth"), "--port", str(busy)]) == 2
+        assert "cannot listen on 127.0.0.1" in capsys.readouterr().err

@@ -1,0 +1,242 @@
+"""The HTTP API behind `python -m tune serve`: one Ray Serve deployment with a FastAPI ingress.
+
+Requests are parsed and decoded concurrently on the replica's event loop (decoding in threads);
+the forward pass goes through `serve.batch`, so requests that arrive together share one batch.
+Every bad input is answered with a 4xx and one line of JSON, `{"error": "..."}`, never a 500 or
+a traceback: the body is size-checked from Content-Length and again while it streams in, the
+content type is checked before reading, and decoding refuses non-images and decompression bombs.
+
+No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time
+(a `Request` parameter is recognised by its type), and Ray Serve's class-based view wraps them.
+"""
+
+import asyncio
+import re
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from ray import serve
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+MAX_FILES = 256  # files in one /predict/batch request
+INLINE_DECODE = 256_000  # bytes: bodies up to this size are decoded without a thread hand-off
+RAW_TYPES = ("application/octet-stream",)  # accepted besides image/*
+# The page is self-contained; the policy makes the browser refuse anything from elsewhere.
+PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob: data:; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'")
+
+# No /docs or /redoc: FastAPI's docs pages load their scripts from a CDN.
+app = FastAPI(title="deepfake-tune detector", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+class BadInput(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@app.exception_handler(BadInput)
+async def _bad_input(_: Request, e: BadInput) -> JSONResponse:
+    return error(e.status, e.message)
+
+
+@app.exception_handler(HTTPException)
+async def _http(_: Request, e: HTTPException) -> JSONResponse:  # 404, 405, starlette's form errors
+    return error(e.status_code, str(e.detail))
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+    return error(400, f"bad request: {e.errors()[0].get('msg', 'invalid') if e.errors() else 'invalid'}")
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing more than `limit` bytes: up front from Content-Length, and again while
+    counting the stream (a client can lie about, or omit, Content-Length with chunked encoding)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise BadInput(400, f"bad Content-Length header {declared[:40]!r}")
+        if int(declared) > limit:
+            raise BadInput(413, f"body of {int(declared)} bytes is over the limit of {limit} bytes")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise BadInput(413, f"body over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def form_files(request: Request, body: bytes) -> list[tuple[str, bytes]]:
+    """(filename, bytes) of every file part of an already size-checked multipart body, in order."""
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=MAX_FILES, max_fields=MAX_FILES)
+    except HTTPException as e:  # starlette's own multipart errors (too many files, malformed)
+        raise BadInput(400, f"bad multipart body: {e.detail}") from None
+    except (ValueError, AssertionError, KeyError) as e:  # python-multipart on a broken body
+        raise BadInput(400, f"bad multipart body: {str(e)[:200] or type(e).__name__}") from None
+    files = []
+    for _, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            files.append((value.filename or "upload", await value.read()))
+    await form.close()
+    return files
+
+
+async def images_in(request: Request, limit: int) -> list[tuple[str, bytes]]:
+    """The uploaded images of a request: a raw image body, or the file parts of a multipart form."""
+    kind = media_type(request)
+    multipart = kind == "multipart/form-data"
+    if not (multipart or kind.startswith("image/") or kind in RAW_TYPES):
+        raise BadInput(415, f"unsupported content type {kind or '(none)'!r}: send the image as the body with an "
+                       "image/* content type, or as a multipart/form-data file")
+    body = await read_body(request, limit)
+    if not multipart:
+        return [("body", body)]
+    files = await form_files(request, body)
+    if not files:
+        raise BadInput(400, "the multipart form has no file part (expected a file field, e.g. file=@image.png)")
+    return files
+
+
+def replica_grpc_on_loopback() -> bool:
+    """Ray Serve 2.60 starts every replica's inter-deployment gRPC server on [::]:0, all interfaces, with
+    no setting to change it (ray-project/ray#64544). On a loopback-only local Ray, rewrite that address
+    to 127.0.0.1 in this replica's process (its peers reach it at the node IP, 127.0.0.1). Called in the
+    replica's __init__, which Serve runs before it starts that server. False if Serve's code changed."""
+    from ray.serve._private import replica
+
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None:
+        return False
+
+    def loopback(server: Any, address: str) -> int:
+        return original(server, "127.0.0.1:" + address[5:] if address.startswith("[::]:") else address)
+
+    replica.add_port_to_grpc_server = loopback
+    return True
+
+
+@serve.deployment
+@serve.ingress(app)
+class Detector:
+    """One replica: the model, its description, and the batched forward pass."""
+
+    def __init__(self, model_path: str, max_batch: int, batch_wait_s: float, max_bytes: int, threads: int,
+                 loopback: bool) -> None:
+        import warnings
+
+        import torch
+
+        if loopback and not replica_grpc_on_loopback():
+            warnings.warn("could not keep the replica's gRPC server on 127.0.0.1 (Ray Serve changed)", stacklevel=1)
+
+        from tune import inference
+        from tune.data import MAX_PIXELS
+        from tune.modelcard import describe
+
+        torch.set_num_threads(max(1, threads))
+        self.loaded = inference.load(Path(model_path))
+        self.description = describe(self.loaded)
+        self.max_bytes = max_bytes
+        self.limits = {"max_bytes": max_bytes, "max_pixels": MAX_PIXELS, "max_files": MAX_FILES}
+        self.page = (resources.files("tune") / "web" / "index.html").read_text(encoding="utf-8")
+        self.score.set_max_batch_size(max_batch)
+        self.batch_wait_s = batch_wait_s
+        self.in_flight = 0  # images between decoding and their score, over all requests
+        ident = self.loaded.identity()
+        self.identity = {k: ident[k] for k in ("arch", "run", "trial", "seed", "sha256")}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def score(self, images: list[np.ndarray]) -> list[float]:
+        # In a thread: the event loop keeps reading and decoding the next requests meanwhile.
+        p = await asyncio.to_thread(self.loaded.probabilities, np.stack(images), len(images))
+        return [float(v) for v in p]
+
+    async def predict_one(self, data: bytes) -> dict[str, Any]:
+        """p_fake/label/threshold, or raises BadInput (400 not an image, 413 too many pixels)."""
+        self.in_flight += 1
+        try:
+            try:
+                # Small files decode in well under a millisecond: in the event loop; big ones in a thread.
+                x = self.loaded.decode(data) if len(data) <= INLINE_DECODE else await asyncio.to_thread(
+                    self.loaded.decode, data)
+            except ValueError as e:
+                reason = str(e).splitlines()[0] if str(e) else "unreadable"
+                reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", reason)  # PIL names the buffer
+                raise BadInput(413 if "bomb" in reason else 400, f"not a usable image: {reason}") from None
+            # A batch waits to fill only when other images are on their way: a lone request would
+            # otherwise pay the whole wait for company that is not coming.
+            self.score.set_batch_wait_timeout_s(self.batch_wait_s if self.in_flight > 1 else 0.0)
+            p = await self.score(x)
+        finally:
+            self.in_flight -= 1
+        return {"p_fake": p, "label": self.loaded.label(p), "threshold": self.loaded.threshold}
+
+    @app.post("/predict")
+    async def predict(self, request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        files = await images_in(request, self.max_bytes)
+        if len(files) > 1:
+            raise BadInput(400, f"{len(files)} files sent to /predict; send one, or use /predict/batch")
+        out = await self.predict_one(files[0][1])
+        return JSONResponse({**out, "model": self.identity, "latency_ms": (time.perf_counter() - t0) * 1000})
+
+    @app.post("/predict/batch")
+    async def predict_batch(self, request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        if media_type(request) != "multipart/form-data":
+            raise BadInput(415, f"unsupported content type {media_type(request) or '(none)'!r}: /predict/batch "
+                           "takes multipart/form-data with one file part per image")
+        files = await images_in(request, self.max_bytes)
+
+        async def one(name: str, data: bytes) -> dict[str, Any]:
+            try:
+                return {"file": name, **await self.predict_one(data)}
+            except BadInput as e:  # one bad file is reported in its row; the others are scored
+                return {"file": name, "p_fake": None, "label": None, "error": e.message, "status": e.status}
+
+        results = await asyncio.gather(*(one(n, d) for n, d in files))
+        return JSONResponse({"results": results, "model": self.identity, "threshold": self.loaded.threshold,
+                             "latency_ms": (time.perf_counter() - t0) * 1000})
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.identity}
+
+    @app.get("/model")
+    async def model(self) -> dict[str, Any]:
+        return {**self.description, "limits": self.limits}
+
+    @app.get("/")
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(self.page, headers={"Content-Security-Policy": PAGE_CSP})
+
+
+def build(model_path: Path, *, replicas: int, max_batch: int, batch_wait_ms: float, max_bytes: int,
+          threads: int, cpus_per_replica: float, loopback: bool) -> Any:
+    """The Serve application: `replicas` copies of the deployment, each with its own torch threads."""
+    # Serve's default of 5 ongoing requests per replica would cap every batch at 5 and queue the rest in
+    # the proxy, which backs off between retries: allow a few batches' worth.
+    return Detector.options(num_replicas=replicas, max_ongoing_requests=max(4 * max_batch, 16),
+                            ray_actor_options={"num_cpus": cpus_per_replica}).bind(
+        str(Path(model_path).absolute()), max_batch, batch_wait_ms / 1000.0, max_bytes, threads, loopback)
