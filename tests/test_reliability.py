@@ -63,7 +63,8 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(ray_session, tmp_pat
 def test_diverging_and_raising_trials_are_recorded_and_the_search_goes_on(ray_session, tmp_path: Path) -> None:
     space = TINY_SPACE.replace("lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n    conv_blocks",
                                "lr: 1.0e+30\n    conv_blocks")  # Adam with this lr overflows to inf/NaN
-    space = space.replace("weights: none", "weights: /nonexistent/weights.pth")  # every trial raises
+    # sampled (not fixed, which the driver checks before any trial): every trial raises
+    space = space.replace("weights: none", "weights: {type: categorical, choices: [/nonexistent/weights.pth]}")
     run_dir = run_tiny_search(tmp_path, name="faults", space=space, max_failures=0)
     df = load_leaderboard(run_dir)
     cnn, mob = df[df.arch == "custom_cnn"], df[df.arch == "mobilenet_v2"]

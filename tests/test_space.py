@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("name", ["default.yaml", "demo.yaml"])
 def test_shipped_spaces_parse(name: str) -> None:
     space = load_space(ROOT / "search_spaces" / name)
-    assert set(space.architectures) == {"custom_cnn", "mobilenet_v2"}
+    assert set(space.architectures) == {"custom_cnn", "efficientnet_lite0", "mobilenet_v2"}
     assert space.metric == "val_auc" and space.mode == "max"
 
 

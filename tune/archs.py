@@ -110,8 +110,7 @@ def mobilenet_v2(*, unfrozen_blocks: int, head_sizes: tuple[int, ...], dropout: 
     if kind == "hub":
         sd, source = _torchvision_imagenet("mobilenet_v2")
     elif kind == "file":
-        path = W.parse(weights)[1]
-        sd, source = load_state_dict_file(path), W.describe_file(path)
+        sd, source = W.load_file(W.parse(weights)[1], "mobilenet_v2")
     if sd is not None:
         # torchvision's own state_dict (features.*, classifier.*); the classifier is replaced by our head.
         feats = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
@@ -219,9 +218,7 @@ def build_timm(arch: str, model_name: str, *, unfrozen_blocks: int, head_sizes: 
     else:
         net, source = timm.create_model(model_name, pretrained=False), "none (random init, as the space asked)"
         if kind in ("packaged", "file"):
-            path = W.parse(weights)[1]
-            sd, source = packaged() if kind == "packaged" and packaged else (load_state_dict_file(path),
-                                                                              W.describe_file(path))
+            sd, source = packaged() if kind == "packaged" and packaged else W.load_file(W.parse(weights)[1], arch)
             _load_strict(net, sd, arch, weights)
     return timm_detector(arch, net, unfrozen_blocks=unfrozen_blocks, head_sizes=head_sizes, dropout=dropout,
                          source=source)

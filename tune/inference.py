@@ -110,7 +110,10 @@ def load(path: Path) -> LoadedModel:
     try:
         record = json.loads(meta_path.read_text())
         # The state_dict holds every weight, so the backbone is never downloaded again to load it.
-        cfg = TrainConfig.from_dict({**record["config"], "weights": "none"})
+        config = dict(record["config"])
+        if "weights" in config:
+            config["weights"] = "none"
+        cfg = TrainConfig.from_dict(config)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"bad model record {meta_path}: {type(e).__name__}: {e}") from None
     sha = file_sha256(path)

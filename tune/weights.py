@@ -54,6 +54,16 @@ def offline() -> bool:
     return bool(os.environ.get("TUNE_OFFLINE"))
 
 
+def load_file(path: Path, arch: str) -> tuple[dict, str]:
+    """(state_dict, description) of a local weights file. A missing file means the weights cannot be had
+    (the search skips the architecture); an unsafe or corrupt one is refused by load_state_dict_file."""
+    from tune.models import load_state_dict_file
+
+    if not Path(path).is_file():
+        raise WeightsUnavailable(f"{arch}: weights file not found: {path} (expected a .pth state_dict)")
+    return load_state_dict_file(path), describe_file(path)
+
+
 def describe_file(path: Path) -> str:
     return f"file {Path(path).name} sha256:{file_sha256(path)}"
 
