@@ -98,6 +98,9 @@ def check_weights(space: SearchSpace) -> tuple[SearchSpace, dict[str, str], dict
 
     sources, skipped = {}, {}
     for arch in space.architectures:
+        if sampled_weights(space, arch):
+            sources[arch] = "sampled per trial (each trial loads its own)"
+            continue
         try:
             cfg = TrainConfig.from_dict(space.base_config(arch))
             sources[arch] = build_model(arch, **cfg.hparams).weights_source
@@ -108,6 +111,11 @@ def check_weights(space: SearchSpace) -> tuple[SearchSpace, dict[str, str], dict
         raise UserError(f"no architecture of {space.source} can run: {'; '.join(skipped.values())}")
     archs = {a: p for a, p in space.architectures.items() if a not in skipped}
     return replace(space, architectures=archs), sources, skipped
+
+
+def sampled_weights(space: SearchSpace, arch: str) -> bool:
+    p = space.architectures[arch].get("weights")
+    return p is not None and p.kind != "fixed"
 
 
 def frozen_depths(space: SearchSpace, arch: str) -> list[int]:
@@ -132,7 +140,7 @@ def precompute_features(space: SearchSpace, arch: str, train: ImageSet, valid: I
     from tune.train import make_model
 
     depths = frozen_depths(space, arch)
-    if not depths:
+    if not depths or sampled_weights(space, arch):
         return
     t0 = time.time()
     base = space.base_config(arch)
