@@ -190,9 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "csv", "markdown", "json"])
     p.set_defaults(func=cmd_leaderboard)
 
-    from tune import finalize, predict, reproduce
+    from tune import evaluate, finalize, predict, reproduce
 
-    for mod in (finalize, reproduce, predict):
+    for mod in (finalize, reproduce, predict, evaluate):
         mod.add_parser(sub)
     return parser
 
