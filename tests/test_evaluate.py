@@ -221,6 +221,11 @@ def test_one_class_source_says_undefined(trained: Path, tmp_path: Path) -> None:
     both_row = next(r for r in ev["rows"] if r["source"] == "both")
     assert mean["auc"]["value"] == both_row["auc"]["value"] and "over the 1 with both classes" in mean["note"]
     assert "undefined" in (out / "evaluation.md").read_text()
+    # A source's intervals depend on its content and the seed, not on the other sources evaluated with it.
+    alone = tmp_path / "alone"
+    assert tune.cli.main(["evaluate", "--model", str(trained), str(both), "--out", str(alone),
+                          "--resamples", RESAMPLES]) == 0
+    assert json.loads((alone / "evaluation.json").read_text())["rows"][0] == both_row
 
 
 def test_skip_bad_images_skips_and_counts(trained: Path, tmp_path: Path) -> None:

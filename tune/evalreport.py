@@ -186,7 +186,9 @@ def plot_auc_vs_severity(ev: dict[str, Any], path: Path) -> None:
             vals = [c["value"] if c["value"] is not None else float("nan") for c in cells]
             err = [[v - c["low"] if c["low"] is not None else 0 for v, c in zip(vals, cells)],
                    [c["high"] - v if c["high"] is not None else 0 for v, c in zip(vals, cells)]]
-            ax.errorbar(range(len(conds)), vals, yerr=err, marker="o", capsize=3, color=f"C{i}", label=m["name"])
+            shift = (i - (len(ev["models"]) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
+            ax.errorbar([j + shift for j in range(len(conds))], vals, yerr=err, marker="o", capsize=3, color=f"C{i}",
+                        label=m["name"])
         ax.set_xticks(range(len(conds)), labels)
         ax.set_xlabel({"jpeg": "JPEG quality", "blur": "blur sigma (px)", "resize": "scale factor"}.get(kind, kind))
         ax.set_ylabel("mean AUC over sources")

@@ -3,8 +3,8 @@
 Point values come from tune.metrics.binary_metrics (scikit-learn underneath); intervals from the
 stratified bootstrap of tune.stats. Within a source every model and condition is scored on the
 same resamples, so model differences are paired; sources are resampled independently (each with
-its own seeded generator), and the mean-over-sources row averages each resample's per-source
-values, which is the bootstrap distribution of that mean.
+a generator seeded by the seed and the source's content fingerprint), and the mean-over-sources
+row averages each resample's per-source values, which is the bootstrap distribution of that mean.
 """
 
 from __future__ import annotations
@@ -114,11 +114,13 @@ def tables(models: dict[str, LoadedModel], sources: list[Source], conditions: li
     keys = [(m, c.name) for m in models for c in conditions]
     values: dict[tuple[str, str, str], dict[str, float]] = {}
     samples: dict[tuple[str, str, str], Samples] = {}
-    for i, s in enumerate(sources):
+    fingerprints = {s.name: s.fingerprint() for s in sources}
+    for s in sources:
         sc = scored[s.name]
         thresholds = {(m, c): models[m].threshold for m, c in keys}
-        boot = bootstrap_source(sc.y, {k: sc.p[k] for k in keys}, thresholds, resamples,
-                                np.random.default_rng([seed, i]))
+        # Seeded by the source's content: its intervals do not depend on which other sources come along.
+        rng = np.random.default_rng([seed, int(fingerprints[s.name], 16)])
+        boot = bootstrap_source(sc.y, {k: sc.p[k] for k in keys}, thresholds, resamples, rng)
         for m, c in keys:
             at = {rule: binary_metrics(sc.y, sc.p[m, c], t) for rule, t in
                   (("at_threshold", models[m].threshold), ("at_0.5", 0.5))}
@@ -153,7 +155,8 @@ def tables(models: dict[str, LoadedModel], sources: list[Source], conditions: li
                     "threshold_rule": m.threshold_rule, "run": m.record.get("run"), "trial": m.record.get("trial_id"),
                     "image_size": m.image_size} for n, m in models.items()],
         "sources": [{"name": s.name, "path": str(s.path), "n_fake": counts[s.name][0], "n_real": counts[s.name][1],
-                     "fingerprint": s.fingerprint(), "skipped": [p for p, _ in scored[s.name].bad]} for s in sources],
+                     "fingerprint": fingerprints[s.name], "skipped": [p for p, _ in scored[s.name].bad]}
+                    for s in sources],
         "conditions": [c.to_dict() for c in conditions],
         "rows": rows,
         "paired": paired,

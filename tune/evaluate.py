@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # numpy/torch are imported on use, so `python -m tune --help`
     from tune.inference import LoadedModel
 
 Log = Callable[[str], None]
-CHUNK = 256  # images decoded (and perturbed) at a time: memory stays at CHUNK x conditions x sizes
+CHUNK = 128  # images decoded (and perturbed) at a time: memory stays at 2 CHUNKs x conditions x model sizes
 BATCH = 64
 
 
@@ -67,7 +67,8 @@ def model_names(models: list[LoadedModel]) -> list[str]:
     return out
 
 
-def _prepare(files: list[Path], conditions: list[Condition], sizes: list[int]) -> tuple[list[int], dict, list]:
+def _prepare(pool: ThreadPoolExecutor, files: list[Path], conditions: list[Condition],
+             sizes: list[int]) -> tuple[list[int], dict, list]:
     """Decode each file once at its native size; every (condition, model size) input comes from that decode."""
     import numpy as np
 
@@ -86,55 +87,52 @@ def _prepare(files: list[Path], conditions: list[Condition], sizes: list[int]) -
                 out[c.name, s] = model_input(base, c, s)
         return out
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL and scipy release the GIL
-        done = list(pool.map(one, files))
+    done = list(pool.map(one, files))
     good = [i for i, d in enumerate(done) if not isinstance(d, str)]
     bad = [(str(files[i]), d) for i, d in enumerate(done) if isinstance(d, str)]
     x = {key: np.stack([done[i][key] for i in good]) for key in (done[good[0]] if good else {})}  # type: ignore[index]
     return good, x, bad
 
 
-def _chunks(files: list[Path], conditions: list[Condition], sizes: list[int]) -> Iterator[tuple[int, Any]]:
-    """Prepared chunks in order; the next chunk is decoded while the models score this one."""
-    with ThreadPoolExecutor(max_workers=1) as ahead:
-        starts = list(range(0, len(files), CHUNK))
-        nxt = ahead.submit(_prepare, files[:CHUNK], conditions, sizes) if starts else None
-        for k, start in enumerate(starts):
+def _prepared(chunks: list[list[Path]], conditions: list[Condition], sizes: list[int]) -> Iterator[Any]:
+    """Each chunk prepared, in order; the next one is decoded while the models score this one (PIL's decode
+    and resize release the GIL), across source boundaries too, so the forward rarely waits."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
+        nxt = ahead.submit(_prepare, pool, chunks[0], conditions, sizes) if chunks else None
+        for k in range(len(chunks)):
             assert nxt is not None
             current = nxt.result()
-            if k + 1 < len(starts):
-                nxt = ahead.submit(_prepare, files[starts[k + 1]:starts[k + 1] + CHUNK], conditions, sizes)
-            yield start, current
-
-
-def score_source(src: Source, models: dict[str, LoadedModel], conditions: list[Condition]) -> Scored:
-    import numpy as np
-
-    sizes = sorted({m.image_size for m in models.values()})
-    keep: list[int] = []
-    bad: list[tuple[str, str]] = []
-    parts: dict[tuple[str, str], list[np.ndarray]] = {(n, c.name): [] for n in models for c in conditions}
-    for start, (good, x, bad_here) in _chunks(src.files, conditions, sizes):
-        keep += [start + i for i in good]
-        bad += bad_here
-        if not good:
-            continue
-        for name, m in models.items():
-            for c in conditions:
-                parts[name, c.name].append(m.probabilities(x[c.name, m.image_size], batch=BATCH))
-    p = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
-    return Scored(np.asarray([src.labels[i] for i in keep], dtype=int), [str(src.files[i]) for i in keep], p, bad)
+            if k + 1 < len(chunks):
+                nxt = ahead.submit(_prepare, pool, chunks[k + 1], conditions, sizes)
+            yield current
 
 
 def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions: list[Condition], *,
               skip_bad: bool, log: Log) -> dict[str, Scored]:
     """Score every source; unreadable images are refused (all listed in one line) unless skip_bad."""
-    out: dict[str, Scored] = {}
-    for s in sources:
-        t0 = time.perf_counter()
-        out[s.name] = sc = score_source(s, models, conditions)
-        log(f"scored {s.name}: {len(sc.y)} image(s) x {len(models)} model(s) x {len(conditions)} condition(s) "
-            f"in {time.perf_counter() - t0:.1f}s" + (f"; {len(sc.bad)} unreadable" if sc.bad else ""))
+    import numpy as np
+
+    t0 = time.perf_counter()
+    sizes = sorted({m.image_size for m in models.values()})
+    tasks = [(s, start) for s in sources for start in range(0, len(s.files), CHUNK)]
+    keep: dict[str, list[int]] = {s.name: [] for s in sources}
+    bad_by: dict[str, list[tuple[str, str]]] = {s.name: [] for s in sources}
+    parts = {s.name: {(n, c.name): [] for n in models for c in conditions} for s in sources}
+    chunks = [s.files[start:start + CHUNK] for s, start in tasks]
+    for (s, start), (good, x, bad_here) in zip(tasks, _prepared(chunks, conditions, sizes)):
+        keep[s.name] += [start + i for i in good]
+        bad_by[s.name] += bad_here
+        for name, m in models.items():
+            for c in conditions:
+                if good:
+                    parts[s.name][name, c.name].append(m.probabilities(x[c.name, m.image_size], batch=BATCH))
+    out = {s.name: Scored(np.asarray([s.labels[i] for i in keep[s.name]], dtype=int),
+                          [str(s.files[i]) for i in keep[s.name]],
+                          {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts[s.name].items()},
+                          bad_by[s.name]) for s in sources}
+    n = sum(len(v) for v in keep.values())
+    log(f"scored {n} image(s) in {len(sources)} source(s) x {len(models)} model(s) x {len(conditions)} "
+        f"condition(s) in {time.perf_counter() - t0:.1f}s")
     bad = [(p, why) for sc in out.values() for p, why in sc.bad]
     if bad and not skip_bad:
         listing = "; ".join(f"{p} ({why})" for p, why in bad[:20]) + (f"; and {len(bad) - 20} more" if len(bad) > 20

@@ -95,10 +95,11 @@ def native(im: Image.Image, c: Condition) -> Image.Image:
         with Image.open(io.BytesIO(buf.getvalue())) as j:
             return j.convert("RGB")
     if c.perturbation == "blur":
-        from scipy.ndimage import gaussian_filter
+        from scipy.ndimage import gaussian_filter1d
 
+        # gaussian_filter(sigma=(s, s, 0)) per channel, as one pass per image axis (the same numbers, faster)
         sigma = float(c.severity or 0)
-        blurred = gaussian_filter(np.asarray(im, dtype=np.float32), sigma=(sigma, sigma, 0))  # not across channels
+        blurred = gaussian_filter1d(gaussian_filter1d(np.asarray(im, dtype=np.float32), sigma, axis=0), sigma, axis=1)
         return Image.fromarray(np.clip(np.rint(blurred), 0, 255).astype(np.uint8))
     return im
 
