@@ -289,6 +289,7 @@ def _bad_cases(tmp: Path, model: Path) -> dict[str, tuple[list[str], str]]:
         "bad blur sigma": ([*m, g, "--perturb", "blur=0"], "bad --perturb severity blur='0'"),
         "bad resize factor": ([*m, g, "--perturb", "resize=1.5"], "bad --perturb severity resize='1.5'"),
         "run without models": (["--run", str(tmp / "emptyrun"), g], "has no exported models"),
+        "too few resamples": ([*m, g, "--resamples", "5"], "--resamples must be >= 10"),
     }
 
 
@@ -296,7 +297,7 @@ def test_every_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys: 
     model = save_detector(tmp_path / "models" / "custom_cnn.pth")
     for case, (args, expected) in _bad_cases(tmp_path, model).items():
         out = tmp_path / "out" / case.replace(" ", "_")
-        code = tune.cli.main(["evaluate", *args, "--out", str(out), "--resamples", RESAMPLES])
+        code = tune.cli.main(["evaluate", "--out", str(out), "--resamples", RESAMPLES, *args])  # a case's own wins
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2, case
         assert len(err) == 1 and err[0].startswith("error:") and expected in err[0], (case, err)

@@ -68,8 +68,10 @@ def model_names(models: list[LoadedModel]) -> list[str]:
 
 
 def _prepare(pool: ThreadPoolExecutor, files: list[Path], conditions: list[Condition],
-             sizes: list[int]) -> tuple[list[int], dict, list]:
-    """Decode each file once at its native size; every (condition, model size) input comes from that decode."""
+             sizes: list[int]) -> tuple[list[int], dict, dict[int, str]]:
+    """Decode each file once at its native size; every (condition, model size) input comes from that decode.
+
+    Returns the positions of the readable files, their inputs per (condition, size), and why each other failed."""
     import numpy as np
 
     from tune.data import decode_rgb
@@ -89,14 +91,14 @@ def _prepare(pool: ThreadPoolExecutor, files: list[Path], conditions: list[Condi
 
     done = list(pool.map(one, files))
     good = [i for i, d in enumerate(done) if not isinstance(d, str)]
-    bad = [(str(files[i]), d) for i, d in enumerate(done) if isinstance(d, str)]
+    bad = {i: d for i, d in enumerate(done) if isinstance(d, str)}
     x = {key: np.stack([done[i][key] for i in good]) for key in (done[good[0]] if good else {})}  # type: ignore[index]
     return good, x, bad
 
 
 def _prepared(chunks: list[list[Path]], conditions: list[Condition], sizes: list[int]) -> Iterator[Any]:
     """Each chunk prepared, in order; the next one is decoded while the models score this one (PIL's decode
-    and resize release the GIL), across source boundaries too, so the forward rarely waits."""
+    and resize release the GIL), so the forward rarely waits."""
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
         nxt = ahead.submit(_prepare, pool, chunks[0], conditions, sizes) if chunks else None
         for k in range(len(chunks)):
@@ -109,30 +111,35 @@ def _prepared(chunks: list[list[Path]], conditions: list[Condition], sizes: list
 
 def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions: list[Condition], *,
               skip_bad: bool, log: Log) -> dict[str, Scored]:
-    """Score every source; unreadable images are refused (all listed in one line) unless skip_bad."""
+    """Score every source; unreadable images are refused (all listed in one line) unless skip_bad.
+
+    All sources' files form one list cut into chunks, so batches stay full across source boundaries."""
     import numpy as np
 
     t0 = time.perf_counter()
     sizes = sorted({m.image_size for m in models.values()})
-    tasks = [(s, start) for s in sources for start in range(0, len(s.files), CHUNK)]
-    keep: dict[str, list[int]] = {s.name: [] for s in sources}
-    bad_by: dict[str, list[tuple[str, str]]] = {s.name: [] for s in sources}
-    parts = {s.name: {(n, c.name): [] for n in models for c in conditions} for s in sources}
-    chunks = [s.files[start:start + CHUNK] for s, start in tasks]
-    for (s, start), (good, x, bad_here) in zip(tasks, _prepared(chunks, conditions, sizes)):
-        keep[s.name] += [start + i for i in good]
-        bad_by[s.name] += bad_here
+    files = [f for s in sources for f in s.files]
+    p = {(n, c.name): np.full(len(files), np.nan) for n in models for c in conditions}
+    why: dict[int, str] = {}
+    chunks = [files[k:k + CHUNK] for k in range(0, len(files), CHUNK)]
+    for k, (good, x, bad) in enumerate(_prepared(chunks, conditions, sizes)):
+        why.update({k * CHUNK + i: reason for i, reason in bad.items()})
+        if not good:
+            continue
+        rows = k * CHUNK + np.asarray(good)
         for name, m in models.items():
             for c in conditions:
-                if good:
-                    parts[s.name][name, c.name].append(m.probabilities(x[c.name, m.image_size], batch=BATCH))
-    out = {s.name: Scored(np.asarray([s.labels[i] for i in keep[s.name]], dtype=int),
-                          [str(s.files[i]) for i in keep[s.name]],
-                          {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts[s.name].items()},
-                          bad_by[s.name]) for s in sources}
-    n = sum(len(v) for v in keep.values())
-    log(f"scored {n} image(s) in {len(sources)} source(s) x {len(models)} model(s) x {len(conditions)} "
-        f"condition(s) in {time.perf_counter() - t0:.1f}s")
+                p[name, c.name][rows] = m.probabilities(x[c.name, m.image_size], batch=BATCH)
+    out, start = {}, 0
+    for s in sources:
+        keep = [i for i in range(len(s.files)) if start + i not in why]
+        rows = start + np.asarray(keep, dtype=int)
+        out[s.name] = Scored(np.asarray([s.labels[i] for i in keep], dtype=int), [str(s.files[i]) for i in keep],
+                             {key: v[rows] for key, v in p.items()},
+                             [(str(s.files[i]), why[start + i]) for i in range(len(s.files)) if start + i in why])
+        start += len(s.files)
+    log(f"scored {len(files) - len(why)} image(s) in {len(sources)} source(s) x {len(models)} model(s) x "
+        f"{len(conditions)} condition(s) in {time.perf_counter() - t0:.1f}s")
     bad = [(p, why) for sc in out.values() for p, why in sc.bad]
     if bad and not skip_bad:
         listing = "; ".join(f"{p} ({why})" for p, why in bad[:20]) + (f"; and {len(bad) - 20} more" if len(bad) > 20
@@ -148,7 +155,10 @@ def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions:
 # --------------------------------------------------------------------------- the command
 def evaluate(models: list[LoadedModel], sources: list[Source], conditions: list[Condition], out: Path | None, *,
              skip_bad: bool = False, resamples: int = 1000, seed: int = 0, log: Log = print) -> dict[str, Any]:
-    """Score, compute the tables, write them into `out` (all or nothing) and return evaluation.json's dict."""
+    """Score, compute the tables, write them into `out` and return evaluation.json's dict.
+
+    Every input problem is raised before anything is written; the files are written atomically,
+    evaluation.json last (its presence marks a complete evaluation)."""
     from tune.evalreport import write_outputs
     from tune.evaltables import tables
 
@@ -171,8 +181,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from tune.perturb import parse_perturb
     from tune.sources import find_sources
 
-    if a.resamples < 10:
-        raise UserError(f"--resamples must be >= 10, got {a.resamples}")
+    if a.resamples < 10 or a.seed < 0:
+        raise UserError(f"--resamples must be >= 10 and --seed >= 0, got {a.resamples} and {a.seed}")
     conditions = parse_perturb(a.perturb)  # every input is checked before any image is scored
     if a.run:
         from tune.leaderboard import resolve_run
