@@ -225,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "csv", "markdown", "json"])
     p.set_defaults(func=cmd_leaderboard)
 
-    from tune import export, finalize, html_report, predict, reproduce, serve
+    from tune import evaluate, export, finalize, html_report, predict, reproduce, serve
 
-    for mod in (finalize, reproduce, predict, html_report, serve, export):
+    for mod in (finalize, reproduce, predict, evaluate, html_report, serve, export):
         mod.add_parser(sub)
     return parser
 

@@ -151,6 +151,17 @@ def fingerprint(files: SplitFiles) -> str:
 def decode_image(src: Path | bytes, size: int) -> np.ndarray:
     """One image (a file, or its bytes) → uint8 (3, size, size) RGB. Raises ValueError with a short
     reason when it can't (OSError when a file cannot be opened)."""
+    return resize_rgb(decode_rgb(src), size)
+
+
+def resize_rgb(im: Image.Image, size: int) -> np.ndarray:
+    """An RGB image → uint8 (3, size, size): the one resize every model input goes through."""
+    rgb = im.resize((size, size), Image.BILINEAR)
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def decode_rgb(src: Path | bytes) -> Image.Image:
+    """One image (a file, or its bytes) → an RGB PIL image at its native size (errors as decode_image)."""
     if (len(src) if isinstance(src, bytes) else Path(src).stat().st_size) == 0:
         raise ValueError("zero bytes")
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -169,14 +180,14 @@ def decode_image(src: Path | bytes, size: int) -> np.ndarray:
                     im = Image.fromarray(np.clip(arr * (255.0 / top) + 0.5, 0, 255).astype(np.uint8))
                 elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                     im = im.convert("RGBA")
-                rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
+                rgb = im.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ValueError(f"decompression bomb refused ({e})") from None
     except ValueError:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt/truncated files
         raise ValueError(f"unreadable: {str(e).strip() or type(e).__name__}"[:160]) from None
-    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+    return rgb
 
 
 def _decode_all(files: SplitFiles, size: int) -> tuple[np.ndarray, list[tuple[Path, str]]]:

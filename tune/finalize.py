@@ -246,13 +246,16 @@ def export_models(info: RunInfo, cmp: dict[str, Any], records: dict[str, list[di
 
 
 def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache_dir: Path | None = None,
-                 log: Log = print, jobs: int = 1) -> dict[str, Any]:
+                 log: Log = print, jobs: int = 1, extra_test: list[Path] | None = None) -> dict[str, Any]:
     """`jobs` > 1 retrains that many (model, seed) pairs at once in separate processes, each with the
     trials' thread count, so the numbers are the same as sequentially, only sooner."""
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     import torch
 
+    from tune.sources import find_sources
+
+    extra = find_sources(extra_test) if extra_test else None  # a bad --extra-test fails before any training
     info = read_run(run_dir)
     cands = candidates(info, baseline, log)
     decoded, features = cache_dirs(info, cache_dir)
@@ -290,6 +293,10 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     export_models(info, cmp, records)
     log(md)
     plots = make_plots(info.run_dir, log=log)
+    if extra:
+        from tune.evaluate import extra_test as evaluate_extra
+
+        evaluate_extra(info.run_dir, extra, cmp, md, log)  # adds comparison.json["evaluation"] and a section
     from tune.html_report import write_report
 
     log(f"wrote {info.run.comparison('{md,csv,json}')}, the winners in {info.run.model('*').parent}, "
@@ -306,7 +313,8 @@ def finalize_jobs(run_dir: Path) -> int:
 
 def cmd_finalize(a: argparse.Namespace) -> int:
     run = resolve_run(a.run, results_root(a.storage))
-    run_finalize(run, seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(), jobs=finalize_jobs(run))
+    run_finalize(run, seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(), jobs=finalize_jobs(run),
+                 extra_test=a.extra_test)
     return 0
 
 
@@ -317,4 +325,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", action="store_true", help="also train the notebook's fixed recipe per architecture")
     p.add_argument("--storage", help="folder holding run folders, or the URI the search's --storage named "
                    "(then the run folder is in results/) (default: results)")
+    p.add_argument("--extra-test", type=Path, nargs="+", metavar="DATA", help=(
+                   "also evaluate the exported winners per source on these folders (as `evaluate`)"))
     p.set_defaults(func=cmd_finalize)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,6 +97,11 @@ def trial_folder(arch: str, trial_id: str) -> str:
     return f"{folder_name(arch)}_{trial_id}"
 
 
+def evaluation_folder(results: Path) -> Path:
+    """`evaluate`'s default output folder: results/eval-DATE-TIME."""
+    return Path(results) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def run_of_model(path: Path) -> Run | None:
     """The run folder a model file belongs to (RUN/models/ARCH.pth, RUN/finalize/NAME/seedS/best.pth),
     or None for a model outside any run (a train folder's best.pth)."""
@@ -164,6 +170,18 @@ class Run:
 
     def model(self, arch: str, ext: str = "pth") -> Path:  # the winner's weights (pth) or record (json)
         return self.path / "models" / f"{folder_name(arch)}.{ext}"
+
+    def winners(self) -> list[Path]:
+        """The exported winners (models/*.pth), for evaluate --run; none yet is one clear error."""
+        found = sorted((self.path / "models").glob("*.pth"))
+        if not found:
+            raise UserError(f"run {self.path} has no exported models in {self.path / 'models'} (run finalize first)")
+        return found
+
+    @property
+    def extra_test(self) -> Path:
+        """Where `finalize --extra-test` writes evaluate's files inside the run folder."""
+        return self.path / "extra-test"
 
     def finalize(self, name: str, seed: int | None = None) -> Path:
         """finalize/NAME, or finalize/NAME/seedS for one retraining."""

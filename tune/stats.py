@@ -104,3 +104,34 @@ def paired_p_value(boot_a: np.ndarray, boot_b: np.ndarray, observed: float) -> f
     d = boot_a - boot_b
     extreme = np.abs(d - d.mean()) >= abs(observed) - 1e-12
     return float((1 + extreme.sum()) / (1 + len(d)))
+
+
+def resampled_ranking_metrics(y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Average precision and EER on every resample at once, as tune.metrics computes them with scikit-learn.
+
+    Each row is sorted by score; tied scores form one threshold (one ROC / precision-recall point),
+    as in scikit-learn. Only meaningful when every resample holds both classes (stratified_indices).
+    """
+    pp, yy = p[idx], y[idx].astype(bool)
+    order = np.argsort(-pp, axis=1, kind="stable")
+    ps, ys = np.take_along_axis(pp, order, 1), np.take_along_axis(yy, order, 1)
+    tp, fp = np.cumsum(ys, 1), np.cumsum(~ys, 1)
+    end = np.ones_like(ys)  # the last position of each group of tied scores: a threshold
+    end[:, :-1] = ps[:, :-1] != ps[:, 1:]
+    # At each position, the counts at the last threshold seen so far (counts only grow, so cummax fills forward).
+    tp_end = np.maximum.accumulate(np.where(end, tp, 0), 1)
+    fp_end = np.maximum.accumulate(np.where(end, fp, 0), 1)
+    n_pos, n_neg = tp[:, -1:], fp[:, -1:]
+    prev_tp = np.concatenate([np.zeros_like(tp[:, :1]), tp_end[:, :-1]], 1)
+    # AP = sum over thresholds of (recall gained) x (precision there), scikit-learn's step rule.
+    ap = (np.where(end, tp - prev_tp, 0) * tp / (tp + fp)).sum(1) / n_pos[:, 0]
+    # EER: the first ROC point (from (0, 0)) where FNR <= FPR, interpolated from the point before it.
+    # Positions inside a tie group repeat the previous threshold's point, which leaves the curve unchanged.
+    fpr = np.concatenate([np.zeros((len(idx), 1)), fp_end / n_neg], 1)
+    fnr = 1 - np.concatenate([np.zeros((len(idx), 1)), tp_end / n_pos], 1)
+    i = np.argmax(fnr <= fpr, axis=1)[:, None]
+    f0, f1 = np.take_along_axis(fpr, i - 1, 1)[:, 0], np.take_along_axis(fpr, i, 1)[:, 0]
+    d0 = np.take_along_axis(fnr - fpr, i - 1, 1)[:, 0]
+    d1 = np.take_along_axis(fnr - fpr, i, 1)[:, 0]
+    t = np.divide(d0, d0 - d1, out=np.zeros_like(d0), where=d0 != d1)
+    return {"ap": ap, "eer": f0 + t * (f1 - f0)}
