@@ -63,7 +63,7 @@ def test_metrics(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] 
     same_weights = "weights_of_predictions" in files and file_sha256(files["weights_of_predictions"]) == loaded.sha256
     y = p = None
     if pred is not None and same_weights:
-        from tune.finalize import read_predictions
+        from tune.records import read_predictions
 
         try:
             _, y, p = read_predictions(pred)
