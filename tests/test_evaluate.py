@@ -330,8 +330,10 @@ def test_finalize_extra_test_adds_the_evaluation(tiny_run: Path, tmp_path: Path,
     source(gens / "gen_a", n=4)
     source(gens / "gen_b", fake="1_fake", real="0_real", n=4, seed=1)
     fits: list[str] = []
-    real_fit = tune.finalize.fit
-    monkeypatch.setattr(tune.finalize, "fit", lambda cfg, *a, **k: fits.append(cfg.arch) or real_fit(cfg, *a, **k))
+    import tune.train
+
+    real_fit = tune.train.fit
+    monkeypatch.setattr(tune.train, "fit", lambda cfg, *a, **k: fits.append(cfg.arch) or real_fit(cfg, *a, **k))
     # A bad --extra-test folder fails before any training, and writes nothing.
     assert tune.cli.main(["finalize", str(run), "--seeds", "1", "--extra-test", str(tmp_path / "nope")]) == 2
     assert fits == [] and not (run / "comparison.json").exists()

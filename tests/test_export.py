@@ -81,7 +81,9 @@ def test_export_cli_uses_validation_images_and_writes_a_model_card(tmp_path: Pat
                   "conditions": [{"name": "clean"}, {"name": "jpeg=75"}],
                   "rows": [{"model": "custom_cnn", "source": "gen_a", "condition": c,
                             "auc": {"value": 0.61, "low": 0.5, "high": 0.7}} for c in ("clean", "jpeg=75")]}
-    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    (run / "run.json").write_text(json.dumps({"name": "run"}))  # what makes a folder a run folder
+    (run / "extra-test").mkdir()
+    (run / "extra-test" / "evaluation.json").write_text(json.dumps(evaluation))  # as finalize --extra-test
     record = json.loads(model.with_suffix(".json").read_text())
     record.update(run="run", trial_id="abc_00001", source=str(src),
                   test_metrics={"at_0.5": binary_metrics(y, p, 0.5), "at_valid_threshold": binary_metrics(y, p, 0.5)})

@@ -186,7 +186,9 @@ def test_two_node_cluster(tmp_path: Path) -> None:
             time.sleep(1)
         res = run(tune_cmd("search", "--data", str(data), "--space", str(tmp_path / "s.yaml"), "--name", "c",
                            "--storage", str(tmp_path / "results"), "--address", f"127.0.0.1:{port}",
-                           "--no-finalize"), env, timeout=400)
+                           # live backbone: trials long enough for the second node's worker to start (with the
+                           # precomputed feature cache the head's worker would finish them all first)
+                           "--no-finalize", "--no-cache"), env, timeout=400)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     finally:
         kill_marked(mark)

@@ -34,7 +34,7 @@ def related_files(loaded: LoadedModel) -> dict[str, Path]:
     found = {"predictions": src / "predictions.csv", "weights_of_predictions": src / "best.pth"}
     run = run_of_model(path)
     if run is not None:
-        found["comparison"] = run.comparison("json")
+        found.update(comparison=run.comparison("json"), evaluation=run.extra_test / "evaluation.json")
     return {k: v for k, v in found.items() if v.is_file()}
 
 
