@@ -44,9 +44,10 @@ def demo_like_model(work: Path) -> Path:
     return out / "best.pth"
 
 
-def start_server(model: Path, port: int, threads: int) -> tuple[subprocess.Popen[str], str]:
+def start_server(model: Path, port: int, threads: int, batch_wait_ms: float) -> tuple[subprocess.Popen[str], str]:
     env, mark = marked_env()
-    cmd = tune_cmd("serve", "--model", str(model), "--port", str(port), "--threads", str(threads))
+    cmd = tune_cmd("serve", "--model", str(model), "--port", str(port), "--threads", str(threads),
+                   "--batch-wait-ms", str(batch_wait_ms))
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -129,6 +130,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--port", type=int, default=8931)
+    ap.add_argument("--batch-wait-ms", type=float, default=10, help="the server's --batch-wait-ms")
     a = ap.parse_args()
     os.environ.setdefault("TUNE_OFFLINE", "1")
     import numpy as np
@@ -146,7 +148,7 @@ def main() -> None:
           f"(~{np.mean([len(b) for b in bodies]) / 1000:.0f} kB); {threads} torch thread(s) in the replica and "
           "for the raw batched forward, 1 for the one-image forward; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-    proc, mark = start_server(model, a.port, threads)
+    proc, mark = start_server(model, a.port, threads, a.batch_wait_ms)
     rows = []
     try:
         load(a.port, bodies, 50, 4)  # warm-up: connections, the replica's first batches
