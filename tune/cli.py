@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run folder (default: results/train-ARCH-TIME)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("search", help="Ray Tune search (Optuna TPE + ASHA) over both architectures")
+    p = sub.add_parser("search", help="Ray Tune search (Optuna TPE + ASHA) over every architecture of the space")
     p.add_argument("--data", type=Path, help="dataset root (default: the built-in dataset with demo.yaml)")
     p.add_argument("--space", type=Path, help="search-space YAML (default: search_spaces/default.yaml, "
                    "or demo.yaml on the built-in data)")
