@@ -62,6 +62,17 @@ def backbone_passes(monkeypatch: pytest.MonkeyPatch) -> BackbonePasses:
     return BackbonePasses(monkeypatch)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two shared cores: one torch thread is several times faster than two contending ones."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "data")

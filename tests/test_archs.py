@@ -21,13 +21,7 @@ from tune.train import fit
 from tune.utils import UserError
 from tune.weights import WeightsUnavailable
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- real ImageNet weights, offline

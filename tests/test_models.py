@@ -22,13 +22,7 @@ MOBILENET_BLOCKS = 19  # len(torchvision mobilenet_v2().features)
 HEAD = (16,)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two shared cores: one torch thread is several times faster than two contending ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(module: torch.nn.Module) -> int:

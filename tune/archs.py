@@ -114,12 +114,7 @@ def mobilenet_v2(*, unfrozen_blocks: int, head_sizes: tuple[int, ...], dropout: 
     if sd is not None:
         # torchvision's own state_dict (features.*, classifier.*); the classifier is replaced by our head.
         feats = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
-        try:
-            missing, unexpected = net.features.load_state_dict(feats, strict=False)
-        except RuntimeError as e:  # right names, wrong shapes
-            first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
-            raise UserError(f"weights {weights!r} do not fit mobilenet_v2 features: {first[:300]}") from None
-        W.fit_report("mobilenet_v2 features", weights, missing, unexpected)
+        _load_strict(net.features, feats, "mobilenet_v2 features", weights)
     a = get_arch("mobilenet_v2")
     units = [nn.Sequential(Normalize(a.mean, a.std), net.features[0]), *net.features[1:]]
     return _split(units, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), net.last_channel,
