@@ -160,7 +160,7 @@ def _free_port() -> int:
 def test_two_node_cluster(tmp_path: Path) -> None:
     """A real two-node Ray cluster on this machine; trials must run on both nodes."""
     # Trials long enough (a few seconds) that the second node's worker is up before the head has run them all.
-    data = make_dataset(tmp_path / "data", n=40, size=32)
+    data = make_dataset(tmp_path / "data", n=80, size=32)  # n=40 was flaky: the head sometimes finished all
     space = TINY_SPACE.replace("trials: 2, max_epochs: 2", "trials: 4, max_epochs: 4")
     (tmp_path / "s.yaml").write_text(space)
     port = _free_port()
