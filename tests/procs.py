@@ -64,9 +64,9 @@ def result_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def listening_addresses(pids: list[int]) -> set[str]:
-    """Local IP addresses on which any of `pids` has a listening TCP socket (from /proc/net)."""
-    inodes: set[str] = set()
+def listeners(pids: list[int]) -> set[tuple[str, int, int]]:
+    """(local IP, port, pid) of every listening TCP socket of `pids` (from /proc)."""
+    owner: dict[str, int] = {}
     for pid in pids:
         try:
             for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -75,10 +75,10 @@ def listening_addresses(pids: list[int]) -> set[str]:
                 except OSError:
                     continue
                 if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
+                    owner[target[8:-1]] = pid
         except OSError:
             continue
-    out: set[str] = set()
+    out: set[tuple[str, int, int]] = set()
     for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -86,10 +86,15 @@ def listening_addresses(pids: list[int]) -> set[str]:
             continue
         for line in lines:
             f = line.split()
-            if f[3] == "0A" and f[9] in inodes:  # 0A = LISTEN
-                hex_ip = f[1].split(":")[0]
-                out.add(_ip(hex_ip, width))
+            if f[3] == "0A" and f[9] in owner:  # 0A = LISTEN
+                hex_ip, hex_port = f[1].split(":")
+                out.add((_ip(hex_ip, width), int(hex_port, 16), owner[f[9]]))
     return out
+
+
+def listening_addresses(pids: list[int]) -> set[str]:
+    """Local IP addresses on which any of `pids` has a listening TCP socket."""
+    return {ip for ip, _, _ in listeners(pids)}
 
 
 def _ip(hex_ip: str, width: int) -> str:

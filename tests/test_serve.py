@@ -25,7 +25,7 @@ import requests
 from browser import chromium, console_errors, network_requests
 from conftest import make_dataset
 from PIL import Image
-from procs import ROOT, kill_marked, listening_addresses, marked_env, pids_with_mark, tune_cmd
+from procs import ROOT, kill_marked, listeners, listening_addresses, marked_env, pids_with_mark, tune_cmd
 
 import tune.cli
 from tune import inference
@@ -142,14 +142,25 @@ def test_endpoints_answer_like_predict(server: Server) -> None:
 
     from concurrent.futures import ThreadPoolExecutor
 
+    def replica() -> dict[str, float]:
+        return requests.get(f"{server.url}/healthz", timeout=30).json()["replica"]
+
+    before = replica()
     with ThreadPoolExecutor(8) as pool:
         got = dict(zip(map(str, server.images), pool.map(one, server.images)))
     assert max(abs(got[k] - want[k]) for k in want) <= 1e-6
+    after = replica()
+    # every image was scored once, and concurrent requests shared forward passes
+    assert after["images"] - before["images"] == len(server.images)
+    assert after["batches"] - before["batches"] < len(server.images)
 
     files = [("files", (p.name, p.read_bytes(), "image/png")) for p in server.images[:3]]
     files.insert(1, ("files", ("notes.txt", b"not an image at all", "text/plain")))
+    before = replica()
     b = requests.post(f"{server.url}/predict/batch", files=files, timeout=60)
     assert b.status_code == 200
+    after = replica()  # the request's three images went through one forward pass together
+    assert (after["batches"] - before["batches"], after["images"] - before["images"]) == (1, 3)
     results = b.json()["results"]
     assert [r["file"] for r in results] == [server.images[0].name, "notes.txt", server.images[1].name,
                                             server.images[2].name]
@@ -174,6 +185,10 @@ def test_listens_on_loopback_only(server: Server) -> None:
     assert "127.0.0.1" in addresses and addresses <= {"127.0.0.1", "::1"}, addresses
     with socket.socket() as s:  # and the HTTP port is among them
         assert s.connect_ex(("127.0.0.1", server.port)) == 0
+    # One replica on a local Ray: the replica answers on the port itself (direct ingress), not Serve's proxy.
+    owners = {pid for _, port, pid in listeners(pids_with_mark(server.mark)) if port == server.port}
+    assert len(owners) == 1, owners
+    assert "ServeReplica" in Path(f"/proc/{owners.pop()}/cmdline").read_text()
 
 
 def test_bad_input_is_4xx_and_the_server_stays_up(server: Server) -> None:
@@ -277,3 +292,23 @@ def test_serve_refuses_bad_options_in_one_line(tmp_path: Path, capsys: pytest.Ca
         busy = s.getsockname()[1]
         assert tune.cli.main(["serve", "--model", str(tmp_path / "m.pth"), "--port", str(busy)]) == 2
         assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+
+
+def test_a_port_still_closing_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tune.serve import lingering
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = listener.accept()
+        conn.close()  # the server's side closes first, as a stopped server does: its end lingers in TIME_WAIT
+        client.close()
+    deadline = time.time() + 10
+    while not lingering(port) and time.time() < deadline:
+        time.sleep(0.05)
+    assert lingering(port)
+    assert tune.cli.main(["serve", "--model", str(tmp_path / "m.pth"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "TIME_WAIT" in err and len(err.splitlines()) == 1
