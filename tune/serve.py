@@ -72,9 +72,9 @@ def direct_ingress(a: argparse.Namespace) -> bool:
     Why: on a small machine the proxy hop is most of a request's cost. Measured on 2 cores with the demo's
     winner at concurrency 32: the proxy process spent 5.3 ms of CPU per request and the replica 19 ms
     (Ray's messaging on both sides), against 13 ms for the replica alone with direct ingress; 62 -> 104
-    req/s (benchmarks/serve_load.py). Several replicas, or a cluster (--address), keep the proxy: it is
+    req/s (README, Serving the winner: Load). Several replicas, or a cluster (--address), keep the proxy: it is
     what spreads requests over replicas, and the cluster's Serve processes started without this setting.
-    Must run before Ray starts: Serve reads these when its processes import it."""
+    Must run before Ray starts and before `ray.serve` is imported: each process reads these on import."""
     if a.address or a.replicas != 1:
         return False
     os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
@@ -102,10 +102,11 @@ def cmd_serve(a: argparse.Namespace) -> int:
     quiet_ray()
     if not a.address:
         loopback_only()
-    direct = direct_ingress(a)
     import logging
 
     import ray
+
+    direct = not ray.is_initialized() and direct_ingress(a)  # a Ray already running keeps its settings
     from ray import serve
 
     from tune import serve_app
