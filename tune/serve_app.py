@@ -1,7 +1,8 @@
 """The HTTP API behind `python -m tune serve`: one Ray Serve deployment with a FastAPI ingress.
 
-Requests are parsed and decoded concurrently on the replica's event loop (decoding in threads);
-the forward pass goes through `serve.batch`, so requests that arrive together share one batch.
+Requests are parsed and decoded concurrently on the replica's event loop (big images in threads);
+the forward pass goes through `serve.batch` on one dedicated thread. Images that arrive while it
+runs go into the next pass together (see `Detector.verdict`).
 Every bad input is answered with a 4xx and one line of JSON, `{"error": "..."}`, never a 500 or
 a traceback: the body is size-checked from Content-Length and again while it streams in, the
 content type is checked before reading, and decoding refuses non-images and decompression bombs.
