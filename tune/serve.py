@@ -170,8 +170,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads per replica (default: CPUs / replicas)")
     p.add_argument("--max-batch", type=int, default=32, help="largest batch of requests per forward pass "
                    "(default: %(default)s)")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill while "
-                   "other requests are in flight; a lone request does not wait (default: %(default)s)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch may wait to fill, only "
+                   "while the replica is still reading other requests; a lone request does not wait (default: "
+                   "%(default)s)")
     p.add_argument("--max-bytes", type=int, default=20_000_000, help="largest request body in bytes; more is "
                    "answered 413 (default: %(default)s)")
     p.add_argument("--address", help="deploy on an existing Ray cluster (e.g. auto or HOST:6379) instead of a "
