@@ -38,3 +38,13 @@ def test_no_import_circles() -> None:
 
 def test_command_modules_never_import_the_cli() -> None:
     assert [m for m, deps in imports().items() if "cli" in deps] == ["__main__"]
+
+
+def test_training_folder_file_names_are_declared_once() -> None:
+    """best.pth, history.csv, record.json and predictions.csv are quoted in code only in runs.py; every other
+    module looks them up there (help text and docstrings may name them in prose)."""
+    from tune.runs import HISTORY, PREDICTIONS, RECORD, WEIGHTS
+
+    quoted = re.compile("|".join(rf"([\"']){re.escape(n)}\1" for n in (WEIGHTS, HISTORY, RECORD, PREDICTIONS)))
+    found = sorted(p.name for p in SRC.glob("*.py") if p.name != "runs.py" and quoted.search(p.read_text()))
+    assert found == [], found

@@ -108,6 +108,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     from tune.data import load_split
     from tune.records import save_run
+    from tune.runs import HISTORY, RECORD, WEIGHTS
     from tune.train import fit
 
     cfg = train_config(a)  # fails fast, before reading any data
@@ -127,7 +128,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     b = result.best
     print(f"{result.ended} after {len(result.history)} epochs; best epoch {result.best_epoch}: "
           f"val_loss {b['val_loss']:.4f} val_auc {b['val_auc']:.4f} val_acc {b['val_accuracy']:.4f}")
-    print(f"weights: {result.model.weights_source}; wrote {out}/best.pth, history.csv, record.json")
+    print(f"weights: {result.model.weights_source}; wrote {out / WEIGHTS}, {HISTORY}, {RECORD}")
     return 0
 
 

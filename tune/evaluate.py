@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.evaltables import Scored
+from tune.inference import MODEL_FILES
 from tune.perturb import Condition
 from tune.runs import Run, evaluation_folder, resolve_run, results_root
 from tune.sources import Source
@@ -204,8 +205,7 @@ def extra_test(run_dir: Path, data: list[Source], cmp: dict[str, Any], md: str, 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="per-source (generator) and per-perturbation tables for trained detectors")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--model", type=Path, action="append", help=(
-                     "results/RUN/models/ARCH.pth (its .json beside it) or a train folder's best.pth; repeatable"))
+    who.add_argument("--model", type=Path, action="append", help=f"{MODEL_FILES}; repeatable")
     who.add_argument("--run", help="every exported winner of this run (results/RUN/models/*.pth)")
     p.add_argument("data", type=Path, nargs="+", metavar="DATA", help=(
                    "a folder with Fake/ and Real/ (any case) or 0_real/ and 1_fake/, or a parent of such folders "

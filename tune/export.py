@@ -19,6 +19,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tune.inference import MODEL_FILES
 from tune.utils import UserError, atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -141,8 +142,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX (parity-checked under onnxruntime) with a model card")
-    p.add_argument("--model", type=Path, required=True, help=(
-                   "results/RUN/models/ARCH.pth (its .json beside it) or a train folder's best.pth"))
+    p.add_argument("--model", type=Path, required=True, help=MODEL_FILES)
     p.add_argument("--format", default="onnx", choices=FORMATS)
     p.add_argument("--out", type=Path, help="output file (default: MODEL_DIR/STEM-onnx/model.onnx); "
                    "MODEL_CARD.md is written beside it")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tune.config import TrainConfig
 from tune.runinfo import RunInfo, cache_dirs, load_train_valid, read_run, trial_config
-from tune.runs import read_json, resolve_run, results_root
+from tune.runs import HISTORY, PREDICTIONS, RECORD, WEIGHTS, read_json, resolve_run, results_root
 from tune.utils import (
     UserError,
     atomic_torch_save,
@@ -101,7 +101,7 @@ def _fingerprints(info: RunInfo, data: tuple[ImageSet, ImageSet, ImageSet]) -> d
 def done_record(c: Candidate, seed: int, info: RunInfo,
                 data: tuple[ImageSet, ImageSet, ImageSet]) -> dict[str, Any] | None:
     """The saved record of this exact (config, data, seed), if a previous finalize finished it."""
-    path = info.run.finalize(c.name, seed) / "record.json"
+    path = info.run.finalize(c.name, seed) / RECORD
     if path.is_file():
         old = read_json(path)
         if old.get("config") == c.config.replace(seed=seed).to_dict() and old.get("data") == _fingerprints(info, data):
@@ -125,23 +125,23 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, 
     if old is not None:
         log(f"[{c.name}] seed {seed}: already done, kept ({out})")
         return old
-    if (out / "record.json").is_file():
+    if (out / RECORD).is_file():
         log(f"[{c.name}] seed {seed}: the saved result is for another config or data; redoing it")
     log(f"[{c.name}] seed {seed}: training {'trial ' + c.trial_id if c.trial_id else 'the notebook recipe'}")
     result = training.fit(cfg, train, valid, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
     threshold = youden_threshold(valid.y, result.val_probs)
     p_test = probabilities(result.model, test.x)
     # CPU tensors, so the file loads the same on a machine without the GPU it was trained on
-    atomic_torch_save(out / "best.pth", {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
-    atomic_write_text(out / "history.csv", history_csv(result.history))
-    atomic_write_text(out / "predictions.csv", predictions_csv(test, p_test))
+    atomic_torch_save(out / WEIGHTS, {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
+    atomic_write_text(out / HISTORY, history_csv(result.history))
+    atomic_write_text(out / PREDICTIONS, predictions_csv(test, p_test))
     record = run_record(cfg, result, fingerprints)
     record.update(name=c.name, kind=c.kind, trial_id=c.trial_id, metric=info.metric,
                   valid_score=float(result.best.get(info.metric, float("nan"))),
                   threshold=threshold, threshold_rule=RULES["at_valid_threshold"],
                   test={"at_0.5": binary_metrics(test.y, p_test, 0.5),
                         "at_valid_threshold": binary_metrics(test.y, p_test, threshold)})
-    atomic_write_json(out / "record.json", record)  # last: its presence marks this seed as done
+    atomic_write_json(out / RECORD, record)  # last: its presence marks this seed as done
     return record
 
 
@@ -158,7 +158,7 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
     for c in cands:
         cols = []
         for r in records[c.name]:
-            paths, labels, p = read_predictions(info.run.finalize(c.name, r["seed"]) / "predictions.csv")
+            paths, labels, p = read_predictions(info.run.finalize(c.name, r["seed"]) / PREDICTIONS)
             if paths != test.paths or not (labels == y).all():
                 raise UserError(f"{c.name} seed {r['seed']}: predictions.csv does not match the test split")
             cols.append(p)
@@ -235,7 +235,7 @@ def export_models(info: RunInfo, cmp: dict[str, Any], records: dict[str, list[di
         rec = next(r for r in records[row["name"]] if r["seed"] == row["chosen_seed"])
         src = info.run.finalize(row["name"], rec["seed"])
         weights = info.run.model(row["arch"], "pth")
-        atomic_write_bytes(weights, (src / "best.pth").read_bytes())
+        atomic_write_bytes(weights, (src / WEIGHTS).read_bytes())
         atomic_write_json(info.run.model(row["arch"], "json"), {
             "arch": row["arch"], "config": rec["config"], "seed": rec["seed"], "trial_id": row["trial_id"],
             "run": info.name, "chosen_by": f"best valid {info.metric} over seeds {row['seeds']}",

@@ -26,15 +26,19 @@ if TYPE_CHECKING:  # numpy/torch are imported on use, so `python -m tune --help`
     from tune.models import Detector
 
 BATCH = 64
+# The model files every command that loads one accepts (its --model help).
+MODEL_FILES = "results/RUN/models/ARCH.pth (its .json beside it) or a train folder's best.pth"
 
 
 def record_path(model_path: Path) -> Path:
     """models/ARCH.pth → models/ARCH.json; best.pth → record.json in the same folder."""
     model_path = Path(model_path)
     sibling = model_path.with_suffix(".json")
-    if sibling.is_file() or model_path.name != "best.pth":
+    from tune.runs import RECORD, WEIGHTS
+
+    if sibling.is_file() or model_path.name != WEIGHTS:
         return sibling
-    return model_path.parent / "record.json"
+    return model_path.parent / RECORD
 
 
 def probabilities(model: Detector, x: np.ndarray, batch: int = BATCH) -> np.ndarray:
@@ -101,8 +105,7 @@ def load(path: Path) -> LoadedModel:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"model file not found: {path} (expected results/RUN/models/ARCH.pth or a train "
-                        "folder's best.pth)")
+        raise UserError(f"model file not found: {path} (expected {MODEL_FILES})")
     meta_path = record_path(path)
     if not meta_path.is_file():
         raise UserError(f"model record not found: {meta_path} (expected the .json that finalize writes next to "

@@ -27,11 +27,11 @@ SHOWN = ("accuracy", "precision", "recall", "f1", "auc", "ap", "eer")
 def related_files(loaded: LoadedModel) -> dict[str, Path]:
     """The files of a run folder that say more about this model. The one place that builds run-folder
     paths here: models/ARCH.pth and finalize/NAME/seedS/best.pth live in RUN/, a train folder in itself."""
-    from tune.runs import run_of_model
+    from tune.runs import PREDICTIONS, WEIGHTS, run_of_model
 
     path = loaded.path.absolute()
     src = Path(loaded.record["source"]) if loaded.record.get("source") else path.parent
-    found = {"predictions": src / "predictions.csv", "weights_of_predictions": src / "best.pth"}
+    found = {"predictions": src / PREDICTIONS, "weights_of_predictions": src / WEIGHTS}
     run = run_of_model(path)
     if run is not None:
         found.update(comparison=run.comparison("json"), evaluation=run.extra_test / "evaluation.json")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tune import inference
-from tune.inference import LoadedModel
+from tune.inference import MODEL_FILES, LoadedModel
 from tune.utils import UserError, atomic_write_text
 
 
@@ -100,8 +100,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="score images with a finalized model (P(fake) and a Fake/Real label)")
-    p.add_argument("--model", type=Path, required=True, help=(
-                   "results/RUN/models/ARCH.pth (its .json beside it) or a train folder's best.pth"))
+    p.add_argument("--model", type=Path, required=True, help=MODEL_FILES)
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders")
     p.add_argument("--csv", type=Path, help="write path,p_fake,label,error to this file instead of a table")
     p.set_defaults(func=cmd_predict)

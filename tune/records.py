@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tune.config import TrainConfig
 from tune.metrics import METRICS
+from tune.runs import HISTORY, RECORD, WEIGHTS
 from tune.utils import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, library_versions
 
 if TYPE_CHECKING:
@@ -53,10 +54,10 @@ def save_run(out: Path, cfg: TrainConfig, result: FitResult, data: dict[str, Any
     """out/best.pth (state_dict), out/history.csv (per epoch), out/record.json (everything else)."""
     out.mkdir(parents=True, exist_ok=True)
     record = run_record(cfg, result, data, y_valid)
-    atomic_torch_save(out / "best.pth", {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
-    record["weights_sha256"] = file_sha256(out / "best.pth")
-    atomic_write_text(out / "history.csv", history_csv(result.history))
-    atomic_write_json(out / "record.json", record)
+    atomic_torch_save(out / WEIGHTS, {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
+    record["weights_sha256"] = file_sha256(out / WEIGHTS)
+    atomic_write_text(out / HISTORY, history_csv(result.history))
+    atomic_write_json(out / RECORD, record)
     return record
 
 

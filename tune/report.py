@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from tune.runs import Run, read_json
+from tune.runs import HISTORY, PREDICTIONS, Run, read_json
 from tune.utils import UserError, atomic_write_bytes
 
 STATUS_COLORS = {"completed": "tab:green", "early_stopped": "tab:blue", "stopped_by_asha": "tab:gray",
@@ -151,7 +151,7 @@ def plot_learning_curves(run_dir: Path, cmp: dict[str, Any]) -> Figure:
     for row, folder in winners(run_dir, cmp):
         if row["kind"] != "tuned":
             continue
-        h = pd.read_csv(folder / "history.csv")
+        h = pd.read_csv(folder / HISTORY)
         c, name = color(row["arch"]), f"{row['arch']} (seed {row['chosen_seed']})"
         axes[0].plot(h["epoch"], h["train_loss"], "-o", color=c, ms=3, label=f"{name} train")
         axes[0].plot(h["epoch"], h["val_loss"], "--o", color=c, ms=3, label=f"{name} valid")
@@ -168,7 +168,7 @@ def plot_learning_curves(run_dir: Path, cmp: dict[str, Any]) -> Figure:
 def _predictions(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     from tune.records import read_predictions
 
-    _, y, p = read_predictions(folder / "predictions.csv")
+    _, y, p = read_predictions(folder / PREDICTIONS)
     return y, p
 
 

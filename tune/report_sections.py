@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tune.charts import figure_div, figure_png, png_uri, study_charts
-from tune.runs import Run
+from tune.runs import PREDICTIONS, Run
 
 
 @dataclass
@@ -212,7 +212,7 @@ def _test_classes(ctx: Context) -> dict[str, int]:
     row = (ctx.cmp or {}).get("rows", [None])[0]
     if row is None:
         return {}
-    with open(ctx.run.finalize(row["name"], row["seeds"][0]) / "predictions.csv", newline="") as f:
+    with open(ctx.run.finalize(row["name"], row["seeds"][0]) / PREDICTIONS, newline="") as f:
         labels = [int(r["label"]) for r in csv.DictReader(f)]
     return {"Fake": labels.count(FAKE), "Real": len(labels) - labels.count(FAKE)}
 

@@ -29,6 +29,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tune.utils import UserError, atomic_write_json
 
+# What one training leaves in its folder: a `train --out` folder, and each of finalize's seed folders.
+WEIGHTS = "best.pth"  # the state_dict
+HISTORY = "history.csv"  # one row per epoch
+RECORD = "record.json"  # everything else: config, seed, data fingerprints, weights source, versions
+PREDICTIONS = "predictions.csv"  # finalize's seed folders only: P(fake) of every test image
+
 if TYPE_CHECKING:
     import pyarrow.fs
 

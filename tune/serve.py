@@ -14,6 +14,7 @@ import socket
 import time
 from pathlib import Path
 
+from tune.inference import MODEL_FILES
 from tune.utils import UserError
 
 
@@ -158,8 +159,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve (API, web page, batching)")
-    p.add_argument("--model", type=Path, help="results/RUN/models/ARCH.pth (its .json beside it) or a train "
-                   "folder's best.pth")
+    p.add_argument("--model", type=Path, help=MODEL_FILES)
     p.add_argument("--run", help="with --arch: serve RUN's finalized model of that architecture")
     p.add_argument("--arch", help="with --run: which finalized model (results/RUN/models/ARCH.pth)")
     p.add_argument("--storage", help="folder holding run folders, for --run (default: results)")
