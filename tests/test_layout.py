@@ -45,6 +45,6 @@ def test_training_folder_file_names_are_declared_once() -> None:
     module looks them up there (help text and docstrings may name them in prose)."""
     from tune.runs import HISTORY, PREDICTIONS, RECORD, WEIGHTS
 
-    quoted = re.compile("|".join(rf"([\"']){re.escape(n)}\1" for n in (WEIGHTS, HISTORY, RECORD, PREDICTIONS)))
+    quoted = re.compile("[\"'](" + "|".join(map(re.escape, (WEIGHTS, HISTORY, RECORD, PREDICTIONS))) + ")[\"']")
     found = sorted(p.name for p in SRC.glob("*.py") if p.name != "runs.py" and quoted.search(p.read_text()))
     assert found == [], found
