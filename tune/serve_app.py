@@ -196,7 +196,7 @@ class Detector:
         two threads wait on each other (the single-image forward varied 30-fold with two)."""
         import torch
 
-        torch.set_num_threads(1 if len(x) == 1 else self.threads)  # this thread's setting only
+        torch.set_num_threads(1 if len(x) == 1 else self.threads)  # only forward passes run torch here
         return self.loaded.probabilities(x, len(x))
 
     async def decode(self, data: bytes) -> np.ndarray:
