@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from conftest import TINY_SPACE, make_dataset, run_tiny_search
 from procs import ROOT, kill_marked, listening_addresses, marked_env, pids_with_mark, result_rows, run, tune_cmd
 
 from tune.leaderboard import load_leaderboard
+from tune.serve import free_port
 from tune.utils import UserError
 
 pytestmark = pytest.mark.slow
@@ -151,18 +151,12 @@ def test_sigkill_driver_then_resume(tmp_path: Path) -> None:
     assert len(study.trials) == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_node_cluster(tmp_path: Path) -> None:
     """A real two-node Ray cluster on this machine; trials must run on both nodes."""
     data = make_dataset(tmp_path / "data", n=40, size=32)
     space = TINY_SPACE.replace("trials: 2, max_epochs: 2", "trials: 4, max_epochs: 4")
     (tmp_path / "s.yaml").write_text(space)
-    port = _free_port()
+    port = free_port("127.0.0.1")
     # A cluster is the user asking for more than loopback: undo the session's loopback-only setting.
     env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"), RAY_AUTH_MODE="token",
                            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1")

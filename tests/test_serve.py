@@ -32,14 +32,9 @@ from tune import inference
 from tune.data import MAX_PIXELS, scan_split
 from tune.metrics import binary_metrics
 from tune.predict import predict
+from tune.serve import free_port
 
 MAX_BYTES = 200_000  # small, so the over-limit test sends a few hundred KB, not 20 MB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def trained_model(root: Path) -> tuple[Path, list[Path]]:
@@ -79,7 +74,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with pytest.MonkeyPatch.context() as mp:  # module scope: the per-test cache fixture does not apply yet
         mp.setenv("TUNE_CACHE_DIR", str(root / "cache"))
         model, images = trained_model(root)
-    port = free_port()
+    port = free_port("127.0.0.1")
     env, mark = marked_env(TUNE_CACHE_DIR=str(root / "cache"))
     cmd = tune_cmd("serve", "--model", str(model), "--port", str(port), "--max-bytes", str(MAX_BYTES),
                    "--batch-wait-ms", "5")

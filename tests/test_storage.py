@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import time
@@ -16,6 +15,7 @@ from conftest import TINY_SPACE, make_dataset
 from procs import ROOT, kill_marked, marked_env, tune_cmd
 
 from tune.cli import main
+from tune.serve import free_port
 from tune.utils import atomic_write_text
 
 ONE_ARCH = TINY_SPACE[:TINY_SPACE.index("  mobilenet_v2:")]
@@ -63,19 +63,13 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) ->
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_s3_storage_against_a_local_s3_server(tmp_path: Path) -> None:
     """moto's S3 server (PyPI moto[server]) on 127.0.0.1; Ray and the readers go through pyarrow's S3 filesystem."""
     pytest.importorskip("moto", reason="moto[server] (requirements.txt) provides the local S3 server")
     import pyarrow.fs
 
-    port = _free_port()
+    port = free_port("127.0.0.1")
     env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"), AWS_ACCESS_KEY_ID="testing",
                            AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
                            AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")

@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from tune.config import TrainConfig
 from tune.runinfo import RunInfo, cache_dirs, load_train_valid, read_run, trial_config
-from tune.runs import HISTORY, PREDICTIONS, RECORD, WEIGHTS, read_json, resolve_run, results_root
+from tune.runs import PREDICTIONS, RECORD, WEIGHTS, read_json, resolve_run, results_root
 from tune.utils import (
     UserError,
-    atomic_torch_save,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
@@ -115,7 +114,7 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, 
     from tune import train as training  # looked up on use: tests wrap tune.train.fit to count trainings
     from tune.inference import probabilities
     from tune.metrics import binary_metrics, youden_threshold
-    from tune.records import history_csv, predictions_csv, run_record
+    from tune.records import predictions_csv, run_record, save_training
 
     train, valid, test = data
     out = info.run.finalize(c.name, seed)
@@ -131,9 +130,7 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, 
     result = training.fit(cfg, train, valid, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
     threshold = youden_threshold(valid.y, result.val_probs)
     p_test = probabilities(result.model, test.x)
-    # CPU tensors, so the file loads the same on a machine without the GPU it was trained on
-    atomic_torch_save(out / WEIGHTS, {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
-    atomic_write_text(out / HISTORY, history_csv(result.history))
+    save_training(out, result)
     atomic_write_text(out / PREDICTIONS, predictions_csv(test, p_test))
     record = run_record(cfg, result, fingerprints)
     record.update(name=c.name, kind=c.kind, trial_id=c.trial_id, metric=info.metric,

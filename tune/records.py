@@ -49,14 +49,20 @@ def run_record(cfg: TrainConfig, result: FitResult, data: dict[str, Any],
             "device": str(next(result.model.parameters()).device)}
 
 
+def save_training(out: Path, result: FitResult) -> None:
+    """out/best.pth (the state_dict, as CPU tensors so it loads on a machine without the training GPU) and
+    out/history.csv (one row per epoch)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(out / WEIGHTS, {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
+    atomic_write_text(out / HISTORY, history_csv(result.history))
+
+
 def save_run(out: Path, cfg: TrainConfig, result: FitResult, data: dict[str, Any],
              y_valid: np.ndarray | None = None) -> dict[str, Any]:
     """out/best.pth (state_dict), out/history.csv (per epoch), out/record.json (everything else)."""
-    out.mkdir(parents=True, exist_ok=True)
     record = run_record(cfg, result, data, y_valid)
-    atomic_torch_save(out / WEIGHTS, {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
+    save_training(out, result)
     record["weights_sha256"] = file_sha256(out / WEIGHTS)
-    atomic_write_text(out / HISTORY, history_csv(result.history))
     atomic_write_json(out / RECORD, record)
     return record
 

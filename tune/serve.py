@@ -29,6 +29,10 @@ def model_path(a: argparse.Namespace) -> Path:
     return Run(resolve_run(a.run, results_root(a.storage))).model(a.arch)
 
 
+def tcp_socket(host: str) -> socket.socket:
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+
+
 def lingering(port: int) -> bool:
     """Whether closed connections on `port` are still in TIME_WAIT (Linux's /proc; False elsewhere)."""
     rows = []
@@ -50,7 +54,7 @@ def check_options(a: argparse.Namespace) -> None:
     if a.batch_wait_ms < 0:
         raise UserError(f"--batch-wait-ms must be >= 0, got {a.batch_wait_ms}")
     if not a.address:  # a remote cluster's head binds the port, not this machine
-        with socket.socket(socket.AF_INET6 if ":" in a.host else socket.AF_INET) as s:
+        with tcp_socket(a.host) as s:
             try:
                 s.bind((a.host, a.port))
             except OSError as e:
@@ -61,7 +65,7 @@ def check_options(a: argparse.Namespace) -> None:
 
 
 def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+    with tcp_socket(host) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
@@ -164,7 +168,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", help="with --run: which finalized model (results/RUN/models/ARCH.pth)")
     p.add_argument("--storage", help="folder holding run folders, for --run (default: results)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "
-                   "only; 0.0.0.0 exposes the API to the network)")
+                   "only; a network interface's address, or all interfaces, exposes the API to the network)")
     p.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     p.add_argument("--replicas", type=int, default=1, help="model replicas (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per replica (default: CPUs / replicas)")
