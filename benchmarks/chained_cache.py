@@ -37,13 +37,13 @@ BACKBONES = [("efficientnet_lite0", "packaged"), ("mobilenet_v2", "none")]
 DEPTHS = [0, 1, 2, 3, 4]
 
 
-def build(models: list, train, valid, folder: Path, *, chained: bool) -> float:
+def build(models: list, train, valid, cfg: TrainConfig, folder: Path, *, chained: bool) -> float:
     t0 = time.perf_counter()
     if chained:
-        cache.precompute(models, train, valid, hflip=True, cache_dir=folder)
+        cache.precompute(models, train, valid, cfg, cache_dir=folder)
     else:
         for i, m in enumerate(models):  # a folder per depth: nothing to derive from
-            cache.precompute([m], train, valid, hflip=True, cache_dir=folder / str(i))
+            cache.precompute([m], train, valid, cfg, cache_dir=folder / str(i))
     return time.perf_counter() - t0
 
 
@@ -66,9 +66,9 @@ def main() -> None:
         cfgs = [TrainConfig.of(arch=arch, weights=weights, image_size=a.size, unfrozen_blocks=d, epochs=1,
                                threads=a.threads) for d in DEPTHS]
         models = [make_model(c) for c in cfgs]
-        one = build([models[-1]], train, valid, work / f"{arch}-one", chained=True)  # shortest prefix only
-        chained = build(models, train, valid, work / f"{arch}-chained", chained=True)
-        independent = build(models, train, valid, work / f"{arch}-independent", chained=False)
+        one = build([models[-1]], train, valid, cfgs[0], work / f"{arch}-one", chained=True)  # shortest prefix only
+        chained = build(models, train, valid, cfgs[0], work / f"{arch}-chained", chained=True)
+        independent = build(models, train, valid, cfgs[0], work / f"{arch}-independent", chained=False)
         diff = 0.0
         for c in (cfgs[0], cfgs[-1]):  # the longest prefix (derived last) and the shortest
             cached = fit(c, train, valid, cache_dir=work / f"{arch}-chained", log=None).history[-1]

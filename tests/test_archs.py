@@ -129,14 +129,15 @@ def test_longer_prefixes_are_derived_from_the_shortest_one(tmp_path: Path, backb
     def model(k: int) -> torch.nn.Module:
         return archs.build_model("efficientnet_lite0", unfrozen_blocks=k, head_sizes=(8,))
 
-    cache.precompute([model(k) for k in (0, 4, 2, 3)], train, valid, hflip=True, cache_dir=feats)
+    cfg = TrainConfig.of(arch="efficientnet_lite0", image_size=32)
+    cache.precompute([model(k) for k in (0, 4, 2, 3)], train, valid, cfg, cache_dir=feats)
     assert len(backbone_passes.full) == 3  # valid, train, flipped train: once, for the shortest prefix
     # 18 units: depth 4 freezes 14 of them; depths 3, 2 and 0 (all 18 + the pooling tail) each start from the
     # prefix before them, 14, 15 and 16 units long
     assert backbone_passes.derived == [14] * 3 + [15] * 3 + [16] * 3
     for k in (0, 3):  # derived features equal the ones computed from the images in one go
         m = model(k)
-        got = cache.cached_encode(m, train, flip=True, cache_dir=feats)
+        got = cache.cached_encode(m, train, flips=(True,), cache_dir=feats)[0]
         assert np.array_equal(got, cache.encode_all(m, train.x, flip=True))
     assert len(backbone_passes.full) == 3 + 2  # only the two reference computations just above
 

@@ -62,10 +62,27 @@ def test_cache_is_shared_by_the_search_trials(tiny_run: Path) -> None:
     assert len(files) == 3 * 3, (depths, [f.name for f in files])
 
 
-@pytest.mark.parametrize("prob", ["blur_prob", "jpeg_prob"])
-def test_random_augmentation_falls_back_to_live_and_says_so(tmp_path: Path, prob: str, passes) -> None:
+def test_a_view_cache_is_keyed_by_its_augmentation_settings(tmp_path: Path, passes) -> None:
+    """Views are built when an epoch first needs one, and rebuilt exactly when their pixels could change."""
     root = make_dataset(tmp_path / "data", n=4, size=32, splits=("train", "valid"))
-    cfg = TrainConfig.of(arch="mobilenet_v2", weights="none", epochs=1, image_size=32, batch_size=8, **{prob: 0.5})
+    c = tmp_path / "f"
+    # packaged weights: the same backbone whatever the seed, so only the seed's own effect on views shows
+    cfg = TrainConfig.of(arch="efficientnet_lite0", epochs=2, image_size=32, unfrozen_blocks=3, batch_size=8,
+                         augment="blur,jpeg", aug_views=8)
+    assert passes(cfg, root, c) == 1 + 2 * 2  # valid; views 0 and 1 (plain and flipped): 2 epochs need 2 views
+    assert passes(cfg, root, c) == 0
+    assert passes(cfg.replace(aug_views=2), root, c) == 0  # view v is view v, whatever V
+    assert passes(cfg.replace(epochs=3), root, c) == 2  # view 2, when an epoch first needs it
+    assert passes(cfg.replace(aug_strength=0.5), root, c) == 4  # another strength: new views, valid reused
+    assert passes(cfg.replace(augment="blur"), root, c) == 4  # other augmentations
+    assert passes(cfg.replace(seed=1), root, c) == 4  # another seed draws other views
+    assert passes(cfg.replace(hflip=False, epochs=3), root, c) == 0  # the unflipped files suffice
+    assert passes(cfg.replace(augment="none"), root, c) == 2  # plain images: one source for every epoch
+    assert passes(cfg.replace(augment="none", aug_views=4), root, c) == 0  # no augmentation: views are moot
+
+
+def test_fresh_views_train_live(tmp_path: Path, passes) -> None:
+    root = make_dataset(tmp_path / "data", n=4, size=32, splits=("train", "valid"))
+    cfg = TrainConfig.of(arch="mobilenet_v2", weights="none", epochs=1, image_size=32, batch_size=8,
+                         augment="all", aug_views=0)
     assert passes(cfg, root, tmp_path / "f") == 1  # only valid is cached
-    train, valid = load_split(root, "train", 32), load_split(root, "valid", 32)
-    assert "train live" in fit(cfg, train, valid, cache_dir=tmp_path / "f", log=None).cache_mode

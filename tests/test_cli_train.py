@@ -55,8 +55,23 @@ def test_train_help(capsys: pytest.CaptureFixture) -> None:
         main(["train", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for opt in ("--data", "--arch", "--unfrozen-blocks", "--weights", "--skip-bad-images", "--out", "--blur-prob"):
+    for opt in ("--data", "--arch", "--unfrozen-blocks", "--weights", "--skip-bad-images", "--out", "--monitor",
+                "--backbone-lr-mult", "--optimizer", "--schedule", "--warmup-epochs", "--label-smoothing", "--augment",
+                "--aug-strength", "--aug-views", "--no-hflip"):
         assert opt in out
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["--augment", "blur,sharpen"], "error: unknown augmentation 'sharpen' in augment='blur,sharpen': expected a "
+                                    "comma-separated list of crop, jitter, blur, jpeg (or all, or none)"),
+    (["--backbone-lr-mult", "0"], "error: bad training option: backbone_lr_mult must be > 0 (got 0.0); freeze units "
+                                  "with unfrozen_blocks instead"),
+    (["--aug-views", "-1"], "error: bad training option: aug_views must be >= 0 (got -1; 0 = a fresh view every "
+                            "epoch)"),
+])
+def test_bad_training_options_are_one_line(args: list[str], line: str, tmp_path: Path) -> None:
+    r = python_m_tune("train", "--data", str(tmp_path / "nowhere"), *args, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == line, r.stderr
 
 
 def test_tiny_train_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import tune.data as data
 from tune import FAKE, REAL
-from tune.data import DataError, apply_plan, draw_plan, fingerprint, load_split, scan_split
+from tune.augment import AUGMENTATIONS, AugSpec, augment, augment_images, parse_augment
+from tune.data import DataError, fingerprint, load_split, scan_split
 from tune.utils import UserError
 
 SIZE = 32
@@ -383,45 +383,68 @@ def test_changed_file_invalidates_decoded_cache(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- augmentation
-def test_draw_plan_is_seeded() -> None:
-    def plan(seed: int, **kw):
-        kw = {"hflip": True, "blur_prob": 0.5, "jpeg_prob": 0.5, **kw}
-        return draw_plan(64, gen=torch.Generator().manual_seed(seed), **kw)
-
-    a, b, c = plan(1), plan(1), plan(2)
-    for f in ("flip", "blur_sigma", "jpeg_quality"):
-        assert torch.equal(getattr(a, f), getattr(b, f))
-    assert not torch.equal(a.flip, c.flip)
-    assert 0 < int(a.flip.sum()) < 64 and 0 < int((a.blur_sigma > 0).sum()) < 64
-    on = a.blur_sigma[a.blur_sigma > 0]
-    assert on.min() >= 0.1 and on.max() <= 3.0
-    q = a.jpeg_quality[a.jpeg_quality > 0]
-    assert q.min() >= 30 and q.max() <= 100
-    off = plan(1, hflip=False, blur_prob=0.0, jpeg_prob=0.0)
-    assert not off.flip.any() and not off.needs_pixels
-    assert plan(1, blur_prob=0.0).flip.equal(a.flip)  # the random stream does not depend on settings
+def _image(seed: int = 0, size: int = 48) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (3, size, size), dtype=np.uint8)
 
 
-def _plan(flip, blur, jpeg) -> data.AugPlan:
-    return data.AugPlan(torch.tensor(flip), torch.tensor(blur, dtype=torch.float32), torch.tensor(jpeg))
+@pytest.mark.parametrize("ops", [("crop",), ("jitter",), ("blur",), ("jpeg",), AUGMENTATIONS])
+def test_an_augmentation_is_a_pure_function_of_image_seed_and_view(ops: tuple[str, ...]) -> None:
+    img = _image()
+    before = img.copy()
+
+    def aug(seed: tuple[int, ...], view: int, image: np.ndarray = img) -> np.ndarray:
+        return augment(image, seed=seed, view=view, ops=ops, strength=1.0)
+
+    a = aug((0, 3), 1)
+    assert a.dtype == np.uint8 and a.shape == img.shape
+    assert np.array_equal(a, aug((0, 3), 1))  # the same arguments, the same pixels
+    assert np.array_equal(img, before)  # the input is not touched
+    # blur and JPEG are drawn with probability s/2: among views 0..15, some differ from the image, some do not
+    views = [aug((0, 3), v) for v in range(16)]
+    changed = [not np.array_equal(v, img) for v in views]
+    assert any(changed) and (all(changed) if ops[0] in ("crop", "jitter") else not all(changed))
+    assert len({v.tobytes() for v in views}) > 4  # views differ from each other
+    assert not np.array_equal(aug((0, 3), 1, _image(1)), a)  # another image
+    seeds = [aug((s, 3), 5) for s in range(6)]
+    assert len({v.tobytes() for v in seeds}) > 2  # the seed changes the draws
 
 
-def test_apply_plan_flips_exactly_flagged() -> None:
-    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    out = apply_plan(x, _plan([True, False, True, False], [0.0] * 4, [0] * 4))
-    assert out.dtype == torch.float32 and out.shape == x.shape
-    for i, flipped in enumerate([True, False, True, False]):
-        want = (x[i].flip(-1) if flipped else x[i]).float() / 255
-        assert torch.equal(out[i], want)
+def test_augmentation_strength_zero_or_no_ops_is_the_image() -> None:
+    img = _image()
+    assert augment(img, seed=(0, 0), view=1, ops=AUGMENTATIONS, strength=0.0) is img
+    assert augment(img, seed=(0, 0), view=1, ops=(), strength=1.0) is img
+    weak = augment(img, seed=(0, 0), view=1, ops=("jitter",), strength=0.05).astype(int)
+    strong = augment(img, seed=(0, 0), view=1, ops=("jitter",), strength=1.0).astype(int)
+    assert np.abs(weak - img).mean() < np.abs(strong - img).mean()
 
 
-def test_blur_and_jpeg_change_only_flagged_images() -> None:
-    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    plan = _plan([False] * 4, [1.0, 0.0, 0.0, 0.0], [0, 0, 50, 0])
-    assert plan.needs_pixels
-    out = apply_plan(x, plan)
-    ref = x.float() / 255
-    assert not torch.equal(out[0], ref[0]) and not torch.equal(out[2], ref[2])
-    assert torch.equal(out[1], ref[1]) and torch.equal(out[3], ref[3])
-    assert out.min() >= 0 and out.max() <= 1
-    assert out[0].std() < ref[0].std()  # blurred noise is smoother
+def test_blur_and_jpeg_augmentation_are_evaluates_perturbations() -> None:
+    """One implementation of each: a blurred view is perturb.native's blur of the same sigma."""
+    from PIL import Image
+
+    from tune.perturb import Condition, native
+
+    img = _image(2)
+    u = np.random.default_rng([0, 0, 4]).random(11)  # the draws augment() makes for seed (0, 0), view 4
+    out = augment(img, seed=(0, 0), view=4, ops=("blur",), strength=1.0)
+    pil = Image.fromarray(img.transpose(1, 2, 0))
+    want = img if u[7] >= 0.5 else np.asarray(native(pil, Condition("blur", 0.1 + 2.9 * u[8]))).transpose(2, 0, 1)
+    assert np.array_equal(out, want)
+
+
+def test_unknown_augmentation_is_one_clear_line() -> None:
+    assert parse_augment("JPEG, blur") == ("blur", "jpeg")  # application order, any case
+    assert parse_augment("all") == AUGMENTATIONS and parse_augment("none") == () == parse_augment("")
+    with pytest.raises(UserError, match=r"unknown augmentation 'sharpen' in augment='blur,sharpen': expected a "
+                                        r"comma-separated list of crop, jitter, blur, jpeg"):
+        parse_augment("blur,sharpen")
+
+
+def test_augment_images_matches_augment_per_image() -> None:
+    x = np.stack([_image(i, 32) for i in range(5)])
+    spec = AugSpec(AUGMENTATIONS, 0.7, seed=3)
+    idx = np.array([1, 4])
+    got = augment_images(x, idx, spec, view=2)
+    for j, i in enumerate(idx):
+        assert np.array_equal(got[j], augment(x[i], seed=(3, int(i)), view=2, ops=AUGMENTATIONS, strength=0.7))
+    assert np.array_equal(augment_images(x, idx, AugSpec((), 1.0, 3), view=2), x[idx])

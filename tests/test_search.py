@@ -16,7 +16,9 @@ from conftest import TINY_SPACE, make_dataset, run_tiny_search
 from procs import ROOT, kill_marked, listening_addresses, marked_env, pids_with_mark, result_rows, run, tune_cmd
 
 from tune.leaderboard import load_leaderboard
+from tune.runs import Run
 from tune.serve import free_port
+from tune.trials import read_trials
 from tune.utils import UserError
 
 pytestmark = pytest.mark.slow
@@ -44,6 +46,60 @@ def test_tiny_search_leaderboard(tiny_run: Path) -> None:
         assert len(study.trials) == 2
     run_json = json.loads((tiny_run / "run.json").read_text())
     assert run_json["data"]["train_fingerprint"] and "ray" in run_json["versions"]
+
+
+def kept_weights_scores(run_dir: Path) -> list[tuple[float, float, float]]:
+    """Per trial: (the leaderboard's score, its Optuna value, the search metric of the weights the trial kept,
+    recomputed from the kept checkpoint's weights on valid with the full model)."""
+    import torch
+
+    from tune.config import TrainConfig
+    from tune.data import load_split
+    from tune.inference import probabilities
+    from tune.metrics import binary_metrics
+    from tune.runinfo import read_run
+    from tune.train import make_model
+
+    info = read_run(run_dir)
+    valid = load_split(info.root, "valid", info.image_size)
+    board = load_leaderboard(run_dir).set_index("trial_id")
+    out = []
+    for arch in info.space["architectures"]:
+        study = optuna.load_study(study_name=f"{info.name}-{arch}", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+        values = {t.user_attrs["ray_trial_id"]: t.value for t in study.trials}
+        for t in read_trials(info.run, info.meta, arch):
+            ckpt = sorted(Path(t.location).glob("checkpoint_*/state.pt"))[-1]  # num_to_keep=1: the best one
+            state = torch.load(ckpt, weights_only=True)
+            model = make_model(TrainConfig.from_dict({**t.params, "threads": 1}))
+            model.load_state_dict(state["best_state"])
+            auc = binary_metrics(valid.y, probabilities(model, valid.x))[info.metric.removeprefix("val_")]
+            out.append((float(board.loc[t.trial_id, "score"]), values[t.trial_id], float(auc)))
+    return out
+
+
+def test_a_trials_score_is_the_score_of_the_weights_it_kept(tiny_run: Path, ray_session, tmp_path: Path) -> None:
+    """One rule: the epoch the trial's monitor keeps is the epoch its score comes from. With monitor val_loss
+    and metric val_auc (the case where the two differ), the score is the AUC at the lowest val loss, not the
+    highest AUC seen; ranking trials by any other number would rank weights that nobody keeps."""
+    space = TINY_SPACE.replace("trials: 2, max_epochs: 2, grace_period: 1", "trials: 3, max_epochs: 4, grace_period: 4")
+    space = space[:space.index("  mobilenet_v2:")].replace(
+        "    lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n",
+        "    monitor: val_loss\n    lr: {type: loguniform, low: 3.0e-3, high: 3.0e-2}\n")
+    run_dir = run_tiny_search(tmp_path, name="kept", space=space)
+    for folder in (tiny_run, run_dir):  # tiny_run keeps the best val_auc (the space's metric, the default)
+        for score, optuna_value, kept_auc in kept_weights_scores(folder):
+            assert optuna_value == score
+            assert kept_auc == pytest.approx(score, abs=1e-6)
+    df = load_leaderboard(run_dir)
+    trials = {t.trial_id: t for t in read_trials(Run(run_dir), Run(run_dir).read(), "custom_cnn")}
+    for row in df.itertuples():
+        rows = trials[row.trial_id].results
+        losses = [r["val_loss"] for r in rows]
+        assert row.best_epoch == 1 + losses.index(min(losses))  # the lowest val loss is kept...
+        assert row.score == rows[row.best_epoch - 1]["val_auc"]  # ...and scored by its AUC
+    # the case that tells the rules apart happens here (seeded, so always): a trial whose best AUC came at
+    # another epoch than its lowest val loss is ranked by the AUC of the weights it kept, not its best AUC
+    assert any(row.score < max(r["val_auc"] for r in trials[row.trial_id].results) for row in df.itertuples())
 
 
 def test_leaderboard_cli_formats(tiny_run: Path) -> None:

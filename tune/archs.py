@@ -45,7 +45,8 @@ def register_arch(*, hparams: dict[str, HParam], **info: Any) -> Callable[[Calla
 def head_params(unfrozen_high: int | None) -> dict[str, HParam]:
     """The hyperparameters every backbone + head detector shares."""
     out = {"head_sizes": HParam("widths", (128,), help="hidden widths of the head, e.g. 256,64"),
-           "dropout": HParam("float", 0.5, 0.0, 0.95, help="dropout after each hidden layer of the head")}
+           "dropout": HParam("float", 0.5, 0.0, 0.95, help="dropout after each hidden layer of the head, or "
+                                                                "before its output layer when it has none")}
     if unfrozen_high is not None:
         out["unfrozen_blocks"] = HParam("int", 0, 0, unfrozen_high,
                                         help="trainable units counted from the top (0 = head only)")

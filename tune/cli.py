@@ -69,7 +69,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
                            help=f.metadata["help"])
         else:
-            p.add_argument(flag, dest=f.name, type=type(f.default), default=f.default,
+            p.add_argument(flag, dest=f.name, type=type(f.default), default=f.default, choices=f.metadata["choices"],
                            help=f"{f.metadata['help']} (default: %(default)s)")
     owners: dict[str, list[str]] = {}
     for arch in REGISTRY.values():

@@ -10,39 +10,71 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tune.archs import DEFAULT_ARCH
+from tune.metrics import search_metrics
 from tune.utils import UserError
 
+if TYPE_CHECKING:
+    from tune.augment import AugSpec
 
-def opt(default: Any, help: str, *, searchable: bool = True, flag: str | None = None) -> Any:
-    """A training option: default, help text, whether a space may sample it, and its CLI flag if not --NAME."""
-    return field(default=default, metadata={"help": help, "searchable": searchable, "flag": flag})
+
+def opt(default: Any, help: str, *, searchable: bool = True, flag: str | None = None,
+        choices: tuple[str, ...] | None = None) -> Any:
+    """A training option: default, help text, whether a space may sample it, its CLI flag if not --NAME,
+    and for a named choice the names it accepts."""
+    return field(default=default, metadata={"help": help, "searchable": searchable, "flag": flag,
+                                            "choices": choices})
+
+
+# Options whose old spelling an earlier version recorded (params.json, record.json). At their default
+# they meant "off" and are dropped; any other value cannot be reproduced by this version.
+RETIRED = {"blur_prob": 0.0, "jpeg_prob": 0.0}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run's numbers (besides the data).
 
-    Defaults are the original notebook's recipe: 224 px, Adam lr 1e-4, patience 3.
+    Defaults are the original notebook's recipe: 224 px, Adam lr 1e-4, patience 3 on val loss, flips only.
     """
 
     arch: str = opt(DEFAULT_ARCH, "architecture (see `python -m tune archs`)", searchable=False)
-    lr: float = opt(1e-4, "Adam learning rate")
-    weight_decay: float = opt(0.0, "Adam weight decay")
+    # optimisation
+    lr: float = opt(1e-4, "learning rate of the head (the trainable backbone units get lr x backbone_lr_mult)")
+    backbone_lr_mult: float = opt(1.0, "learning rate of the trainable units before the head, as a multiple of "
+                                       "lr (a pretrained backbone's unfrozen blocks; the custom CNN's convolutions)")
+    optimizer: str = opt("adam", "adam (the notebook's; weight decay as an L2 term) or adamw (decoupled weight "
+                                 "decay)", choices=("adam", "adamw"))
+    weight_decay: float = opt(0.0, "weight decay (L2 with adam, decoupled with adamw)")
+    schedule: str = opt("constant", "learning-rate schedule over the max epochs: constant, or cosine (down to 0 "
+                                    "at the last epoch)", choices=("constant", "cosine"))
+    warmup_epochs: float = opt(0.0, "linear learning-rate warm-up over this many epochs, before the schedule")
+    label_smoothing: float = opt(0.0, "training targets become y(1-s)+s/2 (validation loss keeps the true labels)")
     batch_size: int = opt(32, "images per step")
+    # how long, and which epoch is kept: one rule for train, search, finalize and reproduce
     epochs: int = opt(30, "max epochs", searchable=False)
-    patience: int = opt(3, "early stopping: epochs without a lower validation loss", searchable=False)
-    seed: int = opt(0, "seed of initialisation, order, augmentation and dropout", searchable=False)
+    patience: int = opt(3, "early stopping: epochs without a better monitored value", searchable=False)
+    monitor: str = opt("val_loss", "the validation number that picks the kept epoch, stops early after patience "
+                                   "epochs without a better value, and is a search trial's score: val_loss (the "
+                                   "notebook's rule) or a metric such as val_auc (in a search: the space's "
+                                   "metric unless it says otherwise)", choices=tuple(search_metrics()))
+    seed: int = opt(0, "seed of initialisation, order, flips, augmented views and dropout", searchable=False)
     image_size: int = opt(224, "images are resized to this square side", searchable=False)
-    # train-time augmentation; blur and JPEG follow Wang et al. 2020 and are off by default
-    hflip: bool = opt(True, "random horizontal flips", flag="--no-hflip")
-    blur_prob: float = opt(0.0, "probability of a random Gaussian blur (sigma 0.1-3)")
-    jpeg_prob: float = opt(0.0, "probability of a random JPEG re-compression (quality 30-100)")
+    # train-time augmentation (tune/augment.py); validation and test images are never augmented
+    hflip: bool = opt(True, "random horizontal flips of training images; --no-hflip turns them off",
+                      flag="--no-hflip")
+    augment: str = opt("none", "augmentations of the training views, comma-separated: crop, jitter, blur, jpeg "
+                               "(or all, or none)")
+    aug_strength: float = opt(1.0, "augmentation strength in [0, 1] (1: the standard settings, Wang et al. 2020 "
+                                   "for blur and JPEG)")
+    aug_views: int = opt(1, "augmented views per training image: epoch e trains on view e mod V (cached once); "
+                            "0 draws a fresh view every epoch (live training only)")
     # execution
     threads: int = opt(0, "torch threads (0 = torch's choice)", searchable=False)
-    use_cache: bool = opt(True, "decoded-image and frozen-backbone caches", searchable=False, flag="--no-cache")
+    use_cache: bool = opt(True, "cache decoded images and frozen-backbone features; --no-cache computes them "
+                                "live at every use", searchable=False, flag="--no-cache")
     # the architecture's own hyperparameters, checked and completed by its registry entry
     hparams: dict[str, Any] = field(default_factory=dict, compare=True)
 
@@ -73,6 +105,11 @@ class TrainConfig:
         from tune.archs import get_arch
 
         d = dict(d)
+        for key, off in RETIRED.items():
+            if key in d and d.pop(key) not in (off, None):
+                raise UserError(f"{key} was recorded by an earlier version (random {key[:-5]} at every step); "
+                                "this version augments with `augment` and `aug_views` instead and cannot "
+                                "reproduce it")
         arch = d.pop("arch", cls.__dataclass_fields__["arch"].default)
         names = {f.name for f in options()}
         own = {k: d.pop(k) for k in list(d) if k in names}
@@ -83,23 +120,40 @@ class TrainConfig:
                             f"{sorted(names | set(arch_params))}")
         return cls(arch=arch, **own, hparams=d).validated()
 
+    @property
+    def aug(self) -> AugSpec:
+        """The training views' augmentation (its random draws are seeded by the run's seed)."""
+        from tune.augment import AugSpec, parse_augment
+
+        return AugSpec(parse_augment(self.augment), float(self.aug_strength), int(self.seed))
+
     def replace(self, **changes: Any) -> TrainConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
     def validated(self) -> TrainConfig:
         from tune.archs import get_arch
+        from tune.augment import parse_augment
 
         min_size = get_arch(self.arch).min_size(self.hparams)
+        parse_augment(self.augment)  # an unknown augmentation is one clear line
         checks = [
             (self.lr > 0, "lr must be > 0"),
+            (self.backbone_lr_mult > 0, f"backbone_lr_mult must be > 0 (got {self.backbone_lr_mult}); freeze "
+                                        "units with unfrozen_blocks instead"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.patience >= 1, "patience must be >= 1"),
             (self.image_size >= 32, "image_size must be >= 32"),
             (self.image_size >= min_size, f"{self.arch} needs image_size >= {min_size} with these hyperparameters "
                                           f"(got {self.image_size})"),
-            (0 <= self.blur_prob <= 1 and 0 <= self.jpeg_prob <= 1, "blur_prob/jpeg_prob must be in [0, 1]"),
+            (0 <= self.aug_strength <= 1, f"aug_strength must be in [0, 1] (got {self.aug_strength})"),
+            (self.aug_views >= 0, f"aug_views must be >= 0 (got {self.aug_views}; 0 = a fresh view every epoch)"),
+            *((getattr(self, f.name) in f.metadata["choices"],
+               f"{f.name} must be one of {', '.join(f.metadata['choices'])} (got {getattr(self, f.name)!r})")
+              for f in options() if f.metadata["choices"]),
         ]
         for ok, msg in checks:
             if not ok:

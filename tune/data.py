@@ -5,14 +5,14 @@ Label convention: Fake = 1 (the positive class), Real = 0.
 
 Images are decoded and resized once, into a uint8 array (N, 3, S, S). When a cache folder is
 given the array lives in a memory-mapped .npy keyed by the split's content fingerprint and the
-size, so every trial on a machine shares one decoded copy. Augmentation then runs on tensors.
+size, so every trial on a machine shares one decoded copy. Train-time augmentation is
+tune/augment.py's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -275,51 +275,6 @@ def load_split(root: Path, split: str, size: int, *, skip_bad: bool = False,
         np.savez(buf, keep=keep)
         atomic_write_bytes(cached, buf.getvalue())  # written last: its presence marks the cache complete
     return ImageSet(split, x, y, [str(files.paths[i]) for i in keep], fp, [str(p) for p, _ in bad])
-
-
-# --------------------------------------------------------------------------- augmentation
-@dataclass
-class AugPlan:
-    """Random choices for one batch, drawn up front so cached and live paths see the same draws."""
-
-    flip: torch.Tensor  # bool (B,)
-    blur_sigma: torch.Tensor  # float (B,), 0 = no blur
-    jpeg_quality: torch.Tensor  # int (B,), 0 = no re-compression
-
-    @property
-    def needs_pixels(self) -> bool:
-        """True when the plan has transforms that a per-image feature cache cannot enumerate."""
-        return bool((self.blur_sigma > 0).any() or (self.jpeg_quality > 0).any())
-
-
-def draw_plan(n: int, *, hflip: bool, blur_prob: float, jpeg_prob: float, gen: torch.Generator) -> AugPlan:
-    # Always draw every random number, so the stream does not depend on which transforms are on.
-    u = torch.rand(n, 5, generator=gen)
-    flip = (u[:, 0] < 0.5) & hflip
-    blur = torch.where(u[:, 1] < blur_prob, 0.1 + 2.9 * u[:, 2], torch.zeros(n))  # sigma ~ U[0.1, 3]
-    quality = torch.where(u[:, 3] < jpeg_prob, (30 + 71 * u[:, 4]).long().clamp(max=100), torch.zeros(n).long())
-    return AugPlan(flip, blur, quality)
-
-
-def apply_plan(x: torch.Tensor, plan: AugPlan) -> torch.Tensor:
-    """uint8 (B, 3, S, S) → augmented float in [0, 1]. Blur, then JPEG, as in Wang et al. 2020."""
-    from torchvision.io import decode_jpeg, encode_jpeg
-    from torchvision.transforms.v2.functional import gaussian_blur
-
-    x = torch.where(plan.flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    if plan.needs_pixels:
-        x = x.clone()
-        for i in range(x.shape[0]):
-            img = x[i]
-            sigma = float(plan.blur_sigma[i])
-            if sigma > 0:
-                k = 2 * math.ceil(3 * sigma) + 1
-                img = gaussian_blur(img.float(), [k, k], [sigma, sigma]).round().clamp(0, 255).to(torch.uint8)
-            q = int(plan.jpeg_quality[i])
-            if q > 0:
-                img = decode_jpeg(encode_jpeg(img.contiguous(), quality=q))
-            x[i] = img
-    return x.float().div_(255.0)
 
 
 def to_float(x: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from tune.metrics import best_index
 from tune.runs import Run
-from tune.trials import read_trials
+from tune.trials import kept_score, read_trials
 from tune.utils import UserError, atomic_write_text
 
 BASE_COLUMNS = ["trial_id", "arch", "trial_no", "ended", "epochs", "best_epoch", "score", "val_loss_at_best",
@@ -29,12 +28,11 @@ def load_leaderboard(run_dir: Path) -> pd.DataFrame:
     for arch in space["architectures"]:
         for no, t in enumerate(read_trials(run, meta, arch), 1):
             results, ended = t.results, t.ended
-            best_i = best_index([r.get(metric) for r in results], mode)
+            kept, score = kept_score(results, metric)
+            at = results[kept - 1] if kept else {}
             row: dict[str, Any] = {
                 "trial_id": t.trial_id, "arch": arch, "trial_no": no, "ended": ended, "epochs": len(results),
-                "best_epoch": results[best_i]["epoch"] if best_i is not None else None,
-                "score": results[best_i][metric] if best_i is not None else math.nan,
-                "val_loss_at_best": results[best_i]["val_loss"] if best_i is not None else math.nan,
+                "best_epoch": kept, "score": score, "val_loss_at_best": at.get("val_loss", math.nan),
                 "wall_s": round(sum(r.get("epoch_time", 0.0) for r in results), 2),
                 "seed": t.params.get("seed", 0),
             }

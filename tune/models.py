@@ -35,13 +35,29 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class DropoutLinear(nn.Linear):
+    """Dropout, then a linear layer: the output layer of a head without hidden layers (timm's drop_rate
+    before the classifier). One module, so its weights keep the key a plain Linear had there."""
+
+    def __init__(self, in_features: int, out_features: int, p: float) -> None:
+        super().__init__(in_features, out_features)
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(nn.functional.dropout(x, self.p, self.training))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, p={self.p}"
+
+
 def mlp_head(in_features: int, head_sizes: tuple[int, ...], dropout: float) -> nn.Sequential:
-    """Hidden layers Linear→ReLU→Dropout, then one logit (the notebook's Dense(128)→Dropout→Dense(1))."""
+    """Hidden layers Linear→ReLU→Dropout, then one logit (the notebook's Dense(128)→Dropout→Dense(1)).
+    Dropout comes before the output layer either way: with no hidden layer it is Dropout→Linear."""
     layers: list[nn.Module] = []
     for width in head_sizes:
         layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
         in_features = width
-    layers.append(nn.Linear(in_features, 1))
+    layers.append(nn.Linear(in_features, 1) if head_sizes or not dropout else DropoutLinear(in_features, 1, dropout))
     return nn.Sequential(*layers)
 
 

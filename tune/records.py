@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from tune.data import ImageSet
     from tune.train import FitResult
 
-HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", *(f"val_{k}" for k in METRICS), "epoch_time", "best_epoch",
-                  "ended"]
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", *(f"val_{k}" for k in METRICS), "lr", "epoch_time",
+                  "best_epoch", "ended"]
 
 
 def history_csv(history: list[dict[str, Any]]) -> str:

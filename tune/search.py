@@ -20,9 +20,9 @@ import torch
 from tune import FAKE, REAL
 from tune.config import TrainConfig
 from tune.data import ImageSet, load_split
-from tune.metrics import best_index
 from tune.runs import Run, exists, experiment_name, join, trial_folder, trials_root_for
 from tune.space import Budget, DefineByRun, Param, Resources, SearchSpace, load_space
+from tune.trials import SCORE, kept_score
 from tune.utils import UserError, library_versions
 
 
@@ -70,12 +70,11 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
-    seen = [r[data.metric] for r in resume["history"]] if resume else []
+    rows = list(resume["history"]) if resume else []
 
     def report(row: dict[str, Any], state: Any) -> None:
-        seen.append(row[data.metric])
-        best = best_index(seen, data.mode)  # NaN (a diverged epoch) never counts as best
-        row[f"best_{data.metric}"] = seen[best] if best is not None else float("nan")
+        rows.append(row)
+        row[SCORE] = kept_score(rows, data.metric)[1]  # the metric of the weights this trial keeps
         row["node_id"] = node_id
         with tempfile.TemporaryDirectory() as d:
             torch.save(state(), Path(d) / "state.pt")
@@ -144,9 +143,13 @@ def precompute_features(space: SearchSpace, arch: str, train: ImageSet, valid: I
         return
     t0 = time.time()
     base = space.base_config(arch)
-    models = [make_model(TrainConfig.from_dict({**base, "unfrozen_blocks": d})) for d in depths]
-    hflip = base.get("hflip", True) is not False or "hflip" in space.architectures[arch]
-    precompute(models, train, valid, hflip=bool(hflip), cache_dir=cache_dir)
+    cfg = TrainConfig.from_dict(base)
+    models = [make_model(cfg.replace(unfrozen_blocks=d)) for d in depths]
+    # The first training view only when every trial shares it: sampled augmentation settings (or flips)
+    # make each trial's views its own, built by the trial that needs them.
+    shared = not any(n in space.architectures[arch] and space.architectures[arch][n].kind != "fixed"
+                     for n in ("augment", "aug_strength", "hflip"))
+    precompute(models, train, valid, cfg, cache_dir=cache_dir, train_view=shared)
     print(f"[{arch}] frozen-backbone features for unfrozen_blocks {depths}: {time.time() - t0:.1f}s", flush=True)
 
 
@@ -285,7 +288,7 @@ def run_search(opts: SearchOptions) -> Path:
         data = TrialData(train, valid, space.metric, space.mode, max(1, int(space.resources.cpus_per_trial)),
                          str(opts.cache_dir / "features") if opts.cache_dir else None, opts.use_cache)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), resources)
-        best_key = f"best_{space.metric}"
+        best_key = SCORE
         for arch, k, n in plan:
             if opts.use_cache and opts.cache_dir:
                 precompute_features(space, arch, train, valid, opts.cache_dir / "features")

@@ -75,8 +75,10 @@ class SearchSpace:
     architectures: dict[str, dict[str, Param]] = field(default_factory=dict)
 
     def base_config(self, arch: str) -> dict[str, Any]:
-        """TrainConfig fields every trial of `arch` shares (sampled values are added on top)."""
-        return {**self.fixed, "arch": arch, "epochs": self.budget.max_epochs, "patience": self.budget.patience,
+        """TrainConfig fields every trial of `arch` shares (sampled values are added on top). The kept epoch
+        is the one with the best search metric unless the space says otherwise (e.g. monitor: val_loss)."""
+        return {"monitor": self.metric, **self.fixed, "arch": arch, "epochs": self.budget.max_epochs,
+                "patience": self.budget.patience,
                 "image_size": self.image_size, "seed": self.seed,
                 **{p.name: p.value for p in self.architectures[arch].values() if p.kind == "fixed"}}
 
