@@ -55,7 +55,7 @@ def test_cache_is_shared_by_the_search_trials(tiny_run: Path) -> None:
     """The search built the features of every depth its space allows (0..2) once, before the trials, and
     the trials used those files: no trial added one."""
     depths = set()
-    for params in (tiny_run / "trials" / "mobilenet_v2").glob("*/params.json"):
+    for params in (tiny_run / "trials" / "search").glob("mobilenet_v2_*/params.json"):
         depths.add(json.loads(params.read_text())["unfrozen_blocks"])
     assert depths <= {0, 1, 2}
     files = list((tiny_run.parent.parent / "cache" / "features").glob("features-*.npy"))

@@ -31,7 +31,7 @@ def test_extend_adds_trials_to_the_same_study_and_finalize_reruns(ray_session, t
     assert sorted(after["trial_no"]) == [1, 2, 3]
     new_id = after.loc[after["trial_no"] == 3, "trial_id"].item()
     assert new_id not in set(before["trial_id"])
-    assert (run_dir / "trials" / "custom_cnn-extend1" / f"custom_cnn_{new_id}" / "result.json").is_file()
+    assert (run_dir / "trials" / "extend1" / f"custom_cnn_{new_id}" / "result.json").is_file()
     record = json.loads((run_dir / "run.json").read_text())
     assert [e["trials"] for e in record["extensions"]] == [1]
     # One study: the new trial is its third, sampled after the first two were told (TPE goes on from them).
@@ -44,7 +44,7 @@ def test_extend_adds_trials_to_the_same_study_and_finalize_reruns(ray_session, t
     assert cmp["rows"][0]["trial_id"] == after.iloc[0]["trial_id"]
     # and a second extension gets its own experiment
     assert main(["search", "--name", "ext", "--extend", "1", *storage, "--no-finalize"]) == 0
-    assert len(load_leaderboard(run_dir)) == 4 and (run_dir / "trials" / "custom_cnn-extend2").is_dir()
+    assert len(load_leaderboard(run_dir)) == 4 and (run_dir / "trials" / "extend2").is_dir()
 
 
 @pytest.mark.parametrize("args, message", [

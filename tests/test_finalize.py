@@ -73,7 +73,7 @@ def test_finalize_writes_every_seed_and_the_comparison(finalized: dict[str, Any]
     mob = next(r for r in cmp["rows"] if r["name"] == "mobilenet_v2-baseline")["config"]
     assert (mob["unfrozen_blocks"], mob["weights"], mob["patience"], mob["image_size"]) == (0, "none", 3, 32)
     for arch, row in tuned.items():
-        params = json.loads((run / "trials" / arch / f"{arch}_{row['trial_id']}" / "params.json").read_text())
+        params = json.loads((run / "trials" / "search" / f"{arch}_{row['trial_id']}" / "params.json").read_text())
         assert row["config"]["lr"] == params["lr"]
 
 

@@ -110,7 +110,7 @@ def test_report_fits_a_phone_screen(finalized: Path) -> None:
 def test_report_of_a_run_without_finalize(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "tiny"
     shutil.copytree(tiny_run, run)
-    shutil.rmtree(next((run / "trials" / "custom_cnn").glob("custom_cnn_*")))  # as if one trial had not started
+    shutil.rmtree(next((run / "trials" / "search").glob("custom_cnn_*")))  # as if one trial had not started
     assert tune.cli.main(["report", "tiny", "--storage", str(tmp_path)]) == 0
     assert "wrote" in capsys.readouterr().out
     html = (run / "report.html").read_text()

@@ -38,7 +38,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(ray_session, tmp_pat
     def killer() -> None:  # SIGKILL the worker process of the first trial that reached epoch 2
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            for f in (tmp_path / "results").glob("k/trials/custom_cnn/*/result.json"):
+            for f in (tmp_path / "results").glob("k/trials/search/custom_cnn_*/result.json"):
                 rows = result_rows(f)
                 if len(rows) >= 2 and rows[-1]["epoch"] < 5:
                     killed.update(trial=f.parent.name, pid=rows[-1]["pid"], epoch=rows[-1]["epoch"])
@@ -53,7 +53,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(ray_session, tmp_pat
     assert killed, "no trial was caught mid-way"
     df = load_leaderboard(run_dir)
     assert len(df) == 2 and set(df["ended"]) <= {"completed", "early_stopped"}, df  # one row per trial
-    rows = result_rows(run_dir / "trials" / "custom_cnn" / str(killed["trial"]) / "result.json")
+    rows = result_rows(run_dir / "trials" / "search" / str(killed["trial"]) / "result.json")
     epochs = [r["epoch"] for r in rows]
     assert epochs.count(1) == 1, epochs  # resumed from a checkpoint, not from scratch
     assert len({r["pid"] for r in rows}) == 2  # ...in a new worker process

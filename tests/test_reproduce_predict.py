@@ -43,7 +43,7 @@ def test_reproduce_names_the_epoch_whose_record_differs(tiny_run: Path, tmp_path
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     run = copy_run(tiny_run, tmp_path)
     best = load_leaderboard(run).iloc[0]
-    results = run / "trials" / best["arch"] / f"{best['arch']}_{best['trial_id']}" / "result.json"
+    results = run / "trials" / "search" / f"{best['arch']}_{best['trial_id']}" / "result.json"
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     last = len(rows)
     rows[-1]["val_loss"] = math.nextafter(rows[-1]["val_loss"], 1.0)  # the smallest possible change

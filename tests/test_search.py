@@ -170,7 +170,7 @@ def test_sigkill_driver_then_resume(tmp_path: Path) -> None:
     env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"))
     args = ["search", "--data", str(data), "--space", str(tmp_path / "s.yaml"), "--name", "r",
             "--storage", str(tmp_path / "results"), "--no-finalize"]
-    arch_dir = tmp_path / "results" / "r" / "trials" / "custom_cnn"
+    arch_dir = tmp_path / "results" / "r" / "trials" / "search"
     try:
         proc = subprocess.Popen(tune_cmd(*args), env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)

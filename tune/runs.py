@@ -13,7 +13,9 @@ A search named RUN owns two places:
                                 --storage is a URI (s3://..., file://...): then only the trials go there,
                                 and run.json records the URI, so every reader finds them without --storage.
 
-EXPERIMENT is one Ray experiment: ARCH for the search itself, ARCH-extendK for its K-th `--extend`.
+EXPERIMENT is one Ray experiment holding every architecture's trials: `search` for the search itself,
+`extendK` for its K-th `--extend` (run.json names each). Runs written before that layout kept one
+experiment per architecture (ARCH, ARCH-extendK) and are read the same way.
 Every other module asks this one for a path; none spells one.
 """
 
@@ -93,8 +95,13 @@ def folder_name(name: str) -> str:
     return name.replace("/", "--")
 
 
-def experiment_name(arch: str, extension: int = 0) -> str:
-    """The Ray experiment holding an architecture's trials: ARCH for the search, ARCH-extendK after."""
+def experiment_name(extension: int = 0) -> str:
+    """The Ray experiment of the search (`search`) or of its K-th --extend (`extendK`)."""
+    return "search" if extension == 0 else f"extend{extension}"
+
+
+def legacy_experiment_name(arch: str, extension: int = 0) -> str:
+    """An architecture's own experiment in runs of the earlier layout: ARCH, then ARCH-extendK."""
     return folder_name(arch) if extension == 0 else f"{folder_name(arch)}-extend{extension}"
 
 
@@ -211,9 +218,11 @@ class Run:
         return root if is_uri(root) else str(self.path / LOCAL_TRIALS)
 
     def experiments(self, record: dict[str, Any], arch: str) -> list[str]:
-        """Every Ray experiment holding `arch`'s trials, oldest first: the search, then each --extend."""
+        """Every Ray experiment holding `arch`'s trials, oldest first: the search, then each --extend. Each
+        is named in run.json; one that is not (the earlier layout) is the architecture's own."""
+        parts = [record, *record.get("extensions", [])]
         root = self.trials_root(record)
-        return [join(root, experiment_name(arch, k)) for k in range(1 + len(record.get("extensions", [])))]
+        return [join(root, p.get("experiment") or legacy_experiment_name(arch, k)) for k, p in enumerate(parts)]
 
 
 def trials_root_for(run: Run, storage_uri: str | None) -> str:

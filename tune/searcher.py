@@ -8,17 +8,21 @@ well, after the complete ones); a trial that ran to its end, early-stopped on pa
 diverged (the trial says so in its result's `ended`) is COMPLETE with its best value; an errored
 trial is FAIL. Each Optuna trial carries its Ray trial id as the user attribute `ray_trial_id`.
 
-A module-level class: Ray pickles the searcher with the experiment and restores it by name.
+Module-level classes: Ray pickles the searcher with the experiment and restores it by name.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import warnings
+from collections import Counter
 from typing import Any
 
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from tune.budget import Budget
 from tune.trials import ended_how
 
 log = logging.getLogger(__name__)
@@ -59,3 +63,66 @@ class HonestOptunaSearch(OptunaSearch):
         except Exception as e:  # noqa: BLE001 - as Ray's own: a bookkeeping problem must not stop the search
             log.warning("could not tell Optuna that trial %s ended %s: %s", trial_id, how, e)
         self._completed_trials.add(trial_id)
+
+
+class ArchSearcher(Searcher):
+    """One Ray searcher for a search of several architectures, each with its own Optuna study.
+
+    Each architecture keeps its HonestOptunaSearch (study RUN-ARCH in optuna.db, its own TPE, its own
+    define-by-run space), so TPE models like with like. This searcher decides only *which* study
+    samples the next trial, by the budget (tune/budget.py): with a trial count, the architecture with
+    the fewest trials so far (so they interleave); with a time budget, the one that has used the least
+    trial time. A free slot is filled from whichever architecture still has budget.
+
+    Pickled whole (its studies included) into the experiment, as Ray's OptunaSearch pickles itself.
+    """
+
+    def __init__(self, children: dict[str, HonestOptunaSearch], budget: Budget, *, metric: str, mode: str) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.children = children
+        self.budget = budget
+        self.owner: dict[str, str] = {}  # Ray trial id -> its architecture
+        self.seconds: dict[str, float] = {}  # Ray trial id -> trial time reported so far
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # every study has its space, metric and mode already
+
+    def handed(self) -> dict[str, int]:
+        return dict(Counter(self.owner.values()))
+
+    def used_s(self) -> dict[str, float]:
+        out = dict.fromkeys(self.children, 0.0)
+        for trial_id, s in self.seconds.items():
+            out[self.owner[trial_id]] += s
+        return out
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        arch = self.budget.next_arch(self.handed(), self.used_s())
+        if arch is None:
+            return Searcher.FINISHED  # every architecture has spent its trials or its time
+        config = self.children[arch].suggest(trial_id)
+        if isinstance(config, dict):
+            self.owner[trial_id] = arch
+        return config
+
+    def _seen(self, trial_id: str, result: dict[str, Any] | None) -> None:
+        if result and trial_id in self.owner and isinstance(result.get("time_total_s"), (int, float)):
+            self.seconds[trial_id] = float(result["time_total_s"])
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self._seen(trial_id, result)
+        if trial_id in self.owner:
+            self.children[self.owner[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        self._seen(trial_id, result)
+        if trial_id in self.owner:
+            self.children[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__.copy(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))

@@ -7,6 +7,7 @@ File format (see search_spaces/default.yaml):
     seed: 0
     image_size: 224
     budget: {trials: 20, max_epochs: 15, grace_period: 2, reduction_factor: 3, patience: 3}
+                             # trials per architecture; and/or time: 20m (the whole search's wall time)
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.25}   # GPUs only used when CUDA is present
     fixed: {batch_size: 32}                                  # TrainConfig fields shared by all trials
     architectures:
@@ -27,6 +28,7 @@ from typing import Any
 import yaml
 
 from tune.archs import check_hparams, get_arch
+from tune.budget import parse_duration
 from tune.config import TrainConfig, searchable_options
 from tune.metrics import search_metrics
 from tune.models import parse_head_sizes
@@ -49,7 +51,8 @@ class Param:
 
 @dataclass(frozen=True)
 class Budget:
-    trials: int = 8
+    trials: int | None = 8  # per architecture; None: as many as the time budget allows
+    time_s: float | None = None  # wall time of the whole search (`time: 20m`); None: no limit
     max_epochs: int = 10
     grace_period: int = 2
     reduction_factor: int = 2
@@ -196,11 +199,16 @@ def parse_space(doc: Any, src: str = "<space>") -> SearchSpace:
     if image_size < 32:
         raise _err(src, "image_size", f"expected >= 32, got {image_size}")
 
-    b = _mapping(src, "budget", doc.get("budget", {}))
-    _check_keys(src, "budget.", b, [f.name for f in dataclasses.fields(Budget)])
-    budget = Budget(**{k: int(_number(src, f"budget.{k}", v, integer=True)) for k, v in b.items()})
+    b = dict(_mapping(src, "budget", doc.get("budget", {})))
+    counts = [f.name for f in dataclasses.fields(Budget) if f.name != "time_s"]
+    _check_keys(src, "budget.", b, [*counts, "time"])
+    time_s = parse_duration(b.pop("time"), f"{src}: budget.time") if "time" in b else None
+    if time_s is not None and "trials" not in b:
+        b["trials"] = None  # a time budget alone: trials are sampled until it is spent
+    budget = Budget(**{k: None if v is None else int(_number(src, f"budget.{k}", v, integer=True))
+                       for k, v in b.items()}, time_s=time_s)
     for k, v in dataclasses.asdict(budget).items():
-        if v < (2 if k == "reduction_factor" else 1):
+        if k != "time_s" and v is not None and v < (2 if k == "reduction_factor" else 1):
             raise _err(src, f"budget.{k}", f"expected >= {2 if k == 'reduction_factor' else 1}, got {v}")
     if budget.grace_period > budget.max_epochs:
         raise _err(src, "budget.grace_period", f"{budget.grace_period} > max_epochs ({budget.max_epochs})")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,12 +126,27 @@ def read_experiment(location: str, arch: str) -> list[TrialRecord]:
     fs, root = filesystem(location)
     if fs.get_file_info(root).type == pyarrow.fs.FileType.NotFound:
         return []  # not started yet
-    prefix = trial_folder(arch, "")
-    folders = {i.base_name[len(prefix):]: i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
-               if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(prefix)}
+    # ARCH_ID with Ray's 8-hex trial id: exact, so resnet50's trials are not also resnet50_gn's
+    mine = re.compile(re.escape(trial_folder(arch, "")) + r"([0-9a-f]{8})$")
+    folders = {m.group(1): i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
+               if i.type == pyarrow.fs.FileType.Directory and (m := mine.match(i.base_name))}
     statuses = ray_statuses(fs, root)
     order = [t for t in statuses if t in folders] + sorted(t for t in folders if t not in statuses)
     return [_read_trial(fs, arch, t, folders[t], statuses.get(t, "")) for t in order]
+
+
+def last_timestamp(location: str) -> float | None:
+    """When the last result of any trial in the experiment at `location` was reported (Ray's `timestamp`),
+    or None when none was: how long an interrupted experiment ran."""
+    import pyarrow.fs
+
+    fs, root = filesystem(location)
+    if fs.get_file_info(root).type == pyarrow.fs.FileType.NotFound:
+        return None
+    stamps = [r["timestamp"] for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
+              if i.type == pyarrow.fs.FileType.Directory
+              for r in per_epoch(_read_text(fs, f"{i.path}/result.json") or "")[-1:] if "timestamp" in r]
+    return max(stamps, default=None)
 
 
 def read_trials(run: Run, record: dict[str, Any], arch: str) -> list[TrialRecord]:
