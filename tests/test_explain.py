@@ -209,3 +209,15 @@ def test_maps_fail_the_model_randomisation_test_of_adebayo_et_al(tmp_path: Path)
                 layer.reset_parameters()
         per_draw.append(rank_correlations(maps, explain.gradcam(randomised, cfg.arch, x).cam))
     assert np.mean(per_draw) < 0.5 and np.mean(np.abs(per_draw)) < 0.75, [r.mean() for r in per_draw]
+
+
+def test_panels_pick_images_by_rule() -> None:
+    """Confident fakes and reals, then the worst mistakes; ties keep file order; at most k per group."""
+    from tune.campanel import pick
+
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0])
+    p = np.array([0.9, 0.9, 0.6, 0.1, 0.2, 0.05, 0.7, 0.95, 0.3, 0.5])
+    groups = [g.tolist() for g in pick(y, p, threshold=0.5, k=2)]
+    assert groups == [[0, 1], [5, 4], [3, 8], [7, 6]]  # 0 and 1 tie at 0.9: file order; 9 (p = 0.5) is Fake
+    assert [g.tolist() for g in pick(y, p, threshold=0.5, k=5)][3] == [7, 6, 9]
+    assert [len(g) for g in pick(np.array([1, 1]), np.array([0.8, 0.9]), threshold=0.5)] == [2, 0, 0, 0]
