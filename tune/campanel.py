@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tune import FAKE, REAL
 
@@ -87,7 +87,7 @@ def panel(loaded: LoadedModel, y: np.ndarray, p: np.ndarray, names: list[str], i
     return fig
 
 
-def finalize_panels(run: Run, cmp: dict, test: ImageSet, log: Callable[[str], None]) -> list[Path]:
+def finalize_panels(run: Run, cmp: dict[str, Any], test: ImageSet, log: Callable[[str], None]) -> list[Path]:
     """One panel per exported winner on the test split, into the run's plots/ (the report shows them)."""
     from tune import inference
     from tune.records import read_predictions

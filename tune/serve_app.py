@@ -30,6 +30,8 @@ from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from tune.inference import LoadedModel
+
 MAX_FILES = 256  # files in one /predict/batch request
 INLINE_DECODE = 256_000  # bytes: bodies up to this size are decoded without a thread hand-off
 RAW_TYPES = ("application/octet-stream",)  # accepted besides image/*
@@ -131,7 +133,7 @@ def explain_wanted(request: Request) -> bool:
     return EXPLAIN[value]
 
 
-def explain_status(loaded: Any) -> dict[str, Any]:
+def explain_status(loaded: LoadedModel) -> dict[str, Any]:
     """Whether this model's requests can have ?explain=1 (else they get 422 and this "why"); /model says it,
     and the page shows its toggle by it."""
     from tune import explain
