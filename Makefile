@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/report_200.py
 	$(PY) benchmarks/demo_difficulty.py
 	$(PY) benchmarks/backbones.py
+	$(PY) benchmarks/explain_cost.py
 
 # The README's picture of a run's report, taken by headless Chromium at 1280x900:
 #   make report-screenshot RUN=results/demo-YYYYMMDD-HHMMSS [SHOT=docs/report.png]

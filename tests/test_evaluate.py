@@ -141,7 +141,9 @@ def test_per_source_numbers_equal_sklearn_and_inputs_are_the_models_own(evaluate
         assert np.array_equal(m.probabilities(np.stack([m.decode(Path(q)) for q in paths])), p)
     # Printed as a table, and the plots are PNGs.
     assert "| Model | Source | Fake | Real | AUC | AP | EER |" in evaluated["printed"]
-    assert set(ev["plots"]) == {"auc_by_source", "roc_by_source", "auc_vs_severity"}
+    # (with a Grad-CAM panel per model: the clean images of every source, the models' own inputs)
+    assert set(ev["plots"]) == {"auc_by_source", "roc_by_source", "auc_vs_severity", "cam_train", "cam_custom_cnn"}
+    assert "![cam_train](plots/cam_train.png)" in (out / "evaluation.md").read_text()
     for rel in ev["plots"].values():
         assert (out / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "evaluation.md").read_text().startswith("# Evaluation")

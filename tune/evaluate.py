@@ -150,7 +150,10 @@ def evaluate(models: list[LoadedModel], sources: list[Source], conditions: list[
     scored = score_all(sources, named, conditions, skip_bad=skip_bad, log=log)
     result = tables(named, sources, conditions, scored, resamples=resamples, seed=seed)
     if out is not None:
-        write_outputs(out, result, scored, log=log)
+        from tune.campanel import evaluation_panels
+
+        panels = evaluation_panels(named, scored, conditions[0].name)  # the clean images (parse_perturb's first)
+        write_outputs(out, result, scored, log=log, extra_plots=panels)
     return result
 
 

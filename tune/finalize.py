@@ -288,6 +288,9 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     atomic_write_text(info.run.comparison("csv"), render_csv(cmp))
     atomic_write_text(info.run.comparison("md"), md)
     export_models(info, cmp, records)
+    from tune.campanel import finalize_panels
+
+    finalize_panels(info.run, cmp, test, log)  # here: the test split is in memory only in this module
     log(md)
     plots = make_plots(info.run_dir, log=log)
     if extra:

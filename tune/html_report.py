@@ -27,6 +27,7 @@ SECTIONS: list[tuple[str, str, Callable[[sec.Context], str], str]] = [
     ("verdict", "Verdict", sec.verdict, "comparison"),
     ("comparison", "Test results", sec.comparison, "comparison"),
     ("curves", "ROC curves, confusion matrices, learning curves", sec.curves, "comparison"),
+    ("explain", "Where the winners looked: class-activation maps", sec.explanations, "comparison"),
     ("evaluation", "Per source and robustness", sec.evaluation, "evaluation"),
     ("leaderboard", "Leaderboard: every trial", sec.leaderboard, ""),
     ("search", "The search, per architecture (Optuna)", sec.search, ""),

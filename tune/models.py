@@ -104,6 +104,11 @@ class Detector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def forward_with_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """forward(), with autograd through the frozen prefix too: what explanations run (Grad-CAM needs
+        gradients at a layer that may lie inside the prefix). Training and inference keep encode's no_grad."""
+        return self.forward_head(self.body(self.frozen(x)))
+
 
 def split_detector(units: list[nn.Module], tail: nn.Module, features: int, *, unfrozen_blocks: int,
                    head_sizes: tuple[int, ...], dropout: float, weights_source: str) -> Detector:
@@ -116,6 +121,12 @@ def split_detector(units: list[nn.Module], tail: nn.Module, features: int, *, un
     frozen, body = nn.Sequential(*units[:cut]), nn.Sequential(*units[cut:])
     (frozen if unfrozen_blocks == 0 else body).append(tail)
     return Detector(frozen, body, mlp_head(features, head_sizes, dropout), weights_source=weights_source)
+
+
+def last_unit(model: Detector) -> nn.Module:
+    """The last unit before the pooling tail of a `split_detector` model: the backbone's last spatial
+    feature map, every backbone's default Grad-CAM target layer (the registry's `cam_layer`)."""
+    return [*model.frozen, *model.body][-2]  # the units, then the tail, whichever side of the cut they are
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -181,6 +192,8 @@ class Arch:
     about: str = ""
     color: str = "tab:purple"  # in every plot
     min_size: Callable[[dict[str, Any]], int] = field(default=lambda hp: 32)
+    # The layer whose feature maps Grad-CAM weighs (tune/explain.py); None: this architecture has none.
+    cam_layer: Callable[[Detector], nn.Module] | None = last_unit
 
     @property
     def pretrained(self) -> bool:

@@ -111,6 +111,24 @@ def curves(ctx: Context) -> str:
         ("learning_curves", report.plot_learning_curves, "learning curves of the retrained winners")))
 
 
+def explanations(ctx: Context) -> str:
+    from tune.campanel import GROUPS, PER_GROUP
+    from tune.explain import METHOD
+
+    cmp = ctx.cmp
+    assert cmp is not None
+    out = [f"<p>{escape(METHOD)}: warm colours mark where the model's features raise P(fake), over the image as the "
+           f"model saw it. Up to {PER_GROUP} test images per group, chosen by rule (not by hand): "
+           f"{escape('; '.join(GROUPS))}.</p>"]
+    for row in (r for r in cmp["rows"] if r["kind"] == "tuned"):
+        path = ctx.run.cam_panel(row["arch"])
+        out.append(image(png_uri(path.read_bytes()), f"Grad-CAM panel of {row['arch']} on the test split")
+                   if path.is_file() else
+                   f'<p class="note">No panel for {escape(row["arch"])}: finalize did not draw one (see its log; '
+                   f"<code>python -m tune finalize {escape(ctx.name)}</code> draws it).</p>")
+    return "".join(out)
+
+
 # --------------------------------------------------------------------------- 4: evaluation.json (shared contract)
 def _interval(c: dict[str, Any] | None) -> str:
     if not c or c.get("value") is None:

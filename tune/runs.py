@@ -8,7 +8,7 @@ A search named RUN owns two places:
       leaderboard.csv / .md, comparison.md/.csv/.json, report.html
       finalize/NAME/seedS/      finalize's retrainings
       models/ARCH.pth / .json   the winners
-      plots/NAME.png
+      plots/NAME.png            plots/cam_ARCH.png: where each winner looked (Grad-CAM) on the test split
     TRIALS/EXPERIMENT/ARCH_ID/  Ray Tune's trial folders; TRIALS is results/RUN/trials, or URI/RUN when
                                 --storage is a URI (s3://..., file://...): then only the trials go there,
                                 and run.json records the URI, so every reader finds them without --storage.
@@ -180,6 +180,10 @@ class Run:
 
     def plot(self, name: str) -> Path:
         return self.path / "plots" / f"{name}.png"
+
+    def cam_panel(self, arch: str) -> Path:
+        """finalize's Grad-CAM panel of a winner on the test split (the report shows it)."""
+        return self.plot(f"cam_{folder_name(arch)}")
 
     def model(self, arch: str, ext: str = "pth") -> Path:  # the winner's weights (pth) or record (json)
         return self.path / "models" / f"{folder_name(arch)}.{ext}"

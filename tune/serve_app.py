@@ -2,7 +2,9 @@
 
 Requests are parsed and decoded concurrently on the replica's event loop (big images in threads);
 the forward pass goes through `serve.batch` on one dedicated thread. Images that arrive while it
-runs go into the next pass together (see `Detector.verdict`).
+runs go into the next pass together (see `Detector.verdict`). `/predict?explain=1` is scored the
+same way, then its Grad-CAM pass (forward and backward, tune/explain.py) runs on that thread on its
+own, outside any batch.
 Every bad input is answered with a 4xx and one line of JSON, `{"error": "..."}`, never a 500 or
 a traceback: the body is size-checked from Content-Length and again while it streams in, the
 content type is checked before reading, and decoding refuses non-images and decompression bombs.
@@ -12,6 +14,7 @@ No `from __future__ import annotations` here: FastAPI reads the endpoints' annot
 """
 
 import asyncio
+import base64
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +30,12 @@ from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from tune.inference import LoadedModel
+
 MAX_FILES = 256  # files in one /predict/batch request
 INLINE_DECODE = 256_000  # bytes: bodies up to this size are decoded without a thread hand-off
 RAW_TYPES = ("application/octet-stream",)  # accepted besides image/*
+EXPLAIN = {"1": True, "true": True, "0": False, "false": False, "": False}  # ?explain= values
 # The page is self-contained; the policy makes the browser refuse anything from elsewhere.
 PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob: data:; "
             "connect-src 'self'; base-uri 'none'; form-action 'none'")
@@ -120,6 +126,25 @@ async def images_in(request: Request, limit: int) -> list[tuple[str, bytes]]:
     return files
 
 
+def explain_wanted(request: Request) -> bool:
+    value = request.query_params.get("explain", "").strip().lower()
+    if value not in EXPLAIN:
+        raise BadInput(400, f"bad explain={value[:20]!r}: expected explain=1 (add the class-activation map) or 0")
+    return EXPLAIN[value]
+
+
+def explain_status(loaded: LoadedModel) -> dict[str, Any]:
+    """Whether this model's requests can have ?explain=1 (else they get 422 and this "why"); /model says it,
+    and the page shows its toggle by it."""
+    from tune import explain
+
+    try:
+        maps = explain.check(loaded.model, loaded.arch, loaded.image_size)
+    except explain.NoTargetLayer as e:
+        return {"available": False, "why": str(e)}
+    return {"available": True, "method": explain.METHOD, "layer": maps.layer, "grid": list(maps.grid)}
+
+
 def replica_grpc_on_loopback() -> bool:
     """Ray Serve 2.60 starts every replica's inter-deployment gRPC server on [::]:0, all interfaces, with
     no setting to change it (ray-project/ray#64544). On a loopback-only local Ray, rewrite that address
@@ -164,6 +189,7 @@ class Detector:
         self.forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self.loaded = inference.load(Path(model_path))
         self.description = describe(self.loaded)
+        self.explain = explain_status(self.loaded)
         self.max_bytes = max_bytes
         self.limits = {"max_bytes": max_bytes, "max_pixels": MAX_PIXELS, "max_files": MAX_FILES}
         self.page = (resources.files("tune") / "web" / "index.html").read_text(encoding="utf-8")
@@ -199,6 +225,20 @@ class Detector:
         torch.set_num_threads(1 if len(x) == 1 else self.threads)  # only forward passes run torch here
         return self.loaded.probabilities(x, len(x))
 
+    def explained(self, x: np.ndarray, p: float) -> dict[str, Any]:
+        """The Grad-CAM overlay of one image, on the forward thread (so it never runs beside a batch).
+        One torch thread, as a lone image's forward: the other core keeps serving requests."""
+        import torch
+
+        from tune import explain
+
+        t0 = time.perf_counter()
+        torch.set_num_threads(1)
+        maps = explain.gradcam(self.loaded.model, self.loaded.arch, x[None])
+        picture = explain.png(explain.overlay(x, maps.cam[0], explain.caption(p, self.loaded.label(p))))
+        return {"overlay_png": base64.b64encode(picture).decode("ascii"), "method": explain.METHOD,
+                "layer": maps.layer, "grid": list(maps.grid), "ms": (time.perf_counter() - t0) * 1000}
+
     async def decode(self, data: bytes) -> np.ndarray:
         """The model's input for one upload, or BadInput (400 not an image, 413 too many pixels)."""
         try:
@@ -226,6 +266,7 @@ class Detector:
     @app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
         t0 = time.perf_counter()
+        explain = explain_wanted(request)
         self.arriving += 1
         try:
             files = await images_in(request, self.max_bytes)
@@ -234,12 +275,19 @@ class Detector:
             x = await self.decode(files[0][1])
         finally:
             self.arriving -= 1
-        out = await self.verdict(x)
+        if explain and not self.explain["available"]:
+            raise BadInput(422, self.explain["why"])
+        out = await self.verdict(x)  # p_fake as without explain: the same batched forward
+        if explain:
+            out["explain"] = await asyncio.get_running_loop().run_in_executor(self.forward_thread, self.explained, x,
+                                                                              out["p_fake"])
         return JSONResponse({**out, "model": self.identity, "latency_ms": (time.perf_counter() - t0) * 1000})
 
     @app.post("/predict/batch")
     async def predict_batch(self, request: Request) -> JSONResponse:
         t0 = time.perf_counter()
+        if explain_wanted(request):
+            raise BadInput(400, "explain=1 is answered by /predict, one image per request")
         if media_type(request) != "multipart/form-data":
             raise BadInput(415, f"unsupported content type {media_type(request) or '(none)'!r}: /predict/batch "
                            "takes multipart/form-data with one file part per image")
@@ -273,7 +321,7 @@ class Detector:
 
     @app.get("/model")
     async def model(self) -> dict[str, Any]:
-        return {**self.description, "limits": self.limits}
+        return {**self.description, "limits": self.limits, "explain": self.explain}
 
     @app.get("/")
     async def page(self) -> HTMLResponse:
