@@ -2,14 +2,8 @@
 
 finalize retrains each model (an architecture's best trial, or its baseline recipe) with K seeds and
 exports the seed with the best valid score. The same K models can also predict together, and each can
-look at an image twice (as it is and mirrored left-right). Per model, five predictors are scored on the
-test split:
-
-    chosen_seed     the exported seed alone: the reference the others are tested against
-    seeds           each seed alone, its metric averaged over the K seeds (the main table's row)
-    seeds_hflip     each seed with flip TTA (P = mean of P(fake) of the image and of its mirror image)
-    ensemble        one predictor: P = mean of the K seeds' P(fake)
-    ensemble_hflip  one predictor: P = mean over the seeds of each seed's TTA probability
+look at an image twice (as it is and mirrored left-right). Per model, the five predictors of VARIANTS
+are scored on the test split, the exported seed alone being the reference.
 
 Nothing here is chosen on test. Each predictor's valid-chosen threshold is Youden's J on its own VALID
 probabilities (every seed saved them, plain and flipped); the seeds and the chosen seed keep the
@@ -166,7 +160,7 @@ def rows(model: dict[str, Any], preds: dict[str, Predictor], boot: dict[str, dic
             row[rule] = stats.metric_cells(per_seed, samples[variant], over_seeds=variant in OVER_SEEDS)
         if variant != "chosen_seed":
             ref = out[0]  # the chosen seed: first in `preds`
-            row["vs_chosen"] = {rule: paired(row[rule], ref[rule], samples[variant], samples["chosen_seed"], alpha)
-                                for rule, samples in boot.items()}
+            row["vs_chosen"] = {rule: paired(row[rule], ref[rule], b[variant], b["chosen_seed"], alpha)
+                                for rule, b in boot.items()}
         out.append(row)
     return out

@@ -112,10 +112,13 @@ def verdict_lines(cmp: dict[str, Any]) -> list[str]:
     return lines
 
 
-# The "Ensembles and flip TTA" table: (threshold rule, metric, header) of its cells.
-ENSEMBLE_COLUMNS = [("at_0.5", "accuracy", "Accuracy at 0.5"), ("at_valid_threshold", "accuracy",
-                    "Accuracy at valid threshold"), ("at_valid_threshold", "f1", "F1 at valid threshold"),
-                    ("at_0.5", "auc", "AUC")]
+# The "Ensembles and flip TTA" table's columns after Model and Predictor: (header, threshold rule, metric, and
+# whether the cell is the paired test against the chosen seed rather than the value).
+ENSEMBLE_COLUMNS = [("AUC", "at_0.5", "auc", False), ("AUC vs chosen seed", "at_0.5", "auc", True),
+                    ("Accuracy at valid threshold", "at_valid_threshold", "accuracy", False),
+                    ("Accuracy at valid threshold vs chosen seed", "at_valid_threshold", "accuracy", True),
+                    ("F1 at valid threshold", "at_valid_threshold", "f1", False),
+                    ("Accuracy at 0.5", "at_0.5", "accuracy", False)]
 
 
 def _vs(r: dict[str, Any], rule: str, m: str) -> str:
@@ -128,10 +131,9 @@ def _vs(r: dict[str, Any], rule: str, m: str) -> str:
 def ensemble_table(cmp: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of every predictor of every model (tune.ensembles), with its paired test against the chosen
     seed; plain text, for comparison.md and (escaped) the HTML report."""
-    head = ["Model", "Predictor", *(h for *_, h in ENSEMBLE_COLUMNS), "AUC vs chosen seed",
-            "Accuracy at valid threshold vs chosen seed"]
-    return head, [[r["model"], r["predictor"], *(cell(r[rule][m]) for rule, m, _ in ENSEMBLE_COLUMNS),
-                   _vs(r, "at_0.5", "auc"), _vs(r, "at_valid_threshold", "accuracy")] for r in cmp["ensembles"]["rows"]]
+    return ["Model", "Predictor", *(h for h, *_ in ENSEMBLE_COLUMNS)], [
+        [r["model"], r["predictor"], *(_vs(r, rule, m) if vs else cell(r[rule][m]) for _, rule, m, vs in
+                                       ENSEMBLE_COLUMNS)] for r in cmp["ensembles"]["rows"]]
 
 
 def ensemble_caption(cmp: dict[str, Any]) -> str:
