@@ -155,12 +155,10 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
 
     y = test.y.astype(int)
     alpha = 0.05
-    preds = {}
-    for c in cands:
-        recs = records[c.name]
-        preds[c.name] = ensembles.predictors([info.run.finalize(c.name, r["seed"]) for r in recs],
-                                             [float(r["threshold"]) for r in recs],
-                                             recs.index(choose_seed(info, recs)), valid, test)
+    chosen = {c.name: choose_seed(info, records[c.name]) for c in cands}
+    preds = {c.name: ensembles.predictors([info.run.finalize(c.name, r["seed"]) for r in records[c.name]],
+                                          [float(r["threshold"]) for r in records[c.name]],
+                                          records[c.name].index(chosen[c.name]), valid, test) for c in cands}
     # Every predictor of every model is scored on the same resamples: that makes each comparison paired.
     every = {(c.name, v): p for c in cands for v, p in preds[c.name].items()}
     boot = {rule: stats.bootstrap(y, {k: (p.test, p.at(rule)) for k, p in every.items()}) for rule in RULES}
@@ -172,8 +170,7 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
                                "seeds": [r["seed"] for r in recs], "valid_scores": [r["valid_score"] for r in recs],
                                "thresholds": seeds.thresholds,
                                "folder": str(info.run.finalize(c.name).relative_to(info.run.path))}
-        chosen = choose_seed(info, recs)
-        row["chosen_seed"], row["chosen_threshold"] = chosen["seed"], chosen["threshold"]
+        row["chosen_seed"], row["chosen_threshold"] = chosen[c.name]["seed"], chosen[c.name]["threshold"]
         for rule in RULES:
             row[rule] = stats.metric_cells(stats.per_seed_metrics(y, seeds.test, seeds.at(rule)),
                                            boot[rule][c.name, "seeds"])
