@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -233,3 +234,171 @@ def test_parallel_finalize_gives_the_same_numbers(finalized: dict[str, Any], tmp
     cmp = tune.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=finalized["cache"], log=lambda s: None,
                                      jobs=2)
     assert cmp == finalized["cmp"]
+
+
+# --------------------------------------------------------------------------- ensembles and flip TTA
+VARIANTS = ("chosen_seed", "seeds", "seeds_hflip", "ensemble", "ensemble_hflip")
+
+
+def read_csv(path: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """A predictions file read by hand (not through tune.records): paths, labels, every probability column."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    cols = [c for c in rows[0] if c.startswith("p_fake")]
+    return ([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
+            {c: np.array([float(r[c]) for r in rows]) for c in cols})
+
+
+def seed_scores(run: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Every seed's valid and test P(fake), plain and flipped, as finalize saved them, stacked over seeds."""
+    out: dict[str, Any] = {}
+    for split, file in (("valid", "valid_predictions.csv"), ("test", "predictions.csv")):
+        got = [read_csv(run / row["folder"] / f"seed{s}" / file) for s in row["seeds"]]
+        out[split] = (got[0][1], np.stack([g[2]["p_fake"] for g in got]), np.stack([g[2]["p_fake_hflip"] for g in got]))
+    return out
+
+
+def test_flip_tta_and_ensembles_are_means_of_the_saved_probabilities(finalized: dict[str, Any]) -> None:
+    from tune.inference import load, probabilities
+    from tune.metrics import youden_threshold
+
+    run, cmp = finalized["run"], finalized["cmp"]
+    ens = {(r["name"], r["variant"]): r for r in cmp["ensembles"]["rows"]}
+    assert {v for _, v in ens} == set(VARIANTS) and len(ens) == 5 * len(cmp["rows"])
+    differ = []
+    for row in cmp["rows"]:
+        s = seed_scores(run, row)
+        (yv, vp, vf), (y, tp, tf) = s["valid"], s["test"]
+        differ.append(not np.array_equal(tp, tf))
+        # each seed's saved valid probabilities are what its recorded threshold was chosen on
+        assert [youden_threshold(yv, p) for p in vp] == row["thresholds"]
+        tta, v_tta = (tp + tf) / 2, (vp + vf) / 2
+        want = {"seeds": (tp, row["thresholds"]), "seeds_hflip": (tta, [youden_threshold(yv, p) for p in v_tta]),
+                "ensemble": (tp.mean(0)[None], [youden_threshold(yv, vp.mean(0))]),
+                "ensemble_hflip": (tta.mean(0)[None], [youden_threshold(yv, v_tta.mean(0))])}
+        for variant, (probs, thresholds) in want.items():
+            got = ens[row["name"], variant]
+            assert got["thresholds"] == pytest.approx(thresholds, abs=1e-12), variant
+            for rule, thr in (("at_0.5", [0.5] * len(thresholds)), ("at_valid_threshold", thresholds)):
+                values = [binary_metrics(y, p, t) for p, t in zip(probs, thr)]
+                for m in stats.BOOT_METRICS:
+                    assert got[rule][m]["mean"] == pytest.approx(np.mean([v[m] for v in values]), abs=1e-12)
+                # the same bootstrap (the same resamples) as every other cell of the comparison
+                boot = stats.bootstrap(y, {"m": (probs, thr)})["m"]
+                assert (got[rule]["auc"]["boot_low"], got[rule]["auc"]["boot_high"]) == pytest.approx(
+                    tuple(np.percentile(boot["auc"], [2.5, 97.5])), abs=1e-12)
+            over_seeds = variant.startswith("seeds")
+            assert (got["at_0.5"]["auc"]["t_half"] is None) == (not over_seeds)  # one predictor: no t-interval
+        assert ens[row["name"], "seeds"]["at_0.5"]["auc"]["mean"] == row["at_0.5"]["auc"]["mean"]
+    assert any(differ)  # the mirror images were scored, not the same images again (a near-constant model may tie)
+    # p_fake_hflip is the model's P(fake) of the mirror image: the exported model on mirrored pixels agrees
+    meta = json.loads((run / "models" / "custom_cnn.json").read_text())
+    paths, _, cols = read_csv(run / "finalize" / "custom_cnn" / f"seed{meta['seed']}" / "predictions.csv")
+    loaded = load(run / "models" / "custom_cnn.pth")
+    x = np.stack([loaded.decode(Path(p)) for p in paths])
+    assert probabilities(loaded.model, np.ascontiguousarray(x[..., ::-1])) == pytest.approx(cols["p_fake_hflip"],
+                                                                                            abs=1e-6)
+    assert probabilities(loaded.model, x, hflip=True) == pytest.approx(cols["p_fake_hflip"], abs=1e-6)
+
+
+def test_each_predictor_is_tested_against_the_chosen_seed(finalized: dict[str, Any]) -> None:
+    run, cmp = finalized["run"], finalized["cmp"]
+    ens = {(r["name"], r["variant"]): r for r in cmp["ensembles"]["rows"]}
+    for row in cmp["rows"]:
+        i = row["seeds"].index(row["chosen_seed"])
+        if row["kind"] == "tuned":  # the chosen seed is the exported one
+            assert json.loads((run / "models" / f"{row['arch']}.json").read_text())["seed"] == row["chosen_seed"]
+        chosen, tta = ens[row["name"], "chosen_seed"], ens[row["name"], "ensemble_hflip"]
+        assert "vs_chosen" not in chosen and chosen["thresholds"] == [row["thresholds"][i]]
+        y, tp, tf = seed_scores(run, row)["test"]
+        probs = {"chosen_seed": tp[[i]], "ensemble_hflip": ((tp + tf) / 2).mean(0)[None]}
+        for rule in ("at_0.5", "at_valid_threshold"):
+            thresholds = {v: [0.5] if rule == "at_0.5" else ens[row["name"], v]["thresholds"] for v in probs}
+            boot = stats.bootstrap(y, {v: (probs[v], thresholds[v]) for v in probs})  # the same resamples for both
+            for m in ("auc", "accuracy"):
+                assert chosen[rule][m]["mean"] == row[rule][m]["per_seed"][i]
+                e, diff = tta["vs_chosen"][rule][m], tta[rule][m]["mean"] - chosen[rule][m]["mean"]
+                p = stats.paired_p_value(boot["ensemble_hflip"][m], boot["chosen_seed"][m], diff)
+                assert (e["difference"], e["p_value"]) == pytest.approx((diff, p), abs=1e-12)
+                assert e["chosen_value"] == chosen[rule][m]["mean"] and e["significant"] == (p < cmp["alpha"])
+            for v in VARIANTS[1:]:
+                assert set(ens[row["name"], v]["vs_chosen"][rule]) == {"auc", "accuracy"}
+
+
+def test_md_csv_json_and_report_have_the_ensemble_rows(finalized: dict[str, Any]) -> None:
+    import csv
+
+    from tune.html_report import build_html
+
+    run, cmp = finalized["run"], finalized["cmp"]
+    md = (run / "comparison.md").read_text()
+    table = md.split("### Ensembles and flip TTA")[1]
+    assert md.count("| Model | Accuracy | Precision | Recall | F1-Score | AUC Score |") == 2  # the notebook's, as is
+    for row in cmp["rows"]:
+        for label in (f"chosen seed (seed {row['chosen_seed']}, exported)", "2 seeds, each alone",
+                      "2 seeds, each alone + flip TTA", "ensemble of 2 seeds |", "ensemble of 2 seeds + flip TTA"):
+            assert f"| {row['model']} | {label}" in table
+        e = next(r for r in cmp["ensembles"]["rows"] if r["name"] == row["name"] and r["variant"] == "ensemble")
+        vs = e["vs_chosen"]["at_0.5"]["auc"]
+        verdict = ("beats" if vs["difference"] > 0 else "is worse than") if vs["significant"] else \
+            "does not significantly beat"
+        sentence = (f"{row['model']}: the ensemble of 2 seeds {verdict} the chosen seed: AUC {vs['value']:.3f} vs "
+                    f"{vs['chosen_value']:.3f} (seed {row['chosen_seed']}), {vs['difference']:+.3f}, paired bootstrap "
+                    f"p = {vs['p_value']:.3f}, {'significant' if vs['significant'] else 'not significant'} at α = 0.05")
+        assert sentence in table
+    assert "± n/a [" in table and "reference" in table
+    lines = list(csv.DictReader(io.StringIO((run / "comparison.csv").read_text())))
+    assert {(r["model"], r["variant"]) for r in lines} == {(r["name"], v) for r in cmp["rows"] for v in VARIANTS}
+    for line in lines:
+        assert (line["t_low"] == "n/a") == (line["variant"] in ("chosen_seed", "ensemble", "ensemble_hflip"))
+        if line["variant"] == "seeds":  # the main table's numbers
+            row = next(r for r in cmp["rows"] if r["name"] == line["model"])
+            assert float(line["mean"]) == row[line["threshold_rule"]][line["metric"]]["mean"]
+    saved = json.loads((run / "comparison.json").read_text())
+    assert {r["variant"] for r in saved["ensembles"]["rows"]} == set(VARIANTS)
+    section = build_html(run, log=lambda s: None).split('id="comparison"')[1].split("</section>")[0]
+    assert "Ensembles and flip TTA" in section and "ensemble of 2 seeds + flip TTA" in section
+    assert section.count("the chosen seed: AUC") == len(cmp["rows"])
+
+
+def test_an_old_format_run_folder_still_reports_and_finalize_completes_it(
+        finalized: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run finalized before flip TTA: seed folders without flipped or valid predictions, a comparison.json
+    without ensembles. The report, the model card and evaluate still work; finalize adds what is missing from
+    the saved weights (no retraining) and gives the numbers of a fresh finalize."""
+    import csv
+
+    from tune.html_report import build_html
+    from tune.inference import load
+    from tune.modelcard import describe
+    from tune.report import render_csv, render_markdown
+
+    run = tmp_path / "tiny"
+    shutil.copytree(finalized["run"], run)
+    for valid in run.glob("finalize/*/seed*/valid_predictions.csv"):
+        valid.unlink()
+    for pred in run.glob("finalize/*/seed*/predictions.csv"):
+        pred.write_text("".join(",".join(ln.split(",")[:3]) + "\n" for ln in pred.read_text().splitlines()))
+    old = json.loads((run / "comparison.json").read_text())
+    del old["ensembles"]
+    (run / "comparison.json").write_text(json.dumps(old))
+    html = build_html(run, log=lambda s: None)
+    assert "could not be built" not in html and "Ensembles and flip TTA" not in html and "AUC Score" in html
+    card = describe(load(run / "models" / "custom_cnn.pth"))
+    assert card["test_metrics"]["n_test"] == 20 and card["test_metrics"]["rules"]["at_0.5"]["auc"]["low"] is not None
+    test_dir = Path(json.loads((run / "run.json").read_text())["data"]["root"]) / "test"
+    assert tune.cli.main(["evaluate", "--run", str(run), str(test_dir), "--out", str(tmp_path / "eval")]) == 0
+    assert "Ensembles" not in render_markdown(old)
+    lines = list(csv.DictReader(io.StringIO(render_csv(old))))
+    assert len(lines) == 2 * 7 * len(old["rows"]) and {ln["variant"] for ln in lines} == {"seeds"}
+
+    fits = count_fits(monkeypatch)
+    monkeypatch.setenv("TUNE_CACHE_DIR", str(finalized["cache"]))
+    assert tune.cli.main(["finalize", str(run), "--seeds", "2", "--baseline"]) == 0
+    assert fits == []  # every seed kept: only its missing predictions were scored, from its saved weights
+    for new in run.glob("finalize/*/seed*/*predictions.csv"):
+        assert new.read_bytes() == (finalized["run"] / new.relative_to(run)).read_bytes(), new
+    assert json.loads((run / "comparison.json").read_text()) == json.loads(
+        (finalized["run"] / "comparison.json").read_text())

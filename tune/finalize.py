@@ -2,11 +2,14 @@
 
 For each architecture the best trial (leaderboard order) is retrained from scratch with K seeds,
 exactly as a trial trains (tune.train.fit, early stopping on valid, the trial's thread count),
-then each retrained model is scored once on the test split. This module is the only place in the
-project that reads the test split (`load_test`); nothing here ever chooses anything by test
-numbers: thresholds come from valid, and the shipped model is the seed with the best valid score.
+then each retrained model is scored once on the test split, as it is and with every image flipped
+(for flip test-time augmentation; tune.ensembles compares the seeds, their ensemble and TTA). This
+module is the only place in the project that reads the test split (`load_test`); nothing here ever
+chooses anything by test numbers: thresholds come from valid, and the shipped model is the seed with
+the best valid score.
 
-Each seed's folder gets record.json last, so an interrupted finalize redoes only unfinished seeds.
+Each seed's folder gets record.json last, so an interrupted finalize redoes only unfinished seeds
+(a seed finished by a finalize from before flip TTA gets its missing predictions from its saved weights).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tune.config import TrainConfig
 from tune.runinfo import RunInfo, cache_dirs, load_train_valid, read_run, trial_config
-from tune.runs import PREDICTIONS, RECORD, WEIGHTS, read_json, resolve_run, results_root
+from tune.runs import RECORD, WEIGHTS, read_json, resolve_run, results_root
 from tune.utils import (
     UserError,
     atomic_write_bytes,
@@ -110,11 +113,12 @@ def done_record(c: Candidate, seed: int, info: RunInfo,
 
 def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, ImageSet, ImageSet],
                   features: Path | None, log: Log) -> dict[str, Any]:
-    """Retrain one candidate with one seed, score test once, save; reuse a finished record of the same thing."""
+    """Retrain one candidate with one seed, score valid and test (plain and flipped), save; reuse a finished
+    record of the same thing."""
     from tune import train as training  # looked up on use: tests wrap tune.train.fit to count trainings
-    from tune.inference import probabilities
+    from tune.ensembles import add_missing_scores, save_scores
     from tune.metrics import binary_metrics, youden_threshold
-    from tune.records import predictions_csv, run_record, save_training
+    from tune.records import run_record, save_training
 
     train, valid, test = data
     out = info.run.finalize(c.name, seed)
@@ -122,16 +126,17 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, 
     fingerprints = _fingerprints(info, data)
     old = done_record(c, seed, info, data)
     if old is not None:
-        log(f"[{c.name}] seed {seed}: already done, kept ({out})")
+        added = add_missing_scores(out, cfg.threads, valid, test)
+        log(f"[{c.name}] seed {seed}: already done, kept ({out})"
+            + ("; its flipped and valid predictions were missing (an older finalize), scored now" if added else ""))
         return old
     if (out / RECORD).is_file():
         log(f"[{c.name}] seed {seed}: the saved result is for another config or data; redoing it")
     log(f"[{c.name}] seed {seed}: training {'trial ' + c.trial_id if c.trial_id else 'the notebook recipe'}")
     result = training.fit(cfg, train, valid, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
     threshold = youden_threshold(valid.y, result.val_probs)
-    p_test = probabilities(result.model, test.x)
     save_training(out, result)
-    atomic_write_text(out / PREDICTIONS, predictions_csv(test, p_test))
+    p_test = save_scores(out, result.model, valid, test)
     record = run_record(cfg, result, fingerprints)
     record.update(name=c.name, kind=c.kind, trial_id=c.trial_id, metric=info.metric,
                   valid_score=float(result.best.get(info.metric, float("nan"))),
@@ -143,46 +148,43 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, 
 
 
 def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[str, Any]]],
-            test: ImageSet) -> dict[str, Any]:
-    """Means with t-intervals over seeds, bootstrap intervals over test images, and the paired test."""
-    import numpy as np
-
-    from tune import stats
-    from tune.records import read_predictions
+            valid: ImageSet, test: ImageSet) -> dict[str, Any]:
+    """Means with t-intervals over seeds, bootstrap intervals over test images, the paired tests, and the
+    ensembles and flip TTA of each model's seeds (tune.ensembles)."""
+    from tune import ensembles, stats
 
     y = test.y.astype(int)
-    probs: dict[str, np.ndarray] = {}
+    alpha = 0.05
+    chosen = {c.name: choose_seed(info, records[c.name]) for c in cands}
+    preds = {c.name: ensembles.predictors([info.run.finalize(c.name, r["seed"]) for r in records[c.name]],
+                                          [float(r["threshold"]) for r in records[c.name]],
+                                          records[c.name].index(chosen[c.name]), valid, test) for c in cands}
+    # Every predictor of every model is scored on the same resamples: that makes each comparison paired.
+    every = {(c.name, v): p for c in cands for v, p in preds[c.name].items()}
+    boot = {rule: stats.bootstrap(y, {k: (p.test, p.at(rule)) for k, p in every.items()}) for rule in RULES}
+    rows, variant_rows = [], []
     for c in cands:
-        cols = []
-        for r in records[c.name]:
-            paths, labels, p = read_predictions(info.run.finalize(c.name, r["seed"]) / PREDICTIONS)
-            if paths != test.paths or not (labels == y).all():
-                raise UserError(f"{c.name} seed {r['seed']}: predictions.csv does not match the test split")
-            cols.append(p)
-        probs[c.name] = np.stack(cols)
-    thresholds = {c.name: [float(r["threshold"]) for r in records[c.name]] for c in cands}
-    rule_thresholds = {"at_0.5": lambda name: [0.5] * len(thresholds[name]), "at_valid_threshold": thresholds.get}
-    boot = {rule: stats.bootstrap(y, {c.name: (probs[c.name], pick(c.name)) for c in cands})
-            for rule, pick in rule_thresholds.items()}
-    rows = []
-    for c in cands:
-        recs = records[c.name]
+        recs, seeds = records[c.name], preds[c.name]["seeds"]
         row: dict[str, Any] = {"model": c.label, "name": c.name, "arch": c.arch, "kind": c.kind,
                                "trial_id": c.trial_id, "config": {**c.config.to_dict(), "seed": None},
                                "seeds": [r["seed"] for r in recs], "valid_scores": [r["valid_score"] for r in recs],
-                               "thresholds": thresholds[c.name],
+                               "thresholds": seeds.thresholds,
                                "folder": str(info.run.finalize(c.name).relative_to(info.run.path))}
-        chosen = choose_seed(info, recs)
-        row["chosen_seed"], row["chosen_threshold"] = chosen["seed"], chosen["threshold"]
-        for rule, pick in rule_thresholds.items():
-            row[rule] = metric_cells(stats.per_seed_metrics(y, probs[c.name], pick(c.name)), boot[rule][c.name])
+        row["chosen_seed"], row["chosen_threshold"] = chosen[c.name]["seed"], chosen[c.name]["threshold"]
+        for rule in RULES:
+            row[rule] = stats.metric_cells(stats.per_seed_metrics(y, seeds.test, seeds.at(rule)),
+                                           boot[rule][c.name, "seeds"])
         rows.append(row)
+        variant_rows += ensembles.rows(row, preds[c.name], {rule: {v: boot[rule][c.name, v] for v in preds[c.name]}
+                                                            for rule in RULES}, y, alpha)
     return {"run": info.name, "metric": info.metric, "n_test": len(y), "test_fingerprint": test.fingerprint,
             "skipped": info.meta.get("skipped", {}),
-            "threshold_rules": RULES, "alpha": 0.05,
+            "threshold_rules": RULES, "alpha": alpha,
             "bootstrap": {"resamples": stats.RESAMPLES, "numpy_seed": stats.SEED, "stratified_by_class": True,
                           "statistic": "each resample's metric is averaged over seeds"},
-            "rows": rows, "best": best_models(rows, boot["at_0.5"])}
+            "rows": rows, "best": best_models(rows, {c.name: boot["at_0.5"][c.name, "seeds"] for c in cands}),
+            "ensembles": {"variants": ensembles.VARIANTS, "paired_against": "chosen_seed",
+                          "paired_metrics": list(ensembles.PAIRED), "rows": variant_rows}}
 
 
 def choose_seed(info: RunInfo, recs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -193,18 +195,6 @@ def choose_seed(info: RunInfo, recs: list[dict[str, Any]]) -> dict[str, Any]:
     for r in recs[1:]:
         best = r if better(r["valid_score"], best["valid_score"], info.mode) else best
     return best
-
-
-def metric_cells(per_seed: dict[str, list[float]], boot: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    from tune import stats
-
-    cells = {}
-    for m, values in per_seed.items():
-        mean, half = stats.t_interval(values)
-        cells[m] = {"mean": mean, "t_half": half, "t_low": mean - half, "t_high": mean + half, "per_seed": values}
-        if m in boot:
-            cells[m]["boot_low"], cells[m]["boot_high"] = stats.percentile_interval(boot[m])
-    return cells
 
 
 def best_models(rows: list[dict[str, Any]], boot: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
@@ -280,7 +270,7 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
                        for c in cands}
     finally:
         torch.set_num_threads(threads_before)  # fit changed it for the whole process
-    cmp = compare(info, cands, records, test)
+    cmp = compare(info, cands, records, valid, test)
     from tune.report import make_plots, render_csv, render_markdown
 
     md = render_markdown(cmp)

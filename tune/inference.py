@@ -41,8 +41,9 @@ def record_path(model_path: Path) -> Path:
     return model_path.parent / RECORD
 
 
-def probabilities(model: Detector, x: np.ndarray, batch: int = BATCH) -> np.ndarray:
-    """P(fake) for uint8 images (N, 3, S, S): the full model (frozen prefix included), eval mode."""
+def probabilities(model: Detector, x: np.ndarray, batch: int = BATCH, *, hflip: bool = False) -> np.ndarray:
+    """P(fake) for uint8 images (N, 3, S, S): the full model (frozen prefix included), eval mode.
+    hflip: of each image's mirror image (left-right), the other half of flip test-time augmentation."""
     import numpy as np
     import torch
 
@@ -53,7 +54,8 @@ def probabilities(model: Detector, x: np.ndarray, batch: int = BATCH) -> np.ndar
     out = []
     with torch.inference_mode():
         for i in range(0, len(x), batch):
-            b = to_float(x[i:i + batch]).to(device).contiguous(memory_format=torch.channels_last)
+            b = to_float(x[i:i + batch]).to(device)
+            b = (b.flip(-1) if hflip else b).contiguous(memory_format=torch.channels_last)  # -1: the width axis
             out.append(torch.sigmoid(model(b)).cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 

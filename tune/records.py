@@ -1,5 +1,5 @@
 """What a training run leaves behind, written and read one way: the per-epoch history, the run record,
-the weights and the test predictions (train --out folders and finalize's seed folders alike)."""
+the weights, and the valid and test predictions (train --out folders and finalize's seed folders alike)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tune.config import TrainConfig
 from tune.metrics import METRICS
 from tune.runs import HISTORY, RECORD, WEIGHTS
-from tune.utils import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, library_versions
+from tune.utils import UserError, atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, library_versions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,18 +67,35 @@ def save_run(out: Path, cfg: TrainConfig, result: FitResult, data: dict[str, Any
     return record
 
 
-def predictions_csv(test: ImageSet, p: np.ndarray) -> str:
+# The columns of a predictions file: P(fake) of each image, and of its mirror image (flip test-time augmentation).
+# Files written before flips were scored have no p_fake_hflip; readers of the plain column never need it.
+PLAIN, FLIPPED = "p_fake", "p_fake_hflip"
+
+
+def predictions_csv(images: ImageSet, p: np.ndarray, p_hflip: np.ndarray | None = None) -> str:
+    """One line per image: path, label, P(fake) and, when given, P(fake) of the flipped image."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "label", "p_fake"])
-    w.writerows((path, int(y), repr(float(q))) for path, y, q in zip(test.paths, test.y, p))  # repr: exact
+    columns = [p] if p_hflip is None else [p, p_hflip]
+    w.writerow(["path", "label", PLAIN, FLIPPED][:2 + len(columns)])
+    for path, y, *qs in zip(images.paths, images.y, *columns):
+        w.writerow([path, int(y), *(repr(float(q)) for q in qs)])  # repr: exact
     return buf.getvalue()
 
 
-def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+def prediction_columns(path: Path) -> list[str]:
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def read_predictions(path: Path, column: str = PLAIN) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(paths, labels, the column's P(fake)); a file without that column is one UserError."""
     import numpy as np
 
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
+    if rows and column not in rows[0]:
+        raise UserError(f"{path} has no {column} column (written before flip test-time augmentation was scored; "
+                        "run finalize again to add it)")
     return ([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
-            np.array([float(r["p_fake"]) for r in rows]))
+            np.array([float(r[column]) for r in rows]))

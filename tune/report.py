@@ -56,7 +56,10 @@ COLUMNS = [("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Rec
 
 
 def _pm(c: dict[str, Any]) -> str:
-    """mean ± t half-width (no ± with a single seed, where the interval is undefined)."""
+    """mean ± t half-width (no ± with a single seed, where the interval is undefined; "± n/a" for one predictor,
+    an ensemble or the chosen seed, which has no interval over seeds)."""
+    if c["t_half"] is None:
+        return f"{c['mean']:.3f} ± n/a"
     return f"{c['mean']:.3f}" + ("" if c["t_half"] != c["t_half"] else f" ± {c['t_half']:.3f}")
 
 
@@ -72,6 +75,11 @@ def render_markdown(cmp: dict[str, Any]) -> str:
               "|---|---|---|"]
     lines += [f"| {r['model']} | {_pm(r['at_0.5']['ap'])} | {_pm(r['at_0.5']['eer'])} |" for r in cmp["rows"]]
     lines += ["", caption(cmp), ""] + verdict_lines(cmp)
+    if "ensembles" in cmp:  # comparison.json files from before ensembles have none
+        head, rows = ensemble_table(cmp)
+        lines += ["", "### Ensembles and flip TTA", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines += ["", ensemble_caption(cmp), ""] + ensemble_lines(cmp)
     return "\n".join(lines) + "\n"
 
 
@@ -104,16 +112,79 @@ def verdict_lines(cmp: dict[str, Any]) -> list[str]:
     return lines
 
 
+# The "Ensembles and flip TTA" table's columns after Model and Predictor: (header, threshold rule, metric, and
+# whether the cell is the paired test against the chosen seed rather than the value).
+ENSEMBLE_COLUMNS = [("AUC", "at_0.5", "auc", False), ("AUC vs chosen seed", "at_0.5", "auc", True),
+                    ("Accuracy at valid threshold", "at_valid_threshold", "accuracy", False),
+                    ("Accuracy at valid threshold vs chosen seed", "at_valid_threshold", "accuracy", True),
+                    ("F1 at valid threshold", "at_valid_threshold", "f1", False),
+                    ("Accuracy at 0.5", "at_0.5", "accuracy", False)]
+
+
+def _vs(r: dict[str, Any], rule: str, m: str) -> str:
+    if "vs_chosen" not in r:
+        return "reference"
+    e = r["vs_chosen"][rule][m]
+    return f"{e['difference']:+.3f}, p = {e['p_value']:.3f}" + (" (significant)" if e["significant"] else "")
+
+
+def ensemble_table(cmp: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of every predictor of every model (tune.ensembles), with its paired test against the chosen
+    seed; plain text, for comparison.md and (escaped) the HTML report."""
+    return ["Model", "Predictor", *(h for h, *_ in ENSEMBLE_COLUMNS)], [
+        [r["model"], r["predictor"], *(_vs(r, rule, m) if vs else cell(r[rule][m]) for _, rule, m, vs in
+                                       ENSEMBLE_COLUMNS)] for r in cmp["ensembles"]["rows"]]
+
+
+def ensemble_caption(cmp: dict[str, Any]) -> str:
+    return ("Predictors of each model: the chosen seed (the exported one, the reference); its seeds each alone (the "
+            "main table's row), and each with flip test-time augmentation (TTA: P = mean of P(fake) of the image and "
+            "of its mirror image); the ensemble of its seeds (one predictor: P = mean of the seeds' P(fake)), and "
+            "the ensemble with flip TTA. Cells of the seeds: mean ± 95% t half-width over seeds [95% bootstrap "
+            "interval over test images]; of one predictor (the chosen seed, an ensemble): value ± n/a (one model "
+            "has no interval over seeds) [the same bootstrap, on the same resamples]. Each predictor's valid "
+            "threshold is Youden's J on its own validation probabilities. vs chosen seed: the difference and its "
+            f"two-sided paired bootstrap p (the same resamples), significant at α = {cmp['alpha']}.")
+
+
+def ensemble_lines(cmp: dict[str, Any]) -> list[str]:
+    """One sentence per model: does the ensemble of its seeds beat the chosen (exported) seed on test AUC?"""
+    ens = {(r["name"], r["variant"]): r for r in cmp.get("ensembles", {}).get("rows", [])}
+    lines = []
+    for row in (r for r in cmp["rows"] if (r["name"], "ensemble") in ens):
+        e, t = (ens[row["name"], v]["vs_chosen"]["at_0.5"]["auc"] for v in ("ensemble", "ensemble_hflip"))
+        verdict = ("beats" if e["difference"] > 0 else "is worse than") if e["significant"] else \
+            "does not significantly beat"
+        k = len(row["seeds"])
+        lines.append(f"{row['model']}: the ensemble of {k} seed{'s' * (k != 1)} {verdict} the chosen seed: "
+                     f"AUC {e['value']:.3f} vs {e['chosen_value']:.3f} (seed {row['chosen_seed']}), "
+                     f"{e['difference']:+.3f}, paired bootstrap p = {e['p_value']:.3f}, {_significant(e)} at "
+                     f"α = {cmp['alpha']}; with flip TTA: AUC {t['value']:.3f}, {t['difference']:+.3f}, "
+                     f"p = {t['p_value']:.3f}, {_significant(t)}.")
+    return lines
+
+
+def _significant(e: dict[str, Any]) -> str:
+    return "significant" if e["significant"] else "not significant"
+
+
 def render_csv(cmp: dict[str, Any]) -> str:
+    """One line per model, predictor, threshold rule and metric. Each model's "seeds" lines are its main-table row;
+    the other predictors (tune.ensembles) follow it, with their paired test against the chosen seed."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["model", "kind", "threshold_rule", "metric", "mean", "t_low", "t_high", "boot_low", "boot_high",
-                "seeds"])
-    for r in cmp["rows"]:
+                "seeds", "variant", "difference_vs_chosen", "p_vs_chosen", "significant_vs_chosen"])
+    rows = cmp["ensembles"]["rows"] if "ensembles" in cmp else [{**r, "variant": "seeds"} for r in cmp["rows"]]
+    for r in rows:
         for rule in cmp["threshold_rules"]:
             for m, c in r[rule].items():
-                w.writerow([r["name"], r["kind"], rule, m, c["mean"], c["t_low"], c["t_high"], c.get("boot_low", ""),
-                            c.get("boot_high", ""), len(r["seeds"])])
+                vs = r.get("vs_chosen", {}).get(rule, {}).get(m, {})
+                w.writerow([r["name"], r["kind"], rule, m, c["mean"], *("n/a" if c[k] is None else c[k] for k in
+                                                                        ("t_low", "t_high")),
+                            c.get("boot_low", ""), c.get("boot_high", ""),
+                            1 if r["variant"] == "chosen_seed" else len(r["seeds"]), r["variant"],
+                            vs.get("difference", ""), vs.get("p_value", ""), vs.get("significant", "")])
     return buf.getvalue()
 
 

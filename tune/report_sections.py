@@ -80,7 +80,7 @@ def verdict(ctx: Context) -> str:
 
 
 def comparison(ctx: Context) -> str:
-    from tune.report import COLUMNS, _pm, caption, cell
+    from tune.report import COLUMNS, _pm, caption, cell, ensemble_caption, ensemble_lines, ensemble_table
 
     cmp = ctx.cmp
     assert cmp is not None
@@ -94,6 +94,12 @@ def comparison(ctx: Context) -> str:
     out.append(table(["Model", "Average precision", "EER"],
                      [[escape(r["model"]), _pm(r["at_0.5"]["ap"]), _pm(r["at_0.5"]["eer"])] for r in cmp["rows"]]))
     out.append(f'<p class="note">{escape(caption(cmp))}</p>')
+    if "ensembles" in cmp:  # comparison.json files from before ensembles have none
+        head, rows = ensemble_table(cmp)
+        out.append("<h3>Ensembles and flip TTA</h3>" + table([escape(h) for h in head],
+                                                             [[escape(c) for c in r] for r in rows]))
+        out.append('<ul class="ensembles">' + "".join(f"<li>{escape(ln)}</li>" for ln in ensemble_lines(cmp)) + "</ul>")
+        out.append(f'<p class="note">{escape(ensemble_caption(cmp))}</p>')
     if "evaluation" not in cmp:
         out.append('<p class="note">No per-source or robustness tables: this run was finalized without extra test '
                    "sets.</p>")

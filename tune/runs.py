@@ -35,7 +35,8 @@ from tune.utils import UserError, atomic_write_json
 WEIGHTS = "best.pth"  # the state_dict
 HISTORY = "history.csv"  # one row per epoch
 RECORD = "record.json"  # everything else: config, seed, data fingerprints, weights source, versions
-PREDICTIONS = "predictions.csv"  # finalize's seed folders only: P(fake) of every test image
+PREDICTIONS = "predictions.csv"  # finalize's seed folders only: P(fake) of every test image, plain and flipped
+VALID_PREDICTIONS = "valid_predictions.csv"  # the same of every valid image: each variant's threshold is chosen there
 
 if TYPE_CHECKING:
     import pyarrow.fs

@@ -9,6 +9,8 @@ whether two models differ by more than the test set's luck, scoring both on the 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
+from typing import Any, TypeVar
 
 import numpy as np
 from scipy import stats as sst
@@ -20,6 +22,7 @@ SEED = 0  # a fixed numpy seed: the same run gives the same intervals every time
 CHUNK = 100  # resamples drawn at a time, so memory stays at CHUNK x test size
 BOOT_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
 ALL_METRICS = tuple(METRICS)  # every declared metric, per seed
+K = TypeVar("K", bound=Hashable)
 
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
@@ -72,8 +75,8 @@ def resampled_metrics(y: np.ndarray, p: np.ndarray, idx: np.ndarray, threshold: 
     return {"accuracy": (n - fp - fn) / n, "precision": precision, "recall": recall, "f1": f1, "auc": auc}
 
 
-def bootstrap(y: np.ndarray, models: dict[str, tuple[np.ndarray, list[float]]], *, resamples: int = RESAMPLES,
-              seed: int = SEED) -> dict[str, dict[str, np.ndarray]]:
+def bootstrap(y: np.ndarray, models: dict[K, tuple[np.ndarray, list[float]]], *, resamples: int = RESAMPLES,
+              seed: int = SEED) -> dict[K, dict[str, np.ndarray]]:
     """For each model (probs (seeds, n), thresholds per seed): each metric on each resample, averaged over seeds.
 
     All models are scored on the same resamples, which is what makes the comparison paired.
@@ -92,6 +95,23 @@ def bootstrap(y: np.ndarray, models: dict[str, tuple[np.ndarray, list[float]]], 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     lo, hi = np.nanpercentile(samples, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
+
+
+def metric_cells(per_seed: dict[str, list[float]], boot: dict[str, np.ndarray], *,
+                 over_seeds: bool = True) -> dict[str, dict[str, Any]]:
+    """A comparison cell per metric: the mean over seeds ± its t half-width, and the bootstrap interval over test
+    images (metrics the bootstrap has). One predictor (over_seeds=False: an ensemble, or one seed picked out) has
+    no interval over seeds: its t fields are None, shown as "n/a", never a made-up number."""
+    cells: dict[str, dict[str, Any]] = {}
+    for m, values in per_seed.items():
+        if over_seeds:
+            mean, half = t_interval(values)
+            cells[m] = {"mean": mean, "t_half": half, "t_low": mean - half, "t_high": mean + half, "per_seed": values}
+        else:
+            cells[m] = {"mean": float(np.mean(values)), "t_half": None, "t_low": None, "t_high": None}
+        if m in boot:
+            cells[m]["boot_low"], cells[m]["boot_high"] = percentile_interval(boot[m])
+    return cells
 
 
 def paired_p_value(boot_a: np.ndarray, boot_b: np.ndarray, observed: float) -> float:
