@@ -68,7 +68,7 @@ def kept_weights_scores(run_dir: Path) -> list[tuple[float, float, float]]:
         study = optuna.load_study(study_name=f"{info.name}-{arch}", storage=f"sqlite:///{run_dir / 'optuna.db'}")
         values = {t.user_attrs["ray_trial_id"]: t.value for t in study.trials}
         for t in read_trials(info.run, info.meta, arch):
-            ckpt = sorted(Path(t.location).glob("checkpoint_*/state.pt"))[-1]  # num_to_keep=1: the best one
+            ckpt = sorted(Path(t.location).glob("checkpoint_*/state.pt"))[-1]  # the latest holds the kept weights
             state = torch.load(ckpt, weights_only=True)
             model = make_model(TrainConfig.from_dict({**t.params, "threads": 1}))
             model.load_state_dict(state["best_state"])
@@ -167,7 +167,9 @@ def _raw_epochs(trial_dir: Path) -> list[int]:
 def test_sigkill_driver_then_resume(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n=40, size=48)
     (tmp_path / "s.yaml").write_text(RESUME_SPACE)
-    env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"))
+    # Epochs of 0.1 s here: a snapshot at every step, so the kill cannot land between a checkpoint rotation and
+    # the snapshot naming it (the search snapshots every 2 s, enough for epochs longer than a second).
+    env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"), TUNE_GLOBAL_CHECKPOINT_S="0")
     args = ["search", "--data", str(data), "--space", str(tmp_path / "s.yaml"), "--name", "r",
             "--storage", str(tmp_path / "results"), "--no-finalize"]
     arch_dir = tmp_path / "results" / "r" / "trials" / "search"
@@ -241,11 +243,15 @@ def test_two_node_cluster(tmp_path: Path) -> None:
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     finally:
         kill_marked(mark)
-    nodes = set()
-    for f in (tmp_path / "results" / "c" / "trials").glob("*/*/result.json"):
-        nodes |= {json.loads(line)["node_id"] for line in f.read_text().splitlines() if line.strip()}
-    assert len(nodes) == 2, nodes
-    assert len(load_leaderboard(tmp_path / "results" / "c")) == 8
+    nodes: dict[str, set[str]] = {}
+    for f in (tmp_path / "results" / "c" / "trials" / "search").glob("*/result.json"):
+        arch = f.parent.name.rsplit("_", 1)[0]
+        nodes.setdefault(arch, set()).update(json.loads(line)["node_id"] for line in f.read_text().splitlines()
+                                             if line.strip())
+    assert set(nodes) == {"custom_cnn", "mobilenet_v2"}, nodes  # one Tuner: both architectures on the cluster
+    assert len(set().union(*nodes.values())) == 2, nodes  # and trials on both nodes
+    assert load_leaderboard(tmp_path / "results" / "c")["arch"].value_counts().to_dict() == {
+        "custom_cnn": 4, "mobilenet_v2": 4}
 
 
 def test_tiny_search_on_the_builtin_data(ray_session, tmp_path: Path) -> None:
@@ -256,3 +262,75 @@ def test_tiny_search_on_the_builtin_data(ray_session, tmp_path: Path) -> None:
     df = load_leaderboard(run_tiny_search(tmp_path, name="builtin", data=data, trials=1))
     assert sorted(df["arch"]) == ["custom_cnn", "mobilenet_v2"]
     assert (df["score"] >= 0).all() and (df["epochs"] >= 1).all()
+
+
+# --------------------------------------------------------------------------- one Tuner, every architecture
+OPTUNA_STATE = {"completed": "COMPLETE", "early_stopped": "COMPLETE", "diverged": "COMPLETE",
+                "stopped_by_asha": "PRUNED", "time_budget": "PRUNED", "errored": "FAIL"}
+
+
+def spans(run_dir: Path) -> dict[str, list[tuple[float, float, float, float]]]:
+    """Per architecture, each trial's (start, end, trial seconds, its longest epoch) from its result.json rows:
+    a trial started at its first row's wall time less the time it had run by then."""
+    run = Run(run_dir)
+    out: dict[str, list[tuple[float, float, float, float]]] = {}
+    for arch in run.read()["space"]["architectures"]:
+        for t in read_trials(run, run.read(), arch):
+            first, last = t.results[0], t.results[-1]
+            out.setdefault(arch, []).append((first["reported_at"] - first["time_total_s"], last["reported_at"],
+                                             last["time_total_s"], max(r["epoch_time"] for r in t.results)))
+    return out
+
+
+def optuna_agrees(run_dir: Path) -> None:
+    """Every Optuna trial's state is what the leaderboard's `ended` column says it should be."""
+    df = load_leaderboard(run_dir)
+    name = Run(run_dir).read()["name"]
+    for arch in df["arch"].unique():
+        study = optuna.load_study(study_name=f"{name}-{arch}", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+        states = {t.user_attrs["ray_trial_id"]: t.state.name for t in study.trials}
+        mine = df[df["arch"] == arch]
+        assert states == {r.trial_id: OPTUNA_STATE[r.ended] for r in mine.itertuples()}, (states, mine)
+
+
+def test_one_tuner_runs_every_architecture_at_once(ray_session, tmp_path: Path) -> None:
+    space = TINY_SPACE.replace("trials: 2, max_epochs: 2, grace_period: 1", "trials: 3, max_epochs: 4, grace_period: 2")
+    run_dir = run_tiny_search(tmp_path, name="both", space=space, data=make_dataset(tmp_path / "data", n=30, size=32))
+    df = load_leaderboard(run_dir)
+    assert df["arch"].value_counts().to_dict() == {"custom_cnn": 3, "mobilenet_v2": 3}  # the same budget each
+    record = Run(run_dir).read()
+    trial_dirs = [p for p in (run_dir / "trials" / "search").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert record["experiment"] == "search" and {p.name.rsplit("_", 1)[0] for p in trial_dirs} == set(df["arch"])
+    got = spans(run_dir)  # with 2 slots, a custom_cnn trial and a mobilenet_v2 trial ran at the same time
+    assert any(a0 < b1 and b0 < a1 for a0, a1, *_ in got["custom_cnn"] for b0, b1, *_ in got["mobilenet_v2"])
+    optuna_agrees(run_dir)
+
+
+def test_a_time_budget_ends_the_search_and_shares_trial_time(ray_session, tmp_path: Path) -> None:
+    """--time-budget alone: trials are sampled until it is spent, each architecture gets about the same trial
+    time, and the search ends within the budget plus one epoch (trials stop at the epoch past the deadline)."""
+    space = TINY_SPACE.replace("max_epochs: 2, grace_period: 1", "max_epochs: 40, grace_period: 40")
+    space = space.replace("patience: 3", "patience: 40")
+    budget = 30.0
+    run_dir = run_tiny_search(tmp_path, name="timed", space=space, time_budget=budget,
+                              data=make_dataset(tmp_path / "data", n=40, size=32))
+    df = load_leaderboard(run_dir)
+    trials = [t for arch in spans(run_dir).values() for t in arch]
+    start, end = min(t[0] for t in trials), max(t[1] for t in trials)
+    longest_epoch = max(t[3] for t in trials)
+    assert end - start <= budget + longest_epoch + 1, (end - start, longest_epoch)  # 1 s: the first trial's start
+    per_arch = {a: sum(t[2] for t in ts) for a, ts in spans(run_dir).items()}
+    assert set(per_arch) == {"custom_cnn", "mobilenet_v2"}
+    assert max(per_arch.values()) <= 1.15 * min(per_arch.values()), per_arch  # within 15% of each other
+    assert (df["ended"] == "time_budget").any() and df["ended"].isin(["time_budget", "completed"]).all(), df
+    assert len(df) > 2 * 2  # more than the space's "trials: 2": a time budget alone samples until it is spent
+    optuna_agrees(run_dir)
+    assert Run(run_dir).read()["space"]["budget"]["time_s"] == budget
+
+
+def test_bad_time_budget_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tune.cli import main
+
+    assert main(["search", "--time-budget", "20 minutes", "--name", "x", "--storage", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == ("error: bad --time-budget '20 minutes': expected a duration like 90s, "
+                                               "20m or 1.5h (or seconds)")

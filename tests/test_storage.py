@@ -39,7 +39,7 @@ def test_file_uri_storage_end_to_end(ray_session, tmp_path: Path, monkeypatch: p
     run_dir = tmp_path / "results" / "u"
     assert json.loads((run_dir / "run.json").read_text())["trials_root"] == f"{uri}/u"
     assert not (run_dir / "trials").exists()
-    assert len(list((tmp_path / "store" / "u" / "custom_cnn").glob("custom_cnn_*/result.json"))) == 2
+    assert len(list((tmp_path / "store" / "u" / "search").glob("custom_cnn_*/result.json"))) == 2
     capsys.readouterr()
     for extra in ([], ["--storage", uri]):
         assert main(["leaderboard", "u", "--format", "json", *extra]) == 0
@@ -90,7 +90,7 @@ def test_s3_storage_against_a_local_s3_server(tmp_path: Path) -> None:
                 time.sleep(0.3)
         res = run(tune_cmd(*_search_args(tmp_path, "s", "s3://bucket/runs")), env, tmp_path, timeout=400)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        trials = s3.get_file_info(pyarrow.fs.FileSelector("bucket/runs/s/custom_cnn"))
+        trials = s3.get_file_info(pyarrow.fs.FileSelector("bucket/runs/s/search"))
         assert len([i for i in trials if i.base_name.startswith("custom_cnn_")]) == 2
         board = run(tune_cmd("leaderboard", "s", "--format", "json"), env, tmp_path)
         assert board.returncode == 0 and len(json.loads(board.stdout)) == 2, board.stderr[-2000:]

@@ -4,8 +4,8 @@ One Tuner runs every architecture (tune/search.py). Its searcher (tune/searcher.
 free slot to an architecture that still has budget, and its scheduler (tune/scheduler.py) stops
 running trials at the first epoch that ends after the deadline. With a time budget of B seconds on
 S slots, each of the n architectures has a share of S x B / n trial-seconds: the next trial goes to
-the architecture that has used the least trial time, none starts a trial once its share is spent,
-and the search ends within B plus one epoch.
+the architecture with the fewest trials running (then the least trial time used), none starts a trial
+once its share is spent, and the search ends within B plus one epoch.
 
 The deadline is the driver's clock: the searcher and the scheduler are pickled into the experiment
 and restored by `--resume`, but the time left is the driver's to say (the budget less what earlier
@@ -75,14 +75,34 @@ class Budget:
                          f"time per architecture)")
         return " and ".join(parts) or "no limit"
 
-    def next_arch(self, handed: dict[str, int], used_s: dict[str, float]) -> str | None:
-        """The architecture the next trial goes to, or None when none may start one: among those with trials
-        and time left, the one that has used the least trial time (then fewest trials, then space order)."""
+    def next_arch(self, usage: dict[str, Usage]) -> str | None:
+        """The architecture the next trial goes to, or None when none may start one.
+
+        With a trial count only: the one with the fewest trials so far (they interleave). With a time budget:
+        until every architecture has finished a trial, the one with the fewest running (each holds the same
+        number of slots); then the one with the least trial time used and committed, its running trials
+        counted at that architecture's mean trial length, so one with short trials (and more gaps between
+        them) gets slots more often. None whose share is spent, or whose trial count is reached."""
         if self.expired():
             return None
-        open_ = [a for a in self.archs if (self.trials is None or handed.get(a, 0) < self.trials)
-                 and used_s.get(a, 0.0) < self.share_s()]
+        open_ = [a for a in self.archs if (self.trials is None or usage[a].handed < self.trials)
+                 and usage[a].used_s < self.share_s()]
         if not open_:
             return None
-        return min(open_, key=lambda a: (used_s.get(a, 0.0) if self.seconds else 0.0, handed.get(a, 0),
-                                         self.archs.index(a)))
+        order = self.archs.index
+        if self.seconds is None:
+            return min(open_, key=lambda a: (usage[a].handed, order(a)))
+        if any(not usage[a].finished for a in self.archs):
+            return min(open_, key=lambda a: (usage[a].running, usage[a].used_s, order(a)))
+        return min(open_, key=lambda a: (usage[a].used_s + usage[a].committed_s, order(a)))
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one architecture has had so far (the searcher counts it from the trials' results)."""
+
+    handed: int = 0  # trials started
+    running: int = 0
+    used_s: float = 0.0  # trial time reported
+    committed_s: float = 0.0  # what its running trials will still take, at its mean trial length
+    finished: int = 0

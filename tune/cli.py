@@ -158,9 +158,11 @@ def cmd_search(a: argparse.Namespace) -> int:
                          cache_dir=cache_root())
     run_dir = run_search(opts)
     print(f"search finished: {run_dir}")
-    from tune.leaderboard import load_leaderboard, render
+    from tune.leaderboard import load_leaderboard, render, trial_counts
 
-    print(render(load_leaderboard(run_dir), fmt="table", top=10))
+    board = load_leaderboard(run_dir)
+    print(render(board, fmt="table", top=10))
+    print(trial_counts(board))
     if not a.no_finalize:
         from tune.finalize import finalize_jobs, run_finalize
 
@@ -194,7 +196,7 @@ def cmd_archs(a: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(a: argparse.Namespace) -> int:
-    from tune.leaderboard import load_leaderboard, render
+    from tune.leaderboard import load_leaderboard, render, trial_counts
     from tune.runs import Run, resolve_run, results_root
 
     run = Run(resolve_run(a.run, results_root(a.storage)))
@@ -204,6 +206,8 @@ def cmd_leaderboard(a: argparse.Namespace) -> int:
         return 0
     out = render(board, fmt=a.format, top=a.top, arch=a.arch)
     print(out, end="" if out.endswith("\n") else "\n")
+    if a.format == "table":
+        print(trial_counts(board))
     return 0
 
 

@@ -49,6 +49,16 @@ def load_leaderboard(run_dir: Path) -> pd.DataFrame:
     return df
 
 
+def trial_counts(df: pd.DataFrame) -> str:
+    """How many trials each architecture got and how they ended, in one line (a time budget gives each
+    architecture the same trial time, not the same number of trials)."""
+    parts = []
+    for arch, group in df.groupby("arch", sort=False):
+        ended = group["ended"].value_counts()
+        parts.append(f"{arch} {len(group)} ({', '.join(f'{n} {how}' for how, n in ended.items())})")
+    return "trials per architecture: " + ("; ".join(parts) if parts else "none yet")
+
+
 def render(df: pd.DataFrame, *, fmt: str = "table", top: int | None = None, arch: str | None = None) -> str:
     if arch:
         df = df[df["arch"] == arch].dropna(axis=1, how="all")

@@ -14,7 +14,6 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tune.budget import describe
 from tune.metrics import better
 from tune.scheduler import ArchScheduler
 from tune.trials import SCORE, ended_how
@@ -68,8 +67,7 @@ class Progress(Callback):
             best = f"best {self.best[arch][0]:.4f}" if arch in self.best else "no score yet"
             parts.append(f"{arch} {len(done)}{total} done{' (' + detail + ')' if detail else ''}, {running} running, "
                          f"{best}")
-        left = self.budget.deadline - time.time()
-        clock = f" ({describe(max(0.0, left))} left)" if self.budget.seconds else ""
+        clock = f" ({max(0.0, self.budget.deadline - time.time()):.0f}s left)" if self.budget.seconds else ""
         print(f"[search] {time.time() - self.t0:5.0f}s{clock}  " + " | ".join(parts), flush=True)
 
     def summary(self) -> None:

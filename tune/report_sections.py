@@ -207,7 +207,9 @@ def leaderboard(ctx: Context) -> str:
 
 
 def search(ctx: Context) -> str:
-    out = []
+    from tune.leaderboard import trial_counts
+
+    out = [f"<p>{escape(trial_counts(ctx.board))}.</p>"] if not ctx.board.empty else []
     for arch in ctx.meta["space"]["architectures"]:
         asha = 0 if ctx.board.empty else int(((ctx.board["arch"] == arch)
                                                & (ctx.board["ended"] == "stopped_by_asha")).sum())

@@ -16,13 +16,12 @@ from __future__ import annotations
 import logging
 import pickle
 import warnings
-from collections import Counter
 from typing import Any
 
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from tune.budget import Budget
+from tune.budget import Budget, Usage
 from tune.trials import ended_how
 
 log = logging.getLogger(__name__)
@@ -71,8 +70,9 @@ class ArchSearcher(Searcher):
     Each architecture keeps its HonestOptunaSearch (study RUN-ARCH in optuna.db, its own TPE, its own
     define-by-run space), so TPE models like with like. This searcher decides only *which* study
     samples the next trial, by the budget (tune/budget.py): with a trial count, the architecture with
-    the fewest trials so far (so they interleave); with a time budget, the one that has used the least
-    trial time. A free slot is filled from whichever architecture still has budget.
+    the fewest trials so far (so they interleave); with a time budget, the one with the least trial
+    time used and committed (tune.budget.Budget.next_arch). A free slot is filled from whichever
+    architecture still has budget.
 
     Pickled whole (its studies included) into the experiment, as Ray's OptunaSearch pickles itself.
     """
@@ -83,21 +83,25 @@ class ArchSearcher(Searcher):
         self.budget = budget
         self.owner: dict[str, str] = {}  # Ray trial id -> its architecture
         self.seconds: dict[str, float] = {}  # Ray trial id -> trial time reported so far
+        self.ended: set[str] = set()  # Ray trial ids that completed or errored
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # every study has its space, metric and mode already
 
-    def handed(self) -> dict[str, int]:
-        return dict(Counter(self.owner.values()))
-
-    def used_s(self) -> dict[str, float]:
-        out = dict.fromkeys(self.children, 0.0)
-        for trial_id, s in self.seconds.items():
-            out[self.owner[trial_id]] += s
+    def usage(self) -> dict[str, Usage]:
+        """Per architecture: trials handed out, running and finished, trial time used and still committed."""
+        out = {}
+        for arch in self.children:
+            mine = [t for t, a in self.owner.items() if a == arch]
+            done = [self.seconds.get(t, 0.0) for t in mine if t in self.ended]
+            mean = sum(done) / len(done) if done else 0.0
+            live = [self.seconds.get(t, 0.0) for t in mine if t not in self.ended]
+            out[arch] = Usage(handed=len(mine), running=len(live), used_s=sum(self.seconds.get(t, 0.0) for t in mine),
+                              committed_s=sum(max(0.0, mean - s) for s in live), finished=len(done))
         return out
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        arch = self.budget.next_arch(self.handed(), self.used_s())
+        arch = self.budget.next_arch(self.usage())
         if arch is None:
             return Searcher.FINISHED  # every architecture has spent its trials or its time
         config = self.children[arch].suggest(trial_id)
@@ -116,6 +120,7 @@ class ArchSearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         self._seen(trial_id, result)
+        self.ended.add(trial_id)
         if trial_id in self.owner:
             self.children[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
 
