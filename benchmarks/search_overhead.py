@@ -1,17 +1,21 @@
-"""Wall time of the demo search and the share of it spent training versus overhead.
+"""Where a demo search's time goes: one Tuner for every architecture against one per architecture.
 
-    python benchmarks/search_overhead.py [--no-cache] [--trials N]
+    python benchmarks/search_overhead.py [--ways new,old] [--trials N] [--no-cache]
 
-Training = the sum of every trial's per-epoch times (train + validation), measured inside the
-trials. With C trial slots running at once, the search could at best take training / C seconds;
-the rest of the wall time is overhead (Ray start, data decode, trial start-up, checkpoints,
-the frozen-feature cache build and idle slots at the end of each architecture's search).
+Runs the demo search (search_spaces/demo.yaml on the built-in data, no finalize) two ways, with the same
+space, seeds and trials per architecture, each on cold caches, in one Ray started once for both:
+- new: one search, one Tuner for every architecture (what `python -m tune search` does);
+- old: one search per architecture, one after the other (what the driver did before: a Tuner each).
+Per way: wall time, slot utilisation = busy trial-seconds / (slots x wall), where a trial's busy time is
+what Ray measured from its start to its last report (time_total_s), and the time outside training =
+wall - (sum of all epochs' train + validation time) / slots, as a share of wall. TPE's picks after its
+random start depend on the order trials finish, so the two ways' trials can differ from the 4th per
+architecture on; the budget (trials, epochs, ASHA) is the same.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -26,9 +30,15 @@ if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tune.cli import builtin_data, cache_root  # noqa: E402
-from tune.search import SearchOptions, run_search  # noqa: E402
+import yaml  # noqa: E402
+
+from tune.cli import builtin_data  # noqa: E402
+from tune.runs import Run  # noqa: E402
+from tune.search import SearchOptions, loopback_only, quiet_ray, run_search, start_ray  # noqa: E402
 from tune.space import load_space  # noqa: E402
+from tune.trials import read_trials  # noqa: E402
+
+SPACE = ROOT / "search_spaces" / "demo.yaml"
 
 
 def used_mib() -> float:
@@ -50,38 +60,71 @@ class PeakMemory(threading.Thread):
             time.sleep(0.2)
 
 
+def trial_time(run_dir: Path) -> tuple[float, float, int, int]:
+    """(busy trial-seconds, sum of epoch times, epochs, trials) over every architecture of a run."""
+    run = Run(run_dir)
+    record = run.read()
+    busy = epochs_s = 0.0
+    epochs = trials = 0
+    for arch in record["space"]["architectures"]:
+        for t in read_trials(run, record, arch):
+            if t.results:
+                busy += t.results[-1]["time_total_s"]
+                epochs_s += sum(r["epoch_time"] for r in t.results)
+                epochs += len(t.results)
+                trials += 1
+    return busy, epochs_s, epochs, trials
+
+
+def search(space: Path, name: str, results: Path, data: Path, trials: int | None, cache: bool) -> Path:
+    return run_search(SearchOptions(space=space, data=data, name=name, results=results, trials=trials,
+                                    use_cache=cache, cache_dir=results / "cache" if cache else None))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--ways", default="new,old")
     ap.add_argument("--trials", type=int)
+    ap.add_argument("--no-cache", action="store_true")
     a = ap.parse_args()
     data = builtin_data()  # generated once, outside the timing
-    space_file = ROOT / "search_spaces" / "demo.yaml"
-    slots = int((os.cpu_count() or 1) // load_space(space_file).resources.cpus_per_trial)
-    results = Path(tempfile.mkdtemp(prefix="bench-search-"))
-    cache = results / "cache"  # a cold cache: the decode and feature builds are part of the timing
-    mem = PeakMemory()
-    mem.start()
-    t0 = time.perf_counter()
-    run_dir = run_search(SearchOptions(space=space_file, data=data, name="bench", results=results,
-                                       trials=a.trials, use_cache=not a.no_cache, cache_dir=cache))
-    wall = time.perf_counter() - t0
-    mem.stop = True
-    train_s = 0.0
-    epochs = 0
-    for f in run_dir.glob("trials/*/*/result.json"):
-        rows = {json.loads(line)["epoch"]: json.loads(line) for line in f.read_text().splitlines() if line}
-        train_s += sum(r["epoch_time"] for r in rows.values())
-        epochs += len(rows)
-    ideal = train_s / slots
-    print(f"\ndemo search ({'no cache' if a.no_cache else 'cached'}; built-in data in {cache_root()}):")
-    print(f"  wall time                 {wall:7.1f} s")
-    print(f"  training (sum of epochs)  {train_s:7.1f} s over {epochs} epochs in {slots} parallel slots")
-    print(f"  training share of wall    {ideal / wall:7.1%}  (training / slots / wall)")
-    print(f"  overhead                  {wall - ideal:7.1f} s")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"  peak memory of the search {mem.peak - mem.base:7.0f} MiB above the {mem.base:.0f} MiB in use before "
-          f"(driver alone: {peak:.0f} MiB)")
+    slots = int((os.cpu_count() or 1) // load_space(SPACE).resources.cpus_per_trial)
+    quiet_ray()
+    loopback_only()  # before Ray starts: every server on 127.0.0.1
+    start_ray(None)  # one Ray for every search of both ways: its start-up is in neither
+    rows = []
+    for way in a.ways.split(","):
+        work = Path(tempfile.mkdtemp(prefix=f"bench-search-{way}-"))
+        mem = PeakMemory()
+        mem.start()
+        t0 = time.perf_counter()
+        if way == "new":
+            runs = [search(SPACE, "bench", work, data, a.trials, not a.no_cache)]
+        else:  # the previous driver: a search (a Tuner) per architecture, one after the other, one shared cache
+            doc = yaml.safe_load(SPACE.read_text())
+            runs = []
+            for arch in doc["architectures"]:
+                one = work / f"{arch}.yaml"
+                one.write_text(yaml.safe_dump({**doc, "architectures": {arch: doc["architectures"][arch]}}))
+                try:
+                    runs.append(search(one, f"bench-{arch}", work, data, a.trials, not a.no_cache))
+                except Exception as e:  # noqa: BLE001 - an architecture whose weights are missing is skipped
+                    print(f"{arch}: {e}")
+        wall = time.perf_counter() - t0
+        mem.stop = True
+        busy, epochs_s, epochs, trials = (sum(x) for x in zip(*(trial_time(r) for r in runs)))
+        rows.append((way, wall, busy, epochs_s, epochs, trials, mem.peak - mem.base))
+    print(f"\ndemo search, {slots} slots, {'no cache' if a.no_cache else 'cold caches'}:\n")
+    print("| way | wall | trials (epochs) | busy trial-seconds | slot utilisation | outside training | "
+          "peak memory above idle |")
+    print("|---|---|---|---|---|---|---|")
+    for way, wall, busy, epochs_s, epochs, trials, peak in rows:
+        label = "one Tuner, every architecture" if way == "new" else "a Tuner per architecture, in turn"
+        print(f"| {label} | {wall:.1f} s | {trials} ({epochs}) | {busy:.1f} s | {busy / (slots * wall):.1%} | "
+              f"{wall - epochs_s / slots:.1f} s ({(wall - epochs_s / slots) / wall:.1%}) | {peak:.0f} MiB |")
+    if len(rows) == 2:
+        print(f"\nwall, old / new: {rows[1][1] / rows[0][1]:.2f}x")
+    print(f"driver peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -164,18 +164,35 @@ def timm_units(net: nn.Module, name: str) -> tuple[list[nn.Module], nn.Module, i
         blocks += list(stage.children()) if type(stage) is nn.Sequential else [stage]
     at, end = staged[0], staged[-1] + 1
     stem, post = nn.Sequential(*(m for _, m in children[:at])), children[end:]
+
+    def cut(k: int) -> tuple[list[nn.Module], TimmTail]:
+        return [stem, *blocks] + ([nn.Sequential(*(m for _, m in post[:k]))] if k else []), TimmTail(net, post[k:])
+
+    key = (type(net).__qualname__, tuple(n for n, _ in children), len(blocks))
+    if key not in _CUTS:  # where the net's forward splits is a property of its structure, not of its weights
+        _CUTS[key] = _find_cut(net, name, cut, len(post))
+    units, tail = cut(_CUTS[key][0])
+    return units, tail, _CUTS[key][1]
+
+
+# a net's structure -> (how many modules after the blocks are units, features)
+_CUTS: dict[tuple[Any, ...], tuple[int, int]] = {}
+
+
+def _find_cut(net: nn.Module, name: str, cut: Callable[[int], tuple[list[nn.Module], TimmTail]],
+              n_post: int) -> tuple[int, int]:
+    """How many of the modules after the blocks belong to the units, by comparing outputs on a random batch."""
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = net.forward_head(net.forward_features(x), pre_logits=True).flatten(1)
-        for k in range(len(post) + 1):
-            units = [stem, *blocks] + ([nn.Sequential(*(m for _, m in post[:k]))] if k else [])
-            tail = TimmTail(net, post[k:])
+        for k in range(n_post + 1):
+            units, tail = cut(k)
             try:
                 out = tail(nn.Sequential(*units)(x))
             except (RuntimeError, ValueError):
                 continue
             if out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5):
-                return units, tail, int(out.shape[1])
+                return k, int(out.shape[1])
     raise UserError(f"{name}: its forward does not decompose into stem → blocks → head; use another backbone")
 
 

@@ -102,13 +102,20 @@ def _fingerprints(info: RunInfo, data: tuple[ImageSet, ImageSet, ImageSet]) -> d
 
 def done_record(c: Candidate, seed: int, info: RunInfo,
                 data: tuple[ImageSet, ImageSet, ImageSet]) -> dict[str, Any] | None:
-    """The saved record of this exact (config, data, seed), if a previous finalize finished it."""
+    """The saved record of this exact (config, data, seed), if a previous finalize finished it. Configs are
+    compared as configs (a record of an earlier version lacks options added since, which mean their defaults)
+    and data by content (a dataset moved elsewhere is the same data)."""
     path = info.run.finalize(c.name, seed) / RECORD
-    if path.is_file():
-        old = read_json(path)
-        if old.get("config") == c.config.replace(seed=seed).to_dict() and old.get("data") == _fingerprints(info, data):
-            return old
-    return None
+    if not path.is_file():
+        return None
+    old = read_json(path)
+    try:
+        same_config = TrainConfig.from_dict(old.get("config", {})) == c.config.replace(seed=seed)
+    except (UserError, TypeError):  # a config this version cannot read is not this config
+        same_config = False
+    now = _fingerprints(info, data)
+    same_data = all(old.get("data", {}).get(k) == now[k] for k in now if k.endswith("_fingerprint"))
+    return old if same_config and same_data else None
 
 
 def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, ImageSet, ImageSet],
