@@ -200,7 +200,6 @@ def prepare(opts: SearchOptions, run: Run, old: dict[str, Any] | None, space: Se
     from tune.metrics import describe
     from tune.prepare import check_weights
 
-    run.path.mkdir(parents=True, exist_ok=True)
     cache = opts.cache_dir / "decoded" if opts.use_cache and opts.cache_dir else None
     t0 = time.time()
     # --no-cache: every trial decodes every image every epoch, like the usual pipeline (for comparison)
