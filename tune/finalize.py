@@ -242,7 +242,7 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     import torch
 
-    from tune.heldout import ROLE, check_for_testing
+    from tune.heldout import check_for_testing
     from tune.sources import find_sources
 
     extra = find_sources(extra_test) if extra_test else None  # a bad --extra-test fails before any training
@@ -252,8 +252,7 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     train, valid = load_train_valid(info, cache_dir)
     held_out = load_heldout(info, cache_dir)  # selected by (with a held-out or combined metric), never trained on
     test = load_test(info, decoded)
-    check_for_testing(test, extra or [], {"the train split": train, "the valid split": valid,
-                                          **{f"{ROLE} {h.split}": h for h in held_out}})
+    check_for_testing(test, extra or [], train, valid, held_out)
     log(f"finalize {info.name}: {len(cands)} model(s) x {seeds} seed(s); {len(train)} train / {len(valid)} valid / "
         f"{len(test)} test images{''.join(f'; held-out {h.split}: {len(h)}' for h in held_out)}; {info.threads} "
         "thread(s) per training, as the trials")

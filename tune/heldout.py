@@ -149,12 +149,13 @@ def for_training(dirs: list[Path], size: int, train: ImageSet, valid: ImageSet, 
     return sets, description
 
 
-def check_for_testing(test: ImageSet, extra_test: list[Source], selectors: dict[str, ImageSet]) -> None:
+def check_for_testing(test: ImageSet, extra_test: list[Source], train: ImageSet, valid: ImageSet,
+                      held_out: list[ImageSet]) -> None:
     """finalize, before any training: the test split shares no image with a held-out source, and no extra test
-    source (--extra-test) shares one with what trained or selected (`selectors`: train, valid, held-out)."""
-    held = {k: v.paths for k, v in selectors.items() if k.startswith(ROLE)}
+    source (--extra-test) shares one with what trained or selected (train, valid, a held-out source)."""
+    held = {f"{ROLE} {s.split}": s.paths for s in held_out}
     check_apart({"the test split": test.paths}, held, why="a source used to select is never a test result")
     check_apart({f"extra test source {s.name} ({s.path})": [str(f) for f in s.files] for s in extra_test},
-                {k: v.paths for k, v in selectors.items()},
+                {"the train split": train.paths, "the valid split": valid.paths, **held},
                 why="a source used to train or select (train, valid, a held-out validation source) is never "
                     "reported as a test result", among=False)

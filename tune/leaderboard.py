@@ -19,12 +19,14 @@ BASE_COLUMNS = ["trial_id", "arch", "trial_no", "ended", "epochs", "best_epoch",
 
 def side_by_side(meta: dict[str, Any]) -> list[str]:
     """With held-out validation sources: the in-domain and held-out values shown beside each trial's score,
-    at its kept epoch: the search metric's base and AUC (val_ and xval_), then AUC per held-out source."""
+    at its kept epoch: the search metric's base and AUC (val_ and xval_), then AUC per held-out source
+    when there are several."""
     held = (meta["data"].get("valid_extra") or {}).get("sources", [])
     if not held:
         return []
     bases = dict.fromkeys([split_name(meta["space"]["metric"])[1], "auc"])
-    return [f"{kind}_{b}" for b in bases for kind in ("val", HELDOUT)] + [f"{HELDOUT}[{s['name']}]_auc" for s in held]
+    per_source = [f"{HELDOUT}[{s['name']}]_auc" for s in held] if len(held) > 1 else []
+    return [f"{kind}_{b}" for b in bases for kind in ("val", HELDOUT)] + per_source
 
 
 def load_leaderboard(run_dir: Path) -> pd.DataFrame:

@@ -4,11 +4,11 @@ Everything else looks metrics up here: a trial reports `val_NAME` for every metr
 space may optimise any of them, and "which is better" is `better()`. Adding a metric is one entry.
 
 With held-out validation sources (generators the model never trains on, tune/heldout.py) a trial also
-reports `xval_NAME` (the mean over those sources, each weighing the same) and `xval[SOURCE]_NAME` per
-source for the ranking metrics in PER_SOURCE; and a search may select by a combination of the two,
-declared once in COMBINED: `mean_NAME` = (val_NAME + xval_NAME) / 2, and the worse of the two:
-`min_NAME` for a metric where higher is better (min_auc = min(val_auc, xval_auc)), `max_NAME` where
-lower is (max_eer). `metric_value()` reads any of these names off a per-epoch row.
+reports `xval_NAME` (the mean over those sources, each weighing the same) and, with several sources,
+`xval[SOURCE]_NAME` per source for the ranking metrics in PER_SOURCE; and a search may select by a
+combination of the two, declared once in COMBINED: `mean_NAME` = (val_NAME + xval_NAME) / 2, and the
+worse of the two: `min_NAME` for a metric where higher is better (min_auc = min(val_auc, xval_auc)),
+`max_NAME` where lower is (max_eer). `metric_value()` reads any of these names off a per-epoch row.
 """
 
 from __future__ import annotations
@@ -86,16 +86,12 @@ HELDOUT = "xval"  # the held-out sources' prefix: xval_auc (their mean), xval[SO
 PER_SOURCE = ("auc", "ap")  # reported per held-out source too (the papers' per-generator numbers)
 
 
-def _worse(a: float, b: float, mode: str) -> float:
-    return min(a, b) if mode == "max" else max(a, b)
-
-
-# Selection rules that combine the in-domain and the held-out value of one metric: prefix -> (what it is,
-# how). The worse-of-two rule is named by what it takes: min_ for higher-is-better metrics, max_ for the rest.
-COMBINED: dict[str, tuple[str, Callable[[float, float, str], float]]] = {
-    "mean": ("the mean of val_{m} and xval_{m}", lambda a, b, mode: (a + b) / 2),
-    "min": ("the smaller (worse) of val_{m} and xval_{m}", _worse),
-    "max": ("the larger (worse) of val_{m} and xval_{m}", _worse),
+# Selection rules that combine the in-domain and the held-out value of one metric: prefix -> (what it is, how).
+# search_metrics() offers min_ for higher-is-better metrics and max_ for the others: the worse of the two.
+COMBINED: dict[str, tuple[str, Callable[[float, float], float]]] = {
+    "mean": ("the mean of val_{m} and xval_{m}", lambda a, b: (a + b) / 2),
+    "min": ("the smaller (the worse) of val_{m} and xval_{m}", min),
+    "max": ("the larger (the worse) of val_{m} and xval_{m}", max),
 }
 
 
@@ -153,15 +149,16 @@ def metric_value(row: dict[str, Any], name: str) -> float:
     parts = [row.get(name)] if kind not in COMBINED else [row.get(f"val_{base}"), row.get(f"{HELDOUT}_{base}")]
     if not all(isinstance(v, (int, float)) and v == v for v in parts):
         return math.nan
-    return float(parts[0]) if kind not in COMBINED else float(COMBINED[kind][1](*parts, BASES[base]))
+    return float(parts[0]) if kind not in COMBINED else float(COMBINED[kind][1](*parts))
 
 
 def heldout_row(scored: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> dict[str, float]:
     """One epoch's held-out numbers from {source: (labels, P(fake), BCE loss)}: xval_NAME is the mean over
-    the sources of each metric (and of the loss), xval[SOURCE]_NAME each source's own for PER_SOURCE."""
+    the sources of each metric (and of the loss); with two or more sources, xval[SOURCE]_NAME is each
+    source's own for PER_SOURCE (with one, it would repeat xval_NAME)."""
     per = {name: {**binary_metrics(y, p), "loss": loss} for name, (y, p, loss) in scored.items()}
     row = {f"{HELDOUT}_{b}": float(np.mean([m[b] for m in per.values()])) for b in BASES}
-    for name, m in per.items():
+    for name, m in per.items() if len(per) > 1 else ():
         row |= {f"{HELDOUT}[{name}]_{b}": float(m[b]) for b in PER_SOURCE}
     return row
 

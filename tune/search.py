@@ -210,8 +210,9 @@ def prepare(opts: SearchOptions, run: Run, old: dict[str, Any] | None, space: Se
         recorded=old["data"].get("valid_extra") if old else None, what=f"run {opts.name} started",
         cache_dir=cache, skip_bad=opts.skip_bad, live=not opts.use_cache)
     sources = "".join(f"; held-out validation source {s.split}: {len(s)} images" for s in extra)
+    test = "its files only compared by bytes with the held-out sources" if extra else "not read by the search"
     print(f"data: {len(train)} train / {len(valid)} valid images at {space.image_size}px{sources} "
-          f"(decoded in {time.time() - t0:.1f}s); the test split is not read by the search", flush=True)
+          f"(decoded in {time.time() - t0:.1f}s); the test split: {test}", flush=True)
     space, weight_notes, skipped = check_weights(space)
     now = time.strftime("%Y-%m-%d %H:%M:%S")
     record = {"name": opts.name, "space_file": str(opts.space), "space": asdict(space),
