@@ -11,16 +11,17 @@ tiles seed 0, so no photo region crosses roles (tests/test_demo_data.py checks i
   gen2 (seed 2, --test-n-per-class): its test split is the unseen-generator test, read only at the end.
 
 Each of --repeats searches (custom_cnn and efficientnet_lite0, TPE, search metric val_auc, space seed 0, 1,
-...) records val_auc and xval_auc at every epoch of every trial. Every trial runs its full course (ASHA's grace period and the patience are the
-epoch cap), so what the trials trained does not depend on any rule; TPE's trials after its random start-up
-were guided by val_auc, as a default search is. Each rule then picks its (trial, epoch) from the same trials:
-the best value of val_auc (in-domain), xval_auc (held-out), mean_auc or min_auc (tune.metrics) over every
-epoch of every trial, ties to the first. Each pick is retrained from its recorded config and seed up to that
-epoch (checked: the retraining's per-epoch numbers equal the recorded ones bit for bit) and scored once on
-both test sets: AUC with a 95% stratified bootstrap interval, and a paired bootstrap against the in-domain
-rule's pick on the same resamples. The rank correlation of val_auc and xval_auc over all (trial, epoch)
-points says how much the held-out source could change a choice at all. About 4-5 minutes per search on the
-2-core VM (its datasets are generated once, into the cache).
+...) records val_auc and xval_auc at every epoch of every trial. Every trial runs its full course (ASHA's
+grace period and the patience are the epoch cap), so what the trials trained does not depend on any rule;
+TPE's trials after its random start-up were guided by val_auc, as a default search is. Each rule then picks
+its (trial, epoch) from the same trials: the best value of val_auc (in-domain), xval_auc (held-out),
+mean_auc or min_auc (tune.metrics) over every epoch of every trial, ties to the first. Each pick is
+retrained from its recorded config and seed up to that epoch (checked: the retraining's per-epoch numbers
+equal the recorded ones bit for bit) and scored once on both test sets: AUC with a 95% stratified
+bootstrap interval, and a paired bootstrap against the in-domain rule's pick on the same resamples. The
+rank correlation of val_auc and xval_auc over all (trial, epoch) points says how much the held-out source
+could change a choice at all. About 4-5 minutes per search on the 2-core VM (the datasets are generated
+once, into the cache).
 """
 
 from __future__ import annotations
@@ -103,13 +104,16 @@ def one_search(work: Path, gens: dict[int, Path], seed: int, a: argparse.Namespa
     from tune.trials import read_trials
 
     t0 = time.time()
+    held_out = work / "gen1"  # the source's name in xval[gen1]_auc
+    if not held_out.exists():
+        held_out.symlink_to(gens[1] / "valid", target_is_directory=True)
     space = work / f"space{seed}.yaml"
     space.write_text(SPACE.format(seed=seed, size=a.size, trials=a.trials, epochs=a.epochs))
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         run_dir = run_search(SearchOptions(space=space, data=gens[0], name=f"generalisation-seed{seed}",
                                            results=work / "results", cache_dir=work / "cache",
-                                           valid_extra=[gens[1] / "valid"]))
+                                           valid_extra=[held_out]))
     finally:
         ray.shutdown()
     info = read_run(run_dir)
