@@ -302,3 +302,13 @@ def test_the_trade_off_sentence_names_both_winners_and_the_paired_test() -> None
     md = tradeoff.markdown({"tradeoff": agree})
     assert "| Model | val_auc | xval_auc | xval[g]_auc | xval[h]_auc | test AUC |" in md
     assert "| b (tuned) | 0.990 | 0.750 | 0.700 | 0.800 | 0.800 |" in md
+
+
+def test_without_held_out_sources_the_test_split_is_not_even_listed(data: dict[str, Any],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    listed: list[Path] = []
+    monkeypatch.setattr(heldout, "files_of_test_split", lambda root: listed.append(root) or [])
+    assert heldout.for_training([], 32, data["train"], data["valid"], data["root"]) == ([], None)
+    assert listed == []
+    heldout.for_training([data["tmp"] / "poison"], 32, data["train"], data["valid"], data["root"])
+    assert listed == [data["root"]]  # with held-out sources: listed, to compare bytes

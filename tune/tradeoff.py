@@ -25,7 +25,8 @@ IN_DOMAIN, HELD_OUT = "val_auc", f"{HELDOUT}_auc"
 
 def validation(records: list[dict[str, Any]]) -> dict[str, float]:
     """Mean over a model's retrained seeds of the kept epoch's val_auc, xval_auc and AUC per held-out source."""
-    keys = [k for k in records[0]["best"] if k == IN_DOMAIN or (k.startswith(HELDOUT) and k.endswith("_auc"))]
+    keys = dict.fromkeys(k for r in records for k in r["best"]
+                         if k == IN_DOMAIN or (k.startswith(HELDOUT) and k.endswith("_auc")))
     return {k: float(np.mean([r["best"].get(k, math.nan) for r in records])) for k in keys}
 
 
@@ -83,10 +84,9 @@ def _cells(t: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 CAPTION = ("Validation AUC of each model's retrained seeds at their kept epochs, mean over seeds: val_auc on the "
-           "valid split, xval_auc averaged over the held-out validation sources (each weighs the same), "
-           "with several sources xval[SOURCE]_auc per source; test AUC as in the table above (mean over seeds). "
-           "The held-out sources "
-           "were never trained on; only the test column reads the test split.")
+           "valid split, xval_auc averaged over the held-out validation sources (each weighs the same), with "
+           "several sources xval[SOURCE]_auc per source; test AUC as in the table above (mean over seeds). The "
+           "held-out sources were never trained on; only the test column reads the test split.")
 
 
 def markdown(cmp: dict[str, Any]) -> str:
