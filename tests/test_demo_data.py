@@ -170,3 +170,32 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, fast_ae: object,
     with pytest.raises(KeyboardInterrupt):
         dd.generate_demo_data(tmp_path / "data", n_per_class=3, size=32)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_three_generator_protocol_shares_no_region_across_roles(tmp_path: Path, fast_ae: object) -> None:
+    """README's protocol: train and valid from seed 0, held-out validation from seed 1's valid split, test from
+    seed 2's test split, every generator cutting the photos with tiles seed 0. No crop of one role overlaps a
+    crop of another in any photo (valid and held-out share the valid tiles: both only validate), and no file is
+    byte-identical across roles; the generators differ (their fakes), the reals are other crops of the same
+    photos. Without the common tiles seed, seed 1's valid tiles overlap seed 0's train tiles."""
+    from tune.heldout import shared
+
+    data = {s: tmp_path / f"gen{s}" for s in (0, 1, 2)}
+    for s, out in data.items():
+        dd.generate_demo_data(out, n_per_class=N, size=SIZE, seed=s, tiles_seed=0)
+    manifests = {s: json.loads((out / dd.MANIFEST).read_text()) for s, out in data.items()}
+    assert manifests[0]["tiles"] == manifests[1]["tiles"] == manifests[2]["tiles"]
+    roles = {"train": (0, "train"), "valid": (0, "valid"), "held-out": (1, "valid"), "test": (2, "test")}
+    crops = {role: [(r["source"], r["box"]) for r in manifests[s]["images"] if r["split"] == split]
+             for role, (s, split) in roles.items()}
+    for a, b in combinations(roles, 2):
+        if {a, b} != {"valid", "held-out"}:
+            assert not any(sa == sb and overlap(ba, bb) for sa, ba in crops[a] for sb, bb in crops[b]), (a, b)
+    images = {role: sorted(str(p) for p in (data[s] / split).rglob("*.jpg")) for role, (s, split) in roles.items()}
+    assert all(not shared(images[a], images[b]) for a, b in combinations(roles, 2))
+    assert files(data[0])["test/Fake/0000.jpg"] != files(data[2])["test/Fake/0000.jpg"]
+    own = tmp_path / "own_tiles"
+    dd.generate_demo_data(own, n_per_class=3, size=32, seed=1)
+    tiles_1 = json.loads((own / dd.MANIFEST).read_text())["tiles"]
+    assert any(overlap(a, b) for name, t in tiles_1.items() for a in t["valid"]
+               for b in manifests[0]["tiles"][name]["train"])

@@ -10,7 +10,8 @@ flipped when flips are on. Views are built when an epoch first needs one, so a t
 stops after two epochs builds at most two. Prefixes are chained: a longer prefix's output is
 derived from a shorter one's of the same source by running only the units in between, so a search
 over several depths pays about one backbone pass per source. Views that would not fit the cache's
-size limit, and fresh views every epoch (`aug_views: 0`), are computed live; valid is always cached.
+size limit, and fresh views every epoch (`aug_views: 0`), are computed live; valid is always cached,
+and so is every held-out validation source (tune/heldout.py): plain images, never augmented.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -132,13 +133,15 @@ def flips_of(cfg: TrainConfig) -> tuple[bool, ...]:
 
 
 def precompute(models: list[Detector], train: ImageSet, valid: ImageSet, cfg: TrainConfig, *,
-               cache_dir: Path, train_view: bool = True) -> None:
+               cache_dir: Path, train_view: bool = True, extra: Sequence[ImageSet] = ()) -> None:
     """Fill the cache for every frozen depth a search can ask for, shortest prefix first, so the backbone
-    runs over the images once and each longer prefix adds only its own units: valid, and (train_view)
-    the first training view of `cfg`; later views are built by the first trial that reaches them."""
+    runs over the images once and each longer prefix adds only its own units: valid and the held-out
+    sources (`extra`), and (train_view) the first training view of `cfg`; later views are built by the
+    first trial that reaches them."""
     for model in sorted(models, key=lambda m: len(m.frozen)):
         if model.has_frozen_params:
-            cached_encode(model, valid, flips=(False,), cache_dir=cache_dir)
+            for images in (valid, *extra):
+                cached_encode(model, images, flips=(False,), cache_dir=cache_dir)
             if train_view:
                 cached_encode(model, train, flips=flips_of(cfg), cache_dir=cache_dir, spec=cfg.aug, view=0)
 
@@ -154,12 +157,14 @@ class Inputs:
     """Batches for `model.forward_cached`: the frozen prefix's output, from the cache or computed live.
 
     Call `start_epoch(e)` before an epoch's batches: it picks the epoch's view, and the cached path
-    loads (or builds) that view's features.
+    loads (or builds) that view's features. The evaluated sets are valid (0) and then each held-out
+    validation source in `extra`: `eval_batches(k, ...)`.
     """
 
     def __init__(self, model: Detector, cfg: TrainConfig, train: ImageSet, valid: ImageSet,
-                 cache_dir: Path | None) -> None:
+                 cache_dir: Path | None, extra: Sequence[ImageSet] = ()) -> None:
         self.model, self.cfg, self.train, self.valid, self.cache_dir = model, cfg, train, valid, cache_dir
+        self.evaluated = [valid, *extra]
         self.device = model_device(model)
         self.spec = cfg.aug
         self.views = cfg.aug_views if self.spec.active else 1  # without augmentation every view is the same
@@ -177,8 +182,8 @@ class Inputs:
             self.mode = "valid cached; train live (a fresh augmented view every epoch)"
         else:
             self.mode = f"valid cached; train live (its views would take {stored:.1f} GB > {LIMIT_GB:g} GB)"
-        self.valid_z = (cached_encode(model, valid, flips=(False,), cache_dir=cache_dir)[0]
-                        if cacheable else None)
+        self.eval_z = ([cached_encode(model, s, flips=(False,), cache_dir=cache_dir)[0] for s in self.evaluated]
+                       if cacheable else None)
         self.view = 0
         self.train_z: list[np.ndarray] = []
 
@@ -204,10 +209,15 @@ class Inputs:
             z[flipped] = self.train_z[1][idx[flipped]]
         return torch.from_numpy(z).to(self.device)
 
-    def valid_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        for i in range(0, len(self.valid), batch_size):
-            if self.valid_z is not None:
-                yield as_tensor(self.valid_z[i:i + batch_size]).to(self.device)
+    def eval_batches(self, k: int, batch_size: int) -> Iterator[torch.Tensor]:
+        """Evaluated set k (0: valid, then the held-out sources) through the frozen prefix, plain, in order."""
+        images = self.evaluated[k]
+        for i in range(0, len(images), batch_size):
+            if self.eval_z is not None:
+                yield as_tensor(self.eval_z[k][i:i + batch_size]).to(self.device)
             else:
-                x = to_float(self.valid.x[i:i + batch_size]).to(self.device)
+                x = to_float(images.x[i:i + batch_size]).to(self.device)
                 yield self.model.encode(x.contiguous(memory_format=torch.channels_last))
+
+    def valid_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        return self.eval_batches(0, batch_size)

@@ -41,6 +41,8 @@ def fast_allocator() -> None:
 
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+VALID_EXTRA_HELP = ("held-out validation sources, scored every epoch and never trained on: folders with Fake/ and "
+                    "Real/ (or 1_fake/ and 0_real/), or parents of one such folder per generator")
 
 
 def builtin_data(*, n_per_class: int | None = None, size: int | None = None, seed: int = 0) -> Path:
@@ -81,6 +83,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
                        help=f"{', '.join(archs)}: {spec.help} (default: the architecture's)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and report the count")
+    p.add_argument("--valid-extra", type=Path, nargs="+", metavar="DIR", help=VALID_EXTRA_HELP)
 
 
 def train_config(a: argparse.Namespace) -> Any:
@@ -98,7 +101,7 @@ def cmd_demo_data(a: argparse.Namespace) -> int:
     from tune import demo_data
 
     summary = demo_data.generate_demo_data(a.out, n_per_class=a.n_per_class or demo_data.DEFAULT_N_PER_CLASS,
-                                           size=a.size or demo_data.DEFAULT_SIZE, seed=a.seed)
+                                           size=a.size or demo_data.DEFAULT_SIZE, seed=a.seed, tiles_seed=a.tiles_seed)
     print(f"wrote the built-in dataset to {a.out}: {summary.get('counts', summary)}")
     return 0
 
@@ -107,27 +110,37 @@ def cmd_train(a: argparse.Namespace) -> int:
     import time
 
     from tune.data import load_split
+    from tune.heldout import for_training
+    from tune.metrics import needs_heldout
     from tune.records import save_run
     from tune.runs import HISTORY, RECORD, WEIGHTS
     from tune.train import fit
 
     cfg = train_config(a)  # fails fast, before reading any data
+    if needs_heldout(cfg.monitor) and not a.valid_extra:
+        raise UserError(f"--monitor {cfg.monitor} needs held-out validation sources: give --valid-extra DIR [DIR ...]")
     root = (a.data or builtin_data()).absolute()
     cache = cache_root() / "decoded" if cfg.use_cache else None
     train = load_split(root, "train", cfg.image_size, skip_bad=a.skip_bad_images, cache_dir=cache)
     valid = load_split(root, "valid", cfg.image_size, skip_bad=a.skip_bad_images, cache_dir=cache)
-    for s in (train, valid):
+    extra, held_out = for_training(a.valid_extra or [], cfg.image_size, train, valid, root, cache_dir=cache,
+                                   skip_bad=a.skip_bad_images)
+    for s in (train, valid, *extra):
         if s.skipped:
             print(f"skipped {len(s.skipped)} bad image(s) in {s.split}")
     out = a.out or Path("results") / f"train-{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"training {cfg.arch} on {root}: {len(train)} train / {len(valid)} valid images at {cfg.image_size}px")
-    result = fit(cfg, train, valid, cache_dir=cache_root() / "features" if cfg.use_cache else None)
+    print(f"training {cfg.arch} on {root}: {len(train)} train / {len(valid)} valid images at {cfg.image_size}px"
+          + "".join(f"; held-out {s.split}: {len(s)}" for s in extra))
+    result = fit(cfg, train, valid, extra=extra, cache_dir=cache_root() / "features" if cfg.use_cache else None)
     data = {"root": str(root), "train_fingerprint": train.fingerprint, "valid_fingerprint": valid.fingerprint,
-            "n_train": len(train), "n_valid": len(valid), "skipped": train.skipped + valid.skipped}
+            "n_train": len(train), "n_valid": len(valid),
+            "skipped": train.skipped + valid.skipped + [p for s in extra for p in s.skipped],
+            **({"valid_extra": held_out} if held_out else {})}
     save_run(out, cfg, result, data, valid.y)
     b = result.best
     print(f"{result.ended} after {len(result.history)} epochs; best epoch {result.best_epoch}: "
-          f"val_loss {b['val_loss']:.4f} val_auc {b['val_auc']:.4f} val_acc {b['val_accuracy']:.4f}")
+          f"val_loss {b['val_loss']:.4f} val_auc {b['val_auc']:.4f} val_acc {b['val_accuracy']:.4f}"
+          + (f" xval_auc {b['xval_auc']:.4f}" if "xval_auc" in b else ""))
     print(f"weights: {result.model.weights_source}; wrote {out / WEIGHTS}, {HISTORY}, {RECORD}")
     return 0
 
@@ -155,7 +168,7 @@ def cmd_search(a: argparse.Namespace) -> int:
                          trials=trials, time_budget=time_budget, address=a.address,
                          storage_uri=a.storage if is_uri(a.storage) else None, resume=a.resume,
                          extend=a.extend is not None, use_cache=not a.no_cache, skip_bad=a.skip_bad_images,
-                         cache_dir=cache_root())
+                         cache_dir=cache_root(), valid_extra=a.valid_extra)
     run_dir = run_search(opts)
     print(f"search finished: {run_dir}")
     from tune.leaderboard import load_leaderboard, render, trial_counts
@@ -220,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n-per-class", type=int, default=None, help="images per class over all splits")
     p.add_argument("--size", type=int, default=None, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the generator (its autoencoder) and every random draw "
+                   "(default: 0)")
+    p.add_argument("--tiles-seed", type=int, help="how the photos are cut into tiles dealt to the splits (default: "
+                   "--seed); datasets of several generators with one --tiles-seed share no photo region across "
+                   "splits")
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("train", help="one training run with early stopping (what every trial runs)")
@@ -246,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="turn the decoded-image and frozen-backbone caches off: "
                    "decode and run the frozen backbone live at every use")
     p.add_argument("--skip-bad-images", action="store_true")
+    p.add_argument("--valid-extra", type=Path, nargs="+", metavar="DIR", help=VALID_EXTRA_HELP + (
+                   " (replaces the space file's valid_extra; the space's metric may then be xval_*, mean_* or "
+                   "min_*, e.g. mean_auc)"))
     p.add_argument("--no-finalize", action="store_true", help="skip retraining the winners and the test evaluation")
     p.add_argument("--seeds", type=int, default=3, help="seeds per winner in the finalize step (default: 3)")
     p.set_defaults(func=cmd_search)

@@ -229,10 +229,18 @@ def load_split(root: Path, split: str, size: int, *, skip_bad: bool = False,
 
     With `live`, images are still checked once here, but decoded again at every use (LiveImages).
     """
+    return load_files(scan_split(root, split), size, label=f"split '{split}' of {root}", skip_bad=skip_bad,
+                      cache_dir=cache_dir, live=live)
+
+
+def load_files(files: SplitFiles, size: int, *, label: str, skip_bad: bool = False, cache_dir: Path | None = None,
+               live: bool = False) -> ImageSet:
+    """Fingerprint and decode listed images (a split, or a held-out source: tune/heldout.py) into an ImageSet
+    named `files.split`; `label` says what they are in error messages. Both classes must be readable."""
     if live:
-        s = load_split(root, split, size, skip_bad=skip_bad, cache_dir=None)
-        return ImageSet(split, LiveImages(s.paths, size), s.y, s.paths, s.fingerprint, s.skipped)  # type: ignore[arg-type]
-    files = scan_split(root, split)
+        s = load_files(files, size, label=label, skip_bad=skip_bad, cache_dir=None)
+        return ImageSet(s.split, LiveImages(s.paths, size), s.y, s.paths, s.fingerprint, s.skipped)  # type: ignore[arg-type]
+    split = files.split
     fp = fingerprint(files)
     # v2: 16-bit images are scaled by a fixed 65535 instead of each image's maximum.
     cached = Path(cache_dir) / f"decoded-v2-{fp}-{size}.npz" if cache_dir else None
@@ -253,17 +261,17 @@ def load_split(root: Path, split: str, size: int, *, skip_bad: bool = False,
     if bad and not skip_bad:
         listing = "; ".join(f"{p} ({why})" for p, why in bad[:50])
         more = f"; and {len(bad) - 50} more" if len(bad) > 50 else ""
-        raise DataError(f"{len(bad)} bad image(s) in split '{split}': {listing}{more} "
+        raise DataError(f"{len(bad)} bad image(s) in {label}: {listing}{more} "
                         "(expected readable jpg/jpeg/png/bmp/webp; --skip-bad-images skips them)")
     bad_set = {p for p, _ in bad}
     keep = np.asarray([i for i, p in enumerate(files.paths) if p not in bad_set], dtype=np.int64)
     if len(keep) == 0:
-        raise DataError(f"no readable images in split '{split}' of {root}")
+        raise DataError(f"no readable images in {label}")
     x = x[keep] if len(bad) else x
     y = np.asarray([files.labels[i] for i in keep], dtype=np.float32)
     for cls, lab in (("Fake", FAKE), ("Real", REAL)):
         if not (y == lab).any():
-            raise DataError(f"split '{split}' of {root} has no readable {cls} images")
+            raise DataError(f"{label} has no readable {cls} images")
     if cached is not None:
         from tune.utils import atomic_write_bytes
 

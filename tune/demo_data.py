@@ -13,6 +13,12 @@ corrected to their source crop, so colour statistics, size or file format give n
 
 Leakage: every photo is cut into tiles and each tile belongs to exactly one split. A crop never
 leaves its tile, so train, valid and test never share a pixel of any source photo.
+
+Several generators: each seed trains its own autoencoder (its weights' init and training patches), and
+also draws its own crops, fake masks and JPEG qualities. The reals always come from the same photos, so
+datasets of several seeds share no pixel across splits only when they cut the photos the same way:
+`tiles_seed` (default: the seed) says how, and the three-generator protocol gives every generator the
+same one (README, "Held-out generators").
 """
 
 from __future__ import annotations
@@ -191,16 +197,17 @@ def finish(img: np.ndarray, size: int, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def _check_args(out: Path, n_per_class: int, size: int, seed: int) -> None:
-    for name, v in (("n-per-class", n_per_class), ("size", size), ("seed", seed)):
+def _check_args(out: Path, n_per_class: int, size: int, seed: int, tiles_seed: int) -> None:
+    for name, v in (("n-per-class", n_per_class), ("size", size), ("seed", seed), ("tiles-seed", tiles_seed)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
             raise UserError(f"--{name} must be an integer, got {v!r}")
     if n_per_class < 3:
         raise UserError(f"--n-per-class must be at least 3 (one image per split), got {n_per_class}")
     if not 32 <= size <= 1024:
         raise UserError(f"--size must be between 32 and 1024 pixels, got {size}")
-    if seed < 0:
-        raise UserError(f"--seed must be >= 0, got {seed}")
+    for name, v in (("seed", seed), ("tiles-seed", tiles_seed)):
+        if v < 0:
+            raise UserError(f"--{name} must be >= 0, got {v}")
     _check_out(out)
 
 
@@ -212,16 +219,20 @@ def _check_out(out: Path) -> None:
 
 
 def generate_demo_data(out: Path, *, n_per_class: int = DEFAULT_N_PER_CLASS, size: int = DEFAULT_SIZE,
-                       seed: int = 0) -> dict[str, Any]:
+                       seed: int = 0, tiles_seed: int | None = None) -> dict[str, Any]:
     """Write out/{train,valid,test}/{Fake,Real}/*.jpg plus out/demo_data.json (every image's source,
-    crop box and processing). Same arguments, same bytes. Returns a summary of what was written."""
+    crop box and processing). Same arguments, same bytes. Returns a summary of what was written.
+    `tiles_seed` (default `seed`) alone decides how the photos are cut and dealt to the splits."""
     out = Path(out)
-    _check_args(out, n_per_class, size, seed)
-    n_per_class, size, seed = int(n_per_class), int(size), int(seed)  # NumPy integers are not JSON
+    tiles_seed = seed if tiles_seed is None else tiles_seed
+    _check_args(out, n_per_class, size, seed, tiles_seed)
+    n_per_class, size, seed, tiles_seed = int(n_per_class), int(size), int(seed), int(tiles_seed)  # JSON-safe
     start = time.perf_counter()
-    # Separate streams, so changing e.g. the AE's training leaves the crops (and the reals) unchanged.
+    # Separate streams, so changing e.g. the AE's training leaves the crops (and the reals) unchanged; the
+    # tiles' stream is the first of tiles_seed's (with tiles_seed == seed, exactly what it always was).
     streams = np.random.SeedSequence(seed).spawn(5)
-    r_tiles, r_crops, r_ae, r_fake, r_jpeg = (np.random.default_rng(s) for s in streams)
+    r_crops, r_ae, r_fake, r_jpeg = (np.random.default_rng(s) for s in streams[1:])
+    r_tiles = np.random.default_rng(np.random.SeedSequence(tiles_seed).spawn(5)[0])
     sources = load_sources()
     names = list(sources)
     tiles = {name: split_tiles(*photo.shape[:2], r_tiles) for name, photo in sources.items()}
@@ -262,7 +273,8 @@ def generate_demo_data(out: Path, *, n_per_class: int = DEFAULT_N_PER_CLASS, siz
                 done, how = synthesize(model, np.stack([img for img, _ in chunk]), r_fake)
                 for img, (_, meta), h in zip(done, chunk, how, strict=True):
                     save(split, "Fake", img, meta | h)
-        manifest = {"generator": "tune.demo_data", "seed": seed, "n_per_class": n_per_class, "size": size,
+        manifest = {"generator": "tune.demo_data", "seed": seed, "tiles_seed": tiles_seed,
+                    "n_per_class": n_per_class, "size": size,
                     "counts": {s: {c: counts[s] for c in ("Fake", "Real")} for s in SPLITS},
                     "sources": names, "tiles": {n: {s: [list(b) for b in t[s]] for s in SPLITS}
                                                 for n, t in tiles.items()},

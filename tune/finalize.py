@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.config import TrainConfig
-from tune.runinfo import RunInfo, cache_dirs, load_train_valid, read_run, trial_config
+from tune.runinfo import RunInfo, cache_dirs, load_heldout, load_train_valid, read_run, trial_config
 from tune.runs import RECORD, WEIGHTS, read_json, resolve_run, results_root
 from tune.utils import (
     UserError,
@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # numpy, torch, scipy are imported on use, so `python -m tune
     from tune.data import ImageSet
 
 Log = Callable[[str], None]
+Data = tuple["ImageSet", "ImageSet", "ImageSet", list["ImageSet"]]  # train, valid, test, the held-out sources
 RULES = {"at_0.5": "threshold 0.5 (the notebook's rule)",
          "at_valid_threshold": "threshold chosen on valid: Youden's J = TPR - FPR maximised on each retrained "
                                "model's validation probabilities (the test set never picks it)"}
@@ -94,17 +95,17 @@ def load_test(info: RunInfo, decoded_cache: Path | None) -> ImageSet:
     return data.load_split(info.root, "test", info.image_size, skip_bad=info.skip_bad, cache_dir=decoded_cache)
 
 
-def _fingerprints(info: RunInfo, data: tuple[ImageSet, ImageSet, ImageSet]) -> dict[str, str]:
-    train, valid, test = data
+def _fingerprints(info: RunInfo, data: Data) -> dict[str, Any]:
+    train, valid, test, extra = data
+    held_out = {"valid_extra": info.heldout} if extra else {}  # a run without held-out sources: as before
     return {"train_fingerprint": train.fingerprint, "valid_fingerprint": valid.fingerprint,
-            "test_fingerprint": test.fingerprint, "root": str(info.root)}
+            "test_fingerprint": test.fingerprint, "root": str(info.root), **held_out}
 
 
-def done_record(c: Candidate, seed: int, info: RunInfo,
-                data: tuple[ImageSet, ImageSet, ImageSet]) -> dict[str, Any] | None:
+def done_record(c: Candidate, seed: int, info: RunInfo, data: Data) -> dict[str, Any] | None:
     """The saved record of this exact (config, data, seed), if a previous finalize finished it. Configs are
     compared as configs (a record of an earlier version lacks options added since, which mean their defaults)
-    and data by content (a dataset moved elsewhere is the same data)."""
+    and data by content (a dataset moved elsewhere is the same data; held-out sources count too)."""
     path = info.run.finalize(c.name, seed) / RECORD
     if not path.is_file():
         return None
@@ -114,20 +115,20 @@ def done_record(c: Candidate, seed: int, info: RunInfo,
     except (UserError, TypeError):  # a config this version cannot read is not this config
         same_config = False
     now = _fingerprints(info, data)
-    same_data = all(old.get("data", {}).get(k) == now[k] for k in now if k.endswith("_fingerprint"))
+    same_data = all(old.get("data", {}).get(k) == v for k, v in now.items() if k != "root")
     return old if same_config and same_data else None
 
 
-def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, ImageSet, ImageSet],
-                  features: Path | None, log: Log) -> dict[str, Any]:
+def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: Path | None,
+                  log: Log) -> dict[str, Any]:
     """Retrain one candidate with one seed, score valid and test (plain and flipped), save; reuse a finished
     record of the same thing."""
     from tune import train as training  # looked up on use: tests wrap tune.train.fit to count trainings
     from tune.ensembles import add_missing_scores, save_scores
-    from tune.metrics import binary_metrics, youden_threshold
+    from tune.metrics import binary_metrics, metric_value, youden_threshold
     from tune.records import run_record, save_training
 
-    train, valid, test = data
+    train, valid, test, extra = data
     out = info.run.finalize(c.name, seed)
     cfg = c.config.replace(seed=seed)
     fingerprints = _fingerprints(info, data)
@@ -140,13 +141,13 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: tuple[ImageSet, 
     if (out / RECORD).is_file():
         log(f"[{c.name}] seed {seed}: the saved result is for another config or data; redoing it")
     log(f"[{c.name}] seed {seed}: training {'trial ' + c.trial_id if c.trial_id else 'the notebook recipe'}")
-    result = training.fit(cfg, train, valid, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
+    result = training.fit(cfg, train, valid, extra=extra, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
     threshold = youden_threshold(valid.y, result.val_probs)
     save_training(out, result)
     p_test = save_scores(out, result.model, valid, test)
     record = run_record(cfg, result, fingerprints)
     record.update(name=c.name, kind=c.kind, trial_id=c.trial_id, metric=info.metric,
-                  valid_score=float(result.best.get(info.metric, float("nan"))),
+                  valid_score=metric_value(result.best, info.metric),  # by the run's rule (mean_auc, ...)
                   threshold=threshold, threshold_rule=RULES["at_valid_threshold"],
                   test={"at_0.5": binary_metrics(test.y, p_test, 0.5),
                         "at_valid_threshold": binary_metrics(test.y, p_test, threshold)})
@@ -158,7 +159,7 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
             valid: ImageSet, test: ImageSet) -> dict[str, Any]:
     """Means with t-intervals over seeds, bootstrap intervals over test images, the paired tests, and the
     ensembles and flip TTA of each model's seeds (tune.ensembles)."""
-    from tune import ensembles, stats
+    from tune import ensembles, stats, tradeoff
 
     y = test.y.astype(int)
     alpha = 0.05
@@ -184,8 +185,9 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
         rows.append(row)
         variant_rows += ensembles.rows(row, preds[c.name], {rule: {v: boot[rule][c.name, v] for v in preds[c.name]}
                                                             for rule in RULES}, y, alpha)
+    held_out = {"tradeoff": tradeoff.summary(rows, records, boot["at_0.5"], alpha)} if info.heldout else {}
     return {"run": info.name, "metric": info.metric, "n_test": len(y), "test_fingerprint": test.fingerprint,
-            "skipped": info.meta.get("skipped", {}),
+            "skipped": info.meta.get("skipped", {}), **held_out,
             "threshold_rules": RULES, "alpha": alpha,
             "bootstrap": {"resamples": stats.RESAMPLES, "numpy_seed": stats.SEED, "stratified_by_class": True,
                           "statistic": "each resample's metric is averaged over seeds"},
@@ -247,6 +249,7 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     import torch
 
+    from tune.heldout import check_for_testing
     from tune.sources import find_sources
 
     extra = find_sources(extra_test) if extra_test else None  # a bad --extra-test fails before any training
@@ -254,11 +257,14 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     cands = candidates(info, baseline, log)
     decoded, features = cache_dirs(info, cache_dir)
     train, valid = load_train_valid(info, cache_dir)
+    held_out = load_heldout(info, cache_dir)  # selected by (with a held-out or combined metric), never trained on
     test = load_test(info, decoded)
+    check_for_testing(test, extra or [], train, valid, held_out)
     log(f"finalize {info.name}: {len(cands)} model(s) x {seeds} seed(s); {len(train)} train / {len(valid)} valid / "
-        f"{len(test)} test images; {info.threads} thread(s) per training, as the trials")
+        f"{len(test)} test images{''.join(f'; held-out {h.split}: {len(h)}' for h in held_out)}; {info.threads} "
+        "thread(s) per training, as the trials")
     threads_before = torch.get_num_threads()
-    data = (train, valid, test)
+    data = (train, valid, test, held_out)
     try:
         pending = [(c, i) for c in cands for i in range(seeds) if done_record(c, info.seed + i, info, data) is None]
         if jobs > 1 and len(pending) > 1:
@@ -279,8 +285,9 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
         torch.set_num_threads(threads_before)  # fit changed it for the whole process
     cmp = compare(info, cands, records, valid, test)
     from tune.report import make_plots, render_csv, render_markdown
+    from tune.tradeoff import markdown as tradeoff_markdown
 
-    md = render_markdown(cmp)
+    md = render_markdown(cmp) + tradeoff_markdown(cmp)
     atomic_write_json(info.run.comparison("json"), cmp)
     atomic_write_text(info.run.comparison("csv"), render_csv(cmp))
     atomic_write_text(info.run.comparison("md"), md)

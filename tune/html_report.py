@@ -17,6 +17,7 @@ from html import escape
 from pathlib import Path
 
 from tune import report_sections as sec
+from tune import tradeoff
 from tune.runs import Run
 from tune.utils import atomic_write_text
 
@@ -29,6 +30,7 @@ SECTIONS: list[tuple[str, str, Callable[[sec.Context], str], str]] = [
     ("curves", "ROC curves, confusion matrices, learning curves", sec.curves, "comparison"),
     ("explain", "Where the winners looked: class-activation maps", sec.explanations, "comparison"),
     ("evaluation", "Per source and robustness", sec.evaluation, "evaluation"),
+    ("tradeoff", "In-domain vs held-out validation", tradeoff.section, "heldout"),
     ("leaderboard", "Leaderboard: every trial", sec.leaderboard, ""),
     ("search", "The search, per architecture (Optuna)", sec.search, ""),
     ("epochs", "Epochs per trial (ASHA)", sec.epochs, ""),
@@ -120,7 +122,8 @@ def missing(ctx: sec.Context) -> list[str]:
 
 def build_html(run_dir: Path, *, log: Log = print) -> str:
     ctx = context(run_dir)
-    has = {"": True, "comparison": ctx.cmp is not None, "evaluation": bool(ctx.cmp and "evaluation" in ctx.cmp)}
+    has = {"": True, "comparison": ctx.cmp is not None, "evaluation": bool(ctx.cmp and "evaluation" in ctx.cmp),
+           "heldout": bool(ctx.meta["data"].get("valid_extra"))}
     parts, nav = [], []
     for anchor, heading, build, needs in SECTIONS:
         if not has[needs]:

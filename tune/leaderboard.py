@@ -8,12 +8,25 @@ from typing import Any
 
 import pandas as pd
 
+from tune.metrics import HELDOUT, split_name
 from tune.runs import Run
 from tune.trials import kept_score, read_trials
 from tune.utils import UserError, atomic_write_text
 
 BASE_COLUMNS = ["trial_id", "arch", "trial_no", "ended", "epochs", "best_epoch", "score", "val_loss_at_best",
                 "wall_s"]
+
+
+def side_by_side(meta: dict[str, Any]) -> list[str]:
+    """With held-out validation sources: the in-domain and held-out values shown beside each trial's score,
+    at its kept epoch: the search metric's base and AUC (val_ and xval_), then AUC per held-out source
+    when there are several."""
+    held = (meta["data"].get("valid_extra") or {}).get("sources", [])
+    if not held:
+        return []
+    bases = dict.fromkeys([split_name(meta["space"]["metric"])[1], "auc"])
+    per_source = [f"{HELDOUT}[{s['name']}]_auc" for s in held] if len(held) > 1 else []
+    return [f"{kind}_{b}" for b in bases for kind in ("val", HELDOUT)] + per_source
 
 
 def load_leaderboard(run_dir: Path) -> pd.DataFrame:
@@ -23,6 +36,7 @@ def load_leaderboard(run_dir: Path) -> pd.DataFrame:
     meta = run.read()
     space = meta["space"]
     metric, mode = space["metric"], space["mode"]
+    shown = side_by_side(meta)
     sampled = {a: [n for n, p in ps.items() if p["kind"] != "fixed"] for a, ps in space["architectures"].items()}
     rows = []
     for arch in space["architectures"]:
@@ -33,6 +47,7 @@ def load_leaderboard(run_dir: Path) -> pd.DataFrame:
             row: dict[str, Any] = {
                 "trial_id": t.trial_id, "arch": arch, "trial_no": no, "ended": ended, "epochs": len(results),
                 "best_epoch": kept, "score": score, "val_loss_at_best": at.get("val_loss", math.nan),
+                **{c: at.get(c, math.nan) for c in shown},
                 "wall_s": round(sum(r.get("epoch_time", 0.0) for r in results), 2),
                 "seed": t.params.get("seed", 0),
             }

@@ -2,6 +2,13 @@
 
 Everything else looks metrics up here: a trial reports `val_NAME` for every metric below, a search
 space may optimise any of them, and "which is better" is `better()`. Adding a metric is one entry.
+
+With held-out validation sources (generators the model never trains on, tune/heldout.py) a trial also
+reports `xval_NAME` (the mean over those sources, each weighing the same) and, with several sources,
+`xval[SOURCE]_NAME` per source for the ranking metrics in PER_SOURCE; and a search may select by a
+combination of the two, declared once in COMBINED: `mean_NAME` = (val_NAME + xval_NAME) / 2, and the
+worse of the two: `min_NAME` for a metric where higher is better (min_auc = min(val_auc, xval_auc)),
+`max_NAME` where lower is (max_eer). `metric_value()` reads any of these names off a per-epoch row.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
@@ -73,15 +81,86 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 LOSS = Metric("loss", "min", "BCE loss")  # computed from logits by the training loop
 
 
+BASES: dict[str, str] = {"loss": LOSS.mode, **{m.name: m.mode for m in METRICS.values()}}  # name -> direction
+HELDOUT = "xval"  # the held-out sources' prefix: xval_auc (their mean), xval[SOURCE]_auc (one source)
+PER_SOURCE = ("auc", "ap")  # reported per held-out source too (the papers' per-generator numbers)
+
+
+# Selection rules that combine the in-domain and the held-out value of one metric: prefix -> (what it is, how).
+# search_metrics() offers min_ for higher-is-better metrics and max_ for the others: the worse of the two.
+COMBINED: dict[str, tuple[str, Callable[[float, float], float]]] = {
+    "mean": ("the mean of val_{m} and xval_{m}", lambda a, b: (a + b) / 2),
+    "min": ("the smaller (the worse) of val_{m} and xval_{m}", min),
+    "max": ("the larger (the worse) of val_{m} and xval_{m}", max),
+}
+
+
+def worst_prefix(mode: str) -> str:
+    return "min" if mode == "max" else "max"
+
+
 def search_metrics() -> dict[str, str]:
-    """Every per-epoch validation number a search may optimise, with its direction."""
-    return {"val_loss": LOSS.mode, **{f"val_{m.name}": m.mode for m in METRICS.values()}}
+    """Every per-epoch number a search may select by, with its direction: in-domain (val_), held-out (xval_)
+    and their combinations (mean_, and min_ or max_)."""
+    out = {f"val_{b}": mode for b, mode in BASES.items()}
+    out |= {f"{HELDOUT}_{b}": mode for b, mode in BASES.items()}
+    for b, mode in BASES.items():
+        out |= {f"mean_{b}": mode, f"{worst_prefix(mode)}_{b}": mode}
+    return out
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(kind, base metric) of a metric name: val_auc -> ("val", "auc"); xval[gan]_ap -> ("xval[gan]", "ap");
+    mean_auc -> ("mean", "auc"). A bare "auc" is ("val", "auc"); best_ in front is ignored."""
+    kind, _, base = name.removeprefix("best_").rpartition("_")
+    held_out_source = kind.startswith(f"{HELDOUT}[") and kind.endswith("]")
+    if base not in BASES or not (kind in ("", "val", HELDOUT, *COMBINED) or held_out_source):
+        raise KeyError(name)
+    return kind or "val", base
 
 
 def mode_of(name: str) -> str:
-    """Direction of `name`, with or without the val_/best_ prefixes."""
-    base = name.removeprefix("best_").removeprefix("val_")
-    return LOSS.mode if base == "loss" else METRICS[base].mode
+    """Direction of `name`: any name search_metrics() lists or a per-source column, with or without best_."""
+    return BASES[split_name(name)[1]]
+
+
+def needs_heldout(name: str) -> bool:
+    """True when `name` cannot be computed without held-out validation sources."""
+    return split_name(name)[0] != "val"
+
+
+def describe(name: str) -> str:
+    """One line saying what a selection metric is (recorded in run.json, shown in the report)."""
+    kind, base = split_name(name)
+    label = METRICS[base].label if base in METRICS else LOSS.label
+    if kind == "val":
+        return f"{name}: {label} on the valid split"
+    if kind == HELDOUT:
+        return f"{name}: {label} averaged over the held-out validation sources (each source weighs the same)"
+    if kind not in COMBINED:
+        return f"{name}: {label} on the held-out validation source {kind[len(HELDOUT) + 1:-1]}"
+    return f"{name}: {COMBINED[kind][0].format(m=base)}"
+
+
+def metric_value(row: dict[str, Any], name: str) -> float:
+    """`name` at one epoch's row (a combined rule is computed from the row's val_ and xval_ values);
+    NaN when the row lacks it or a part of it is not a number."""
+    kind, base = split_name(name)
+    parts = [row.get(name)] if kind not in COMBINED else [row.get(f"val_{base}"), row.get(f"{HELDOUT}_{base}")]
+    if not all(isinstance(v, (int, float)) and v == v for v in parts):
+        return math.nan
+    return float(parts[0]) if kind not in COMBINED else float(COMBINED[kind][1](*parts))
+
+
+def heldout_row(scored: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> dict[str, float]:
+    """One epoch's held-out numbers from {source: (labels, P(fake), BCE loss)}: xval_NAME is the mean over
+    the sources of each metric (and of the loss); with two or more sources, xval[SOURCE]_NAME is each
+    source's own for PER_SOURCE (with one, it would repeat xval_NAME)."""
+    per = {name: {**binary_metrics(y, p), "loss": loss} for name, (y, p, loss) in scored.items()}
+    row = {f"{HELDOUT}_{b}": float(np.mean([m[b] for m in per.values()])) for b in BASES}
+    for name, m in per.items() if len(per) > 1 else ():
+        row |= {f"{HELDOUT}[{name}]_{b}": float(m[b]) for b in PER_SOURCE}
+    return row
 
 
 def better(a: float, b: float, mode: str) -> bool:

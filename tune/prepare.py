@@ -62,9 +62,11 @@ def frozen_depths(space: SearchSpace, arch: str) -> list[int]:
     return list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
 
 
-def precompute_features(space: SearchSpace, arch: str, train: ImageSet, valid: ImageSet, cache_dir: Path) -> None:
+def precompute_features(space: SearchSpace, arch: str, train: ImageSet, valid: ImageSet, cache_dir: Path,
+                        extra: list[ImageSet] | None = None) -> None:
     """The frozen-backbone cache for every depth the trials can ask for, built once before they start:
-    the shortest prefix from the images, each longer one from the previous (tune/cache.py)."""
+    the shortest prefix from the images, each longer one from the previous (tune/cache.py); valid and the
+    held-out sources (`extra`) whatever the trials' settings."""
     from tune.cache import precompute
     from tune.train import make_model
 
@@ -79,5 +81,5 @@ def precompute_features(space: SearchSpace, arch: str, train: ImageSet, valid: I
     # make each trial's views its own, built by the trial that needs them.
     shared = not any(n in space.architectures[arch] and space.architectures[arch][n].kind != "fixed"
                      for n in ("augment", "aug_strength", "hflip"))
-    precompute(models, train, valid, cfg, cache_dir=cache_dir, train_view=shared)
+    precompute(models, train, valid, cfg, cache_dir=cache_dir, train_view=shared, extra=extra or ())
     print(f"[{arch}] frozen-backbone features for unfrozen_blocks {depths}: {time.time() - t0:.1f}s", flush=True)

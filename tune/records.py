@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.config import TrainConfig
-from tune.metrics import METRICS
+from tune.metrics import HELDOUT, METRICS
 from tune.runs import HISTORY, RECORD, WEIGHTS
 from tune.utils import UserError, atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, library_versions
 
@@ -24,8 +24,11 @@ HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", *(f"val_{k}" for k in METRI
 
 
 def history_csv(history: list[dict[str, Any]]) -> str:
+    """One row per epoch; a training with held-out validation sources also gets their xval_ columns."""
+    held = [k for k in dict.fromkeys(k for row in history for k in row) if k.startswith(HELDOUT)]
+    fields = HISTORY_FIELDS[:3 + len(METRICS)] + held + HISTORY_FIELDS[3 + len(METRICS):]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(history)
     return buf.getvalue()

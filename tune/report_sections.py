@@ -280,6 +280,7 @@ def reproduce(ctx: Context) -> str:
               "--storage", storage, "--no-finalize"]
     search += ["--no-cache"] if not meta.get("use_cache", True) else []
     search += ["--skip-bad-images"] if meta["data"].get("skipped") else []
+    search += ["--valid-extra", *meta["data"]["valid_extra"]["dirs"]] if meta["data"].get("valid_extra") else []
     lines = ["# 1. the same search again, into a new run folder next to this one", cmd(*search)]
     if not ctx.board.empty:
         lines.append("# 2. re-train each architecture's best trial and check its numbers bit for bit")

@@ -5,6 +5,8 @@ count and the run's cache setting, on the same data (checked by fingerprint), fo
 ran. Training is deterministic on CPU (tune.train seeds every epoch from (seed, epoch)), so the
 per-epoch numbers must match the recorded ones exactly: floats are compared with ==, and JSON
 round-trips Python floats exactly, so there is no tolerance to hide a real difference behind.
+A run with held-out validation sources reproduces them too (checked by fingerprint): their xval_
+numbers, and the kept epoch its rule chose (best_epoch), are compared like the rest.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tune.runinfo import RunInfo, cache_dirs, load_train_valid, read_run, trial_config, trial_record
+from tune.runinfo import RunInfo, cache_dirs, load_heldout, load_train_valid, read_run, trial_config, trial_record
 from tune.runs import resolve_run, results_root
 from tune.utils import UserError, cache_root
 
 KEYS = ("train_loss", "val_loss", "val_accuracy", "val_auc")
+HELD_OUT_KEYS = ("xval_loss", "xval_auc", "best_epoch")  # also compared when the run has held-out sources
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Reproduction:
     trial_id: str
     recorded: list[dict[str, Any]]
     reproduced: list[dict[str, Any]]
+    keys: tuple[str, ...] = KEYS
 
     @property
     def differing(self) -> list[int]:
@@ -35,7 +39,7 @@ class Reproduction:
         bad = []
         for i, rec in enumerate(self.recorded):
             rep = self.reproduced[i] if i < len(self.reproduced) else {}
-            if not all(same(rec.get(k), rep.get(k)) for k in KEYS):
+            if not all(same(rec.get(k), rep.get(k)) for k in self.keys):
                 bad.append(int(rec["epoch"]))
         return bad
 
@@ -77,22 +81,23 @@ def reproduce_trial(run_dir: Path, trial: str | None = "best", *, cache_dir: Pat
         raise UserError(f"trial {arch}_{tid} has no recorded epochs to reproduce")
     cfg = trial_config(info, arch, tid)
     train, valid = load_train_valid(info, cache_dir)  # refuses when the data changed
+    extra = load_heldout(info, cache_dir)  # so does this; a monitor such as mean_auc needs them
     _, features = cache_dirs(info, cache_dir)
     log(f"reproducing {arch} trial {tid} of run {info.name}: {len(recorded)} epoch(s), seed {cfg.seed}, "
         f"{cfg.threads} thread(s), cache {'on' if cfg.use_cache else 'off'}")
     threads_before = torch.get_num_threads()
     try:
-        result = fit(cfg, train, valid, cache_dir=features, log=None, stop_after=len(recorded))
+        result = fit(cfg, train, valid, extra=extra, cache_dir=features, log=None, stop_after=len(recorded))
     finally:
         torch.set_num_threads(threads_before)  # fit set the trial's count for the whole process
-    return Reproduction(arch, tid, recorded, result.history)
+    return Reproduction(arch, tid, recorded, result.history, KEYS + (HELD_OUT_KEYS if extra else ()))
 
 
 def render(rep: Reproduction) -> str:
     lines = [f"{'epoch':>5}  {'metric':<12}  {'recorded':<22}  {'reproduced':<22}"]
     for i, rec in enumerate(rep.recorded):
         got = rep.reproduced[i] if i < len(rep.reproduced) else {}
-        for k in KEYS:
+        for k in rep.keys:
             a, b = rec.get(k), got.get(k, "(not reached)")
             lines.append(f"{rec['epoch']:>5}  {k:<12}  {a!r:<22}  {b!r:<22}  {'same' if same(a, b) else 'DIFFERS'}")
     return "\n".join(lines) + "\n"
@@ -110,8 +115,8 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         if torch.cuda.is_available():
             print("note: this ran on CUDA, where some kernels are not bit-reproducible; exactness is promised on CPU")
         return 1
-    print(f"reproduced exactly: {rep.arch} trial {rep.trial_id}, {len(rep.recorded)} epoch(s) x {len(KEYS)} metrics "
-          "identical")
+    print(f"reproduced exactly: {rep.arch} trial {rep.trial_id}, {len(rep.recorded)} epoch(s) x {len(rep.keys)} "
+          "metrics identical")
     return 0
 
 

@@ -41,6 +41,11 @@ class RunInfo:
     def run(self) -> Run:
         return Run(self.run_dir)
 
+    @property
+    def heldout(self) -> dict[str, Any] | None:
+        """The held-out validation sources the search recorded (tune.heldout.describe), or None."""
+        return self.meta["data"].get("valid_extra")
+
 
 def read_run(run_dir: Path) -> RunInfo:
     run_dir = Path(run_dir)
@@ -81,6 +86,15 @@ def load_train_valid(info: RunInfo, cache_dir: Path | None) -> tuple[ImageSet, I
                             "reproduced on different data")
         out.append(s)
     return out[0], out[1]
+
+
+def load_heldout(info: RunInfo, cache_dir: Path | None) -> list[ImageSet]:
+    """The search's held-out validation sources (none for a run without them); refused when changed."""
+    from tune.heldout import load_recorded
+
+    decoded, _ = cache_dirs(info, cache_dir)
+    return load_recorded(info.heldout, info.image_size, what=f"search {info.name} ran", cache_dir=decoded,
+                         skip_bad=info.skip_bad)
 
 
 def trial_record(info: RunInfo, arch: str, trial_id: str) -> TrialRecord | None:

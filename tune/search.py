@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from tune.config import TrainConfig
 from tune.data import ImageSet, load_split
 from tune.runs import Run, exists, experiment_name, join, trial_folder, trials_root_for
 from tune.space import Budget as SpaceBudget
-from tune.space import DefineByRun, Param, Resources, SearchSpace, load_space
+from tune.space import DefineByRun, Param, Resources, SearchSpace, check_rule, load_space
 from tune.trials import SCORE, kept_score, last_timestamp
 from tune.utils import UserError, library_versions
 
@@ -50,6 +50,7 @@ class SearchOptions:
     skip_bad: bool = False
     cache_dir: Path | None = None
     max_failures: int = 2
+    valid_extra: list[Path] | None = None  # --valid-extra: held-out validation sources (replace the space's)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class TrialData:
     threads: int
     cache_dir: str | None
     use_cache: bool = True
+    extra: list[ImageSet] = field(default_factory=list)  # held-out validation sources: scored, never trained on
 
 
 def run_trial(config: dict[str, Any], data: TrialData) -> None:
@@ -91,7 +93,7 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
     cache = Path(data.cache_dir) if data.cache_dir else None
-    fit(cfg, data.train, data.valid, report=report, resume=resume, cache_dir=cache, log=None)
+    fit(cfg, data.train, data.valid, extra=data.extra, report=report, resume=resume, cache_dir=cache, log=None)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -124,7 +126,7 @@ def space_from_record(d: dict[str, Any]) -> SearchSpace:
     archs = {a: {n: Param(**{**p, "choices": tuple(p.get("choices") or ())}) for n, p in ps.items()}
              for a, ps in d["architectures"].items()}
     return SearchSpace(**{**d, "budget": SpaceBudget(**d["budget"]), "resources": Resources(**d["resources"]),
-                          "architectures": archs})
+                          "architectures": archs, "valid_extra": tuple(d.get("valid_extra", ()))})
 
 
 # --------------------------------------------------------------------------- plan
@@ -157,6 +159,9 @@ def plan_space(opts: SearchOptions, old: dict[str, Any] | None) -> tuple[SearchS
     """The space and data root: recorded when continuing (whatever the command line's defaults say), else the
     space file with --trials / --time-budget over its budget (--time-budget alone: trials until time is up)."""
     if old is not None:
+        if opts.valid_extra is not None:
+            raise UserError(f"run {opts.name} goes on with the held-out validation sources it recorded; leave out "
+                            "--valid-extra")
         return space_from_record(old["space"]), opts.data or Path(old["data"]["root"])
     if opts.space is None or opts.data is None:
         raise UserError("a new search needs --space and --data")
@@ -166,7 +171,11 @@ def plan_space(opts: SearchOptions, old: dict[str, Any] | None) -> tuple[SearchS
     # count, which would otherwise end a time-budgeted search early
     trials = opts.trials if opts.trials is not None else None if opts.time_budget is not None else b.trials
     time_s = opts.time_budget if opts.time_budget is not None else b.time_s
-    return replace(space, budget=replace(b, trials=trials, time_s=time_s)), opts.data
+    space = replace(space, budget=replace(b, trials=trials, time_s=time_s))
+    if opts.valid_extra is not None:
+        space = replace(space, valid_extra=tuple(str(Path(d).absolute()) for d in opts.valid_extra))
+    check_rule(space)  # a held-out or combined metric without held-out sources: one line, before any work
+    return space, opts.data
 
 
 def experiments(record: dict[str, Any], opts: SearchOptions) -> list[tuple[int, dict[str, Any]]]:
@@ -184,18 +193,26 @@ def budget_of(location: str, archs: list[str], part: dict[str, Any]) -> Budget:
 
 # --------------------------------------------------------------------------- prepare
 def prepare(opts: SearchOptions, run: Run, old: dict[str, Any] | None, space: SearchSpace,
-            data_root: Path) -> tuple[dict[str, Any], SearchSpace, ImageSet, ImageSet]:
-    """Decode train and valid, check the weights, and write run.json (refusing changed data or a reused name)."""
+            data_root: Path) -> tuple[dict[str, Any], SearchSpace, ImageSet, ImageSet, list[ImageSet]]:
+    """Decode train, valid and the held-out sources, check the weights, and write run.json (refusing changed
+    data, held-out sources that share images with the splits, or a reused name)."""
+    from tune import heldout
+    from tune.metrics import describe
     from tune.prepare import check_weights
 
-    run.path.mkdir(parents=True, exist_ok=True)
     cache = opts.cache_dir / "decoded" if opts.use_cache and opts.cache_dir else None
     t0 = time.time()
     # --no-cache: every trial decodes every image every epoch, like the usual pipeline (for comparison)
     train, valid = (load_split(data_root, s, space.image_size, skip_bad=opts.skip_bad, cache_dir=cache,
                                live=not opts.use_cache) for s in ("train", "valid"))
-    print(f"data: {len(train)} train / {len(valid)} valid images at {space.image_size}px "
-          f"(decoded in {time.time() - t0:.1f}s); the test split is not read by the search", flush=True)
+    extra, held_out = heldout.for_training(
+        [Path(d) for d in space.valid_extra], space.image_size, train, valid, data_root,
+        recorded=old["data"].get("valid_extra") if old else None, what=f"run {opts.name} started",
+        cache_dir=cache, skip_bad=opts.skip_bad, live=not opts.use_cache)
+    sources = "".join(f"; held-out validation source {s.split}: {len(s)} images" for s in extra)
+    test = "its files only compared by bytes with the held-out sources" if extra else "not read by the search"
+    print(f"data: {len(train)} train / {len(valid)} valid images at {space.image_size}px{sources} "
+          f"(decoded in {time.time() - t0:.1f}s); the test split: {test}", flush=True)
     space, weight_notes, skipped = check_weights(space)
     now = time.strftime("%Y-%m-%d %H:%M:%S")
     record = {"name": opts.name, "space_file": str(opts.space), "space": asdict(space),
@@ -203,7 +220,9 @@ def prepare(opts: SearchOptions, run: Run, old: dict[str, Any] | None, space: Se
                        "valid_fingerprint": valid.fingerprint, "n_train": len(train), "n_valid": len(valid),
                        "classes": {s.split: {"Fake": int((s.y == FAKE).sum()), "Real": int((s.y == REAL).sum())}
                                    for s in (train, valid)},
-                       "skipped": train.skipped + valid.skipped},
+                       "skipped": train.skipped + valid.skipped + [p for s in extra for p in s.skipped],
+                       **({"valid_extra": held_out} if held_out else {})},
+              "rule": {"metric": space.metric, "mode": space.mode, "about": describe(space.metric)},
               "weights": weight_notes, "skipped": skipped, "trials_root": trials_root_for(run, opts.storage_uri),
               "experiment": experiment_name(0), "started_at": time.time(), "extensions": [],
               "use_cache": opts.use_cache, "versions": library_versions(), "started": now}
@@ -230,7 +249,7 @@ def prepare(opts: SearchOptions, run: Run, old: dict[str, Any] | None, space: Se
             raise UserError(f"{location} already holds trials of an earlier search named {opts.name}; "
                             "choose another --name")
     run.write(record)
-    return record, space, train, valid
+    return record, space, train, valid, extra
 
 
 # --------------------------------------------------------------------------- run
@@ -315,20 +334,20 @@ def run_search(opts: SearchOptions) -> Path:
     run = Run.named(opts.results, opts.name)
     old = previous_run(run, opts)
     space, data_root = plan_space(opts, old)
-    record, space, train, valid = prepare(opts, run, old, space, data_root)
+    record, space, train, valid, extra = prepare(opts, run, old, space, data_root)
     archs = list(space.architectures)
     started_ray = start_ray(opts.address)
     try:
         cuda = torch.cuda.is_available()
         resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial if cuda else 0}
         data = TrialData(train, valid, space.metric, space.mode, max(1, int(space.resources.cpus_per_trial)),
-                         str(opts.cache_dir / "features") if opts.cache_dir else None, opts.use_cache)
+                         str(opts.cache_dir / "features") if opts.cache_dir else None, opts.use_cache, extra)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), resources)
         if opts.use_cache and opts.cache_dir:
             from tune.prepare import precompute_features
 
             for arch in archs:  # every architecture's caches before any trial starts
-                precompute_features(space, arch, train, valid, opts.cache_dir / "features")
+                precompute_features(space, arch, train, valid, opts.cache_dir / "features", extra)
         n_slots = slots(space)
         for k, part in experiments(record, opts):
             location = join(run.trials_root(record), part["experiment"])

@@ -2,8 +2,9 @@
 
 File format (see search_spaces/default.yaml):
 
-    metric: val_auc          # a per-epoch validation metric
+    metric: val_auc          # a per-epoch validation metric: val_*, or with valid_extra xval_*, mean_*, min_*
     mode: max
+    valid_extra: [/data/gen_b]   # held-out validation sources, never trained on (relative: to this file)
     seed: 0
     image_size: 224
     budget: {trials: 20, max_epochs: 15, grace_period: 2, reduction_factor: 3, patience: 3}
@@ -30,7 +31,7 @@ import yaml
 from tune.archs import check_hparams, get_arch
 from tune.budget import parse_duration
 from tune.config import TrainConfig, searchable_options
-from tune.metrics import search_metrics
+from tune.metrics import needs_heldout, search_metrics
 from tune.models import parse_head_sizes
 from tune.utils import UserError
 
@@ -76,6 +77,7 @@ class SearchSpace:
     resources: Resources = Resources()
     fixed: dict[str, Any] = field(default_factory=dict)
     architectures: dict[str, dict[str, Param]] = field(default_factory=dict)
+    valid_extra: tuple[str, ...] = ()  # held-out validation sources (absolute paths; tune/heldout.py)
 
     def base_config(self, arch: str) -> dict[str, Any]:
         """TrainConfig fields every trial of `arch` shares (sampled values are added on top). The kept epoch
@@ -182,10 +184,37 @@ def _check_range(src: str, key: str, arch: str, p: Param) -> None:
             raise _err(src, key, str(e)) from None
 
 
-def parse_space(doc: Any, src: str = "<space>") -> SearchSpace:
-    """Validate a loaded YAML document; every problem is one UserError naming file and key."""
+def monitors(space: SearchSpace) -> set[str]:
+    """Every monitor a trial of the space can get (fixed, per architecture, or sampled)."""
+    out = set()
+    for arch, params in space.architectures.items():
+        p = params.get("monitor")
+        out |= {str(c) for c in p.choices} if p is not None and p.kind == "categorical" else \
+            {str(space.base_config(arch)["monitor"])}
+    return out
+
+
+def check_rule(space: SearchSpace) -> None:
+    """A held-out or combined metric (or monitor) needs held-out validation sources: one line if none."""
+    for name in sorted({space.metric} | monitors(space)):
+        if needs_heldout(name) and not space.valid_extra:
+            what = "metric" if name == space.metric else "monitor"
+            raise UserError(f"{space.source}: {what} {name} needs held-out validation sources: list them as "
+                            "valid_extra in the space file or give search --valid-extra DIR [DIR ...]")
+
+
+def _paths(src: str, v: Any, base: Path | None) -> tuple[str, ...]:
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+        raise _err(src, "valid_extra", f"expected a folder path or a list of them, got {v!r}")
+    return tuple(str(Path(base or ".", i).absolute()) for i in items)
+
+
+def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> SearchSpace:
+    """Validate a loaded YAML document; every problem is one UserError naming file and key. Relative
+    valid_extra paths are relative to `base` (the space file's folder)."""
     doc = _mapping(src, "(top level)", doc)
-    top = ("metric", "mode", "seed", "image_size", "budget", "resources", "fixed", "architectures")
+    top = ("metric", "mode", "seed", "image_size", "budget", "resources", "fixed", "architectures", "valid_extra")
     _check_keys(src, "", doc, top)
     metrics = search_metrics()
     metric = doc.get("metric", "val_auc")
@@ -238,7 +267,8 @@ def parse_space(doc: Any, src: str = "<space>") -> SearchSpace:
         for p in archs[arch].values():
             _check_range(src, f"architectures.{arch}.{p.name}", arch, p)
 
-    space = SearchSpace(src, metric, mode, seed, image_size, budget, resources, fixed, archs)
+    valid_extra = _paths(src, doc["valid_extra"], base) if doc.get("valid_extra") is not None else ()
+    space = SearchSpace(src, metric, mode, seed, image_size, budget, resources, fixed, archs, valid_extra)
     for arch in archs:  # the fixed part must itself be a valid training config
         try:
             TrainConfig.from_dict({k: v for k, v in space.base_config(arch).items()})
@@ -259,4 +289,4 @@ def load_space(path: Path) -> SearchSpace:
         raise UserError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text file (expected YAML)") from None
-    return parse_space(doc, str(path))
+    return parse_space(doc, str(path), path.parent)

@@ -7,6 +7,11 @@ The rule: `cfg.monitor` (val_loss, the notebook's, or a validation metric such a
 which epoch's weights are kept, stops training after `patience` epochs without a better value, and in a
 search a trial's score is the search metric at that kept epoch (tune/search.py), so the number a
 trial is ranked by is the number of the weights finalize keeps.
+
+Held-out validation sources (`extra`, tune/heldout.py) are scored after valid every epoch, in inference
+mode and never augmented; they never reach a gradient step. Their numbers (xval_*) join the epoch's row,
+so a monitor or search metric may be held-out or combined (mean_auc, min_auc: tune/metrics.py), and the
+time they take counts in the epoch's time.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +32,9 @@ from tune.archs import build_model
 from tune.cache import Inputs
 from tune.config import TrainConfig
 from tune.data import ImageSet
-from tune.metrics import METRICS, better, binary_metrics, mode_of
+from tune.metrics import HELDOUT, METRICS, better, binary_metrics, heldout_row, metric_value, mode_of, needs_heldout
 from tune.models import Detector, count_params
-from tune.utils import seed_everything
+from tune.utils import UserError, seed_everything
 
 # report(metrics, checkpoint_state) is called after every epoch; checkpoint_state() builds the
 # resumable state lazily, so callers that do not checkpoint pay nothing for it.
@@ -124,6 +129,12 @@ def evaluate(model: Detector, batches: Any, y: np.ndarray) -> tuple[float, np.nd
     return loss, torch.sigmoid(logits).numpy().astype(np.float64)
 
 
+def scored(result: tuple[float, np.ndarray]) -> tuple[np.ndarray, float]:
+    """evaluate's (loss, P(fake)) as (P(fake) with NaN read as 0.5, loss): what tune.metrics.heldout_row takes."""
+    loss, probs = result
+    return np.nan_to_num(probs, nan=0.5), loss
+
+
 def make_model(cfg: TrainConfig) -> Detector:
     seed_everything(cfg.seed)  # model init depends on the seed only
     # CUDA when present (a Ray trial sees only the GPU share it was given); else the CPU.
@@ -131,20 +142,23 @@ def make_model(cfg: TrainConfig) -> Detector:
     return build_model(cfg.arch, **cfg.hparams).to(device=device, memory_format=torch.channels_last)
 
 
-def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, report: ReportHook | None = None,
-        resume: dict[str, Any] | None = None, cache_dir: Path | None = None,
+def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[ImageSet] = (),
+        report: ReportHook | None = None, resume: dict[str, Any] | None = None, cache_dir: Path | None = None,
         log: Callable[[str], None] | None = print, stop_after: int | None = None) -> FitResult:
     """Train with BCEWithLogitsLoss; keep the epoch with the best `cfg.monitor`, and stop after `patience`
-    epochs without a better one.
+    epochs without a better one. `extra`: held-out validation sources, scored every epoch, never trained on.
 
     Returns the model with the kept epoch's weights restored. `resume` is a state from a checkpoint
     (see `state()` below); `stop_after` caps the epochs run (used by reproduce).
     """
+    if needs_heldout(cfg.monitor) and not extra:
+        raise UserError(f"monitor {cfg.monitor} needs held-out validation sources (--valid-extra DIR), and none "
+                        "were given")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     model = make_model(cfg)
     trainable, frozen = count_params(model)
-    inputs = Inputs(model, cfg, train, valid, cache_dir)
+    inputs = Inputs(model, cfg, train, valid, cache_dir, extra)
     optimizer = OPTIMIZERS[cfg.optimizer](param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     mode = mode_of(cfg.monitor)
     history: list[dict[str, Any]] = []
@@ -173,20 +187,25 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, report: ReportHoo
         val_loss, probs = evaluate(model, inputs.valid_batches(256), valid.y)
         diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
         m = binary_metrics(valid.y, np.nan_to_num(probs, nan=0.5)) if not diverged else {}
+        held = {} if diverged or not extra else heldout_row(
+            {s.split: (s.y, *scored(evaluate(model, inputs.eval_batches(k, 256), s.y)))
+             for k, s in enumerate(extra, 1)})
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               **{f"val_{k}": m.get(k, math.nan) for k in METRICS},
+               **{f"val_{k}": m.get(k, math.nan) for k in METRICS}, **held,
                "lr": optimizer.param_groups[0]["lr"],  # the head's, at the epoch's last step (the schedule)
-               "epoch_time": time.perf_counter() - t0}
-        if not diverged and better(row[cfg.monitor], best_value, mode):
-            best_value, best_epoch, bad_epochs = row[cfg.monitor], epoch, 0
+               "epoch_time": time.perf_counter() - t0}  # the held-out sources' scoring included
+        value = metric_value(row, cfg.monitor)
+        if not diverged and better(value, best_value, mode):
+            best_value, best_epoch, bad_epochs = value, epoch, 0
             best_state, best_probs = copy.deepcopy(model.state_dict()), probs
         else:
             bad_epochs += 1
         row["best_epoch"] = best_epoch
         history.append(row)
         if log:
+            xval = f"  {HELDOUT}_auc {row[f'{HELDOUT}_auc']:.4f}" if held else ""
             log(f"[{cfg.arch}] epoch {epoch:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
-                f"val_acc {row['val_accuracy']:.4f}  val_auc {row['val_auc']:.4f}  {row['epoch_time']:.1f}s"
+                f"val_acc {row['val_accuracy']:.4f}  val_auc {row['val_auc']:.4f}{xval}  {row['epoch_time']:.1f}s"
                 f"{'  *' if best_epoch == epoch else ''}")
         if diverged:
             ended = "diverged"

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from tune.metrics import metric_value
 from tune.runs import Run, filesystem, trial_folder
 
 SCORE = "score"  # what a trial reports to Ray, ASHA and Optuna: the search metric at its kept epoch
@@ -23,12 +24,12 @@ SCORE = "score"  # what a trial reports to Ray, ASHA and Optuna: the search metr
 
 def kept_score(rows: list[dict[str, Any]], metric: str) -> tuple[int | None, float]:
     """(kept epoch, `metric` at that epoch) from a trial's per-epoch rows. The kept epoch is the one its
-    `monitor` chose (tune.train.fit's best_epoch), so this is the score of the weights the trial kept;
-    (None, NaN) before any usable epoch."""
+    `monitor` chose (tune.train.fit's best_epoch), so this is the score of the weights the trial kept
+    (a combined metric such as mean_auc is computed from the row: tune.metrics.metric_value); (None, NaN)
+    before any usable epoch."""
     kept = int(rows[-1].get("best_epoch") or 0) if rows else 0
     row = next((r for r in rows if r.get("epoch") == kept), None) if kept else None
-    value = row.get(metric) if row else None
-    return (kept, float(value)) if isinstance(value, (int, float)) else (None, math.nan)
+    return (kept, metric_value(row, metric)) if row else (None, math.nan)
 
 
 def ended_how(last_result: dict[str, Any] | None, status: str, error_file: bool = False) -> str:
