@@ -97,8 +97,10 @@ def test_unwritable_results_one_line_and_nothing_half_written(tiny_run: Path, tm
     assert (run / "leaderboard.csv").read_bytes() == before  # the old file is intact
     assert not list(run.glob(".*.tmp"))  # and no temporary file is left behind
     monkeypatch.undo()
-    # A folder that cannot be created (read-only even for root): one line, exit 2.
-    code = main(["search", "--data", str(tmp_path), "--storage", "/proc/not-writable", "--name", "x",
+    # A folder that cannot be created (read-only even for root): one line, exit 2. (Good data: the search checks
+    # its data before it makes the run folder, so a bad dataset would be the one line instead.)
+    data = make_dataset(tmp_path / "data", n=4, size=32, splits=("train", "valid"))
+    code = main(["search", "--data", str(data), "--storage", "/proc/not-writable", "--name", "x",
                  "--no-finalize"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "/proc/not-writable" in err[0], err

@@ -279,7 +279,7 @@ def slots(space: SearchSpace) -> int:
 
 
 def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: dict[str, Any], k: int, budget: Budget,
-               opts: SearchOptions, location: str) -> Any:
+               opts: SearchOptions, location: str, n_slots: int) -> Any:
     """A new Tuner for experiment k, or (--resume) the interrupted one restored."""
     from optuna.samplers import TPESampler
     from optuna.storages import RDBStorage
@@ -311,7 +311,10 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: dict[str, A
         trainable,
         tune_config=tune.TuneConfig(
             metric=SCORE, mode=space.mode, search_alg=ArchSearcher(studies, budget, metric=SCORE, mode=space.mode),
-            scheduler=scheduler, num_samples=samples, reuse_actors=not opts.address,
+            # Ray lets a searcher of its own have one trial pending at a time unless told how many may run:
+            # with short trials the second slot's actor was never up before the first trial ended (seen:
+            # 10 trials of 1-3 s, strictly one after the other on 2 slots).
+            scheduler=scheduler, num_samples=samples, max_concurrent_trials=n_slots, reuse_actors=not opts.address,
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=location.rstrip("/").rsplit("/", 1)[-1], storage_path=location.rstrip("/").rsplit("/", 1)[0],
@@ -355,7 +358,7 @@ def run_search(opts: SearchOptions) -> Path:
             spent = max(0.0, (last_timestamp(location) or part["started_at"]) - part["started_at"]) \
                 if opts.resume and part.get("started_at") else 0.0
             budget.start(slots=n_slots, spent=spent)
-            tuner = make_tuner(trainable, space, run, record, k, budget, opts, location)
+            tuner = make_tuner(trainable, space, run, record, k, budget, opts, location, n_slots)
             print(f"[search] {', '.join(archs)} on {n_slots} slot(s): {budget.describe(spent)}"
                   f"{f' (extension {k})' if k else ''}; up "
                   f"to {space.budget.max_epochs} epochs a trial, one ASHA per architecture (grace "
