@@ -82,8 +82,11 @@ def searched(data: Path, space: Path, seeds: int, name: str | None) -> tuple[np.
         name = time.strftime("recipes-%Y%m%d-%H%M%S")
         subprocess.run([sys.executable, "-m", "tune", "search", "--data", str(data), "--space", str(space),
                         "--name", name, "--seeds", str(seeds)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - t0
-    run = Run(ROOT / "results" / name)
+        seconds = time.perf_counter() - t0
+        run = Run(ROOT / "results" / name)
+    else:  # a finished run: from its search's start to its comparison's writing
+        run = Run(Path(name) if Path(name, "run.json").is_file() else ROOT / "results" / name)
+        seconds = run.comparison("json").stat().st_mtime - float(run.read().get("started_at", 0.0))
     cmp = json.loads(run.comparison("json").read_text())
     tuned = [r for r in cmp["rows"] if r["kind"] == "tuned"]
     mode = run.read()["space"]["mode"]
@@ -97,7 +100,8 @@ def main() -> None:
     ap.add_argument("data", type=Path, help="dataset root (ROOT/{train,valid,test}/{Fake,Real})")
     ap.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "demo.yaml")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--run", help="a finished search + finalize of this name under results/ (skip (c)'s run)")
+    ap.add_argument("--run", help="a finished search + finalize: its folder, or its name under results/ "
+                    "(instead of running (c))")
     a = ap.parse_args()
     fast_allocator()
     space = load_space(a.space)
