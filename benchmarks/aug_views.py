@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tune import cache  # noqa: E402
 from tune.cli import fast_allocator  # noqa: E402
-from tune.config import TrainConfig  # noqa: E402
-from tune.data import load_split  # noqa: E402
-from tune.demo_data import generate_demo_data  # noqa: E402
-from tune.train import fit  # noqa: E402
+from tune.data.builtin import generate_demo_data  # noqa: E402
+from tune.data.images import load_split  # noqa: E402
+from tune.training import cache  # noqa: E402
+from tune.training.config import TrainConfig  # noqa: E402
+from tune.training.loop import fit  # noqa: E402
 
 RECIPE = {"arch": "efficientnet_lite0", "weights": "packaged", "unfrozen_blocks": 5, "head_sizes": (),
           "dropout": 0.2, "lr": 1e-3, "backbone_lr_mult": 0.3, "epochs": 6, "patience": 6, "monitor": "val_auc"}

@@ -26,8 +26,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import tune.cli  # noqa: E402  (sets the allocator environment the project's commands run with)
-from tune.archs import build_model  # noqa: E402
-from tune.models import count_params  # noqa: E402
+from tune.models.detector import count_params  # noqa: E402
+from tune.models.registry import build_model  # noqa: E402
 
 ARCHS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 SIZES = [128, 224]
@@ -77,7 +77,7 @@ def main() -> None:
     frozen = {n: build_model(n, unfrozen_blocks=0).eval() for n in ARCHS}
     trained = {n: build_model(n, unfrozen_blocks=a.units).train() for n in ARCHS}
     for m in (*frozen.values(), *trained.values()):
-        m.to(memory_format=torch.channels_last)  # as tune.train.make_model does
+        m.to(memory_format=torch.channels_last)  # as tune.training.loop.make_model does
     y = (torch.arange(a.batch) % 2).float()
     rows = []
     for size in SIZES:

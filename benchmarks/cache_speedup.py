@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
 
-from tune.config import TrainConfig  # noqa: E402
-from tune.data import load_split  # noqa: E402
-from tune.demo_data import generate_demo_data  # noqa: E402
-from tune.metrics import binary_metrics  # noqa: E402
-from tune.train import fit, make_model  # noqa: E402
+from tune.data.builtin import generate_demo_data  # noqa: E402
+from tune.data.images import load_split  # noqa: E402
+from tune.metrics.classification import binary_metrics  # noqa: E402
+from tune.training.config import TrainConfig  # noqa: E402
+from tune.training.loop import fit, make_model  # noqa: E402
 
 CONFIGS = [("mobilenet_v2", {"unfrozen_blocks": 0}), ("mobilenet_v2", {"unfrozen_blocks": 2}),
            ("mobilenet_v2", {"unfrozen_blocks": 4}), ("custom_cnn", {})]

@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from tune import cache  # noqa: E402
-from tune.config import TrainConfig  # noqa: E402
-from tune.data import load_split  # noqa: E402
-from tune.demo_data import generate_demo_data  # noqa: E402
-from tune.train import fit, make_model  # noqa: E402
+from tune.data.builtin import generate_demo_data  # noqa: E402
+from tune.data.images import load_split  # noqa: E402
+from tune.training import cache  # noqa: E402
+from tune.training.config import TrainConfig  # noqa: E402
+from tune.training.loop import fit, make_model  # noqa: E402
 
 BACKBONES = [("efficientnet_lite0", "packaged"), ("mobilenet_v2", "none")]
 DEPTHS = [0, 1, 2, 3, 4]

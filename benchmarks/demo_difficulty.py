@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from torch import nn  # noqa: E402
 
-from tune.demo_data import DEFAULT_N_PER_CLASS, DEFAULT_SIZE, generate_demo_data  # noqa: E402
+from tune.data.builtin import DEFAULT_N_PER_CLASS, DEFAULT_SIZE, generate_demo_data  # noqa: E402
 
 
 def load_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -35,15 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tune import evaluate as ev  # noqa: E402
-from tune.config import TrainConfig  # noqa: E402
-from tune.data import decode_image, to_float  # noqa: E402
-from tune.demo_data import generate_demo_data  # noqa: E402
-from tune.inference import load  # noqa: E402
-from tune.perturb import parse_perturb  # noqa: E402
-from tune.sources import find_sources  # noqa: E402
-from tune.train import make_model  # noqa: E402
-from tune.utils import atomic_torch_save, atomic_write_json, file_sha256  # noqa: E402
+from tune.core import atomic_torch_save, atomic_write_json, file_sha256  # noqa: E402
+from tune.data.builtin import generate_demo_data  # noqa: E402
+from tune.data.images import decode_image, to_float  # noqa: E402
+from tune.data.perturb import parse_perturb  # noqa: E402
+from tune.data.sources import find_sources  # noqa: E402
+from tune.evaluation import evaluate as ev  # noqa: E402
+from tune.runs.inference import load  # noqa: E402
+from tune.training.config import TrainConfig  # noqa: E402
+from tune.training.loop import make_model  # noqa: E402
 
 
 def save_model(path: Path, arch: str, size: int) -> Path:

@@ -15,7 +15,7 @@ Each of --repeats searches (custom_cnn and efficientnet_lite0, TPE, search metri
 grace period and the patience are the epoch cap), so what the trials trained does not depend on any rule;
 TPE's trials after its random start-up were guided by val_auc, as a default search is. Each rule then picks
 its (trial, epoch) from the same trials: the best value of val_auc (in-domain), xval_auc (held-out),
-mean_auc or min_auc (tune.metrics) over every epoch of every trial, ties to the first. Each pick is
+mean_auc or min_auc (tune.metrics.classification) over every epoch of every trial, ties to the first. Each pick is
 retrained from its recorded config and seed up to that epoch (checked: the retraining's per-epoch numbers
 equal the recorded ones bit for bit) and scored once on both test sets: AUC with a 95% stratified
 bootstrap interval, and a paired bootstrap against the in-domain rule's pick on the same resamples. The
@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from tune import stats  # noqa: E402
-from tune.metrics import best_index, binary_metrics, metric_value  # noqa: E402
-from tune.utils import cache_root  # noqa: E402
+from tune.core import cache_root  # noqa: E402
+from tune.metrics import bootstrap as stats  # noqa: E402
+from tune.metrics.classification import best_index, binary_metrics, metric_value  # noqa: E402
 
 RULES = ("val_auc", "xval_auc", "mean_auc", "min_auc")
 TESTS = {"in-domain (gen0 test)": 0, "unseen generator (gen2 test)": 2}  # test name -> generator
@@ -74,7 +74,7 @@ architectures:
 
 def generator(seed: int, n: int, size: int) -> Path:
     """demo-data --seed SEED --tiles-seed 0, generated once into the cache."""
-    from tune.demo_data import generate_demo_data
+    from tune.data.builtin import generate_demo_data
 
     out = cache_root() / f"demo-data-n{n}-s{size}-seed{seed}-tiles0"
     if not (out / "test").is_dir():
@@ -95,13 +95,13 @@ def one_search(work: Path, gens: dict[int, Path], seed: int, a: argparse.Namespa
     import ray
     import torch
 
-    from tune.data import load_split
-    from tune.inference import probabilities
-    from tune.runinfo import load_heldout, load_train_valid, read_run, trial_config
-    from tune.runs import Run
-    from tune.search import SearchOptions, run_search
-    from tune.train import fit
-    from tune.trials import read_trials
+    from tune.data.images import load_split
+    from tune.runs.inference import probabilities
+    from tune.runs.info import load_heldout, load_train_valid, read_run, trial_config
+    from tune.runs.layout import Run
+    from tune.runs.trials import read_trials
+    from tune.search.driver import SearchOptions, run_search
+    from tune.training.loop import fit
 
     t0 = time.time()
     held_out = work / "gen1"  # the source's name in xval[gen1]_auc
@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=1000)
     a = ap.parse_args()
     os.environ.setdefault("TUNE_OFFLINE", "1")
-    from tune.search import loopback_only, quiet_ray
+    from tune.search.driver import loopback_only, quiet_ray
 
     t_start = time.time()
     gens = {0: generator(0, a.n_per_class, a.size), 1: generator(1, a.n_per_class, a.size),

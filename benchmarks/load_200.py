@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import make_dataset  # noqa: E402
 
-from tune.leaderboard import load_leaderboard  # noqa: E402
-from tune.search import SearchOptions, run_search  # noqa: E402
+from tune.runs.leaderboard import load_leaderboard  # noqa: E402
+from tune.search.driver import SearchOptions, run_search  # noqa: E402
 
 SPACE = """
 metric: val_auc

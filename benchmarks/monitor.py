@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from tune.cli import fast_allocator  # noqa: E402
-from tune.config import TrainConfig  # noqa: E402
-from tune.data import load_split  # noqa: E402
-from tune.inference import probabilities  # noqa: E402
-from tune.metrics import binary_metrics  # noqa: E402
-from tune.stats import bootstrap, paired_p_value, t_interval  # noqa: E402
-from tune.utils import cache_root  # noqa: E402
+from tune.core import cache_root  # noqa: E402
+from tune.data.images import load_split  # noqa: E402
+from tune.metrics.bootstrap import bootstrap, paired_p_value, t_interval  # noqa: E402
+from tune.metrics.classification import binary_metrics  # noqa: E402
+from tune.runs.inference import probabilities  # noqa: E402
+from tune.training.config import TrainConfig  # noqa: E402
 
 RECIPES = {
     "custom_cnn": {"arch": "custom_cnn", "epochs": 30, "patience": 3},
@@ -43,7 +43,7 @@ RULES = ("val_loss", "val_auc")
 
 
 def one(job: tuple[str, str, int, int, int, str]) -> tuple[np.ndarray, int]:
-    from tune.train import fit
+    from tune.training.loop import fit
 
     fast_allocator()
     arch, rule, seed, size, threads, data = job

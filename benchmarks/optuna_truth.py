@@ -1,6 +1,6 @@
 """What telling Optuna the truth changes: best validation AUC after N trials, when trials ASHA stopped
 are told to Optuna as COMPLETE with their partial score (Ray's OptunaSearch, the old handling) versus
-PRUNED with their per-epoch values (tune.searcher.HonestOptunaSearch, the new one).
+PRUNED with their per-epoch values (tune.search.searcher.HonestOptunaSearch, the new one).
 
     python benchmarks/optuna_truth.py [--trials 12] [--repeats 3] [--epochs 6] [--image-size 48]
 
@@ -27,10 +27,10 @@ if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import tune.searcher  # noqa: E402
+import tune.search.searcher  # noqa: E402
 from tune.cli import builtin_data  # noqa: E402
-from tune.leaderboard import load_leaderboard  # noqa: E402
-from tune.search import SearchOptions, loopback_only, quiet_ray, run_search  # noqa: E402
+from tune.runs.leaderboard import load_leaderboard  # noqa: E402
+from tune.search.driver import SearchOptions, loopback_only, quiet_ray, run_search  # noqa: E402
 
 SPACE = """
 metric: val_auc
@@ -51,11 +51,11 @@ architectures:
 
 
 def one_search(work: Path, data: Path, handling: str, seed: int, a: argparse.Namespace) -> dict[str, float]:
-    honest = tune.searcher.HonestOptunaSearch
+    honest = tune.search.searcher.HonestOptunaSearch
     if handling == "old":  # run_search looks the class up on use: swap in Ray's own OptunaSearch
         from ray.tune.search.optuna import OptunaSearch
 
-        tune.searcher.HonestOptunaSearch = OptunaSearch
+        tune.search.searcher.HonestOptunaSearch = OptunaSearch
     try:
         name = f"{handling}-seed{seed}"
         space = work / f"{name}.yaml"
@@ -65,9 +65,9 @@ def one_search(work: Path, data: Path, handling: str, seed: int, a: argparse.Nam
                                            cache_dir=work / "cache"))
         board = load_leaderboard(run_dir)
     finally:
-        tune.searcher.HonestOptunaSearch = honest
+        tune.search.searcher.HonestOptunaSearch = honest
     full = board[board["ended"] != "stopped_by_asha"]
-    startup = max(2, min(10, a.trials // 2))  # as tune.search: the first trials are TPE's random start-up
+    startup = max(2, min(10, a.trials // 2))  # as tune.search.driver: the first trials are TPE's random start-up
     tpe = board[board["trial_no"] > startup]
     return {"best": float(board["score"].max()), "best_full": float(full["score"].max()) if len(full) else float("nan"),
             "best_tpe": float(tpe["score"].max()) if len(tpe) else float("nan"),

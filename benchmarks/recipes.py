@@ -35,17 +35,17 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from tune.archs import DEFAULT_ARCH  # noqa: E402
 from tune.cli import fast_allocator  # noqa: E402
-from tune.config import TrainConfig  # noqa: E402
-from tune.data import load_split  # noqa: E402
-from tune.inference import probabilities  # noqa: E402
-from tune.metrics import binary_metrics  # noqa: E402
-from tune.records import read_predictions  # noqa: E402
-from tune.runs import PREDICTIONS, Run  # noqa: E402
-from tune.space import load_space  # noqa: E402
-from tune.stats import bootstrap, paired_p_value, t_interval  # noqa: E402
-from tune.utils import cache_root  # noqa: E402
+from tune.core import cache_root  # noqa: E402
+from tune.data.images import load_split  # noqa: E402
+from tune.metrics.bootstrap import bootstrap, paired_p_value, t_interval  # noqa: E402
+from tune.metrics.classification import binary_metrics  # noqa: E402
+from tune.models.registry import DEFAULT_ARCH  # noqa: E402
+from tune.runs.inference import probabilities  # noqa: E402
+from tune.runs.layout import PREDICTIONS, Run  # noqa: E402
+from tune.search.space import load_space  # noqa: E402
+from tune.training.config import TrainConfig  # noqa: E402
+from tune.training.records import read_predictions  # noqa: E402
 
 NOTEBOOK = {"arch": DEFAULT_ARCH, "epochs": 30, "patience": 3}  # everything else: TrainConfig's defaults
 FINE_TUNE = {"arch": "efficientnet_lite0", "weights": "packaged", "unfrozen_blocks": 5, "head_sizes": (),
@@ -55,7 +55,7 @@ FINE_TUNE = {"arch": "efficientnet_lite0", "weights": "packaged", "unfrozen_bloc
 
 def one_seed(job: tuple[dict, int, int, int, str]) -> tuple[np.ndarray, int, float]:
     """Train one recipe with one seed in this process; (test P(fake), epochs run, seconds)."""
-    from tune.train import fit
+    from tune.training.loop import fit
 
     fast_allocator()
     recipe, seed, size, threads, data = job

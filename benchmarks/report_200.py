@@ -41,8 +41,8 @@ architectures:
 
 
 def make_run(trials: int) -> Path:
-    from tune.finalize import run_finalize
-    from tune.search import SearchOptions, run_search
+    from tune.evaluation.finalize import run_finalize
+    from tune.search.driver import SearchOptions, run_search
 
     work = Path(tempfile.mkdtemp(prefix="bench-report-"))
     data = make_dataset(work / "data", n=8, size=32)
@@ -63,7 +63,7 @@ def main() -> None:
     a = ap.parse_args()
     os.environ.setdefault("TUNE_OFFLINE", "1")
     run_dir = a.run.absolute() if a.run else make_run(a.trials)
-    from tune.leaderboard import load_leaderboard
+    from tune.runs.leaderboard import load_leaderboard
 
     board = load_leaderboard(run_dir)
     print(f"run {run_dir}: {len(board)} trials ({board['ended'].value_counts().to_dict()})")

@@ -30,11 +30,11 @@ def make_dataset(root: Path, n: int = 12, size: int = 40, seed: int = 0,
 
 
 class BackbonePasses:
-    """Counts the frozen-prefix work done through tune.cache: full passes over a split's images, and
+    """Counts the frozen-prefix work done through tune.training.cache: full passes over a split's images, and
     longer prefixes derived from a stored shorter one (only the units in between run)."""
 
     def __init__(self, mp: pytest.MonkeyPatch) -> None:
-        from tune import cache
+        from tune.training import cache
 
         self.full: list[int] = []
         self.derived: list[int] = []
@@ -112,7 +112,7 @@ def ray_session():
     """One local Ray for the whole test session (starting one costs seconds on 2 cores)."""
     import ray
 
-    from tune.search import loopback_only, quiet_ray
+    from tune.search.driver import loopback_only, quiet_ray
 
     quiet_ray()
     loopback_only()
@@ -124,7 +124,7 @@ def ray_session():
 
 def run_tiny_search(tmp: Path, *, name: str = "tiny", space: str = TINY_SPACE, data: Path | None = None,
                     trials: int | None = None, **kw: object) -> Path:
-    from tune.search import SearchOptions, run_search
+    from tune.search.driver import SearchOptions, run_search
 
     data = data or make_dataset(tmp / "data", n=10, size=32)
     space_file = tmp / f"{name}.yaml"

@@ -10,18 +10,18 @@ import pytest
 
 # Import every module that may hold its own `load_split` name, so the spy replaces all of them.
 import tune.cli
-import tune.data
-import tune.finalize
-import tune.predict
-import tune.report
-import tune.reproduce
-import tune.runinfo
-import tune.search
+import tune.data.images
+import tune.evaluation.finalize
+import tune.evaluation.reproduce
+import tune.reports.figures
+import tune.runs.info
+import tune.search.driver
+import tune.serving.predict
 
 
 def spy_split_reads(mp: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Replace load_split wherever a tune module holds it; record (calling module, split)."""
-    real = tune.data.load_split
+    real = tune.data.images.load_split
     calls: list[tuple[str, str]] = []
 
     def spy(root: Path, split: str, *a: Any, **k: Any) -> Any:

@@ -14,13 +14,15 @@ import torch
 from conftest import make_dataset, run_tiny_search
 from PIL import Image
 
-from tune import archs, cache, lite
-from tune.config import TrainConfig
-from tune.data import load_split
-from tune.models import count_params
-from tune.train import fit
-from tune.utils import UserError
-from tune.weights import WeightsUnavailable
+from tune.core import UserError
+from tune.data.images import load_split
+from tune.models import lite
+from tune.models import registry as archs
+from tune.models.detector import count_params
+from tune.models.weights import WeightsUnavailable
+from tune.training import cache
+from tune.training.config import TrainConfig
+from tune.training.loop import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -215,7 +217,7 @@ architectures:
     meta = json.loads((run / "run.json").read_text())
     assert list(meta["space"]["architectures"]) == ["timm/mobilenetv3_small_100"]
     assert "mobilenet_v2" in meta["skipped"] and "file:PATH" in meta["skipped"]["mobilenet_v2"]
-    from tune.leaderboard import load_leaderboard
+    from tune.runs.leaderboard import load_leaderboard
 
     board = load_leaderboard(run)
     assert len(board) == 2 and board["score"].notna().all()

@@ -12,9 +12,9 @@ import torch
 from conftest import make_dataset
 from PIL import Image
 
-from tune.config import TrainConfig
-from tune.data import load_split
-from tune.train import fit
+from tune.data.images import load_split
+from tune.training.config import TrainConfig
+from tune.training.loop import fit
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from conftest import make_dataset
 
 from tune.cli import main
-from tune.leaderboard import load_leaderboard
+from tune.runs.leaderboard import load_leaderboard
 
 FIXTURE = Path(__file__).parent / "fixtures" / "old_layout_run"
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tune.data as data
+import tune.data.images as data
 from tune import FAKE, REAL
-from tune.augment import AUGMENTATIONS, AugSpec, augment, augment_images, parse_augment
-from tune.data import DataError, fingerprint, load_split, scan_split
-from tune.utils import UserError
+from tune.core import UserError
+from tune.data.augment import AUGMENTATIONS, AugSpec, augment, augment_images, parse_augment
+from tune.data.images import DataError, fingerprint, load_split, scan_split
 
 SIZE = 32
 
@@ -422,7 +422,7 @@ def test_blur_and_jpeg_augmentation_are_evaluates_perturbations() -> None:
     """One implementation of each: a blurred view is perturb.native's blur of the same sigma."""
     from PIL import Image
 
-    from tune.perturb import Condition, native
+    from tune.data.perturb import Condition, native
 
     img = _image(2)
     u = np.random.default_rng([0, 0, 4]).random(11)  # the draws augment() makes for seed (0, 0), view 4

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-import tune.demo_data as dd
-from tune.utils import UserError
+import tune.data.builtin as dd
+from tune.core import UserError
 
 N, SIZE, SEED = 10, 48, 3  # 10 per class -> 6/2/2 train/valid/test
 
@@ -178,7 +178,7 @@ def test_three_generator_protocol_shares_no_region_across_roles(tmp_path: Path, 
     crop of another in any photo (valid and held-out share the valid tiles: both only validate), and no file is
     byte-identical across roles; the generators differ (their fakes), the reals are other crops of the same
     photos. Without the common tiles seed, seed 1's valid tiles overlap seed 0's train tiles."""
-    from tune.heldout import shared
+    from tune.data.heldout import shared
 
     data = {s: tmp_path / f"gen{s}" for s in (0, 1, 2)}
     for s, out in data.items():

@@ -15,15 +15,16 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
 
 import tune.cli
-import tune.finalize
-from tune import inference, stats
-from tune.config import TrainConfig
-from tune.data import decode_image, decode_rgb
-from tune.metrics import binary_metrics
-from tune.perturb import Condition, model_input, native, parse_perturb
-from tune.sources import find_sources
-from tune.train import make_model
-from tune.utils import UserError, atomic_torch_save, atomic_write_json, file_sha256
+import tune.evaluation.finalize
+from tune.core import UserError, atomic_torch_save, atomic_write_json, file_sha256
+from tune.data.images import decode_image, decode_rgb
+from tune.data.perturb import Condition, model_input, native, parse_perturb
+from tune.data.sources import find_sources
+from tune.metrics import bootstrap as stats
+from tune.metrics.classification import binary_metrics
+from tune.runs import inference
+from tune.training.config import TrainConfig
+from tune.training.loop import make_model
 
 RESAMPLES = "200"  # enough for intervals and p-values in tests, and fast
 
@@ -332,10 +333,10 @@ def test_finalize_extra_test_adds_the_evaluation(tiny_run: Path, tmp_path: Path,
     source(gens / "gen_a", n=4)
     source(gens / "gen_b", fake="1_fake", real="0_real", n=4, seed=1)
     fits: list[str] = []
-    import tune.train
+    import tune.training.loop
 
-    real_fit = tune.train.fit
-    monkeypatch.setattr(tune.train, "fit", lambda cfg, *a, **k: fits.append(cfg.arch) or real_fit(cfg, *a, **k))
+    real_fit = tune.training.loop.fit
+    monkeypatch.setattr(tune.training.loop, "fit", lambda cfg, *a, **k: fits.append(cfg.arch) or real_fit(cfg, *a, **k))
     # A bad --extra-test folder fails before any training, and writes nothing.
     assert tune.cli.main(["finalize", str(run), "--seeds", "1", "--extra-test", str(tmp_path / "nope")]) == 2
     assert fits == [] and not (run / "comparison.json").exists()

@@ -11,14 +11,14 @@ import pytest
 from conftest import make_dataset
 
 import tune.cli
-from tune import export as export_mod
-from tune import inference
-from tune.archs import get_arch, list_archs
-from tune.config import TrainConfig
-from tune.data import scan_split
-from tune.metrics import binary_metrics
-from tune.train import make_model
-from tune.utils import atomic_torch_save, atomic_write_json, file_sha256
+from tune.core import atomic_torch_save, atomic_write_json, file_sha256
+from tune.data.images import scan_split
+from tune.metrics.classification import binary_metrics
+from tune.models.registry import get_arch, list_archs
+from tune.runs import inference
+from tune.serving import export as export_mod
+from tune.training.config import TrainConfig
+from tune.training.loop import make_model
 
 SIZE = 32
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_SPACE, run_tiny_search
 
 from tune.cli import main
-from tune.leaderboard import load_leaderboard
+from tune.runs.leaderboard import load_leaderboard
 
 pytestmark = pytest.mark.slow
 

@@ -16,26 +16,26 @@ from PIL import Image
 from splits import spy_split_reads
 
 import tune.cli
-import tune.data
-import tune.finalize
-import tune.train
-from tune import stats
-from tune.metrics import binary_metrics
+import tune.data.images
+import tune.evaluation.finalize
+import tune.training.loop
+from tune.metrics import bootstrap as stats
+from tune.metrics.classification import binary_metrics
 
 ARCHS = ("custom_cnn", "mobilenet_v2")
 PLOTS = ("dataset", "learning_curves", "roc", "confusion", "search_metric", "search_epochs", "importance")
-TUNE_SRC = Path(tune.data.__file__).parent
+TUNE_SRC = Path(tune.data.images.__file__).parent
 
 
 def count_fits(mp: pytest.MonkeyPatch) -> list[str]:
-    real = tune.train.fit
+    real = tune.training.loop.fit
     seen: list[str] = []
 
     def counting(cfg: Any, *a: Any, **k: Any) -> Any:
         seen.append(f"{cfg.arch}/{cfg.seed}")
         return real(cfg, *a, **k)
 
-    mp.setattr(tune.train, "fit", counting)
+    mp.setattr(tune.training.loop, "fit", counting)
     return seen
 
 
@@ -47,7 +47,8 @@ def finalized(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     shutil.copytree(tiny_run, run)
     with pytest.MonkeyPatch.context() as mp:
         calls, fits = spy_split_reads(mp), count_fits(mp)
-        cmp = tune.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=tmp / "cache", log=lambda s: None)
+        cmp = tune.evaluation.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=tmp / "cache",
+                                                    log=lambda s: None)
     return {"run": run, "cmp": cmp, "calls": calls, "fits": fits, "cache": tmp / "cache"}
 
 
@@ -132,7 +133,7 @@ def test_exported_model_is_the_best_valid_seed_and_predict_agrees(finalized: dic
 
 def test_test_split_is_read_only_by_finalize(finalized: dict[str, Any]) -> None:
     test_reads = [mod for mod, split in finalized["calls"] if split == "test"]
-    assert test_reads == ["tune.finalize"]  # once per finalize, by finalize
+    assert test_reads == ["tune.evaluation.finalize"]  # once per finalize, by finalize
     assert {split for _, split in finalized["calls"]} == {"train", "valid", "test"}
     # and no other module in the package even asks for it
     for src in TUNE_SRC.glob("*.py"):
@@ -166,7 +167,7 @@ def test_every_plot_is_a_png(finalized: dict[str, Any]) -> None:
 def test_importance_plot_draws_bars_with_enough_trials_and_a_note_otherwise(tmp_path: Path) -> None:
     import optuna
 
-    from tune.report import plot_importance
+    from tune.reports.figures import plot_importance
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -213,7 +214,7 @@ def test_seed_zero_retraining_is_the_trial_itself(finalized: dict[str, Any]) -> 
     """Trials train with seed 0 and the tiny space's seed is 0: finalize's seed 0 must redo the trial exactly."""
     import pandas as pd
 
-    from tune.runinfo import read_run, trial_record
+    from tune.runs.info import read_run, trial_record
 
     run = finalized["run"]
     info = read_run(run)
@@ -231,8 +232,8 @@ def test_parallel_finalize_gives_the_same_numbers(finalized: dict[str, Any], tmp
     run = tmp_path / "tiny"
     shutil.copytree(finalized["run"], run)
     shutil.rmtree(run / "finalize")
-    cmp = tune.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=finalized["cache"], log=lambda s: None,
-                                     jobs=2)
+    cmp = tune.evaluation.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=finalized["cache"],
+                                                log=lambda s: None, jobs=2)
     assert cmp == finalized["cmp"]
 
 
@@ -241,7 +242,7 @@ VARIANTS = ("chosen_seed", "seeds", "seeds_hflip", "ensemble", "ensemble_hflip")
 
 
 def read_csv(path: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
-    """A predictions file read by hand (not through tune.records): paths, labels, every probability column."""
+    """A predictions file read by hand (not through tune.training.records): paths, labels, every probability column."""
     import csv
 
     with open(path, newline="") as f:
@@ -261,8 +262,8 @@ def seed_scores(run: Path, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_flip_tta_and_ensembles_are_means_of_the_saved_probabilities(finalized: dict[str, Any]) -> None:
-    from tune.inference import load, probabilities
-    from tune.metrics import youden_threshold
+    from tune.metrics.classification import youden_threshold
+    from tune.runs.inference import load, probabilities
 
     run, cmp = finalized["run"], finalized["cmp"]
     ens = {(r["name"], r["variant"]): r for r in cmp["ensembles"]["rows"]}
@@ -330,7 +331,7 @@ def test_each_predictor_is_tested_against_the_chosen_seed(finalized: dict[str, A
 def test_md_csv_json_and_report_have_the_ensemble_rows(finalized: dict[str, Any]) -> None:
     import csv
 
-    from tune.html_report import build_html
+    from tune.reports.html import build_html
 
     run, cmp = finalized["run"], finalized["cmp"]
     md = (run / "comparison.md").read_text()
@@ -370,10 +371,10 @@ def test_an_old_format_run_folder_still_reports_and_finalize_completes_it(
     the saved weights (no retraining) and gives the numbers of a fresh finalize."""
     import csv
 
-    from tune.html_report import build_html
-    from tune.inference import load
-    from tune.modelcard import describe
-    from tune.report import render_csv, render_markdown
+    from tune.reports.figures import render_csv, render_markdown
+    from tune.reports.html import build_html
+    from tune.runs.inference import load
+    from tune.serving.modelcard import describe
 
     run = tmp_path / "tiny"
     shutil.copytree(finalized["run"], run)

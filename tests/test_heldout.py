@@ -16,18 +16,18 @@ from conftest import TINY_SPACE, make_dataset, run_tiny_search
 from sklearn.metrics import roc_auc_score
 
 import tune.cli
-import tune.finalize
-import tune.train as training
-from tune import heldout
-from tune.config import TrainConfig
-from tune.data import load_split
-from tune.leaderboard import load_leaderboard
-from tune.metrics import metric_value, mode_of, needs_heldout, search_metrics
-from tune.runs import Run
-from tune.space import check_rule, parse_space
-from tune.train import fit
-from tune.trials import read_trials
-from tune.utils import UserError
+import tune.evaluation.finalize
+import tune.training.loop as training
+from tune.core import UserError
+from tune.data import heldout
+from tune.data.images import load_split
+from tune.metrics.classification import metric_value, mode_of, needs_heldout, search_metrics
+from tune.runs.layout import Run
+from tune.runs.leaderboard import load_leaderboard
+from tune.runs.trials import read_trials
+from tune.search.space import check_rule, parse_space
+from tune.training.config import TrainConfig
+from tune.training.loop import fit
 
 CNN = TrainConfig.of(arch="custom_cnn", image_size=32, batch_size=8, epochs=3, lr=3e-3, conv_blocks=1, base_width=4,
                      head_sizes=(8,), dropout=0.2, threads=1)
@@ -251,7 +251,7 @@ def test_finalize_keeps_selection_and_test_apart_and_shows_the_trade_off(
     assert "extra test source gen_b" in line and "held-out validation source gen_b" in line
     assert "never reported as a test result" in line and not (run / "comparison.json").exists()
     other = make_dataset(xrun["tmp"] / "unseen", n=4, size=32, seed=30, splits=("gen_c",)) / "gen_c"
-    cmp = tune.finalize.run_finalize(run, seeds=1, cache_dir=xrun["tmp"] / "cache", log=lambda s: None,
+    cmp = tune.evaluation.finalize.run_finalize(run, seeds=1, cache_dir=xrun["tmp"] / "cache", log=lambda s: None,
                                      extra_test=[other])
     for row in cmp["rows"]:
         rec = json.loads((run / row["folder"] / "seed0" / "record.json").read_text())
@@ -281,7 +281,8 @@ def test_the_same_images_under_another_name_are_found(tmp_path: Path) -> None:
 
 
 def test_the_trade_off_sentence_names_both_winners_and_the_paired_test() -> None:
-    from tune import stats, tradeoff
+    from tune.evaluation import tradeoff
+    from tune.metrics import bootstrap as stats
 
     rng = np.random.default_rng(0)
     boot = {(n, "seeds"): {"auc": rng.normal(m, 0.02, 1000)} for n, m in (("a", 0.9), ("b", 0.8))}

@@ -13,10 +13,10 @@ import pytest
 from browser import chromium, console_errors, network_requests
 
 import tune.cli
-import tune.finalize
-import tune.search
-from tune.charts import study_charts
-from tune.html_report import build_html
+import tune.evaluation.finalize
+import tune.search.driver
+from tune.reports.charts import study_charts
+from tune.reports.html import build_html
 
 ARCHS = ("custom_cnn", "mobilenet_v2")
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
@@ -28,7 +28,7 @@ def finalized(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("report")
     run = tmp / "tiny"
     shutil.copytree(tiny_run, run)
-    tune.finalize.run_finalize(run, seeds=1, cache_dir=tmp / "cache", log=lambda s: None)
+    tune.evaluation.finalize.run_finalize(run, seeds=1, cache_dir=tmp / "cache", log=lambda s: None)
     return run
 
 
@@ -142,7 +142,7 @@ def test_search_with_no_finalize_writes_the_report(tiny_run: Path, tmp_path: Pat
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "results" / "tiny"
     shutil.copytree(tiny_run, run)
-    monkeypatch.setattr(tune.search, "run_search", lambda opts: run)  # the search itself is tested elsewhere
+    monkeypatch.setattr(tune.search.driver, "run_search", lambda opts: run)  # the search itself is tested elsewhere
     assert tune.cli.main(["search", "--data", str(tmp_path), "--name", "tiny", "--no-finalize"]) == 0
     assert (run / "report.html").is_file() and not (run / "comparison.json").exists()
 

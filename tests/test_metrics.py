@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tune.metrics import bce_loss, binary_metrics, equal_error_rate, youden_threshold
+from tune.metrics.classification import bce_loss, binary_metrics, equal_error_rate, youden_threshold
 
 Y = [0, 0, 1, 1]
 P = [0.1, 0.4, 0.35, 0.8]
@@ -90,7 +90,7 @@ def test_bce_loss_matches_torch() -> None:
 
 
 def test_better_and_best_index_are_the_one_rule_for_direction() -> None:
-    from tune.metrics import best_index, better, mode_of
+    from tune.metrics.classification import best_index, better, mode_of
 
     nan = float("nan")
     assert better(0.9, 0.8, "max") and better(0.1, 0.2, "min") and not better(0.8, 0.9, "max")
@@ -103,9 +103,9 @@ def test_better_and_best_index_are_the_one_rule_for_direction() -> None:
 
 def test_a_declared_metric_is_a_search_metric_and_a_history_column() -> None:
     """val_ap and val_eer exist because metrics.METRICS declares ap and eer: nothing else lists them."""
-    from tune.metrics import METRICS, search_metrics
-    from tune.records import HISTORY_FIELDS
-    from tune.space import parse_space
+    from tune.metrics.classification import METRICS, search_metrics
+    from tune.search.space import parse_space
+    from tune.training.records import HISTORY_FIELDS
 
     assert {"val_ap", "val_eer"} <= set(search_metrics()) and {"val_ap", "val_eer"} <= set(HISTORY_FIELDS)
     space = parse_space({"metric": "val_ap", "architectures": {"custom_cnn": {}}})

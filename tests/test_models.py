@@ -11,11 +11,11 @@ import pytest
 import torch
 from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
 
-import tune.models as models
-from tune.archs import build_model
-from tune.models import count_params
-from tune.utils import UserError, file_sha256
-from tune.weights import WeightsUnavailable
+import tune.models.detector as models
+from tune.core import UserError, file_sha256
+from tune.models.detector import count_params
+from tune.models.registry import build_model
+from tune.models.weights import WeightsUnavailable
 
 MOBILENET_BLOCKS = 19  # len(torchvision mobilenet_v2().features)
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import TINY_SPACE, make_dataset, run_tiny_search
 from procs import result_rows
 
-from tune.leaderboard import load_leaderboard
+from tune.runs.leaderboard import load_leaderboard
 
 pytestmark = pytest.mark.slow
 
@@ -78,9 +78,9 @@ def test_unwritable_results_one_line_and_nothing_half_written(tiny_run: Path, tm
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from tune import utils
+    import tune.core as utils
     from tune.cli import main
-    from tune.leaderboard import write_leaderboard
+    from tune.runs.leaderboard import write_leaderboard
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

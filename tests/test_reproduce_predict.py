@@ -15,10 +15,10 @@ from PIL import Image
 from splits import spy_split_reads
 
 import tune.cli
-from tune.config import TrainConfig
-from tune.leaderboard import load_leaderboard
-from tune.train import make_model
-from tune.utils import atomic_torch_save, atomic_write_json
+from tune.core import atomic_torch_save, atomic_write_json
+from tune.runs.leaderboard import load_leaderboard
+from tune.training.config import TrainConfig
+from tune.training.loop import make_model
 
 
 def copy_run(tiny_run: Path, tmp_path: Path) -> Path:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tune.data import DataError, load_split
+from tune.data.images import DataError, load_split
 
 _png = io.BytesIO()
 Image.fromarray(np.full((6, 6, 3), 99, np.uint8)).save(_png, format="PNG")

@@ -15,11 +15,11 @@ import pytest
 from conftest import TINY_SPACE, make_dataset, run_tiny_search
 from procs import ROOT, kill_marked, listening_addresses, marked_env, pids_with_mark, result_rows, run, tune_cmd
 
-from tune.leaderboard import load_leaderboard
-from tune.runs import Run
-from tune.serve import free_port
-from tune.trials import read_trials
-from tune.utils import UserError
+from tune.core import UserError
+from tune.runs.layout import Run
+from tune.runs.leaderboard import load_leaderboard
+from tune.runs.trials import read_trials
+from tune.serving.serve import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -53,12 +53,12 @@ def kept_weights_scores(run_dir: Path) -> list[tuple[float, float, float]]:
     recomputed from the kept checkpoint's weights on valid with the full model)."""
     import torch
 
-    from tune.config import TrainConfig
-    from tune.data import load_split
-    from tune.inference import probabilities
-    from tune.metrics import binary_metrics
-    from tune.runinfo import read_run
-    from tune.train import make_model
+    from tune.data.images import load_split
+    from tune.metrics.classification import binary_metrics
+    from tune.runs.inference import probabilities
+    from tune.runs.info import read_run
+    from tune.training.config import TrainConfig
+    from tune.training.loop import make_model
 
     info = read_run(run_dir)
     valid = load_split(info.root, "valid", info.image_size)
@@ -139,7 +139,7 @@ def test_asha_stops_trials_and_test_split_is_never_read(ray_session, tmp_path: P
 
 
 def test_run_name_cannot_escape_results(tmp_path: Path) -> None:
-    from tune.runs import check_run_name
+    from tune.runs.layout import check_run_name
 
     for bad in ("../x", "a/b", "..", "", ".hidden", "a\\b", "x" * 101):
         with pytest.raises(UserError):
@@ -255,7 +255,7 @@ def test_two_node_cluster(tmp_path: Path) -> None:
 
 
 def test_tiny_search_on_the_builtin_data(ray_session, tmp_path: Path) -> None:
-    from tune.demo_data import generate_demo_data
+    from tune.data.builtin import generate_demo_data
 
     data = tmp_path / "demo"
     generate_demo_data(data, n_per_class=8, size=32, seed=0)

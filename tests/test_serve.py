@@ -28,11 +28,11 @@ from PIL import Image
 from procs import ROOT, kill_marked, listeners, listening_addresses, marked_env, pids_with_mark, tune_cmd
 
 import tune.cli
-from tune import inference
-from tune.data import MAX_PIXELS, scan_split
-from tune.metrics import binary_metrics
-from tune.predict import predict
-from tune.serve import free_port
+from tune.data.images import MAX_PIXELS, scan_split
+from tune.metrics.classification import binary_metrics
+from tune.runs import inference
+from tune.serving.predict import predict
+from tune.serving.serve import free_port
 
 MAX_BYTES = 200_000  # small, so the over-limit test sends a few hundred KB, not 20 MB
 
@@ -178,7 +178,7 @@ def test_endpoints_answer_like_predict(server: Server) -> None:
 def test_explain_adds_the_overlay_and_leaves_p_fake_unchanged(server: Server) -> None:
     import base64
 
-    from tune import explain
+    from tune.models import explain
 
     want = expected(server)
     loaded = inference.load(server.model)
@@ -219,8 +219,8 @@ def test_a_model_without_target_layer_is_refused_422(server: Server, monkeypatch
     """What the replica decides at start-up (its /model says it; ?explain=1 then gets 422 with the why)."""
     import dataclasses
 
-    from tune import archs
-    from tune.serve_app import explain_status
+    from tune.models import registry as archs
+    from tune.serving.app import explain_status
 
     loaded = inference.load(server.model)
     assert explain_status(loaded)["available"]
@@ -365,7 +365,7 @@ def test_serve_refuses_bad_options_in_one_line(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_a_port_still_closing_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tune.serve import lingering
+    from tune.serving.serve import lingering
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

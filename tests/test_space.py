@@ -10,8 +10,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tune.space import DefineByRun, load_space, parse_space
-from tune.utils import UserError
+from tune.core import UserError
+from tune.search.space import DefineByRun, load_space, parse_space
 
 ROOT = Path(__file__).resolve().parent.parent
 

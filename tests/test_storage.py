@@ -15,8 +15,8 @@ from conftest import TINY_SPACE, make_dataset
 from procs import ROOT, kill_marked, marked_env, tune_cmd
 
 from tune.cli import main
-from tune.serve import free_port
-from tune.utils import atomic_write_text
+from tune.core import atomic_write_text
+from tune.serving.serve import free_port
 
 ONE_ARCH = TINY_SPACE[:TINY_SPACE.index("  mobilenet_v2:")]
 

@@ -14,13 +14,13 @@ import pytest
 import torch
 from conftest import make_dataset
 
-import tune.cache as cache
-import tune.train as train_mod
-from tune.config import TrainConfig
-from tune.data import ImageSet, load_split
-from tune.models import count_params
-from tune.records import HISTORY_FIELDS, save_run
-from tune.train import fit, make_model
+import tune.training.cache as cache
+import tune.training.loop as train_mod
+from tune.data.images import ImageSet, load_split
+from tune.models.detector import count_params
+from tune.training.config import TrainConfig
+from tune.training.loop import fit, make_model
+from tune.training.records import HISTORY_FIELDS, save_run
 
 METRICS = ("train_loss", "val_loss", "val_auc")
 
@@ -323,7 +323,7 @@ def test_adamw_decouples_weight_decay(splits) -> None:
     assert numbers(a) != numbers(b)
     assert isinstance(train_mod.OPTIMIZERS["adamw"](train_mod.param_groups(make_model(CNN), CNN)),
                       torch.optim.AdamW)
-    from tune.config import options
+    from tune.training.config import options
     declared = next(f for f in options() if f.name == "optimizer").metadata["choices"]
     assert tuple(train_mod.OPTIMIZERS) == declared  # every declared optimizer can be built
 
@@ -356,7 +356,7 @@ def test_label_smoothing_softens_training_targets_only(splits, monkeypatch: pyte
 
 
 def test_head_without_hidden_layers_has_dropout_before_its_output() -> None:
-    from tune.models import DropoutLinear
+    from tune.models.detector import DropoutLinear
 
     m = make_model(MOBILE.replace(head_sizes=(), dropout=0.2))
     out = m.head[-1]

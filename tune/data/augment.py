@@ -1,0 +1,127 @@
+"""Train-time augmentation as a pure function of (image, seed, view), so that it can be cached.
+
+A frozen backbone's output is what makes trials cheap (tune/cache.py), but a cache of one fixed copy
+of every image leaves nothing to augment. So augmentation comes in *views*: view v of training image
+i is `augment(x_i, seed=(seed, i), view=v)`, a fixed function of its arguments. With `aug_views` V,
+epoch e trains on view (e - 1) mod V: the frozen part runs once per view (and orientation), every
+trial with the same frozen part, seed and augmentation settings shares the stored views, and live
+(uncached) training computes the very same pixels. `aug_views: 0` draws a fresh view every epoch
+(view e - 1), which only live training can do. Horizontal flips stay a per-step choice (`hflip`).
+
+The augmentations, at strength s in [0, 1] (1 is the standard setting):
+- crop:   a random crop of area fraction U[1 - s/2, 1] and aspect ratio in [3/4, 4/3]^s, resized back;
+- jitter: brightness, contrast and saturation each scaled by U[1 - 0.4 s, 1 + 0.4 s];
+- blur:   with probability s/2, a Gaussian blur with sigma U[0.1, 3] (Wang et al. 2020: p 0.5, sigma 0-3);
+- jpeg:   with probability s/2, JPEG re-compression at quality U{30..100} (Wang et al. 2020).
+They run in that order (JPEG last, as an image's last save). Blur and JPEG are evaluate's own
+perturbations (tune/perturb.py), so "blur 2" means the same thing in training and in evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tune.core import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+AUGMENTATIONS = ("crop", "jitter", "blur", "jpeg")  # the order they are applied in
+DRAWS = 11  # random numbers drawn per (image, view), whichever augmentations are on
+
+
+def parse_augment(value: str) -> tuple[str, ...]:
+    """"crop,blur" → ("crop", "blur") in application order; "all" → every one; "none" or "" → ()."""
+    names = [n.strip().lower() for n in str(value).replace("+", ",").split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return ()
+    if names == ["all"]:
+        return AUGMENTATIONS
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        raise UserError(f"unknown augmentation {unknown[0]!r} in augment={value!r}: expected a comma-separated "
+                        f"list of {', '.join(AUGMENTATIONS)} (or all, or none)")
+    return tuple(a for a in AUGMENTATIONS if a in names)
+
+
+@dataclass(frozen=True)
+class AugSpec:
+    """What a view is: which augmentations, how strong, and the seed of their random draws."""
+
+    ops: tuple[str, ...]
+    strength: float
+    seed: int
+
+    @property
+    def active(self) -> bool:
+        return bool(self.ops) and self.strength > 0
+
+    def key(self, view: int) -> str:
+        """Names view `view` in cache file names: the same key, the same pixels."""
+        if not self.active:
+            return "plain"
+        return f"{'+'.join(self.ops)}-s{self.strength:.6g}-seed{self.seed}-view{view}"
+
+
+def augment(img: np.ndarray, *, seed: tuple[int, ...], view: int, ops: tuple[str, ...],
+            strength: float) -> np.ndarray:
+    """uint8 (3, S, S) → augmented uint8 (3, S, S); the same arguments give the same pixels."""
+    import numpy as np
+    from PIL import Image, ImageEnhance
+
+    from tune.data.perturb import Condition, native
+
+    if not ops or strength <= 0:
+        return img
+    u = np.random.default_rng([*seed, view]).random(DRAWS)
+    size = img.shape[-1]
+    im = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)))
+    s = float(strength)
+    if "crop" in ops:
+        area = 1 - 0.5 * s * u[0]
+        ratio = math.exp((2 * u[1] - 1) * math.log(4 / 3) * s)
+        w, h = min(1.0, math.sqrt(area * ratio)) * size, min(1.0, math.sqrt(area / ratio)) * size
+        left, top = u[2] * (size - w), u[3] * (size - h)
+        im = im.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+    if "jitter" in ops:
+        for enhance, r in ((ImageEnhance.Brightness, u[4]), (ImageEnhance.Contrast, u[5]),
+                           (ImageEnhance.Color, u[6])):
+            im = enhance(im).enhance(1 + 0.4 * s * (2 * r - 1))
+    if "blur" in ops and u[7] < s / 2:
+        im = native(im, Condition("blur", 0.1 + 2.9 * float(u[8])))
+    if "jpeg" in ops and u[9] < s / 2:
+        im = native(im, Condition("jpeg", 30 + min(70, int(71 * float(u[10])))))
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def augment_images(x: np.ndarray, idx: np.ndarray, spec: AugSpec, view: int) -> np.ndarray:
+    """View `view` of the images x[idx] (their indices in the split seed them), as uint8 (B, 3, S, S)."""
+    import numpy as np
+
+    if not spec.active:
+        return np.asarray(x[idx])
+    out = np.empty((len(idx), *x.shape[1:]), dtype=np.uint8)
+
+    def one(j: int) -> None:
+        i = int(idx[j])  # a slice, not x[i]: the live stand-in for a decoded array (data.LiveImages) reads slices
+        out[j] = augment(np.asarray(x[i:i + 1])[0], seed=(spec.seed, i), view=view, ops=spec.ops,
+                         strength=spec.strength)
+
+    workers = max(1, min(len(idx), int(os.environ.get("TUNE_AUG_THREADS", "0")) or _threads()))
+    if workers == 1:
+        for j in range(len(idx)):
+            one(j)
+    else:  # PIL's resize, filters and JPEG codec release the GIL
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, range(len(idx))))
+    return out
+
+
+def _threads() -> int:
+    import torch
+
+    return max(1, torch.get_num_threads())

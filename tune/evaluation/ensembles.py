@@ -1,0 +1,166 @@
+"""Ensembles and flip test-time augmentation (TTA) of finalize's retrained models.
+
+finalize retrains each model (an architecture's best trial, or its baseline recipe) with K seeds and
+exports the seed with the best valid score. The same K models can also predict together, and each can
+look at an image twice (as it is and mirrored left-right). Per model, the five predictors of VARIANTS
+are scored on the test split, the exported seed alone being the reference.
+
+Nothing here is chosen on test. Each predictor's valid-chosen threshold is Youden's J on its own VALID
+probabilities (every seed saved them, plain and flipped); the seeds and the chosen seed keep the
+thresholds finalize recorded. A predictor made of K seeds gets finalize's t-interval over seeds; the
+chosen seed and an ensemble are one model each and have none ("n/a"). All get the bootstrap interval over
+test images on the same resamples (tune.metrics.bootstrap.bootstrap), and a paired bootstrap against the chosen seed
+on AUC and accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tune.core import UserError
+
+if TYPE_CHECKING:
+    from tune.data.images import ImageSet
+    from tune.models.detector import Detector
+
+VARIANTS = {
+    "chosen_seed": "the exported seed alone (best valid score), the reference",
+    "seeds": "each seed alone, metric averaged over the seeds (the main table's row)",
+    "seeds_hflip": "each seed with flip TTA (P = mean of P(fake) of the image and of its mirror image), metric "
+                   "averaged over the seeds",
+    "ensemble": "one predictor: P = mean of the seeds' P(fake)",
+    "ensemble_hflip": "one predictor: P = mean over the seeds of each seed's flip-TTA P(fake)",
+}
+OVER_SEEDS = ("seeds", "seeds_hflip")  # the predictors with a t-interval over seeds
+PAIRED = ("auc", "accuracy")  # the metrics of the paired test against the chosen seed
+
+
+@dataclass(frozen=True)
+class Predictor:
+    test: np.ndarray  # P(fake) on the test split: one row per seed (seeds, seeds_hflip), else one row
+    thresholds: list[float]  # each row's threshold, chosen on valid
+
+    def at(self, rule: str) -> list[float]:
+        """Each row's threshold under one of finalize's rules: 0.5, or the one chosen on valid."""
+        return [0.5] * len(self.thresholds) if rule == "at_0.5" else self.thresholds
+
+
+def save_scores(out: Path, model: Detector, valid: ImageSet, test: ImageSet,
+                p_test: np.ndarray | None = None) -> np.ndarray:
+    """P(fake) of every valid and test image, as it is and flipped, into a seed's folder; returns the plain test
+    P. `p_test`: the plain test P already saved (an older seed folder keeps the numbers its record was made of)."""
+    from tune.core import atomic_write_text
+    from tune.runs.inference import probabilities
+    from tune.runs.layout import PREDICTIONS, VALID_PREDICTIONS
+    from tune.training.records import predictions_csv
+
+    p_test = probabilities(model, test.x) if p_test is None else p_test
+    atomic_write_text(out / VALID_PREDICTIONS, predictions_csv(valid, probabilities(model, valid.x),
+                                                               probabilities(model, valid.x, hflip=True)))
+    atomic_write_text(out / PREDICTIONS, predictions_csv(test, p_test, probabilities(model, test.x, hflip=True)))
+    return p_test
+
+
+def add_missing_scores(out: Path, threads: int, valid: ImageSet, test: ImageSet) -> bool:
+    """A seed folder finished by a finalize from before flip TTA has no flipped and no valid predictions: score
+    them with its saved weights (no retraining), on the thread count it trained with. Returns whether any
+    were missing."""
+    from tune.runs.layout import PREDICTIONS, VALID_PREDICTIONS, WEIGHTS
+    from tune.training.records import FLIPPED, prediction_columns, read_predictions
+
+    test_file = out / PREDICTIONS
+    if (out / VALID_PREDICTIONS).is_file() and test_file.is_file() and FLIPPED in prediction_columns(test_file):
+        return False
+    import torch
+
+    from tune.runs.inference import load
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    saved = read_predictions(test_file)[2] if test_file.is_file() else None
+    save_scores(out, load(out / WEIGHTS).model, valid, test, saved)
+    return True
+
+
+def read_scores(folder: Path, file: str, images: ImageSet) -> np.ndarray:
+    """(2, n): the plain and the flipped P(fake) a seed saved for one split, checked against that split."""
+    from tune.training.records import FLIPPED, PLAIN, read_predictions
+
+    out = []
+    for column in (PLAIN, FLIPPED):
+        paths, labels, p = read_predictions(folder / file, column)
+        if paths != images.paths or not np.array_equal(labels, images.y.astype(int)):
+            raise UserError(f"{folder / file} does not match the {images.split} split (the data changed since)")
+        out.append(p)
+    return np.stack(out)
+
+
+def predictors(folders: list[Path], recorded: list[float], chosen: int, valid: ImageSet,
+               test: ImageSet) -> dict[str, Predictor]:
+    """Every predictor of one model, from its seeds' folders (in seed order), the thresholds finalize recorded
+    for them and the position of the chosen seed. The chosen seed comes first: the others are paired with it."""
+    from tune.metrics.classification import youden_threshold
+    from tune.runs.layout import PREDICTIONS, VALID_PREDICTIONS
+
+    v = np.stack([read_scores(f, VALID_PREDICTIONS, valid) for f in folders])  # (seeds, plain/flipped, n_valid)
+    t = np.stack([read_scores(f, PREDICTIONS, test) for f in folders])
+    v_tta, t_tta = v.mean(1), t.mean(1)  # flip TTA: the mean of the plain and the flipped probability
+
+    def youden(p: np.ndarray) -> float:
+        return youden_threshold(valid.y, p)
+
+    return {
+        "chosen_seed": Predictor(t[[chosen], 0], [recorded[chosen]]),
+        "seeds": Predictor(t[:, 0], recorded),
+        "seeds_hflip": Predictor(t_tta, [youden(p) for p in v_tta]),
+        "ensemble": Predictor(t[:, 0].mean(0, keepdims=True), [youden(v[:, 0].mean(0))]),
+        "ensemble_hflip": Predictor(t_tta.mean(0, keepdims=True), [youden(v_tta.mean(0))]),
+    }
+
+
+def label(variant: str, seeds: list[int], chosen_seed: int) -> str:
+    """How a table names the predictor."""
+    k = len(seeds)
+    return {"chosen_seed": f"chosen seed (seed {chosen_seed}, exported)", "seeds": f"{k} seeds, each alone",
+            "seeds_hflip": f"{k} seeds, each alone + flip TTA", "ensemble": f"ensemble of {k} seeds",
+            "ensemble_hflip": f"ensemble of {k} seeds + flip TTA"}[variant]
+
+
+def paired(cells: dict[str, Any], ref: dict[str, Any], boot: dict[str, np.ndarray], ref_boot: dict[str, np.ndarray],
+           alpha: float) -> dict[str, dict[str, Any]]:
+    """Difference to the chosen seed and its paired bootstrap p-value, per metric of PAIRED."""
+    from tune.metrics import bootstrap as stats
+
+    out = {}
+    for m in PAIRED:
+        diff = cells[m]["mean"] - ref[m]["mean"]
+        p = stats.paired_p_value(boot[m], ref_boot[m], diff)
+        out[m] = {"value": cells[m]["mean"], "chosen_value": ref[m]["mean"], "difference": diff, "p_value": p,
+                  "significant": bool(p < alpha)}
+    return out
+
+
+def rows(model: dict[str, Any], preds: dict[str, Predictor], boot: dict[str, dict[str, dict[str, np.ndarray]]],
+         y: np.ndarray, alpha: float) -> list[dict[str, Any]]:
+    """The table's rows of one model (`model`: its row of the main table): each predictor's cells under every
+    rule of `boot` ({rule: {variant: bootstrap samples}}) and its paired test against the chosen seed."""
+    from tune.metrics import bootstrap as stats
+
+    out: list[dict[str, Any]] = []
+    for variant, pred in preds.items():
+        row: dict[str, Any] = {k: model[k] for k in ("model", "name", "arch", "kind", "seeds", "chosen_seed")}
+        row.update(variant=variant, predictor=label(variant, model["seeds"], model["chosen_seed"]),
+                   thresholds=pred.thresholds)
+        for rule, samples in boot.items():
+            per_seed = stats.per_seed_metrics(y, pred.test, pred.at(rule))
+            row[rule] = stats.metric_cells(per_seed, samples[variant], over_seeds=variant in OVER_SEEDS)
+        if variant != "chosen_seed":
+            ref = out[0]  # the chosen seed: first in `preds`
+            row["vs_chosen"] = {rule: paired(row[rule], ref[rule], b[variant], b["chosen_seed"], alpha)
+                                for rule, b in boot.items()}
+        out.append(row)
+    return out

@@ -1,0 +1,223 @@
+"""`python -m tune evaluate`: any trained detector, per source (generator) and per perturbation.
+
+    python -m tune evaluate --model PATH [--model PATH ...] | --run RUN  DATA [DATA ...]
+                            [--perturb jpeg=95,75,50 blur=1,2 resize=0.5,0.25] [--out DIR]
+                            [--skip-bad-images] [--resamples N] [--seed S]
+
+One row per (model, source, condition) plus a mean-over-sources row: n fake/real, AUC, AP, EER,
+and accuracy/precision/recall/F1 at the model's valid-chosen threshold and at 0.5, each with a
+95% stratified bootstrap interval; with several models, a paired bootstrap per source and overall.
+Written to evaluation.{md,csv,json} (+ scores.csv, plots/) in --out; nothing is written when an
+input is bad. Each image is decoded once: every condition and every model size derives from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune.core import UserError
+from tune.data.perturb import Condition
+from tune.data.sources import Source
+from tune.evaluation.tables import Scored
+from tune.runs.inference import MODEL_FILES
+from tune.runs.layout import Run, evaluation_folder, resolve_run, results_root
+
+if TYPE_CHECKING:  # numpy/torch are imported on use, so `python -m tune --help` stays fast
+    import numpy as np
+
+    from tune.runs.inference import LoadedModel
+
+Log = Callable[[str], None]
+CHUNK = 128  # images decoded (and perturbed) at a time: memory stays at 2 CHUNKs x conditions x model sizes
+BATCH = 64
+
+
+# --------------------------------------------------------------------------- scoring
+def model_names(models: list[LoadedModel]) -> list[str]:
+    """models/ARCH.pth → ARCH; DIR/best.pth → DIR (finalize/NAME/seedS → NAME-seedS); repeats numbered."""
+    out: list[str] = []
+    for m in models:
+        p = Path(m.path).absolute()
+        name = p.stem
+        if name == "best":
+            name = p.parent.name if not p.parent.name.startswith("seed") else f"{p.parent.parent.name}-{p.parent.name}"
+        out.append(name if name not in out else f"{name}#{len(out) + 1}")
+    return out
+
+
+def _prepare(pool: ThreadPoolExecutor, files: list[Path], conditions: list[Condition],
+             sizes: list[int]) -> tuple[list[int], dict, dict[int, str]]:
+    """Decode each file once at its native size; every (condition, model size) input comes from that decode.
+
+    Returns the positions of the readable files, their inputs per (condition, size), and why each other failed."""
+    import numpy as np
+
+    from tune.data.images import decode_rgb
+    from tune.data.perturb import model_input, native
+
+    def one(f: Path) -> dict[tuple[str, int], np.ndarray] | str:
+        try:
+            im = decode_rgb(f)
+        except (ValueError, OSError) as e:
+            return str(e) if isinstance(e, ValueError) else f"cannot open: {e.strerror or e}"
+        out = {}
+        for c in conditions:
+            base = native(im, c)
+            for s in sizes:
+                out[c.name, s] = model_input(base, c, s)
+        return out
+
+    done = list(pool.map(one, files))
+    good = [i for i, d in enumerate(done) if not isinstance(d, str)]
+    bad = {i: d for i, d in enumerate(done) if isinstance(d, str)}
+    x = {key: np.stack([done[i][key] for i in good]) for key in (done[good[0]] if good else {})}  # type: ignore[index]
+    return good, x, bad
+
+
+def _prepared(chunks: list[list[Path]], conditions: list[Condition], sizes: list[int]) -> Iterator[Any]:
+    """Each chunk prepared, in order; the next one is decoded while the models score this one (PIL's decode
+    and resize release the GIL), so the forward rarely waits."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
+        nxt = ahead.submit(_prepare, pool, chunks[0], conditions, sizes) if chunks else None
+        for k in range(len(chunks)):
+            assert nxt is not None
+            current = nxt.result()
+            if k + 1 < len(chunks):
+                nxt = ahead.submit(_prepare, pool, chunks[k + 1], conditions, sizes)
+            yield current
+
+
+def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions: list[Condition], *,
+              skip_bad: bool, log: Log) -> dict[str, Scored]:
+    """Score every source; unreadable images are refused (all listed in one line) unless skip_bad.
+
+    All sources' files form one list cut into chunks, so batches stay full across source boundaries."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    sizes = sorted({m.image_size for m in models.values()})
+    files = [f for s in sources for f in s.files]
+    p = {(n, c.name): np.full(len(files), np.nan) for n in models for c in conditions}
+    why: dict[int, str] = {}
+    chunks = [files[k:k + CHUNK] for k in range(0, len(files), CHUNK)]
+    for k, (good, x, bad) in enumerate(_prepared(chunks, conditions, sizes)):
+        why.update({k * CHUNK + i: reason for i, reason in bad.items()})
+        if not good:
+            continue
+        rows = k * CHUNK + np.asarray(good)
+        for name, m in models.items():
+            for c in conditions:
+                p[name, c.name][rows] = m.probabilities(x[c.name, m.image_size], batch=BATCH)
+    out, start = {}, 0
+    for s in sources:
+        keep = [i for i in range(len(s.files)) if start + i not in why]
+        rows = start + np.asarray(keep, dtype=int)
+        out[s.name] = Scored(np.asarray([s.labels[i] for i in keep], dtype=int), [str(s.files[i]) for i in keep],
+                             {key: v[rows] for key, v in p.items()},
+                             [(str(s.files[i]), why[start + i]) for i in range(len(s.files)) if start + i in why])
+        start += len(s.files)
+    log(f"scored {len(files) - len(why)} image(s) in {len(sources)} source(s) x {len(models)} model(s) x "
+        f"{len(conditions)} condition(s) in {time.perf_counter() - t0:.1f}s")
+    bad = [(p, why) for sc in out.values() for p, why in sc.bad]
+    if bad and not skip_bad:
+        listing = "; ".join(f"{p} ({why})" for p, why in bad[:20]) + (f"; and {len(bad) - 20} more" if len(bad) > 20
+                                                                         else "")
+        raise UserError(f"{len(bad)} unreadable image(s): {listing} (expected readable jpg/jpeg/png/bmp/webp; "
+                        "--skip-bad-images skips them and counts them in the output)")
+    for s in sources:
+        if len(out[s.name].y) == 0:
+            raise UserError(f"no readable images in source {s.name} ({s.path})")
+    return out
+
+
+# --------------------------------------------------------------------------- the command
+def evaluate(models: list[LoadedModel], sources: list[Source], conditions: list[Condition], out: Path | None, *,
+             skip_bad: bool = False, resamples: int = 1000, seed: int = 0, log: Log = print) -> dict[str, Any]:
+    """Score, compute the tables, write them into `out` and return evaluation.json's dict.
+
+    Every input problem is raised before anything is written; the files are written atomically,
+    evaluation.json last (its presence marks a complete evaluation)."""
+    from tune.evaluation.tables import tables
+    from tune.reports.evaluation import write_outputs
+
+    named = dict(zip(model_names(models), models))
+    scored = score_all(sources, named, conditions, skip_bad=skip_bad, log=log)
+    result = tables(named, sources, conditions, scored, resamples=resamples, seed=seed)
+    if out is not None:
+        from tune.reports.campanel import evaluation_panels
+
+        panels = evaluation_panels(named, scored, conditions[0].name)  # the clean images (parse_perturb's first)
+        write_outputs(out, result, scored, log=log, extra_plots=panels)
+    return result
+
+
+def load_models(paths: list[Path]) -> list[LoadedModel]:
+    from tune.runs.inference import load
+
+    return [load(p) for p in paths]
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from tune.data.perturb import parse_perturb
+    from tune.data.sources import find_sources
+    from tune.reports.evaluation import render_markdown
+
+    if a.resamples < 10 or a.seed < 0:
+        raise UserError(f"--resamples must be >= 10 and --seed >= 0, got {a.resamples} and {a.seed}")
+    conditions = parse_perturb(a.perturb)  # every input is checked before any image is scored
+    if a.run:
+        paths = Run(resolve_run(a.run, results_root(a.storage))).winners()
+    else:
+        paths = a.model
+    models = load_models(paths)
+    for m in models:
+        for note in m.notes:
+            print(f"note: {note}")
+    sources = find_sources(a.data)
+    out = a.out or evaluation_folder(results_root(a.storage))
+    result = evaluate(models, sources, conditions, out, skip_bad=a.skip_bad_images, resamples=a.resamples,
+                      seed=a.seed)
+    print(render_markdown(result), end="")
+    print(f"wrote {out}/evaluation.{{md,csv,json}}, scores.csv and {len(result['plots'])} plot(s)")
+    return 0
+
+
+def extra_test(run_dir: Path, data: list[Source], cmp: dict[str, Any], md: str, log: Log = print) -> dict[str, Any]:
+    """`finalize --extra-test`: evaluate the exported winners on more sources; add it to comparison.md/json."""
+    from tune.core import atomic_write_json, atomic_write_text
+    from tune.reports.evaluation import render_markdown
+
+    out = Run(run_dir).extra_test
+    ev = evaluate(load_models(Run(run_dir).winners()), data, [Condition()], out, log=log)
+    # In comparison.json the plot paths are relative to the run folder, where that file lives.
+    ev = {**ev, "plots": {k: f"{out.name}/{v}" for k, v in ev["plots"].items()}}
+    cmp["evaluation"] = ev
+    section = render_markdown(ev, level=2, title="Extra test sets (exported winners)")
+    atomic_write_json(Path(run_dir) / "comparison.json", cmp)
+    atomic_write_text(Path(run_dir) / "comparison.md", md.rstrip("\n") + "\n\n" + section)
+    log(section)
+    return ev
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="per-source (generator) and per-perturbation tables for trained detectors")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", type=Path, action="append", help=f"{MODEL_FILES}; repeatable")
+    who.add_argument("--run", help="every exported winner of this run (results/RUN/models/*.pth)")
+    p.add_argument("data", type=Path, nargs="+", metavar="DATA", help=(
+                   "a folder with Fake/ and Real/ (any case) or 0_real/ and 1_fake/, or a parent of such folders "
+                   "(one source per sub-folder)"))
+    p.add_argument("--perturb", nargs="+", metavar="NAME=S1,S2", help=(
+                   "robustness conditions: jpeg=QUALITY,... blur=SIGMA,... resize=FACTOR,... (after DATA)"))
+    p.add_argument("--out", type=Path, help="output folder (default: results/eval-DATE-TIME)")
+    p.add_argument("--storage", help="folder holding run folders (default: results)")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and count them")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.set_defaults(func=cmd_evaluate)

@@ -1,0 +1,335 @@
+"""`python -m tune finalize [RUN]`: retrain the search's winners with several seeds and test them once.
+
+For each architecture the best trial (leaderboard order) is retrained from scratch with K seeds,
+exactly as a trial trains (tune.training.loop.fit, early stopping on valid, the trial's thread count),
+then each retrained model is scored once on the test split, as it is and with every image flipped
+(for flip test-time augmentation; tune.evaluation.ensembles compares the seeds, their ensemble and TTA). This
+module is the only place in the project that reads the test split (`load_test`); nothing here ever
+chooses anything by test numbers: thresholds come from valid, and the shipped model is the seed with
+the best valid score.
+
+Each seed's folder gets record.json last, so an interrupted finalize redoes only unfinished seeds
+(a seed finished by a finalize from before flip TTA gets its missing predictions from its saved weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune.core import (
+    UserError,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    file_sha256,
+)
+from tune.runs.info import RunInfo, cache_dirs, load_heldout, load_train_valid, read_run, trial_config
+from tune.runs.layout import RECORD, WEIGHTS, read_json, resolve_run, results_root
+from tune.training.config import TrainConfig
+
+if TYPE_CHECKING:  # numpy, torch, scipy are imported on use, so `python -m tune --help` stays fast
+    import numpy as np
+
+    from tune.data.images import ImageSet
+
+Log = Callable[[str], None]
+Data = tuple["ImageSet", "ImageSet", "ImageSet", list["ImageSet"]]  # train, valid, test, the held-out sources
+RULES = {"at_0.5": "threshold 0.5 (the notebook's rule)",
+         "at_valid_threshold": "threshold chosen on valid: Youden's J = TPR - FPR maximised on each retrained "
+                               "model's validation probabilities (the test set never picks it)"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str  # table row and folder under finalize/: the arch, or "<arch>-baseline"
+    arch: str
+    kind: str  # "tuned" (the search's best trial) or "baseline" (the notebook's fixed recipe)
+    config: TrainConfig  # its seed is replaced by each retraining's seed
+    trial_id: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch} (tuned, trial {self.trial_id})" if self.kind == "tuned" else f"{self.arch} (baseline)"
+
+
+def baseline_config(info: RunInfo, arch: str) -> TrainConfig:
+    """The notebook's recipe: TrainConfig's defaults (lr 1e-4, patience 3) and the architecture's own
+    defaults (head 128, dropout 0.5; 3 conv blocks of width 32; pretrained backbones head only), at the
+    search's image size and epoch cap, with the weights the search used."""
+    fields: dict[str, Any] = {"arch": arch, "image_size": info.image_size, "epochs": info.max_epochs, "patience": 3,
+                              "threads": info.threads, "use_cache": info.use_cache}
+    w = info.space["architectures"][arch].get("weights")
+    if w and w["kind"] == "fixed":
+        fields["weights"] = w["value"]
+    return TrainConfig.from_dict(fields)
+
+
+def candidates(info: RunInfo, baseline: bool, log: Log) -> list[Candidate]:
+    from tune.runs.leaderboard import load_leaderboard
+
+    board = load_leaderboard(info.run_dir)
+    out = []
+    for arch in info.space["architectures"]:
+        scored = board[(board["arch"] == arch) & board["score"].notna()] if len(board) else board
+        if len(scored):
+            tid = str(scored.iloc[0]["trial_id"])
+            out.append(Candidate(arch, arch, "tuned", trial_config(info, arch, tid), tid))
+        else:
+            log(f"[{arch}] no trial with a {info.metric} yet: nothing to finalize for it")
+        if baseline:
+            out.append(Candidate(f"{arch}-baseline", arch, "baseline", baseline_config(info, arch)))
+    if not any(c.kind == "tuned" for c in out):
+        raise UserError(f"run {info.name} has no finished trials to finalize")
+    return out
+
+
+def load_test(info: RunInfo, decoded_cache: Path | None) -> ImageSet:
+    """The one read of the test split in the whole project (tests assert that)."""
+    from tune.data import images as data
+
+    return data.load_split(info.root, "test", info.image_size, skip_bad=info.skip_bad, cache_dir=decoded_cache)
+
+
+def _fingerprints(info: RunInfo, data: Data) -> dict[str, Any]:
+    train, valid, test, extra = data
+    held_out = {"valid_extra": info.heldout} if extra else {}  # a run without held-out sources: as before
+    return {"train_fingerprint": train.fingerprint, "valid_fingerprint": valid.fingerprint,
+            "test_fingerprint": test.fingerprint, "root": str(info.root), **held_out}
+
+
+def done_record(c: Candidate, seed: int, info: RunInfo, data: Data) -> dict[str, Any] | None:
+    """The saved record of this exact (config, data, seed), if a previous finalize finished it. Configs are
+    compared as configs (a record of an earlier version lacks options added since, which mean their defaults)
+    and data by content (a dataset moved elsewhere is the same data; held-out sources count too)."""
+    path = info.run.finalize(c.name, seed) / RECORD
+    if not path.is_file():
+        return None
+    old = read_json(path)
+    try:
+        same_config = TrainConfig.from_dict(old.get("config", {})) == c.config.replace(seed=seed)
+    except (UserError, TypeError):  # a config this version cannot read is not this config
+        same_config = False
+    now = _fingerprints(info, data)
+    same_data = all(old.get("data", {}).get(k) == v for k, v in now.items() if k != "root")
+    return old if same_config and same_data else None
+
+
+def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: Path | None,
+                  log: Log) -> dict[str, Any]:
+    """Retrain one candidate with one seed, score valid and test (plain and flipped), save; reuse a finished
+    record of the same thing."""
+    from tune.evaluation.ensembles import add_missing_scores, save_scores
+    from tune.metrics.classification import binary_metrics, metric_value, youden_threshold
+    from tune.training import loop as training  # looked up on use: tests wrap tune.training.loop.fit to count trainings
+    from tune.training.records import run_record, save_training
+
+    train, valid, test, extra = data
+    out = info.run.finalize(c.name, seed)
+    cfg = c.config.replace(seed=seed)
+    fingerprints = _fingerprints(info, data)
+    old = done_record(c, seed, info, data)
+    if old is not None:
+        added = add_missing_scores(out, cfg.threads, valid, test)
+        log(f"[{c.name}] seed {seed}: already done, kept ({out})"
+            + ("; its flipped and valid predictions were missing (an older finalize), scored now" if added else ""))
+        return old
+    if (out / RECORD).is_file():
+        log(f"[{c.name}] seed {seed}: the saved result is for another config or data; redoing it")
+    log(f"[{c.name}] seed {seed}: training {'trial ' + c.trial_id if c.trial_id else 'the notebook recipe'}")
+    result = training.fit(cfg, train, valid, extra=extra, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
+    threshold = youden_threshold(valid.y, result.val_probs)
+    save_training(out, result)
+    p_test = save_scores(out, result.model, valid, test)
+    record = run_record(cfg, result, fingerprints)
+    record.update(name=c.name, kind=c.kind, trial_id=c.trial_id, metric=info.metric,
+                  valid_score=metric_value(result.best, info.metric),  # by the run's rule (mean_auc, ...)
+                  threshold=threshold, threshold_rule=RULES["at_valid_threshold"],
+                  test={"at_0.5": binary_metrics(test.y, p_test, 0.5),
+                        "at_valid_threshold": binary_metrics(test.y, p_test, threshold)})
+    atomic_write_json(out / RECORD, record)  # last: its presence marks this seed as done
+    return record
+
+
+def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[str, Any]]],
+            valid: ImageSet, test: ImageSet) -> dict[str, Any]:
+    """Means with t-intervals over seeds, bootstrap intervals over test images, the paired tests, and the
+    ensembles and flip TTA of each model's seeds (tune.evaluation.ensembles)."""
+    from tune.evaluation import ensembles, tradeoff
+    from tune.metrics import bootstrap as stats
+
+    y = test.y.astype(int)
+    alpha = 0.05
+    chosen = {c.name: choose_seed(info, records[c.name]) for c in cands}
+    preds = {c.name: ensembles.predictors([info.run.finalize(c.name, r["seed"]) for r in records[c.name]],
+                                          [float(r["threshold"]) for r in records[c.name]],
+                                          records[c.name].index(chosen[c.name]), valid, test) for c in cands}
+    # Every predictor of every model is scored on the same resamples: that makes each comparison paired.
+    every = {(c.name, v): p for c in cands for v, p in preds[c.name].items()}
+    boot = {rule: stats.bootstrap(y, {k: (p.test, p.at(rule)) for k, p in every.items()}) for rule in RULES}
+    rows, variant_rows = [], []
+    for c in cands:
+        recs, seeds = records[c.name], preds[c.name]["seeds"]
+        row: dict[str, Any] = {"model": c.label, "name": c.name, "arch": c.arch, "kind": c.kind,
+                               "trial_id": c.trial_id, "config": {**c.config.to_dict(), "seed": None},
+                               "seeds": [r["seed"] for r in recs], "valid_scores": [r["valid_score"] for r in recs],
+                               "thresholds": seeds.thresholds,
+                               "folder": str(info.run.finalize(c.name).relative_to(info.run.path))}
+        row["chosen_seed"], row["chosen_threshold"] = chosen[c.name]["seed"], chosen[c.name]["threshold"]
+        for rule in RULES:
+            row[rule] = stats.metric_cells(stats.per_seed_metrics(y, seeds.test, seeds.at(rule)),
+                                           boot[rule][c.name, "seeds"])
+        rows.append(row)
+        variant_rows += ensembles.rows(row, preds[c.name], {rule: {v: boot[rule][c.name, v] for v in preds[c.name]}
+                                                            for rule in RULES}, y, alpha)
+    held_out = {"tradeoff": tradeoff.summary(rows, records, boot["at_0.5"], alpha)} if info.heldout else {}
+    return {"run": info.name, "metric": info.metric, "n_test": len(y), "test_fingerprint": test.fingerprint,
+            "skipped": info.meta.get("skipped", {}), **held_out,
+            "threshold_rules": RULES, "alpha": alpha,
+            "bootstrap": {"resamples": stats.RESAMPLES, "numpy_seed": stats.SEED, "stratified_by_class": True,
+                          "statistic": "each resample's metric is averaged over seeds"},
+            "rows": rows, "best": best_models(rows, {c.name: boot["at_0.5"][c.name, "seeds"] for c in cands}),
+            "ensembles": {"variants": ensembles.VARIANTS, "paired_against": "chosen_seed",
+                          "paired_metrics": list(ensembles.PAIRED), "rows": variant_rows}}
+
+
+def choose_seed(info: RunInfo, recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seed whose model scored best on VALID (ties: the first seed). Test numbers never choose."""
+    from tune.metrics.classification import better
+
+    best = recs[0]
+    for r in recs[1:]:
+        best = r if better(r["valid_score"], best["valid_score"], info.mode) else best
+    return best
+
+
+def best_models(rows: list[dict[str, Any]], boot: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The notebook named the best model by accuracy and by AUC; we add whether the gap is significant."""
+    from tune.metrics import bootstrap as stats
+
+    tuned = [r for r in rows if r["kind"] == "tuned"]
+    out: dict[str, Any] = {}
+    for m in ("accuracy", "auc"):
+        ranked = sorted(tuned, key=lambda r: -r["at_0.5"][m]["mean"])
+        entry: dict[str, Any] = {"model": ranked[0]["name"], "value": ranked[0]["at_0.5"][m]["mean"]}
+        if len(ranked) > 1:
+            a, b = ranked[0], ranked[1]
+            diff = a["at_0.5"][m]["mean"] - b["at_0.5"][m]["mean"]
+            p = stats.paired_p_value(boot[a["name"]][m], boot[b["name"]][m], diff)
+            entry.update(runner_up=b["name"], runner_up_value=b["at_0.5"][m]["mean"], difference=diff,
+                         p_value=p, significant=bool(p < 0.05), tie=bool(diff == 0))
+        out[m] = entry
+    return out
+
+
+def export_models(info: RunInfo, cmp: dict[str, Any], records: dict[str, list[dict[str, Any]]]) -> None:
+    """models/<arch>.pth + .json: the tuned seed with the best valid score, ready for `predict`."""
+    for row in (r for r in cmp["rows"] if r["kind"] == "tuned"):
+        rec = next(r for r in records[row["name"]] if r["seed"] == row["chosen_seed"])
+        src = info.run.finalize(row["name"], rec["seed"])
+        weights = info.run.model(row["arch"], "pth")
+        atomic_write_bytes(weights, (src / WEIGHTS).read_bytes())
+        atomic_write_json(info.run.model(row["arch"], "json"), {
+            "arch": row["arch"], "config": rec["config"], "seed": rec["seed"], "trial_id": row["trial_id"],
+            "run": info.name, "chosen_by": f"best valid {info.metric} over seeds {row['seeds']}",
+            "valid_score": rec["valid_score"], "threshold": rec["threshold"], "threshold_rule": rec["threshold_rule"],
+            "test_metrics": rec["test"], "data": rec["data"], "weights_source": rec["weights_source"],
+            "device": rec.get("device", "cpu"), "versions": rec["versions"], "source": str(src),
+            "weights_sha256": file_sha256(weights)})
+
+
+def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache_dir: Path | None = None,
+                 log: Log = print, jobs: int = 1, extra_test: list[Path] | None = None) -> dict[str, Any]:
+    """`jobs` > 1 retrains that many (model, seed) pairs at once in separate processes, each with the
+    trials' thread count, so the numbers are the same as sequentially, only sooner."""
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    import torch
+
+    from tune.data.heldout import check_for_testing
+    from tune.data.sources import find_sources
+
+    extra = find_sources(extra_test) if extra_test else None  # a bad --extra-test fails before any training
+    info = read_run(run_dir)
+    cands = candidates(info, baseline, log)
+    decoded, features = cache_dirs(info, cache_dir)
+    train, valid = load_train_valid(info, cache_dir)
+    held_out = load_heldout(info, cache_dir)  # selected by (with a held-out or combined metric), never trained on
+    test = load_test(info, decoded)
+    check_for_testing(test, extra or [], train, valid, held_out)
+    log(f"finalize {info.name}: {len(cands)} model(s) x {seeds} seed(s); {len(train)} train / {len(valid)} valid / "
+        f"{len(test)} test images{''.join(f'; held-out {h.split}: {len(h)}' for h in held_out)}; {info.threads} "
+        "thread(s) per training, as the trials")
+    threads_before = torch.get_num_threads()
+    data = (train, valid, test, held_out)
+    try:
+        pending = [(c, i) for c in cands for i in range(seeds) if done_record(c, info.seed + i, info, data) is None]
+        if jobs > 1 and len(pending) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: forking a process whose OpenMP threads already ran can deadlock
+            with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {(c.name, i): pool.submit(finalize_seed, c, info.seed + i, info, data, features, print)
+                           for c, i in pending}
+                records = {c.name: [futures[c.name, i].result() if (c.name, i) in futures else
+                                    finalize_seed(c, info.seed + i, info, data, features, log) for i in range(seeds)]
+                           for c in cands}
+        else:
+            records = {c.name: [finalize_seed(c, info.seed + i, info, data, features, log) for i in range(seeds)]
+                       for c in cands}
+    finally:
+        torch.set_num_threads(threads_before)  # fit changed it for the whole process
+    cmp = compare(info, cands, records, valid, test)
+    from tune.evaluation.tradeoff import markdown as tradeoff_markdown
+    from tune.reports.figures import make_plots, render_csv, render_markdown
+
+    md = render_markdown(cmp) + tradeoff_markdown(cmp)
+    atomic_write_json(info.run.comparison("json"), cmp)
+    atomic_write_text(info.run.comparison("csv"), render_csv(cmp))
+    atomic_write_text(info.run.comparison("md"), md)
+    export_models(info, cmp, records)
+    from tune.reports.campanel import finalize_panels
+
+    finalize_panels(info.run, cmp, test, log)  # here: the test split is in memory only in this module
+    log(md)
+    plots = make_plots(info.run_dir, log=log)
+    if extra:
+        from tune.evaluation.evaluate import extra_test as evaluate_extra
+
+        evaluate_extra(info.run_dir, extra, cmp, md, log)  # adds comparison.json["evaluation"] and a section
+    from tune.reports.html import write_report
+
+    log(f"wrote {info.run.comparison('{md,csv,json}')}, the winners in {info.run.model('*').parent}, "
+        f"{len(plots)} plot(s) in {info.run.plot('*').parent} and {write_report(info.run_dir, log=log)}")
+    return cmp
+
+
+def finalize_jobs(run_dir: Path) -> int:
+    """As many retrainings at once as the machine has room for at the trials' CPUs per trial."""
+    import os
+
+    return max(1, (os.cpu_count() or 1) // read_run(run_dir).threads)
+
+
+def cmd_finalize(a: argparse.Namespace) -> int:
+    run = resolve_run(a.run, results_root(a.storage))
+    run_finalize(run, seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(), jobs=finalize_jobs(run),
+                 extra_test=a.extra_test)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finalize", help="retrain each architecture's best trial with K seeds; test once; compare")
+    p.add_argument("run", nargs="?", help="run name under results/ or a run folder (default: newest)")
+    p.add_argument("--seeds", type=int, default=3, help="retrainings per model, seeds SEED..SEED+K-1 (default: 3)")
+    p.add_argument("--baseline", action="store_true", help="also train the notebook's fixed recipe per architecture")
+    p.add_argument("--storage", help="folder holding run folders, or the URI the search's --storage named "
+                   "(then the run folder is in results/) (default: results)")
+    p.add_argument("--extra-test", type=Path, nargs="+", metavar="DATA", help=(
+                   "also evaluate the exported winners per source on these folders (as `evaluate`)"))
+    p.set_defaults(func=cmd_finalize)

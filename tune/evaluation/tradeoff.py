@@ -1,0 +1,154 @@
+"""In-domain vs held-out validation: the trade-off a run with held-out sources (tune/heldout.py) shows.
+
+A detector is used on generators it never saw, and the model with the best in-domain validation AUC can
+be the worst there. So a run with held-out validation sources shows both numbers side by side: per
+finalized model (its retrained seeds' kept epochs, mean over seeds) in comparison.md/json and the report,
+with one sentence saying whether in-domain and held-out validation pick the same model (and, when they
+do not, both models' test AUC and the paired bootstrap between them); and per trial, as a scatter of
+in-domain vs held-out AUC coloured by architecture in the report. Both numbers are validation numbers:
+neither ever reads the test split, which only the sentence's last clause reports.
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+from typing import Any
+
+import numpy as np
+
+from tune.metrics.classification import HELDOUT, best_index
+from tune.reports.sections import Context, table
+
+IN_DOMAIN, HELD_OUT = "val_auc", f"{HELDOUT}_auc"
+
+
+def validation(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean over a model's retrained seeds of the kept epoch's val_auc, xval_auc and AUC per held-out source."""
+    keys = dict.fromkeys(k for r in records for k in r["best"]
+                         if k == IN_DOMAIN or (k.startswith(HELDOUT) and k.endswith("_auc")))
+    return {k: float(np.mean([r["best"].get(k, math.nan) for r in records])) for k in keys}
+
+
+def summary(rows: list[dict[str, Any]], records: dict[str, list[dict[str, Any]]],
+            boot: dict[Any, dict[str, np.ndarray]], alpha: float) -> dict[str, Any]:
+    """comparison.json's "tradeoff": each model's validation AUCs beside its test AUC, the model each
+    validation picks among the tuned ones, and (when they differ) the paired bootstrap of the two on test."""
+    from tune.metrics import bootstrap as stats
+
+    table_rows = [{"name": r["name"], "model": r["model"], "kind": r["kind"], **validation(records[r["name"]]),
+                   "test_auc": r["at_0.5"]["auc"]["mean"]} for r in rows]
+    tuned = [t for t in table_rows if t["kind"] == "tuned"]
+    out: dict[str, Any] = {"rows": table_rows, "alpha": alpha}
+    picks = [best_index([t.get(k, math.nan) for t in tuned], "max") for k in (IN_DOMAIN, HELD_OUT)]
+    if len(tuned) < 2 or None in picks:
+        return out
+    a, b = (tuned[i] for i in picks)  # type: ignore[index]
+    out.update(in_domain_winner=a["name"], held_out_winner=b["name"], agree=a is b)
+    if a is not b:
+        diff = a["test_auc"] - b["test_auc"]
+        p = stats.paired_p_value(boot[a["name"], "seeds"]["auc"], boot[b["name"], "seeds"]["auc"], diff)
+        out.update(test_difference=diff, p_value=p, significant=bool(p < alpha))
+    return out
+
+
+def sentence(t: dict[str, Any]) -> str:
+    """Whether in-domain and held-out validation pick the same model, with both numbers ("" with one model)."""
+    if "agree" not in t:
+        return ""
+    by = {r["name"]: r for r in t["rows"]}
+    a, b = by[t["in_domain_winner"]], by[t["held_out_winner"]]
+
+    def named(r: dict[str, Any]) -> str:
+        return f"{r['name']} ({IN_DOMAIN} {r[IN_DOMAIN]:.3f}, {HELD_OUT} {r[HELD_OUT]:.3f})"
+
+    if t["agree"]:
+        return f"In-domain and held-out validation pick the same model: {named(a)}."
+    verdict = "significant" if t["significant"] else "not significant"
+    return (f"The in-domain winner is not the held-out winner: validation AUC on valid picks {named(a)}, "
+            f"held-out validation AUC picks {named(b)}; on the test split their AUC is {a['test_auc']:.3f} vs "
+            f"{b['test_auc']:.3f}, difference {t['test_difference']:+.3f}, paired bootstrap p = {t['p_value']:.3f}, "
+            f"{verdict} at α = {t['alpha']}.")
+
+
+def columns(t: dict[str, Any]) -> list[str]:
+    """val_auc, xval_auc, and AUC per held-out source when there are several."""
+    per_source = [k for k in t["rows"][0] if k.startswith(f"{HELDOUT}[")]
+    return [IN_DOMAIN, HELD_OUT, *(per_source if len(per_source) > 1 else [])]
+
+
+def _cells(t: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    cols = columns(t)
+    return (["Model", *cols, "test AUC"],
+            [[r["model"], *(f"{r.get(c, math.nan):.3f}" for c in cols), f"{r['test_auc']:.3f}"] for r in t["rows"]])
+
+
+CAPTION = ("Validation AUC of each model's retrained seeds at their kept epochs, mean over seeds: val_auc on the "
+           "valid split, xval_auc averaged over the held-out validation sources (each weighs the same), with "
+           "several sources xval[SOURCE]_auc per source; test AUC as in the table above (mean over seeds). The "
+           "held-out sources were never trained on; only the test column reads the test split.")
+
+
+def markdown(cmp: dict[str, Any]) -> str:
+    """comparison.md's section ("" for a run without held-out sources)."""
+    t = cmp.get("tradeoff")
+    if not t:
+        return ""
+    head, rows = _cells(t)
+    lines = ["", "### In-domain vs held-out validation", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", CAPTION, ""] + ([sentence(t)] if sentence(t) else [])
+    return "\n".join(lines) + "\n"
+
+
+def scatter(ctx: Context) -> Any:
+    """Every scored trial at its kept epoch: in-domain (val_auc) vs held-out (xval_auc) validation AUC, one
+    colour per architecture; each architecture's leaderboard winner ringed; the diagonal is where they agree."""
+    import plotly.graph_objects as go
+    from matplotlib.colors import to_hex
+
+    from tune.reports.figures import color
+
+    board = ctx.board.dropna(subset=[IN_DOMAIN, HELD_OUT])
+    fig = go.Figure()
+    for arch in ctx.meta["space"]["architectures"]:
+        mine = board[board["arch"] == arch]
+        if mine.empty:
+            continue
+        first = mine.index == mine.index.min()  # the board is sorted best first: this architecture's winner
+        fig.add_trace(go.Scatter(
+            x=mine[IN_DOMAIN], y=mine[HELD_OUT], mode="markers", name=arch, text=mine["trial_id"],
+            marker={"color": to_hex(color(arch)), "size": [14 if f else 8 for f in first],
+                    "line": {"width": [2 if f else 0 for f in first], "color": "black"}},
+            hovertemplate=f"trial %{{text}}<br>{IN_DOMAIN} %{{x:.3f}}<br>{HELD_OUT} %{{y:.3f}}<extra>{arch}</extra>"))
+    values = board[[IN_DOMAIN, HELD_OUT]].to_numpy(dtype=float)
+    lo, hi = (float(np.nanmin(values)), float(np.nanmax(values))) if values.size else (0.0, 1.0)
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="same on both",
+                             line={"color": "lightgray", "dash": "dot"}, hoverinfo="skip"))
+    fig.update_layout(title=f"Per trial at its kept epoch (ringed: each architecture's winner by {ctx.metric})",
+                      xaxis_title=f"in-domain validation AUC ({IN_DOMAIN})",
+                      yaxis_title=f"held-out validation AUC ({HELD_OUT})")
+    return fig
+
+
+def section(ctx: Context) -> str:
+    """The report's section: the rule, the finalized models side by side and the sentence, then the scatter."""
+    from tune.metrics.classification import describe
+    from tune.reports.charts import figure_div
+
+    held = (ctx.meta["data"].get("valid_extra") or {}).get("sources", [])
+    rule = (ctx.meta.get("rule") or {}).get("about") or describe(ctx.metric)
+    sources = ", ".join(f"{s['name']} ({s['n_fake']} fake, {s['n_real']} real)" for s in held)
+    out = [f"<p>Held-out validation sources (never trained on): {escape(sources)}. Selection rule: "
+           f"{escape(rule)}.</p>"]
+    t = (ctx.cmp or {}).get("tradeoff")
+    if t:
+        head, rows = _cells(t)
+        out += [table([escape(h) for h in head], [[escape(c) for c in r] for r in rows]),
+                f'<p class="note">{escape(CAPTION)}</p>']
+        out += [f'<p class="headline">{escape(sentence(t))}</p>'] if sentence(t) else []
+    if IN_DOMAIN in ctx.board and ctx.board[[IN_DOMAIN, HELD_OUT]].notna().all(axis=1).any():
+        out.append(f'<div class="chart">{figure_div(scatter(ctx), "tradeoff-scatter")}</div>')
+    else:
+        out.append("<p>No trial has an in-domain and a held-out AUC yet: no scatter.</p>")
+    return "".join(out)

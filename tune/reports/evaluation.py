@@ -1,0 +1,229 @@
+"""What `evaluate` writes: evaluation.{md,csv,json}, scores.csv and plots/*.png in one folder.
+
+Every file is written atomically and evaluation.json last, so its presence marks a complete
+evaluation. Figures use matplotlib's object API on the Agg canvas (as tune/report.py); a plot
+that fails is logged and skipped, because its numbers are in evaluation.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune.core import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from tune.evaluation.tables import Scored
+
+METRICS = [("auc", "AUC"), ("ap", "AP"), ("eer", "EER")]
+AT = [("accuracy", "Acc"), ("precision", "Prec"), ("recall", "Rec"), ("f1", "F1")]
+RULES = [("at_threshold", "thr"), ("at_0.5", "0.5")]
+
+
+def fmt(c: dict[str, Any]) -> str:
+    if c["value"] is None:
+        return "undefined"
+    return f"{c['value']:.3f}" + ("" if c["low"] is None else f" [{c['low']:.3f}, {c['high']:.3f}]")
+
+
+def render_markdown(ev: dict[str, Any], *, level: int = 1, title: str = "Evaluation") -> str:
+    h = "#" * level
+    b = ev["bootstrap"]
+    lines = [f"{h} {title}", "", "Models:"]
+    for m in ev["models"]:
+        lines.append(f"- `{m['name']}`: {m['arch']} at {m['image_size']} px, threshold {m['threshold']:.3f} "
+                     f"({m['threshold_rule']}); {m['path']} (sha256 {m['sha256'][:12]})")
+    lines += ["", "Sources:"]
+    for s in ev["sources"]:
+        skipped = f", {len(s['skipped'])} unreadable image(s) skipped" if s.get("skipped") else ""
+        lines.append(f"- `{s['name']}`: {s['n_fake']} fake / {s['n_real']} real ({s['path']}{skipped})")
+    lines += ["", f"Cells: value on all images [{b['level']:.0%} stratified bootstrap interval, {b['resamples']} "
+              f"resamples, seed {b['seed']}]. @thr: at the model's threshold chosen on valid; @0.5: at 0.5. "
+              "The mean row averages the sources (each source weighs the same)."]
+    head = ["Model", "Source", "Fake", "Real", *(n for _, n in METRICS),
+            *(f"{n}@{r}" for _, r in RULES for _, n in AT), "Note"]
+    for cond in ev["conditions"]:
+        lines += ["", f"{h}# {cond['name']}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in (r for r in ev["rows"] if r["condition"] == cond["name"]):
+            cells = [r["model"], f"**{r['source']}**" if r["source"] == "mean" else r["source"], str(r["n_fake"]),
+                     str(r["n_real"]), *(fmt(r[m]) for m, _ in METRICS),
+                     *(fmt(r[rule][m]) for rule, _ in RULES for m, _ in AT), r["note"]]
+            lines.append("| " + " | ".join(cells) + " |")
+    if len(ev["conditions"]) > 1:
+        names = [c["name"] for c in ev["conditions"]]
+        lines += ["", f"{h}# Robustness: mean AUC over sources", "", "| Model | " + " | ".join(names) + " |",
+                  "|" + "---|" * (len(names) + 1)]
+        for m in ev["models"]:
+            by = {r["condition"]: r for r in ev["rows"] if r["model"] == m["name"] and r["source"] == "mean"}
+            lines.append(f"| {m['name']} | " + " | ".join(fmt(by[n]["auc"]) for n in names) + " |")
+    if ev["paired"]:
+        lines += ["", f"{h}# Paired bootstrap (same resamples for both models; two-sided p, not corrected for "
+                  "multiple comparisons)", "",
+                  "| Condition | Source | A | B | Metric | A − B | p | significant at 0.05 |", "|" + "---|" * 8]
+        for p in ev["paired"]:
+            lines.append(f"| {p['condition']} | {p['source']} | {p['a']} | {p['b']} | {p['metric'].upper()} | "
+                         f"{p['difference']:+.3f} | {p['p_value']:.3f} | {'yes' if p['significant'] else 'no'} |")
+    if ev["plots"]:
+        lines.append("")
+        lines += [f"![{name}]({path})" for name, path in ev["plots"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else repr(float(v))
+
+
+def render_csv(ev: dict[str, Any]) -> str:
+    """One line per (model, source, condition): every value with its interval, flat."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    keys = [m for m, _ in METRICS] + [f"{rule}_{m}" for rule, _ in RULES for m, _ in AT]
+    w.writerow(["model", "source", "condition", "n_fake", "n_real",
+                *(f"{k}{s}" for k in keys for s in ("", "_low", "_high")), "note"])
+    for r in ev["rows"]:
+        cells = [r[m] for m, _ in METRICS] + [r[rule][m] for rule, _ in RULES for m, _ in AT]
+        w.writerow([r["model"], r["source"], r["condition"], r["n_fake"], r["n_real"],
+                    *(_num(c[s]) for c in cells for s in ("value", "low", "high")), r["note"]])
+    return buf.getvalue()
+
+
+def scores_csv(scored: dict[str, Scored]) -> str:
+    """Every image's P(fake) per model and condition: the numbers behind every cell."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model", "source", "condition", "path", "label", "p_fake"])
+    for source, sc in scored.items():
+        for (model, cond), p in sc.p.items():
+            w.writerows((model, source, cond, path, int(y), repr(float(q))) for path, y, q in zip(sc.paths, sc.y, p))
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- plots
+def _save(fig: Figure, path: Path) -> None:
+    from tune.reports.figures import save
+
+    save(fig, path)
+
+
+def plot_auc_by_source(ev: dict[str, Any], path: Path) -> None:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    cond = ev["conditions"][0]["name"]
+    sources = [s["name"] for s in ev["sources"]] + ["mean"]
+    models = [m["name"] for m in ev["models"]]
+    fig = Figure(figsize=(max(5.0, 1.2 * len(sources) * max(1, len(models)) ** 0.5 + 2), 4))
+    ax = fig.add_subplot()
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        by = {r["source"]: r["auc"] for r in ev["rows"] if r["model"] == m and r["condition"] == cond}
+        xs = np.arange(len(sources)) + (i - (len(models) - 1) / 2) * width
+        vals = [by[s]["value"] if by[s]["value"] is not None else np.nan for s in sources]
+        err = [[v - (by[s]["low"] if by[s]["low"] is not None else v) for v, s in zip(vals, sources)],
+               [(by[s]["high"] if by[s]["high"] is not None else v) - v for v, s in zip(vals, sources)]]
+        ax.bar(xs, vals, width, yerr=err, capsize=3, color=f"C{i}", label=m)
+        for x, v in zip(xs, vals):
+            if np.isnan(v):
+                ax.text(x, 0.02, "undefined", rotation=90, ha="center", va="bottom", fontsize=8)
+    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+    ax.set_xticks(np.arange(len(sources)), sources, rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"ROC-AUC ({cond}), {ev['bootstrap']['level']:.0%} bootstrap interval")
+    ax.set_title("AUC per source")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_roc_by_source(ev: dict[str, Any], scored: dict[str, Scored], path: Path) -> None:
+    import math
+
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_curve
+
+    from tune.reports.figures import note
+
+    cond = ev["conditions"][0]["name"]
+    names = [s["name"] for s in ev["sources"]]
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(4 * cols, 3.8 * rows))
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        sc = scored[name]
+        ax.set_title(name)
+        if len(set(sc.y.tolist())) < 2:
+            note(ax, "one class only:\nROC undefined")
+            continue
+        for i, m in enumerate(ev["models"]):
+            fpr, tpr, _ = roc_curve(sc.y, sc.p[m["name"], cond])
+            auc = next(r["auc"]["value"] for r in ev["rows"]
+                       if r["model"] == m["name"] and r["source"] == name and r["condition"] == cond)
+            ax.plot(fpr, tpr, color=f"C{i}", label=f"{m['name']} (AUC {auc:.3f})")
+        ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
+        ax.set_xlabel("false-positive rate")
+        ax.set_ylabel("true-positive rate")
+        ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def plot_auc_vs_severity(ev: dict[str, Any], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    kinds = list(dict.fromkeys(c["perturbation"] for c in ev["conditions"] if c["perturbation"]))
+    fig = Figure(figsize=(4.5 * len(kinds), 3.8))
+    for k, kind in enumerate(kinds):
+        ax = fig.add_subplot(1, len(kinds), k + 1)
+        conds = [ev["conditions"][0]] + [c for c in ev["conditions"] if c["perturbation"] == kind]
+        labels = ["clean"] + [f"{c['severity']:g}" for c in conds[1:]]
+        for i, m in enumerate(ev["models"]):
+            by = {r["condition"]: r["auc"] for r in ev["rows"] if r["model"] == m["name"] and r["source"] == "mean"}
+            cells = [by[c["name"]] for c in conds]
+            vals = [c["value"] if c["value"] is not None else float("nan") for c in cells]
+            err = [[v - c["low"] if c["low"] is not None else 0 for v, c in zip(vals, cells)],
+                   [c["high"] - v if c["high"] is not None else 0 for v, c in zip(vals, cells)]]
+            shift = (i - (len(ev["models"]) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
+            ax.errorbar([j + shift for j in range(len(conds))], vals, yerr=err, marker="o", capsize=3, color=f"C{i}",
+                        label=m["name"])
+        ax.set_xticks(range(len(conds)), labels)
+        ax.set_xlabel({"jpeg": "JPEG quality", "blur": "blur sigma (px)", "resize": "scale factor"}.get(kind, kind))
+        ax.set_ylabel("mean AUC over sources")
+        ax.set_ylim(0, 1.05)
+        ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+        ax.set_title(f"AUC vs {kind}")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def make_plots(out: Path, ev: dict[str, Any], scored: dict[str, Scored], log: Callable[[str], None],
+               extra: dict[str, Callable[[Path], None]] | None = None) -> dict[str, str]:
+    jobs: dict[str, Callable[[Path], None]] = {
+        "auc_by_source": lambda p: plot_auc_by_source(ev, p),
+        "roc_by_source": lambda p: plot_roc_by_source(ev, scored, p)}
+    if len(ev["conditions"]) > 1:
+        jobs["auc_vs_severity"] = lambda p: plot_auc_vs_severity(ev, p)
+    jobs |= extra or {}
+    done = {}
+    for name, job in jobs.items():
+        try:
+            job(out / "plots" / f"{name}.png")
+            done[name] = f"plots/{name}.png"
+        except Exception as e:  # noqa: BLE001 - a plot is a view of numbers already saved
+            log(f"warning: plot {name} failed: {type(e).__name__}: {e}")
+    return done
+
+
+def write_outputs(out: Path, ev: dict[str, Any], scored: dict[str, Scored], *, log: Callable[[str], None] = print,
+                  extra_plots: dict[str, Callable[[Path], None]] | None = None) -> None:
+    """Plots (`extra_plots`: more NAME -> draw(path) jobs, e.g. evaluate's Grad-CAM panels), scores.csv,
+    evaluation.csv and .md, then evaluation.json (last: it marks the folder complete)."""
+    out = Path(out)
+    ev["plots"] = make_plots(out, ev, scored, log, extra_plots)
+    atomic_write_text(out / "scores.csv", scores_csv(scored))
+    atomic_write_text(out / "evaluation.csv", render_csv(ev))
+    atomic_write_text(out / "evaluation.md", render_markdown(ev))
+    atomic_write_json(out / "evaluation.json", ev)

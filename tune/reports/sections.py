@@ -1,0 +1,303 @@
+"""The sections of the HTML report, each a function from the run's files to an HTML fragment.
+
+Numbers are formatted by the same helpers as comparison.md (tune.reports.figures) and leaderboard.md
+(4 significant digits), so a value reads the same in every file of the run. Every string that
+comes from a file is escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from tune.reports.charts import figure_div, figure_png, png_uri, study_charts
+from tune.runs.layout import PREDICTIONS, Run
+
+
+@dataclass
+class Context:
+    run: Run
+    meta: dict[str, Any]  # run.json
+    cmp: dict[str, Any] | None  # comparison.json, None before finalize
+    board: Any  # tune.runs.leaderboard.load_leaderboard's DataFrame
+
+    @property
+    def name(self) -> str:
+        return str(self.meta["name"])
+
+    @property
+    def metric(self) -> str:
+        return str(self.meta["space"]["metric"])
+
+
+# --------------------------------------------------------------------------- small HTML helpers
+def table(head: list[str], rows: list[list[str]], *, cls: str = "", num_cols: set[int] | None = None) -> str:
+    """An HTML table in its own horizontal scroller; cells are already-escaped HTML."""
+    num_cols = num_cols or set()
+    ths = "".join(f'<th{" data-type=num" if i in num_cols else ""}>{h}</th>' for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" if not c.startswith("<td") else c for c in r) + "</tr>"
+                   for r in rows)
+    return f'<div class="scroll"><table class="{cls}"><thead><tr>{ths}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def image(uri: str, alt: str) -> str:
+    return f'<figure><img src="{uri}" alt="{escape(alt)}"></figure>'
+
+
+def png_of(run: Run, name: str, draw: Any) -> str:
+    """plots/NAME.png as finalize saved it, else the same figure drawn now in memory."""
+    path = run.plot(name)
+    return png_uri(path.read_bytes()) if path.is_file() else png_uri(figure_png(draw()))
+
+
+def cmd(*parts: str) -> str:
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# --------------------------------------------------------------------------- 1-2: the test results
+def verdict(ctx: Context) -> str:
+    from tune.reports.figures import COLUMNS, cell, verdict_lines
+
+    cmp = ctx.cmp
+    assert cmp is not None
+    best = cmp["best"]["auc"]
+    row = next(r for r in cmp["rows"] if r["name"] == best["model"])
+    seeds = len(row["seeds"])
+    head = (f'<p class="headline">Best model by test AUC: <b>{escape(row["model"])}</b>, AUC '
+            f'{cell(row["at_0.5"]["auc"])} on {cmp["n_test"]} test images ({seeds} seed(s)).</p>')
+    rows = [[escape(text.split(":")[0].split(" (")[0])] + [cell(row[rule][m]) for m, _ in COLUMNS]
+            for rule, text in cmp["threshold_rules"].items()]
+    lines = "".join(f'<li class="{"sig" if cmp["best"][m].get("significant") else "ns"}">{escape(ln)}</li>'
+                    for m, ln in zip(("accuracy", "auc"), verdict_lines(cmp)))  # verdict_lines' order
+    return (head + f'<ul class="verdict">{lines}</ul>'
+            + "<p>Its test metrics (mean ± t half-width over seeds [95% bootstrap interval]):</p>"
+            + table(["Threshold"] + [h for _, h in COLUMNS], rows))
+
+
+def comparison(ctx: Context) -> str:
+    from tune.reports.figures import COLUMNS, _pm, caption, cell, ensemble_caption, ensemble_lines, ensemble_table
+
+    cmp = ctx.cmp
+    assert cmp is not None
+    out = [f"<p>Run {escape(cmp['run'])}: {cmp['n_test']} test images, {len(cmp['rows'][0]['seeds'])} seed(s) per "
+           "model.</p>"]
+    for rule, text in cmp["threshold_rules"].items():
+        out.append(f"<h3>At {escape(text)}</h3>")
+        out.append(table(["Model"] + [h for _, h in COLUMNS],
+                         [[escape(r["model"])] + [cell(r[rule][m]) for m, _ in COLUMNS] for r in cmp["rows"]]))
+    out.append("<h3>Threshold-free (mean ± 95% t half-width over seeds)</h3>")
+    out.append(table(["Model", "Average precision", "EER"],
+                     [[escape(r["model"]), _pm(r["at_0.5"]["ap"]), _pm(r["at_0.5"]["eer"])] for r in cmp["rows"]]))
+    out.append(f'<p class="note">{escape(caption(cmp))}</p>')
+    if "ensembles" in cmp:  # comparison.json files from before ensembles have none
+        head, rows = ensemble_table(cmp)
+        out.append("<h3>Ensembles and flip TTA</h3>" + table([escape(h) for h in head],
+                                                             [[escape(c) for c in r] for r in rows]))
+        out.append('<ul class="ensembles">' + "".join(f"<li>{escape(ln)}</li>" for ln in ensemble_lines(cmp)) + "</ul>")
+        out.append(f'<p class="note">{escape(ensemble_caption(cmp))}</p>')
+    if "evaluation" not in cmp:
+        out.append('<p class="note">No per-source or robustness tables: this run was finalized without extra test '
+                   "sets.</p>")
+    return "".join(out)
+
+
+def curves(ctx: Context) -> str:
+    from tune.reports import figures as report
+
+    cmp, d = ctx.cmp, ctx.run.path
+    assert cmp is not None
+    return "".join(image(png_of(ctx.run, name, lambda f=f: f(d, cmp)), alt) for name, f, alt in (
+        ("roc", report.plot_roc, "ROC curves on the test split"),
+        ("confusion", report.plot_confusion, "confusion matrices at the valid-chosen threshold"),
+        ("learning_curves", report.plot_learning_curves, "learning curves of the retrained winners")))
+
+
+def explanations(ctx: Context) -> str:
+    from tune.models.explain import METHOD
+    from tune.reports.campanel import GROUPS, PER_GROUP
+
+    cmp = ctx.cmp
+    assert cmp is not None
+    out = [f"<p>{escape(METHOD)}: warm colours mark where the model's features raise P(fake), over the image as the "
+           f"model saw it. Up to {PER_GROUP} test images per group, chosen by rule (not by hand): "
+           f"{escape('; '.join(GROUPS))}.</p>"]
+    for row in (r for r in cmp["rows"] if r["kind"] == "tuned"):
+        path = ctx.run.cam_panel(row["arch"])
+        out.append(image(png_uri(path.read_bytes()), f"Grad-CAM panel of {row['arch']} on the test split")
+                   if path.is_file() else
+                   f'<p class="note">No panel for {escape(row["arch"])}: finalize did not draw one (see its log; '
+                   f"<code>python -m tune finalize {escape(ctx.name)}</code> draws it).</p>")
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- 4: evaluation.json (shared contract)
+def _interval(c: dict[str, Any] | None) -> str:
+    if not c or c.get("value") is None:
+        return "n/a"
+    return f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+
+
+def evaluation(ctx: Context) -> str:
+    ev = (ctx.cmp or {})["evaluation"]
+    b = ev.get("bootstrap", {})
+    out = [f"<p>Cells: value [{b.get('level', 0.95):.0%} bootstrap interval: {b.get('resamples', '?')} resamples, "
+           f"seed {b.get('seed', '?')}{', stratified by class' if b.get('stratified') else ''}]. At threshold: each "
+           "model's recorded threshold.</p>"]
+    head = ["Model", "Source", "Condition", "Fake", "Real", "AUC", "AP", "EER", "Accuracy at threshold",
+            "F1 at threshold", "Note"]
+
+    def rows(keep: Any) -> list[list[str]]:
+        return [[escape(str(r["model"])), escape(str(r["source"])), escape(str(r["condition"])), str(r["n_fake"]),
+                 str(r["n_real"]), _interval(r.get("auc")), _interval(r.get("ap")), _interval(r.get("eer")),
+                 _interval(r.get("at_threshold", {}).get("accuracy")), _interval(r.get("at_threshold", {}).get("f1")),
+                 escape(r.get("note") or "")] for r in ev["rows"] if keep(r)]
+
+    clean = rows(lambda r: r["condition"] == "clean")
+    perturbed = rows(lambda r: r["condition"] != "clean")
+    out.append("<h3>Per source (clean images)</h3>" + (table(head, clean) if clean else "<p>No clean rows.</p>"))
+    if perturbed:
+        out.append("<h3>Robustness (perturbed images)</h3>" + table(head, perturbed))
+    if ev.get("paired"):
+        out.append("<h3>Paired differences</h3>" + table(
+            ["Source", "Condition", "A", "B", "Metric", "Difference", "p", "Significant"],
+            [[escape(str(p["source"])), escape(str(p["condition"])), escape(str(p["a"])), escape(str(p["b"])),
+              escape(str(p["metric"])), f"{p['difference']:+.3f}" if p.get("difference") is not None else "n/a",
+              f"{p['p_value']:.3f}" if p.get("p_value") is not None else "n/a",
+              "yes" if p.get("significant") else "no"] for p in ev["paired"]]))
+    for name, rel in (ev.get("plots") or {}).items():
+        path = ctx.run.path / rel
+        if path.is_file() and path.suffix.lower() == ".png":
+            out.append(image(png_uri(path.read_bytes()), name.replace("_", " ")))
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- 5-7: the search
+def _num(v: Any) -> tuple[str, str]:
+    """(shown text, sort key) of a leaderboard value, shown as in leaderboard.md (4 significant digits)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "", ""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return escape(str(v)), escape(str(v))
+    return (f"{v:.4g}" if isinstance(v, float) else str(v)), repr(float(v))
+
+
+def leaderboard(ctx: Context) -> str:
+    board = ctx.board
+    if board.empty:
+        return "<p>No trial has reported yet.</p>"
+    counts = ", ".join(f"{n} {escape(str(k))}" for k, n in board["ended"].value_counts().items())
+    cols = [c for c in board.columns if board[c].notna().any()]
+    shown = {"score": f"best {ctx.metric}"}
+    numeric = {i for i, c in enumerate(cols) if board[c].dtype.kind in "if"}
+    rows = []
+    for rec in board[cols].to_dict("records"):
+        cells = []
+        for i, c in enumerate(cols):
+            text, key = _num(rec[c])
+            cls = f' class="ended-{text}"' if c == "ended" else ""
+            cells.append(f'<td data-v="{key}"{cls}>{text}</td>' if i in numeric else f"<td{cls}>{text}</td>")
+        rows.append(cells)
+    return (f"<p>{len(board)} trials: {counts}. Click a column's header to sort by it.</p>"
+            + table([escape(shown.get(c, c)) for c in cols], rows, cls="sortable board", num_cols=numeric))
+
+
+def search(ctx: Context) -> str:
+    from tune.runs.leaderboard import trial_counts
+
+    out = [f"<p>{escape(trial_counts(ctx.board))}.</p>"] if not ctx.board.empty else []
+    for arch in ctx.meta["space"]["architectures"]:
+        asha = 0 if ctx.board.empty else int(((ctx.board["arch"] == arch)
+                                               & (ctx.board["ended"] == "stopped_by_asha")).sum())
+        said, charts = study_charts(ctx.run.optuna_db, ctx.run.study_name(arch, ctx.meta), ctx.metric, asha)
+        out.append(f"<h3>{escape(arch)}</h3><p>{escape(said)}</p>")
+        out += [f'<div class="chart">{figure_div(fig, f"{arch}-{title}")}</div>' for title, fig in charts]
+    return "".join(out)
+
+
+def epochs(ctx: Context) -> str:
+    from tune.reports.figures import plot_search_epochs
+
+    if ctx.board.empty:
+        return "<p>No trial has reported yet.</p>"
+    fig = plot_search_epochs(ctx.run.path, ctx.meta, ctx.board)
+    return image(png_uri(figure_png(fig)), "epochs per trial, coloured by how each trial ended")
+
+
+# --------------------------------------------------------------------------- 8-9: data and reproduction
+def _test_classes(ctx: Context) -> dict[str, int]:
+    """Fake and Real among the test images finalize scored (the labels in its predictions.csv)."""
+    import csv
+
+    from tune import FAKE
+
+    row = (ctx.cmp or {}).get("rows", [None])[0]
+    if row is None:
+        return {}
+    with open(ctx.run.finalize(row["name"], row["seeds"][0]) / PREDICTIONS, newline="") as f:
+        labels = [int(r["label"]) for r in csv.DictReader(f)]
+    return {"Fake": labels.count(FAKE), "Real": len(labels) - labels.count(FAKE)}
+
+
+def dataset(ctx: Context) -> str:
+    data, cmp = ctx.meta["data"], ctx.cmp or {}
+    root = Path(data["root"])
+    prints = {"train": data.get("train_fingerprint"), "valid": data.get("valid_fingerprint"),
+              "test": cmp.get("test_fingerprint")}
+    counts, note = {**data.get("classes", {}), "test": _test_classes(ctx)}, ""
+    if "classes" not in data:  # a run from before run.json recorded them: count the files there now
+        try:
+            from tune.data.images import split_counts  # (imports torch)
+
+            counts = {**split_counts(root, ("train", "valid")), "test": counts["test"]}
+            note = f"<p class=note>Train and valid counted in {escape(str(root))} now.</p>"
+        except Exception as e:  # noqa: BLE001 - the data may live on another machine now
+            note = f"<p class=note>Could not count the images in {escape(str(root))} ({escape(str(e)[:160])}).</p>"
+    rows = []
+    for split, fp in prints.items():
+        c = counts.get(split) or {}
+        total = c["Fake"] + c["Real"] if c else data.get(f"n_{split}", "")
+        rows.append([split, str(c.get("Fake", "")), str(c.get("Real", "")), str(total),
+                     f"<code>{escape(fp)}</code>" if fp else "not read until finalize" if split == "test" else ""])
+    skipped = len(data.get("skipped") or [])
+    weights = "".join(f"<li>{escape(a)}: {escape(str(w))}</li>" for a, w in (ctx.meta.get("weights") or {}).items())
+    return (f"<p>Dataset root <code>{escape(str(root))}</code>; {skipped} unreadable image(s) skipped. The "
+            "fingerprints are content hashes: a different one means different data.</p>" + note
+            + table(["Split", "Fake", "Real", "Total", "Fingerprint"], rows)
+            + (f"<p>Pretrained weights:</p><ul>{weights}</ul>" if weights else ""))
+
+
+def reproduce(ctx: Context) -> str:
+    meta, cmp, space = ctx.meta, ctx.cmp, ctx.meta["space"]
+    storage = str(ctx.run.path.parent.absolute())
+    again = f"{ctx.name}-again"
+    search = ["python", "-m", "tune", "search", "--data", str(meta["data"]["root"]), "--space",
+              str(meta.get("space_file", "SPACE.yaml")), "--name", again, "--trials", str(space["budget"]["trials"]),
+              "--storage", storage, "--no-finalize"]
+    search += ["--no-cache"] if not meta.get("use_cache", True) else []
+    search += ["--skip-bad-images"] if meta["data"].get("skipped") else []
+    search += ["--valid-extra", *meta["data"]["valid_extra"]["dirs"]] if meta["data"].get("valid_extra") else []
+    lines = ["# 1. the same search again, into a new run folder next to this one", cmd(*search)]
+    if not ctx.board.empty:
+        lines.append("# 2. re-train each architecture's best trial and check its numbers bit for bit")
+        for arch in space["architectures"]:
+            scored = ctx.board[(ctx.board["arch"] == arch) & ctx.board["score"].notna()]
+            if len(scored):
+                lines.append(cmd("python", "-m", "tune", "reproduce", ctx.name, "--trial",
+                                 str(scored.iloc[0]["trial_id"]), "--storage", storage))
+    if cmp is not None:
+        fin = ["python", "-m", "tune", "finalize", again, "--seeds", str(len(cmp["rows"][0]["seeds"])),
+               "--storage", storage] + (["--baseline"] if any(r["kind"] == "baseline" for r in cmp["rows"]) else [])
+        lines += ["# 3. retrain the winners with the same seeds and test them once (on the run of step 1)", cmd(*fin)]
+    versions = "".join(f"<code>{escape(k)} {escape(str(v))}</code> " for k, v in sorted(
+        (meta.get("versions") or {}).items()))
+    return (f"<pre>{escape(chr(10).join(lines))}</pre>"
+            + f"<p>Search started {escape(str(meta.get('started', '?')))}"
+            + (f", resumed {escape(str(meta['resumed']))}" if meta.get("resumed") else "") + ". Library versions "
+            f'recorded by the search:</p><p class="versions">{versions}</p>'
+            + f"<details><summary>The search space as run (run.json)</summary><pre>"
+              f"{escape(json.dumps(space, indent=2))}</pre></details>")

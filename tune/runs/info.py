@@ -1,0 +1,113 @@
+"""What finalize and reproduce need from a finished search's run folder, read one way.
+
+Both re-run training outside Ray, so both must rebuild exactly what a trial saw: the same
+data (checked by fingerprint), the same config (params.json), the same thread count and the
+same cache setting. Keeping that in one place keeps the two commands honest with each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune.core import UserError
+from tune.runs.layout import Run
+from tune.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from tune.data.images import ImageSet
+    from tune.runs.trials import TrialRecord
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_dir: Path
+    name: str
+    root: Path  # dataset root the search used
+    image_size: int
+    metric: str  # the search metric, e.g. val_auc
+    mode: str  # "max" or "min"
+    seed: int  # the space's seed; finalize uses seed + i
+    max_epochs: int
+    threads: int  # what every trial ran with: int(cpus_per_trial), at least 1
+    use_cache: bool
+    skip_bad: bool  # the search skipped unreadable images, so we must too
+    fingerprints: dict[str, str]  # train/valid content hashes recorded by the search
+    space: dict[str, Any]
+    meta: dict[str, Any]
+
+    @property
+    def run(self) -> Run:
+        return Run(self.run_dir)
+
+    @property
+    def heldout(self) -> dict[str, Any] | None:
+        """The held-out validation sources the search recorded (tune.data.heldout.describe), or None."""
+        return self.meta["data"].get("valid_extra")
+
+
+def read_run(run_dir: Path) -> RunInfo:
+    run_dir = Path(run_dir)
+    meta = Run(run_dir).read()
+    try:
+        space, data = meta["space"], meta["data"]
+        return RunInfo(
+            run_dir=run_dir, name=meta["name"], root=Path(data["root"]), image_size=int(space["image_size"]),
+            metric=space["metric"], mode=space["mode"], seed=int(space["seed"]),
+            max_epochs=int(space["budget"]["max_epochs"]),
+            threads=max(1, int(space["resources"]["cpus_per_trial"])),  # as tune.search.driver.run_search
+            use_cache=bool(meta.get("use_cache", True)), skip_bad=bool(data.get("skipped")),
+            fingerprints={"train": data["train_fingerprint"], "valid": data["valid_fingerprint"]},
+            space=space, meta=meta)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{Run(run_dir).record_file} is incomplete ({type(e).__name__}: {e}); was it written by "
+                        "`python -m tune search`?") from None
+
+
+def cache_dirs(info: RunInfo, cache_dir: Path | None) -> tuple[Path | None, Path | None]:
+    """(decoded-image cache, frozen-feature cache): the same layout as the search, off when it was off."""
+    if cache_dir is None or not info.use_cache:
+        return None, None
+    return Path(cache_dir) / "decoded", Path(cache_dir) / "features"
+
+
+def load_train_valid(info: RunInfo, cache_dir: Path | None) -> tuple[ImageSet, ImageSet]:
+    """The search's train and valid splits; refuse when their content changed since the search."""
+    from tune.data import images as data  # numpy, torch, PIL: imported when needed, so the CLI starts fast
+
+    decoded, _ = cache_dirs(info, cache_dir)
+    out = []
+    for split in ("train", "valid"):
+        s = data.load_split(info.root, split, info.image_size, skip_bad=info.skip_bad, cache_dir=decoded)
+        if s.fingerprint != info.fingerprints[split]:
+            raise UserError(f"the {split} data in {info.root} changed since search {info.name} ran (fingerprint "
+                            f"{info.fingerprints[split]} in run.json, {s.fingerprint} now); its numbers cannot be "
+                            "reproduced on different data")
+        out.append(s)
+    return out[0], out[1]
+
+
+def load_heldout(info: RunInfo, cache_dir: Path | None) -> list[ImageSet]:
+    """The search's held-out validation sources (none for a run without them); refused when changed."""
+    from tune.data.heldout import load_recorded
+
+    decoded, _ = cache_dirs(info, cache_dir)
+    return load_recorded(info.heldout, info.image_size, what=f"search {info.name} ran", cache_dir=decoded,
+                         skip_bad=info.skip_bad)
+
+
+def trial_record(info: RunInfo, arch: str, trial_id: str) -> TrialRecord | None:
+    """One trial of the run (its params.json and per-epoch results), wherever Ray stored it."""
+    from tune.runs.trials import find_trial
+
+    return find_trial(info.run, info.meta, arch, trial_id)
+
+
+def trial_config(info: RunInfo, arch: str, trial_id: str) -> TrainConfig:
+    """The trial's full recorded config, plus what the trial got from its environment, not params.json."""
+    t = trial_record(info, arch, trial_id)
+    if t is None or not t.params:
+        raise UserError(f"trial {arch} {trial_id} of run {info.name}: no params.json under "
+                        f"{info.run.trials_root(info.meta)}")
+    return TrainConfig.from_dict({**t.params, "threads": info.threads, "use_cache": info.use_cache})

@@ -1,0 +1,373 @@
+"""The search driver: one Ray Tune Tuner runs every architecture's trials; Optuna (TPE, one study per
+architecture) decides what to try, one ASHA per architecture when to stop, the budget how many.
+
+Running every architecture in one Tuner keeps every slot busy (Ray Tune runs one Tuner at a time
+on a cluster; one Tuner per architecture, one after the other, left slots idle at each tail and
+capped a cluster at one architecture's trials). Fairness is the budget's: the same number of trials
+each, or the same share of trial time (tune/budget.py). The trainable is thin: it turns the sampled
+config into a TrainConfig and calls tune.training.loop.fit with a hook that reports and checkpoints each
+epoch. The test split is never read here.
+
+Steps: `plan` (space, data root, what each experiment may spend), `prepare` (decode, check weights,
+run.json), then `run` (Ray, the caches, one Tuner per experiment: the search, or an --extend).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tune import FAKE, REAL
+from tune.core import UserError, library_versions
+from tune.data.images import ImageSet, load_split
+from tune.runs.layout import Run, exists, experiment_name, join, trial_folder, trials_root_for
+from tune.runs.trials import SCORE, kept_score, last_timestamp
+from tune.search.budget import Budget
+from tune.search.space import Budget as SpaceBudget
+from tune.search.space import DefineByRun, Param, Resources, SearchSpace, check_rule, load_space
+from tune.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    space: Path | None  # None with --resume/--extend: the run's recorded space
+    data: Path | None  # None with --resume/--extend: the run's recorded data root
+    name: str
+    results: Path  # where run folders live (results/ or --storage when it is a path)
+    trials: int | None = None  # per architecture: the search's (overrides the space), or the extension's
+    time_budget: float | None = None  # seconds of wall time: the search's (overrides the space), or the extension's
+    address: str | None = None
+    storage_uri: str | None = None  # --storage given as a URI: Ray writes trials there
+    resume: bool = False
+    extend: bool = False  # --extend: more trials (or time) for a finished run
+    use_cache: bool = True
+    skip_bad: bool = False
+    cache_dir: Path | None = None
+    max_failures: int = 2
+    valid_extra: list[Path] | None = None  # --valid-extra: held-out validation sources (replace the space's)
+
+
+@dataclass
+class TrialData:
+    """What every trial needs besides its config; Ray puts it in the object store once per search."""
+
+    train: ImageSet
+    valid: ImageSet
+    metric: str
+    mode: str
+    threads: int
+    cache_dir: str | None
+    use_cache: bool = True
+    extra: list[ImageSet] = field(default_factory=list)  # held-out validation sources: scored, never trained on
+
+
+def run_trial(config: dict[str, Any], data: TrialData) -> None:
+    """The Ray Tune trainable (function API)."""
+    import ray
+    from ray import tune
+
+    from tune.training.loop import fit
+
+    node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (shown in cluster runs)
+    cfg = TrainConfig.from_dict({**config, "threads": data.threads, "use_cache": data.use_cache})
+    resume = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    rows = list(resume["history"]) if resume else []
+
+    def report(row: dict[str, Any], state: Any) -> None:
+        rows.append(row)
+        row[SCORE] = kept_score(rows, data.metric)[1]  # the metric of the weights this trial keeps
+        row["node_id"] = node_id
+        row["reported_at"] = time.time()  # wall clock, to the microsecond (Ray's `timestamp` is whole seconds)
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state(), Path(d) / "state.pt")
+            tune.reports.figures(row, checkpoint=tune.Checkpoint.from_directory(d))
+
+    cache = Path(data.cache_dir) if data.cache_dir else None
+    fit(cfg, data.train, data.valid, extra=data.extra, report=report, resume=resume, cache_dir=cache, log=None)
+
+
+def trial_dirname(trial: Any) -> str:
+    return trial_folder(trial.config.get("arch", "trial"), trial.trial_id)
+
+
+def quiet_ray() -> None:
+    """Keep the screen for our own progress lines (Ray's INFO chatter and snapshot warnings go), and
+    snapshot the experiment often enough for --resume after a crash."""
+    import logging
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray snapshots the experiment every >= 10 s by default; a SIGKILL then finds trials pointing at checkpoints
+    # rotated away since (seen: epochs of 0.1 s). Every 2 s, with two checkpoints kept per trial, a crash loses
+    # at most the last 2 s of results unless a trial checkpoints twice within them.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def loopback_only() -> None:
+    """Make a local Ray bind every server to 127.0.0.1. On Linux Ray otherwise swaps "localhost"
+    for the machine's reachable IP and listens on all interfaces. Must run before `import ray`."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def space_from_record(d: dict[str, Any]) -> SearchSpace:
+    """The SearchSpace run.json recorded (dataclasses.asdict through JSON), for --resume and --extend."""
+    archs = {a: {n: Param(**{**p, "choices": tuple(p.get("choices") or ())}) for n, p in ps.items()}
+             for a, ps in d["architectures"].items()}
+    return SearchSpace(**{**d, "budget": SpaceBudget(**d["budget"]), "resources": Resources(**d["resources"]),
+                          "architectures": archs, "valid_extra": tuple(d.get("valid_extra", ()))})
+
+
+# --------------------------------------------------------------------------- plan
+def previous_run(run: Run, opts: SearchOptions) -> dict[str, Any] | None:
+    """The run's record when continuing it (--resume, --extend); refuse what cannot work, before any write."""
+    if opts.resume and opts.extend:
+        raise UserError("--resume and --extend do not go together: --resume finishes an interrupted search "
+                        "(an interrupted --extend too), --extend adds trials to a finished one")
+    if opts.trials is not None and opts.trials < 1:
+        raise UserError(f"{'--extend' if opts.extend else '--trials'} must be >= 1 (trials per architecture), "
+                        f"got {opts.trials}")
+    if not (opts.resume or opts.extend):
+        if run.path.exists() and any(run.path.iterdir()):
+            raise UserError(f"run folder {run.path} already exists; pass --resume to continue it, --extend N to add "
+                            "trials to it, or choose another --name")
+        return None
+    if not run.exists():
+        raise UserError(f"nothing to {'resume' if opts.resume else 'extend'}: {run.record_file} not found")
+    old = run.read()
+    if opts.storage_uri and join(opts.storage_uri, run.name) != run.trials_root(old):
+        raise UserError(f"run {run.name} keeps its trials at {run.trials_root(old)} (run.json); --storage "
+                        f"{opts.storage_uri} names another place")
+    if opts.resume and "experiment" not in old:
+        raise UserError(f"run {run.name} was started by an earlier version (one Ray experiment per architecture) "
+                        "and cannot be resumed by this one; its finished trials are kept: --extend adds to them")
+    return old
+
+
+def plan_space(opts: SearchOptions, old: dict[str, Any] | None) -> tuple[SearchSpace, Path]:
+    """The space and data root: recorded when continuing (whatever the command line's defaults say), else the
+    space file with --trials / --time-budget over its budget (--time-budget alone: trials until time is up)."""
+    if old is not None:
+        if opts.valid_extra is not None:
+            raise UserError(f"run {opts.name} goes on with the held-out validation sources it recorded; leave out "
+                            "--valid-extra")
+        return space_from_record(old["space"]), opts.data or Path(old["data"]["root"])
+    if opts.space is None or opts.data is None:
+        raise UserError("a new search needs --space and --data")
+    space = load_space(opts.space)
+    b = space.budget
+    # each flag replaces its part of the file's budget; a time budget alone also drops the file's trial
+    # count, which would otherwise end a time-budgeted search early
+    trials = opts.trials if opts.trials is not None else None if opts.time_budget is not None else b.trials
+    time_s = opts.time_budget if opts.time_budget is not None else b.time_s
+    space = replace(space, budget=replace(b, trials=trials, time_s=time_s))
+    if opts.valid_extra is not None:
+        space = replace(space, valid_extra=tuple(str(Path(d).absolute()) for d in opts.valid_extra))
+    check_rule(space)  # a held-out or combined metric without held-out sources: one line, before any work
+    return space, opts.data
+
+
+def experiments(record: dict[str, Any], opts: SearchOptions) -> list[tuple[int, dict[str, Any]]]:
+    """(number, its part of run.json) of each experiment to run now: the search (0), the new --extend,
+    or with --resume every one (finished ones return at once)."""
+    parts = list(enumerate([record, *record["extensions"]]))
+    return parts[-1:] if opts.extend else parts if opts.resume else parts[:1]
+
+
+def budget_of(location: str, archs: list[str], part: dict[str, Any]) -> Budget:
+    """An experiment's budget: the space's for the search, its own for an --extend."""
+    b = part["space"]["budget"] if "space" in part else part
+    return Budget(location, tuple(archs), b.get("trials"), b.get("time_s"))
+
+
+# --------------------------------------------------------------------------- prepare
+def prepare(opts: SearchOptions, run: Run, old: dict[str, Any] | None, space: SearchSpace,
+            data_root: Path) -> tuple[dict[str, Any], SearchSpace, ImageSet, ImageSet, list[ImageSet]]:
+    """Decode train, valid and the held-out sources, check the weights, and write run.json (refusing changed
+    data, held-out sources that share images with the splits, or a reused name)."""
+    from tune.data import heldout
+    from tune.metrics.classification import describe
+    from tune.search.prepare import check_weights
+
+    cache = opts.cache_dir / "decoded" if opts.use_cache and opts.cache_dir else None
+    t0 = time.time()
+    # --no-cache: every trial decodes every image every epoch, like the usual pipeline (for comparison)
+    train, valid = (load_split(data_root, s, space.image_size, skip_bad=opts.skip_bad, cache_dir=cache,
+                               live=not opts.use_cache) for s in ("train", "valid"))
+    extra, held_out = heldout.for_training(
+        [Path(d) for d in space.valid_extra], space.image_size, train, valid, data_root,
+        recorded=old["data"].get("valid_extra") if old else None, what=f"run {opts.name} started",
+        cache_dir=cache, skip_bad=opts.skip_bad, live=not opts.use_cache)
+    sources = "".join(f"; held-out validation source {s.split}: {len(s)} images" for s in extra)
+    test = "its files only compared by bytes with the held-out sources" if extra else "not read by the search"
+    print(f"data: {len(train)} train / {len(valid)} valid images at {space.image_size}px{sources} "
+          f"(decoded in {time.time() - t0:.1f}s); the test split: {test}", flush=True)
+    space, weight_notes, skipped = check_weights(space)
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
+    record = {"name": opts.name, "space_file": str(opts.space), "space": asdict(space),
+              "data": {"root": str(data_root), "train_fingerprint": train.fingerprint,
+                       "valid_fingerprint": valid.fingerprint, "n_train": len(train), "n_valid": len(valid),
+                       "classes": {s.split: {"Fake": int((s.y == FAKE).sum()), "Real": int((s.y == REAL).sum())}
+                                   for s in (train, valid)},
+                       "skipped": train.skipped + valid.skipped + [p for s in extra for p in s.skipped],
+                       **({"valid_extra": held_out} if held_out else {})},
+              "rule": {"metric": space.metric, "mode": space.mode, "about": describe(space.metric)},
+              "weights": weight_notes, "skipped": skipped, "trials_root": trials_root_for(run, opts.storage_uri),
+              "experiment": experiment_name(0), "started_at": time.time(), "extensions": [],
+              "use_cache": opts.use_cache, "versions": library_versions(), "started": now}
+    if old is not None:
+        for split, s in (("train", train), ("valid", valid)):
+            if old["data"].get(f"{split}_fingerprint") != s.fingerprint:
+                raise UserError(f"cannot continue {opts.name}: the {split} data changed since the run started "
+                                f"(fingerprint {old['data'].get(f'{split}_fingerprint')} -> {s.fingerprint})")
+        keep = ("space_file", "space", "trials_root", "started", "started_at", "experiment", "extensions")
+        record.update({k: old[k] for k in keep if k in old})
+        if "experiment" not in old:
+            del record["experiment"]  # a run of the earlier layout: its first experiments stay per architecture
+        if opts.resume:
+            record["resumed"] = now
+    if opts.extend:
+        k = len(record["extensions"]) + 1
+        record["extensions"] = [*record["extensions"], {
+            "trials": opts.trials, "time_s": opts.time_budget, "experiment": experiment_name(k), "started": now,
+            "started_at": time.time()}]
+    root = run.trials_root(record)
+    for _, part in experiments(record, opts):  # a new experiment never lands on another run's trials
+        location = join(root, part["experiment"])
+        if not opts.resume and exists(location):
+            raise UserError(f"{location} already holds trials of an earlier search named {opts.name}; "
+                            "choose another --name")
+    run.write(record)
+    return record, space, train, valid, extra
+
+
+# --------------------------------------------------------------------------- run
+def start_ray(address: str | None) -> bool:
+    """Join the cluster at `address`, or start a fresh local Ray (never silently joining another one on this
+    machine; every server on 127.0.0.1, no dashboard). False when Ray was already up in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def slots(space: SearchSpace) -> int:
+    """How many trials run at once: the cluster's CPUs (and GPUs, with CUDA) over what one trial takes."""
+    import ray
+
+    res, r = ray.cluster_resources(), space.resources
+    n = res.get("CPU", 1) // r.cpus_per_trial
+    if torch.cuda.is_available() and r.gpus_per_trial:
+        n = min(n, res.get("GPU", 0) // r.gpus_per_trial)
+    return max(1, int(n))
+
+
+def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: dict[str, Any], k: int, budget: Budget,
+               opts: SearchOptions, location: str, n_slots: int) -> Any:
+    """A new Tuner for experiment k, or (--resume) the interrupted one restored."""
+    from optuna.samplers import TPESampler
+    from optuna.storages import RDBStorage
+    from ray import tune
+
+    from tune.search.progress import Progress
+    from tune.search.scheduler import ArchScheduler
+    from tune.search.searcher import ArchSearcher, HonestOptunaSearch
+
+    if opts.resume and tune.Tuner.can_restore(location):
+        print(f"[search] resuming {location}", flush=True)
+        return tune.Tuner.restore(location, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    b = space.budget
+    storage = RDBStorage(run.optuna_url)
+    # One study per architecture, the same for every experiment of the run: an extension's TPE starts from
+    # all earlier trials. Its own sampler seed, so its random draws are not the first experiment's again.
+    studies = {arch: HonestOptunaSearch(
+        space=DefineByRun(space, arch), metric=SCORE, mode=space.mode, study_name=run.study_name(arch, record),
+        storage=storage, sampler=TPESampler(seed=space.seed + k, n_startup_trials=max(2, min(10, (budget.trials or
+                                                                                                   10) // 2))))
+        for arch in budget.archs}
+    scheduler = ArchScheduler(budget, metric=SCORE, mode=space.mode, max_t=b.max_epochs, grace_period=b.grace_period,
+                              reduction_factor=b.reduction_factor)
+    samples = budget.trials * len(budget.archs) if budget.trials and budget.seconds is None else -1
+    # Reusing trial actors saves ~0.8 s per trial on one machine. On a cluster it lets the first node whose
+    # actor is up take every trial while the other nodes' actors are still starting (seen here: all 8 trials
+    # of a two-node test ran on the head), so there each trial gets its own actor, and trials spread.
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=SCORE, mode=space.mode, search_alg=ArchSearcher(studies, budget, metric=SCORE, mode=space.mode),
+            # Ray lets a searcher of its own have one trial pending at a time unless told how many may run:
+            # with short trials the second slot's actor was never up before the first trial ended (seen:
+            # 10 trials of 1-3 s, strictly one after the other on 2 slots).
+            scheduler=scheduler, num_samples=samples, max_concurrent_trials=n_slots, reuse_actors=not opts.address,
+            trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=location.rstrip("/").rsplit("/", 1)[-1], storage_path=location.rstrip("/").rsplit("/", 1)[0],
+            verbose=0, callbacks=[Progress(scheduler, space.mode)],
+            # The two latest checkpoints: each holds the kept epoch's weights too, and the one Ray's last
+            # experiment snapshot names must survive until the next snapshot (every 2 s, quiet_ray).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures)))
+
+
+def run_search(opts: SearchOptions) -> Path:
+    """A new search, the rest of an interrupted one (--resume), or more trials or time for a finished one
+    (--extend: a new Ray experiment extendK, the same Optuna studies, so TPE goes on from them)."""
+    quiet_ray()
+    if not opts.address:
+        loopback_only()
+    import ray
+    from ray import tune
+
+    run = Run.named(opts.results, opts.name)
+    old = previous_run(run, opts)
+    space, data_root = plan_space(opts, old)
+    record, space, train, valid, extra = prepare(opts, run, old, space, data_root)
+    archs = list(space.architectures)
+    started_ray = start_ray(opts.address)
+    try:
+        cuda = torch.cuda.is_available()
+        resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial if cuda else 0}
+        data = TrialData(train, valid, space.metric, space.mode, max(1, int(space.resources.cpus_per_trial)),
+                         str(opts.cache_dir / "features") if opts.cache_dir else None, opts.use_cache, extra)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), resources)
+        if opts.use_cache and opts.cache_dir:
+            from tune.search.prepare import precompute_features
+
+            for arch in archs:  # every architecture's caches before any trial starts
+                precompute_features(space, arch, train, valid, opts.cache_dir / "features", extra)
+        n_slots = slots(space)
+        for k, part in experiments(record, opts):
+            location = join(run.trials_root(record), part["experiment"])
+            budget = budget_of(location, archs, part)
+            spent = max(0.0, (last_timestamp(location) or part["started_at"]) - part["started_at"]) \
+                if opts.resume and part.get("started_at") else 0.0
+            budget.start(slots=n_slots, spent=spent)
+            tuner = make_tuner(trainable, space, run, record, k, budget, opts, location, n_slots)
+            print(f"[search] {', '.join(archs)} on {n_slots} slot(s): {budget.describe(spent)}"
+                  f"{f' (extension {k})' if k else ''}; up "
+                  f"to {space.budget.max_epochs} epochs a trial, one ASHA per architecture (grace "
+                  f"{space.budget.grace_period}, reduction {space.budget.reduction_factor})", flush=True)
+            tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    from tune.runs.leaderboard import write_leaderboard
+
+    write_leaderboard(run.path)
+    return run.path

@@ -1,0 +1,133 @@
+"""Ray's OptunaSearch, telling Optuna how each trial really ended.
+
+Ray's OptunaSearch tells Optuna that every finished trial is COMPLETE with its last value, also
+one that ASHA stopped after 2 of 10 epochs: TPE then models a 2-epoch score as a final result,
+and fANOVA mixes budgets. Here a trial stopped by the scheduler is PRUNED (its per-epoch values
+were reported as intermediate values along the way, so TPE ranks it by how far it got and how
+well, after the complete ones); a trial that ran to its end, early-stopped on patience or
+diverged (the trial says so in its result's `ended`) is COMPLETE with its best value; an errored
+trial is FAIL. Each Optuna trial carries its Ray trial id as the user attribute `ray_trial_id`.
+
+Module-level classes: Ray pickles the searcher with the experiment and restores it by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import warnings
+from typing import Any
+
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from tune.runs.trials import ended_how
+from tune.search.budget import Budget, Usage
+
+log = logging.getLogger(__name__)
+STEP = "training_iteration"  # the step Ray's OptunaSearch reports intermediate values at (= the epoch here)
+
+
+class HonestOptunaSearch(OptunaSearch):
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        params = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr("ray_trial_id", trial_id)  # links optuna.db to the leaderboard
+        return params
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials or isinstance(self.metric, list):
+            super().on_trial_complete(trial_id, result, error)
+            return
+        how = ended_how(result, "ERROR" if error else "TERMINATED")
+        # Ray hands a trial's last result (ASHA's stopping one, or the final epoch) only to this method,
+        # never to on_trial_result: record it as an intermediate value too, so every epoch is there.
+        if result and isinstance(result.get(self.metric), (int, float)) and STEP in result:
+            try:
+                with warnings.catch_warnings():  # a step already there (reported before a restore) is kept
+                    warnings.simplefilter("ignore", UserWarning)
+                    ot_trial.report(float(result[self.metric]), int(result[STEP]))
+            except Exception as e:  # noqa: BLE001 - e.g. a NaN of a diverged first epoch
+                log.debug("intermediate value of %s not recorded: %s", trial_id, e)
+        if how in ("completed", "early_stopped", "diverged"):
+            super().on_trial_complete(trial_id, result, error=False)  # COMPLETE with its best value
+            return
+        from optuna.trial import TrialState
+
+        state = TrialState.FAIL if how == "errored" else TrialState.PRUNED
+        try:
+            self._ot_study.tell(ot_trial, state=state)  # PRUNED keeps its last intermediate value
+        except Exception as e:  # noqa: BLE001 - as Ray's own: a bookkeeping problem must not stop the search
+            log.warning("could not tell Optuna that trial %s ended %s: %s", trial_id, how, e)
+        self._completed_trials.add(trial_id)
+
+
+class ArchSearcher(Searcher):
+    """One Ray searcher for a search of several architectures, each with its own Optuna study.
+
+    Each architecture keeps its HonestOptunaSearch (study RUN-ARCH in optuna.db, its own TPE, its own
+    define-by-run space), so TPE models like with like. This searcher decides only *which* study
+    samples the next trial, by the budget (tune/budget.py): with a trial count, the architecture with
+    the fewest trials so far (so they interleave); with a time budget, the one with the least trial
+    time used and committed (tune.search.budget.Budget.next_arch). A free slot is filled from whichever
+    architecture still has budget.
+
+    Pickled whole (its studies included) into the experiment, as Ray's OptunaSearch pickles itself.
+    """
+
+    def __init__(self, children: dict[str, HonestOptunaSearch], budget: Budget, *, metric: str, mode: str) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.children = children
+        self.budget = budget
+        self.owner: dict[str, str] = {}  # Ray trial id -> its architecture
+        self.seconds: dict[str, float] = {}  # Ray trial id -> trial time reported so far
+        self.ended: set[str] = set()  # Ray trial ids that completed or errored
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # every study has its space, metric and mode already
+
+    def usage(self) -> dict[str, Usage]:
+        """Per architecture: trials handed out, running and finished, trial time used and still committed."""
+        out = {}
+        for arch in self.children:
+            mine = [t for t, a in self.owner.items() if a == arch]
+            done = [self.seconds.get(t, 0.0) for t in mine if t in self.ended]
+            mean = sum(done) / len(done) if done else 0.0
+            live = [self.seconds.get(t, 0.0) for t in mine if t not in self.ended]
+            out[arch] = Usage(handed=len(mine), running=len(live), used_s=sum(self.seconds.get(t, 0.0) for t in mine),
+                              committed_s=sum(max(0.0, mean - s) for s in live), finished=len(done))
+        return out
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        arch = self.budget.next_arch(self.usage())
+        if arch is None:
+            return Searcher.FINISHED  # every architecture has spent its trials or its time
+        config = self.children[arch].suggest(trial_id)
+        if isinstance(config, dict):
+            self.owner[trial_id] = arch
+        return config
+
+    def _seen(self, trial_id: str, result: dict[str, Any] | None) -> None:
+        if result and trial_id in self.owner and isinstance(result.get("time_total_s"), (int, float)):
+            self.seconds[trial_id] = float(result["time_total_s"])
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self._seen(trial_id, result)
+        if trial_id in self.owner:
+            self.children[self.owner[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        self._seen(trial_id, result)
+        self.ended.add(trial_id)
+        if trial_id in self.owner:
+            self.children[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__.copy(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))

@@ -1,0 +1,200 @@
+"""What a served or exported model is, said once: `GET /model` answers `describe()`, and
+`export` renders the same description as a Hugging Face style MODEL_CARD.md.
+
+The description carries the test metrics with 95% bootstrap intervals for this exact model
+file (recomputed from the test predictions finalize saved beside it), the threshold and how
+it was chosen, the data fingerprints, where the weights came from, and, if the model was
+evaluated on other generators or perturbations (`evaluate`), which ones. File-system paths
+are left out: the description is served over HTTP, and paths say nothing about the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune.core import file_sha256
+
+if TYPE_CHECKING:
+    from tune.runs.inference import LoadedModel
+
+RULES = {"at_valid_threshold": "at the threshold chosen on valid", "at_0.5": "at 0.5"}
+SHOWN = ("accuracy", "precision", "recall", "f1", "auc", "ap", "eer")
+
+
+def related_files(loaded: LoadedModel) -> dict[str, Path]:
+    """The files of a run folder that say more about this model. The one place that builds run-folder
+    paths here: models/ARCH.pth and finalize/NAME/seedS/best.pth live in RUN/, a train folder in itself."""
+    from tune.runs.layout import PREDICTIONS, WEIGHTS, run_of_model
+
+    path = loaded.path.absolute()
+    src = Path(loaded.record["source"]) if loaded.record.get("source") else path.parent
+    found = {"predictions": src / PREDICTIONS, "weights_of_predictions": src / WEIGHTS}
+    run = run_of_model(path)
+    if run is not None:
+        found.update(comparison=run.comparison("json"), evaluation=run.extra_test / "evaluation.json")
+    return {k: v for k, v in found.items() if v.is_file()}
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: NaN/inf become null (JSON has no NaN), tuples lists, numpy scalars floats."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, float) or type(x).__module__ == "numpy":
+        v = float(x)
+        return None if math.isnan(v) or math.isinf(v) else v
+    return x
+
+
+def test_metrics(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] | None:
+    """{rule: {metric: {value, low, high}}} from the record's test metrics; intervals from this model's
+    own test predictions (stratified bootstrap, seeded) when finalize saved them for this exact file."""
+    record = loaded.record
+    metrics = record.get("test_metrics") or record.get("test")
+    if not metrics:
+        return None
+    out: dict[str, Any] = {"n_test": None, "interval": None, "rules": {}}
+    boot: dict[str, dict[str, Any]] = {}
+    pred = files.get("predictions")
+    same_weights = "weights_of_predictions" in files and file_sha256(files["weights_of_predictions"]) == loaded.sha256
+    y = p = None
+    if pred is not None and same_weights:
+        from tune.training.records import read_predictions
+
+        try:
+            _, y, p = read_predictions(pred)
+        except (OSError, ValueError, KeyError) as e:  # no intervals, rather than no description
+            out["interval"] = f"none: {pred.name} is unreadable ({type(e).__name__})"
+            y = p = None
+    if y is not None and p is not None:
+        import numpy as np
+
+        from tune.metrics import bootstrap as stats
+
+        out["n_test"] = len(y)
+        out["interval"] = (f"95% percentile bootstrap over test images ({stats.RESAMPLES} stratified resamples, "
+                           f"numpy seed {stats.SEED})")
+        for rule, t in (("at_valid_threshold", loaded.threshold), ("at_0.5", 0.5)):
+            samples = stats.bootstrap(y, {"m": (p[None, :], [t])})["m"]
+            boot[rule] = {m: stats.percentile_interval(s) for m, s in samples.items() if not np.isnan(s).all()}
+    for rule in RULES:
+        if rule not in metrics:
+            continue
+        row = {}
+        for m in SHOWN:
+            if m in metrics[rule]:
+                low, high = boot.get(rule, {}).get(m, (None, None))
+                row[m] = {"value": metrics[rule][m], "low": low, "high": high}
+        out["rules"][rule] = row
+        if out["n_test"] is None and all(k in metrics[rule] for k in ("tp", "fp", "fn", "tn")):
+            out["n_test"] = sum(int(metrics[rule][k]) for k in ("tp", "fp", "fn", "tn"))
+    return out
+
+
+def evaluation(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] | None:
+    """Which generators (sources) and perturbations this model was evaluated on, with AUC per row
+    (the evaluation.json contract; finalize --extra-test embeds it in comparison.json)."""
+    ev = None
+    for key in ("evaluation", "comparison"):
+        if key in files:
+            try:
+                doc = json.loads(files[key].read_text())
+            except (OSError, ValueError):
+                continue
+            ev = doc if key == "evaluation" else doc.get("evaluation")
+            if ev:
+                break
+    if not ev:
+        return None
+    names = [m.get("name") for m in ev.get("models", []) if m.get("sha256") in (loaded.sha256, None)]
+    rows = [{"source": r.get("source"), "condition": r.get("condition"), "auc": r.get("auc"), "note": r.get("note", "")}
+            for r in ev.get("rows", []) if r.get("model") in names]
+    if not rows:
+        return None
+    return {"sources": [{k: s.get(k) for k in ("name", "n_fake", "n_real", "fingerprint")}
+                        for s in ev.get("sources", [])],
+            "conditions": [c.get("name") for c in ev.get("conditions", [])], "rows": rows}
+
+
+def describe(loaded: LoadedModel) -> dict[str, Any]:
+    """Everything a user of the model should know about it (GET /model, MODEL_CARD.md)."""
+    r = loaded.record
+    files = related_files(loaded)
+    data = {k: v for k, v in (r.get("data") or {}).items() if k != "root"}  # fingerprints and counts
+    return _clean({
+        "arch": loaded.arch, "run": r.get("run"), "trial": r.get("trial_id"), "seed": r.get("seed"),
+        "file": loaded.path.name, "sha256": loaded.sha256, "image_size": loaded.image_size,
+        "threshold": loaded.threshold, "threshold_rule": loaded.threshold_rule,
+        "config": r.get("config"), "weights_source": r.get("weights_source"), "data": data,
+        "chosen_by": r.get("chosen_by"), "valid_best": r.get("best"), "valid_score": r.get("valid_score"),
+        "test_metrics": test_metrics(loaded, files), "evaluation": evaluation(loaded, files),
+        "versions": r.get("versions"), "device_trained_on": r.get("device"), "notes": loaded.notes})
+
+
+def _cell(c: dict[str, Any] | None) -> str:
+    if not c or c.get("value") is None:
+        return "n/a"
+    s = f"{c['value']:.3f}"
+    return s + (f" [{c['low']:.3f}, {c['high']:.3f}]" if c.get("low") is not None else "")
+
+
+def render_card(d: dict[str, Any], export: dict[str, Any]) -> str:
+    """MODEL_CARD.md in the Hugging Face model-card sections, for an exported model file."""
+    cfg = d.get("config") or {}
+    fp = d.get("data") or {}
+    origin = "".join(f", {k} {d[k]}" for k in ("run", "trial", "seed") if d.get(k) is not None)
+    lines = [f"# Deepfake image detector: {d['arch']} ({export['format'].upper()})", "",
+             f"`{export['file']}` (sha256 `{export['sha256']}`), exported from `{d['file']}` "
+             f"(sha256 `{d['sha256']}`){origin}.", "",
+             "## Model details", "",
+             f"- Architecture: {d['arch']}; configuration: `{json.dumps(cfg, sort_keys=True)}`",
+             f"- Weights: {d.get('weights_source') or 'unknown'}",
+             f"- Input `{export['input']}`: float32 RGB, shape (N, 3, {d['image_size']}, {d['image_size']}), "
+             "values in [0, 1] (pixel / 255), resized with bilinear interpolation; any normalisation is inside.",
+             f"- Output `{export['output']}`: {export['output_meaning']}, shape (N,).",
+             f"- Decision rule: Fake when P(fake) >= {d['threshold']:.6g} ({d['threshold_rule']}).",
+             f"- Exported with torch.onnx (opset {export['opset']}); parity with PyTorch under onnxruntime on "
+             f"{export['parity']['n']} {export['parity']['images']} images: max |Δ P(fake)| = "
+             f"{export['parity']['max_abs_diff']:.2e} (limit {export['parity']['limit']:.0e}).", "",
+             "## Intended use", "",
+             "Flag images that are likely synthesised or manipulated (label Fake = 1), as one signal for a person "
+             "or a moderation pipeline to review. Not for automated decisions about people, and not evidence on "
+             "its own: the score is only as good as the match between your images and the training data.", "",
+             "## Training data", ""]
+    lines += [f"- {k.replace('_', ' ')}: `{v}`" for k, v in sorted(fp.items()) if k != "skipped"] or ["- not recorded"]
+    lines += ["", "## Metrics", ""]
+    tm = d.get("test_metrics")
+    if tm and tm.get("rules"):
+        lines += [f"Test split ({tm.get('n_test') or '?'} images, read once by finalize). Cells: value "
+                  f"[{tm.get('interval') or 'no interval: the test predictions were not found'}].", "",
+                  "| rule | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 1) + "|"]
+        for rule, row in tm["rules"].items():
+            lines.append(f"| {RULES[rule]} | " + " | ".join(_cell(row.get(m)) for m in SHOWN) + " |")
+    else:
+        vb = d.get("valid_best") or {}
+        lines.append("No test-split evaluation is recorded for this file (a `train` folder's model). Best "
+                     "validation epoch: " + (", ".join(f"{k} {v:.3f}" for k, v in sorted(vb.items())
+                                                       if isinstance(v, float)) or "not recorded") + ".")
+    lines += ["", "## Limitations", ""]
+    ev = d.get("evaluation")
+    if ev:
+        srcs = ", ".join(f"{s['name']} ({s.get('n_fake')} fake / {s.get('n_real')} real)" for s in ev["sources"])
+        lines += [f"- Evaluated on generators/sources: {srcs}; conditions: {', '.join(ev['conditions'])}.",
+                  "- AUC per source and condition: " + "; ".join(
+                      f"{r['source']}/{r['condition']} {_cell(r['auc'])}" for r in ev["rows"]) + "."]
+    else:
+        lines.append("- Not evaluated on other generators or perturbations (no `evaluate` results for this model): "
+                     "expect lower scores on fakes from generators unlike the training data, and after "
+                     "re-compression, resizing or blur.")
+    lines += [f"- Trained and tested on {d['image_size']} px images; other sizes are resized, which can hide traces.",
+              "- The threshold was chosen on the validation split; re-check it on your own data.", "",
+              "## How to reproduce", "", "```bash",
+              f"python -m tune reproduce {d['run']} --trial {d['trial']}   # re-run the trial, check every epoch"
+              if d.get("run") and d.get("trial") else "# the run folder's record.json holds the full config and seed",
+              f"python -m tune export --model {d['file']} --format {export['format']}",
+              "```", "", f"Library versions: `{json.dumps(d.get('versions') or {}, sort_keys=True)}`", ""]
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""`python -m tune predict --model results/RUN/models/ARCH.pth IMAGE_OR_FOLDER... [--explain DIR]`
+
+Loads a finalized model (its .pth state_dict and the sibling .json that finalize wrote), scores
+images and labels them Fake/Real at the model's own threshold (chosen on the validation split).
+A file that cannot be decoded gets an error in its row; it never stops the other images.
+`--explain DIR` also writes, per scored image, where the model looked (tune/explain.py):
+NAME.cam.png (the image the model saw, its Grad-CAM map and P(fake)) and NAME.cam.npy (the signed
+map, float32 at the model's input size), plus explain.csv saying which file is which image's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tune.core import UserError, atomic_write_bytes, atomic_write_text
+from tune.runs import inference
+from tune.runs.inference import MODEL_FILES, LoadedModel
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass
+class Prediction:
+    path: str
+    p_fake: float  # NaN when the image could not be read
+    label: str  # "Fake", "Real" or "" when unreadable
+    error: str = ""
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    """Files as given (whatever their extension: the user named them), folders scanned for images."""
+    from tune.data.images import IMAGE_EXTS
+
+    found: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+        else:
+            found.append(p)  # a missing file becomes an error row, not a crash
+    return found
+
+
+def predict(loaded: LoadedModel, files: list[Path], explain_to: Path | None = None) -> list[Prediction]:
+    """Score the files; with `explain_to`, write each scored image's map and overlay there too."""
+    import numpy as np
+
+    rows = [Prediction(str(f), math.nan, "") for f in files]
+    good: list[int] = []
+    pixels: list[np.ndarray] = []
+    for i, f in enumerate(files):
+        try:
+            pixels.append(loaded.decode(f))
+            good.append(i)
+        except (ValueError, OSError) as e:  # decode_image's ValueError; OSError: missing or unreadable file
+            rows[i].error = str(e) if isinstance(e, ValueError) else f"cannot open: {e.strerror or e}"
+    if good:
+        x = np.stack(pixels)
+        probs = loaded.probabilities(x)
+        for i, p in zip(good, probs):
+            rows[i].p_fake = float(p)
+            rows[i].label = loaded.label(float(p))
+        if explain_to is not None:
+            write_explanations(loaded, x, [rows[i] for i in good], explain_to)
+    return rows
+
+
+def write_explanations(loaded: LoadedModel, x: np.ndarray, rows: list[Prediction], out: Path) -> None:
+    """NAME.cam.png and NAME.cam.npy per image (NAME: the file's stem, numbered on repeats; the suffix
+    keeps an overlay from ever replacing an input image), then explain.csv, each written atomically."""
+    from tune.models import explain
+
+    taken: set[str] = set()
+    index = io.StringIO()
+    w = csv.writer(index, lineterminator="\n")
+    w.writerow(["path", "p_fake", "label", "overlay", "map"])
+    cams = (cam for i in range(0, len(x), explain.BATCH)  # a batch of maps in memory at a time
+            for cam in explain.gradcam(loaded.model, loaded.arch, x[i:i + explain.BATCH]).cam)
+    for r, image, cam in zip(rows, x, cams):
+        name, k = Path(r.path).stem, 1
+        while name in taken:
+            k += 1
+            name = f"{Path(r.path).stem}-{k}"
+        taken.add(name)
+        atomic_write_bytes(out / f"{name}.cam.png",
+                           explain.png(explain.overlay(image, cam, explain.caption(r.p_fake, r.label))))
+        atomic_write_bytes(out / f"{name}.cam.npy", explain.npy(cam))
+        w.writerow([r.path, repr(r.p_fake), r.label, f"{name}.cam.png", f"{name}.cam.npy"])
+    atomic_write_text(out / "explain.csv", index.getvalue())
+
+
+def render_csv(rows: list[Prediction]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "p_fake", "label", "error"])
+    for r in rows:
+        w.writerow([r.path, "" if math.isnan(r.p_fake) else repr(r.p_fake), r.label, r.error])
+    return buf.getvalue()
+
+
+def render_table(rows: list[Prediction]) -> str:
+    width = max([len("path")] + [len(r.path) for r in rows])
+    lines = [f"{'path':<{width}}  {'P(fake)':>8}  {'label':<5}  error"]
+    for r in rows:
+        p = "" if math.isnan(r.p_fake) else f"{r.p_fake:.4f}"
+        lines.append(f"{r.path:<{width}}  {p:>8}  {r.label:<5}  {r.error}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    loaded = inference.load(a.model)
+    for note in loaded.notes:
+        print(f"note: {note}")
+    files = collect_images(a.images)
+    if not files:
+        raise UserError(f"no images found in {', '.join(map(str, a.images))} "
+                        "(expected image files, or folders with .jpg/.jpeg/.png/.bmp/.webp files)")
+    if a.explain:  # a model that cannot be explained is one line before anything is scored or written
+        from tune.models.explain import check
+
+        check(loaded.model, loaded.arch, loaded.image_size)
+    rows = predict(loaded, files, a.explain)
+    bad = sum(1 for r in rows if r.error)
+    if a.csv:
+        atomic_write_text(a.csv, render_csv(rows))
+        print(f"wrote {len(rows)} prediction(s) to {a.csv}")
+    else:
+        print(render_table(rows), end="")
+    fakes = sum(1 for r in rows if r.label == "Fake")
+    print(f"{len(rows) - bad} image(s) scored ({fakes} Fake; {bad} unreadable)")
+    if a.explain:
+        print(f"wrote {len(rows) - bad} Grad-CAM overlay(s) (.cam.png) and map(s) (.cam.npy) to {a.explain}, "
+              "listed in explain.csv")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="score images with a finalized model (P(fake) and a Fake/Real label)")
+    p.add_argument("--model", type=Path, required=True, help=MODEL_FILES)
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders")
+    p.add_argument("--csv", type=Path, help="write path,p_fake,label,error to this file instead of a table")
+    p.add_argument("--explain", type=Path, metavar="DIR", help="also write, per image, where the model looked "
+                   "(Grad-CAM for Fake): NAME.cam.png overlay with P(fake) and NAME.cam.npy raw map")
+    p.set_defaults(func=cmd_predict)

@@ -1,0 +1,229 @@
+"""One training run: train_one_epoch / evaluate / fit, with one rule for the epoch that is kept.
+
+`fit` is what `python -m tune train`, every Ray Tune trial, finalize and reproduce call: it knows
+nothing of the command line or of Ray, and talks to its caller through a per-epoch `report` hook.
+
+The rule: `cfg.monitor` (val_loss, the notebook's, or a validation metric such as val_auc) decides
+which epoch's weights are kept, stops training after `patience` epochs without a better value, and in a
+search a trial's score is the search metric at that kept epoch (tune/search.py), so the number a
+trial is ranked by is the number of the weights finalize keeps.
+
+Held-out validation sources (`extra`, tune/heldout.py) are scored after valid every epoch, in inference
+mode and never augmented; they never reach a gradient step. Their numbers (xval_*) join the epoch's row,
+so a monitor or search metric may be held-out or combined (mean_auc, min_auc: tune/metrics.py), and the
+time they take counts in the epoch's time.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tune.core import UserError, seed_everything
+from tune.data.images import ImageSet
+from tune.metrics.classification import (
+    HELDOUT,
+    METRICS,
+    better,
+    binary_metrics,
+    heldout_row,
+    metric_value,
+    mode_of,
+    needs_heldout,
+)
+from tune.models.detector import Detector, count_params
+from tune.models.registry import build_model
+from tune.training.cache import Inputs
+from tune.training.config import TrainConfig
+
+# report(metrics, checkpoint_state) is called after every epoch; checkpoint_state() builds the
+# resumable state lazily, so callers that do not checkpoint pay nothing for it.
+ReportHook = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}  # the names of config's `optimizer`
+
+
+@dataclass
+class FitResult:
+    model: Detector
+    history: list[dict[str, Any]]
+    best_epoch: int  # the kept epoch: the best `monitor` value (0 when no epoch was usable)
+    ended: str  # "completed", "early_stopped" or "diverged"
+    cache_mode: str
+    val_probs: np.ndarray = field(repr=False)
+    trainable_params: int = 0
+    frozen_params: int = 0
+    monitor: str = "val_loss"
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return self.history[self.best_epoch - 1] if self.history and self.best_epoch else {}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Each epoch's randomness depends only on (seed, epoch): a resumed run continues identically."""
+    return (seed * 1_000_003 + epoch * 7919) % 2**63
+
+
+def param_groups(model: Detector, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The head at lr; the trainable units before it (the body) at lr x backbone_lr_mult. Each group keeps
+    its `base_lr`, which the schedule scales at every step (and which a checkpoint carries)."""
+    groups = []
+    for name, module, lr in (("head", model.head, cfg.lr), ("body", model.body, cfg.lr * cfg.backbone_lr_mult)):
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": lr, "base_lr": lr, "name": name})
+    return groups
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The schedule at optimizer step `step` (0-based, counted over epochs): a linear warm-up over
+    `warmup_epochs`, then constant or a cosine down to 0 at the end of the max epochs."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "cosine":
+        t = (step - warm) / max(1.0, cfg.epochs * steps_per_epoch - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return 1.0
+
+
+def draw_flips(n: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
+    # Five numbers per image, as earlier versions drew (a flip, then blur and JPEG choices), so a run
+    # without augmentation gives the numbers it gave then; only the first decides the flip.
+    return (torch.rand(n, 5, generator=gen)[:, 0] < 0.5) & hflip
+
+
+def train_one_epoch(model: Detector, inputs: Inputs, y: np.ndarray, optimizer: torch.optim.Optimizer,
+                    cfg: TrainConfig, epoch: int) -> float:
+    model.train()
+    inputs.start_epoch(epoch)  # the epoch's augmented view (built now if it is the first to need it)
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+    torch.manual_seed(epoch_seed(cfg.seed, epoch) + 1)  # dropout
+    order = torch.randperm(len(y), generator=gen).numpy()
+    steps = math.ceil(len(order) / cfg.batch_size)
+    total, seen = 0.0, 0
+    for k, i in enumerate(range(0, len(order), cfg.batch_size)):
+        factor = lr_factor(cfg, (epoch - 1) * steps + k, steps)
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        idx = np.sort(order[i:i + cfg.batch_size])  # sorted: memmap reads stay sequential
+        z = inputs.train_batch(idx, draw_flips(len(idx), cfg.hflip, gen))
+        target = torch.from_numpy(y[idx]).to(z.device)
+        if cfg.label_smoothing:
+            target = target * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
+        loss = nn.functional.binary_cross_entropy_with_logits(model.forward_cached(z), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(idx)
+        seen += len(idx)
+    return total / max(seen, 1)
+
+
+def evaluate(model: Detector, batches: Any, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """(mean BCE loss, P(fake) per image) over pre-encoded batches, in inference mode."""
+    model.eval()
+    with torch.inference_mode():
+        logits = torch.cat([model.forward_cached(z).cpu() for z in batches])
+    loss = float(nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y)))
+    return loss, torch.sigmoid(logits).numpy().astype(np.float64)
+
+
+def scored(result: tuple[float, np.ndarray]) -> tuple[np.ndarray, float]:
+    """evaluate's (loss, P(fake)) as (P(fake) with NaN read as 0.5, loss): what metrics' heldout_row takes."""
+    loss, probs = result
+    return np.nan_to_num(probs, nan=0.5), loss
+
+
+def make_model(cfg: TrainConfig) -> Detector:
+    seed_everything(cfg.seed)  # model init depends on the seed only
+    # CUDA when present (a Ray trial sees only the GPU share it was given); else the CPU.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return build_model(cfg.arch, **cfg.hparams).to(device=device, memory_format=torch.channels_last)
+
+
+def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[ImageSet] = (),
+        report: ReportHook | None = None, resume: dict[str, Any] | None = None, cache_dir: Path | None = None,
+        log: Callable[[str], None] | None = print, stop_after: int | None = None) -> FitResult:
+    """Train with BCEWithLogitsLoss; keep the epoch with the best `cfg.monitor`, and stop after `patience`
+    epochs without a better one. `extra`: held-out validation sources, scored every epoch, never trained on.
+
+    Returns the model with the kept epoch's weights restored. `resume` is a state from a checkpoint
+    (see `state()` below); `stop_after` caps the epochs run (used by reproduce).
+    """
+    if needs_heldout(cfg.monitor) and not extra:
+        raise UserError(f"monitor {cfg.monitor} needs held-out validation sources (--valid-extra DIR), and none "
+                        "were given")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    model = make_model(cfg)
+    trainable, frozen = count_params(model)
+    inputs = Inputs(model, cfg, train, valid, cache_dir, extra)
+    optimizer = OPTIMIZERS[cfg.optimizer](param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    mode = mode_of(cfg.monitor)
+    history: list[dict[str, Any]] = []
+    best_value, best_epoch, bad_epochs = math.nan, 0, 0  # NaN: any number is better
+    best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
+    best_probs = np.zeros(len(valid))
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        history, best_state = resume["history"], resume["best_state"]
+        # "best_loss": a checkpoint of an earlier version, which always monitored val_loss
+        best_value = resume.get("best_value", resume.get("best_loss", math.nan))
+        best_epoch, bad_epochs = resume["best_epoch"], resume["bad_epochs"]
+        best_probs = np.asarray(resume["best_probs"])
+
+    def state() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
+                "best_state": best_state, "best_value": best_value, "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs, "best_probs": best_probs.tolist(), "config": cfg.to_dict()}
+
+    ended = "completed"
+    last = min(cfg.epochs, stop_after or cfg.epochs)
+    for epoch in range(len(history) + 1, last + 1):
+        t0 = time.perf_counter()
+        train_loss = train_one_epoch(model, inputs, train.y, optimizer, cfg, epoch)
+        val_loss, probs = evaluate(model, inputs.valid_batches(256), valid.y)
+        diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
+        m = binary_metrics(valid.y, np.nan_to_num(probs, nan=0.5)) if not diverged else {}
+        held = {} if diverged or not extra else heldout_row(
+            {s.split: (s.y, *scored(evaluate(model, inputs.eval_batches(k, 256), s.y)))
+             for k, s in enumerate(extra, 1)})
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+               **{f"val_{k}": m.get(k, math.nan) for k in METRICS}, **held,
+               "lr": optimizer.param_groups[0]["lr"],  # the head's, at the epoch's last step (the schedule)
+               "epoch_time": time.perf_counter() - t0}  # the held-out sources' scoring included
+        value = metric_value(row, cfg.monitor)
+        if not diverged and better(value, best_value, mode):
+            best_value, best_epoch, bad_epochs = value, epoch, 0
+            best_state, best_probs = copy.deepcopy(model.state_dict()), probs
+        else:
+            bad_epochs += 1
+        row["best_epoch"] = best_epoch
+        history.append(row)
+        if log:
+            xval = f"  {HELDOUT}_auc {row[f'{HELDOUT}_auc']:.4f}" if held else ""
+            log(f"[{cfg.arch}] epoch {epoch:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+                f"val_acc {row['val_accuracy']:.4f}  val_auc {row['val_auc']:.4f}{xval}  {row['epoch_time']:.1f}s"
+                f"{'  *' if best_epoch == epoch else ''}")
+        if diverged:
+            ended = "diverged"
+        elif bad_epochs >= cfg.patience:
+            ended = "early_stopped"
+        row["ended"] = ended if ended != "completed" or epoch == cfg.epochs else ""
+        if report is not None:
+            report(dict(row), state)
+        if ended != "completed":
+            break
+    model.load_state_dict(best_state)
+    return FitResult(model, history, best_epoch, ended, inputs.mode, best_probs, trainable, frozen, cfg.monitor)

@@ -1,0 +1,104 @@
+"""What a training run leaves behind, written and read one way: the per-epoch history, the run record,
+the weights, and the valid and test predictions (train --out folders and finalize's seed folders alike)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune.core import UserError, atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, library_versions
+from tune.metrics.classification import HELDOUT, METRICS
+from tune.runs.layout import HISTORY, RECORD, WEIGHTS
+from tune.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tune.data.images import ImageSet
+    from tune.training.loop import FitResult
+
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", *(f"val_{k}" for k in METRICS), "lr", "epoch_time",
+                  "best_epoch", "ended"]
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    """One row per epoch; a training with held-out validation sources also gets their xval_ columns."""
+    held = [k for k in dict.fromkeys(k for row in history for k in row) if k.startswith(HELDOUT)]
+    fields = HISTORY_FIELDS[:3 + len(METRICS)] + held + HISTORY_FIELDS[3 + len(METRICS):]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    return buf.getvalue()
+
+
+def run_record(cfg: TrainConfig, result: FitResult, data: dict[str, Any],
+               y_valid: np.ndarray | None = None) -> dict[str, Any]:
+    """Everything about a training run but its weights. With the valid labels it also records the
+    threshold that a model file is used at (Youden's J on valid, as finalize chooses it)."""
+    from tune.metrics.classification import youden_threshold
+
+    threshold = {} if y_valid is None else {"threshold": youden_threshold(y_valid, result.val_probs),
+                                            "threshold_rule": "Youden's J maximised on the validation split"}
+    import torch
+
+    return {**threshold, "config": cfg.to_dict(), "seed": cfg.seed, "data": data,
+            "weights_source": result.model.weights_source,
+            "cache": result.cache_mode, "best_epoch": result.best_epoch, "ended": result.ended,
+            "epochs_run": len(result.history), "best": result.best, "trainable_params": result.trainable_params,
+            "frozen_params": result.frozen_params, "versions": library_versions(), "threads": torch.get_num_threads(),
+            "device": str(next(result.model.parameters()).device)}
+
+
+def save_training(out: Path, result: FitResult) -> None:
+    """out/best.pth (the state_dict, as CPU tensors so it loads on a machine without the training GPU) and
+    out/history.csv (one row per epoch)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(out / WEIGHTS, {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
+    atomic_write_text(out / HISTORY, history_csv(result.history))
+
+
+def save_run(out: Path, cfg: TrainConfig, result: FitResult, data: dict[str, Any],
+             y_valid: np.ndarray | None = None) -> dict[str, Any]:
+    """out/best.pth (state_dict), out/history.csv (per epoch), out/record.json (everything else)."""
+    record = run_record(cfg, result, data, y_valid)
+    save_training(out, result)
+    record["weights_sha256"] = file_sha256(out / WEIGHTS)
+    atomic_write_json(out / RECORD, record)
+    return record
+
+
+# The columns of a predictions file: P(fake) of each image, and of its mirror image (flip test-time augmentation).
+# Files written before flips were scored have no p_fake_hflip; readers of the plain column never need it.
+PLAIN, FLIPPED = "p_fake", "p_fake_hflip"
+
+
+def predictions_csv(images: ImageSet, p: np.ndarray, p_hflip: np.ndarray | None = None) -> str:
+    """One line per image: path, label, P(fake) and, when given, P(fake) of the flipped image."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    columns = [p] if p_hflip is None else [p, p_hflip]
+    w.writerow(["path", "label", PLAIN, FLIPPED][:2 + len(columns)])
+    for path, y, *qs in zip(images.paths, images.y, *columns):
+        w.writerow([path, int(y), *(repr(float(q)) for q in qs)])  # repr: exact
+    return buf.getvalue()
+
+
+def prediction_columns(path: Path) -> list[str]:
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def read_predictions(path: Path, column: str = PLAIN) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(paths, labels, the column's P(fake)); a file without that column is one UserError."""
+    import numpy as np
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and column not in rows[0]:
+        raise UserError(f"{path} has no {column} column (written before flip test-time augmentation was scored; "
+                        "run finalize again to add it)")
+    return ([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
+            np.array([float(r[column]) for r in rows]))
