@@ -145,7 +145,8 @@ def one_search(work: Path, gens: dict[int, Path], seed: int, a: argparse.Namespa
     rows: dict[str, list[tuple[Any, ...]]] = {}
     for name, s in tests.items():
         y = s.y.astype(int)
-        boot = stats.bootstrap(y, {k: (p[name][None, :], [0.5]) for k, p in probs.items()}, resamples=a.resamples)
+        boot = stats.bootstrap(y, {k: stats.Predictor(p[name][None, :], {"at_0.5": [0.5]}) for k, p in probs.items()},
+                               rng=stats.resamples_for(s.fingerprint), resamples=a.resamples)
         ref_auc = float(binary_metrics(y, probs[ref][name])["auc"])
         rows[name] = []
         for rule, (arch, tid, row) in picks.items():
@@ -169,7 +170,7 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=1000)
     a = ap.parse_args()
     os.environ.setdefault("TUNE_OFFLINE", "1")
-    from tune.search.driver import loopback_only, quiet_ray
+    from tune.search.cluster import loopback_only, quiet_ray
 
     t_start = time.time()
     gens = {0: generator(0, a.n_per_class, a.size), 1: generator(1, a.n_per_class, a.size),

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from tune.cli import fast_allocator  # noqa: E402
 from tune.core import cache_root  # noqa: E402
 from tune.data.images import load_split  # noqa: E402
-from tune.metrics.bootstrap import bootstrap, paired_p_value, t_interval  # noqa: E402
+from tune.metrics.bootstrap import Predictor, bootstrap, paired_p_value, resamples_for, t_interval  # noqa: E402
 from tune.metrics.classification import binary_metrics  # noqa: E402
 from tune.runs.inference import probabilities  # noqa: E402
 from tune.training.config import TrainConfig  # noqa: E402
@@ -63,7 +63,8 @@ def main() -> None:
     ap.add_argument("--archs", nargs="+", default=list(RECIPES))
     a = ap.parse_args()
     data = a.data.absolute()
-    y = load_split(data, "test", a.size, cache_dir=cache_root() / "decoded").y.astype(int)
+    test = load_split(data, "test", a.size, cache_dir=cache_root() / "decoded")
+    y = test.y.astype(int)
     jobs = [(arch, rule, seed, a.size, a.threads, str(data)) for arch in a.archs for rule in RULES
             for seed in range(a.seeds)]
     workers = max(1, (os.cpu_count() or 1) // a.threads)
@@ -76,7 +77,8 @@ def main() -> None:
         probs = {rule: np.stack([done[(arch, rule, s, a.size, a.threads, str(data))][0] for s in range(a.seeds)])
                  for rule in RULES}
         aucs = {rule: [binary_metrics(y, p)["auc"] for p in probs[rule]] for rule in RULES}
-        boot = bootstrap(y, {rule: (probs[rule], [0.5] * a.seeds) for rule in RULES})
+        boot = bootstrap(y, {rule: Predictor(probs[rule], {"at_0.5": [0.5] * a.seeds}) for rule in RULES},
+                         rng=resamples_for(test.fingerprint))
         diff = float(np.mean(aucs["val_auc"]) - np.mean(aucs["val_loss"]))
         p = paired_p_value(boot["val_auc"]["auc"], boot["val_loss"]["auc"], diff)
         for rule in RULES:

@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 import tune.search.searcher  # noqa: E402
 from tune.cli import builtin_data  # noqa: E402
 from tune.runs.leaderboard import load_leaderboard  # noqa: E402
-from tune.search.driver import SearchOptions, loopback_only, quiet_ray, run_search  # noqa: E402
+from tune.search.cluster import loopback_only, quiet_ray  # noqa: E402
+from tune.search.driver import SearchOptions, run_search  # noqa: E402
 
 SPACE = """
 metric: val_auc

@@ -38,14 +38,14 @@ import numpy as np  # noqa: E402
 from tune.cli import fast_allocator  # noqa: E402
 from tune.core import cache_root  # noqa: E402
 from tune.data.images import load_split  # noqa: E402
-from tune.metrics.bootstrap import bootstrap, paired_p_value, t_interval  # noqa: E402
+from tune.metrics.bootstrap import Predictor, bootstrap, paired_p_value, resamples_for, t_interval  # noqa: E402
 from tune.metrics.classification import binary_metrics  # noqa: E402
 from tune.models.registry import DEFAULT_ARCH  # noqa: E402
 from tune.runs.inference import probabilities  # noqa: E402
-from tune.runs.layout import PREDICTIONS, Run  # noqa: E402
+from tune.runs.layout import Run  # noqa: E402
 from tune.search.space import load_space  # noqa: E402
 from tune.training.config import TrainConfig  # noqa: E402
-from tune.training.records import read_predictions  # noqa: E402
+from tune.training.records import PREDICTIONS, read_predictions  # noqa: E402
 
 NOTEBOOK = {"arch": DEFAULT_ARCH, "epochs": 30, "patience": 3}  # everything else: TrainConfig's defaults
 FINE_TUNE = {"arch": "efficientnet_lite0", "weights": "packaged", "unfrozen_blocks": 5, "head_sizes": (),
@@ -127,7 +127,8 @@ def main() -> None:
         ran = f" (ran {', '.join(map(str, epochs))} epochs)" if epochs else ""
         print(f"| {label if k != 'c' else '(c) ' + label}{ran} | {', '.join(f'{v:.4f}' for v in aucs[k])} | "
               f"{mean:.4f} ± {half:.4f} | {seconds:.0f} s |")
-    boot = bootstrap(y, {k: (rows[k][1], [0.5] * len(seeds)) for k in ("b", "c")})
+    boot = bootstrap(y, {k: Predictor(rows[k][1], {"at_0.5": [0.5] * len(seeds)}) for k in ("b", "c")},
+                     rng=resamples_for(test.fingerprint))
     diff = float(np.mean(aucs["c"]) - np.mean(aucs["b"]))
     p = paired_p_value(boot["c"]["auc"], boot["b"]["auc"], diff)
     gap_a = float(np.mean(aucs["c"]) - np.mean(aucs["a"]))

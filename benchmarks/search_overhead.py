@@ -35,7 +35,8 @@ import yaml  # noqa: E402
 from tune.cli import builtin_data  # noqa: E402
 from tune.runs.layout import Run  # noqa: E402
 from tune.runs.trials import read_trials  # noqa: E402
-from tune.search.driver import SearchOptions, loopback_only, quiet_ray, run_search, start_ray  # noqa: E402
+from tune.search.cluster import loopback_only, quiet_ray, start_ray  # noqa: E402
+from tune.search.driver import SearchOptions, run_search  # noqa: E402
 from tune.search.space import load_space  # noqa: E402
 
 SPACE = ROOT / "search_spaces" / "demo.yaml"

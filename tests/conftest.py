@@ -112,7 +112,7 @@ def ray_session():
     """One local Ray for the whole test session (starting one costs seconds on 2 cores)."""
     import ray
 
-    from tune.search.driver import loopback_only, quiet_ray
+    from tune.search.cluster import loopback_only, quiet_ray
 
     quiet_ray()
     loopback_only()

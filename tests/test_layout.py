@@ -43,7 +43,7 @@ def test_command_modules_never_import_the_cli() -> None:
 def test_training_folder_file_names_are_declared_once() -> None:
     """best.pth, history.csv, record.json, predictions.csv and valid_predictions.csv are quoted in code only in
     runs.py; every other module looks them up there (help text and docstrings may name them in prose)."""
-    from tune.runs.layout import HISTORY, PREDICTIONS, RECORD, VALID_PREDICTIONS, WEIGHTS
+    from tune.training.records import HISTORY, PREDICTIONS, RECORD, VALID_PREDICTIONS, WEIGHTS
 
     names = (WEIGHTS, HISTORY, RECORD, PREDICTIONS, VALID_PREDICTIONS)
     quoted = re.compile("[\"'](" + "|".join(map(re.escape, names)) + ")[\"']")

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tune import FAKE, REAL
 from tune.core import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CLASS_DIRS = {"fake": FAKE, "1_fake": FAKE, "real": REAL, "0_real": REAL}
 EXPECTED = "Fake/ and Real/ (any letter case) or 1_fake/ and 0_real/, or sub-folders that each hold them"
@@ -112,3 +116,13 @@ def _unique(named: list[tuple[str, Path]]) -> list[str]:
     for n in names:
         out.append(n if n not in out else f"{n}#{sum(o.split('#')[0] == n for o in out) + 1}")
     return out
+
+
+@dataclass
+class Scored:
+    """One source's scores: labels and paths of the readable images, P(fake) per (model, condition)."""
+
+    y: np.ndarray
+    paths: list[str]
+    p: dict[tuple[str, str], np.ndarray]
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of unreadable images

@@ -15,16 +15,17 @@ on AUC and accuracy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tune.core import UserError
+from tune.metrics.bootstrap import Predictor
 
 if TYPE_CHECKING:
     from tune.data.images import ImageSet
+    from tune.metrics.cells import Cell
     from tune.models.detector import Detector
 
 VARIANTS = {
@@ -39,24 +40,13 @@ OVER_SEEDS = ("seeds", "seeds_hflip")  # the predictors with a t-interval over s
 PAIRED = ("auc", "accuracy")  # the metrics of the paired test against the chosen seed
 
 
-@dataclass(frozen=True)
-class Predictor:
-    test: np.ndarray  # P(fake) on the test split: one row per seed (seeds, seeds_hflip), else one row
-    thresholds: list[float]  # each row's threshold, chosen on valid
-
-    def at(self, rule: str) -> list[float]:
-        """Each row's threshold under one of finalize's rules: 0.5, or the one chosen on valid."""
-        return [0.5] * len(self.thresholds) if rule == "at_0.5" else self.thresholds
-
-
 def save_scores(out: Path, model: Detector, valid: ImageSet, test: ImageSet,
                 p_test: np.ndarray | None = None) -> np.ndarray:
     """P(fake) of every valid and test image, as it is and flipped, into a seed's folder; returns the plain test
     P. `p_test`: the plain test P already saved (an older seed folder keeps the numbers its record was made of)."""
     from tune.core import atomic_write_text
     from tune.runs.inference import probabilities
-    from tune.runs.layout import PREDICTIONS, VALID_PREDICTIONS
-    from tune.training.records import predictions_csv
+    from tune.training.records import PREDICTIONS, VALID_PREDICTIONS, predictions_csv
 
     p_test = probabilities(model, test.x) if p_test is None else p_test
     atomic_write_text(out / VALID_PREDICTIONS, predictions_csv(valid, probabilities(model, valid.x),
@@ -69,8 +59,14 @@ def add_missing_scores(out: Path, threads: int, valid: ImageSet, test: ImageSet)
     """A seed folder finished by a finalize from before flip TTA has no flipped and no valid predictions: score
     them with its saved weights (no retraining), on the thread count it trained with. Returns whether any
     were missing."""
-    from tune.runs.layout import PREDICTIONS, VALID_PREDICTIONS, WEIGHTS
-    from tune.training.records import FLIPPED, prediction_columns, read_predictions
+    from tune.training.records import (
+        FLIPPED,
+        PREDICTIONS,
+        VALID_PREDICTIONS,
+        WEIGHTS,
+        prediction_columns,
+        read_predictions,
+    )
 
     test_file = out / PREDICTIONS
     if (out / VALID_PREDICTIONS).is_file() and test_file.is_file() and FLIPPED in prediction_columns(test_file):
@@ -104,7 +100,7 @@ def predictors(folders: list[Path], recorded: list[float], chosen: int, valid: I
     """Every predictor of one model, from its seeds' folders (in seed order), the thresholds finalize recorded
     for them and the position of the chosen seed. The chosen seed comes first: the others are paired with it."""
     from tune.metrics.classification import youden_threshold
-    from tune.runs.layout import PREDICTIONS, VALID_PREDICTIONS
+    from tune.training.records import PREDICTIONS, VALID_PREDICTIONS
 
     v = np.stack([read_scores(f, VALID_PREDICTIONS, valid) for f in folders])  # (seeds, plain/flipped, n_valid)
     t = np.stack([read_scores(f, PREDICTIONS, test) for f in folders])
@@ -113,12 +109,16 @@ def predictors(folders: list[Path], recorded: list[float], chosen: int, valid: I
     def youden(p: np.ndarray) -> float:
         return youden_threshold(valid.y, p)
 
+    def predictor(test: np.ndarray, thresholds: list[float], variant: str) -> Predictor:
+        return Predictor(test, {"at_0.5": [0.5] * len(thresholds), "at_valid_threshold": thresholds},
+                         over_seeds=variant in OVER_SEEDS)
+
     return {
-        "chosen_seed": Predictor(t[[chosen], 0], [recorded[chosen]]),
-        "seeds": Predictor(t[:, 0], recorded),
-        "seeds_hflip": Predictor(t_tta, [youden(p) for p in v_tta]),
-        "ensemble": Predictor(t[:, 0].mean(0, keepdims=True), [youden(v[:, 0].mean(0))]),
-        "ensemble_hflip": Predictor(t_tta.mean(0, keepdims=True), [youden(v_tta.mean(0))]),
+        "chosen_seed": predictor(t[[chosen], 0], [recorded[chosen]], "chosen_seed"),
+        "seeds": predictor(t[:, 0], recorded, "seeds"),
+        "seeds_hflip": predictor(t_tta, [youden(p) for p in v_tta], "seeds_hflip"),
+        "ensemble": predictor(t[:, 0].mean(0, keepdims=True), [youden(v[:, 0].mean(0))], "ensemble"),
+        "ensemble_hflip": predictor(t_tta.mean(0, keepdims=True), [youden(v_tta.mean(0))], "ensemble_hflip"),
     }
 
 
@@ -130,37 +130,28 @@ def label(variant: str, seeds: list[int], chosen_seed: int) -> str:
             "ensemble_hflip": f"ensemble of {k} seeds + flip TTA"}[variant]
 
 
-def paired(cells: dict[str, Any], ref: dict[str, Any], boot: dict[str, np.ndarray], ref_boot: dict[str, np.ndarray],
-           alpha: float) -> dict[str, dict[str, Any]]:
-    """Difference to the chosen seed and its paired bootstrap p-value, per metric of PAIRED."""
-    from tune.metrics import bootstrap as stats
-
-    out = {}
-    for m in PAIRED:
-        diff = cells[m]["mean"] - ref[m]["mean"]
-        p = stats.paired_p_value(boot[m], ref_boot[m], diff)
-        out[m] = {"value": cells[m]["mean"], "chosen_value": ref[m]["mean"], "difference": diff, "p_value": p,
-                  "significant": bool(p < alpha)}
-    return out
-
-
-def rows(model: dict[str, Any], preds: dict[str, Predictor], boot: dict[str, dict[str, dict[str, np.ndarray]]],
-         y: np.ndarray, alpha: float) -> list[dict[str, Any]]:
+def rows(model: dict[str, Any], preds: dict[str, Predictor], cells: dict[Any, dict[str, dict[str, Cell]]],
+         samples: dict[Any, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
     """The table's rows of one model (`model`: its row of the main table): each predictor's cells under every
-    rule of `boot` ({rule: {variant: bootstrap samples}}) and its paired test against the chosen seed."""
+    threshold rule and, but for the chosen seed, its paired test against the chosen seed (PAIRED metrics)."""
     from tune.metrics import bootstrap as stats
 
-    out: list[dict[str, Any]] = []
+    name, out = model["name"], []
+    ref = cells[name, "chosen_seed"]
     for variant, pred in preds.items():
         row: dict[str, Any] = {k: model[k] for k in ("model", "name", "arch", "kind", "seeds", "chosen_seed")}
         row.update(variant=variant, predictor=label(variant, model["seeds"], model["chosen_seed"]),
-                   thresholds=pred.thresholds)
-        for rule, samples in boot.items():
-            per_seed = stats.per_seed_metrics(y, pred.test, pred.at(rule))
-            row[rule] = stats.metric_cells(per_seed, samples[variant], over_seeds=variant in OVER_SEEDS)
+                   thresholds=pred.thresholds["at_valid_threshold"],
+                   **{rule: {m: c.to_dict() for m, c in got.items()} for rule, got in cells[name, variant].items()})
         if variant != "chosen_seed":
-            ref = out[0]  # the chosen seed: first in `preds`
-            row["vs_chosen"] = {rule: paired(row[rule], ref[rule], b[variant], b["chosen_seed"], alpha)
-                                for rule, b in boot.items()}
+            mine = cells[name, variant]
+
+            def vs(rule: str, m: str, mine: dict[str, dict[str, Cell]] = mine, variant: str = variant) -> dict:
+                k = stats.key(rule, m)
+                test = stats.paired(mine[rule][m], ref[rule][m], samples[name, variant][k],
+                                    samples[name, "chosen_seed"][k])
+                return {"value": mine[rule][m].value, "chosen_value": ref[rule][m].value, **(test or {})}
+
+            row["vs_chosen"] = {rule: {m: vs(rule, m) for m in PAIRED} for rule in pred.thresholds}
         out.append(row)
     return out

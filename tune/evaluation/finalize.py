@@ -14,7 +14,7 @@ Each seed's folder gets record.json last, so an interrupted finalize redoes only
 
 from __future__ import annotations
 
-import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +25,13 @@ from tune.core import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
-    cache_root,
     file_sha256,
 )
+from tune.metrics.classification import THRESHOLD_RULES
 from tune.runs.info import RunInfo, cache_dirs, load_heldout, load_train_valid, read_run, trial_config
-from tune.runs.layout import RECORD, WEIGHTS, read_json, resolve_run, results_root
+from tune.runs.layout import read_json
 from tune.training.config import TrainConfig
+from tune.training.records import RECORD, WEIGHTS
 
 if TYPE_CHECKING:  # numpy, torch, scipy are imported on use, so `python -m tune --help` stays fast
     import numpy as np
@@ -39,9 +40,6 @@ if TYPE_CHECKING:  # numpy, torch, scipy are imported on use, so `python -m tune
 
 Log = Callable[[str], None]
 Data = tuple["ImageSet", "ImageSet", "ImageSet", list["ImageSet"]]  # train, valid, test, the held-out sources
-RULES = {"at_0.5": "threshold 0.5 (the notebook's rule)",
-         "at_valid_threshold": "threshold chosen on valid: Youden's J = TPR - FPR maximised on each retrained "
-                               "model's validation probabilities (the test set never picks it)"}
 
 
 @dataclass(frozen=True)
@@ -148,7 +146,7 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: 
     record = run_record(cfg, result, fingerprints)
     record.update(name=c.name, kind=c.kind, trial_id=c.trial_id, metric=info.metric,
                   valid_score=metric_value(result.best, info.metric),  # by the run's rule (mean_auc, ...)
-                  threshold=threshold, threshold_rule=RULES["at_valid_threshold"],
+                  threshold=threshold, threshold_rule=THRESHOLD_RULES["at_valid_threshold"],
                   test={"at_0.5": binary_metrics(test.y, p_test, 0.5),
                         "at_valid_threshold": binary_metrics(test.y, p_test, threshold)})
     atomic_write_json(out / RECORD, record)  # last: its presence marks this seed as done
@@ -157,42 +155,41 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: 
 
 def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[str, Any]]],
             valid: ImageSet, test: ImageSet) -> dict[str, Any]:
-    """Means with t-intervals over seeds, bootstrap intervals over test images, the paired tests, and the
-    ensembles and flip TTA of each model's seeds (tune.evaluation.ensembles)."""
-    from tune.evaluation import ensembles, tradeoff
+    """Every predictor of every model (its seeds, their ensembles and flip TTA: tune.evaluation.ensembles) scored
+    on the test split by the one engine (tune.metrics.bootstrap.score): cells with t-intervals over seeds and
+    bootstrap intervals over the test images, all on the same resamples, so every comparison is paired."""
+    from tune.evaluation import ensembles
     from tune.metrics import bootstrap as stats
+    from tune.reports import tradeoff
 
     y = test.y.astype(int)
-    alpha = 0.05
     chosen = {c.name: choose_seed(info, records[c.name]) for c in cands}
     preds = {c.name: ensembles.predictors([info.run.finalize(c.name, r["seed"]) for r in records[c.name]],
                                           [float(r["threshold"]) for r in records[c.name]],
                                           records[c.name].index(chosen[c.name]), valid, test) for c in cands}
-    # Every predictor of every model is scored on the same resamples: that makes each comparison paired.
-    every = {(c.name, v): p for c in cands for v, p in preds[c.name].items()}
-    boot = {rule: stats.bootstrap(y, {k: (p.test, p.at(rule)) for k, p in every.items()}) for rule in RULES}
+    cells, samples = stats.score(y, {(c.name, v): p for c in cands for v, p in preds[c.name].items()},
+                                 fingerprint=test.fingerprint)
     rows, variant_rows = [], []
     for c in cands:
-        recs, seeds = records[c.name], preds[c.name]["seeds"]
+        recs = records[c.name]
         row: dict[str, Any] = {"model": c.label, "name": c.name, "arch": c.arch, "kind": c.kind,
                                "trial_id": c.trial_id, "config": {**c.config.to_dict(), "seed": None},
                                "seeds": [r["seed"] for r in recs], "valid_scores": [r["valid_score"] for r in recs],
-                               "thresholds": seeds.thresholds,
-                               "folder": str(info.run.finalize(c.name).relative_to(info.run.path))}
-        row["chosen_seed"], row["chosen_threshold"] = chosen[c.name]["seed"], chosen[c.name]["threshold"]
-        for rule in RULES:
-            row[rule] = stats.metric_cells(stats.per_seed_metrics(y, seeds.test, seeds.at(rule)),
-                                           boot[rule][c.name, "seeds"])
+                               "thresholds": [float(r["threshold"]) for r in recs],
+                               "folder": str(info.run.finalize(c.name).relative_to(info.run.path)),
+                               "chosen_seed": chosen[c.name]["seed"], "chosen_threshold": chosen[c.name]["threshold"],
+                               **{rule: {m: cell.to_dict() for m, cell in cells[c.name, "seeds"][rule].items()}
+                                  for rule in THRESHOLD_RULES}}
         rows.append(row)
-        variant_rows += ensembles.rows(row, preds[c.name], {rule: {v: boot[rule][c.name, v] for v in preds[c.name]}
-                                                            for rule in RULES}, y, alpha)
-    held_out = {"tradeoff": tradeoff.summary(rows, records, boot["at_0.5"], alpha)} if info.heldout else {}
+        variant_rows += ensembles.rows(row, preds[c.name], cells, samples)
+    seeds = {c.name: samples[c.name, "seeds"] for c in cands}
+    held_out = {"tradeoff": tradeoff.summary(rows, records, seeds, stats.ALPHA)} if info.heldout else {}
     return {"run": info.name, "metric": info.metric, "n_test": len(y), "test_fingerprint": test.fingerprint,
             "skipped": info.meta.get("skipped", {}), **held_out,
-            "threshold_rules": RULES, "alpha": alpha,
-            "bootstrap": {"resamples": stats.RESAMPLES, "numpy_seed": stats.SEED, "stratified_by_class": True,
-                          "statistic": "each resample's metric is averaged over seeds"},
-            "rows": rows, "best": best_models(rows, {c.name: boot["at_0.5"][c.name, "seeds"] for c in cands}),
+            "threshold_rules": THRESHOLD_RULES, "alpha": stats.ALPHA,
+            "bootstrap": {"resamples": stats.RESAMPLES, "seed": [stats.SEED, "the test split's fingerprint"],
+                          "stratified_by_class": True, "statistic": "each resample's metric is averaged over seeds"},
+            "rows": rows, "best": best_models(rows, seeds),
             "ensembles": {"variants": ensembles.VARIANTS, "paired_against": "chosen_seed",
                           "paired_metrics": list(ensembles.PAIRED), "rows": variant_rows}}
 
@@ -207,21 +204,23 @@ def choose_seed(info: RunInfo, recs: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
-def best_models(rows: list[dict[str, Any]], boot: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
-    """The notebook named the best model by accuracy and by AUC; we add whether the gap is significant."""
+def best_models(rows: list[dict[str, Any]], samples: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The notebook named the best model by accuracy and by AUC (at 0.5); we add whether the gap is significant."""
     from tune.metrics import bootstrap as stats
+    from tune.metrics.cells import cell_of
 
     tuned = [r for r in rows if r["kind"] == "tuned"]
     out: dict[str, Any] = {}
     for m in ("accuracy", "auc"):
-        ranked = sorted(tuned, key=lambda r: -r["at_0.5"][m]["mean"])
-        entry: dict[str, Any] = {"model": ranked[0]["name"], "value": ranked[0]["at_0.5"][m]["mean"]}
+        value = {r["name"]: cell_of(r["at_0.5"][m]) for r in tuned}
+        ranked = sorted(tuned, key=lambda r: -(value[r["name"]].value or -math.inf))
+        entry: dict[str, Any] = {"model": ranked[0]["name"], "value": value[ranked[0]["name"]].value}
         if len(ranked) > 1:
-            a, b = ranked[0], ranked[1]
-            diff = a["at_0.5"][m]["mean"] - b["at_0.5"][m]["mean"]
-            p = stats.paired_p_value(boot[a["name"]][m], boot[b["name"]][m], diff)
-            entry.update(runner_up=b["name"], runner_up_value=b["at_0.5"][m]["mean"], difference=diff,
-                         p_value=p, significant=bool(p < 0.05), tie=bool(diff == 0))
+            a, b = ranked[0]["name"], ranked[1]["name"]
+            k = stats.key("at_0.5", m)
+            test = stats.paired(value[a], value[b], samples[a][k], samples[b][k]) or {}
+            entry.update(runner_up=b, runner_up_value=value[b].value, **test,
+                         tie=bool(test.get("difference") == 0))
         out[m] = entry
     return out
 
@@ -285,12 +284,13 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     finally:
         torch.set_num_threads(threads_before)  # fit changed it for the whole process
     cmp = compare(info, cands, records, valid, test)
-    from tune.evaluation.tradeoff import markdown as tradeoff_markdown
-    from tune.reports.figures import make_plots, render_csv, render_markdown
+    from tune.reports.figures import make_plots
+    from tune.reports.tables import comparison_csv, comparison_markdown
+    from tune.reports.tradeoff import markdown as tradeoff_markdown
 
-    md = render_markdown(cmp) + tradeoff_markdown(cmp)
+    md = comparison_markdown(cmp) + tradeoff_markdown(cmp)
     atomic_write_json(info.run.comparison("json"), cmp)
-    atomic_write_text(info.run.comparison("csv"), render_csv(cmp))
+    atomic_write_text(info.run.comparison("csv"), comparison_csv(cmp))
     atomic_write_text(info.run.comparison("md"), md)
     export_models(info, cmp, records)
     from tune.reports.campanel import finalize_panels
@@ -316,20 +316,3 @@ def finalize_jobs(run_dir: Path) -> int:
     return max(1, (os.cpu_count() or 1) // read_run(run_dir).threads)
 
 
-def cmd_finalize(a: argparse.Namespace) -> int:
-    run = resolve_run(a.run, results_root(a.storage))
-    run_finalize(run, seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(), jobs=finalize_jobs(run),
-                 extra_test=a.extra_test)
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finalize", help="retrain each architecture's best trial with K seeds; test once; compare")
-    p.add_argument("run", nargs="?", help="run name under results/ or a run folder (default: newest)")
-    p.add_argument("--seeds", type=int, default=3, help="retrainings per model, seeds SEED..SEED+K-1 (default: 3)")
-    p.add_argument("--baseline", action="store_true", help="also train the notebook's fixed recipe per architecture")
-    p.add_argument("--storage", help="folder holding run folders, or the URI the search's --storage named "
-                   "(then the run folder is in results/) (default: results)")
-    p.add_argument("--extra-test", type=Path, nargs="+", metavar="DATA", help=(
-                   "also evaluate the exported winners per source on these folders (as `evaluate`)"))
-    p.set_defaults(func=cmd_finalize)

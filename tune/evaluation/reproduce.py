@@ -11,15 +11,13 @@ numbers, and the kept epoch its rule chose (best_epoch), are compared like the r
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tune.core import UserError, cache_root
+from tune.core import UserError
 from tune.runs.info import RunInfo, cache_dirs, load_heldout, load_train_valid, read_run, trial_config, trial_record
-from tune.runs.layout import resolve_run, results_root
 
 KEYS = ("train_loss", "val_loss", "val_accuracy", "val_auc")
 HELD_OUT_KEYS = ("xval_loss", "xval_auc", "best_epoch")  # also compared when the run has held-out sources
@@ -103,27 +101,3 @@ def render(rep: Reproduction) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cmd_reproduce(a: argparse.Namespace) -> int:
-    import torch
-
-    run = resolve_run(a.run, results_root(a.storage))
-    rep = reproduce_trial(run, a.trial, cache_dir=cache_root())
-    print(render(rep), end="")
-    bad = rep.differing
-    if bad:
-        print(f"NOT reproduced: {rep.arch} trial {rep.trial_id} differs at epoch(s) {', '.join(map(str, bad))}")
-        if torch.cuda.is_available():
-            print("note: this ran on CUDA, where some kernels are not bit-reproducible; exactness is promised on CPU")
-        return 1
-    print(f"reproduced exactly: {rep.arch} trial {rep.trial_id}, {len(rep.recorded)} epoch(s) x {len(rep.keys)} "
-          "metrics identical")
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="re-run one trial's recorded config and check its numbers exactly")
-    p.add_argument("run", nargs="?", help="run name under results/ or a run folder (default: newest)")
-    p.add_argument("--trial", default="best", help="trial id (as in the leaderboard) or best (default: best)")
-    p.add_argument("--storage", help="folder holding run folders, or the URI the search's --storage named "
-                   "(then the run folder is in results/) (default: results)")
-    p.set_defaults(func=cmd_reproduce)

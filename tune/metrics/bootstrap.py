@@ -1,157 +1,145 @@
-"""Uncertainty for the final comparison: t-intervals over seeds, bootstrap over test images.
+"""The one engine for test results: cells with t-intervals over seeds and bootstrap intervals over images.
 
-Two sources of variation are reported separately because they answer different questions:
-the t-interval over seeds says how much the training run's luck moves a number; the bootstrap
-over test images says how much the particular test set does. The paired bootstrap test asks
-whether two models differ by more than the test set's luck, scoring both on the same resamples.
+Finalize (each model's K retrained seeds, their ensembles), evaluate (each model per source and
+condition) and the model card all score P(fake) here, through `score`. Two sources of variation are
+reported apart because they answer different questions: the t-interval over seeds says how much a
+training run's luck moves a number; the bootstrap over the images says how much the particular images do.
+Every predictor scored in one call is scored on the same resamples, which makes comparisons paired, and
+the resamples are seeded by the images' content (`resamples_for`), so the same images get the same
+intervals in finalize and in evaluate. Each metric's resampled values come from its own entry in
+tune.metrics.classification (its counts or its `resample` function): adding a metric is one entry.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Hashable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from scipy import stats as sst
 
-from tune.metrics.classification import METRICS, binary_metrics
+from tune.metrics.cells import Cell
+from tune.metrics.classification import METRICS, Resampled, binary_metrics
 
 RESAMPLES = 1000
-SEED = 0  # a fixed numpy seed: the same run gives the same intervals every time
-CHUNK = 100  # resamples drawn at a time, so memory stays at CHUNK x test size
-BOOT_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
-ALL_METRICS = tuple(METRICS)  # every declared metric, per seed
+SEED = 0  # the fixed part of every generator's seed: the same images give the same intervals every time
+CHUNK = 100  # resamples drawn at a time, so memory stays at CHUNK x images
+LEVEL, ALPHA = 0.95, 0.05
 K = TypeVar("K", bound=Hashable)
+Samples = dict[str, np.ndarray]  # "RULE/accuracy", ... for threshold metrics, "auc", ... for ranking ones
 
 
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Predictor:
+    """P(fake) of one predictor on a set of images: one row per retrained seed (or one row), each row's threshold
+    under each threshold rule (tune.metrics.classification.THRESHOLD_RULES)."""
+
+    probs: np.ndarray  # (rows, images)
+    thresholds: dict[str, list[float]]  # rule -> one threshold per row
+    over_seeds: bool = True  # the rows are retrainings: their spread is a t-interval (False: one model)
+
+
+def key(rule: str, metric: str) -> str:
+    """The samples' key of a metric under a threshold rule; ranking metrics have no threshold."""
+    return metric if METRICS[metric].ranking else f"{rule}/{metric}"
+
+
+def t_interval(values: list[float], level: float = LEVEL) -> tuple[float, float]:
     """(mean, half-width) of the Student-t interval; half-width NaN with a single seed."""
     v = np.asarray(values, dtype=np.float64)
     mean = float(v.mean())
     if len(v) < 2:
         return mean, math.nan
-    half = float(sst.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return mean, half
-
-
-def per_seed_metrics(y: np.ndarray, probs: np.ndarray, thresholds: list[float]) -> dict[str, list[float]]:
-    """binary_metrics for each seed's test probabilities (rows of `probs`) at that seed's threshold."""
-    rows = [binary_metrics(y, p, t) for p, t in zip(probs, thresholds)]
-    return {m: [float(r[m]) for r in rows] for m in ALL_METRICS}
+    return mean, float(sst.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
 def stratified_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n resamples (rows) of test indices, drawn with replacement within each class.
+    """n resamples (rows) of image indices, drawn with replacement within each class.
 
-    Stratifying keeps both classes in every resample (AUC is undefined otherwise, which matters
-    on small test sets) and keeps the class balance of the real test set.
-    """
-    parts = [rng.choice(np.flatnonzero(y == c), size=(n, int((y == c).sum())), replace=True) for c in (1, 0)]
+    Stratifying keeps both classes in every resample (AUC is undefined otherwise, which matters on small test
+    sets) and keeps the class balance of the real images."""
+    parts = [rng.choice(np.flatnonzero(y == c), size=(n, int((y == c).sum())), replace=True) for c in (1, 0)
+             if (y == c).any()]
     return np.concatenate(parts, axis=1)
 
 
-def resampled_metrics(y: np.ndarray, p: np.ndarray, idx: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
-    """binary_metrics' accuracy, precision, recall, F1 and ROC-AUC on every resample at once.
-
-    Vectorised because 1000 resamples x seeds x models through scikit-learn take minutes;
-    tests check that it agrees with tune.metrics.classification.binary_metrics.
-    """
-    yy, pp = y[idx].astype(bool), p[idx]
-    pred = pp >= threshold
-    tp = (pred & yy).sum(1)
-    fp = (pred & ~yy).sum(1)
-    fn = (~pred & yy).sum(1)
-    n = idx.shape[1]
-    zeros = np.zeros(len(idx))
-    precision = np.divide(tp, tp + fp, out=zeros.copy(), where=(tp + fp) > 0)
-    recall = np.divide(tp, tp + fn, out=zeros.copy(), where=(tp + fn) > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=zeros.copy(), where=(precision + recall) > 0)
-    # ROC-AUC as the Mann-Whitney statistic: ties between a fake and a real count one half.
-    ranks = sst.rankdata(pp, axis=1)
-    n_pos = yy.sum(1)
-    n_neg = n - n_pos
-    auc = ((ranks * yy).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return {"accuracy": (n - fp - fn) / n, "precision": precision, "recall": recall, "f1": f1, "auc": auc}
+def resamples_for(fingerprint: str, seed: int = SEED) -> np.random.Generator:
+    """The generator of the resamples of one set of images, seeded by their content fingerprint."""
+    return np.random.default_rng([seed, int(fingerprint, 16)])
 
 
-def bootstrap(y: np.ndarray, models: dict[K, tuple[np.ndarray, list[float]]], *, resamples: int = RESAMPLES,
-              seed: int = SEED) -> dict[K, dict[str, np.ndarray]]:
-    """For each model (probs (seeds, n), thresholds per seed): each metric on each resample, averaged over seeds.
-
-    All models are scored on the same resamples, which is what makes the comparison paired.
-    """
-    rng = np.random.default_rng(seed)
-    out = {name: {m: np.empty(resamples) for m in BOOT_METRICS} for name in models}
+def bootstrap(y: np.ndarray, predictors: dict[K, Predictor], *, rng: np.random.Generator,
+              resamples: int = RESAMPLES) -> dict[K, Samples]:
+    """Every metric of every predictor on the same `resamples` stratified resamples, each resample's value averaged
+    over the predictor's rows. Ranking metrics are NaN when the images have one class only."""
+    both = len(np.unique(y)) == 2
+    parts: dict[K, dict[str, list[np.ndarray]]] = {k: {} for k in predictors}
     for start in range(0, resamples, CHUNK):
         idx = stratified_indices(y, min(CHUNK, resamples - start), rng)
-        for name, (probs, thresholds) in models.items():
-            per_seed = [resampled_metrics(y, p, idx, t) for p, t in zip(probs, thresholds)]
-            for m in BOOT_METRICS:
-                out[name][m][start:start + len(idx)] = np.mean([s[m] for s in per_seed], axis=0)
-    return out
+        for k, pred in predictors.items():
+            rows = []
+            for r, p in enumerate(pred.probs):
+                res, got = Resampled(y, p, idx), {}
+                for rule, thresholds in pred.thresholds.items():
+                    counts = res.counts(thresholds[r])
+                    got |= {key(rule, m.name): m.from_counts(counts) for m in METRICS.values() if not m.ranking}
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    got |= {m.name: m.resample(res) if both else np.full(len(idx), np.nan)
+                            for m in METRICS.values() if m.ranking and m.resample}
+                rows.append(got)
+            for name in rows[0]:
+                parts[k].setdefault(name, []).append(np.mean([row[name] for row in rows], axis=0))
+    return {k: {name: np.concatenate(v) for name, v in got.items()} for k, got in parts.items()}
 
 
-def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float | None, float | None]:
+    if np.isnan(samples).all():
+        return None, None
     lo, hi = np.nanpercentile(samples, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
 
 
-def metric_cells(per_seed: dict[str, list[float]], boot: dict[str, np.ndarray], *,
-                 over_seeds: bool = True) -> dict[str, dict[str, Any]]:
-    """A comparison cell per metric: the mean over seeds ± its t half-width, and the bootstrap interval over test
-    images (metrics the bootstrap has). One predictor (over_seeds=False: an ensemble, or one seed picked out) has
-    no interval over seeds: its t fields are None, shown as "n/a", never a made-up number."""
-    cells: dict[str, dict[str, Any]] = {}
-    for m, values in per_seed.items():
-        if over_seeds:
-            mean, half = t_interval(values)
-            cells[m] = {"mean": mean, "t_half": half, "t_low": mean - half, "t_high": mean + half, "per_seed": values}
-        else:
-            cells[m] = {"mean": float(np.mean(values)), "t_half": None, "t_low": None, "t_high": None}
-        if m in boot:
-            cells[m]["boot_low"], cells[m]["boot_high"] = percentile_interval(boot[m])
-    return cells
+def cells(y: np.ndarray, pred: Predictor, samples: Samples) -> dict[str, dict[str, Cell]]:
+    """{rule: {metric: Cell}}: each row's metric at its threshold (binary_metrics), their mean with its t-interval
+    over seeds, and the bootstrap interval over the images."""
+    out: dict[str, dict[str, Cell]] = {}
+    for rule, thresholds in pred.thresholds.items():
+        rows = [binary_metrics(y, p, t) for p, t in zip(pred.probs, thresholds)]
+        out[rule] = {}
+        for m in METRICS:
+            values = [float(r[m]) for r in rows]
+            mean, half = t_interval(values) if pred.over_seeds else (float(np.mean(values)), math.nan)
+            lo, hi = percentile_interval(samples[key(rule, m)])
+            defined = math.isfinite(mean)
+            out[rule][m] = Cell(mean if defined else None, lo if defined else None, hi if defined else None,
+                                half if math.isfinite(half) else None, tuple(values) if pred.over_seeds else ())
+    return out
+
+
+def score(y: np.ndarray, predictors: dict[K, Predictor], *, fingerprint: str, seed: int = SEED,
+          resamples: int = RESAMPLES) -> tuple[dict[K, dict[str, dict[str, Cell]]], dict[K, Samples]]:
+    """Cells of every predictor on one set of images, and the samples behind them (for paired tests)."""
+    samples = bootstrap(y, predictors, rng=resamples_for(fingerprint, seed), resamples=resamples)
+    return {k: cells(y, p, samples[k]) for k, p in predictors.items()}, samples
 
 
 def paired_p_value(boot_a: np.ndarray, boot_b: np.ndarray, observed: float) -> float:
     """Two-sided p-value for "A and B score the same" from paired bootstrap differences.
 
-    The resampled differences, shifted to centre on zero, stand in for the null distribution;
-    p is the share at least as far from zero as the observed difference (+1 smoothing so it is
-    never reported as exactly 0 from a finite number of resamples).
-    """
+    The resampled differences, shifted to centre on zero, stand in for the null distribution; p is the share
+    at least as far from zero as the observed difference (+1 smoothing so it is never reported as exactly 0
+    from a finite number of resamples)."""
     d = boot_a - boot_b
     extreme = np.abs(d - d.mean()) >= abs(observed) - 1e-12
     return float((1 + extreme.sum()) / (1 + len(d)))
 
 
-def resampled_ranking_metrics(y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
-    """Average precision and EER on every resample at once, as metrics.classification computes them (scikit-learn).
-
-    Each row is sorted by score; tied scores form one threshold (one ROC / precision-recall point),
-    as in scikit-learn. Only meaningful when every resample holds both classes (stratified_indices).
-    """
-    pp, yy = p[idx], y[idx].astype(bool)
-    order = np.argsort(-pp, axis=1, kind="stable")
-    ps, ys = np.take_along_axis(pp, order, 1), np.take_along_axis(yy, order, 1)
-    tp, fp = np.cumsum(ys, 1), np.cumsum(~ys, 1)
-    end = np.ones_like(ys)  # the last position of each group of tied scores: a threshold
-    end[:, :-1] = ps[:, :-1] != ps[:, 1:]
-    # At each position, the counts at the last threshold seen so far (counts only grow, so cummax fills forward).
-    tp_end = np.maximum.accumulate(np.where(end, tp, 0), 1)
-    fp_end = np.maximum.accumulate(np.where(end, fp, 0), 1)
-    n_pos, n_neg = tp[:, -1:], fp[:, -1:]
-    prev_tp = np.concatenate([np.zeros_like(tp[:, :1]), tp_end[:, :-1]], 1)
-    # AP = sum over thresholds of (recall gained) x (precision there), scikit-learn's step rule.
-    ap = (np.where(end, tp - prev_tp, 0) * tp / (tp + fp)).sum(1) / n_pos[:, 0]
-    # EER: the first ROC point (from (0, 0)) where FNR <= FPR, interpolated from the point before it.
-    # Positions inside a tie group repeat the previous threshold's point, which leaves the curve unchanged.
-    fpr = np.concatenate([np.zeros((len(idx), 1)), fp_end / n_neg], 1)
-    fnr = 1 - np.concatenate([np.zeros((len(idx), 1)), tp_end / n_pos], 1)
-    i = np.argmax(fnr <= fpr, axis=1)[:, None]
-    f0, f1 = np.take_along_axis(fpr, i - 1, 1)[:, 0], np.take_along_axis(fpr, i, 1)[:, 0]
-    d0 = np.take_along_axis(fnr - fpr, i - 1, 1)[:, 0]
-    d1 = np.take_along_axis(fnr - fpr, i, 1)[:, 0]
-    t = np.divide(d0, d0 - d1, out=np.zeros_like(d0), where=d0 != d1)
-    return {"ap": ap, "eer": f0 + t * (f1 - f0)}
+def paired(a: Cell, b: Cell, samples_a: np.ndarray, samples_b: np.ndarray) -> dict[str, float | bool] | None:
+    """A's value minus B's with its paired bootstrap p and whether it is significant (None when undefined)."""
+    if a.value is None or b.value is None:
+        return None
+    diff = a.value - b.value
+    p = paired_p_value(samples_a, samples_b, diff)
+    return {"difference": diff, "p_value": p, "significant": bool(p < ALPHA)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -24,37 +25,106 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 @dataclass(frozen=True)
 class Counts:
-    tp: int
-    fp: int
-    fn: int
-    tn: int
+    """Confusion counts: ints for one set of images, or arrays with one entry per bootstrap resample."""
+
+    tp: Any
+    fp: Any
+    fn: Any
+    tn: Any
 
 
-def _div(a: float, b: float) -> float:
-    return a / b if b else 0.0
+def _div(a: Any, b: Any) -> Any:
+    """a / b, and 0 where b is 0; elementwise for arrays."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b != 0)
 
 
-def _precision(c: Counts) -> float:
+def _precision(c: Counts) -> Any:
     return _div(c.tp, c.tp + c.fp)
 
 
-def _recall(c: Counts) -> float:
+def _recall(c: Counts) -> Any:
     return _div(c.tp, c.tp + c.fn)
 
 
-def _f1(c: Counts) -> float:
+def _f1(c: Counts) -> Any:
     p, r = _precision(c), _recall(c)
     return _div(2 * p * r, p + r)
+
+
+class Resampled:
+    """One predictor's scores on every bootstrap resample at once (a row per resample): what a ranking metric's
+    `resample` function reads. Vectorised because 1000 resamples x seeds x models through scikit-learn take
+    minutes; tests check every resampled metric against its scikit-learn value on the same images."""
+
+    def __init__(self, y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> None:
+        self.y, self.p = y[idx].astype(bool), p[idx]
+
+    def counts(self, threshold: float) -> Counts:
+        pred = self.p >= threshold
+        return Counts(tp=(pred & self.y).sum(1), fp=(pred & ~self.y).sum(1), fn=(~pred & self.y).sum(1),
+                      tn=(~pred & ~self.y).sum(1))
+
+    @cached_property
+    def curve(self) -> tuple[np.ndarray, ...]:
+        """Each row sorted by score; tied scores form one threshold (one ROC / precision-recall point), as in
+        scikit-learn: (tp, fp, threshold ends, tp and fp at the last threshold so far, n_pos, n_neg)."""
+        order = np.argsort(-self.p, axis=1, kind="stable")
+        ps, ys = np.take_along_axis(self.p, order, 1), np.take_along_axis(self.y, order, 1)
+        tp, fp = np.cumsum(ys, 1), np.cumsum(~ys, 1)
+        end = np.ones_like(ys)  # the last position of each group of tied scores: a threshold
+        end[:, :-1] = ps[:, :-1] != ps[:, 1:]
+        # At each position, the counts at the last threshold seen so far (counts only grow, so cummax fills forward).
+        tp_end = np.maximum.accumulate(np.where(end, tp, 0), 1)
+        fp_end = np.maximum.accumulate(np.where(end, fp, 0), 1)
+        return tp, fp, end, tp_end, fp_end, tp[:, -1:], fp[:, -1:]
+
+
+def _auc_resampled(r: Resampled) -> np.ndarray:
+    """ROC-AUC as the Mann-Whitney statistic: ties between a fake and a real count one half."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(r.p, axis=1)
+    n_pos = r.y.sum(1)
+    n_neg = r.y.shape[1] - n_pos
+    return ((ranks * r.y).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _ap_resampled(r: Resampled) -> np.ndarray:
+    """AP = sum over thresholds of (recall gained) x (precision there), scikit-learn's step rule."""
+    tp, fp, end, tp_end, _, n_pos, _ = r.curve
+    prev_tp = np.concatenate([np.zeros_like(tp[:, :1]), tp_end[:, :-1]], 1)
+    return (np.where(end, tp - prev_tp, 0) * tp / (tp + fp)).sum(1) / n_pos[:, 0]
+
+
+def _eer_resampled(r: Resampled) -> np.ndarray:
+    """The first ROC point (from (0, 0)) where FNR <= FPR, interpolated from the point before it. Positions inside
+    a tie group repeat the previous threshold's point, which leaves the curve unchanged."""
+    _, _, _, tp_end, fp_end, n_pos, n_neg = r.curve
+    fpr = np.concatenate([np.zeros((len(tp_end), 1)), fp_end / n_neg], 1)
+    fnr = 1 - np.concatenate([np.zeros((len(tp_end), 1)), tp_end / n_pos], 1)
+    i = np.argmax(fnr <= fpr, axis=1)[:, None]
+    f0, f1 = np.take_along_axis(fpr, i - 1, 1)[:, 0], np.take_along_axis(fpr, i, 1)[:, 0]
+    d0 = np.take_along_axis(fnr - fpr, i - 1, 1)[:, 0]
+    d1 = np.take_along_axis(fnr - fpr, i, 1)[:, 0]
+    t = np.divide(d0, d0 - d1, out=np.zeros_like(d0), where=d0 != d1)
+    return f0 + t * (f1 - f0)
 
 
 @dataclass(frozen=True)
 class Metric:
     name: str
     mode: str  # "max" or "min": which direction is better
-    label: str
-    # threshold metrics read the confusion counts; ranking metrics read (labels, scores) and need both classes
-    from_counts: Callable[[Counts], float] | None = None
+    label: str  # how every table names it
+    # Threshold metrics read the confusion counts (ints, or arrays over resamples). Ranking metrics read
+    # (labels, scores) for their value and a Resampled for every bootstrap resample; they need both classes.
+    from_counts: Callable[[Counts], Any] | None = None
     from_scores: Callable[[np.ndarray, np.ndarray], float] | None = None
+    resample: Callable[[Resampled], np.ndarray] | None = None
+
+    @property
+    def ranking(self) -> bool:
+        return self.from_counts is None
 
 
 def equal_error_rate(y: np.ndarray, p: np.ndarray) -> float:
@@ -74,10 +144,15 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("precision", "max", "Precision", from_counts=_precision),
     Metric("recall", "max", "Recall", from_counts=_recall),
     Metric("f1", "max", "F1-Score", from_counts=_f1),
-    Metric("auc", "max", "ROC-AUC", from_scores=lambda y, p: float(roc_auc_score(y, p))),
-    Metric("ap", "max", "Average precision", from_scores=lambda y, p: float(average_precision_score(y, p))),
-    Metric("eer", "min", "EER", from_scores=equal_error_rate),
+    Metric("auc", "max", "ROC-AUC", from_scores=lambda y, p: float(roc_auc_score(y, p)), resample=_auc_resampled),
+    Metric("ap", "max", "Average precision", from_scores=lambda y, p: float(average_precision_score(y, p)),
+           resample=_ap_resampled),
+    Metric("eer", "min", "EER", from_scores=equal_error_rate, resample=_eer_resampled),
 )}
+# How a model's decision threshold is chosen: one name each, everywhere (finalize, evaluate, model card, report).
+THRESHOLD_RULES = {"at_0.5": "threshold 0.5 (the notebook's rule)",
+                   "at_valid_threshold": "threshold chosen on valid: Youden's J = TPR - FPR maximised on the model's "
+                                         "validation probabilities (the test set never picks it)"}
 LOSS = Metric("loss", "min", "BCE loss")  # computed from logits by the training loop
 
 
@@ -193,7 +268,7 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
     out: dict[str, float] = {}
     for m in METRICS.values():
         if m.from_counts is not None:
-            out[m.name] = m.from_counts(c) if len(y) else math.nan
+            out[m.name] = float(m.from_counts(c)) if len(y) else math.nan
         else:
             out[m.name] = m.from_scores(y, p) if both and m.from_scores else math.nan
     return {**out, "tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn}

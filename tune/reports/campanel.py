@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from tune.data.images import ImageSet
-    from tune.evaluation.tables import Scored
+    from tune.data.sources import Scored
     from tune.runs.inference import LoadedModel
     from tune.runs.layout import Run
 
@@ -91,8 +91,7 @@ def finalize_panels(run: Run, cmp: dict[str, Any], test: ImageSet, log: Callable
     """One panel per exported winner on the test split, into the run's plots/ (the report shows them)."""
     from tune.reports.figures import save
     from tune.runs import inference
-    from tune.runs.layout import PREDICTIONS
-    from tune.training.records import read_predictions
+    from tune.training.records import PREDICTIONS, read_predictions
 
     written = []
     for row in (r for r in cmp["rows"] if r["kind"] == "tuned"):

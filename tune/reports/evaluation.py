@@ -14,24 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import atomic_write_json, atomic_write_text
+from tune.reports.tables import cell_at
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from tune.evaluation.tables import Scored
-
-METRICS = [("auc", "AUC"), ("ap", "AP"), ("eer", "EER")]
-AT = [("accuracy", "Acc"), ("precision", "Prec"), ("recall", "Rec"), ("f1", "F1")]
-RULES = [("at_threshold", "thr"), ("at_0.5", "0.5")]
-
-
-def fmt(c: dict[str, Any]) -> str:
-    if c["value"] is None:
-        return "undefined"
-    return f"{c['value']:.3f}" + ("" if c["low"] is None else f" [{c['low']:.3f}, {c['high']:.3f}]")
-
+    from tune.data.sources import Scored
 
 def render_markdown(ev: dict[str, Any], *, level: int = 1, title: str = "Evaluation") -> str:
+    from tune.metrics.cells import cell_of
+    from tune.reports.tables import Table, at, evaluation_table, label, paired_table
+
     h = "#" * level
     b = ev["bootstrap"]
     lines = [f"{h} {title}", "", "Models:"]
@@ -43,53 +36,32 @@ def render_markdown(ev: dict[str, Any], *, level: int = 1, title: str = "Evaluat
         skipped = f", {len(s['skipped'])} unreadable image(s) skipped" if s.get("skipped") else ""
         lines.append(f"- `{s['name']}`: {s['n_fake']} fake / {s['n_real']} real ({s['path']}{skipped})")
     lines += ["", f"Cells: value on all images [{b['level']:.0%} stratified bootstrap interval, {b['resamples']} "
-              f"resamples, seed {b['seed']}]. @thr: at the model's threshold chosen on valid; @0.5: at 0.5. "
-              "The mean row averages the sources (each source weighs the same)."]
-    head = ["Model", "Source", "Fake", "Real", *(n for _, n in METRICS),
-            *(f"{n}@{r}" for _, r in RULES for _, n in AT), "Note"]
+              "resamples]. At valid: at the model's threshold chosen on valid; at 0.5: at 0.5. The mean row "
+              "averages the sources (each source weighs the same)."]
     for cond in ev["conditions"]:
-        lines += ["", f"{h}# {cond['name']}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in (r for r in ev["rows"] if r["condition"] == cond["name"]):
-            cells = [r["model"], f"**{r['source']}**" if r["source"] == "mean" else r["source"], str(r["n_fake"]),
-                     str(r["n_real"]), *(fmt(r[m]) for m, _ in METRICS),
-                     *(fmt(r[rule][m]) for rule, _ in RULES for m, _ in AT), r["note"]]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"{h}# {cond['name']}", "", evaluation_table(ev, cond["name"]).markdown()]
     if len(ev["conditions"]) > 1:
         names = [c["name"] for c in ev["conditions"]]
-        lines += ["", f"{h}# Robustness: mean AUC over sources", "", "| Model | " + " | ".join(names) + " |",
-                  "|" + "---|" * (len(names) + 1)]
+        rows = []
         for m in ev["models"]:
             by = {r["condition"]: r for r in ev["rows"] if r["model"] == m["name"] and r["source"] == "mean"}
-            lines.append(f"| {m['name']} | " + " | ".join(fmt(by[n]["auc"]) for n in names) + " |")
+            rows.append([m["name"], *(cell_of(at(by[n], "at_0.5").get("auc")).text() for n in names)])
+        lines += ["", f"{h}# Robustness: mean {label('auc')} over sources", "",
+                  Table(["Model", *names], rows).markdown()]
     if ev["paired"]:
         lines += ["", f"{h}# Paired bootstrap (same resamples for both models; two-sided p, not corrected for "
-                  "multiple comparisons)", "",
-                  "| Condition | Source | A | B | Metric | A − B | p | significant at 0.05 |", "|" + "---|" * 8]
-        for p in ev["paired"]:
-            lines.append(f"| {p['condition']} | {p['source']} | {p['a']} | {p['b']} | {p['metric'].upper()} | "
-                         f"{p['difference']:+.3f} | {p['p_value']:.3f} | {'yes' if p['significant'] else 'no'} |")
+                  "multiple comparisons)", "", paired_table(ev).markdown()]
     if ev["plots"]:
         lines.append("")
         lines += [f"![{name}]({path})" for name, path in ev["plots"].items()]
     return "\n".join(lines) + "\n"
 
 
-def _num(v: float | None) -> str:
-    return "" if v is None else repr(float(v))
-
-
 def render_csv(ev: dict[str, Any]) -> str:
-    """One line per (model, source, condition): every value with its interval, flat."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    keys = [m for m, _ in METRICS] + [f"{rule}_{m}" for rule, _ in RULES for m, _ in AT]
-    w.writerow(["model", "source", "condition", "n_fake", "n_real",
-                *(f"{k}{s}" for k in keys for s in ("", "_low", "_high")), "note"])
-    for r in ev["rows"]:
-        cells = [r[m] for m, _ in METRICS] + [r[rule][m] for rule, _ in RULES for m, _ in AT]
-        w.writerow([r["model"], r["source"], r["condition"], r["n_fake"], r["n_real"],
-                    *(_num(c[s]) for c in cells for s in ("value", "low", "high")), r["note"]])
-    return buf.getvalue()
+    """One line per cell (model, source, condition, rule, metric): every value with its interval."""
+    from tune.reports.tables import evaluation_csv
+
+    return evaluation_csv(ev)
 
 
 def scores_csv(scored: dict[str, Scored]) -> str:
@@ -121,11 +93,11 @@ def plot_auc_by_source(ev: dict[str, Any], path: Path) -> None:
     ax = fig.add_subplot()
     width = 0.8 / len(models)
     for i, m in enumerate(models):
-        by = {r["source"]: r["auc"] for r in ev["rows"] if r["model"] == m and r["condition"] == cond}
+        by = {r["source"]: cell_at(r, "auc") for r in ev["rows"] if r["model"] == m and r["condition"] == cond}
         xs = np.arange(len(sources)) + (i - (len(models) - 1) / 2) * width
-        vals = [by[s]["value"] if by[s]["value"] is not None else np.nan for s in sources]
-        err = [[v - (by[s]["low"] if by[s]["low"] is not None else v) for v, s in zip(vals, sources)],
-               [(by[s]["high"] if by[s]["high"] is not None else v) - v for v, s in zip(vals, sources)]]
+        vals = [by[s].value if by[s].value is not None else np.nan for s in sources]
+        err = [[v - (by[s].low if by[s].low is not None else v) for v, s in zip(vals, sources)],
+               [(by[s].high if by[s].high is not None else v) - v for v, s in zip(vals, sources)]]
         ax.bar(xs, vals, width, yerr=err, capsize=3, color=f"C{i}", label=m)
         for x, v in zip(xs, vals):
             if np.isnan(v):
@@ -161,7 +133,7 @@ def plot_roc_by_source(ev: dict[str, Any], scored: dict[str, Scored], path: Path
             continue
         for i, m in enumerate(ev["models"]):
             fpr, tpr, _ = roc_curve(sc.y, sc.p[m["name"], cond])
-            auc = next(r["auc"]["value"] for r in ev["rows"]
+            auc = next(cell_at(r, "auc").value for r in ev["rows"]
                        if r["model"] == m["name"] and r["source"] == name and r["condition"] == cond)
             ax.plot(fpr, tpr, color=f"C{i}", label=f"{m['name']} (AUC {auc:.3f})")
         ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
@@ -181,11 +153,12 @@ def plot_auc_vs_severity(ev: dict[str, Any], path: Path) -> None:
         conds = [ev["conditions"][0]] + [c for c in ev["conditions"] if c["perturbation"] == kind]
         labels = ["clean"] + [f"{c['severity']:g}" for c in conds[1:]]
         for i, m in enumerate(ev["models"]):
-            by = {r["condition"]: r["auc"] for r in ev["rows"] if r["model"] == m["name"] and r["source"] == "mean"}
+            by = {r["condition"]: cell_at(r, "auc") for r in ev["rows"] if r["model"] == m["name"]
+                  and r["source"] == "mean"}
             cells = [by[c["name"]] for c in conds]
-            vals = [c["value"] if c["value"] is not None else float("nan") for c in cells]
-            err = [[v - c["low"] if c["low"] is not None else 0 for v, c in zip(vals, cells)],
-                   [c["high"] - v if c["high"] is not None else 0 for v, c in zip(vals, cells)]]
+            vals = [c.value if c.value is not None else float("nan") for c in cells]
+            err = [[v - c.low if c.low is not None else 0 for v, c in zip(vals, cells)],
+                   [c.high - v if c.high is not None else 0 for v, c in zip(vals, cells)]]
             shift = (i - (len(ev["models"]) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
             ax.errorbar([j + shift for j in range(len(conds))], vals, yerr=err, marker="o", capsize=3, color=f"C{i}",
                         label=m["name"])

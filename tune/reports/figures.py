@@ -1,4 +1,4 @@
-"""What finalize shows: the comparison tables (markdown, CSV) and the run's pictures (PNGs in plots/).
+"""What finalize shows beside its tables (tune/reports/tables.py): the run's pictures (PNGs in plots/).
 
 Figures are built with matplotlib's object API on the Agg canvas, never pyplot: no global
 backend switch, no figures left open, safe in a headless worker. One failing plot is logged
@@ -7,7 +7,6 @@ and skipped, because the numbers it would show are already saved in comparison.j
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from tune.core import UserError, atomic_write_bytes
-from tune.runs.layout import HISTORY, PREDICTIONS, Run, read_json
+from tune.runs.layout import Run, read_json
+from tune.training.records import HISTORY, PREDICTIONS
 
 STATUS_COLORS = {"completed": "tab:green", "early_stopped": "tab:blue", "stopped_by_asha": "tab:gray",
                  "diverged": "tab:red", "errored": "tab:red"}
@@ -48,144 +48,6 @@ def note(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
-
-
-# --------------------------------------------------------------------------- the comparison tables
-COLUMNS = [("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1-Score"),
-           ("auc", "AUC Score")]  # the notebook's table
-
-
-def _pm(c: dict[str, Any]) -> str:
-    """mean ± t half-width (no ± with a single seed, where the interval is undefined; "± n/a" for one predictor,
-    an ensemble or the chosen seed, which has no interval over seeds)."""
-    if c["t_half"] is None:
-        return f"{c['mean']:.3f} ± n/a"
-    return f"{c['mean']:.3f}" + ("" if c["t_half"] != c["t_half"] else f" ± {c['t_half']:.3f}")
-
-
-def render_markdown(cmp: dict[str, Any]) -> str:
-    seeds = len(cmp["rows"][0]["seeds"])
-    lines = [f"## Test results: run {cmp['run']} ({cmp['n_test']} test images, {seeds} seed(s) per model)", ""]
-    for rule, text in cmp["threshold_rules"].items():
-        lines += [f"At {text}:", "", "| Model | " + " | ".join(h for _, h in COLUMNS) + " |",
-                  "|---|" + "---|" * len(COLUMNS)]
-        lines += [f"| {r['model']} | " + " | ".join(cell(r[rule][m]) for m, _ in COLUMNS) + " |" for r in cmp["rows"]]
-        lines.append("")
-    lines += ["Threshold-free (mean ± 95% t half-width over seeds):", "", "| Model | Average precision | EER |",
-              "|---|---|---|"]
-    lines += [f"| {r['model']} | {_pm(r['at_0.5']['ap'])} | {_pm(r['at_0.5']['eer'])} |" for r in cmp["rows"]]
-    lines += ["", caption(cmp), ""] + verdict_lines(cmp)
-    if "ensembles" in cmp:  # comparison.json files from before ensembles have none
-        head, rows = ensemble_table(cmp)
-        lines += ["", "### Ensembles and flip TTA", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        lines += ["", ensemble_caption(cmp), ""] + ensemble_lines(cmp)
-    return "\n".join(lines) + "\n"
-
-
-def cell(c: dict[str, Any]) -> str:
-    """A comparison cell: mean ± t half-width [bootstrap interval]."""
-    return f"{_pm(c)} [{c['boot_low']:.3f}, {c['boot_high']:.3f}]"
-
-
-def caption(cmp: dict[str, Any]) -> str:
-    b = cmp["bootstrap"]
-    return (f"Cells: mean over seeds ± half-width of its 95% t-interval over seeds [95% bootstrap interval over "
-            f"test images: {b['resamples']} resamples stratified by class, numpy seed {b['numpy_seed']}, each "
-            "resample's metric averaged over seeds]. Positive class: Fake.")
-
-
-def verdict_lines(cmp: dict[str, Any]) -> list[str]:
-    """The best model by accuracy and by AUC, and whether its lead over the runner-up is significant."""
-    lines = [f"Skipped by the search: {arch} ({why})." for arch, why in cmp.get("skipped", {}).items()]
-    for m, name in (("accuracy", "accuracy at threshold 0.5"), ("auc", "AUC")):
-        e = cmp["best"][m]
-        if e.get("tie"):
-            line = f"By {name}: {e['model']} and {e['runner_up']} tie ({e['value']:.3f})"
-        else:
-            line = f"Best model by {name}: {e['model']} ({e['value']:.3f})"
-        if "p_value" in e:
-            verdict = "significant" if e["significant"] else "not significant"
-            line += (f"; vs {e['runner_up']} ({e['runner_up_value']:.3f}): difference {e['difference']:+.3f}, "
-                     f"paired bootstrap p = {e['p_value']:.3f}, {verdict} at α = {cmp['alpha']}")
-        lines.append(line + ".")
-    return lines
-
-
-# The "Ensembles and flip TTA" table's columns after Model and Predictor: (header, threshold rule, metric, and
-# whether the cell is the paired test against the chosen seed rather than the value).
-ENSEMBLE_COLUMNS = [("AUC", "at_0.5", "auc", False), ("AUC vs chosen seed", "at_0.5", "auc", True),
-                    ("Accuracy at valid threshold", "at_valid_threshold", "accuracy", False),
-                    ("Accuracy at valid threshold vs chosen seed", "at_valid_threshold", "accuracy", True),
-                    ("F1 at valid threshold", "at_valid_threshold", "f1", False),
-                    ("Accuracy at 0.5", "at_0.5", "accuracy", False)]
-
-
-def _vs(r: dict[str, Any], rule: str, m: str) -> str:
-    if "vs_chosen" not in r:
-        return "reference"
-    e = r["vs_chosen"][rule][m]
-    return f"{e['difference']:+.3f}, p = {e['p_value']:.3f}" + (" (significant)" if e["significant"] else "")
-
-
-def ensemble_table(cmp: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of every predictor of every model (tune.evaluation.ensembles), with its paired test against the
-    chosen seed; plain text, for comparison.md and (escaped) the HTML report."""
-    return ["Model", "Predictor", *(h for h, *_ in ENSEMBLE_COLUMNS)], [
-        [r["model"], r["predictor"], *(_vs(r, rule, m) if vs else cell(r[rule][m]) for _, rule, m, vs in
-                                       ENSEMBLE_COLUMNS)] for r in cmp["ensembles"]["rows"]]
-
-
-def ensemble_caption(cmp: dict[str, Any]) -> str:
-    return ("Predictors of each model: the chosen seed (the exported one, the reference); its seeds each alone (the "
-            "main table's row), and each with flip test-time augmentation (TTA: P = mean of P(fake) of the image and "
-            "of its mirror image); the ensemble of its seeds (one predictor: P = mean of the seeds' P(fake)), and "
-            "the ensemble with flip TTA. Cells of the seeds: mean ± 95% t half-width over seeds [95% bootstrap "
-            "interval over test images]; of one predictor (the chosen seed, an ensemble): value ± n/a (one model "
-            "has no interval over seeds) [the same bootstrap, on the same resamples]. Each predictor's valid "
-            "threshold is Youden's J on its own validation probabilities. vs chosen seed: the difference and its "
-            f"two-sided paired bootstrap p (the same resamples), significant at α = {cmp['alpha']}.")
-
-
-def ensemble_lines(cmp: dict[str, Any]) -> list[str]:
-    """One sentence per model: does the ensemble of its seeds beat the chosen (exported) seed on test AUC?"""
-    ens = {(r["name"], r["variant"]): r for r in cmp.get("ensembles", {}).get("rows", [])}
-    lines = []
-    for row in (r for r in cmp["rows"] if (r["name"], "ensemble") in ens):
-        e, t = (ens[row["name"], v]["vs_chosen"]["at_0.5"]["auc"] for v in ("ensemble", "ensemble_hflip"))
-        verdict = ("beats" if e["difference"] > 0 else "is worse than") if e["significant"] else \
-            "does not significantly beat"
-        k = len(row["seeds"])
-        lines.append(f"{row['model']}: the ensemble of {k} seed{'s' * (k != 1)} {verdict} the chosen seed: "
-                     f"AUC {e['value']:.3f} vs {e['chosen_value']:.3f} (seed {row['chosen_seed']}), "
-                     f"{e['difference']:+.3f}, paired bootstrap p = {e['p_value']:.3f}, {_significant(e)} at "
-                     f"α = {cmp['alpha']}; with flip TTA: AUC {t['value']:.3f}, {t['difference']:+.3f}, "
-                     f"p = {t['p_value']:.3f}, {_significant(t)}.")
-    return lines
-
-
-def _significant(e: dict[str, Any]) -> str:
-    return "significant" if e["significant"] else "not significant"
-
-
-def render_csv(cmp: dict[str, Any]) -> str:
-    """One line per model, predictor, threshold rule and metric. Each model's "seeds" lines are its main-table row;
-    the other predictors (tune.evaluation.ensembles) follow it, with their paired test against the chosen seed."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["model", "kind", "threshold_rule", "metric", "mean", "t_low", "t_high", "boot_low", "boot_high",
-                "seeds", "variant", "difference_vs_chosen", "p_vs_chosen", "significant_vs_chosen"])
-    rows = cmp["ensembles"]["rows"] if "ensembles" in cmp else [{**r, "variant": "seeds"} for r in cmp["rows"]]
-    for r in rows:
-        for rule in cmp["threshold_rules"]:
-            for m, c in r[rule].items():
-                vs = r.get("vs_chosen", {}).get(rule, {}).get(m, {})
-                w.writerow([r["name"], r["kind"], rule, m, c["mean"], *("n/a" if c[k] is None else c[k] for k in
-                                                                        ("t_low", "t_high")),
-                            c.get("boot_low", ""), c.get("boot_high", ""),
-                            1 if r["variant"] == "chosen_seed" else len(r["seeds"]), r["variant"],
-                            vs.get("difference", ""), vs.get("p_value", ""), vs.get("significant", "")])
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- data and the winners

@@ -10,15 +10,14 @@ reproduce it last.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from html import escape
 from pathlib import Path
 
 from tune.core import atomic_write_text
-from tune.evaluation import tradeoff
 from tune.reports import sections as sec
+from tune.reports import tradeoff
 from tune.runs.layout import Run
 
 Log = Callable[[str], None]
@@ -164,23 +163,3 @@ def write_report(run_dir: Path, *, log: Log = print) -> Path:
     return path
 
 
-def cmd_report(a: argparse.Namespace) -> int:
-    from tune.runs.layout import resolve_run, results_root
-
-    run = resolve_run(a.run, results_root(a.storage))
-    t0 = time.perf_counter()
-    path = write_report(run)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s)")
-    if a.open:
-        import webbrowser
-
-        webbrowser.open(path.absolute().as_uri())
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="write results/RUN/report.html, one self-contained page (works mid-search)")
-    p.add_argument("run", nargs="?", help="run name under results/ or a run folder (default: newest)")
-    p.add_argument("--storage", help="folder holding run folders (default: results)")
-    p.add_argument("--open", action="store_true", help="open the page in the default web browser")
-    p.set_defaults(func=cmd_report)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from tune.reports.charts import figure_div, figure_png, png_uri, study_charts
-from tune.runs.layout import PREDICTIONS, Run
+from tune.runs.layout import Run
+from tune.training.records import PREDICTIONS
 
 
 @dataclass
@@ -61,45 +62,49 @@ def cmd(*parts: str) -> str:
 
 # --------------------------------------------------------------------------- 1-2: the test results
 def verdict(ctx: Context) -> str:
-    from tune.reports.figures import COLUMNS, cell, verdict_lines
+    from tune.metrics.cells import cell_of
+    from tune.reports.tables import REPORT, Table, label, rule_name, verdict_lines
 
     cmp = ctx.cmp
     assert cmp is not None
     best = cmp["best"]["auc"]
     row = next(r for r in cmp["rows"] if r["name"] == best["model"])
     seeds = len(row["seeds"])
-    head = (f'<p class="headline">Best model by test AUC: <b>{escape(row["model"])}</b>, AUC '
-            f'{cell(row["at_0.5"]["auc"])} on {cmp["n_test"]} test images ({seeds} seed(s)).</p>')
-    rows = [[escape(text.split(":")[0].split(" (")[0])] + [cell(row[rule][m]) for m, _ in COLUMNS]
-            for rule, text in cmp["threshold_rules"].items()]
-    lines = "".join(f'<li class="{"sig" if cmp["best"][m].get("significant") else "ns"}">{escape(ln)}</li>'
-                    for m, ln in zip(("accuracy", "auc"), verdict_lines(cmp)))  # verdict_lines' order
+    head = (f'<p class="headline">Best model by test {escape(label("auc"))}: <b>{escape(row["model"])}</b>, '
+            f'{escape(cell_of(row["at_0.5"]["auc"]).text())} on {cmp["n_test"]} test images ({seeds} seed(s)).</p>')
+    said = verdict_lines(cmp)  # the skipped architectures, then the accuracy and the AUC lines
+    lines = "".join(f"<li>{escape(ln)}</li>" for ln in said[:-2]) + "".join(
+        f'<li class="{"sig" if cmp["best"][m].get("significant") else "ns"}">{escape(ln)}</li>'
+        for m, ln in zip(("accuracy", "auc"), said[-2:]))
+    table = Table(["Threshold", *(label(m) for m in REPORT)],
+                  [[rule_name(rule), *(cell_of(row[rule][m]).text() for m in REPORT)]
+                   for rule in cmp["threshold_rules"]])
     return (head + f'<ul class="verdict">{lines}</ul>'
-            + "<p>Its test metrics (mean ± t half-width over seeds [95% bootstrap interval]):</p>"
-            + table(["Threshold"] + [h for _, h in COLUMNS], rows))
+            + "<p>Its test metrics (mean ± t half-width over seeds [95% bootstrap interval]):</p>" + table.html())
 
 
 def comparison(ctx: Context) -> str:
-    from tune.reports.figures import COLUMNS, _pm, caption, cell, ensemble_caption, ensemble_lines, ensemble_table
+    from tune.reports.tables import (
+        RANKING_METRICS,
+        REPORT,
+        comparison_caption,
+        ensemble_lines,
+        ensemble_table,
+        rule_table,
+    )
 
     cmp = ctx.cmp
     assert cmp is not None
     out = [f"<p>Run {escape(cmp['run'])}: {cmp['n_test']} test images, {len(cmp['rows'][0]['seeds'])} seed(s) per "
            "model.</p>"]
     for rule, text in cmp["threshold_rules"].items():
-        out.append(f"<h3>At {escape(text)}</h3>")
-        out.append(table(["Model"] + [h for _, h in COLUMNS],
-                         [[escape(r["model"])] + [cell(r[rule][m]) for m, _ in COLUMNS] for r in cmp["rows"]]))
-    out.append("<h3>Threshold-free (mean ± 95% t half-width over seeds)</h3>")
-    out.append(table(["Model", "Average precision", "EER"],
-                     [[escape(r["model"]), _pm(r["at_0.5"]["ap"]), _pm(r["at_0.5"]["eer"])] for r in cmp["rows"]]))
-    out.append(f'<p class="note">{escape(caption(cmp))}</p>')
+        out.append(f"<h3>At {escape(text)}</h3>" + rule_table(cmp["rows"], rule, REPORT).html())
+    out.append("<h3>Threshold-free</h3>" + rule_table(cmp["rows"], "at_0.5", [m for m in RANKING_METRICS
+                                                                               if m != "auc"]).html())
+    out.append(f'<p class="note">{escape(comparison_caption(cmp))}</p>')
     if "ensembles" in cmp:  # comparison.json files from before ensembles have none
-        head, rows = ensemble_table(cmp)
-        out.append("<h3>Ensembles and flip TTA</h3>" + table([escape(h) for h in head],
-                                                             [[escape(c) for c in r] for r in rows]))
+        out.append("<h3>Ensembles and flip TTA</h3>" + ensemble_table(cmp).html())
         out.append('<ul class="ensembles">' + "".join(f"<li>{escape(ln)}</li>" for ln in ensemble_lines(cmp)) + "</ul>")
-        out.append(f'<p class="note">{escape(ensemble_caption(cmp))}</p>')
     if "evaluation" not in cmp:
         out.append('<p class="note">No per-source or robustness tables: this run was finalized without extra test '
                    "sets.</p>")
@@ -136,39 +141,19 @@ def explanations(ctx: Context) -> str:
 
 
 # --------------------------------------------------------------------------- 4: evaluation.json (shared contract)
-def _interval(c: dict[str, Any] | None) -> str:
-    if not c or c.get("value") is None:
-        return "n/a"
-    return f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
-
-
 def evaluation(ctx: Context) -> str:
+    from tune.reports.tables import evaluation_table, paired_table
+
     ev = (ctx.cmp or {})["evaluation"]
     b = ev.get("bootstrap", {})
-    out = [f"<p>Cells: value [{b.get('level', 0.95):.0%} bootstrap interval: {b.get('resamples', '?')} resamples, "
-           f"seed {b.get('seed', '?')}{', stratified by class' if b.get('stratified') else ''}]. At threshold: each "
-           "model's recorded threshold.</p>"]
-    head = ["Model", "Source", "Condition", "Fake", "Real", "AUC", "AP", "EER", "Accuracy at threshold",
-            "F1 at threshold", "Note"]
-
-    def rows(keep: Any) -> list[list[str]]:
-        return [[escape(str(r["model"])), escape(str(r["source"])), escape(str(r["condition"])), str(r["n_fake"]),
-                 str(r["n_real"]), _interval(r.get("auc")), _interval(r.get("ap")), _interval(r.get("eer")),
-                 _interval(r.get("at_threshold", {}).get("accuracy")), _interval(r.get("at_threshold", {}).get("f1")),
-                 escape(r.get("note") or "")] for r in ev["rows"] if keep(r)]
-
-    clean = rows(lambda r: r["condition"] == "clean")
-    perturbed = rows(lambda r: r["condition"] != "clean")
-    out.append("<h3>Per source (clean images)</h3>" + (table(head, clean) if clean else "<p>No clean rows.</p>"))
-    if perturbed:
-        out.append("<h3>Robustness (perturbed images)</h3>" + table(head, perturbed))
+    out = [f"<p>Cells: value [{b.get('level', 0.95):.0%} bootstrap interval: {b.get('resamples', '?')} resamples"
+           f"{', stratified by class' if b.get('stratified') else ''}]. At valid: each model's threshold chosen on "
+           "valid.</p>"]
+    for cond in ev["conditions"]:
+        title = "Per source (clean images)" if cond["name"] == "clean" else f"Robustness: {cond['name']}"
+        out.append(f"<h3>{escape(title)}</h3>" + evaluation_table(ev, cond["name"]).html())
     if ev.get("paired"):
-        out.append("<h3>Paired differences</h3>" + table(
-            ["Source", "Condition", "A", "B", "Metric", "Difference", "p", "Significant"],
-            [[escape(str(p["source"])), escape(str(p["condition"])), escape(str(p["a"])), escape(str(p["b"])),
-              escape(str(p["metric"])), f"{p['difference']:+.3f}" if p.get("difference") is not None else "n/a",
-              f"{p['p_value']:.3f}" if p.get("p_value") is not None else "n/a",
-              "yes" if p.get("significant") else "no"] for p in ev["paired"]]))
+        out.append("<h3>Paired differences</h3>" + paired_table(ev).html())
     for name, rel in (ev.get("plots") or {}).items():
         path = ctx.run.path / rel
         if path.is_file() and path.suffix.lower() == ".png":

@@ -34,7 +34,7 @@ def record_path(model_path: Path) -> Path:
     """models/ARCH.pth → models/ARCH.json; best.pth → record.json in the same folder."""
     model_path = Path(model_path)
     sibling = model_path.with_suffix(".json")
-    from tune.runs.layout import RECORD, WEIGHTS
+    from tune.training.records import RECORD, WEIGHTS
 
     if sibling.is_file() or model_path.name != WEIGHTS:
         return sibling

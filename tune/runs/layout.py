@@ -31,13 +31,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tune.core import UserError, atomic_write_json
 
-# What one training leaves in its folder: a `train --out` folder, and each of finalize's seed folders.
-WEIGHTS = "best.pth"  # the state_dict
-HISTORY = "history.csv"  # one row per epoch
-RECORD = "record.json"  # everything else: config, seed, data fingerprints, weights source, versions
-PREDICTIONS = "predictions.csv"  # finalize's seed folders only: P(fake) of every test image, plain and flipped
-VALID_PREDICTIONS = "valid_predictions.csv"  # the same of every valid image: each variant's threshold is chosen there
-
 if TYPE_CHECKING:
     import pyarrow.fs
 

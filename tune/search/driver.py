@@ -14,7 +14,6 @@ run.json), then `run` (Ray, the caches, one Tuner per experiment: the search, or
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -29,6 +28,7 @@ from tune.data.images import ImageSet, load_split
 from tune.runs.layout import Run, exists, experiment_name, join, trial_folder, trials_root_for
 from tune.runs.trials import SCORE, kept_score, last_timestamp
 from tune.search.budget import Budget
+from tune.search.cluster import loopback_only, quiet_ray, slots, start_ray
 from tune.search.space import Budget as SpaceBudget
 from tune.search.space import DefineByRun, Param, Resources, SearchSpace, check_rule, load_space
 from tune.training.config import TrainConfig
@@ -98,27 +98,6 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
 
 def trial_dirname(trial: Any) -> str:
     return trial_folder(trial.config.get("arch", "trial"), trial.trial_id)
-
-
-def quiet_ray() -> None:
-    """Keep the screen for our own progress lines (Ray's INFO chatter and snapshot warnings go), and
-    snapshot the experiment often enough for --resume after a crash."""
-    import logging
-
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Ray snapshots the experiment every >= 10 s by default; a SIGKILL then finds trials pointing at checkpoints
-    # rotated away since (seen: epochs of 0.1 s). Every 2 s, with two checkpoints kept per trial, a crash loses
-    # at most the last 2 s of results unless a trial checkpoints twice within them.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    for name in ("ray.tune", "ray.train", "ray.air"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def loopback_only() -> None:
-    """Make a local Ray bind every server to 127.0.0.1. On Linux Ray otherwise swaps "localhost"
-    for the machine's reachable IP and listens on all interfaces. Must run before `import ray`."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def space_from_record(d: dict[str, Any]) -> SearchSpace:
@@ -253,31 +232,6 @@ def prepare(opts: SearchOptions, run: Run, old: dict[str, Any] | None, space: Se
 
 
 # --------------------------------------------------------------------------- run
-def start_ray(address: str | None) -> bool:
-    """Join the cluster at `address`, or start a fresh local Ray (never silently joining another one on this
-    machine; every server on 127.0.0.1, no dashboard). False when Ray was already up in this process."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    return True
-
-
-def slots(space: SearchSpace) -> int:
-    """How many trials run at once: the cluster's CPUs (and GPUs, with CUDA) over what one trial takes."""
-    import ray
-
-    res, r = ray.cluster_resources(), space.resources
-    n = res.get("CPU", 1) // r.cpus_per_trial
-    if torch.cuda.is_available() and r.gpus_per_trial:
-        n = min(n, res.get("GPU", 0) // r.gpus_per_trial)
-    return max(1, int(n))
-
-
 def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: dict[str, Any], k: int, budget: Budget,
                opts: SearchOptions, location: str, n_slots: int) -> Any:
     """A new Tuner for experiment k, or (--resume) the interrupted one restored."""

@@ -12,7 +12,6 @@ normalisation inside, and outputs P(fake) (the sigmoid of the logit), shape (N,)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError, atomic_write_bytes, atomic_write_text
-from tune.runs.inference import MODEL_FILES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -131,19 +129,3 @@ def export(model: Path, fmt: str = "onnx", out: Path | None = None) -> dict[str,
     return {**info, "path": str(out), "card": str(out.parent / "MODEL_CARD.md")}
 
 
-def cmd_export(a: argparse.Namespace) -> int:
-    info = export(a.model, a.format, a.out)
-    p = info["parity"]
-    print(f"wrote {info['path']} ({info['format']}, opset {info['opset']}; input {info['input']} float [0,1] NCHW, "
-          f"output {info['output']} = P(fake)); parity on {p['n']} {p['images']} images: max |Δ| "
-          f"{p['max_abs_diff']:.2e} <= {p['limit']:.0e}; model card: {info['card']}")
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX (parity-checked under onnxruntime) with a model card")
-    p.add_argument("--model", type=Path, required=True, help=MODEL_FILES)
-    p.add_argument("--format", default="onnx", choices=FORMATS)
-    p.add_argument("--out", type=Path, help="output file (default: MODEL_DIR/STEM-onnx/model.onnx); "
-                   "MODEL_CARD.md is written beside it")
-    p.set_defaults(func=cmd_export)

@@ -16,18 +16,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import file_sha256
+from tune.metrics.cells import cell_of
+from tune.metrics.classification import METRICS, THRESHOLD_RULES
+from tune.reports.tables import Table, cell_at, label, rule_name
 
 if TYPE_CHECKING:
     from tune.runs.inference import LoadedModel
 
-RULES = {"at_valid_threshold": "at the threshold chosen on valid", "at_0.5": "at 0.5"}
-SHOWN = ("accuracy", "precision", "recall", "f1", "auc", "ap", "eer")
 
 
 def related_files(loaded: LoadedModel) -> dict[str, Path]:
     """The files of a run folder that say more about this model. The one place that builds run-folder
     paths here: models/ARCH.pth and finalize/NAME/seedS/best.pth live in RUN/, a train folder in itself."""
-    from tune.runs.layout import PREDICTIONS, WEIGHTS, run_of_model
+    from tune.runs.layout import run_of_model
+    from tune.training.records import PREDICTIONS, WEIGHTS
 
     path = loaded.path.absolute()
     src = Path(loaded.record["source"]) if loaded.record.get("source") else path.parent
@@ -51,47 +53,41 @@ def _clean(x: Any) -> Any:
 
 
 def test_metrics(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] | None:
-    """{rule: {metric: {value, low, high}}} from the record's test metrics; intervals from this model's
-    own test predictions (stratified bootstrap, seeded) when finalize saved them for this exact file."""
+    """{rule: {metric: cell}} of this model on the test split: from its own test predictions through the one engine
+    (tune.metrics.bootstrap.score, as finalize and evaluate) when finalize saved them for this exact file, else
+    the record's test metrics without intervals."""
+    from tune.metrics.cells import Cell
+
     record = loaded.record
     metrics = record.get("test_metrics") or record.get("test")
     if not metrics:
         return None
     out: dict[str, Any] = {"n_test": None, "interval": None, "rules": {}}
-    boot: dict[str, dict[str, Any]] = {}
     pred = files.get("predictions")
     same_weights = "weights_of_predictions" in files and file_sha256(files["weights_of_predictions"]) == loaded.sha256
-    y = p = None
     if pred is not None and same_weights:
+        from tune.metrics import bootstrap as stats
         from tune.training.records import read_predictions
 
         try:
             _, y, p = read_predictions(pred)
         except (OSError, ValueError, KeyError) as e:  # no intervals, rather than no description
             out["interval"] = f"none: {pred.name} is unreadable ({type(e).__name__})"
-            y = p = None
-    if y is not None and p is not None:
-        import numpy as np
-
-        from tune.metrics import bootstrap as stats
-
-        out["n_test"] = len(y)
-        out["interval"] = (f"95% percentile bootstrap over test images ({stats.RESAMPLES} stratified resamples, "
-                           f"numpy seed {stats.SEED})")
-        for rule, t in (("at_valid_threshold", loaded.threshold), ("at_0.5", 0.5)):
-            samples = stats.bootstrap(y, {"m": (p[None, :], [t])})["m"]
-            boot[rule] = {m: stats.percentile_interval(s) for m, s in samples.items() if not np.isnan(s).all()}
-    for rule in RULES:
-        if rule not in metrics:
-            continue
-        row = {}
-        for m in SHOWN:
-            if m in metrics[rule]:
-                low, high = boot.get(rule, {}).get(m, (None, None))
-                row[m] = {"value": metrics[rule][m], "low": low, "high": high}
-        out["rules"][rule] = row
-        if out["n_test"] is None and all(k in metrics[rule] for k in ("tp", "fp", "fn", "tn")):
-            out["n_test"] = sum(int(metrics[rule][k]) for k in ("tp", "fp", "fn", "tn"))
+        else:
+            one = stats.Predictor(p[None, :], {"at_valid_threshold": [loaded.threshold], "at_0.5": [0.5]},
+                                  over_seeds=False)
+            fingerprint = (record.get("data") or {}).get("test_fingerprint") or "0"
+            cells, _ = stats.score(y, {"m": one}, fingerprint=fingerprint)
+            out.update(n_test=len(y), rules={rule: {m: c.to_dict() for m, c in got.items()}
+                                             for rule, got in cells["m"].items()},
+                       interval=f"95% percentile bootstrap over test images ({stats.RESAMPLES} stratified resamples, "
+                                "seeded by the test split's fingerprint)")
+            return out
+    for rule in THRESHOLD_RULES:
+        if rule in metrics:
+            out["rules"][rule] = {m: Cell(metrics[rule][m]).to_dict() for m in METRICS if m in metrics[rule]}
+            if out["n_test"] is None and all(k in metrics[rule] for k in ("tp", "fp", "fn", "tn")):
+                out["n_test"] = sum(int(metrics[rule][k]) for k in ("tp", "fp", "fn", "tn"))
     return out
 
 
@@ -111,8 +107,8 @@ def evaluation(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] | 
     if not ev:
         return None
     names = [m.get("name") for m in ev.get("models", []) if m.get("sha256") in (loaded.sha256, None)]
-    rows = [{"source": r.get("source"), "condition": r.get("condition"), "auc": r.get("auc"), "note": r.get("note", "")}
-            for r in ev.get("rows", []) if r.get("model") in names]
+    rows = [{"source": r.get("source"), "condition": r.get("condition"), "auc": cell_at(r, "auc").to_dict(),
+             "note": r.get("note", "")} for r in ev.get("rows", []) if r.get("model") in names]
     if not rows:
         return None
     return {"sources": [{k: s.get(k) for k in ("name", "n_fake", "n_real", "fingerprint")}
@@ -133,13 +129,6 @@ def describe(loaded: LoadedModel) -> dict[str, Any]:
         "chosen_by": r.get("chosen_by"), "valid_best": r.get("best"), "valid_score": r.get("valid_score"),
         "test_metrics": test_metrics(loaded, files), "evaluation": evaluation(loaded, files),
         "versions": r.get("versions"), "device_trained_on": r.get("device"), "notes": loaded.notes})
-
-
-def _cell(c: dict[str, Any] | None) -> str:
-    if not c or c.get("value") is None:
-        return "n/a"
-    s = f"{c['value']:.3f}"
-    return s + (f" [{c['low']:.3f}, {c['high']:.3f}]" if c.get("low") is not None else "")
 
 
 def render_card(d: dict[str, Any], export: dict[str, Any]) -> str:
@@ -171,9 +160,9 @@ def render_card(d: dict[str, Any], export: dict[str, Any]) -> str:
     if tm and tm.get("rules"):
         lines += [f"Test split ({tm.get('n_test') or '?'} images, read once by finalize). Cells: value "
                   f"[{tm.get('interval') or 'no interval: the test predictions were not found'}].", "",
-                  "| rule | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 1) + "|"]
-        for rule, row in tm["rules"].items():
-            lines.append(f"| {RULES[rule]} | " + " | ".join(_cell(row.get(m)) for m in SHOWN) + " |")
+                  Table(["Threshold", *(label(m) for m in METRICS)],
+                        [[rule_name(rule), *(cell_of(row.get(m)).text() for m in METRICS)]
+                         for rule, row in tm["rules"].items()]).markdown()]
     else:
         vb = d.get("valid_best") or {}
         lines.append("No test-split evaluation is recorded for this file (a `train` folder's model). Best "
@@ -185,7 +174,7 @@ def render_card(d: dict[str, Any], export: dict[str, Any]) -> str:
         srcs = ", ".join(f"{s['name']} ({s.get('n_fake')} fake / {s.get('n_real')} real)" for s in ev["sources"])
         lines += [f"- Evaluated on generators/sources: {srcs}; conditions: {', '.join(ev['conditions'])}.",
                   "- AUC per source and condition: " + "; ".join(
-                      f"{r['source']}/{r['condition']} {_cell(r['auc'])}" for r in ev["rows"]) + "."]
+                      f"{r['source']}/{r['condition']} {cell_of(r['auc']).text()}" for r in ev["rows"]) + "."]
     else:
         lines.append("- Not evaluated on other generators or perturbations (no `evaluate` results for this model): "
                      "expect lower scores on fakes from generators unlike the training data, and after "

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError, atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, library_versions
 from tune.metrics.classification import HELDOUT, METRICS
-from tune.runs.layout import HISTORY, RECORD, WEIGHTS
 from tune.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -18,6 +17,13 @@ if TYPE_CHECKING:
 
     from tune.data.images import ImageSet
     from tune.training.loop import FitResult
+
+# What one training leaves in its folder: a `train --out` folder, and each of finalize's seed folders.
+WEIGHTS = "best.pth"  # the state_dict
+HISTORY = "history.csv"  # one row per epoch
+RECORD = "record.json"  # everything else: config, seed, data fingerprints, weights source, versions
+PREDICTIONS = "predictions.csv"  # finalize's seed folders only: P(fake) of every test image, plain and flipped
+VALID_PREDICTIONS = "valid_predictions.csv"  # the same of every valid image: each variant's threshold is chosen there
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", *(f"val_{k}" for k in METRICS), "lr", "epoch_time",
                   "best_epoch", "ended"]

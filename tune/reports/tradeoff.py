@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from tune.metrics.classification import HELDOUT, best_index
-from tune.reports.sections import Context, table
+from tune.reports.sections import Context
+from tune.reports.tables import Table, label
 
 IN_DOMAIN, HELD_OUT = "val_auc", f"{HELDOUT}_auc"
 
@@ -31,13 +32,15 @@ def validation(records: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def summary(rows: list[dict[str, Any]], records: dict[str, list[dict[str, Any]]],
-            boot: dict[Any, dict[str, np.ndarray]], alpha: float) -> dict[str, Any]:
+            samples: dict[str, dict[str, np.ndarray]], alpha: float) -> dict[str, Any]:
     """comparison.json's "tradeoff": each model's validation AUCs beside its test AUC, the model each
-    validation picks among the tuned ones, and (when they differ) the paired bootstrap of the two on test."""
+    validation picks among the tuned ones, and (when they differ) the paired bootstrap of the two on test
+    (`samples`: each model's bootstrap samples, from tune.metrics.bootstrap.score)."""
     from tune.metrics import bootstrap as stats
+    from tune.metrics.cells import cell_of
 
     table_rows = [{"name": r["name"], "model": r["model"], "kind": r["kind"], **validation(records[r["name"]]),
-                   "test_auc": r["at_0.5"]["auc"]["mean"]} for r in rows]
+                   "test_auc": cell_of(r["at_0.5"]["auc"]).value} for r in rows]
     tuned = [t for t in table_rows if t["kind"] == "tuned"]
     out: dict[str, Any] = {"rows": table_rows, "alpha": alpha}
     picks = [best_index([t.get(k, math.nan) for t in tuned], "max") for k in (IN_DOMAIN, HELD_OUT)]
@@ -47,7 +50,7 @@ def summary(rows: list[dict[str, Any]], records: dict[str, list[dict[str, Any]]]
     out.update(in_domain_winner=a["name"], held_out_winner=b["name"], agree=a is b)
     if a is not b:
         diff = a["test_auc"] - b["test_auc"]
-        p = stats.paired_p_value(boot[a["name"], "seeds"]["auc"], boot[b["name"], "seeds"]["auc"], diff)
+        p = stats.paired_p_value(samples[a["name"]]["auc"], samples[b["name"]]["auc"], diff)
         out.update(test_difference=diff, p_value=p, significant=bool(p < alpha))
     return out
 
@@ -77,10 +80,11 @@ def columns(t: dict[str, Any]) -> list[str]:
     return [IN_DOMAIN, HELD_OUT, *(per_source if len(per_source) > 1 else [])]
 
 
-def _cells(t: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def tradeoff_table(t: dict[str, Any]) -> Table:
     cols = columns(t)
-    return (["Model", *cols, "test AUC"],
-            [[r["model"], *(f"{r.get(c, math.nan):.3f}" for c in cols), f"{r['test_auc']:.3f}"] for r in t["rows"]])
+    return Table(["Model", *cols, f"test {label('auc')}"],
+                 [[r["model"], *(f"{r.get(c, math.nan):.3f}" for c in cols), f"{r['test_auc']:.3f}"]
+                  for r in t["rows"]], CAPTION)
 
 
 CAPTION = ("Validation AUC of each model's retrained seeds at their kept epochs, mean over seeds: val_auc on the "
@@ -94,10 +98,8 @@ def markdown(cmp: dict[str, Any]) -> str:
     t = cmp.get("tradeoff")
     if not t:
         return ""
-    head, rows = _cells(t)
-    lines = ["", "### In-domain vs held-out validation", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", CAPTION, ""] + ([sentence(t)] if sentence(t) else [])
+    lines = ["", "### In-domain vs held-out validation", "", tradeoff_table(t).markdown()]
+    lines += [sentence(t)] if sentence(t) else []
     return "\n".join(lines) + "\n"
 
 
@@ -143,9 +145,7 @@ def section(ctx: Context) -> str:
            f"{escape(rule)}.</p>"]
     t = (ctx.cmp or {}).get("tradeoff")
     if t:
-        head, rows = _cells(t)
-        out += [table([escape(h) for h in head], [[escape(c) for c in r] for r in rows]),
-                f'<p class="note">{escape(CAPTION)}</p>']
+        out += [tradeoff_table(t).html()]
         out += [f'<p class="headline">{escape(sentence(t))}</p>'] if sentence(t) else []
     if IN_DOMAIN in ctx.board and ctx.board[[IN_DOMAIN, HELD_OUT]].notna().all(axis=1).any():
         out.append(f'<div class="chart">{figure_div(scatter(ctx), "tradeoff-scatter")}</div>')

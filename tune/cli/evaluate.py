@@ -1,0 +1,55 @@
+"""`python -m tune evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tune.cli.common import add_storage, run_folder
+from tune.core import UserError
+from tune.runs.inference import MODEL_FILES
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="per-source (generator) and per-perturbation tables for trained detectors")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", type=Path, action="append", help=f"{MODEL_FILES}; repeatable")
+    who.add_argument("--run", help="every exported winner of this run (results/RUN/models/*.pth)")
+    p.add_argument("data", type=Path, nargs="+", metavar="DATA", help=(
+                   "a folder with Fake/ and Real/ (any case) or 0_real/ and 1_fake/, or a parent of such folders "
+                   "(one source per sub-folder)"))
+    p.add_argument("--perturb", nargs="+", metavar="NAME=S1,S2", help=(
+                   "robustness conditions: jpeg=QUALITY,... blur=SIGMA,... resize=FACTOR,... (after DATA)"))
+    p.add_argument("--out", type=Path, help="output folder (default: results/eval-DATE-TIME)")
+    add_storage(p)
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and count them")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    from tune.data.perturb import parse_perturb
+    from tune.data.sources import find_sources
+    from tune.evaluation.evaluate import evaluate, load_models
+    from tune.reports.evaluation import render_markdown
+    from tune.runs.layout import Run, evaluation_folder, results_root
+
+    if a.resamples < 10 or a.seed < 0:
+        raise UserError(f"--resamples must be >= 10 and --seed >= 0, got {a.resamples} and {a.seed}")
+    conditions = parse_perturb(a.perturb)  # every input is checked before any image is scored
+    if a.run:
+        paths = Run(run_folder(a)).winners()
+    else:
+        paths = a.model
+    models = load_models(paths)
+    for m in models:
+        for note in m.notes:
+            print(f"note: {note}")
+    sources = find_sources(a.data)
+    out = a.out or evaluation_folder(results_root(a.storage))
+    result = evaluate(models, sources, conditions, out, skip_bad=a.skip_bad_images, resamples=a.resamples,
+                      seed=a.seed)
+    print(render_markdown(result), end="")
+    print(f"wrote {out}/evaluation.{{md,csv,json}}, scores.csv and {len(result['plots'])} plot(s)")
+    return 0

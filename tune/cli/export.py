@@ -1,0 +1,29 @@
+"""`python -m tune export`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tune.runs.inference import MODEL_FILES
+from tune.serving.export import FORMATS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX (parity-checked under onnxruntime) with a model card")
+    p.add_argument("--model", type=Path, required=True, help=MODEL_FILES)
+    p.add_argument("--format", default="onnx", choices=FORMATS)
+    p.add_argument("--out", type=Path, help="output file (default: MODEL_DIR/STEM-onnx/model.onnx); "
+                   "MODEL_CARD.md is written beside it")
+    p.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    from tune.serving.export import export
+
+    info = export(a.model, a.format, a.out)
+    p = info["parity"]
+    print(f"wrote {info['path']} ({info['format']}, opset {info['opset']}; input {info['input']} float [0,1] NCHW, "
+          f"output {info['output']} = P(fake)); parity on {p['n']} {p['images']} images: max |Δ| "
+          f"{p['max_abs_diff']:.2e} <= {p['limit']:.0e}; model card: {info['card']}")
+    return 0

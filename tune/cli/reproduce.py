@@ -1,0 +1,35 @@
+"""`python -m tune reproduce`."""
+
+from __future__ import annotations
+
+import argparse
+
+from tune.cli.common import add_run, add_storage, run_folder
+from tune.core import cache_root
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="re-run one trial's recorded config and check its numbers exactly")
+    add_run(p)
+    p.add_argument("--trial", default="best", help="trial id (as in the leaderboard) or best (default: best)")
+    add_storage(p)
+    p.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    import torch
+
+    from tune.evaluation.reproduce import render, reproduce_trial
+
+    folder = run_folder(a)
+    rep = reproduce_trial(folder, a.trial, cache_dir=cache_root())
+    print(render(rep), end="")
+    bad = rep.differing
+    if bad:
+        print(f"NOT reproduced: {rep.arch} trial {rep.trial_id} differs at epoch(s) {', '.join(map(str, bad))}")
+        if torch.cuda.is_available():
+            print("note: this ran on CUDA, where some kernels are not bit-reproducible; exactness is promised on CPU")
+        return 1
+    print(f"reproduced exactly: {rep.arch} trial {rep.trial_id}, {len(rep.recorded)} epoch(s) x {len(rep.keys)} "
+          "metrics identical")
+    return 0

@@ -1,0 +1,97 @@
+"""`python -m tune train`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tune.cli.common import VALID_EXTRA_HELP, builtin_data
+from tune.core import UserError, cache_root
+
+if TYPE_CHECKING:
+    from tune.training.config import TrainConfig
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """Flags from the declarations: TrainConfig's options, then every registered architecture's own
+    hyperparameters (left unset, an architecture's default applies)."""
+    from tune.models.registry import REGISTRY
+    from tune.training.config import options
+
+    p.add_argument("--data", type=Path, help="dataset root (default: the built-in dataset)")
+    for f in options():
+        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
+                           help=f.metadata["help"])
+        else:
+            p.add_argument(flag, dest=f.name, type=type(f.default), default=f.default, choices=f.metadata["choices"],
+                           help=f"{f.metadata['help']} (default: %(default)s)")
+    owners: dict[str, list[str]] = {}
+    for arch in REGISTRY.values():
+        for name in arch.hparams:
+            owners.setdefault(name, []).append(arch.name)
+    for name, archs in owners.items():
+        spec = next(a.hparams[name] for a in REGISTRY.values() if name in a.hparams)
+        kind = {"int": int, "float": float}.get(spec.kind, str)
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                       help=f"{', '.join(archs)}: {spec.help} (default: the architecture's)")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and report the count")
+    p.add_argument("--valid-extra", type=Path, nargs="+", metavar="DIR", help=VALID_EXTRA_HELP)
+
+
+def train_config(a: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the flags describe; an architecture's hyperparameter given to another is refused."""
+    from tune.models.registry import REGISTRY
+    from tune.training.config import TrainConfig, options
+
+    flat = {f.name: getattr(a, f.name) for f in options()}
+    hp_names = {n for arch in REGISTRY.values() for n in arch.hparams}
+    flat.update({n: getattr(a, n) for n in hp_names if getattr(a, n, None) is not None})
+    return TrainConfig.from_dict(flat)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="one training run with early stopping (what every trial runs)")
+    _add_train_options(p)
+    p.add_argument("--out", type=Path, help="run folder (default: results/train-ARCH-TIME)")
+    p.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    import time
+
+    from tune.data.heldout import for_training
+    from tune.data.images import load_split
+    from tune.metrics.classification import needs_heldout
+    from tune.training.loop import fit
+    from tune.training.records import HISTORY, RECORD, WEIGHTS, save_run
+
+    cfg = train_config(a)  # fails fast, before reading any data
+    if needs_heldout(cfg.monitor) and not a.valid_extra:
+        raise UserError(f"--monitor {cfg.monitor} needs held-out validation sources: give --valid-extra DIR [DIR ...]")
+    root = (a.data or builtin_data()).absolute()
+    cache = cache_root() / "decoded" if cfg.use_cache else None
+    train = load_split(root, "train", cfg.image_size, skip_bad=a.skip_bad_images, cache_dir=cache)
+    valid = load_split(root, "valid", cfg.image_size, skip_bad=a.skip_bad_images, cache_dir=cache)
+    extra, held_out = for_training(a.valid_extra or [], cfg.image_size, train, valid, root, cache_dir=cache,
+                                   skip_bad=a.skip_bad_images)
+    for s in (train, valid, *extra):
+        if s.skipped:
+            print(f"skipped {len(s.skipped)} bad image(s) in {s.split}")
+    out = a.out or Path("results") / f"train-{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"training {cfg.arch} on {root}: {len(train)} train / {len(valid)} valid images at {cfg.image_size}px"
+          + "".join(f"; held-out {s.split}: {len(s)}" for s in extra))
+    result = fit(cfg, train, valid, extra=extra, cache_dir=cache_root() / "features" if cfg.use_cache else None)
+    data = {"root": str(root), "train_fingerprint": train.fingerprint, "valid_fingerprint": valid.fingerprint,
+            "n_train": len(train), "n_valid": len(valid),
+            "skipped": train.skipped + valid.skipped + [p for s in extra for p in s.skipped],
+            **({"valid_extra": held_out} if held_out else {})}
+    save_run(out, cfg, result, data, valid.y)
+    b = result.best
+    print(f"{result.ended} after {len(result.history)} epochs; best epoch {result.best_epoch}: "
+          f"val_loss {b['val_loss']:.4f} val_auc {b['val_auc']:.4f} val_acc {b['val_accuracy']:.4f}"
+          + (f" xval_auc {b['xval_auc']:.4f}" if "xval_auc" in b else ""))
+    print(f"weights: {result.model.weights_source}; wrote {out / WEIGHTS}, {HISTORY}, {RECORD}")
+    return 0

@@ -1,0 +1,212 @@
+"""Every test-results table, rendered one way.
+
+A table type is a function from a result file's dict (comparison.json, evaluation.json) to a `Table` of
+plain-text cells; a `Table` writes itself as markdown (comparison.md, evaluation.md, the model card) or
+HTML (the report). Every cell is a tune.metrics.cells.Cell printed by `Cell.text`, every metric is named
+by its entry's label (tune.metrics.classification.METRICS), every threshold rule by THRESHOLD_RULES.
+The CSV files hold the cells' numbers, one line per cell (`cells_csv`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+
+from tune.metrics.cells import Cell, cell_of
+from tune.metrics.classification import METRICS, THRESHOLD_RULES
+
+THRESHOLD_METRICS = [m for m in METRICS if not METRICS[m].ranking]  # accuracy, precision, recall, f1
+RANKING_METRICS = [m for m in METRICS if METRICS[m].ranking]  # auc, ap, eer
+# The notebook's table: its four threshold metrics, then ROC-AUC; the report puts ROC-AUC (the verdict's) first.
+NOTEBOOK = [*THRESHOLD_METRICS, "auc"]
+REPORT = ["auc", *THRESHOLD_METRICS]
+
+
+def label(metric: str) -> str:
+    return METRICS[metric].label
+
+
+def rule_name(rule: str) -> str:
+    """"threshold 0.5", "threshold chosen on valid": a rule's short name."""
+    return THRESHOLD_RULES.get(rule, rule).split(":")[0].split(" (")[0]
+
+
+@dataclass
+class Table:
+    head: list[str]
+    rows: list[list[str]]  # plain text
+    caption: str = ""
+    bold: set[int] = field(default_factory=set)  # rows to emphasise (e.g. a mean over sources)
+
+    def markdown(self) -> str:
+        rows = [[f"**{c}**" if i in self.bold and j < 2 else c for j, c in enumerate(r)]
+                for i, r in enumerate(self.rows)]
+        lines = ["| " + " | ".join(self.head) + " |", "|" + "---|" * len(self.head)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        return "\n".join(lines) + ("\n\n" + self.caption if self.caption else "") + "\n"
+
+    def html(self) -> str:
+        """Cells of the form "value ± t [low, high]" wrap before the interval, so the table stays narrow."""
+        def td(c: str) -> str:
+            value, sep, interval = c.partition(" [")
+            return f"{escape(value)}<br><small>[{escape(interval)}</small>" if sep else escape(c)
+
+        body = "".join(f'<tr{" class=bold" if i in self.bold else ""}>' + "".join(f"<td>{td(c)}</td>" for c in r)
+                       + "</tr>" for i, r in enumerate(self.rows))
+        caption = f'<p class="note">{escape(self.caption)}</p>' if self.caption else ""
+        return (f'<div class="scroll"><table><thead><tr>{"".join(f"<th>{escape(h)}</th>" for h in self.head)}'
+                f"</tr></thead><tbody>{body}</tbody></table></div>{caption}")
+
+
+# --------------------------------------------------------------------------- finalize's comparison
+def rule_table(rows: list[dict[str, Any]], rule: str, metrics: list[str] = NOTEBOOK) -> Table:
+    """Each model's cells at one threshold rule (the notebook's table)."""
+    return Table(["Model", *(label(m) for m in metrics)],
+                 [[r["model"], *(cell_of(r[rule].get(m)).text() for m in metrics)] for r in rows])
+
+
+def comparison_caption(cmp: dict[str, Any]) -> str:
+    b = cmp["bootstrap"]
+    return (f"Cells: mean over seeds ± half-width of its 95% t-interval over seeds [95% bootstrap interval over "
+            f"test images: {b['resamples']} resamples stratified by class, each resample's metric averaged over "
+            "seeds]. Positive class: Fake.")
+
+
+def verdict_lines(cmp: dict[str, Any]) -> list[str]:
+    """The best model by accuracy (at 0.5) and by ROC-AUC, and whether its lead over the runner-up is significant."""
+    lines = [f"Skipped by the search: {arch} ({why})." for arch, why in cmp.get("skipped", {}).items()]
+    for m, name in (("accuracy", f"{label('accuracy').lower()} at threshold 0.5"), ("auc", label("auc"))):
+        e = cmp["best"][m]
+        if e.get("tie"):
+            line = f"By {name}: {e['model']} and {e['runner_up']} tie ({e['value']:.3f})"
+        else:
+            line = f"Best model by {name}: {e['model']} ({e['value']:.3f})"
+        if e.get("p_value") is not None:
+            verdict = "significant" if e["significant"] else "not significant"
+            line += (f"; vs {e['runner_up']} ({e['runner_up_value']:.3f}): difference {e['difference']:+.3f}, "
+                     f"paired bootstrap p = {e['p_value']:.3f}, {verdict} at α = {cmp['alpha']}")
+        lines.append(line + ".")
+    return lines
+
+
+ENSEMBLE_CAPTION = (
+    "Predictors of each model: the chosen seed (the exported one, the reference); its seeds each alone (the main "
+    "table's row), and each with flip test-time augmentation (TTA: P = mean of P(fake) of the image and of its "
+    "mirror image); the ensemble of its seeds (one predictor: P = mean of the seeds' P(fake)), and the ensemble "
+    "with flip TTA. Cells of the seeds: mean ± 95% t half-width over seeds [95% bootstrap interval over test "
+    "images]; one predictor (the chosen seed, an ensemble) has no interval over seeds, only the bootstrap one (the "
+    "same resamples). Each predictor's valid threshold is Youden's J on its own validation probabilities. vs "
+    "chosen seed: the difference and its two-sided paired bootstrap p (the same resamples).")
+
+
+def _vs(r: dict[str, Any], rule: str, m: str) -> str:
+    v = (r.get("vs_chosen") or {}).get(rule, {}).get(m)
+    if not v or v.get("p_value") is None:
+        return "reference" if r["variant"] == "chosen_seed" else "n/a"
+    return f"{v['difference']:+.3f}, p = {v['p_value']:.3f}{' (significant)' if v['significant'] else ''}"
+
+
+def ensemble_table(cmp: dict[str, Any]) -> Table:
+    """Every predictor of every model (tune.evaluation.ensembles) with its paired test against the chosen seed."""
+    return Table(["Model", "Predictor", label("auc"), f"{label('auc')} vs chosen seed",
+                  f"{label('accuracy')} at the valid threshold", "vs chosen seed"],
+                 [[r["model"], r["predictor"], cell_of(r["at_0.5"]["auc"]).text(), _vs(r, "at_0.5", "auc"),
+                   cell_of(r["at_valid_threshold"]["accuracy"]).text(), _vs(r, "at_valid_threshold", "accuracy")]
+                  for r in cmp["ensembles"]["rows"]], ENSEMBLE_CAPTION)
+
+
+def ensemble_lines(cmp: dict[str, Any]) -> list[str]:
+    """Per model: does the ensemble of its seeds beat the chosen seed (AUC), and with flip TTA?"""
+    out = []
+    for r in (r for r in cmp["ensembles"]["rows"] if r["variant"] == "ensemble"):
+        e = r["vs_chosen"]["at_0.5"]["auc"]
+        tta = next(t for t in cmp["ensembles"]["rows"] if t["name"] == r["name"] and t["variant"] == "ensemble_hflip")
+        t = tta["vs_chosen"]["at_0.5"]["auc"]
+        beats = "beats" if e.get("significant") and e["difference"] > 0 else "does not significantly beat"
+        out.append(f"{r['model']}: the ensemble of {len(r['seeds'])} seeds {beats} the chosen seed: AUC "
+                   f"{e['value']:.3f} vs {e['chosen_value']:.3f} (seed {r['chosen_seed']}), {e['difference']:+.3f}, "
+                   f"paired bootstrap p = {e['p_value']:.3f}, {'' if e['significant'] else 'not '}significant at "
+                   f"α = {cmp['alpha']}; with flip TTA: AUC {t['value']:.3f}, {t['difference']:+.3f}, p = "
+                   f"{t['p_value']:.3f}.")
+    return out
+
+
+def comparison_markdown(cmp: dict[str, Any]) -> str:
+    """comparison.md: the notebook's table per threshold rule, the threshold-free metrics, the verdict, then the
+    ensembles (and, with held-out sources, the trade-off: tune.reports.tradeoff adds it)."""
+    seeds = len(cmp["rows"][0]["seeds"])
+    out = [f"## Test results: run {cmp['run']} ({cmp['n_test']} test images, {seeds} seed(s) per model)", ""]
+    for rule, text in cmp["threshold_rules"].items():
+        out += [f"At {text}:", "", rule_table(cmp["rows"], rule).markdown()]
+    free = [m for m in RANKING_METRICS if m != "auc"]
+    out += ["Threshold-free:", "", rule_table(cmp["rows"], "at_0.5", free).markdown(), comparison_caption(cmp), ""]
+    out += verdict_lines(cmp)
+    if "ensembles" in cmp:  # comparison.json files from before ensembles have none
+        out += ["", "### Ensembles and flip TTA", "", ensemble_table(cmp).markdown(), *ensemble_lines(cmp)]
+    return "\n".join(out) + "\n"
+
+
+def cells_csv(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    """One line per cell: `keys` of its row (model, source, ...), the rule, the metric and the cell's numbers."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*keys, "threshold_rule", "metric", "value", "low", "high", "t_half", "seeds"])
+    for r in rows:
+        for rule in THRESHOLD_RULES:
+            for m, d in (r.get(rule) or {}).items():
+                c: Cell = cell_of(d)
+                w.writerow([*(r.get(k, "") for k in keys), rule, m, *("" if v is None else v for v in
+                                                                      (c.value, c.low, c.high, c.t_half)),
+                            len(c.per_seed) or 1])
+    return buf.getvalue()
+
+
+def comparison_csv(cmp: dict[str, Any]) -> str:
+    """comparison.csv: every cell of every predictor of every model (variant `seeds` is the main table)."""
+    rows = [{**r, "variant": "seeds"} for r in cmp["rows"]]
+    rows += [r for r in (cmp.get("ensembles") or {}).get("rows", []) if r["variant"] != "seeds"]
+    return cells_csv(rows, ["name", "kind", "variant"])
+
+
+# --------------------------------------------------------------------------- evaluate's tables
+def evaluation_table(ev: dict[str, Any], condition: str) -> Table:
+    """Per model and source (and their mean) at one condition: ROC-AUC, AP and EER, then each threshold metric at
+    the model's valid threshold and at 0.5."""
+    rules = list(THRESHOLD_RULES)[::-1]  # at the valid threshold first
+    head = ["Model", "Source", "Fake", "Real", *(label(m) for m in RANKING_METRICS),
+            *(f"{label(m)} at {rule_name(rule).removeprefix('threshold ')}" for rule in rules
+              for m in THRESHOLD_METRICS), "Note"]
+    rows, bold = [], set()
+    for r in (r for r in ev["rows"] if r["condition"] == condition):
+        if r["source"] == "mean":
+            bold.add(len(rows))
+        rows.append([r["model"], r["source"], str(r["n_fake"]), str(r["n_real"]),
+                     *(cell_of(at(r, "at_0.5").get(m)).text() for m in RANKING_METRICS),
+                     *(cell_of(at(r, rule).get(m)).text() for rule in rules for m in THRESHOLD_METRICS), r["note"]])
+    return Table(head, rows, bold=bold)
+
+
+def at(row: dict[str, Any], rule: str) -> dict[str, Any]:
+    """A row's cells at a rule; evaluation.json files written before the one schema kept ranking metrics at the
+    row's top and named the valid threshold's rule at_threshold."""
+    old = row.get("at_threshold" if rule == "at_valid_threshold" else rule) or {}
+    return {**{m: row[m] for m in RANKING_METRICS if isinstance(row.get(m), dict)}, **old, **(row.get(rule) or {})}
+
+
+def cell_at(row: dict[str, Any], metric: str, rule: str = "at_0.5") -> Cell:
+    """One cell of an evaluation row, whichever schema wrote it."""
+    return cell_of(at(row, rule).get(metric))
+
+
+def paired_table(ev: dict[str, Any]) -> Table:
+    return Table(["Condition", "Source", "A", "B", "Metric", "A − B", "p", "significant at 0.05"],
+                 [[p["condition"], p["source"], p["a"], p["b"], label(p["metric"]), f"{p['difference']:+.3f}",
+                   f"{p['p_value']:.3f}", "yes" if p["significant"] else "no"] for p in ev["paired"]])
+
+
+def evaluation_csv(ev: dict[str, Any]) -> str:
+    rows = [{**r, **{rule: at(r, rule) for rule in THRESHOLD_RULES}} for r in ev["rows"]]
+    return cells_csv(rows, ["model", "source", "condition", "n_fake", "n_real"])
