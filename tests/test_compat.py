@@ -1,11 +1,14 @@
-"""A run folder written by the previous version still works with every command.
+"""Run folders written by earlier versions still work with every command.
 
-tests/fixtures/old_layout_run is a tiny search + finalize (custom_cnn, 2 trials of 2 epochs at 32 px, one
-seed) made by the version before one Tuner ran every architecture: one Ray experiment per architecture
-(trials/custom_cnn/...), no `monitor` and no augmentation options in its configs, `blur_prob`/`jpeg_prob`
-at 0, a finalize without flipped or valid predictions. Its report and plots were left out (they are
-rebuilt). Its data is conftest.make_dataset(n=6, size=32), made again here byte for byte (the fixture's
-fingerprints check that); run.json's data root is pointed at it, as after moving a dataset.
+Two fixtures, each a tiny search + finalize (custom_cnn, 2 trials of 2 epochs at 32 px, one seed) made by
+an earlier version of this code, their reports and plots left out (they are rebuilt):
+- old_layout_run: before one Tuner ran every architecture: one Ray experiment per architecture
+  (trials/custom_cnn/...), no `monitor` and no augmentation options in its configs, `blur_prob`/`jpeg_prob`
+  at 0, a finalize without flipped or valid predictions, cells in finalize's earlier schema;
+- pre_layout_run: before the layout by stage (tune/search.py, tune/searcher.py ...): Ray pickled its
+  searcher, scheduler, callback and trainable under those module names, which `--resume` unpickles.
+Their data is conftest.make_dataset(n=6, size=32), made again here byte for byte (the fixtures' fingerprints
+check that); run.json's data root is pointed at it, as after moving a dataset.
 """
 
 from __future__ import annotations
@@ -21,19 +24,24 @@ from conftest import make_dataset
 from tune.cli import main
 from tune.runs.leaderboard import load_leaderboard
 
-FIXTURE = Path(__file__).parent / "fixtures" / "old_layout_run"
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE = FIXTURES / "old_layout_run"
+
+
+def copied(name: str, run_name: str, tmp_path: Path) -> Path:
+    data = make_dataset(tmp_path / "data", n=6, size=32)
+    run = tmp_path / "results" / run_name
+    shutil.copytree(FIXTURES / name, run)
+    record = json.loads((run / "run.json").read_text())
+    record["data"]["root"] = str(data)
+    (run / "run.json").write_text(json.dumps(record))
+    return run
 
 
 @pytest.fixture
 def old_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
-    data = make_dataset(tmp_path / "data", n=6, size=32)
-    run = tmp_path / "results" / "old"
-    shutil.copytree(FIXTURE, run)
-    record = json.loads((run / "run.json").read_text())
-    record["data"]["root"] = str(data)
-    (run / "run.json").write_text(json.dumps(record))
-    return run
+    return copied("old_layout_run", "old", tmp_path)
 
 
 def test_an_old_run_is_read_by_every_command(old_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,3 +79,22 @@ def test_an_old_run_can_be_extended_not_resumed(ray_session, old_run: Path,
     assert (old_run / "trials" / "extend1" / f"custom_cnn_{new}" / "result.json").is_file()  # the new layout
     record = json.loads((old_run / "run.json").read_text())
     assert "experiment" not in record and record["extensions"][0]["experiment"] == "extend1"
+
+
+@pytest.mark.slow
+def test_a_run_from_before_the_layout_by_stage_resumes_and_reads(ray_session, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    run = copied("pre_layout_run", "pre21", tmp_path)
+    experiment = run / "trials" / "search"
+    for f in [experiment / "tuner.pkl", *experiment.glob("searcher-state-*.pkl")]:
+        assert pickle.loads(f.read_bytes())  # Ray's pickles name tune.searcher, tune.search.run_trial ...
+    # --resume restores the Tuner (every pickle of it); the search had finished, so nothing runs again
+    assert main(["search", "--name", "pre21", "--resume", "--no-finalize"]) == 0
+    assert len(load_leaderboard(run)) == 2
+    assert main(["reproduce", "pre21"]) == 0 and "reproduced exactly" in capsys.readouterr().out
+    assert main(["finalize", "pre21", "--seeds", "1"]) == 0 and "already done, kept" in capsys.readouterr().out
+    assert main(["report", "pre21"]) == 0

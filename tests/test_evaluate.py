@@ -21,7 +21,7 @@ from tune.data.images import decode_image, decode_rgb
 from tune.data.perturb import Condition, model_input, native, parse_perturb
 from tune.data.sources import find_sources
 from tune.metrics import bootstrap as stats
-from tune.metrics.classification import binary_metrics
+from tune.metrics.classification import METRICS, Resampled, binary_metrics
 from tune.runs import inference
 from tune.training.config import TrainConfig
 from tune.training.loop import make_model
@@ -113,7 +113,8 @@ def test_per_source_numbers_equal_sklearn_and_inputs_are_the_models_own(evaluate
     assert [s["name"] for s in ev["sources"]] == ["gen_a", "gen_b", "lower"]
     assert [m["name"] for m in ev["models"]] == ["train", "custom_cnn"]
     assert [c["name"] for c in ev["conditions"]] == ["clean", "jpeg=50", "blur=1", "resize=0.5"]
-    assert ev["bootstrap"] == {"resamples": 200, "seed": 0, "stratified": True, "level": 0.95}
+    assert ev["bootstrap"] == {"resamples": 200, "seed": [0, "each source's fingerprint"], "stratified": True,
+                            "level": 0.95}
     assert len(ev["rows"]) == 2 * 4 * (3 + 1)
     scores = read_scores(out)
     models = {m["name"]: m for m in ev["models"]}
@@ -121,19 +122,20 @@ def test_per_source_numbers_equal_sklearn_and_inputs_are_the_models_own(evaluate
         paths, y, p = scores[row["model"], row["source"], row["condition"]]
         thr = models[row["model"]]["threshold"]
         assert (row["n_fake"], row["n_real"]) == (int(y.sum()), int((y == 0).sum())) == (10, 10)
-        assert row["auc"]["value"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
-        assert row["ap"]["value"] == pytest.approx(average_precision_score(y, p), abs=1e-12)
-        assert row["eer"]["value"] == pytest.approx(binary_metrics(y, p)["eer"], abs=1e-12)
-        for rule, t in (("at_threshold", thr), ("at_0.5", 0.5)):
+        for rule in ("at_0.5", "at_valid_threshold"):  # threshold-free: the same cell under either rule
+            assert row[rule]["auc"]["value"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+            assert row[rule]["ap"]["value"] == pytest.approx(average_precision_score(y, p), abs=1e-12)
+            assert row[rule]["eer"]["value"] == pytest.approx(binary_metrics(y, p)["eer"], abs=1e-12)
+        for rule, t in (("at_valid_threshold", thr), ("at_0.5", 0.5)):
             assert row[rule]["accuracy"]["value"] == pytest.approx(accuracy_score(y, p >= t))
             assert row[rule]["f1"]["value"] == pytest.approx(f1_score(y, p >= t, zero_division=0))
-        for cell in [row["auc"], row["ap"], row["eer"], *row["at_threshold"].values()]:
+        for cell in [*row["at_0.5"].values(), *row["at_valid_threshold"].values()]:
             assert cell["low"] <= cell["high"]
     # The mean row is the mean of the sources' values.
     for row in (r for r in ev["rows"] if r["source"] == "mean"):
         per = [r for r in ev["rows"] if r["model"] == row["model"] and r["condition"] == row["condition"]
                and r["source"] != "mean"]
-        assert row["auc"]["value"] == pytest.approx(np.mean([r["auc"]["value"] for r in per]))
+        assert row["at_0.5"]["auc"]["value"] == pytest.approx(np.mean([r["at_0.5"]["auc"]["value"] for r in per]))
         assert row["n_fake"] == 30 and row["note"] == "mean over 3 source(s)"
     # Clean inputs are exactly what the loaded model scores on its own decode (size from its record).
     for name, path in evaluated["models"].items():
@@ -141,14 +143,15 @@ def test_per_source_numbers_equal_sklearn_and_inputs_are_the_models_own(evaluate
         paths, _, p = scores[name, "gen_b", "clean"]
         assert np.array_equal(m.probabilities(np.stack([m.decode(Path(q)) for q in paths])), p)
     # Printed as a table, and the plots are PNGs.
-    assert "| Model | Source | Fake | Real | AUC | AP | EER |" in evaluated["printed"]
+    assert "| Model | Source | Fake | Real | ROC-AUC | Average precision | EER |" in evaluated["printed"]
     # (with a Grad-CAM panel per model: the clean images of every source, the models' own inputs)
     assert set(ev["plots"]) == {"auc_by_source", "roc_by_source", "auc_vs_severity", "cam_train", "cam_custom_cnn"}
     assert "![cam_train](plots/cam_train.png)" in (out / "evaluation.md").read_text()
     for rel in ev["plots"].values():
         assert (out / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "evaluation.md").read_text().startswith("# Evaluation")
-    assert len((out / "evaluation.csv").read_text().splitlines()) == 1 + len(ev["rows"])
+    # long format: one line per row, threshold rule and metric
+    assert len((out / "evaluation.csv").read_text().splitlines()) == 1 + len(ev["rows"]) * 2 * len(METRICS)
 
 
 def test_paired_bootstrap_per_source_and_overall(evaluated: dict[str, Any]) -> None:
@@ -158,7 +161,7 @@ def test_paired_bootstrap_per_source_and_overall(evaluated: dict[str, Any]) -> N
     by = {(r["model"], r["source"]): r for r in ev["rows"] if r["condition"] == "clean"}
     for p in clean:
         src = "mean" if p["source"] == "overall" else p["source"]
-        a, b = by["train", src]["auc"]["value"], by["custom_cnn", src]["auc"]["value"]
+        a, b = by["train", src]["at_0.5"]["auc"]["value"], by["custom_cnn", src]["at_0.5"]["auc"]["value"]
         assert p["difference"] == pytest.approx(a - b)
         assert 0 < p["p_value"] <= 1 and p["significant"] == (p["p_value"] < 0.05)
 
@@ -217,12 +220,14 @@ def test_one_class_source_says_undefined(trained: Path, tmp_path: Path) -> None:
                           "--resamples", RESAMPLES]) == 0
     ev = json.loads((out / "evaluation.json").read_text())
     row = next(r for r in ev["rows"] if r["source"] == "only_fake")
-    assert row["auc"] == row["ap"] == row["eer"] == {"value": None, "low": None, "high": None}
+    undefined = {"value": None, "low": None, "high": None, "t_half": None, "per_seed": []}
+    assert row["at_0.5"]["auc"] == row["at_0.5"]["ap"] == row["at_0.5"]["eer"] == undefined
     assert row["note"] == "only Fake images: AUC, AP and EER undefined"
     assert row["at_0.5"]["recall"]["value"] is not None and row["n_real"] == 0
     mean = next(r for r in ev["rows"] if r["source"] == "mean")
     both_row = next(r for r in ev["rows"] if r["source"] == "both")
-    assert mean["auc"]["value"] == both_row["auc"]["value"] and "over the 1 with both classes" in mean["note"]
+    assert mean["at_0.5"]["auc"]["value"] == both_row["at_0.5"]["auc"]["value"]
+    assert "over the 1 with both classes" in mean["note"]
     assert "undefined" in (out / "evaluation.md").read_text()
     # A source's intervals depend on its content and the seed, not on the other sources evaluated with it.
     alone = tmp_path / "alone"
@@ -309,7 +314,7 @@ def test_every_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys: 
             assert "bad.jpg (unreadable" in err[0] and "zero.png (zero bytes)" in err[0]
 
 
-def test_vectorised_ap_and_eer_equal_sklearn_on_every_resample() -> None:
+def test_vectorised_ranking_metrics_equal_sklearn_on_every_resample() -> None:
     rng = np.random.default_rng(1)
     for _ in range(10):
         n = int(rng.integers(4, 50))
@@ -317,8 +322,10 @@ def test_vectorised_ap_and_eer_equal_sklearn_on_every_resample() -> None:
         y[:2] = (0, 1)
         p = np.round(rng.random(n), int(rng.integers(1, 3)))  # coarse scores: many ties
         idx = stats.stratified_indices(y, 40, rng)
-        got = stats.resampled_ranking_metrics(y, p, idx)
+        res = Resampled(y, p, idx)
+        got = {m: METRICS[m].resample(res) for m in ("auc", "ap", "eer")}
         for k in range(len(idx)):
+            assert got["auc"][k] == pytest.approx(roc_auc_score(y[idx[k]], p[idx[k]]), abs=1e-12)
             assert got["ap"][k] == pytest.approx(average_precision_score(y[idx[k]], p[idx[k]]), abs=1e-12)
             assert got["eer"][k] == pytest.approx(binary_metrics(y[idx[k]], p[idx[k]])["eer"], abs=1e-12)
 

@@ -100,7 +100,9 @@ def test_export_cli_uses_validation_images_and_writes_a_model_card(tmp_path: Pat
     assert "train fingerprint: `abc123`" in card and "95% percentile bootstrap" in card
     assert "gen_a (20 fake / 20 real)" in card and "jpeg=75" in card
     assert "python -m tune reproduce run --trial abc_00001" in card
-    auc_cell = next(line for line in card.splitlines() if line.startswith("| at 0.5 |")).split("|")[6]
+    header = next(line for line in card.splitlines() if line.startswith("| Threshold |")).split("|")
+    row = next(line for line in card.splitlines() if line.startswith("| threshold 0.5 |")).split("|")
+    auc_cell = row[header.index(" ROC-AUC ")]
     assert "[" in auc_cell  # the value with its interval
 
 

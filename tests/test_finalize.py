@@ -20,11 +20,20 @@ import tune.data.images
 import tune.evaluation.finalize
 import tune.training.loop
 from tune.metrics import bootstrap as stats
-from tune.metrics.classification import binary_metrics
+from tune.metrics.classification import METRICS, Resampled, binary_metrics
+from tune.runs.layout import DataRecord, RunRecord
 
 ARCHS = ("custom_cnn", "mobilenet_v2")
 PLOTS = ("dataset", "learning_curves", "roc", "confusion", "search_metric", "search_epochs", "importance")
-TUNE_SRC = Path(tune.data.images.__file__).parent
+TUNE_SRC = Path(tune.cli.__file__).parents[1]  # the package: every stage's modules
+
+
+def resampled(cmp: dict[str, Any], y: np.ndarray, predictors: dict[str, tuple[Any, list[float]]],
+              rule: str) -> dict[str, dict[str, np.ndarray]]:
+    """The bootstrap samples of these predictors at one rule on finalize's resamples (seeded by the test split's
+    fingerprint): what the comparison's intervals and paired tests must come from."""
+    preds = {k: stats.Predictor(np.asarray(p), {rule: list(t)}) for k, (p, t) in predictors.items()}
+    return stats.bootstrap(y, preds, rng=stats.resamples_for(cmp["test_fingerprint"]))
 
 
 def count_fits(mp: pytest.MonkeyPatch) -> list[str]:
@@ -64,9 +73,10 @@ def test_finalize_writes_every_seed_and_the_comparison(finalized: dict[str, Any]
             assert rec["data"]["test_fingerprint"] and rec["threshold_rule"].startswith("threshold chosen on valid")
     assert json.loads((run / "comparison.json").read_text()) == json.loads(json.dumps(cmp, default=str))
     md = (run / "comparison.md").read_text()
-    assert md.count("| Model | Accuracy | Precision | Recall | F1-Score | AUC Score |") == 2  # both thresholds
+    assert md.count("| Model | Accuracy | Precision | Recall | F1-Score | ROC-AUC |") == 2  # both thresholds
     assert "threshold 0.5" in md and "Youden's J" in md and "paired bootstrap p =" in md
-    assert (run / "comparison.csv").read_text().startswith("model,kind,threshold_rule,metric,mean,")
+    header = "name,kind,variant,threshold_rule,metric,value,low,high,t_half,seeds\n"
+    assert (run / "comparison.csv").read_text().startswith(header)
     tuned = {r["arch"]: r for r in cmp["rows"] if r["kind"] == "tuned"}
     # the baseline is the notebook recipe; the tuned row is the search's best trial
     base = next(r for r in cmp["rows"] if r["name"] == "custom_cnn-baseline")["config"]
@@ -92,17 +102,17 @@ def test_numbers_match_a_recomputation_from_predictions(finalized: dict[str, Any
             assert rec["threshold"] == thr
         assert len(y) == cmp["n_test"] == 20
         for rule, thresholds in (("at_0.5", [0.5, 0.5]), ("at_valid_threshold", row["thresholds"])):
-            for m in stats.ALL_METRICS:
+            for m in METRICS:
                 values = [binary_metrics(y, p, t)[m] for p, t in zip(probs, thresholds)]
                 cell = row[rule][m]
                 assert cell["per_seed"] == pytest.approx(values, abs=1e-12)
-                assert cell["mean"] == pytest.approx(float(np.mean(values)), abs=1e-12)
+                assert cell["value"] == pytest.approx(float(np.mean(values)), abs=1e-12)
                 half = 12.706204736174694 * np.std(values, ddof=1) / math.sqrt(2)  # t(0.975, df=1)
                 assert cell["t_half"] == pytest.approx(half, abs=1e-9)
-            boot = stats.bootstrap(y, {"m": (np.stack(probs), thresholds)})["m"]
-            for m in stats.BOOT_METRICS:
-                lo, hi = np.percentile(boot[m], [2.5, 97.5])
-                assert (row[rule][m]["boot_low"], row[rule][m]["boot_high"]) == pytest.approx((lo, hi), abs=1e-12)
+            boot = resampled(cmp, y, {"m": (np.stack(probs), thresholds)}, rule)["m"]
+            for m in METRICS:
+                lo, hi = np.percentile(boot[stats.key(rule, m)], [2.5, 97.5])
+                assert (row[rule][m]["low"], row[rule][m]["high"]) == pytest.approx((lo, hi), abs=1e-12)
     best = cmp["best"]["auc"]
     assert best["model"] in ARCHS and best["runner_up"] in ARCHS and 0 < best["p_value"] <= 1
     assert best["significant"] == (best["p_value"] < 0.05)
@@ -136,7 +146,7 @@ def test_test_split_is_read_only_by_finalize(finalized: dict[str, Any]) -> None:
     assert test_reads == ["tune.evaluation.finalize"]  # once per finalize, by finalize
     assert {split for _, split in finalized["calls"]} == {"train", "valid", "test"}
     # and no other module in the package even asks for it
-    for src in TUNE_SRC.glob("*.py"):
+    for src in TUNE_SRC.rglob("*.py"):
         if src.name != "finalize.py":
             assert not re.search(r"load_split\([^)]*[\"']test[\"']", src.read_text()), src.name
 
@@ -176,7 +186,9 @@ def test_importance_plot_draws_bars_with_enough_trials_and_a_note_otherwise(tmp_
     study.optimize(lambda t: t.suggest_float("lr", 0, 1) + 0.01 * t.suggest_int("blocks", 1, 3), n_trials=8)
     optuna.create_study(study_name="r-mobilenet_v2", storage=storage).optimize(
         lambda t: t.suggest_float("lr", 0, 1), n_trials=1)
-    fig = plot_importance(tmp_path, {"name": "r", "space": {"architectures": {"custom_cnn": {}, "mobilenet_v2": {}}}})
+    record = RunRecord(name="r", space={"architectures": {"custom_cnn": {}, "mobilenet_v2": {}}},
+                       data=DataRecord(root="", train_fingerprint="", valid_fingerprint=""))
+    fig = plot_importance(tmp_path, record)
     bars, empty = fig.axes
     assert [t.get_text() for t in bars.get_yticklabels()] == ["blocks", "lr"]  # lr explains the metric
     assert "too few" in empty.texts[0].get_text()
@@ -187,11 +199,13 @@ def test_bootstrap_metrics_match_binary_metrics() -> None:
     y = np.array([1] * 9 + [0] * 7)
     p = np.round(rng.random(len(y)), 1)  # rounded: plenty of ties, which AUC must count as one half
     idx = stats.stratified_indices(y, 50, rng)
-    got = stats.resampled_metrics(y, p, idx, 0.5)
+    res = Resampled(y, p, idx)
+    counts = res.counts(0.5)
     for b in range(len(idx)):
         want = binary_metrics(y[idx[b]], p[idx[b]], 0.5)
-        for m in stats.BOOT_METRICS:
-            assert got[m][b] == pytest.approx(want[m], abs=1e-12), m
+        for m in METRICS.values():
+            got = m.resample(res) if m.ranking else m.from_counts(counts)
+            assert got[b] == pytest.approx(want[m.name], abs=1e-12), m.name
     assert (y[idx] == 1).sum(1).tolist() == [9] * 50  # stratified: class counts kept
 
 
@@ -284,15 +298,15 @@ def test_flip_tta_and_ensembles_are_means_of_the_saved_probabilities(finalized: 
             assert got["thresholds"] == pytest.approx(thresholds, abs=1e-12), variant
             for rule, thr in (("at_0.5", [0.5] * len(thresholds)), ("at_valid_threshold", thresholds)):
                 values = [binary_metrics(y, p, t) for p, t in zip(probs, thr)]
-                for m in stats.BOOT_METRICS:
-                    assert got[rule][m]["mean"] == pytest.approx(np.mean([v[m] for v in values]), abs=1e-12)
+                for m in METRICS:
+                    assert got[rule][m]["value"] == pytest.approx(np.mean([v[m] for v in values]), abs=1e-12)
                 # the same bootstrap (the same resamples) as every other cell of the comparison
-                boot = stats.bootstrap(y, {"m": (probs, thr)})["m"]
-                assert (got[rule]["auc"]["boot_low"], got[rule]["auc"]["boot_high"]) == pytest.approx(
+                boot = resampled(cmp, y, {"m": (probs, thr)}, rule)["m"]
+                assert (got[rule]["auc"]["low"], got[rule]["auc"]["high"]) == pytest.approx(
                     tuple(np.percentile(boot["auc"], [2.5, 97.5])), abs=1e-12)
             over_seeds = variant.startswith("seeds")
             assert (got["at_0.5"]["auc"]["t_half"] is None) == (not over_seeds)  # one predictor: no t-interval
-        assert ens[row["name"], "seeds"]["at_0.5"]["auc"]["mean"] == row["at_0.5"]["auc"]["mean"]
+        assert ens[row["name"], "seeds"]["at_0.5"]["auc"]["value"] == row["at_0.5"]["auc"]["value"]
     assert any(differ)  # the mirror images were scored, not the same images again (a near-constant model may tie)
     # p_fake_hflip is the model's P(fake) of the mirror image: the exported model on mirrored pixels agrees
     meta = json.loads((run / "models" / "custom_cnn.json").read_text())
@@ -317,13 +331,15 @@ def test_each_predictor_is_tested_against_the_chosen_seed(finalized: dict[str, A
         probs = {"chosen_seed": tp[[i]], "ensemble_hflip": ((tp + tf) / 2).mean(0)[None]}
         for rule in ("at_0.5", "at_valid_threshold"):
             thresholds = {v: [0.5] if rule == "at_0.5" else ens[row["name"], v]["thresholds"] for v in probs}
-            boot = stats.bootstrap(y, {v: (probs[v], thresholds[v]) for v in probs})  # the same resamples for both
+            # the same resamples for both
+            boot = resampled(cmp, y, {v: (probs[v], thresholds[v]) for v in probs}, rule)
             for m in ("auc", "accuracy"):
-                assert chosen[rule][m]["mean"] == row[rule][m]["per_seed"][i]
-                e, diff = tta["vs_chosen"][rule][m], tta[rule][m]["mean"] - chosen[rule][m]["mean"]
-                p = stats.paired_p_value(boot["ensemble_hflip"][m], boot["chosen_seed"][m], diff)
+                assert chosen[rule][m]["value"] == row[rule][m]["per_seed"][i]
+                e, diff = tta["vs_chosen"][rule][m], tta[rule][m]["value"] - chosen[rule][m]["value"]
+                k = stats.key(rule, m)
+                p = stats.paired_p_value(boot["ensemble_hflip"][k], boot["chosen_seed"][k], diff)
                 assert (e["difference"], e["p_value"]) == pytest.approx((diff, p), abs=1e-12)
-                assert e["chosen_value"] == chosen[rule][m]["mean"] and e["significant"] == (p < cmp["alpha"])
+                assert e["chosen_value"] == chosen[rule][m]["value"] and e["significant"] == (p < cmp["alpha"])
             for v in VARIANTS[1:]:
                 assert set(ens[row["name"], v]["vs_chosen"][rule]) == {"auc", "accuracy"}
 
@@ -336,7 +352,7 @@ def test_md_csv_json_and_report_have_the_ensemble_rows(finalized: dict[str, Any]
     run, cmp = finalized["run"], finalized["cmp"]
     md = (run / "comparison.md").read_text()
     table = md.split("### Ensembles and flip TTA")[1]
-    assert md.count("| Model | Accuracy | Precision | Recall | F1-Score | AUC Score |") == 2  # the notebook's, as is
+    assert md.count("| Model | Accuracy | Precision | Recall | F1-Score | ROC-AUC |") == 2  # the notebook's columns
     for row in cmp["rows"]:
         for label in (f"chosen seed (seed {row['chosen_seed']}, exported)", "2 seeds, each alone",
                       "2 seeds, each alone + flip TTA", "ensemble of 2 seeds |", "ensemble of 2 seeds + flip TTA"):
@@ -349,14 +365,16 @@ def test_md_csv_json_and_report_have_the_ensemble_rows(finalized: dict[str, Any]
                     f"{vs['chosen_value']:.3f} (seed {row['chosen_seed']}), {vs['difference']:+.3f}, paired bootstrap "
                     f"p = {vs['p_value']:.3f}, {'significant' if vs['significant'] else 'not significant'} at α = 0.05")
         assert sentence in table
-    assert "± n/a [" in table and "reference" in table
+    assert "reference" in table
+    chosen_line = next(ln for ln in table.splitlines() if "chosen seed (seed" in ln)
+    assert "±" not in chosen_line and " [" in chosen_line  # one model: its interval over images, no t-interval
     lines = list(csv.DictReader(io.StringIO((run / "comparison.csv").read_text())))
-    assert {(r["model"], r["variant"]) for r in lines} == {(r["name"], v) for r in cmp["rows"] for v in VARIANTS}
+    assert {(r["name"], r["variant"]) for r in lines} == {(r["name"], v) for r in cmp["rows"] for v in VARIANTS}
     for line in lines:
-        assert (line["t_low"] == "n/a") == (line["variant"] in ("chosen_seed", "ensemble", "ensemble_hflip"))
+        assert (line["t_half"] == "") == (line["variant"] in ("chosen_seed", "ensemble", "ensemble_hflip"))
         if line["variant"] == "seeds":  # the main table's numbers
-            row = next(r for r in cmp["rows"] if r["name"] == line["model"])
-            assert float(line["mean"]) == row[line["threshold_rule"]][line["metric"]]["mean"]
+            row = next(r for r in cmp["rows"] if r["name"] == line["name"])
+            assert float(line["value"]) == row[line["threshold_rule"]][line["metric"]]["value"]
     saved = json.loads((run / "comparison.json").read_text())
     assert {r["variant"] for r in saved["ensembles"]["rows"]} == set(VARIANTS)
     section = build_html(run, log=lambda s: None).split('id="comparison"')[1].split("</section>")[0]
@@ -371,8 +389,8 @@ def test_an_old_format_run_folder_still_reports_and_finalize_completes_it(
     the saved weights (no retraining) and gives the numbers of a fresh finalize."""
     import csv
 
-    from tune.reports.figures import render_csv, render_markdown
     from tune.reports.html import build_html
+    from tune.reports.tables import comparison_csv, comparison_markdown
     from tune.runs.inference import load
     from tune.serving.modelcard import describe
 
@@ -386,13 +404,13 @@ def test_an_old_format_run_folder_still_reports_and_finalize_completes_it(
     del old["ensembles"]
     (run / "comparison.json").write_text(json.dumps(old))
     html = build_html(run, log=lambda s: None)
-    assert "could not be built" not in html and "Ensembles and flip TTA" not in html and "AUC Score" in html
+    assert "could not be built" not in html and "Ensembles and flip TTA" not in html and "ROC-AUC" in html
     card = describe(load(run / "models" / "custom_cnn.pth"))
     assert card["test_metrics"]["n_test"] == 20 and card["test_metrics"]["rules"]["at_0.5"]["auc"]["low"] is not None
     test_dir = Path(json.loads((run / "run.json").read_text())["data"]["root"]) / "test"
     assert tune.cli.main(["evaluate", "--run", str(run), str(test_dir), "--out", str(tmp_path / "eval")]) == 0
-    assert "Ensembles" not in render_markdown(old)
-    lines = list(csv.DictReader(io.StringIO(render_csv(old))))
+    assert "Ensembles" not in comparison_markdown(old)
+    lines = list(csv.DictReader(io.StringIO(comparison_csv(old))))
     assert len(lines) == 2 * 7 * len(old["rows"]) and {ln["variant"] for ln in lines} == {"seeds"}
 
     fits = count_fits(monkeypatch)
@@ -403,3 +421,44 @@ def test_an_old_format_run_folder_still_reports_and_finalize_completes_it(
         assert new.read_bytes() == (finalized["run"] / new.relative_to(run)).read_bytes(), new
     assert json.loads((run / "comparison.json").read_text()) == json.loads(
         (finalized["run"] / "comparison.json").read_text())
+
+
+# --------------------------------------------------------------------------- one pipeline for test results
+def test_finalize_and_evaluate_give_identical_numbers_for_the_same_model_and_images(
+        finalized: dict[str, Any], tmp_path: Path) -> None:
+    """The exported model (finalize's "chosen seed" predictor) scored by `evaluate` on the test folder: the same
+    engine, the same images in the same order, resamples seeded by the same content fingerprint, so every cell,
+    its interval included, is the same number."""
+    run = finalized["run"]
+    record = json.loads((run / "run.json").read_text())
+    test_dir = Path(record["data"]["root"]) / "test"
+    cmp = json.loads((run / "comparison.json").read_text())
+    chosen = {r["name"]: r for r in cmp["ensembles"]["rows"] if r["variant"] == "chosen_seed" and r["kind"] == "tuned"}
+    out = tmp_path / "eval"
+    models = [str(run / "models" / f"{arch}.pth") for arch in chosen]
+    assert tune.cli.main(["evaluate", *(x for m in models for x in ("--model", m)), str(test_dir),
+                          "--out", str(out)]) == 0
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["sources"][0]["fingerprint"] == cmp["test_fingerprint"]  # the same images, the same resamples
+    compared = 0
+    for row in (r for r in ev["rows"] if r["source"] != "mean"):
+        arch = next(m["arch"] for m in ev["models"] if m["name"] == row["model"])
+        for rule in ("at_0.5", "at_valid_threshold"):
+            for metric, cell in row[rule].items():
+                mine = chosen[arch][rule][metric]
+                assert (cell["value"], cell["low"], cell["high"]) == (mine["value"], mine["low"], mine["high"]), (
+                    arch, rule, metric)
+                compared += 1
+    assert compared == 2 * 2 * len(METRICS)
+
+
+def test_one_cell_type_reads_every_schema() -> None:
+    from tune.metrics.cells import Cell, cell_of
+
+    new = Cell(0.9, 0.8, 0.95, 0.02, (0.88, 0.92))
+    assert cell_of(new.to_dict()) == new and new.text() == "0.900 ± 0.020 [0.800, 0.950]"
+    old_finalize = {"mean": 0.9, "t_half": 0.02, "t_low": 0.88, "t_high": 0.92, "per_seed": [0.88, 0.92],
+                    "boot_low": 0.8, "boot_high": 0.95}
+    assert cell_of(old_finalize) == new
+    assert cell_of({"value": 0.7, "low": 0.6, "high": 0.8}).text() == "0.700 [0.600, 0.800]"  # old evaluate
+    assert cell_of({"value": None, "low": None, "high": None}).text() == "n/a" == cell_of(None).text()

@@ -62,8 +62,15 @@ def test_report_renders_in_chromium_offline(finalized: Path) -> None:
         # data: URIs are the embedded images, read from the page itself; nothing else may be asked for
         assert [u for u in network_requests(d) if not u.startswith("data:")] == [page.as_uri()]
         verdict = d.find_element(By.ID, "verdict")
-        assert verdict.is_displayed() and "Best model by test AUC" in verdict.text
+        assert verdict.is_displayed() and "Best model by test ROC-AUC" in verdict.text
         assert ("significant at" in verdict.text) and "paired bootstrap p =" in verdict.text
+        # the key column (ROC-AUC, what the verdict is about) is on screen at 1280 px without scrolling sideways
+        auc = [h for h in d.find_elements(By.CSS_SELECTOR, "#comparison th") if h.text.startswith("ROC-AUC")]
+        assert auc
+        for th in auc:
+            d.execute_script("arguments[0].scrollIntoView({block: 'center', inline: 'nearest'})", th)
+            assert d.execute_script("return arguments[0].closest('.scroll').scrollLeft", th) == 0
+            assert d.execute_script("return arguments[0].getBoundingClientRect().right", th) <= 1280
         for section in ("comparison", "leaderboard"):
             rows = d.find_elements(By.CSS_SELECTOR, f"#{section} tbody tr")
             for arch in ARCHS:
@@ -207,7 +214,8 @@ def test_evaluation_tables(finalized: Path, tmp_path: Path) -> None:
     (run / "comparison.json").write_text(json.dumps(cmp))
     html = build_html(run, log=lambda s: None)
     section = html.split('id="evaluation"')[1].split("</section>")[0]
-    assert "Per source (clean images)" in section and "Robustness (perturbed images)" in section
-    assert "0.910 [0.850, 0.960]" in section and "0.700 [0.600, 0.800]" in section
+    assert "Per source (clean images)" in section and "Robustness: jpeg=75" in section
+    # (an old evaluation.json's cells, each printed as its value over its interval: the table stays narrow)
+    assert "0.910<br><small>[0.850, 0.960]</small>" in section and "0.700<br><small>[0.600, 0.800]" in section
     assert "n/a" in section and "only Fake images" in section and "+0.030" in section
     assert "extra test sets" not in html and "extra test sets" in (finalized / "report.html").read_text()

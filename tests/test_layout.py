@@ -1,4 +1,5 @@
-"""The package's shape: no import circles (lazy imports included), each module a readable size."""
+"""The package's shape: stages as packages whose imports only point down, no import circles (lazy imports
+included), each module a readable size, and names that one module owns quoted nowhere else."""
 
 from __future__ import annotations
 
@@ -8,23 +9,43 @@ from pathlib import Path
 import tune
 
 SRC = Path(tune.__file__).parent
+# Bottom to top: a module may import its own package and the ones before it, never one after it.
+LAYERS = ["core", "metrics", "data", "models", "training", "runs", "search", "reports", "evaluation", "serving",
+          "cli"]
+MAX_LINES = 400
+MAX_TOP_LEVEL = 6
+
+
+def modules() -> dict[str, str]:
+    """tune.x.y -> its source, for every module of the package."""
+    out = {}
+    for p in SRC.rglob("*.py"):
+        name = ".".join(p.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__")
+        out[name] = p.read_text()
+    return out
 
 
 def imports() -> dict[str, set[str]]:
     """Every tune module → the tune modules it imports anywhere in its text (top level or inside functions)."""
-    mods = {p.stem: p.read_text() for p in SRC.glob("*.py")}
+    mods = modules()
     graph = {}
     for name, src in mods.items():
-        deps = set(re.findall(r"from tune\.(\w+) import", src)) | set(re.findall(r"import tune\.(\w+)", src))
-        for group in re.findall(r"from tune import \(?([\w, \n]+)\)?", src):
-            deps |= {n.strip().split(" as ")[0] for n in group.split(",") if n.strip()}
-        graph[name] = {d for d in deps if d in mods and d != name}
+        deps = set(re.findall(r"from (tune(?:\.\w+)*) import", src))
+        deps |= set(re.findall(r"^\s*import (tune(?:\.\w+)+)", src, re.M))
+        for package, names in re.findall(r"from (tune(?:\.\w+)*) import \(?([\w, \n]+)\)?", src):
+            deps |= {f"{package}.{n.strip().split(' as ')[0]}" for n in names.split(",") if n.strip()}
+        graph[name] = {d for d in deps if d in mods and d != name and not name.startswith(d + ".")}
     return graph
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "tune"
 
 
 def test_no_import_circles() -> None:
     graph = imports()
-    assert graph["cli"] and graph["finalize"]  # the scan sees imports at all
+    assert graph["tune.cli"] and graph["tune.evaluation.finalize"]  # the scan sees imports at all
 
     def reaches(start: str, target: str, seen: set[str]) -> bool:
         for d in graph[start]:
@@ -36,16 +57,41 @@ def test_no_import_circles() -> None:
     assert not circles, {m: sorted(graph[m]) for m in circles}
 
 
+def test_imports_only_point_down_the_layers() -> None:
+    graph = imports()
+    assert {layer(m) for m in graph} - {"tune", "__main__"} == set(LAYERS)  # every stage is a declared layer
+    up = sorted((m, d) for m, deps in graph.items() for d in deps
+                if layer(m) in LAYERS and layer(d) in LAYERS and LAYERS.index(layer(d)) > LAYERS.index(layer(m)))
+    assert not up, up
+
+
+def test_every_module_is_a_readable_size_and_the_top_level_is_small() -> None:
+    long = {m: n for m, src in modules().items() if (n := len(src.splitlines())) > MAX_LINES}
+    assert not long, long
+    top = sorted(p.name for p in SRC.glob("*.py"))
+    assert len(top) <= MAX_TOP_LEVEL, top
+
+
 def test_command_modules_never_import_the_cli() -> None:
-    assert [m for m, deps in imports().items() if "cli" in deps] == ["__main__"]
+    graph = imports()
+    assert sorted(m for m, deps in graph.items() if any(layer(d) == "cli" for d in deps)
+                  and layer(m) != "cli") == ["tune.__main__"]
 
 
 def test_training_folder_file_names_are_declared_once() -> None:
     """best.pth, history.csv, record.json, predictions.csv and valid_predictions.csv are quoted in code only in
-    runs.py; every other module looks them up there (help text and docstrings may name them in prose)."""
+    training/records.py; every other module looks them up there (help text and docstrings may name them)."""
     from tune.training.records import HISTORY, PREDICTIONS, RECORD, VALID_PREDICTIONS, WEIGHTS
 
     names = (WEIGHTS, HISTORY, RECORD, PREDICTIONS, VALID_PREDICTIONS)
     quoted = re.compile("[\"'](" + "|".join(map(re.escape, names)) + ")[\"']")
-    found = sorted(p.name for p in SRC.glob("*.py") if p.name != "runs.py" and quoted.search(p.read_text()))
+    owner = SRC / "training" / "records.py"
+    found = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if p != owner and quoted.search(p.read_text()))
     assert found == [], found
+
+
+def test_one_bootstrap_engine() -> None:
+    """Finalize, evaluate and the model card score through tune.metrics.bootstrap; nothing else bootstraps."""
+    engines = sorted(f"{p.relative_to(SRC)}:{m.group(0)}" for p in SRC.rglob("*.py")
+                     for m in re.finditer(r"def \w*bootstrap\w*", p.read_text()))
+    assert engines == ["metrics/bootstrap.py:def bootstrap"], engines

@@ -274,7 +274,7 @@ def spans(run_dir: Path) -> dict[str, list[tuple[float, float, float, float]]]:
     a trial started at its first row's wall time less the time it had run by then."""
     run = Run(run_dir)
     out: dict[str, list[tuple[float, float, float, float]]] = {}
-    for arch in run.read()["space"]["architectures"]:
+    for arch in run.read().architectures:
         for t in read_trials(run, run.read(), arch):
             first, last = t.results[0], t.results[-1]
             out.setdefault(arch, []).append((first["reported_at"] - first["time_total_s"], last["reported_at"],
@@ -285,7 +285,7 @@ def spans(run_dir: Path) -> dict[str, list[tuple[float, float, float, float]]]:
 def optuna_agrees(run_dir: Path) -> None:
     """Every Optuna trial's state is what the leaderboard's `ended` column says it should be."""
     df = load_leaderboard(run_dir)
-    name = Run(run_dir).read()["name"]
+    name = Run(run_dir).read().name
     for arch in df["arch"].unique():
         study = optuna.load_study(study_name=f"{name}-{arch}", storage=f"sqlite:///{run_dir / 'optuna.db'}")
         states = {t.user_attrs["ray_trial_id"]: t.state.name for t in study.trials}
@@ -300,7 +300,7 @@ def test_one_tuner_runs_every_architecture_at_once(ray_session, tmp_path: Path) 
     assert df["arch"].value_counts().to_dict() == {"custom_cnn": 3, "mobilenet_v2": 3}  # the same budget each
     record = Run(run_dir).read()
     trial_dirs = [p for p in (run_dir / "trials" / "search").iterdir() if p.is_dir() and not p.name.startswith(".")]
-    assert record["experiment"] == "search" and {p.name.rsplit("_", 1)[0] for p in trial_dirs} == set(df["arch"])
+    assert record.experiment == "search" and {p.name.rsplit("_", 1)[0] for p in trial_dirs} == set(df["arch"])
     got = spans(run_dir)  # with 2 slots, a custom_cnn trial and a mobilenet_v2 trial ran at the same time
     assert any(a0 < b1 and b0 < a1 for a0, a1, *_ in got["custom_cnn"] for b0, b1, *_ in got["mobilenet_v2"])
     optuna_agrees(run_dir)
@@ -325,7 +325,7 @@ def test_a_time_budget_ends_the_search_and_shares_trial_time(ray_session, tmp_pa
     assert (df["ended"] == "time_budget").any() and df["ended"].isin(["time_budget", "completed"]).all(), df
     assert len(df) > 2 * 2  # more than the space's "trials: 2": a time budget alone samples until it is spent
     optuna_agrees(run_dir)
-    assert Run(run_dir).read()["space"]["budget"]["time_s"] == budget
+    assert Run(run_dir).read().space["budget"]["time_s"] == budget
 
 
 def test_bad_time_budget_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -243,7 +243,7 @@ def test_save_run(splits, tmp_path: Path) -> None:
     assert float(rows[0]["val_loss"]) == pytest.approx(result.history[0]["val_loss"])
 
     saved = json.loads((out / "record.json").read_text())
-    assert saved == json.loads(json.dumps(record, default=str))
+    assert saved == json.loads(json.dumps(record.to_plain(), default=str))
     assert TrainConfig.from_dict(saved["config"]) == cfg
     assert saved["seed"] == cfg.seed
     assert saved["data"]["train_fingerprint"] == splits[0].fingerprint

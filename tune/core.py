@@ -1,14 +1,15 @@
-"""Small shared helpers: the one seeding helper, atomic writes, versions, user errors."""
+"""Small shared helpers: the one seeding helper, atomic writes, versions, user errors, typed files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 
 class UserError(Exception):
@@ -106,3 +107,30 @@ def library_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON document the project wrote (run.json, a record); unreadable → one-line UserError."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"cannot read {path}: expected a JSON object")
+    return doc
+
+
+# --------------------------------------------------------------------------- typed files
+T = TypeVar("T")
+
+
+def known(cls: type[T], d: dict[str, Any]) -> T:
+    """cls from a file's dict, keeping the fields cls has: a later version's extra fields are left alone, missing
+    ones take their defaults (what they meant when an earlier version wrote the file)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def plain(obj: Any) -> dict[str, Any]:
+    """A dataclass as the dict its file holds (nested dataclasses too; fields that are None left out)."""
+    return {k: v for k, v in dataclasses.asdict(obj).items() if v is not None}

@@ -15,6 +15,7 @@ on AUC and accuracy.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +83,13 @@ def add_missing_scores(out: Path, threads: int, valid: ImageSet, test: ImageSet)
     return True
 
 
+def _relative(paths: list[str]) -> list[str]:
+    """Paths relative to their common folder: the same images still match after the dataset moved (the run's
+    fingerprints have already said the content is the same)."""
+    root = os.path.commonpath(paths) if len(paths) > 1 else ""
+    return [os.path.relpath(p, root) if root else os.path.basename(p) for p in paths]
+
+
 def read_scores(folder: Path, file: str, images: ImageSet) -> np.ndarray:
     """(2, n): the plain and the flipped P(fake) a seed saved for one split, checked against that split."""
     from tune.training.records import FLIPPED, PLAIN, read_predictions
@@ -89,7 +97,7 @@ def read_scores(folder: Path, file: str, images: ImageSet) -> np.ndarray:
     out = []
     for column in (PLAIN, FLIPPED):
         paths, labels, p = read_predictions(folder / file, column)
-        if paths != images.paths or not np.array_equal(labels, images.y.astype(int)):
+        if _relative(paths) != _relative(images.paths) or not np.array_equal(labels, images.y.astype(int)):
             raise UserError(f"{folder / file} does not match the {images.split} split (the data changed since)")
         out.append(p)
     return np.stack(out)

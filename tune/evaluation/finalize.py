@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,9 +29,8 @@ from tune.core import (
 )
 from tune.metrics.classification import THRESHOLD_RULES
 from tune.runs.info import RunInfo, cache_dirs, load_heldout, load_train_valid, read_run, trial_config
-from tune.runs.layout import read_json
 from tune.training.config import TrainConfig
-from tune.training.records import RECORD, WEIGHTS
+from tune.training.records import RECORD, WEIGHTS, ModelRecord
 
 if TYPE_CHECKING:  # numpy, torch, scipy are imported on use, so `python -m tune --help` stays fast
     import numpy as np
@@ -100,25 +99,25 @@ def _fingerprints(info: RunInfo, data: Data) -> dict[str, Any]:
             "test_fingerprint": test.fingerprint, "root": str(info.root), **held_out}
 
 
-def done_record(c: Candidate, seed: int, info: RunInfo, data: Data) -> dict[str, Any] | None:
+def done_record(c: Candidate, seed: int, info: RunInfo, data: Data) -> ModelRecord | None:
     """The saved record of this exact (config, data, seed), if a previous finalize finished it. Configs are
     compared as configs (a record of an earlier version lacks options added since, which mean their defaults)
     and data by content (a dataset moved elsewhere is the same data; held-out sources count too)."""
     path = info.run.finalize(c.name, seed) / RECORD
     if not path.is_file():
         return None
-    old = read_json(path)
+    old = ModelRecord.load(path)
     try:
-        same_config = TrainConfig.from_dict(old.get("config", {})) == c.config.replace(seed=seed)
+        same_config = TrainConfig.from_dict(old.config) == c.config.replace(seed=seed)
     except (UserError, TypeError):  # a config this version cannot read is not this config
         same_config = False
     now = _fingerprints(info, data)
-    same_data = all(old.get("data", {}).get(k) == v for k, v in now.items() if k != "root")
+    same_data = all(old.data.get(k) == v for k, v in now.items() if k != "root")
     return old if same_config and same_data else None
 
 
 def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: Path | None,
-                  log: Log) -> dict[str, Any]:
+                  log: Log) -> ModelRecord:
     """Retrain one candidate with one seed, score valid and test (plain and flipped), save; reuse a finished
     record of the same thing."""
     from tune.evaluation.ensembles import add_missing_scores, save_scores
@@ -143,17 +142,17 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: 
     threshold = youden_threshold(valid.y, result.val_probs)
     save_training(out, result)
     p_test = save_scores(out, result.model, valid, test)
-    record = run_record(cfg, result, fingerprints)
-    record.update(name=c.name, kind=c.kind, trial_id=c.trial_id, metric=info.metric,
-                  valid_score=metric_value(result.best, info.metric),  # by the run's rule (mean_auc, ...)
-                  threshold=threshold, threshold_rule=THRESHOLD_RULES["at_valid_threshold"],
-                  test={"at_0.5": binary_metrics(test.y, p_test, 0.5),
-                        "at_valid_threshold": binary_metrics(test.y, p_test, threshold)})
-    atomic_write_json(out / RECORD, record)  # last: its presence marks this seed as done
+    record = replace(run_record(cfg, result, fingerprints), name=c.name, kind=c.kind, trial_id=c.trial_id,
+                     run=info.name, metric=info.metric,
+                     valid_score=metric_value(result.best, info.metric),  # by the run's rule (mean_auc, ...)
+                     threshold=threshold, threshold_rule=THRESHOLD_RULES["at_valid_threshold"],
+                     test={"at_0.5": binary_metrics(test.y, p_test, 0.5),
+                           "at_valid_threshold": binary_metrics(test.y, p_test, threshold)})
+    record.save(out / RECORD)  # last: its presence marks this seed as done
     return record
 
 
-def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[str, Any]]],
+def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[ModelRecord]],
             valid: ImageSet, test: ImageSet) -> dict[str, Any]:
     """Every predictor of every model (its seeds, their ensembles and flip TTA: tune.evaluation.ensembles) scored
     on the test split by the one engine (tune.metrics.bootstrap.score): cells with t-intervals over seeds and
@@ -164,8 +163,8 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
 
     y = test.y.astype(int)
     chosen = {c.name: choose_seed(info, records[c.name]) for c in cands}
-    preds = {c.name: ensembles.predictors([info.run.finalize(c.name, r["seed"]) for r in records[c.name]],
-                                          [float(r["threshold"]) for r in records[c.name]],
+    preds = {c.name: ensembles.predictors([info.run.finalize(c.name, r.seed) for r in records[c.name]],
+                                          [float(r.threshold or 0.5) for r in records[c.name]],
                                           records[c.name].index(chosen[c.name]), valid, test) for c in cands}
     cells, samples = stats.score(y, {(c.name, v): p for c in cands for v, p in preds[c.name].items()},
                                  fingerprint=test.fingerprint)
@@ -174,10 +173,10 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
         recs = records[c.name]
         row: dict[str, Any] = {"model": c.label, "name": c.name, "arch": c.arch, "kind": c.kind,
                                "trial_id": c.trial_id, "config": {**c.config.to_dict(), "seed": None},
-                               "seeds": [r["seed"] for r in recs], "valid_scores": [r["valid_score"] for r in recs],
-                               "thresholds": [float(r["threshold"]) for r in recs],
+                               "seeds": [r.seed for r in recs], "valid_scores": [r.valid_score for r in recs],
+                               "thresholds": [float(r.threshold or 0.5) for r in recs],
                                "folder": str(info.run.finalize(c.name).relative_to(info.run.path)),
-                               "chosen_seed": chosen[c.name]["seed"], "chosen_threshold": chosen[c.name]["threshold"],
+                               "chosen_seed": chosen[c.name].seed, "chosen_threshold": chosen[c.name].threshold,
                                **{rule: {m: cell.to_dict() for m, cell in cells[c.name, "seeds"][rule].items()}
                                   for rule in THRESHOLD_RULES}}
         rows.append(row)
@@ -185,7 +184,7 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
     seeds = {c.name: samples[c.name, "seeds"] for c in cands}
     held_out = {"tradeoff": tradeoff.summary(rows, records, seeds, stats.ALPHA)} if info.heldout else {}
     return {"run": info.name, "metric": info.metric, "n_test": len(y), "test_fingerprint": test.fingerprint,
-            "skipped": info.meta.get("skipped", {}), **held_out,
+            "skipped": info.meta.skipped, **held_out,
             "threshold_rules": THRESHOLD_RULES, "alpha": stats.ALPHA,
             "bootstrap": {"resamples": stats.RESAMPLES, "seed": [stats.SEED, "the test split's fingerprint"],
                           "stratified_by_class": True, "statistic": "each resample's metric is averaged over seeds"},
@@ -194,13 +193,13 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[dict[
                           "paired_metrics": list(ensembles.PAIRED), "rows": variant_rows}}
 
 
-def choose_seed(info: RunInfo, recs: list[dict[str, Any]]) -> dict[str, Any]:
+def choose_seed(info: RunInfo, recs: list[ModelRecord]) -> ModelRecord:
     """The seed whose model scored best on VALID (ties: the first seed). Test numbers never choose."""
     from tune.metrics.classification import better
 
     best = recs[0]
     for r in recs[1:]:
-        best = r if better(r["valid_score"], best["valid_score"], info.mode) else best
+        best = r if better(r.valid_score, best.valid_score, info.mode) else best
     return best
 
 
@@ -225,20 +224,16 @@ def best_models(rows: list[dict[str, Any]], samples: dict[str, dict[str, np.ndar
     return out
 
 
-def export_models(info: RunInfo, cmp: dict[str, Any], records: dict[str, list[dict[str, Any]]]) -> None:
-    """models/<arch>.pth + .json: the tuned seed with the best valid score, ready for `predict`."""
+def export_models(info: RunInfo, cmp: dict[str, Any], records: dict[str, list[ModelRecord]]) -> None:
+    """models/<arch>.pth + .json: the tuned seed with the best valid score, ready for `predict`; its record is the
+    seed's own, with what chose it and where it came from."""
     for row in (r for r in cmp["rows"] if r["kind"] == "tuned"):
-        rec = next(r for r in records[row["name"]] if r["seed"] == row["chosen_seed"])
-        src = info.run.finalize(row["name"], rec["seed"])
+        rec = next(r for r in records[row["name"]] if r.seed == row["chosen_seed"])
+        src = info.run.finalize(row["name"], rec.seed)
         weights = info.run.model(row["arch"], "pth")
         atomic_write_bytes(weights, (src / WEIGHTS).read_bytes())
-        atomic_write_json(info.run.model(row["arch"], "json"), {
-            "arch": row["arch"], "config": rec["config"], "seed": rec["seed"], "trial_id": row["trial_id"],
-            "run": info.name, "chosen_by": f"best valid {info.metric} over seeds {row['seeds']}",
-            "valid_score": rec["valid_score"], "threshold": rec["threshold"], "threshold_rule": rec["threshold_rule"],
-            "test_metrics": rec["test"], "data": rec["data"], "weights_source": rec["weights_source"],
-            "device": rec.get("device", "cpu"), "versions": rec["versions"], "source": str(src),
-            "weights_sha256": file_sha256(weights)})
+        replace(rec, arch=row["arch"], run=info.name, chosen_by=f"best valid {info.metric} over seeds {row['seeds']}",
+                source=str(src), weights_sha256=file_sha256(weights)).save(info.run.model(row["arch"], "json"))
 
 
 def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache_dir: Path | None = None,

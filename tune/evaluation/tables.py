@@ -102,7 +102,7 @@ def tables(models: dict[str, LoadedModel], sources: list[Source], conditions: li
                       "level": stats.LEVEL},
         "threshold_rules": THRESHOLD_RULES, "metrics": {m: METRICS[m].label for m in METRICS},
         "models": [{"name": n, "arch": m.arch, "path": str(m.path), "sha256": m.sha256, "threshold": m.threshold,
-                    "threshold_rule": m.threshold_rule, "run": m.record.get("run"), "trial": m.record.get("trial_id"),
+                    "threshold_rule": m.threshold_rule, "run": m.record.run, "trial": m.record.trial_id,
                     "image_size": m.image_size} for n, m in models.items()],
         "sources": [{"name": s.name, "path": str(s.path), "n_fake": counts[s.name][0], "n_real": counts[s.name][1],
                      "fingerprint": fingerprints[s.name], "skipped": [p for p, _ in scored[s.name].bad]}

@@ -156,7 +156,14 @@ THRESHOLD_RULES = {"at_0.5": "threshold 0.5 (the notebook's rule)",
 LOSS = Metric("loss", "min", "BCE loss")  # computed from logits by the training loop
 
 
-BASES: dict[str, str] = {"loss": LOSS.mode, **{m.name: m.mode for m in METRICS.values()}}  # name -> direction
+
+
+def bases() -> dict[str, str]:
+    """Every base metric name with its direction: the loss, then METRICS (read at call time, so an entry
+    registered after import counts everywhere)."""
+    return {"loss": LOSS.mode, **{m.name: m.mode for m in METRICS.values()}}
+
+
 HELDOUT = "xval"  # the held-out sources' prefix: xval_auc (their mean), xval[SOURCE]_auc (one source)
 PER_SOURCE = ("auc", "ap")  # reported per held-out source too (the papers' per-generator numbers)
 
@@ -177,9 +184,10 @@ def worst_prefix(mode: str) -> str:
 def search_metrics() -> dict[str, str]:
     """Every per-epoch number a search may select by, with its direction: in-domain (val_), held-out (xval_)
     and their combinations (mean_, and min_ or max_)."""
-    out = {f"val_{b}": mode for b, mode in BASES.items()}
-    out |= {f"{HELDOUT}_{b}": mode for b, mode in BASES.items()}
-    for b, mode in BASES.items():
+    base = bases()
+    out = {f"val_{b}": mode for b, mode in base.items()}
+    out |= {f"{HELDOUT}_{b}": mode for b, mode in base.items()}
+    for b, mode in base.items():
         out |= {f"mean_{b}": mode, f"{worst_prefix(mode)}_{b}": mode}
     return out
 
@@ -189,14 +197,14 @@ def split_name(name: str) -> tuple[str, str]:
     mean_auc -> ("mean", "auc"). A bare "auc" is ("val", "auc"); best_ in front is ignored."""
     kind, _, base = name.removeprefix("best_").rpartition("_")
     held_out_source = kind.startswith(f"{HELDOUT}[") and kind.endswith("]")
-    if base not in BASES or not (kind in ("", "val", HELDOUT, *COMBINED) or held_out_source):
+    if base not in bases() or not (kind in ("", "val", HELDOUT, *COMBINED) or held_out_source):
         raise KeyError(name)
     return kind or "val", base
 
 
 def mode_of(name: str) -> str:
     """Direction of `name`: any name search_metrics() lists or a per-source column, with or without best_."""
-    return BASES[split_name(name)[1]]
+    return bases()[split_name(name)[1]]
 
 
 def needs_heldout(name: str) -> bool:
@@ -232,7 +240,7 @@ def heldout_row(scored: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> dict
     the sources of each metric (and of the loss); with two or more sources, xval[SOURCE]_NAME is each
     source's own for PER_SOURCE (with one, it would repeat xval_NAME)."""
     per = {name: {**binary_metrics(y, p), "loss": loss} for name, (y, p, loss) in scored.items()}
-    row = {f"{HELDOUT}_{b}": float(np.mean([m[b] for m in per.values()])) for b in BASES}
+    row = {f"{HELDOUT}_{b}": float(np.mean([m[b] for m in per.values()])) for b in bases()}
     for name, m in per.items() if len(per) > 1 else ():
         row |= {f"{HELDOUT}[{name}]_{b}": float(m[b]) for b in PER_SOURCE}
     return row

@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from tune.core import UserError, atomic_write_bytes
-from tune.runs.layout import Run, read_json
+from tune.core import UserError, atomic_write_bytes, read_json
+from tune.runs.layout import Run, RunRecord
 from tune.training.records import HISTORY, PREDICTIONS
 
 STATUS_COLORS = {"completed": "tab:green", "early_stopped": "tab:blue", "stopped_by_asha": "tab:gray",
@@ -51,10 +51,10 @@ def note(ax: Axes, text: str) -> None:
 
 
 # --------------------------------------------------------------------------- data and the winners
-def plot_dataset(run: dict[str, Any]) -> Figure:
+def plot_dataset(run: RunRecord) -> Figure:
     from tune.data.images import split_counts
 
-    counts = split_counts(Path(run["data"]["root"]))
+    counts = split_counts(Path(run.data.root))
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     splits = list(counts)
@@ -151,8 +151,8 @@ def trials_in_order(arch: str, board: Any) -> Any:
     return rows.sort_values("trial_no", kind="stable").reset_index(drop=True)
 
 
-def plot_search_metric(run_dir: Path, run: dict[str, Any], board: Any) -> Figure:
-    space = run["space"]
+def plot_search_metric(run_dir: Path, run: RunRecord, board: Any) -> Figure:
+    space = run.space
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     pick = np.fmax.accumulate if space["mode"] == "max" else np.fmin.accumulate
@@ -172,8 +172,8 @@ def plot_search_metric(run_dir: Path, run: dict[str, Any], board: Any) -> Figure
     return fig
 
 
-def plot_search_epochs(run_dir: Path, run: dict[str, Any], board: Any) -> Figure:
-    space, budget = run["space"], run["space"]["budget"]
+def plot_search_epochs(run_dir: Path, run: RunRecord, board: Any) -> Figure:
+    space, budget = run.space, run.space["budget"]
     archs = list(space["architectures"])
     fig = Figure(figsize=(7, 3 * len(archs)), layout="constrained")
     rungs = [budget["grace_period"] * budget["reduction_factor"] ** k for k in range(32)
@@ -195,14 +195,14 @@ def plot_search_epochs(run_dir: Path, run: dict[str, Any], board: Any) -> Figure
     return fig
 
 
-def plot_importance(run_dir: Path, run: dict[str, Any]) -> Figure:
+def plot_importance(run_dir: Path, run: RunRecord) -> Figure:
     """fANOVA on the trials that reached the same budget: Optuna's COMPLETE ones (ran to the end or
     early-stopped on patience). Trials ASHA stopped are PRUNED there (tune.search.searcher) and left out:
     a 2-epoch score explains nothing about what a hyperparameter does at 10 epochs."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    archs = list(run["space"]["architectures"])
+    archs = list(run.space["architectures"])
     fig = Figure(figsize=(6.5, 3 * len(archs)), layout="constrained")
     folder = Run(run_dir)
     for ax, arch in zip(fig.subplots(len(archs), 1, squeeze=False)[:, 0], archs):

@@ -96,7 +96,8 @@ document.querySelectorAll("table.sortable").forEach(function (t) {
 
 
 def context(run_dir: Path) -> sec.Context:
-    from tune.runs.layout import Run, read_json
+    from tune.core import read_json
+    from tune.runs.layout import Run
     from tune.runs.leaderboard import load_leaderboard
 
     run = Run(run_dir)
@@ -110,7 +111,7 @@ def missing(ctx: sec.Context) -> list[str]:
     if ctx.cmp is None:
         out.append("the test results (verdict, comparison tables, ROC curves, confusion matrices, learning curves): "
                    f"finalize has not run; <code>python -m tune finalize {escape(ctx.name)}</code> makes them")
-    budget = ctx.meta["space"]["budget"]["trials"] * len(ctx.meta["space"]["architectures"])
+    budget = (ctx.meta.space["budget"]["trials"] or 0) * len(ctx.meta.architectures)
     board = ctx.board
     unfinished = 0 if board.empty else int(board["ended"].isin(["running", "interrupted"]).sum())
     if unfinished or len(board) < budget:
@@ -122,7 +123,7 @@ def missing(ctx: sec.Context) -> list[str]:
 def build_html(run_dir: Path, *, log: Log = print) -> str:
     ctx = context(run_dir)
     has = {"": True, "comparison": ctx.cmp is not None, "evaluation": bool(ctx.cmp and "evaluation" in ctx.cmp),
-           "heldout": bool(ctx.meta["data"].get("valid_extra"))}
+           "heldout": bool(ctx.meta.data.valid_extra)}
     parts, nav = [], []
     for anchor, heading, build, needs in SECTIONS:
         if not has[needs]:
@@ -137,7 +138,7 @@ def build_html(run_dir: Path, *, log: Log = print) -> str:
         nav.append(f'<a href="#{anchor}">{escape(heading.split(":")[0].split(",")[0])}</a>')
     body = "".join(parts)
     gaps = missing(ctx)
-    space = ctx.meta["space"]
+    space = ctx.meta.space
     summary = (f"{len(space['architectures'])} architecture(s): {escape(', '.join(space['architectures']))}; "
                f"{space['budget']['trials']} trials each, up to {space['budget']['max_epochs']} epochs; search metric "
                f"{escape(ctx.metric)} ({escape(space['mode'])}). Report built {time.strftime('%Y-%m-%d %H:%M:%S')}.")

@@ -16,24 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from tune.reports.charts import figure_div, figure_png, png_uri, study_charts
-from tune.runs.layout import Run
+from tune.runs.layout import Run, RunRecord
 from tune.training.records import PREDICTIONS
 
 
 @dataclass
 class Context:
     run: Run
-    meta: dict[str, Any]  # run.json
+    meta: RunRecord  # run.json
     cmp: dict[str, Any] | None  # comparison.json, None before finalize
     board: Any  # tune.runs.leaderboard.load_leaderboard's DataFrame
 
     @property
     def name(self) -> str:
-        return str(self.meta["name"])
+        return self.meta.name
 
     @property
     def metric(self) -> str:
-        return str(self.meta["space"]["metric"])
+        return self.meta.metric
 
 
 # --------------------------------------------------------------------------- small HTML helpers
@@ -195,7 +195,7 @@ def search(ctx: Context) -> str:
     from tune.runs.leaderboard import trial_counts
 
     out = [f"<p>{escape(trial_counts(ctx.board))}.</p>"] if not ctx.board.empty else []
-    for arch in ctx.meta["space"]["architectures"]:
+    for arch in ctx.meta.architectures:
         asha = 0 if ctx.board.empty else int(((ctx.board["arch"] == arch)
                                                & (ctx.board["ended"] == "stopped_by_asha")).sum())
         said, charts = study_charts(ctx.run.optuna_db, ctx.run.study_name(arch, ctx.meta), ctx.metric, asha)
@@ -229,12 +229,11 @@ def _test_classes(ctx: Context) -> dict[str, int]:
 
 
 def dataset(ctx: Context) -> str:
-    data, cmp = ctx.meta["data"], ctx.cmp or {}
-    root = Path(data["root"])
-    prints = {"train": data.get("train_fingerprint"), "valid": data.get("valid_fingerprint"),
-              "test": cmp.get("test_fingerprint")}
-    counts, note = {**data.get("classes", {}), "test": _test_classes(ctx)}, ""
-    if "classes" not in data:  # a run from before run.json recorded them: count the files there now
+    data, cmp = ctx.meta.data, ctx.cmp or {}
+    root = Path(data.root)
+    prints = {"train": data.train_fingerprint, "valid": data.valid_fingerprint, "test": cmp.get("test_fingerprint")}
+    counts, note = {**data.classes, "test": _test_classes(ctx)}, ""
+    if not data.classes:  # a run from before run.json recorded them: count the files there now
         try:
             from tune.data.images import split_counts  # (imports torch)
 
@@ -245,11 +244,11 @@ def dataset(ctx: Context) -> str:
     rows = []
     for split, fp in prints.items():
         c = counts.get(split) or {}
-        total = c["Fake"] + c["Real"] if c else data.get(f"n_{split}", "")
+        total = c["Fake"] + c["Real"] if c else getattr(data, f"n_{split}", "")
         rows.append([split, str(c.get("Fake", "")), str(c.get("Real", "")), str(total),
                      f"<code>{escape(fp)}</code>" if fp else "not read until finalize" if split == "test" else ""])
-    skipped = len(data.get("skipped") or [])
-    weights = "".join(f"<li>{escape(a)}: {escape(str(w))}</li>" for a, w in (ctx.meta.get("weights") or {}).items())
+    skipped = len(data.skipped or [])
+    weights = "".join(f"<li>{escape(a)}: {escape(str(w))}</li>" for a, w in ctx.meta.weights.items())
     return (f"<p>Dataset root <code>{escape(str(root))}</code>; {skipped} unreadable image(s) skipped. The "
             "fingerprints are content hashes: a different one means different data.</p>" + note
             + table(["Split", "Fake", "Real", "Total", "Fingerprint"], rows)
@@ -257,15 +256,15 @@ def dataset(ctx: Context) -> str:
 
 
 def reproduce(ctx: Context) -> str:
-    meta, cmp, space = ctx.meta, ctx.cmp, ctx.meta["space"]
+    meta, cmp, space = ctx.meta, ctx.cmp, ctx.meta.space
     storage = str(ctx.run.path.parent.absolute())
     again = f"{ctx.name}-again"
-    search = ["python", "-m", "tune", "search", "--data", str(meta["data"]["root"]), "--space",
-              str(meta.get("space_file", "SPACE.yaml")), "--name", again, "--trials", str(space["budget"]["trials"]),
+    search = ["python", "-m", "tune", "search", "--data", str(meta.data.root), "--space",
+              meta.space_file or "SPACE.yaml", "--name", again, "--trials", str(space["budget"]["trials"]),
               "--storage", storage, "--no-finalize"]
-    search += ["--no-cache"] if not meta.get("use_cache", True) else []
-    search += ["--skip-bad-images"] if meta["data"].get("skipped") else []
-    search += ["--valid-extra", *meta["data"]["valid_extra"]["dirs"]] if meta["data"].get("valid_extra") else []
+    search += ["--no-cache"] if not meta.use_cache else []
+    search += ["--skip-bad-images"] if meta.data.skipped else []
+    search += ["--valid-extra", *meta.data.valid_extra["dirs"]] if meta.data.valid_extra else []
     lines = ["# 1. the same search again, into a new run folder next to this one", cmd(*search)]
     if not ctx.board.empty:
         lines.append("# 2. re-train each architecture's best trial and check its numbers bit for bit")
@@ -279,10 +278,10 @@ def reproduce(ctx: Context) -> str:
                "--storage", storage] + (["--baseline"] if any(r["kind"] == "baseline" for r in cmp["rows"]) else [])
         lines += ["# 3. retrain the winners with the same seeds and test them once (on the run of step 1)", cmd(*fin)]
     versions = "".join(f"<code>{escape(k)} {escape(str(v))}</code> " for k, v in sorted(
-        (meta.get("versions") or {}).items()))
+        meta.versions.items()))
     return (f"<pre>{escape(chr(10).join(lines))}</pre>"
-            + f"<p>Search started {escape(str(meta.get('started', '?')))}"
-            + (f", resumed {escape(str(meta['resumed']))}" if meta.get("resumed") else "") + ". Library versions "
+            + f"<p>Search started {escape(meta.started or '?')}"
+            + (f", resumed {escape(meta.resumed)}" if meta.resumed else "") + ". Library versions "
             f'recorded by the search:</p><p class="versions">{versions}</p>'
             + f"<details><summary>The search space as run (run.json)</summary><pre>"
               f"{escape(json.dumps(space, indent=2))}</pre></details>")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,17 +21,20 @@ from tune.metrics.classification import HELDOUT, best_index
 from tune.reports.sections import Context
 from tune.reports.tables import Table, label
 
+if TYPE_CHECKING:
+    from tune.training.records import ModelRecord
+
 IN_DOMAIN, HELD_OUT = "val_auc", f"{HELDOUT}_auc"
 
 
-def validation(records: list[dict[str, Any]]) -> dict[str, float]:
+def validation(records: list[ModelRecord]) -> dict[str, float]:
     """Mean over a model's retrained seeds of the kept epoch's val_auc, xval_auc and AUC per held-out source."""
-    keys = dict.fromkeys(k for r in records for k in r["best"]
+    keys = dict.fromkeys(k for r in records for k in r.best
                          if k == IN_DOMAIN or (k.startswith(HELDOUT) and k.endswith("_auc")))
-    return {k: float(np.mean([r["best"].get(k, math.nan) for r in records])) for k in keys}
+    return {k: float(np.mean([r.best.get(k, math.nan) for r in records])) for k in keys}
 
 
-def summary(rows: list[dict[str, Any]], records: dict[str, list[dict[str, Any]]],
+def summary(rows: list[dict[str, Any]], records: dict[str, list[ModelRecord]],
             samples: dict[str, dict[str, np.ndarray]], alpha: float) -> dict[str, Any]:
     """comparison.json's "tradeoff": each model's validation AUCs beside its test AUC, the model each
     validation picks among the tuned ones, and (when they differ) the paired bootstrap of the two on test
@@ -113,7 +116,7 @@ def scatter(ctx: Context) -> Any:
 
     board = ctx.board.dropna(subset=[IN_DOMAIN, HELD_OUT])
     fig = go.Figure()
-    for arch in ctx.meta["space"]["architectures"]:
+    for arch in ctx.meta.architectures:
         mine = board[board["arch"] == arch]
         if mine.empty:
             continue
@@ -138,8 +141,8 @@ def section(ctx: Context) -> str:
     from tune.metrics.classification import describe
     from tune.reports.charts import figure_div
 
-    held = (ctx.meta["data"].get("valid_extra") or {}).get("sources", [])
-    rule = (ctx.meta.get("rule") or {}).get("about") or describe(ctx.metric)
+    held = (ctx.meta.data.valid_extra or {}).get("sources", [])
+    rule = ctx.meta.rule.get("about") or describe(ctx.metric)
     sources = ", ".join(f"{s['name']} ({s['n_fake']} fake, {s['n_real']} real)" for s in held)
     out = [f"<p>Held-out validation sources (never trained on): {escape(sources)}. Selection rule: "
            f"{escape(rule)}.</p>"]

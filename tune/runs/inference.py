@@ -11,7 +11,6 @@ Accepted model files (each with the record written beside it):
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ if TYPE_CHECKING:  # numpy/torch are imported on use, so `python -m tune --help`
     import numpy as np
 
     from tune.models.detector import Detector
+    from tune.training.records import ModelRecord
 
 BATCH = 64
 # The model files every command that loads one accepts (its --model help).
@@ -65,7 +65,7 @@ class LoadedModel:
     """A detector ready to score: its weights, its record and where they came from."""
 
     model: Detector
-    record: dict[str, Any]
+    record: ModelRecord
     path: Path
     sha256: str
     threshold: float
@@ -74,16 +74,16 @@ class LoadedModel:
 
     @property
     def arch(self) -> str:
-        return str(self.record["config"]["arch"])
+        return self.record.arch_name
 
     @property
     def image_size(self) -> int:
-        return int(self.record["config"]["image_size"])
+        return int(self.record.config["image_size"])
 
     def identity(self) -> dict[str, Any]:
         """Which model answered: enough to find it again (arch, run, trial, file and its hash)."""
-        return {"arch": self.arch, "run": self.record.get("run"), "trial": self.record.get("trial_id"),
-                "seed": self.record.get("seed"), "path": str(self.path), "sha256": self.sha256}
+        return {"arch": self.arch, "run": self.record.run, "trial": self.record.trial_id,
+                "seed": self.record.seed, "path": str(self.path), "sha256": self.sha256}
 
     def decode(self, src: Path | bytes) -> np.ndarray:
         """One image file (or its bytes) → uint8 (3, S, S) at this model's size; ValueError if unreadable."""
@@ -104,6 +104,7 @@ def load(path: Path) -> LoadedModel:
     from tune.models.detector import load_state_dict_file
     from tune.training.config import TrainConfig
     from tune.training.loop import make_model
+    from tune.training.records import ModelRecord
 
     path = Path(path)
     if not path.is_file():
@@ -113,22 +114,22 @@ def load(path: Path) -> LoadedModel:
         raise UserError(f"model record not found: {meta_path} (expected the .json that finalize writes next to "
                         "the .pth, or the record.json of a train folder)")
     try:
-        record = json.loads(meta_path.read_text())
+        record = ModelRecord.load(meta_path)
         # The state_dict holds every weight, so the backbone is never downloaded again to load it.
-        config = dict(record["config"])
+        config = dict(record.config)
         if "weights" in config:
             config["weights"] = "none"
         cfg = TrainConfig.from_dict(config)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"bad model record {meta_path}: {type(e).__name__}: {e}") from None
     sha = file_sha256(path)
-    expected = record.get("weights_sha256")
+    expected = record.weights_sha256
     if expected and expected != sha:
         raise UserError(f"{path} does not match its record {meta_path.name}: sha256 {sha[:16]}… but the record "
                         f"says {expected[:16]}… (was the .pth replaced?)")
     notes = []
-    if "threshold" in record:
-        threshold, rule = float(record["threshold"]), str(record.get("threshold_rule", "chosen on valid"))
+    if record.threshold is not None:
+        threshold, rule = float(record.threshold), record.threshold_rule or "chosen on valid"
     else:
         threshold, rule = 0.5, "0.5 (the record has no valid-chosen threshold)"
         notes.append(f"{meta_path.name} has no threshold chosen on valid; using 0.5")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError
-from tune.runs.layout import Run
+from tune.runs.layout import Run, RunRecord
 from tune.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class RunInfo:
     skip_bad: bool  # the search skipped unreadable images, so we must too
     fingerprints: dict[str, str]  # train/valid content hashes recorded by the search
     space: dict[str, Any]
-    meta: dict[str, Any]
+    meta: RunRecord  # run.json
 
     @property
     def run(self) -> Run:
@@ -44,21 +44,21 @@ class RunInfo:
     @property
     def heldout(self) -> dict[str, Any] | None:
         """The held-out validation sources the search recorded (tune.data.heldout.describe), or None."""
-        return self.meta["data"].get("valid_extra")
+        return self.meta.data.valid_extra
 
 
 def read_run(run_dir: Path) -> RunInfo:
     run_dir = Path(run_dir)
     meta = Run(run_dir).read()
     try:
-        space, data = meta["space"], meta["data"]
+        space, data = meta.space, meta.data
         return RunInfo(
-            run_dir=run_dir, name=meta["name"], root=Path(data["root"]), image_size=int(space["image_size"]),
+            run_dir=run_dir, name=meta.name, root=Path(data.root), image_size=int(space["image_size"]),
             metric=space["metric"], mode=space["mode"], seed=int(space["seed"]),
             max_epochs=int(space["budget"]["max_epochs"]),
             threads=max(1, int(space["resources"]["cpus_per_trial"])),  # as tune.search.driver.run_search
-            use_cache=bool(meta.get("use_cache", True)), skip_bad=bool(data.get("skipped")),
-            fingerprints={"train": data["train_fingerprint"], "valid": data["valid_fingerprint"]},
+            use_cache=meta.use_cache, skip_bad=bool(data.skipped),
+            fingerprints={"train": data.train_fingerprint, "valid": data.valid_fingerprint},
             space=space, meta=meta)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{Run(run_dir).record_file} is incomplete ({type(e).__name__}: {e}); was it written by "

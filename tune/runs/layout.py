@@ -21,15 +21,14 @@ Every other module asks this one for a path; none spells one.
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from tune.core import UserError, atomic_write_json
+from tune.core import UserError, atomic_write_json, known, plain, read_json
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -119,15 +118,83 @@ def run_of_model(path: Path) -> Run | None:
     return None
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON document the project wrote (run.json, a record); unreadable → one-line UserError."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"cannot read {path}: expected a JSON object")
-    return doc
+# --------------------------------------------------------------------------- run.json
+@dataclass
+class DataRecord:
+    """The data a search ran on: where, each split's content fingerprint, sizes, and the held-out sources."""
+
+    root: str
+    train_fingerprint: str
+    valid_fingerprint: str
+    n_train: int = 0
+    n_valid: int = 0
+    classes: dict[str, dict[str, int]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    valid_extra: dict[str, Any] | None = None  # held-out validation sources: folders, fingerprints
+
+
+@dataclass
+class Extension:
+    """One --extend of a finished search: its budget and its Ray experiment."""
+
+    trials: int | None = None
+    time_s: float | None = None
+    experiment: str | None = None  # None: the earlier layout (one experiment per architecture, ARCH-extendK)
+    started: str = ""
+    started_at: float | None = None
+
+
+@dataclass
+class RunRecord:
+    """run.json: what a search was (space, data, rule, weights), where its trials are, and what it has run."""
+
+    name: str
+    space: dict[str, Any]  # tune.search.space.SearchSpace as dataclasses.asdict wrote it
+    data: DataRecord
+    trials_root: str = "trials"
+    experiment: str | None = None  # the search's Ray experiment; None: the earlier layout (one per architecture)
+    extensions: list[Extension] = field(default_factory=list)
+    rule: dict[str, Any] = field(default_factory=dict)  # metric, mode, a one-line description
+    weights: dict[str, str] = field(default_factory=dict)  # architecture -> weights source
+    skipped: dict[str, str] = field(default_factory=dict)  # architecture -> why the search skipped it
+    space_file: str = ""
+    use_cache: bool = True
+    versions: dict[str, str] = field(default_factory=dict)
+    started: str = ""
+    started_at: float | None = None
+    resumed: str | None = None
+
+    @property
+    def metric(self) -> str:
+        return str(self.space["metric"])
+
+    @property
+    def mode(self) -> str:
+        return str(self.space["mode"])
+
+    @property
+    def architectures(self) -> list[str]:
+        return list(self.space["architectures"])
+
+    @classmethod
+    def load(cls, path: Path) -> RunRecord:
+        """run.json as this version or an earlier one wrote it."""
+        d = read_json(path)
+        try:
+            return known(cls, {**d, "data": known(DataRecord, d["data"]),
+                                "extensions": [known(Extension, e) for e in d.get("extensions", [])]})
+        except (KeyError, TypeError) as e:
+            raise UserError(f"{path} is incomplete ({type(e).__name__}: {e}); was it written by `python -m tune "
+                            "search`?") from None
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.toplain())
+
+    def toplain(self) -> dict[str, Any]:
+        out = plain(self)
+        out["data"] = plain(self.data)
+        out["extensions"] = [plain(e) for e in self.extensions]
+        return out
 
 
 @dataclass(frozen=True)
@@ -157,10 +224,10 @@ class Run:
     def optuna_url(self) -> str:
         return f"sqlite:///{self.optuna_db.absolute()}"
 
-    def study_name(self, arch: str, record: dict[str, Any]) -> str:
+    def study_name(self, arch: str, record: RunRecord) -> str:
         """The architecture's Optuna study in optuna.db: RUN-ARCH, RUN as the search named it
         (a run folder copied under another name keeps its studies)."""
-        return f"{record.get('name', self.name)}-{arch}"
+        return f"{record.name}-{arch}"
 
     def leaderboard(self, ext: str) -> Path:  # csv or md
         return self.path / f"leaderboard.{ext}"
@@ -203,24 +270,23 @@ class Run:
     def exists(self) -> bool:
         return self.record_file.is_file()
 
-    def read(self) -> dict[str, Any]:
-        return read_json(self.record_file)
+    def read(self) -> RunRecord:
+        return RunRecord.load(self.record_file)
 
-    def write(self, record: dict[str, Any]) -> None:
-        atomic_write_json(self.record_file, record)
+    def write(self, record: RunRecord) -> None:
+        record.save(self.record_file)
 
     # ------------------------------------------------------------------ the trials
-    def trials_root(self, record: dict[str, Any]) -> str:
+    def trials_root(self, record: RunRecord) -> str:
         """Where Ray put this run's experiments: the URI run.json names, else the run folder's trials/."""
-        root = record.get("trials_root")
-        return root if is_uri(root) else str(self.path / LOCAL_TRIALS)
+        return record.trials_root if is_uri(record.trials_root) else str(self.path / LOCAL_TRIALS)
 
-    def experiments(self, record: dict[str, Any], arch: str) -> list[str]:
+    def experiments(self, record: RunRecord, arch: str) -> list[str]:
         """Every Ray experiment holding `arch`'s trials, oldest first: the search, then each --extend. Each
         is named in run.json; one that is not (the earlier layout) is the architecture's own."""
-        parts = [record, *record.get("extensions", [])]
+        parts = [record.experiment, *(e.experiment for e in record.extensions)]
         root = self.trials_root(record)
-        return [join(root, p.get("experiment") or legacy_experiment_name(arch, k)) for k, p in enumerate(parts)]
+        return [join(root, name or legacy_experiment_name(arch, k)) for k, name in enumerate(parts)]
 
 
 def trials_root_for(run: Run, storage_uri: str | None) -> str:

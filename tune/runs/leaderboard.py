@@ -10,21 +10,21 @@ import pandas as pd
 
 from tune.core import UserError, atomic_write_text
 from tune.metrics.classification import HELDOUT, split_name
-from tune.runs.layout import Run
+from tune.runs.layout import Run, RunRecord
 from tune.runs.trials import kept_score, read_trials
 
 BASE_COLUMNS = ["trial_id", "arch", "trial_no", "ended", "epochs", "best_epoch", "score", "val_loss_at_best",
                 "wall_s"]
 
 
-def side_by_side(meta: dict[str, Any]) -> list[str]:
+def side_by_side(meta: RunRecord) -> list[str]:
     """With held-out validation sources: the in-domain and held-out values shown beside each trial's score,
     at its kept epoch: the search metric's base and AUC (val_ and xval_), then AUC per held-out source
     when there are several."""
-    held = (meta["data"].get("valid_extra") or {}).get("sources", [])
+    held = (meta.data.valid_extra or {}).get("sources", [])
     if not held:
         return []
-    bases = dict.fromkeys([split_name(meta["space"]["metric"])[1], "auc"])
+    bases = dict.fromkeys([split_name(meta.metric)[1], "auc"])
     per_source = [f"{HELDOUT}[{s['name']}]_auc" for s in held] if len(held) > 1 else []
     return [f"{kind}_{b}" for b in bases for kind in ("val", HELDOUT)] + per_source
 
@@ -34,7 +34,7 @@ def load_leaderboard(run_dir: Path) -> pd.DataFrame:
     started (the search's, then each --extend's); `ended` says how each one ended."""
     run = Run(Path(run_dir))
     meta = run.read()
-    space = meta["space"]
+    space = meta.space
     metric, mode = space["metric"], space["mode"]
     shown = side_by_side(meta)
     sampled = {a: [n for n, p in ps.items() if p["kind"] != "fixed"] for a, ps in space["architectures"].items()}

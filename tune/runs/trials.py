@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tune.metrics.classification import metric_value
-from tune.runs.layout import Run, filesystem, trial_folder
+from tune.runs.layout import Run, RunRecord, filesystem, trial_folder
 
 SCORE = "score"  # what a trial reports to Ray, ASHA and Optuna: the search metric at its kept epoch
 
@@ -150,12 +150,12 @@ def last_timestamp(location: str) -> float | None:
     return max(stamps, default=None)
 
 
-def read_trials(run: Run, record: dict[str, Any], arch: str) -> list[TrialRecord]:
+def read_trials(run: Run, record: RunRecord, arch: str) -> list[TrialRecord]:
     """Every trial of `arch` in the run (search and extensions), in the order they were created."""
     return [t for loc in run.experiments(record, arch) for t in read_experiment(loc, arch)]
 
 
-def find_trial(run: Run, record: dict[str, Any], arch: str, trial_id: str) -> TrialRecord | None:
+def find_trial(run: Run, record: RunRecord, arch: str, trial_id: str) -> TrialRecord | None:
     """One trial by id (its params and results; status not looked up), or None."""
     import pyarrow.fs
 

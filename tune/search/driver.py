@@ -25,7 +25,17 @@ import torch
 from tune import FAKE, REAL
 from tune.core import UserError, library_versions
 from tune.data.images import ImageSet, load_split
-from tune.runs.layout import Run, exists, experiment_name, join, trial_folder, trials_root_for
+from tune.runs.layout import (
+    DataRecord,
+    Extension,
+    Run,
+    RunRecord,
+    exists,
+    experiment_name,
+    join,
+    trial_folder,
+    trials_root_for,
+)
 from tune.runs.trials import SCORE, kept_score, last_timestamp
 from tune.search.budget import Budget
 from tune.search.cluster import loopback_only, quiet_ray, slots, start_ray
@@ -90,7 +100,7 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
         row["reported_at"] = time.time()  # wall clock, to the microsecond (Ray's `timestamp` is whole seconds)
         with tempfile.TemporaryDirectory() as d:
             torch.save(state(), Path(d) / "state.pt")
-            tune.reports.figures(row, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
     cache = Path(data.cache_dir) if data.cache_dir else None
     fit(cfg, data.train, data.valid, extra=data.extra, report=report, resume=resume, cache_dir=cache, log=None)
@@ -128,20 +138,20 @@ def previous_run(run: Run, opts: SearchOptions) -> dict[str, Any] | None:
     if opts.storage_uri and join(opts.storage_uri, run.name) != run.trials_root(old):
         raise UserError(f"run {run.name} keeps its trials at {run.trials_root(old)} (run.json); --storage "
                         f"{opts.storage_uri} names another place")
-    if opts.resume and "experiment" not in old:
+    if opts.resume and old.experiment is None:
         raise UserError(f"run {run.name} was started by an earlier version (one Ray experiment per architecture) "
                         "and cannot be resumed by this one; its finished trials are kept: --extend adds to them")
     return old
 
 
-def plan_space(opts: SearchOptions, old: dict[str, Any] | None) -> tuple[SearchSpace, Path]:
+def plan_space(opts: SearchOptions, old: RunRecord | None) -> tuple[SearchSpace, Path]:
     """The space and data root: recorded when continuing (whatever the command line's defaults say), else the
     space file with --trials / --time-budget over its budget (--time-budget alone: trials until time is up)."""
     if old is not None:
         if opts.valid_extra is not None:
             raise UserError(f"run {opts.name} goes on with the held-out validation sources it recorded; leave out "
                             "--valid-extra")
-        return space_from_record(old["space"]), opts.data or Path(old["data"]["root"])
+        return space_from_record(old.space), opts.data or Path(old.data.root)
     if opts.space is None or opts.data is None:
         raise UserError("a new search needs --space and --data")
     space = load_space(opts.space)
@@ -157,22 +167,23 @@ def plan_space(opts: SearchOptions, old: dict[str, Any] | None) -> tuple[SearchS
     return space, opts.data
 
 
-def experiments(record: dict[str, Any], opts: SearchOptions) -> list[tuple[int, dict[str, Any]]]:
-    """(number, its part of run.json) of each experiment to run now: the search (0), the new --extend,
-    or with --resume every one (finished ones return at once)."""
-    parts = list(enumerate([record, *record["extensions"]]))
+def experiments(record: RunRecord, opts: SearchOptions) -> list[tuple[int, RunRecord | Extension]]:
+    """(number, its part of run.json) of each experiment to run now: the search (0, the record itself), the
+    new --extend, or with --resume every one (finished ones return at once)."""
+    parts: list[tuple[int, RunRecord | Extension]] = list(enumerate([record, *record.extensions]))
     return parts[-1:] if opts.extend else parts if opts.resume else parts[:1]
 
 
-def budget_of(location: str, archs: list[str], part: dict[str, Any]) -> Budget:
+def budget_of(location: str, archs: list[str], part: RunRecord | Extension) -> Budget:
     """An experiment's budget: the space's for the search, its own for an --extend."""
-    b = part["space"]["budget"] if "space" in part else part
-    return Budget(location, tuple(archs), b.get("trials"), b.get("time_s"))
+    if isinstance(part, RunRecord):
+        return Budget(location, tuple(archs), part.space["budget"].get("trials"), part.space["budget"].get("time_s"))
+    return Budget(location, tuple(archs), part.trials, part.time_s)
 
 
 # --------------------------------------------------------------------------- prepare
-def prepare(opts: SearchOptions, run: Run, old: dict[str, Any] | None, space: SearchSpace,
-            data_root: Path) -> tuple[dict[str, Any], SearchSpace, ImageSet, ImageSet, list[ImageSet]]:
+def prepare(opts: SearchOptions, run: Run, old: RunRecord | None, space: SearchSpace,
+            data_root: Path) -> tuple[RunRecord, SearchSpace, ImageSet, ImageSet, list[ImageSet]]:
     """Decode train, valid and the held-out sources, check the weights, and write run.json (refusing changed
     data, held-out sources that share images with the splits, or a reused name)."""
     from tune.data import heldout
@@ -186,7 +197,7 @@ def prepare(opts: SearchOptions, run: Run, old: dict[str, Any] | None, space: Se
                                live=not opts.use_cache) for s in ("train", "valid"))
     extra, held_out = heldout.for_training(
         [Path(d) for d in space.valid_extra], space.image_size, train, valid, data_root,
-        recorded=old["data"].get("valid_extra") if old else None, what=f"run {opts.name} started",
+        recorded=old.data.valid_extra if old else None, what=f"run {opts.name} started",
         cache_dir=cache, skip_bad=opts.skip_bad, live=not opts.use_cache)
     sources = "".join(f"; held-out validation source {s.split}: {len(s)} images" for s in extra)
     test = "its files only compared by bytes with the held-out sources" if extra else "not read by the search"
@@ -194,36 +205,35 @@ def prepare(opts: SearchOptions, run: Run, old: dict[str, Any] | None, space: Se
           f"(decoded in {time.time() - t0:.1f}s); the test split: {test}", flush=True)
     space, weight_notes, skipped = check_weights(space)
     now = time.strftime("%Y-%m-%d %H:%M:%S")
-    record = {"name": opts.name, "space_file": str(opts.space), "space": asdict(space),
-              "data": {"root": str(data_root), "train_fingerprint": train.fingerprint,
-                       "valid_fingerprint": valid.fingerprint, "n_train": len(train), "n_valid": len(valid),
-                       "classes": {s.split: {"Fake": int((s.y == FAKE).sum()), "Real": int((s.y == REAL).sum())}
-                                   for s in (train, valid)},
-                       "skipped": train.skipped + valid.skipped + [p for s in extra for p in s.skipped],
-                       **({"valid_extra": held_out} if held_out else {})},
-              "rule": {"metric": space.metric, "mode": space.mode, "about": describe(space.metric)},
-              "weights": weight_notes, "skipped": skipped, "trials_root": trials_root_for(run, opts.storage_uri),
-              "experiment": experiment_name(0), "started_at": time.time(), "extensions": [],
-              "use_cache": opts.use_cache, "versions": library_versions(), "started": now}
+    record = RunRecord(
+        name=opts.name, space=asdict(space), space_file=str(opts.space),
+        trials_root=trials_root_for(run, opts.storage_uri),
+        data=DataRecord(root=str(data_root), train_fingerprint=train.fingerprint, valid_fingerprint=valid.fingerprint,
+                        n_train=len(train), n_valid=len(valid),
+                        classes={s.split: {"Fake": int((s.y == FAKE).sum()), "Real": int((s.y == REAL).sum())}
+                                 for s in (train, valid)},
+                        skipped=train.skipped + valid.skipped + [p for s in extra for p in s.skipped],
+                        valid_extra=held_out or None),
+        rule={"metric": space.metric, "mode": space.mode, "about": describe(space.metric)},
+        weights=weight_notes, skipped=skipped, experiment=experiment_name(0), started_at=time.time(),
+        use_cache=opts.use_cache, versions=library_versions(), started=now)
     if old is not None:
         for split, s in (("train", train), ("valid", valid)):
-            if old["data"].get(f"{split}_fingerprint") != s.fingerprint:
+            was = getattr(old.data, f"{split}_fingerprint")
+            if was != s.fingerprint:
                 raise UserError(f"cannot continue {opts.name}: the {split} data changed since the run started "
-                                f"(fingerprint {old['data'].get(f'{split}_fingerprint')} -> {s.fingerprint})")
-        keep = ("space_file", "space", "trials_root", "started", "started_at", "experiment", "extensions")
-        record.update({k: old[k] for k in keep if k in old})
-        if "experiment" not in old:
-            del record["experiment"]  # a run of the earlier layout: its first experiments stay per architecture
-        if opts.resume:
-            record["resumed"] = now
+                                f"(fingerprint {was} -> {s.fingerprint})")
+        # the run's own record goes on; a run of the earlier layout keeps experiment None (one per architecture)
+        record = replace(record, space_file=old.space_file, space=old.space, trials_root=old.trials_root,
+                         started=old.started, started_at=old.started_at, experiment=old.experiment,
+                         extensions=list(old.extensions), resumed=now if opts.resume else old.resumed)
     if opts.extend:
-        k = len(record["extensions"]) + 1
-        record["extensions"] = [*record["extensions"], {
-            "trials": opts.trials, "time_s": opts.time_budget, "experiment": experiment_name(k), "started": now,
-            "started_at": time.time()}]
+        k = len(record.extensions) + 1
+        record.extensions.append(Extension(trials=opts.trials, time_s=opts.time_budget, experiment=experiment_name(k),
+                                           started=now, started_at=time.time()))
     root = run.trials_root(record)
     for _, part in experiments(record, opts):  # a new experiment never lands on another run's trials
-        location = join(root, part["experiment"])
+        location = join(root, str(part.experiment))
         if not opts.resume and exists(location):
             raise UserError(f"{location} already holds trials of an earlier search named {opts.name}; "
                             "choose another --name")
@@ -232,7 +242,7 @@ def prepare(opts: SearchOptions, run: Run, old: dict[str, Any] | None, space: Se
 
 
 # --------------------------------------------------------------------------- run
-def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: dict[str, Any], k: int, budget: Budget,
+def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, k: int, budget: Budget,
                opts: SearchOptions, location: str, n_slots: int) -> Any:
     """A new Tuner for experiment k, or (--resume) the interrupted one restored."""
     from optuna.samplers import TPESampler
@@ -307,10 +317,10 @@ def run_search(opts: SearchOptions) -> Path:
                 precompute_features(space, arch, train, valid, opts.cache_dir / "features", extra)
         n_slots = slots(space)
         for k, part in experiments(record, opts):
-            location = join(run.trials_root(record), part["experiment"])
+            location = join(run.trials_root(record), str(part.experiment))
             budget = budget_of(location, archs, part)
-            spent = max(0.0, (last_timestamp(location) or part["started_at"]) - part["started_at"]) \
-                if opts.resume and part.get("started_at") else 0.0
+            began = part.started_at
+            spent = max(0.0, (last_timestamp(location) or began) - began) if opts.resume and began else 0.0
             budget.start(slots=n_slots, spent=spent)
             tuner = make_tuner(trainable, space, run, record, k, budget, opts, location, n_slots)
             print(f"[search] {', '.join(archs)} on {n_slots} slot(s): {budget.describe(spent)}"

@@ -1,1 +1,1 @@
-"""."""
+"""Serving: predict, the Ray Serve app and its web page, ONNX export and the model card."""

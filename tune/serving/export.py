@@ -38,7 +38,7 @@ def parity_images(loaded: LoadedModel, n: int = PARITY_IMAGES) -> tuple[np.ndarr
 
     from tune.data.images import scan_split
 
-    root = (loaded.record.get("data") or {}).get("root")
+    root = loaded.record.data.get("root")
     if root and Path(root).is_dir():
         try:
             files = scan_split(Path(root), "valid").paths

@@ -32,7 +32,7 @@ def related_files(loaded: LoadedModel) -> dict[str, Path]:
     from tune.training.records import PREDICTIONS, WEIGHTS
 
     path = loaded.path.absolute()
-    src = Path(loaded.record["source"]) if loaded.record.get("source") else path.parent
+    src = Path(loaded.record.source) if loaded.record.source else path.parent
     found = {"predictions": src / PREDICTIONS, "weights_of_predictions": src / WEIGHTS}
     run = run_of_model(path)
     if run is not None:
@@ -59,7 +59,7 @@ def test_metrics(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] 
     from tune.metrics.cells import Cell
 
     record = loaded.record
-    metrics = record.get("test_metrics") or record.get("test")
+    metrics = record.test  # ModelRecord.load reads the old name, test_metrics, too
     if not metrics:
         return None
     out: dict[str, Any] = {"n_test": None, "interval": None, "rules": {}}
@@ -76,7 +76,7 @@ def test_metrics(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] 
         else:
             one = stats.Predictor(p[None, :], {"at_valid_threshold": [loaded.threshold], "at_0.5": [0.5]},
                                   over_seeds=False)
-            fingerprint = (record.get("data") or {}).get("test_fingerprint") or "0"
+            fingerprint = record.data.get("test_fingerprint") or "0"
             cells, _ = stats.score(y, {"m": one}, fingerprint=fingerprint)
             out.update(n_test=len(y), rules={rule: {m: c.to_dict() for m, c in got.items()}
                                              for rule, got in cells["m"].items()},
@@ -120,15 +120,15 @@ def describe(loaded: LoadedModel) -> dict[str, Any]:
     """Everything a user of the model should know about it (GET /model, MODEL_CARD.md)."""
     r = loaded.record
     files = related_files(loaded)
-    data = {k: v for k, v in (r.get("data") or {}).items() if k != "root"}  # fingerprints and counts
+    data = {k: v for k, v in r.data.items() if k != "root"}  # fingerprints and counts
     return _clean({
-        "arch": loaded.arch, "run": r.get("run"), "trial": r.get("trial_id"), "seed": r.get("seed"),
+        "arch": loaded.arch, "run": r.run, "trial": r.trial_id, "seed": r.seed,
         "file": loaded.path.name, "sha256": loaded.sha256, "image_size": loaded.image_size,
         "threshold": loaded.threshold, "threshold_rule": loaded.threshold_rule,
-        "config": r.get("config"), "weights_source": r.get("weights_source"), "data": data,
-        "chosen_by": r.get("chosen_by"), "valid_best": r.get("best"), "valid_score": r.get("valid_score"),
+        "config": r.config, "weights_source": r.weights_source, "data": data,
+        "chosen_by": r.chosen_by, "valid_best": r.best, "valid_score": r.valid_score,
         "test_metrics": test_metrics(loaded, files), "evaluation": evaluation(loaded, files),
-        "versions": r.get("versions"), "device_trained_on": r.get("device"), "notes": loaded.notes})
+        "versions": r.versions, "device_trained_on": r.device, "notes": loaded.notes})
 
 
 def render_card(d: dict[str, Any], export: dict[str, Any]) -> str:

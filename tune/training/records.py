@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune.core import UserError, atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, library_versions
+from tune.core import (
+    UserError,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    known,
+    library_versions,
+    plain,
+    read_json,
+)
 from tune.metrics.classification import HELDOUT, METRICS
 from tune.training.config import TrainConfig
 
@@ -40,22 +51,79 @@ def history_csv(history: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+# --------------------------------------------------------------------------- a model's record
+@dataclass
+class ModelRecord:
+    """What one trained model is, beside its weights: a `train --out` folder's record.json, each finalize seed's
+    record.json and an exported models/ARCH.json are all this one record (the exported one adds its choice)."""
+
+    config: dict[str, Any]  # tune.training.config.TrainConfig.to_dict
+    seed: int = 0
+    data: dict[str, Any] = field(default_factory=dict)  # fingerprints and root of the data it saw
+    weights_source: str = ""
+    weights_sha256: str | None = None
+    threshold: float | None = None  # chosen on valid (Youden's J); None: 0.5 applies
+    threshold_rule: str | None = None
+    best_epoch: int | None = None
+    best: dict[str, Any] = field(default_factory=dict)  # the kept epoch's row
+    ended: str | None = None
+    epochs_run: int | None = None
+    cache: str | None = None
+    trainable_params: int | None = None
+    frozen_params: int | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    versions: dict[str, str] = field(default_factory=dict)
+    # finalize's retrainings
+    name: str | None = None  # finalize's model name: ARCH, or ARCH-baseline
+    kind: str | None = None  # tuned or baseline
+    trial_id: str | None = None
+    run: str | None = None
+    metric: str | None = None
+    valid_score: float | None = None
+    test: dict[str, Any] | None = None  # {rule: binary_metrics} on the test split, read once
+    # an exported winner (models/ARCH.json)
+    arch: str | None = None
+    chosen_by: str | None = None
+    source: str | None = None  # the finalize seed folder it was copied from
+
+    @property
+    def arch_name(self) -> str:
+        return str(self.config["arch"])
+
+    @classmethod
+    def load(cls, path: Path) -> ModelRecord:
+        """Either schema: models/ARCH.json before one record named the test metrics test_metrics."""
+        d = read_json(path)
+        if "test_metrics" in d and "test" not in d:
+            d["test"] = d.pop("test_metrics")
+        if "config" not in d:
+            raise UserError(f"{path} is not a model record (no config)")
+        return known(cls, d)
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.to_plain())
+
+    def to_plain(self) -> dict[str, Any]:
+        return plain(self)
+
+
 def run_record(cfg: TrainConfig, result: FitResult, data: dict[str, Any],
-               y_valid: np.ndarray | None = None) -> dict[str, Any]:
+               y_valid: np.ndarray | None = None) -> ModelRecord:
     """Everything about a training run but its weights. With the valid labels it also records the
     threshold that a model file is used at (Youden's J on valid, as finalize chooses it)."""
+    import torch
+
     from tune.metrics.classification import youden_threshold
 
     threshold = {} if y_valid is None else {"threshold": youden_threshold(y_valid, result.val_probs),
                                             "threshold_rule": "Youden's J maximised on the validation split"}
-    import torch
-
-    return {**threshold, "config": cfg.to_dict(), "seed": cfg.seed, "data": data,
-            "weights_source": result.model.weights_source,
-            "cache": result.cache_mode, "best_epoch": result.best_epoch, "ended": result.ended,
-            "epochs_run": len(result.history), "best": result.best, "trainable_params": result.trainable_params,
-            "frozen_params": result.frozen_params, "versions": library_versions(), "threads": torch.get_num_threads(),
-            "device": str(next(result.model.parameters()).device)}
+    return ModelRecord(**threshold, config=cfg.to_dict(), seed=cfg.seed, data=data,
+                       weights_source=result.model.weights_source, cache=result.cache_mode,
+                       best_epoch=result.best_epoch, ended=result.ended, epochs_run=len(result.history),
+                       best=result.best, trainable_params=result.trainable_params, frozen_params=result.frozen_params,
+                       versions=library_versions(), threads=torch.get_num_threads(),
+                       device=str(next(result.model.parameters()).device))
 
 
 def save_training(out: Path, result: FitResult) -> None:
@@ -67,12 +135,12 @@ def save_training(out: Path, result: FitResult) -> None:
 
 
 def save_run(out: Path, cfg: TrainConfig, result: FitResult, data: dict[str, Any],
-             y_valid: np.ndarray | None = None) -> dict[str, Any]:
+             y_valid: np.ndarray | None = None) -> ModelRecord:
     """out/best.pth (state_dict), out/history.csv (per epoch), out/record.json (everything else)."""
     record = run_record(cfg, result, data, y_valid)
     save_training(out, result)
-    record["weights_sha256"] = file_sha256(out / WEIGHTS)
-    atomic_write_json(out / RECORD, record)
+    record.weights_sha256 = file_sha256(out / WEIGHTS)
+    record.save(out / RECORD)
     return record
 
 

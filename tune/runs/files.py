@@ -1,0 +1,74 @@
+"""The result files, typed: comparison.json and evaluation.json (run.json is tune.runs.layout.RunRecord,
+beside the run folder it describes; a model's record is tune.training.records.ModelRecord, beside what a
+training writes).
+
+Each is a dataclass written and read here only (`save`, `load`), so a field has one name and one meaning
+and a reader never guesses which version wrote a file: `load` accepts what earlier versions wrote (missing
+fields get the meaning they had then) and `save` writes this version's. The nested parts that other modules
+own stay dicts in their owners' schemas: the search space (tune.search.space), the trials' configs
+(tune.training.config), the cells (tune.metrics.cells.Cell.from_dict reads every schema of those).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tune.core import atomic_write_json, known, plain, read_json
+
+COMPARISON = "comparison.json"
+EVALUATION = "evaluation.json"  # in evaluate's output folder, and in RUN/extra-test/
+
+
+# --------------------------------------------------------------------------- comparison.json, evaluation.json
+@dataclass
+class Comparison:
+    """finalize's comparison.json: every model's rows of cells (tune.metrics.cells), the verdict, the ensembles,
+    the in-domain vs held-out trade-off and, with finalize --extra-test, evaluate's tables of the winners."""
+
+    run: str
+    metric: str
+    n_test: int
+    test_fingerprint: str
+    rows: list[dict[str, Any]]
+    best: dict[str, Any]
+    threshold_rules: dict[str, str]
+    alpha: float = 0.05
+    bootstrap: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    ensembles: dict[str, Any] | None = None
+    tradeoff: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> Comparison:
+        return known(cls, read_json(path))
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, plain(self))
+
+
+@dataclass
+class Evaluation:
+    """evaluate's evaluation.json: the models, sources and conditions, one row of cells per (model, source,
+    condition) and the mean over sources, the paired tests, and the plots written beside it."""
+
+    models: list[dict[str, Any]]
+    sources: list[dict[str, Any]]
+    conditions: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    paired: list[dict[str, Any]] = field(default_factory=list)
+    plots: dict[str, str] = field(default_factory=dict)
+    bootstrap: dict[str, Any] = field(default_factory=dict)
+    threshold_rules: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> Evaluation:
+        return known(cls, read_json(path))
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, plain(self))
