@@ -21,7 +21,6 @@ Targets (issue "Win on real data"): on the built-in data, (c) >= (b) in mean tes
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import subprocess
@@ -41,6 +40,7 @@ from tune.data.images import load_split  # noqa: E402
 from tune.metrics.bootstrap import Predictor, bootstrap, paired_p_value, resamples_for, t_interval  # noqa: E402
 from tune.metrics.classification import binary_metrics  # noqa: E402
 from tune.models.registry import DEFAULT_ARCH  # noqa: E402
+from tune.runs.files import Comparison  # noqa: E402
 from tune.runs.inference import probabilities  # noqa: E402
 from tune.runs.layout import Run  # noqa: E402
 from tune.search.space import load_space  # noqa: E402
@@ -86,10 +86,9 @@ def searched(data: Path, space: Path, seeds: int, name: str | None) -> tuple[np.
         run = Run(ROOT / "results" / name)
     else:  # a finished run: from its search's start to its comparison's writing
         run = Run(Path(name) if Path(name, "run.json").is_file() else ROOT / "results" / name)
-        seconds = run.comparison("json").stat().st_mtime - float(run.read().get("started_at", 0.0))
-    cmp = json.loads(run.comparison("json").read_text())
-    tuned = [r for r in cmp["rows"] if r["kind"] == "tuned"]
-    mode = run.read()["space"]["mode"]
+        seconds = run.comparison("json").stat().st_mtime - float(run.read().started_at or 0.0)
+    tuned = Comparison.load(run.comparison("json")).tuned
+    mode = run.read().mode
     pick = (max if mode == "max" else min)(tuned, key=lambda r: float(np.mean(r["valid_scores"])))
     probs = np.stack([read_predictions(run.finalize(pick["name"], s) / PREDICTIONS)[2] for s in pick["seeds"]])
     return probs, f"{pick['model']}, searched and finalized (chosen on valid)", seconds, run.path

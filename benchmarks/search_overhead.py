@@ -67,7 +67,7 @@ def trial_time(run_dir: Path) -> tuple[float, float, int, int]:
     record = run.read()
     busy = epochs_s = 0.0
     epochs = trials = 0
-    for arch in record["space"]["architectures"]:
+    for arch in record.architectures:
         for t in read_trials(run, record, arch):
             if t.results:
                 busy += t.results[-1]["time_total_s"]

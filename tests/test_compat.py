@@ -44,6 +44,28 @@ def old_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return copied("old_layout_run", "old", tmp_path)
 
 
+def test_result_files_of_earlier_versions_load_as_this_versions_types(old_run: Path) -> None:
+    """comparison.json from before ensembles (cells as mean/boot_low/boot_high) and an evaluation.json from
+    before the one cell schema (top-level auc, at_threshold) load as Comparison and Evaluation; what they lack is
+    None, and the cells read the same."""
+    from tune.metrics.cells import cell_of
+    from tune.reports.tables import cell_at
+    from tune.runs.files import Comparison, Evaluation
+    from tune.runs.layout import Run
+
+    cmp = Comparison.load(old_run / "comparison.json")
+    old = json.loads((old_run / "comparison.json").read_text())
+    assert cmp.ensembles is None and cmp.tradeoff is None and cmp.evaluation is None and cmp.seeds == 1
+    assert cell_of(cmp.rows[0]["at_0.5"]["auc"]).value == old["rows"][0]["at_0.5"]["auc"]["mean"]
+    record = json.loads((old_run / "run.json").read_text())
+    assert Run(old_run).read().data.train_fingerprint == record["data"]["train_fingerprint"]
+    row = {"model": "m", "source": "s", "condition": "clean", "auc": {"value": 0.7, "low": 0.6, "high": 0.8},
+           "at_threshold": {"accuracy": {"value": 0.6, "low": 0.5, "high": 0.7}}}
+    ev = Evaluation.from_dict({"rows": [row], "bootstrap": {"resamples": 1000, "seed": 0}, "unknown_later_field": 1})
+    assert ev.models == [] and ev.paired == [] and cell_at(ev.rows[0], "auc").text() == "0.700 [0.600, 0.800]"
+    assert cell_at(ev.rows[0], "accuracy", "at_valid_threshold").value == 0.6
+
+
 def test_an_old_run_is_read_by_every_command(old_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     board = load_leaderboard(old_run)
     before = pd.read_csv(FIXTURE / "leaderboard.csv")

@@ -21,6 +21,7 @@ import tune.evaluation.finalize
 import tune.training.loop
 from tune.metrics import bootstrap as stats
 from tune.metrics.classification import METRICS, Resampled, binary_metrics
+from tune.runs.files import Comparison
 from tune.runs.layout import DataRecord, RunRecord
 
 ARCHS = ("custom_cnn", "mobilenet_v2")
@@ -56,9 +57,11 @@ def finalized(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     shutil.copytree(tiny_run, run)
     with pytest.MonkeyPatch.context() as mp:
         calls, fits = spy_split_reads(mp), count_fits(mp)
-        cmp = tune.evaluation.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=tmp / "cache",
-                                                    log=lambda s: None)
-    return {"run": run, "cmp": cmp, "calls": calls, "fits": fits, "cache": tmp / "cache"}
+        result = tune.evaluation.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=tmp / "cache",
+                                                       log=lambda s: None)
+    # the tests read the file, as every reader does; it holds exactly what finalize returned
+    cmp = json.loads((run / "comparison.json").read_text())
+    return {"run": run, "cmp": cmp, "result": result, "calls": calls, "fits": fits, "cache": tmp / "cache"}
 
 
 def test_finalize_writes_every_seed_and_the_comparison(finalized: dict[str, Any]) -> None:
@@ -71,7 +74,8 @@ def test_finalize_writes_every_seed_and_the_comparison(finalized: dict[str, Any]
             rec = json.loads((d / "record.json").read_text())
             assert rec["seed"] == seed and rec["config"]["threads"] == 1  # the trial's cpus_per_trial
             assert rec["data"]["test_fingerprint"] and rec["threshold_rule"].startswith("threshold chosen on valid")
-    assert json.loads((run / "comparison.json").read_text()) == json.loads(json.dumps(cmp, default=str))
+    assert Comparison.load(run / "comparison.json") == finalized["result"] == Comparison.from_dict(cmp)
+    assert cmp == json.loads(json.dumps(finalized["result"].to_plain()))  # every field written, none lost
     md = (run / "comparison.md").read_text()
     assert md.count("| Model | Accuracy | Precision | Recall | F1-Score | ROC-AUC |") == 2  # both thresholds
     assert "threshold 0.5" in md and "Youden's J" in md and "paired bootstrap p =" in md
@@ -248,7 +252,7 @@ def test_parallel_finalize_gives_the_same_numbers(finalized: dict[str, Any], tmp
     shutil.rmtree(run / "finalize")
     cmp = tune.evaluation.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=finalized["cache"],
                                                 log=lambda s: None, jobs=2)
-    assert cmp == finalized["cmp"]
+    assert cmp == finalized["result"]
 
 
 # --------------------------------------------------------------------------- ensembles and flip TTA
@@ -409,8 +413,8 @@ def test_an_old_format_run_folder_still_reports_and_finalize_completes_it(
     assert card["test_metrics"]["n_test"] == 20 and card["test_metrics"]["rules"]["at_0.5"]["auc"]["low"] is not None
     test_dir = Path(json.loads((run / "run.json").read_text())["data"]["root"]) / "test"
     assert tune.cli.main(["evaluate", "--run", str(run), str(test_dir), "--out", str(tmp_path / "eval")]) == 0
-    assert "Ensembles" not in comparison_markdown(old)
-    lines = list(csv.DictReader(io.StringIO(comparison_csv(old))))
+    assert "Ensembles" not in comparison_markdown(Comparison.from_dict(old))
+    lines = list(csv.DictReader(io.StringIO(comparison_csv(Comparison.from_dict(old)))))
     assert len(lines) == 2 * 7 * len(old["rows"]) and {ln["variant"] for ln in lines} == {"seeds"}
 
     fits = count_fits(monkeypatch)

@@ -253,11 +253,12 @@ def test_finalize_keeps_selection_and_test_apart_and_shows_the_trade_off(
     other = make_dataset(xrun["tmp"] / "unseen", n=4, size=32, seed=30, splits=("gen_c",)) / "gen_c"
     cmp = tune.evaluation.finalize.run_finalize(run, seeds=1, cache_dir=xrun["tmp"] / "cache", log=lambda s: None,
                                      extra_test=[other])
-    for row in cmp["rows"]:
+    for row in cmp.rows:
         rec = json.loads((run / row["folder"] / "seed0" / "record.json").read_text())
         assert rec["valid_score"] == metric_value(rec["best"], "xval_auc") == row["valid_scores"][0]
         assert rec["data"]["valid_extra"] == Run(run).read().data.valid_extra
-    t = cmp["tradeoff"]
+    t = cmp.tradeoff
+    assert t is not None
     assert {r["name"] for r in t["rows"]} == {"custom_cnn", "mobilenet_v2"}
     assert {"val_auc", "xval_auc", "xval[gen_a]_auc", "test_auc"} <= set(t["rows"][0])
     md = (run / "comparison.md").read_text()
@@ -303,7 +304,7 @@ def test_the_trade_off_sentence_names_both_winners_and_the_paired_test() -> None
     records["b"][0].best["val_auc"] = 0.99
     agree = tradeoff.summary(rows, records, boot, 0.05)
     assert agree["agree"] and tradeoff.sentence(agree).startswith("In-domain and held-out validation pick the same")
-    md = tradeoff.markdown({"tradeoff": agree})
+    md = tradeoff.markdown(agree)
     assert "| Model | val_auc | xval_auc | xval[g]_auc | xval[h]_auc | test ROC-AUC |" in md
     assert "| b (tuned) | 0.990 | 0.750 | 0.700 | 0.800 | 0.800 |" in md
 

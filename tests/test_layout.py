@@ -84,9 +84,19 @@ def test_training_folder_file_names_are_declared_once() -> None:
     from tune.training.records import HISTORY, PREDICTIONS, RECORD, VALID_PREDICTIONS, WEIGHTS
 
     names = (WEIGHTS, HISTORY, RECORD, PREDICTIONS, VALID_PREDICTIONS)
-    quoted = re.compile("[\"'](" + "|".join(map(re.escape, names)) + ")[\"']")
+    quoted = re.compile("([\"'])(" + "|".join(map(re.escape, names)) + ")\\1")
     owner = SRC / "training" / "records.py"
     found = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if p != owner and quoted.search(p.read_text()))
+    assert found == [], found
+
+
+def test_run_file_names_are_declared_once() -> None:
+    """run.json (tune.runs.layout), comparison.json and evaluation.json (tune.runs.files) are quoted in code only by
+    the modules that read and write them as dataclasses; every other module asks those for a path or a record."""
+    quoted = re.compile(r"([\"'])(run\.json|comparison\.json|evaluation\.json)\1")  # a string literal, not prose
+    owners = {SRC / "runs" / "layout.py", SRC / "runs" / "files.py"}
+    found = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
+                   if p not in owners and quoted.search(p.read_text()))
     assert found == [], found
 
 

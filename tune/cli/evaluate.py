@@ -51,5 +51,5 @@ def run(a: argparse.Namespace) -> int:
     result = evaluate(models, sources, conditions, out, skip_bad=a.skip_bad_images, resamples=a.resamples,
                       seed=a.seed)
     print(render_markdown(result), end="")
-    print(f"wrote {out}/evaluation.{{md,csv,json}}, scores.csv and {len(result['plots'])} plot(s)")
+    print(f"wrote {out}/evaluation.{{md,csv,json}}, scores.csv and {len(result.plots)} plot(s)")
     return 0

@@ -17,12 +17,14 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError
 from tune.data.perturb import Condition
 from tune.data.sources import Scored, Source
+from tune.runs.files import Comparison, Evaluation
 from tune.runs.layout import Run
 
 if TYPE_CHECKING:  # numpy/torch are imported on use, so `python -m tune --help` stays fast
@@ -135,8 +137,8 @@ def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions:
 
 # --------------------------------------------------------------------------- the command
 def evaluate(models: list[LoadedModel], sources: list[Source], conditions: list[Condition], out: Path | None, *,
-             skip_bad: bool = False, resamples: int = 1000, seed: int = 0, log: Log = print) -> dict[str, Any]:
-    """Score, compute the tables, write them into `out` and return evaluation.json's dict.
+             skip_bad: bool = False, resamples: int = 1000, seed: int = 0, log: Log = print) -> Evaluation:
+    """Score, compute the tables, write them into `out` and return what evaluation.json holds.
 
     Every input problem is raised before anything is written; the files are written atomically,
     evaluation.json last (its presence marks a complete evaluation)."""
@@ -160,19 +162,19 @@ def load_models(paths: list[Path]) -> list[LoadedModel]:
     return [load(p) for p in paths]
 
 
-def extra_test(run_dir: Path, data: list[Source], cmp: dict[str, Any], md: str, log: Log = print) -> dict[str, Any]:
+def extra_test(run_dir: Path, data: list[Source], cmp: Comparison, md: str, log: Log = print) -> Evaluation:
     """`finalize --extra-test`: evaluate the exported winners on more sources; add it to comparison.md/json."""
-    from tune.core import atomic_write_json, atomic_write_text
+    from tune.core import atomic_write_text
     from tune.reports.evaluation import render_markdown
 
     out = Run(run_dir).extra_test
     ev = evaluate(load_models(Run(run_dir).winners()), data, [Condition()], out, log=log)
     # In comparison.json the plot paths are relative to the run folder, where that file lives.
-    ev = {**ev, "plots": {k: f"{out.name}/{v}" for k, v in ev["plots"].items()}}
-    cmp["evaluation"] = ev
+    ev = replace(ev, plots={k: f"{out.name}/{v}" for k, v in ev.plots.items()})
+    cmp.evaluation = ev.to_plain()
     section = render_markdown(ev, level=2, title="Extra test sets (exported winners)")
-    atomic_write_json(Path(run_dir) / "comparison.json", cmp)
-    atomic_write_text(Path(run_dir) / "comparison.md", md.rstrip("\n") + "\n\n" + section)
+    cmp.save(Run(run_dir).comparison("json"))
+    atomic_write_text(Run(run_dir).comparison("md"), md.rstrip("\n") + "\n\n" + section)
     log(section)
     return ev
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 from tune.core import (
     UserError,
     atomic_write_bytes,
-    atomic_write_json,
     atomic_write_text,
     file_sha256,
 )
 from tune.metrics.classification import THRESHOLD_RULES
+from tune.runs.files import Comparison
 from tune.runs.info import RunInfo, cache_dirs, load_heldout, load_train_valid, read_run, trial_config
 from tune.training.config import TrainConfig
 from tune.training.records import RECORD, WEIGHTS, ModelRecord
@@ -153,7 +153,7 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: 
 
 
 def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[ModelRecord]],
-            valid: ImageSet, test: ImageSet) -> dict[str, Any]:
+            valid: ImageSet, test: ImageSet) -> Comparison:
     """Every predictor of every model (its seeds, their ensembles and flip TTA: tune.evaluation.ensembles) scored
     on the test split by the one engine (tune.metrics.bootstrap.score): cells with t-intervals over seeds and
     bootstrap intervals over the test images, all on the same resamples, so every comparison is paired."""
@@ -182,15 +182,14 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[Model
         rows.append(row)
         variant_rows += ensembles.rows(row, preds[c.name], cells, samples)
     seeds = {c.name: samples[c.name, "seeds"] for c in cands}
-    held_out = {"tradeoff": tradeoff.summary(rows, records, seeds, stats.ALPHA)} if info.heldout else {}
-    return {"run": info.name, "metric": info.metric, "n_test": len(y), "test_fingerprint": test.fingerprint,
-            "skipped": info.meta.skipped, **held_out,
-            "threshold_rules": THRESHOLD_RULES, "alpha": stats.ALPHA,
-            "bootstrap": {"resamples": stats.RESAMPLES, "seed": [stats.SEED, "the test split's fingerprint"],
-                          "stratified_by_class": True, "statistic": "each resample's metric is averaged over seeds"},
-            "rows": rows, "best": best_models(rows, seeds),
-            "ensembles": {"variants": ensembles.VARIANTS, "paired_against": "chosen_seed",
-                          "paired_metrics": list(ensembles.PAIRED), "rows": variant_rows}}
+    return Comparison(
+        run=info.name, metric=info.metric, n_test=len(y), test_fingerprint=test.fingerprint, rows=rows,
+        best=best_models(rows, seeds), threshold_rules=THRESHOLD_RULES, alpha=stats.ALPHA, skipped=info.meta.skipped,
+        bootstrap={"resamples": stats.RESAMPLES, "seed": [stats.SEED, "the test split's fingerprint"],
+                   "stratified_by_class": True, "statistic": "each resample's metric is averaged over seeds"},
+        ensembles={"variants": ensembles.VARIANTS, "paired_against": "chosen_seed",
+                   "paired_metrics": list(ensembles.PAIRED), "rows": variant_rows},
+        tradeoff=tradeoff.summary(rows, records, seeds, stats.ALPHA) if info.heldout else None)
 
 
 def choose_seed(info: RunInfo, recs: list[ModelRecord]) -> ModelRecord:
@@ -224,10 +223,10 @@ def best_models(rows: list[dict[str, Any]], samples: dict[str, dict[str, np.ndar
     return out
 
 
-def export_models(info: RunInfo, cmp: dict[str, Any], records: dict[str, list[ModelRecord]]) -> None:
+def export_models(info: RunInfo, cmp: Comparison, records: dict[str, list[ModelRecord]]) -> None:
     """models/<arch>.pth + .json: the tuned seed with the best valid score, ready for `predict`; its record is the
     seed's own, with what chose it and where it came from."""
-    for row in (r for r in cmp["rows"] if r["kind"] == "tuned"):
+    for row in cmp.tuned:
         rec = next(r for r in records[row["name"]] if r.seed == row["chosen_seed"])
         src = info.run.finalize(row["name"], rec.seed)
         weights = info.run.model(row["arch"], "pth")
@@ -237,7 +236,7 @@ def export_models(info: RunInfo, cmp: dict[str, Any], records: dict[str, list[Mo
 
 
 def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache_dir: Path | None = None,
-                 log: Log = print, jobs: int = 1, extra_test: list[Path] | None = None) -> dict[str, Any]:
+                 log: Log = print, jobs: int = 1, extra_test: list[Path] | None = None) -> Comparison:
     """`jobs` > 1 retrains that many (model, seed) pairs at once in separate processes, each with the
     trials' thread count, so the numbers are the same as sequentially, only sooner."""
     if seeds < 1:
@@ -283,8 +282,8 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     from tune.reports.tables import comparison_csv, comparison_markdown
     from tune.reports.tradeoff import markdown as tradeoff_markdown
 
-    md = comparison_markdown(cmp) + tradeoff_markdown(cmp)
-    atomic_write_json(info.run.comparison("json"), cmp)
+    md = comparison_markdown(cmp) + tradeoff_markdown(cmp.tradeoff)
+    cmp.save(info.run.comparison("json"))
     atomic_write_text(info.run.comparison("csv"), comparison_csv(cmp))
     atomic_write_text(info.run.comparison("md"), md)
     export_models(info, cmp, records)
@@ -296,7 +295,7 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     if extra:
         from tune.evaluation.evaluate import extra_test as evaluate_extra
 
-        evaluate_extra(info.run_dir, extra, cmp, md, log)  # adds comparison.json["evaluation"] and a section
+        evaluate_extra(info.run_dir, extra, cmp, md, log)  # adds the comparison's evaluation and a section
     from tune.reports.html import write_report
 
     log(f"wrote {info.run.comparison('{md,csv,json}')}, the winners in {info.run.model('*').parent}, "

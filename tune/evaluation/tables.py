@@ -1,4 +1,4 @@
-"""The numbers of an evaluation (evaluation.json's dict), from per-image scores.
+"""The numbers of an evaluation (what evaluation.json holds: tune.runs.files.Evaluation), from per-image scores.
 
 Every source's cells come from the one engine (tune.metrics.bootstrap.score), as finalize's do: within a
 source every model and condition is scored on the same resamples, so model differences are paired, and
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tune.metrics.cells import Cell
 from tune.metrics.classification import METRICS, THRESHOLD_RULES
+from tune.runs.files import Evaluation
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,7 +64,7 @@ def mean_cells(per: list[dict[str, dict[str, Cell]]], samples: list[Samples]) ->
 
 
 def tables(models: dict[str, LoadedModel], sources: list[Source], conditions: list[Condition],
-           scored: dict[str, Scored], *, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+           scored: dict[str, Scored], *, resamples: int = 1000, seed: int = 0) -> Evaluation:
     from tune.core import library_versions
     from tune.metrics import bootstrap as stats
 
@@ -95,23 +96,19 @@ def tables(models: dict[str, LoadedModel], sources: list[Source], conditions: li
             rows.append(_row(m, "mean", c.name, sum(f for f, _ in counts.values()), sum(r for _, r in counts.values()),
                              means[m, c.name][0], note))
     paired = paired_rows(list(models), [s.name for s in sources], conditions, cells, samples, means)
-    return {
-        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "versions": library_versions(),
-        "bootstrap": {"resamples": resamples, "seed": [seed, "each source's fingerprint"], "stratified": True,
-                      "level": stats.LEVEL},
-        "threshold_rules": THRESHOLD_RULES, "metrics": {m: METRICS[m].label for m in METRICS},
-        "models": [{"name": n, "arch": m.arch, "path": str(m.path), "sha256": m.sha256, "threshold": m.threshold,
-                    "threshold_rule": m.threshold_rule, "run": m.record.run, "trial": m.record.trial_id,
-                    "image_size": m.image_size} for n, m in models.items()],
-        "sources": [{"name": s.name, "path": str(s.path), "n_fake": counts[s.name][0], "n_real": counts[s.name][1],
-                     "fingerprint": fingerprints[s.name], "skipped": [p for p, _ in scored[s.name].bad]}
-                    for s in sources],
-        "conditions": [c.to_dict() for c in conditions],
-        "rows": rows,
-        "paired": paired,
-        "plots": {},
-    }
+    return Evaluation(
+        created=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        versions=library_versions(),
+        bootstrap={"resamples": resamples, "seed": [seed, "each source's fingerprint"], "stratified": True,
+                   "level": stats.LEVEL},
+        threshold_rules=THRESHOLD_RULES, metrics={m: METRICS[m].label for m in METRICS},
+        models=[{"name": n, "arch": m.arch, "path": str(m.path), "sha256": m.sha256, "threshold": m.threshold,
+                 "threshold_rule": m.threshold_rule, "run": m.record.run, "trial": m.record.trial_id,
+                 "image_size": m.image_size} for n, m in models.items()],
+        sources=[{"name": s.name, "path": str(s.path), "n_fake": counts[s.name][0], "n_real": counts[s.name][1],
+                  "fingerprint": fingerprints[s.name], "skipped": [p for p, _ in scored[s.name].bad]}
+                 for s in sources],
+        conditions=[c.to_dict() for c in conditions], rows=rows, paired=paired)
 
 
 def paired_rows(names: list[str], sources: list[str], conditions: list[Condition],

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tune import FAKE, REAL
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from tune.data.images import ImageSet
     from tune.data.sources import Scored
+    from tune.runs.files import Comparison
     from tune.runs.inference import LoadedModel
     from tune.runs.layout import Run
 
@@ -87,14 +88,14 @@ def panel(loaded: LoadedModel, y: np.ndarray, p: np.ndarray, names: list[str], i
     return fig
 
 
-def finalize_panels(run: Run, cmp: dict[str, Any], test: ImageSet, log: Callable[[str], None]) -> list[Path]:
+def finalize_panels(run: Run, cmp: Comparison, test: ImageSet, log: Callable[[str], None]) -> list[Path]:
     """One panel per exported winner on the test split, into the run's plots/ (the report shows them)."""
     from tune.reports.figures import save
     from tune.runs import inference
     from tune.training.records import PREDICTIONS, read_predictions
 
     written = []
-    for row in (r for r in cmp["rows"] if r["kind"] == "tuned"):
+    for row in (r for r in cmp.rows if r["kind"] == "tuned"):
         try:
             loaded = inference.load(run.model(row["arch"]))
             _, y, p = read_predictions(run.finalize(row["name"], row["chosen_seed"]) / PREDICTIONS)

@@ -11,53 +11,54 @@ import csv
 import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from tune.core import atomic_write_json, atomic_write_text
+from tune.core import atomic_write_text
 from tune.reports.tables import cell_at
+from tune.runs.files import EVALUATION, Evaluation
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from tune.data.sources import Scored
 
-def render_markdown(ev: dict[str, Any], *, level: int = 1, title: str = "Evaluation") -> str:
+def render_markdown(ev: Evaluation, *, level: int = 1, title: str = "Evaluation") -> str:
     from tune.metrics.cells import cell_of
     from tune.reports.tables import Table, at, evaluation_table, label, paired_table
 
     h = "#" * level
-    b = ev["bootstrap"]
+    b = ev.bootstrap
     lines = [f"{h} {title}", "", "Models:"]
-    for m in ev["models"]:
+    for m in ev.models:
         lines.append(f"- `{m['name']}`: {m['arch']} at {m['image_size']} px, threshold {m['threshold']:.3f} "
                      f"({m['threshold_rule']}); {m['path']} (sha256 {m['sha256'][:12]})")
     lines += ["", "Sources:"]
-    for s in ev["sources"]:
+    for s in ev.sources:
         skipped = f", {len(s['skipped'])} unreadable image(s) skipped" if s.get("skipped") else ""
         lines.append(f"- `{s['name']}`: {s['n_fake']} fake / {s['n_real']} real ({s['path']}{skipped})")
     lines += ["", f"Cells: value on all images [{b['level']:.0%} stratified bootstrap interval, {b['resamples']} "
               "resamples]. At valid: at the model's threshold chosen on valid; at 0.5: at 0.5. The mean row "
               "averages the sources (each source weighs the same)."]
-    for cond in ev["conditions"]:
+    for cond in ev.conditions:
         lines += ["", f"{h}# {cond['name']}", "", evaluation_table(ev, cond["name"]).markdown()]
-    if len(ev["conditions"]) > 1:
-        names = [c["name"] for c in ev["conditions"]]
+    if len(ev.conditions) > 1:
+        names = [c["name"] for c in ev.conditions]
         rows = []
-        for m in ev["models"]:
-            by = {r["condition"]: r for r in ev["rows"] if r["model"] == m["name"] and r["source"] == "mean"}
+        for m in ev.models:
+            by = {r["condition"]: r for r in ev.rows if r["model"] == m["name"] and r["source"] == "mean"}
             rows.append([m["name"], *(cell_of(at(by[n], "at_0.5").get("auc")).text() for n in names)])
         lines += ["", f"{h}# Robustness: mean {label('auc')} over sources", "",
                   Table(["Model", *names], rows).markdown()]
-    if ev["paired"]:
+    if ev.paired:
         lines += ["", f"{h}# Paired bootstrap (same resamples for both models; two-sided p, not corrected for "
                   "multiple comparisons)", "", paired_table(ev).markdown()]
-    if ev["plots"]:
+    if ev.plots:
         lines.append("")
-        lines += [f"![{name}]({path})" for name, path in ev["plots"].items()]
+        lines += [f"![{name}]({path})" for name, path in ev.plots.items()]
     return "\n".join(lines) + "\n"
 
 
-def render_csv(ev: dict[str, Any]) -> str:
+def render_csv(ev: Evaluation) -> str:
     """One line per cell (model, source, condition, rule, metric): every value with its interval."""
     from tune.reports.tables import evaluation_csv
 
@@ -82,18 +83,18 @@ def _save(fig: Figure, path: Path) -> None:
     save(fig, path)
 
 
-def plot_auc_by_source(ev: dict[str, Any], path: Path) -> None:
+def plot_auc_by_source(ev: Evaluation, path: Path) -> None:
     import numpy as np
     from matplotlib.figure import Figure
 
-    cond = ev["conditions"][0]["name"]
-    sources = [s["name"] for s in ev["sources"]] + ["mean"]
-    models = [m["name"] for m in ev["models"]]
+    cond = ev.conditions[0]["name"]
+    sources = [s["name"] for s in ev.sources] + ["mean"]
+    models = [m["name"] for m in ev.models]
     fig = Figure(figsize=(max(5.0, 1.2 * len(sources) * max(1, len(models)) ** 0.5 + 2), 4))
     ax = fig.add_subplot()
     width = 0.8 / len(models)
     for i, m in enumerate(models):
-        by = {r["source"]: cell_at(r, "auc") for r in ev["rows"] if r["model"] == m and r["condition"] == cond}
+        by = {r["source"]: cell_at(r, "auc") for r in ev.rows if r["model"] == m and r["condition"] == cond}
         xs = np.arange(len(sources)) + (i - (len(models) - 1) / 2) * width
         vals = [by[s].value if by[s].value is not None else np.nan for s in sources]
         err = [[v - (by[s].low if by[s].low is not None else v) for v, s in zip(vals, sources)],
@@ -105,13 +106,13 @@ def plot_auc_by_source(ev: dict[str, Any], path: Path) -> None:
     ax.axhline(0.5, color="gray", lw=0.8, ls="--")
     ax.set_xticks(np.arange(len(sources)), sources, rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel(f"ROC-AUC ({cond}), {ev['bootstrap']['level']:.0%} bootstrap interval")
+    ax.set_ylabel(f"ROC-AUC ({cond}), {ev.bootstrap['level']:.0%} bootstrap interval")
     ax.set_title("AUC per source")
     ax.legend(fontsize=8)
     _save(fig, path)
 
 
-def plot_roc_by_source(ev: dict[str, Any], scored: dict[str, Scored], path: Path) -> None:
+def plot_roc_by_source(ev: Evaluation, scored: dict[str, Scored], path: Path) -> None:
     import math
 
     from matplotlib.figure import Figure
@@ -119,8 +120,8 @@ def plot_roc_by_source(ev: dict[str, Any], scored: dict[str, Scored], path: Path
 
     from tune.reports.figures import note
 
-    cond = ev["conditions"][0]["name"]
-    names = [s["name"] for s in ev["sources"]]
+    cond = ev.conditions[0]["name"]
+    names = [s["name"] for s in ev.sources]
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig = Figure(figsize=(4 * cols, 3.8 * rows))
@@ -131,9 +132,9 @@ def plot_roc_by_source(ev: dict[str, Any], scored: dict[str, Scored], path: Path
         if len(set(sc.y.tolist())) < 2:
             note(ax, "one class only:\nROC undefined")
             continue
-        for i, m in enumerate(ev["models"]):
+        for i, m in enumerate(ev.models):
             fpr, tpr, _ = roc_curve(sc.y, sc.p[m["name"], cond])
-            auc = next(cell_at(r, "auc").value for r in ev["rows"]
+            auc = next(cell_at(r, "auc").value for r in ev.rows
                        if r["model"] == m["name"] and r["source"] == name and r["condition"] == cond)
             ax.plot(fpr, tpr, color=f"C{i}", label=f"{m['name']} (AUC {auc:.3f})")
         ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
@@ -143,23 +144,23 @@ def plot_roc_by_source(ev: dict[str, Any], scored: dict[str, Scored], path: Path
     _save(fig, path)
 
 
-def plot_auc_vs_severity(ev: dict[str, Any], path: Path) -> None:
+def plot_auc_vs_severity(ev: Evaluation, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    kinds = list(dict.fromkeys(c["perturbation"] for c in ev["conditions"] if c["perturbation"]))
+    kinds = list(dict.fromkeys(c["perturbation"] for c in ev.conditions if c["perturbation"]))
     fig = Figure(figsize=(4.5 * len(kinds), 3.8))
     for k, kind in enumerate(kinds):
         ax = fig.add_subplot(1, len(kinds), k + 1)
-        conds = [ev["conditions"][0]] + [c for c in ev["conditions"] if c["perturbation"] == kind]
+        conds = [ev.conditions[0]] + [c for c in ev.conditions if c["perturbation"] == kind]
         labels = ["clean"] + [f"{c['severity']:g}" for c in conds[1:]]
-        for i, m in enumerate(ev["models"]):
-            by = {r["condition"]: cell_at(r, "auc") for r in ev["rows"] if r["model"] == m["name"]
+        for i, m in enumerate(ev.models):
+            by = {r["condition"]: cell_at(r, "auc") for r in ev.rows if r["model"] == m["name"]
                   and r["source"] == "mean"}
             cells = [by[c["name"]] for c in conds]
             vals = [c.value if c.value is not None else float("nan") for c in cells]
             err = [[v - c.low if c.low is not None else 0 for v, c in zip(vals, cells)],
                    [c.high - v if c.high is not None else 0 for v, c in zip(vals, cells)]]
-            shift = (i - (len(ev["models"]) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
+            shift = (i - (len(ev.models) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
             ax.errorbar([j + shift for j in range(len(conds))], vals, yerr=err, marker="o", capsize=3, color=f"C{i}",
                         label=m["name"])
         ax.set_xticks(range(len(conds)), labels)
@@ -172,12 +173,12 @@ def plot_auc_vs_severity(ev: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
-def make_plots(out: Path, ev: dict[str, Any], scored: dict[str, Scored], log: Callable[[str], None],
+def make_plots(out: Path, ev: Evaluation, scored: dict[str, Scored], log: Callable[[str], None],
                extra: dict[str, Callable[[Path], None]] | None = None) -> dict[str, str]:
     jobs: dict[str, Callable[[Path], None]] = {
         "auc_by_source": lambda p: plot_auc_by_source(ev, p),
         "roc_by_source": lambda p: plot_roc_by_source(ev, scored, p)}
-    if len(ev["conditions"]) > 1:
+    if len(ev.conditions) > 1:
         jobs["auc_vs_severity"] = lambda p: plot_auc_vs_severity(ev, p)
     jobs |= extra or {}
     done = {}
@@ -190,13 +191,13 @@ def make_plots(out: Path, ev: dict[str, Any], scored: dict[str, Scored], log: Ca
     return done
 
 
-def write_outputs(out: Path, ev: dict[str, Any], scored: dict[str, Scored], *, log: Callable[[str], None] = print,
+def write_outputs(out: Path, ev: Evaluation, scored: dict[str, Scored], *, log: Callable[[str], None] = print,
                   extra_plots: dict[str, Callable[[Path], None]] | None = None) -> None:
     """Plots (`extra_plots`: more NAME -> draw(path) jobs, e.g. evaluate's Grad-CAM panels), scores.csv,
     evaluation.csv and .md, then evaluation.json (last: it marks the folder complete)."""
     out = Path(out)
-    ev["plots"] = make_plots(out, ev, scored, log, extra_plots)
+    ev.plots = make_plots(out, ev, scored, log, extra_plots)
     atomic_write_text(out / "scores.csv", scores_csv(scored))
     atomic_write_text(out / "evaluation.csv", render_csv(ev))
     atomic_write_text(out / "evaluation.md", render_markdown(ev))
-    atomic_write_json(out / "evaluation.json", ev)
+    ev.save(out / EVALUATION)

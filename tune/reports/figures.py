@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from tune.core import UserError, atomic_write_bytes, read_json
+from tune.core import UserError, atomic_write_bytes
+from tune.runs.files import Comparison
 from tune.runs.layout import Run, RunRecord
 from tune.training.records import HISTORY, PREDICTIONS
 
@@ -70,13 +71,13 @@ def plot_dataset(run: RunRecord) -> Figure:
     return fig
 
 
-def winners(run_dir: Path, cmp: dict[str, Any]) -> list[tuple[dict[str, Any], Path]]:
+def winners(run_dir: Path, cmp: Comparison) -> list[tuple[dict[str, Any], Path]]:
     """(comparison row, folder of its chosen seed) for every finalized model, tuned ones first."""
-    rows = sorted(cmp["rows"], key=lambda r: r["kind"] != "tuned")
+    rows = sorted(cmp.rows, key=lambda r: r["kind"] != "tuned")
     return [(r, Run(run_dir).finalize(r["name"], r["chosen_seed"])) for r in rows]
 
 
-def plot_learning_curves(run_dir: Path, cmp: dict[str, Any]) -> Figure:
+def plot_learning_curves(run_dir: Path, cmp: Comparison) -> Figure:
     import pandas as pd
 
     fig = Figure(figsize=(13, 4), layout="constrained")
@@ -105,7 +106,7 @@ def _predictions(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
-def plot_roc(run_dir: Path, cmp: dict[str, Any]) -> Figure:
+def plot_roc(run_dir: Path, cmp: Comparison) -> Figure:
     from sklearn.metrics import roc_auc_score, roc_curve
 
     fig = Figure(figsize=(5.5, 5), layout="constrained")
@@ -123,7 +124,7 @@ def plot_roc(run_dir: Path, cmp: dict[str, Any]) -> Figure:
     return fig
 
 
-def plot_confusion(run_dir: Path, cmp: dict[str, Any]) -> Figure:
+def plot_confusion(run_dir: Path, cmp: Comparison) -> Figure:
     from tune.metrics.classification import binary_metrics
 
     tuned = [(r, f) for r, f in winners(run_dir, cmp) if r["kind"] == "tuned"]
@@ -241,7 +242,7 @@ def make_plots(run_dir: Path, *, log: Callable[[str], None] = print) -> list[Pat
     run = folder.read()
     board = load_leaderboard(run_dir)
     cmp_path = folder.comparison("json")
-    cmp = read_json(cmp_path) if cmp_path.is_file() else None
+    cmp = Comparison.load(cmp_path) if cmp_path.is_file() else None
     jobs: dict[str, Callable[[], Figure]] = {
         "dataset": lambda: plot_dataset(run),
         "search_metric": lambda: plot_search_metric(run_dir, run, board),

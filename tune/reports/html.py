@@ -96,12 +96,12 @@ document.querySelectorAll("table.sortable").forEach(function (t) {
 
 
 def context(run_dir: Path) -> sec.Context:
-    from tune.core import read_json
+    from tune.runs.files import Comparison
     from tune.runs.layout import Run
     from tune.runs.leaderboard import load_leaderboard
 
     run = Run(run_dir)
-    cmp = read_json(run.comparison("json")) if run.comparison("json").is_file() else None
+    cmp = Comparison.load(run.comparison("json")) if run.comparison("json").is_file() else None
     return sec.Context(run=run, meta=run.read(), cmp=cmp, board=load_leaderboard(run.path))
 
 
@@ -122,7 +122,7 @@ def missing(ctx: sec.Context) -> list[str]:
 
 def build_html(run_dir: Path, *, log: Log = print) -> str:
     ctx = context(run_dir)
-    has = {"": True, "comparison": ctx.cmp is not None, "evaluation": bool(ctx.cmp and "evaluation" in ctx.cmp),
+    has = {"": True, "comparison": ctx.cmp is not None, "evaluation": bool(ctx.cmp and ctx.cmp.evaluation),
            "heldout": bool(ctx.meta.data.valid_extra)}
     parts, nav = [], []
     for anchor, heading, build, needs in SECTIONS:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tune.reports.charts import figure_div, figure_png, png_uri, study_charts
+from tune.runs.files import Comparison, Evaluation
 from tune.runs.layout import Run, RunRecord
 from tune.training.records import PREDICTIONS
 
@@ -24,7 +25,7 @@ from tune.training.records import PREDICTIONS
 class Context:
     run: Run
     meta: RunRecord  # run.json
-    cmp: dict[str, Any] | None  # comparison.json, None before finalize
+    cmp: Comparison | None  # comparison.json, None before finalize
     board: Any  # tune.runs.leaderboard.load_leaderboard's DataFrame
 
     @property
@@ -67,18 +68,18 @@ def verdict(ctx: Context) -> str:
 
     cmp = ctx.cmp
     assert cmp is not None
-    best = cmp["best"]["auc"]
-    row = next(r for r in cmp["rows"] if r["name"] == best["model"])
+    best = cmp.best["auc"]
+    row = next(r for r in cmp.rows if r["name"] == best["model"])
     seeds = len(row["seeds"])
     head = (f'<p class="headline">Best model by test {escape(label("auc"))}: <b>{escape(row["model"])}</b>, '
-            f'{escape(cell_of(row["at_0.5"]["auc"]).text())} on {cmp["n_test"]} test images ({seeds} seed(s)).</p>')
+            f'{escape(cell_of(row["at_0.5"]["auc"]).text())} on {cmp.n_test} test images ({seeds} seed(s)).</p>')
     said = verdict_lines(cmp)  # the skipped architectures, then the accuracy and the AUC lines
     lines = "".join(f"<li>{escape(ln)}</li>" for ln in said[:-2]) + "".join(
-        f'<li class="{"sig" if cmp["best"][m].get("significant") else "ns"}">{escape(ln)}</li>'
+        f'<li class="{"sig" if cmp.best[m].get("significant") else "ns"}">{escape(ln)}</li>'
         for m, ln in zip(("accuracy", "auc"), said[-2:]))
     table = Table(["Threshold", *(label(m) for m in REPORT)],
                   [[rule_name(rule), *(cell_of(row[rule][m]).text() for m in REPORT)]
-                   for rule in cmp["threshold_rules"]])
+                   for rule in cmp.threshold_rules])
     return (head + f'<ul class="verdict">{lines}</ul>'
             + "<p>Its test metrics (mean ± t half-width over seeds [95% bootstrap interval]):</p>" + table.html())
 
@@ -95,17 +96,17 @@ def comparison(ctx: Context) -> str:
 
     cmp = ctx.cmp
     assert cmp is not None
-    out = [f"<p>Run {escape(cmp['run'])}: {cmp['n_test']} test images, {len(cmp['rows'][0]['seeds'])} seed(s) per "
+    out = [f"<p>Run {escape(cmp.run)}: {cmp.n_test} test images, {len(cmp.rows[0]['seeds'])} seed(s) per "
            "model.</p>"]
-    for rule, text in cmp["threshold_rules"].items():
-        out.append(f"<h3>At {escape(text)}</h3>" + rule_table(cmp["rows"], rule, REPORT).html())
-    out.append("<h3>Threshold-free</h3>" + rule_table(cmp["rows"], "at_0.5", [m for m in RANKING_METRICS
+    for rule, text in cmp.threshold_rules.items():
+        out.append(f"<h3>At {escape(text)}</h3>" + rule_table(cmp.rows, rule, REPORT).html())
+    out.append("<h3>Threshold-free</h3>" + rule_table(cmp.rows, "at_0.5", [m for m in RANKING_METRICS
                                                                                if m != "auc"]).html())
     out.append(f'<p class="note">{escape(comparison_caption(cmp))}</p>')
-    if "ensembles" in cmp:  # comparison.json files from before ensembles have none
+    if cmp.ensembles is not None:  # comparison.json files from before ensembles have none
         out.append("<h3>Ensembles and flip TTA</h3>" + ensemble_table(cmp).html())
         out.append('<ul class="ensembles">' + "".join(f"<li>{escape(ln)}</li>" for ln in ensemble_lines(cmp)) + "</ul>")
-    if "evaluation" not in cmp:
+    if cmp.evaluation is None:
         out.append('<p class="note">No per-source or robustness tables: this run was finalized without extra test '
                    "sets.</p>")
     return "".join(out)
@@ -131,7 +132,7 @@ def explanations(ctx: Context) -> str:
     out = [f"<p>{escape(METHOD)}: warm colours mark where the model's features raise P(fake), over the image as the "
            f"model saw it. Up to {PER_GROUP} test images per group, chosen by rule (not by hand): "
            f"{escape('; '.join(GROUPS))}.</p>"]
-    for row in (r for r in cmp["rows"] if r["kind"] == "tuned"):
+    for row in (r for r in cmp.rows if r["kind"] == "tuned"):
         path = ctx.run.cam_panel(row["arch"])
         out.append(image(png_uri(path.read_bytes()), f"Grad-CAM panel of {row['arch']} on the test split")
                    if path.is_file() else
@@ -144,17 +145,18 @@ def explanations(ctx: Context) -> str:
 def evaluation(ctx: Context) -> str:
     from tune.reports.tables import evaluation_table, paired_table
 
-    ev = (ctx.cmp or {})["evaluation"]
-    b = ev.get("bootstrap", {})
+    assert ctx.cmp is not None and ctx.cmp.evaluation is not None
+    ev = Evaluation.from_dict(ctx.cmp.evaluation)
+    b = ev.bootstrap
     out = [f"<p>Cells: value [{b.get('level', 0.95):.0%} bootstrap interval: {b.get('resamples', '?')} resamples"
            f"{', stratified by class' if b.get('stratified') else ''}]. At valid: each model's threshold chosen on "
            "valid.</p>"]
-    for cond in ev["conditions"]:
+    for cond in ev.conditions:
         title = "Per source (clean images)" if cond["name"] == "clean" else f"Robustness: {cond['name']}"
         out.append(f"<h3>{escape(title)}</h3>" + evaluation_table(ev, cond["name"]).html())
-    if ev.get("paired"):
+    if ev.paired:
         out.append("<h3>Paired differences</h3>" + paired_table(ev).html())
-    for name, rel in (ev.get("plots") or {}).items():
+    for name, rel in (ev.plots or {}).items():
         path = ctx.run.path / rel
         if path.is_file() and path.suffix.lower() == ".png":
             out.append(image(png_uri(path.read_bytes()), name.replace("_", " ")))
@@ -220,7 +222,7 @@ def _test_classes(ctx: Context) -> dict[str, int]:
 
     from tune import FAKE
 
-    row = (ctx.cmp or {}).get("rows", [None])[0]
+    row = ctx.cmp.rows[0] if ctx.cmp and ctx.cmp.rows else None
     if row is None:
         return {}
     with open(ctx.run.finalize(row["name"], row["seeds"][0]) / PREDICTIONS, newline="") as f:
@@ -229,9 +231,10 @@ def _test_classes(ctx: Context) -> dict[str, int]:
 
 
 def dataset(ctx: Context) -> str:
-    data, cmp = ctx.meta.data, ctx.cmp or {}
+    data, cmp = ctx.meta.data, ctx.cmp
     root = Path(data.root)
-    prints = {"train": data.train_fingerprint, "valid": data.valid_fingerprint, "test": cmp.get("test_fingerprint")}
+    prints = {"train": data.train_fingerprint, "valid": data.valid_fingerprint,
+              "test": cmp.test_fingerprint if cmp else None}
     counts, note = {**data.classes, "test": _test_classes(ctx)}, ""
     if not data.classes:  # a run from before run.json recorded them: count the files there now
         try:
@@ -274,8 +277,8 @@ def reproduce(ctx: Context) -> str:
                 lines.append(cmd("python", "-m", "tune", "reproduce", ctx.name, "--trial",
                                  str(scored.iloc[0]["trial_id"]), "--storage", storage))
     if cmp is not None:
-        fin = ["python", "-m", "tune", "finalize", again, "--seeds", str(len(cmp["rows"][0]["seeds"])),
-               "--storage", storage] + (["--baseline"] if any(r["kind"] == "baseline" for r in cmp["rows"]) else [])
+        fin = ["python", "-m", "tune", "finalize", again, "--seeds", str(len(cmp.rows[0]["seeds"])),
+               "--storage", storage] + (["--baseline"] if any(r["kind"] == "baseline" for r in cmp.rows) else [])
         lines += ["# 3. retrain the winners with the same seeds and test them once (on the run of step 1)", cmd(*fin)]
     versions = "".join(f"<code>{escape(k)} {escape(str(v))}</code> " for k, v in sorted(
         meta.versions.items()))

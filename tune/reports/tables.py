@@ -17,6 +17,7 @@ from typing import Any
 
 from tune.metrics.cells import Cell, cell_of
 from tune.metrics.classification import METRICS, THRESHOLD_RULES
+from tune.runs.files import Comparison, Evaluation
 
 THRESHOLD_METRICS = [m for m in METRICS if not METRICS[m].ranking]  # accuracy, precision, recall, f1
 RANKING_METRICS = [m for m in METRICS if METRICS[m].ranking]  # auc, ap, eer
@@ -68,18 +69,18 @@ def rule_table(rows: list[dict[str, Any]], rule: str, metrics: list[str] = NOTEB
                  [[r["model"], *(cell_of(r[rule].get(m)).text() for m in metrics)] for r in rows])
 
 
-def comparison_caption(cmp: dict[str, Any]) -> str:
-    b = cmp["bootstrap"]
+def comparison_caption(cmp: Comparison) -> str:
+    b = cmp.bootstrap
     return (f"Cells: mean over seeds ± half-width of its 95% t-interval over seeds [95% bootstrap interval over "
             f"test images: {b['resamples']} resamples stratified by class, each resample's metric averaged over "
             "seeds]. Positive class: Fake.")
 
 
-def verdict_lines(cmp: dict[str, Any]) -> list[str]:
+def verdict_lines(cmp: Comparison) -> list[str]:
     """The best model by accuracy (at 0.5) and by ROC-AUC, and whether its lead over the runner-up is significant."""
-    lines = [f"Skipped by the search: {arch} ({why})." for arch, why in cmp.get("skipped", {}).items()]
+    lines = [f"Skipped by the search: {arch} ({why})." for arch, why in cmp.skipped.items()]
     for m, name in (("accuracy", f"{label('accuracy').lower()} at threshold 0.5"), ("auc", label("auc"))):
-        e = cmp["best"][m]
+        e = cmp.best[m]
         if e.get("tie"):
             line = f"By {name}: {e['model']} and {e['runner_up']} tie ({e['value']:.3f})"
         else:
@@ -87,7 +88,7 @@ def verdict_lines(cmp: dict[str, Any]) -> list[str]:
         if e.get("p_value") is not None:
             verdict = "significant" if e["significant"] else "not significant"
             line += (f"; vs {e['runner_up']} ({e['runner_up_value']:.3f}): difference {e['difference']:+.3f}, "
-                     f"paired bootstrap p = {e['p_value']:.3f}, {verdict} at α = {cmp['alpha']}")
+                     f"paired bootstrap p = {e['p_value']:.3f}, {verdict} at α = {cmp.alpha}")
         lines.append(line + ".")
     return lines
 
@@ -109,42 +110,42 @@ def _vs(r: dict[str, Any], rule: str, m: str) -> str:
     return f"{v['difference']:+.3f}, p = {v['p_value']:.3f}{' (significant)' if v['significant'] else ''}"
 
 
-def ensemble_table(cmp: dict[str, Any]) -> Table:
+def ensemble_table(cmp: Comparison) -> Table:
     """Every predictor of every model (tune.evaluation.ensembles) with its paired test against the chosen seed."""
     return Table(["Model", "Predictor", label("auc"), f"{label('auc')} vs chosen seed",
                   f"{label('accuracy')} at the valid threshold", "vs chosen seed"],
                  [[r["model"], r["predictor"], cell_of(r["at_0.5"]["auc"]).text(), _vs(r, "at_0.5", "auc"),
                    cell_of(r["at_valid_threshold"]["accuracy"]).text(), _vs(r, "at_valid_threshold", "accuracy")]
-                  for r in cmp["ensembles"]["rows"]], ENSEMBLE_CAPTION)
+                  for r in cmp.ensembles["rows"]], ENSEMBLE_CAPTION)
 
 
-def ensemble_lines(cmp: dict[str, Any]) -> list[str]:
+def ensemble_lines(cmp: Comparison) -> list[str]:
     """Per model: does the ensemble of its seeds beat the chosen seed (AUC), and with flip TTA?"""
     out = []
-    for r in (r for r in cmp["ensembles"]["rows"] if r["variant"] == "ensemble"):
+    for r in (r for r in cmp.ensembles["rows"] if r["variant"] == "ensemble"):
         e = r["vs_chosen"]["at_0.5"]["auc"]
-        tta = next(t for t in cmp["ensembles"]["rows"] if t["name"] == r["name"] and t["variant"] == "ensemble_hflip")
+        tta = next(t for t in cmp.ensembles["rows"] if t["name"] == r["name"] and t["variant"] == "ensemble_hflip")
         t = tta["vs_chosen"]["at_0.5"]["auc"]
         beats = "beats" if e.get("significant") and e["difference"] > 0 else "does not significantly beat"
         out.append(f"{r['model']}: the ensemble of {len(r['seeds'])} seeds {beats} the chosen seed: AUC "
                    f"{e['value']:.3f} vs {e['chosen_value']:.3f} (seed {r['chosen_seed']}), {e['difference']:+.3f}, "
                    f"paired bootstrap p = {e['p_value']:.3f}, {'' if e['significant'] else 'not '}significant at "
-                   f"α = {cmp['alpha']}; with flip TTA: AUC {t['value']:.3f}, {t['difference']:+.3f}, p = "
+                   f"α = {cmp.alpha}; with flip TTA: AUC {t['value']:.3f}, {t['difference']:+.3f}, p = "
                    f"{t['p_value']:.3f}.")
     return out
 
 
-def comparison_markdown(cmp: dict[str, Any]) -> str:
+def comparison_markdown(cmp: Comparison) -> str:
     """comparison.md: the notebook's table per threshold rule, the threshold-free metrics, the verdict, then the
     ensembles (and, with held-out sources, the trade-off: tune.reports.tradeoff adds it)."""
-    seeds = len(cmp["rows"][0]["seeds"])
-    out = [f"## Test results: run {cmp['run']} ({cmp['n_test']} test images, {seeds} seed(s) per model)", ""]
-    for rule, text in cmp["threshold_rules"].items():
-        out += [f"At {text}:", "", rule_table(cmp["rows"], rule).markdown()]
+    seeds = len(cmp.rows[0]["seeds"])
+    out = [f"## Test results: run {cmp.run} ({cmp.n_test} test images, {seeds} seed(s) per model)", ""]
+    for rule, text in cmp.threshold_rules.items():
+        out += [f"At {text}:", "", rule_table(cmp.rows, rule).markdown()]
     free = [m for m in RANKING_METRICS if m != "auc"]
-    out += ["Threshold-free:", "", rule_table(cmp["rows"], "at_0.5", free).markdown(), comparison_caption(cmp), ""]
+    out += ["Threshold-free:", "", rule_table(cmp.rows, "at_0.5", free).markdown(), comparison_caption(cmp), ""]
     out += verdict_lines(cmp)
-    if "ensembles" in cmp:  # comparison.json files from before ensembles have none
+    if cmp.ensembles is not None:  # comparison.json files from before ensembles have none
         out += ["", "### Ensembles and flip TTA", "", ensemble_table(cmp).markdown(), *ensemble_lines(cmp)]
     return "\n".join(out) + "\n"
 
@@ -164,15 +165,15 @@ def cells_csv(rows: list[dict[str, Any]], keys: list[str]) -> str:
     return buf.getvalue()
 
 
-def comparison_csv(cmp: dict[str, Any]) -> str:
+def comparison_csv(cmp: Comparison) -> str:
     """comparison.csv: every cell of every predictor of every model (variant `seeds` is the main table)."""
-    rows = [{**r, "variant": "seeds"} for r in cmp["rows"]]
-    rows += [r for r in (cmp.get("ensembles") or {}).get("rows", []) if r["variant"] != "seeds"]
+    rows = [{**r, "variant": "seeds"} for r in cmp.rows]
+    rows += [r for r in (cmp.ensembles or {}).get("rows", []) if r["variant"] != "seeds"]
     return cells_csv(rows, ["name", "kind", "variant"])
 
 
 # --------------------------------------------------------------------------- evaluate's tables
-def evaluation_table(ev: dict[str, Any], condition: str) -> Table:
+def evaluation_table(ev: Evaluation, condition: str) -> Table:
     """Per model and source (and their mean) at one condition: ROC-AUC, AP and EER, then each threshold metric at
     the model's valid threshold and at 0.5."""
     rules = list(THRESHOLD_RULES)[::-1]  # at the valid threshold first
@@ -180,7 +181,7 @@ def evaluation_table(ev: dict[str, Any], condition: str) -> Table:
             *(f"{label(m)} at {rule_name(rule).removeprefix('threshold ')}" for rule in rules
               for m in THRESHOLD_METRICS), "Note"]
     rows, bold = [], set()
-    for r in (r for r in ev["rows"] if r["condition"] == condition):
+    for r in (r for r in ev.rows if r["condition"] == condition):
         if r["source"] == "mean":
             bold.add(len(rows))
         rows.append([r["model"], r["source"], str(r["n_fake"]), str(r["n_real"]),
@@ -201,12 +202,12 @@ def cell_at(row: dict[str, Any], metric: str, rule: str = "at_0.5") -> Cell:
     return cell_of(at(row, rule).get(metric))
 
 
-def paired_table(ev: dict[str, Any]) -> Table:
+def paired_table(ev: Evaluation) -> Table:
     return Table(["Condition", "Source", "A", "B", "Metric", "A − B", "p", "significant at 0.05"],
                  [[p["condition"], p["source"], p["a"], p["b"], label(p["metric"]), f"{p['difference']:+.3f}",
-                   f"{p['p_value']:.3f}", "yes" if p["significant"] else "no"] for p in ev["paired"]])
+                   f"{p['p_value']:.3f}", "yes" if p["significant"] else "no"] for p in ev.paired])
 
 
-def evaluation_csv(ev: dict[str, Any]) -> str:
-    rows = [{**r, **{rule: at(r, rule) for rule in THRESHOLD_RULES}} for r in ev["rows"]]
+def evaluation_csv(ev: Evaluation) -> str:
+    rows = [{**r, **{rule: at(r, rule) for rule in THRESHOLD_RULES}} for r in ev.rows]
     return cells_csv(rows, ["model", "source", "condition", "n_fake", "n_real"])

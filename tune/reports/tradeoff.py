@@ -96,9 +96,8 @@ CAPTION = ("Validation AUC of each model's retrained seeds at their kept epochs,
            "held-out sources were never trained on; only the test column reads the test split.")
 
 
-def markdown(cmp: dict[str, Any]) -> str:
-    """comparison.md's section ("" for a run without held-out sources)."""
-    t = cmp.get("tradeoff")
+def markdown(t: dict[str, Any] | None) -> str:
+    """comparison.md's section from the comparison's trade-off ("" for a run without held-out sources)."""
     if not t:
         return ""
     lines = ["", "### In-domain vs held-out validation", "", tradeoff_table(t).markdown()]
@@ -146,7 +145,7 @@ def section(ctx: Context) -> str:
     sources = ", ".join(f"{s['name']} ({s['n_fake']} fake, {s['n_real']} real)" for s in held)
     out = [f"<p>Held-out validation sources (never trained on): {escape(sources)}. Selection rule: "
            f"{escape(rule)}.</p>"]
-    t = (ctx.cmp or {}).get("tradeoff")
+    t = ctx.cmp.tradeoff if ctx.cmp else None
     if t:
         out += [tradeoff_table(t).html()]
         out += [f'<p class="headline">{escape(sentence(t))}</p>'] if sentence(t) else []

@@ -17,8 +17,7 @@ from typing import Any
 
 from tune.core import atomic_write_json, known, plain, read_json
 
-COMPARISON = "comparison.json"
-EVALUATION = "evaluation.json"  # in evaluate's output folder, and in RUN/extra-test/
+EVALUATION = "evaluation.json"  # in evaluate's output folder, and in RUN/extra-test/ (comparison.json: Run)
 
 
 # --------------------------------------------------------------------------- comparison.json, evaluation.json
@@ -43,10 +42,27 @@ class Comparison:
 
     @classmethod
     def load(cls, path: Path) -> Comparison:
-        return known(cls, read_json(path))
+        return cls.from_dict(read_json(path))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Comparison:
+        """This version's fields, or an earlier version's (no ensembles, trade-off or evaluation: None)."""
+        return known(cls, d)
 
     def save(self, path: Path) -> None:
-        atomic_write_json(path, plain(self))
+        atomic_write_json(path, self.to_plain())
+
+    def to_plain(self) -> dict[str, Any]:
+        return plain(self)
+
+    @property
+    def seeds(self) -> int:
+        """Seeds per model (every model of a finalize has the same number)."""
+        return len(self.rows[0]["seeds"]) if self.rows else 0
+
+    @property
+    def tuned(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["kind"] == "tuned"]
 
 
 @dataclass
@@ -68,7 +84,15 @@ class Evaluation:
 
     @classmethod
     def load(cls, path: Path) -> Evaluation:
-        return known(cls, read_json(path))
+        return cls.from_dict(read_json(path))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Evaluation:
+        """This version's fields or an earlier one's (comparison.json embeds one under "evaluation")."""
+        return known(cls, {"models": [], "sources": [], "conditions": [], "rows": [], **d})
 
     def save(self, path: Path) -> None:
-        atomic_write_json(path, plain(self))
+        atomic_write_json(path, self.to_plain())
+
+    def to_plain(self) -> dict[str, Any]:
+        return plain(self)

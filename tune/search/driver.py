@@ -119,7 +119,7 @@ def space_from_record(d: dict[str, Any]) -> SearchSpace:
 
 
 # --------------------------------------------------------------------------- plan
-def previous_run(run: Run, opts: SearchOptions) -> dict[str, Any] | None:
+def previous_run(run: Run, opts: SearchOptions) -> RunRecord | None:
     """The run's record when continuing it (--resume, --extend); refuse what cannot work, before any write."""
     if opts.resume and opts.extend:
         raise UserError("--resume and --extend do not go together: --resume finishes an interrupted search "

@@ -15,10 +15,11 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune.core import file_sha256
+from tune.core import UserError, file_sha256
 from tune.metrics.cells import cell_of
 from tune.metrics.classification import METRICS, THRESHOLD_RULES
 from tune.reports.tables import Table, cell_at, label, rule_name
+from tune.runs.files import EVALUATION, Comparison, Evaluation
 
 if TYPE_CHECKING:
     from tune.runs.inference import LoadedModel
@@ -36,7 +37,7 @@ def related_files(loaded: LoadedModel) -> dict[str, Path]:
     found = {"predictions": src / PREDICTIONS, "weights_of_predictions": src / WEIGHTS}
     run = run_of_model(path)
     if run is not None:
-        found.update(comparison=run.comparison("json"), evaluation=run.extra_test / "evaluation.json")
+        found.update(comparison=run.comparison("json"), evaluation=run.extra_test / EVALUATION)
     return {k: v for k, v in found.items() if v.is_file()}
 
 
@@ -95,25 +96,22 @@ def evaluation(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] | 
     """Which generators (sources) and perturbations this model was evaluated on, with AUC per row
     (the evaluation.json contract; finalize --extra-test embeds it in comparison.json)."""
     ev = None
-    for key in ("evaluation", "comparison"):
-        if key in files:
-            try:
-                doc = json.loads(files[key].read_text())
-            except (OSError, ValueError):
-                continue
-            ev = doc if key == "evaluation" else doc.get("evaluation")
-            if ev:
-                break
-    if not ev:
+    try:
+        if "evaluation" in files:
+            ev = Evaluation.load(files["evaluation"])
+        elif "comparison" in files and (embedded := Comparison.load(files["comparison"]).evaluation):
+            ev = Evaluation.from_dict(embedded)
+    except (TypeError, UserError):  # no evaluation section, rather than no description
         return None
-    names = [m.get("name") for m in ev.get("models", []) if m.get("sha256") in (loaded.sha256, None)]
+    if ev is None:
+        return None
+    names = [m.get("name") for m in ev.models if m.get("sha256") in (loaded.sha256, None)]
     rows = [{"source": r.get("source"), "condition": r.get("condition"), "auc": cell_at(r, "auc").to_dict(),
-             "note": r.get("note", "")} for r in ev.get("rows", []) if r.get("model") in names]
+             "note": r.get("note", "")} for r in ev.rows if r.get("model") in names]
     if not rows:
         return None
-    return {"sources": [{k: s.get(k) for k in ("name", "n_fake", "n_real", "fingerprint")}
-                        for s in ev.get("sources", [])],
-            "conditions": [c.get("name") for c in ev.get("conditions", [])], "rows": rows}
+    return {"sources": [{k: s.get(k) for k in ("name", "n_fake", "n_real", "fingerprint")} for s in ev.sources],
+            "conditions": [c.get("name") for c in ev.conditions], "rows": rows}
 
 
 def describe(loaded: LoadedModel) -> dict[str, Any]:
