@@ -94,13 +94,10 @@ def read_scores(folder: Path, file: str, images: ImageSet) -> np.ndarray:
     """(2, n): the plain and the flipped P(fake) a seed saved for one split, checked against that split."""
     from tune.training.records import FLIPPED, PLAIN, read_predictions
 
-    out = []
-    for column in (PLAIN, FLIPPED):
-        paths, labels, p = read_predictions(folder / file, column)
-        if _relative(paths) != _relative(images.paths) or not np.array_equal(labels, images.y.astype(int)):
-            raise UserError(f"{folder / file} does not match the {images.split} split (the data changed since)")
-        out.append(p)
-    return np.stack(out)
+    paths, labels, plain = read_predictions(folder / file, PLAIN)
+    if _relative(paths) != _relative(images.paths) or not np.array_equal(labels, images.y.astype(int)):
+        raise UserError(f"{folder / file} does not match the {images.split} split (the data changed since)")
+    return np.stack([plain, read_predictions(folder / file, FLIPPED)[2]])
 
 
 def predictors(folders: list[Path], recorded: list[float], chosen: int, valid: ImageSet,

@@ -167,14 +167,15 @@ def extra_test(run_dir: Path, data: list[Source], cmp: Comparison, md: str, log:
     from tune.core import atomic_write_text
     from tune.reports.evaluation import render_markdown
 
-    out = Run(run_dir).extra_test
-    ev = evaluate(load_models(Run(run_dir).winners()), data, [Condition()], out, log=log)
+    run = Run(run_dir)
+    out = run.extra_test
+    ev = evaluate(load_models(run.winners()), data, [Condition()], out, log=log)
     # In comparison.json the plot paths are relative to the run folder, where that file lives.
     ev = replace(ev, plots={k: f"{out.name}/{v}" for k, v in ev.plots.items()})
     cmp.evaluation = ev.to_plain()
     section = render_markdown(ev, level=2, title="Extra test sets (exported winners)")
-    cmp.save(Run(run_dir).comparison("json"))
-    atomic_write_text(Run(run_dir).comparison("md"), md.rstrip("\n") + "\n\n" + section)
+    cmp.save(run.comparison("json"))
+    atomic_write_text(run.comparison("md"), md.rstrip("\n") + "\n\n" + section)
     log(section)
     return ev
 

@@ -95,7 +95,7 @@ def finalize_panels(run: Run, cmp: Comparison, test: ImageSet, log: Callable[[st
     from tune.training.records import PREDICTIONS, read_predictions
 
     written = []
-    for row in (r for r in cmp.rows if r["kind"] == "tuned"):
+    for row in cmp.tuned:
         try:
             loaded = inference.load(run.model(row["arch"]))
             _, y, p = read_predictions(run.finalize(row["name"], row["chosen_seed"]) / PREDICTIONS)

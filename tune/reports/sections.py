@@ -132,7 +132,7 @@ def explanations(ctx: Context) -> str:
     out = [f"<p>{escape(METHOD)}: warm colours mark where the model's features raise P(fake), over the image as the "
            f"model saw it. Up to {PER_GROUP} test images per group, chosen by rule (not by hand): "
            f"{escape('; '.join(GROUPS))}.</p>"]
-    for row in (r for r in cmp.rows if r["kind"] == "tuned"):
+    for row in cmp.tuned:
         path = ctx.run.cam_panel(row["arch"])
         out.append(image(png_uri(path.read_bytes()), f"Grad-CAM panel of {row['arch']} on the test split")
                    if path.is_file() else
@@ -277,7 +277,7 @@ def reproduce(ctx: Context) -> str:
                 lines.append(cmd("python", "-m", "tune", "reproduce", ctx.name, "--trial",
                                  str(scored.iloc[0]["trial_id"]), "--storage", storage))
     if cmp is not None:
-        fin = ["python", "-m", "tune", "finalize", again, "--seeds", str(len(cmp.rows[0]["seeds"])),
+        fin = ["python", "-m", "tune", "finalize", again, "--seeds", str(cmp.seeds),
                "--storage", storage] + (["--baseline"] if any(r["kind"] == "baseline" for r in cmp.rows) else [])
         lines += ["# 3. retrain the winners with the same seeds and test them once (on the run of step 1)", cmd(*fin)]
     versions = "".join(f"<code>{escape(k)} {escape(str(v))}</code> " for k, v in sorted(

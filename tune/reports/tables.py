@@ -138,8 +138,7 @@ def ensemble_lines(cmp: Comparison) -> list[str]:
 def comparison_markdown(cmp: Comparison) -> str:
     """comparison.md: the notebook's table per threshold rule, the threshold-free metrics, the verdict, then the
     ensembles (and, with held-out sources, the trade-off: tune.reports.tradeoff adds it)."""
-    seeds = len(cmp.rows[0]["seeds"])
-    out = [f"## Test results: run {cmp.run} ({cmp.n_test} test images, {seeds} seed(s) per model)", ""]
+    out = [f"## Test results: run {cmp.run} ({cmp.n_test} test images, {cmp.seeds} seed(s) per model)", ""]
     for rule, text in cmp.threshold_rules.items():
         out += [f"At {text}:", "", rule_table(cmp.rows, rule).markdown()]
     free = [m for m in RANKING_METRICS if m != "auc"]
