@@ -78,11 +78,16 @@ class Budget:
     def next_arch(self, usage: dict[str, Usage]) -> str | None:
         """The architecture the next trial goes to, or None when none may start one.
 
-        With a trial count only: the one with the fewest trials so far (they interleave). With a time budget:
-        until every architecture has finished a trial, the one with the fewest running (each holds the same
-        number of slots); then the one with the least trial time used and committed, its running trials
-        counted at that architecture's mean trial length, so one with short trials (and more gaps between
-        them) gets slots more often. None whose share is spent, or whose trial count is reached."""
+        With a trial count only: until every architecture with trials left has finished one, the one with the
+        fewest trials so far (they interleave); then the one with the most expected trial time left (trials
+        left x its mean trial length). That is the longest-work-first rule for keeping parallel slots busy:
+        long trials start while there is still other work to fill the slots beside them, and the last
+        trials to start are the short ones, so the search does not end with one long trial running alone.
+        With a time budget: until every architecture has finished a trial, the one with the fewest running
+        (each holds the same number of slots); then the one with the least trial time used and committed,
+        its running trials counted at that architecture's mean trial length, so one with short trials (and
+        more gaps between them) gets slots more often. None whose share is spent, or whose trial count is
+        reached."""
         if self.expired():
             return None
         open_ = [a for a in self.archs if (self.trials is None or usage[a].handed < self.trials)
@@ -91,7 +96,11 @@ class Budget:
             return None
         order = self.archs.index
         if self.seconds is None:
-            return min(open_, key=lambda a: (usage[a].handed, order(a)))
+            trials = self.trials
+            if trials is None or any(not usage[a].finished for a in open_):
+                return min(open_, key=lambda a: (usage[a].handed, order(a)))
+            return min(open_, key=lambda a: (-(trials - usage[a].handed) * usage[a].mean_s, usage[a].handed,
+                                             order(a)))
         if any(not usage[a].finished for a in self.archs):
             return min(open_, key=lambda a: (usage[a].running, usage[a].used_s, order(a)))
         return min(open_, key=lambda a: (usage[a].used_s + usage[a].committed_s, order(a)))
@@ -106,3 +115,4 @@ class Usage:
     used_s: float = 0.0  # trial time reported
     committed_s: float = 0.0  # what its running trials will still take, at its mean trial length
     finished: int = 0
+    mean_s: float = 0.0  # the mean length of its finished trials

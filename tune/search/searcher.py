@@ -70,9 +70,10 @@ class ArchSearcher(Searcher):
     Each architecture keeps its HonestOptunaSearch (study RUN-ARCH in optuna.db, its own TPE, its own
     define-by-run space), so TPE models like with like. This searcher decides only *which* study
     samples the next trial, by the budget (tune/budget.py): with a trial count, the architecture with
-    the fewest trials so far (so they interleave); with a time budget, the one with the least trial
-    time used and committed (tune.search.budget.Budget.next_arch). A free slot is filled from whichever
-    architecture still has budget.
+    the most expected trial time left (longest work first, so the search does not end on one long trial
+    alone); with a time budget, the one with the least trial time used and committed
+    (tune.search.budget.Budget.next_arch). A free slot is filled from whichever architecture still has
+    budget.
 
     Pickled whole (its studies included) into the experiment, as Ray's OptunaSearch pickles itself.
     """
@@ -97,7 +98,7 @@ class ArchSearcher(Searcher):
             mean = sum(done) / len(done) if done else 0.0
             live = [self.seconds.get(t, 0.0) for t in mine if t not in self.ended]
             out[arch] = Usage(handed=len(mine), running=len(live), used_s=sum(self.seconds.get(t, 0.0) for t in mine),
-                              committed_s=sum(max(0.0, mean - s) for s in live), finished=len(done))
+                              committed_s=sum(max(0.0, mean - s) for s in live), finished=len(done), mean_s=mean)
         return out
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:

@@ -1,0 +1,55 @@
+"""The budget's choice of the architecture that gets the next free slot (no Ray: a simulated 2-slot search)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tune.search.budget import Budget, Usage
+
+Rule = Callable[[dict[str, Usage]], "str | None"]
+
+
+def simulate(pick: Rule, lengths: dict[str, list[float]], slots: int = 2) -> tuple[float, list[str]]:
+    """Run trials of the given lengths (per architecture, in the order handed out) on `slots` slots, each
+    free slot going to pick(usage): (the time the last trial ends, the architectures in the order handed)."""
+    now, running, order = 0.0, [], []
+    done: dict[str, list[float]] = {a: [] for a in lengths}
+    while True:
+        while len(running) < slots:
+            usage = {a: Usage(handed=sum(o == a for o in order), running=sum(r[1] == a for r in running),
+                              finished=len(done[a]), mean_s=sum(done[a]) / len(done[a]) if done[a] else 0.0)
+                     for a in lengths}
+            arch = pick(usage)
+            if arch is None:
+                break
+            running.append((now + lengths[arch][usage[arch].handed], arch, now))
+            order.append(arch)
+        if not running:
+            return now, order
+        running.sort()
+        now, arch, began = running.pop(0)
+        done[arch].append(now - began)
+
+
+def test_a_trial_count_starts_the_longest_work_first_so_no_long_trial_runs_alone_at_the_end() -> None:
+    budget = Budget("test-lpt", ("cnn", "lite"), trials=6)
+    lengths = {"cnn": [10.0] * 6, "lite": [60.0] * 6}
+    end, order = simulate(budget.next_arch, lengths)
+    assert order.count("cnn") == order.count("lite") == 6  # exactly N each
+    assert order[:2] == ["cnn", "lite"]  # before each has finished a trial: they interleave
+    assert order[-1] == "cnn"  # the short ones come last
+    assert end == sum(sum(v) for v in lengths.values()) / 2  # both slots busy to the end: (6x10 + 6x60) / 2
+
+    def fewest_handed(usage: dict[str, Usage]) -> str | None:  # the rule before: strictly interleaved
+        open_ = [a for a in ("cnn", "lite") if usage[a].handed < 6]
+        return min(open_, key=lambda a: usage[a].handed) if open_ else None
+
+    before, _ = simulate(fewest_handed, lengths)
+    assert before > end  # the old rule ends on a 60 s trial with the other slot idle (here for 10 s)
+
+
+def test_a_trial_count_never_hands_out_more_than_n_and_ends() -> None:
+    budget = Budget("test-n", ("a", "b", "c"), trials=2)
+    end, order = simulate(budget.next_arch, {"a": [5.0, 1.0], "b": [1.0, 1.0], "c": [3.0, 9.0]}, slots=3)
+    assert sorted(order) == ["a", "a", "b", "b", "c", "c"]
+    assert order[:3] == ["a", "b", "c"]
