@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import importlib.metadata
+import io
 import json
 import math
 from pathlib import Path
@@ -201,14 +202,28 @@ def test_cache_modes(splits, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "train live (its views would take" in run(aug, splits).cache_mode
 
 
+def nbytes(obj: object) -> int:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return len(buf.getvalue())
+
+
 def test_resume_continues_identically(splits) -> None:
+    """Through a saved file, as a trial's checkpoint: epoch 1 is the kept epoch, so the checkpoint holds its
+    weights once (model and best_state are the same tensors), and the run resumed from it is the same run."""
     cfg = CNN.replace(epochs=3, patience=5)
     full = run(cfg, splits)
     saved = {}
 
     def keep(row: dict, state) -> None:
         if row["epoch"] == 1:
-            saved.update(copy.deepcopy(state()))
+            st = state()
+            assert row["best_epoch"] == 1
+            assert nbytes(st) < nbytes(st["model"]) + nbytes(st["optimizer"]) + 0.5 * nbytes(st["model"])
+            buf = io.BytesIO()
+            torch.save(st, buf)
+            buf.seek(0)
+            saved.update(torch.load(buf, weights_only=True))
 
     first = run(cfg, splits, report=keep, stop_after=1)
     assert len(first.history) == 1
