@@ -141,6 +141,18 @@ def test_timm_backbone_from_a_weights_file_and_never_downloads(tmp_path: Path, m
         archs.get_arch("timm/no_such_net")
 
 
+def test_a_timm_backbone_of_fixed_input_size_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A ViT's position embeddings fit one input size: refused by name, never an AssertionError traceback."""
+    from tune.cli import main
+
+    with pytest.raises(UserError, match=r"vit_tiny_patch16_224 takes only 224x224 inputs \(a fixed input size\)"):
+        archs.get_arch("timm/vit_tiny_patch16_224")
+    assert main(["train", "--data", "nowhere", "--arch", "timm/vit_tiny_patch16_224"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: timm/vit_tiny_patch16_224: timm's vit_tiny_patch16_224 takes only 224x224") and \
+        "\n" not in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("arch", ["efficientnet_lite0", "timm/mobilenetv3_small_100", "timm/convnext_atto"])
 def test_cached_and_live_training_give_identical_numbers(tmp_path: Path, arch: str) -> None:
     root = make_dataset(tmp_path / "data", n=6, size=32, splits=("train", "valid"))

@@ -184,7 +184,11 @@ def _find_cut(net: nn.Module, name: str, cut: Callable[[int], tuple[list[nn.Modu
     """How many of the modules after the blocks belong to the units, by comparing outputs on a random batch."""
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref = net.forward_head(net.forward_features(x), pre_logits=True).flatten(1)
+        try:
+            ref = net.forward_head(net.forward_features(x), pre_logits=True).flatten(1)
+        except (RuntimeError, ValueError, AssertionError) as e:  # a net that cannot run at 64 px
+            raise UserError(f"{name}: its forward fails on a 64x64 test batch ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'no message'}); use another backbone") from None
         for k in range(n_post + 1):
             units, tail = cut(k)
             try:
@@ -289,6 +293,11 @@ def _timm_arch(name: str) -> Arch:
         raise UserError(f"unknown timm backbone {model_name!r} (see timm.list_models())")
     net = timm.create_model(model_name, pretrained=False)
     cfg = net.pretrained_cfg
+    if cfg.get("fixed_input_size"):  # e.g. ViTs: position embeddings for one grid of patches
+        size = "x".join(map(str, cfg.get("input_size", (3, "?", "?"))[1:]))
+        raise UserError(f"{name}: timm's {model_name} takes only {size} inputs (a fixed input size), and a "
+                        "backbone here must run at the space's image size and be cut into blocks; use a "
+                        "convolutional one (e.g. timm/resnet18, timm/mobilenetv3_small_100)")
     units, _, _ = timm_units(net, name)
 
     def builder(*, unfrozen_blocks: int, head_sizes: tuple[int, ...], dropout: float, weights: str) -> Detector:
