@@ -32,7 +32,7 @@ def simulate(pick: Rule, lengths: dict[str, list[float]], slots: int = 2) -> tup
 
 
 def test_a_trial_count_starts_the_longest_work_first_so_no_long_trial_runs_alone_at_the_end() -> None:
-    budget = Budget("test-lpt", ("cnn", "lite"), trials=6)
+    budget = Budget(("cnn", "lite"), trials=6)
     lengths = {"cnn": [10.0] * 6, "lite": [60.0] * 6}
     end, order = simulate(budget.next_arch, lengths)
     assert order.count("cnn") == order.count("lite") == 6  # exactly N each
@@ -49,7 +49,7 @@ def test_a_trial_count_starts_the_longest_work_first_so_no_long_trial_runs_alone
 
 
 def test_a_trial_count_never_hands_out_more_than_n_and_ends() -> None:
-    budget = Budget("test-n", ("a", "b", "c"), trials=2)
+    budget = Budget(("a", "b", "c"), trials=2)
     end, order = simulate(budget.next_arch, {"a": [5.0, 1.0], "b": [1.0, 1.0], "c": [3.0, 9.0]}, slots=3)
     assert sorted(order) == ["a", "a", "b", "b", "c", "c"]
     assert order[:3] == ["a", "b", "c"]

@@ -109,11 +109,14 @@ def test_a_run_from_before_the_layout_by_stage_resumes_and_reads(ray_session, tm
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     import pickle
 
+    from tune.search.searcher import studies_at
+
     monkeypatch.chdir(tmp_path)
     run = copied("pre_layout_run", "pre21", tmp_path)
     experiment = run / "trials" / "search"
-    for f in [experiment / "tuner.pkl", *experiment.glob("searcher-state-*.pkl")]:
-        assert pickle.loads(f.read_bytes())  # Ray's pickles name tune.searcher, tune.search.run_trial ...
+    with studies_at(f"sqlite:///{run / 'optuna.db'}"):  # their Optuna storage names the maker's folder
+        for f in [experiment / "tuner.pkl", *experiment.glob("searcher-state-*.pkl")]:
+            assert pickle.loads(f.read_bytes())  # Ray's pickles name tune.searcher, tune.search.run_trial ...
     # --resume restores the Tuner (every pickle of it); the search had finished, so nothing runs again
     assert main(["search", "--name", "pre21", "--resume", "--no-finalize"]) == 0
     assert len(load_leaderboard(run)) == 2

@@ -205,7 +205,8 @@ class Run:
 
     @classmethod
     def named(cls, root: Path, name: str) -> Run:
-        return cls((Path(root) / check_run_name(name)).absolute())
+        # resolved: `..` or a symlink in --storage names the same run folder as the plain path
+        return cls((Path(root) / check_run_name(name)).resolve())
 
     @property
     def name(self) -> str:

@@ -9,7 +9,9 @@ once its share is spent, and the search ends within B plus one epoch.
 
 The deadline is the driver's clock: the searcher and the scheduler are pickled into the experiment
 and restored by `--resume`, but the time left is the driver's to say (the budget less what earlier
-sessions spent), so they look it up here, by the experiment's key, instead of carrying it.
+sessions spent), so they look it up here instead of carrying it. A driver runs one experiment at a
+time, so there is one clock per process, set by `Budget.start`: a pickle never names it, and a run
+folder moved or copied elsewhere (or reached through another spelling of its path) keeps its deadline.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tune.core import UserError
 
 UNITS = {"s": 1, "m": 60, "h": 3600}
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
-_CLOCKS: dict[str, tuple[float, int]] = {}  # experiment key -> (deadline, slots), set by this process's driver
+_CLOCK: list[tuple[float, int]] = [(math.inf, 1)]  # (deadline, slots) of the experiment this process runs now
 
 
 def parse_duration(text: str | float | int, what: str = "--time-budget") -> float:
@@ -43,7 +45,6 @@ def describe(seconds: float) -> str:
 class Budget:
     """One experiment's budget: `trials` per architecture and/or `seconds` of wall time (None: no limit)."""
 
-    key: str  # the experiment's location: names its clock
     archs: tuple[str, ...]
     trials: int | None = None
     seconds: float | None = None
@@ -51,11 +52,11 @@ class Budget:
     def start(self, *, slots: int, spent: float = 0.0) -> None:
         """Start (or, resuming, restart) the clock with `spent` seconds already used, on `slots` slots."""
         left = math.inf if self.seconds is None else max(0.0, self.seconds - spent)
-        _CLOCKS[self.key] = (time.time() + left, max(1, slots))
+        _CLOCK[0] = (time.time() + left, max(1, slots))
 
     @property
     def deadline(self) -> float:
-        return _CLOCKS.get(self.key, (math.inf, 1))[0]
+        return _CLOCK[0][0]
 
     def expired(self) -> bool:
         return time.time() >= self.deadline
@@ -64,7 +65,7 @@ class Budget:
         """Trial-seconds each architecture may use: slots x budget / architectures."""
         if self.seconds is None:
             return math.inf
-        return _CLOCKS.get(self.key, (math.inf, 1))[1] * self.seconds / len(self.archs)
+        return _CLOCK[0][1] * self.seconds / len(self.archs)
 
     def describe(self, spent: float = 0.0) -> str:
         """"6 trials per architecture", "a time budget of 20m (18m per architecture on 2 slots)", or both."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import pickle
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -26,6 +28,30 @@ from tune.search.budget import Budget, Usage
 
 log = logging.getLogger(__name__)
 STEP = "training_iteration"  # the step Ray's OptunaSearch reports intermediate values at (= the epoch here)
+
+
+@contextmanager
+def studies_at(url: str) -> Iterator[None]:
+    """Every Optuna RDB storage unpickled inside this block opens `url`, the run's optuna.db where the run
+    folder is now, whatever URL the pickle names.
+
+    Ray pickles the searcher, its Optuna storages included, into the experiment (tuner.pkl, searcher-state-*.pkl)
+    and `Tuner.restore` unpickles them in the driver. Their URL is the absolute path the run had when it
+    started: after a move the file is not there ("unable to open database file"), and after a copy the copy's
+    trials would go into the original's optuna.db. The run's place is the driver's to say, never a pickle's.
+    """
+    from optuna.storages import RDBStorage
+
+    pickled = RDBStorage.__setstate__
+
+    def reopened(self: RDBStorage, state: dict[Any, Any]) -> None:
+        pickled(self, {**state, "url": url})
+
+    RDBStorage.__setstate__ = reopened  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        RDBStorage.__setstate__ = pickled  # type: ignore[method-assign]
 
 
 class HonestOptunaSearch(OptunaSearch):
