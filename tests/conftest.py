@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,11 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TUNE_OFFLINE", "1")
+# The suite never sees this machine's torch cache: a weights file someone downloaded there (MobileNetV2's
+# ImageNet weights, say) would change what the tests of missing weights see. Set before any Ray worker or
+# server subprocess starts, so they inherit it; removed when the session ends.
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="tune-tests-torch-")
+atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], True)
 
 
 def make_dataset(root: Path, n: int = 12, size: int = 40, seed: int = 0,

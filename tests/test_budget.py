@@ -53,3 +53,18 @@ def test_a_trial_count_never_hands_out_more_than_n_and_ends() -> None:
     end, order = simulate(budget.next_arch, {"a": [5.0, 1.0], "b": [1.0, 1.0], "c": [3.0, 9.0]}, slots=3)
     assert sorted(order) == ["a", "a", "b", "b", "c", "c"]
     assert order[:3] == ["a", "b", "c"]
+
+
+def test_a_pickled_budget_keeps_the_drivers_clock_wherever_the_run_moved() -> None:
+    """Ray restores the searcher's and the scheduler's budgets from pickles made where the run once was; the
+    deadline is the one the driver starts now (the budget less what was spent), not one a path names."""
+    import pickle
+    import time
+
+    restored = pickle.loads(pickle.dumps(Budget(("a", "b"), seconds=600.0)))
+    Budget(("a", "b"), seconds=600.0).start(slots=2, spent=590.0)  # the driver, resuming with 10 s left
+    assert time.time() + 5 < restored.deadline < time.time() + 11 and restored.share_s() == 600.0
+    Budget(("a", "b"), seconds=600.0).start(slots=2, spent=600.0)
+    assert restored.expired() and restored.next_arch({"a": Usage(), "b": Usage()}) is None
+    Budget(("a",)).start(slots=1)  # the next experiment of this process: no time limit
+    assert not restored.expired()

@@ -26,6 +26,14 @@ def add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", nargs="?", help="run name under results/ or a run folder (default: newest)")
 
 
+def add_moved_data(p: argparse.ArgumentParser) -> None:
+    """--data and --valid-extra for a command that reads a finished run's data: where it is now, if it moved."""
+    p.add_argument("--data", type=Path, help="where the run's dataset root is now, if it moved since the search "
+                   "(the same images, checked by content fingerprint; default: the root run.json records)")
+    p.add_argument("--valid-extra", type=Path, nargs="+", metavar="DIR", help="where the run's held-out validation "
+                   "sources are now, if they moved (checked by content fingerprint; default: as recorded)")
+
+
 def add_storage(p: argparse.ArgumentParser, help: str = STORAGE_HELP) -> None:
     p.add_argument("--storage", help=help)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tune.cli.common import add_run, add_storage, run_folder
+from tune.cli.common import add_moved_data, add_run, add_storage, run_folder
 from tune.core import cache_root
 
 
@@ -13,6 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_run(p)
     p.add_argument("--trial", default="best", help="trial id (as in the leaderboard) or best (default: best)")
     add_storage(p)
+    add_moved_data(p)
     p.set_defaults(func=run)
 
 
@@ -22,7 +23,7 @@ def run(a: argparse.Namespace) -> int:
     from tune.evaluation.reproduce import render, reproduce_trial
 
     folder = run_folder(a)
-    rep = reproduce_trial(folder, a.trial, cache_dir=cache_root())
+    rep = reproduce_trial(folder, a.trial, cache_dir=cache_root(), data=a.data, valid_extra=a.valid_extra)
     print(render(rep), end="")
     bad = rep.differing
     if bad:

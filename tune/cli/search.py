@@ -12,7 +12,8 @@ from tune.core import UserError, cache_root
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="Ray Tune search (Optuna TPE + ASHA) over every architecture of the space")
-    p.add_argument("--data", type=Path, help="dataset root (default: the built-in dataset with demo.yaml)")
+    p.add_argument("--data", type=Path, help="dataset root (default: the built-in dataset with demo.yaml); with "
+                   "--resume/--extend: where the run's data is now, if it moved (checked by content fingerprint)")
     p.add_argument("--space", type=Path, help="search-space YAML (default: search_spaces/default.yaml, "
                    "or demo.yaml on the built-in data)")
     p.add_argument("--name", help="run name: a folder under results/ (default: search-DATE-TIME)")
@@ -31,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad-images", action="store_true")
     p.add_argument("--valid-extra", type=Path, nargs="+", metavar="DIR", help=VALID_EXTRA_HELP + (
                    " (replaces the space file's valid_extra; the space's metric may then be xval_*, mean_* or "
-                   "min_*, e.g. mean_auc)"))
+                   "min_*, e.g. mean_auc); with --resume/--extend: where the recorded ones are now, if they moved"))
     p.add_argument("--no-finalize", action="store_true", help="skip retraining the winners and the test evaluation")
     p.add_argument("--seeds", type=int, default=3, help="seeds per winner in the finalize step (default: 3)")
     p.set_defaults(func=run)

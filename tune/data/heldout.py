@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,19 +70,29 @@ def describe(dirs: list[Path], sets: list[ImageSet], sources: list[Source]) -> d
                         for s, src in zip(sets, sources)]}
 
 
-def load_recorded(recorded: dict[str, Any] | None, size: int, *, what: str, cache_dir: Path | None = None,
-                  skip_bad: bool = False, live: bool = False) -> list[ImageSet]:
+def load_recorded(recorded: dict[str, Any] | None, size: int, *, what: str, dirs: list[Path] | None = None,
+                  cache_dir: Path | None = None, skip_bad: bool = False, live: bool = False) -> list[ImageSet]:
     """The held-out sources a run or training recorded (describe()), refused when their content changed:
-    its numbers and its choices cannot be reproduced on other images. None (an older run): none."""
+    its numbers and its choices cannot be reproduced on other images. None (an older run): none.
+
+    `dirs` re-points them (--valid-extra after the folders moved): the same images, found by content wherever
+    they are now, keep the names the run recorded (its xval[NAME]_ columns)."""
     if not recorded:
+        if dirs:
+            raise UserError(f"--valid-extra re-points the {ROLE}s a run recorded, and this one recorded none "
+                            f"(since {what}); leave it out")
         return []
-    sources = find([Path(d) for d in recorded["dirs"]])
+    sources = find([Path(d) for d in (dirs or recorded["dirs"])])
     sets = load(sources, size, cache_dir=cache_dir, skip_bad=skip_bad, live=live)
     was = {r["name"]: r["fingerprint"] for r in recorded["sources"]}
+    if dirs:
+        named = {fp: name for name, fp in was.items()}
+        sets = [replace(s, split=named.get(s.fingerprint, s.split)) for s in sets]
     now = {s.split: s.fingerprint for s in sets}
     for name in sorted(set(was) | set(now)):
         if was.get(name) != now.get(name):
-            raise UserError(f"the {ROLE} {name} changed since {what} (fingerprint {was.get(name)} recorded, "
+            where = f" in {', '.join(map(str, dirs))}" if dirs else ""
+            raise UserError(f"the {ROLE} {name}{where} changed since {what} (fingerprint {was.get(name)} recorded, "
                             f"{now.get(name)} now); its numbers cannot be reproduced on different images")
     return sets
 
@@ -135,14 +146,16 @@ def check_for_training(sets: list[ImageSet], train: ImageSet, valid: ImageSet, r
 
 
 def for_training(dirs: list[Path], size: int, train: ImageSet, valid: ImageSet, root: Path, *,
-                 recorded: dict[str, Any] | None = None, what: str = "", cache_dir: Path | None = None,
-                 skip_bad: bool = False, live: bool = False) -> tuple[list[ImageSet], dict[str, Any] | None]:
+                 recorded: dict[str, Any] | None = None, repoint: list[Path] | None = None, what: str = "",
+                 cache_dir: Path | None = None, skip_bad: bool = False,
+                 live: bool = False) -> tuple[list[ImageSet], dict[str, Any] | None]:
     """(the held-out sets, their description for run.json or record.json) of a new search or training from
-    `dirs`, or of one that goes on (`recorded`: refused if their content changed since `what`); checked apart
-    from train, valid and test."""
+    `dirs`, or of one that goes on (`recorded`: refused if their content changed since `what`; `repoint`: the
+    folders they are in now, when they moved); checked apart from train, valid and test."""
     if recorded is not None:
-        sets = load_recorded(recorded, size, what=what, cache_dir=cache_dir, skip_bad=skip_bad, live=live)
-        description = recorded
+        sets = load_recorded(recorded, size, what=what, dirs=repoint, cache_dir=cache_dir, skip_bad=skip_bad,
+                             live=live)
+        description = describe(repoint, sets, find(repoint)) if repoint else recorded
     else:
         sources = find(dirs) if dirs else []
         sets = load(sources, size, cache_dir=cache_dir, skip_bad=skip_bad, live=live)

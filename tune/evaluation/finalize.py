@@ -28,7 +28,15 @@ from tune.core import (
 )
 from tune.metrics.classification import THRESHOLD_RULES
 from tune.runs.files import Comparison
-from tune.runs.info import RunInfo, cache_dirs, load_heldout, load_train_valid, read_run, trial_config
+from tune.runs.info import (
+    RunInfo,
+    cache_dirs,
+    load_heldout,
+    load_train_valid,
+    read_run,
+    record_moved_data,
+    trial_config,
+)
 from tune.training.config import TrainConfig
 from tune.training.records import RECORD, WEIGHTS, ModelRecord
 
@@ -232,13 +240,15 @@ def export_models(info: RunInfo, cmp: Comparison, records: dict[str, list[ModelR
         weights = info.run.model(row["arch"], "pth")
         atomic_write_bytes(weights, (src / WEIGHTS).read_bytes())
         replace(rec, arch=row["arch"], run=info.name, chosen_by=f"best valid {info.metric} over seeds {row['seeds']}",
-                source=str(src), weights_sha256=file_sha256(weights)).save(info.run.model(row["arch"], "json"))
+                source=info.run.own(src), weights_sha256=file_sha256(weights)).save(info.run.model(row["arch"], "json"))
 
 
 def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache_dir: Path | None = None,
-                 log: Log = print, jobs: int = 1, extra_test: list[Path] | None = None) -> Comparison:
+                 log: Log = print, jobs: int = 1, extra_test: list[Path] | None = None, data: Path | None = None,
+                 valid_extra: list[Path] | None = None) -> Comparison:
     """`jobs` > 1 retrains that many (model, seed) pairs at once in separate processes, each with the
-    trials' thread count, so the numbers are the same as sequentially, only sooner."""
+    trials' thread count, so the numbers are the same as sequentially, only sooner. `data` and `valid_extra`:
+    where the run's data is now, if it moved (the same images, by content; run.json then points there)."""
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     import torch
@@ -247,11 +257,12 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     from tune.data.sources import find_sources
 
     extra = find_sources(extra_test) if extra_test else None  # a bad --extra-test fails before any training
-    info = read_run(run_dir)
+    info = read_run(run_dir, data=data, valid_extra=valid_extra)
     cands = candidates(info, baseline, log)
     decoded, features = cache_dirs(info, cache_dir)
     train, valid = load_train_valid(info, cache_dir)
     held_out = load_heldout(info, cache_dir)  # selected by (with a held-out or combined metric), never trained on
+    record_moved_data(info, held_out)
     test = load_test(info, decoded)
     check_for_testing(test, extra or [], train, valid, held_out)
     log(f"finalize {info.name}: {len(cands)} model(s) x {seeds} seed(s); {len(train)} train / {len(valid)} valid / "

@@ -66,12 +66,15 @@ def find_trial(info: RunInfo, wanted: str | None) -> tuple[str, str]:
 
 
 def reproduce_trial(run_dir: Path, trial: str | None = "best", *, cache_dir: Path | None = None,
-                    log: Callable[[str], None] = print) -> Reproduction:
+                    log: Callable[[str], None] = print, data: Path | None = None,
+                    valid_extra: list[Path] | None = None) -> Reproduction:
+    """`data` and `valid_extra`: where the run's data is now, if it moved (the same images, by content). A check
+    writes nothing: run.json keeps what it records."""
     import torch
 
     from tune.training.loop import fit
 
-    info = read_run(run_dir)
+    info = read_run(run_dir, data=data, valid_extra=valid_extra)
     arch, tid = find_trial(info, trial)
     found = trial_record(info, arch, tid)
     recorded = found.results if found else []  # one row per epoch: a resumed trial's replays counted once

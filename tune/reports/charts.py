@@ -17,6 +17,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tune.runs.layout import Run
+
 if TYPE_CHECKING:  # plotly, optuna and matplotlib load on use: `python -m tune --help` stays fast
     import optuna
     from matplotlib.figure import Figure
@@ -60,7 +62,7 @@ def load_study(db: Path, name: str) -> optuna.Study | None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if not db.is_file():
+    if Run(db.parent).optuna_problem():  # missing or unreadable: study_charts says so
         return None
     try:
         return optuna.load_study(study_name=name, storage=f"sqlite:///{db.absolute()}")
@@ -91,7 +93,9 @@ def study_charts(db: Path, study_name: str, metric: str, asha_stopped: int = 0) 
 
     study = load_study(db, study_name)
     if study is None:
-        return f"No Optuna study {study_name} in {db.name} yet: no chart.", []
+        problem = Run(db.parent).optuna_problem()
+        return (f"No Optuna chart: {problem}." if problem else
+                f"No Optuna study {study_name} in {db.name} yet: no chart."), []
     fair, total, pruned = same_budget(study)
     n = len(fair.trials)
     if asha_stopped > pruned:

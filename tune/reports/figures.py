@@ -209,6 +209,10 @@ def plot_importance(run_dir: Path, run: RunRecord) -> Figure:
     for ax, arch in zip(fig.subplots(len(archs), 1, squeeze=False)[:, 0], archs):
         ax.set_title(f"{arch}: hyperparameter importance (fANOVA on the Optuna study)")
         try:
+            problem = folder.optuna_problem()  # missing or unreadable: said, and nothing is created
+            if problem:
+                note(ax, f"importance not available: {problem}")
+                continue
             study = optuna.load_study(study_name=folder.study_name(arch, run), storage=folder.optuna_url)
             done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
             pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)

@@ -36,6 +36,7 @@ class RunInfo:
     fingerprints: dict[str, str]  # train/valid content hashes recorded by the search
     space: dict[str, Any]
     meta: RunRecord  # run.json
+    moved_heldout: tuple[Path, ...] | None = None  # --valid-extra: where the recorded held-out sources are now
 
     @property
     def run(self) -> Run:
@@ -47,19 +48,23 @@ class RunInfo:
         return self.meta.data.valid_extra
 
 
-def read_run(run_dir: Path) -> RunInfo:
+def read_run(run_dir: Path, *, data: Path | None = None, valid_extra: list[Path] | None = None) -> RunInfo:
+    """The run's record. `data` and `valid_extra` say where its dataset and held-out sources are now, when they
+    moved: data paths outside the run folder are recorded as given, and the loaders below refuse other images
+    by their content fingerprints."""
     run_dir = Path(run_dir)
     meta = Run(run_dir).read()
     try:
-        space, data = meta.space, meta.data
+        space, recorded = meta.space, meta.data
         return RunInfo(
-            run_dir=run_dir, name=meta.name, root=Path(data.root), image_size=int(space["image_size"]),
+            run_dir=run_dir, name=meta.name, root=Path(data).absolute() if data else Path(recorded.root),
+            image_size=int(space["image_size"]),
             metric=space["metric"], mode=space["mode"], seed=int(space["seed"]),
             max_epochs=int(space["budget"]["max_epochs"]),
             threads=max(1, int(space["resources"]["cpus_per_trial"])),  # as tune.search.driver.run_search
-            use_cache=meta.use_cache, skip_bad=bool(data.skipped),
-            fingerprints={"train": data.train_fingerprint, "valid": data.valid_fingerprint},
-            space=space, meta=meta)
+            use_cache=meta.use_cache, skip_bad=bool(recorded.skipped),
+            fingerprints={"train": recorded.train_fingerprint, "valid": recorded.valid_fingerprint},
+            space=space, meta=meta, moved_heldout=tuple(valid_extra) if valid_extra else None)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{Run(run_dir).record_file} is incomplete ({type(e).__name__}: {e}); was it written by "
                         "`python -m tune search`?") from None
@@ -93,8 +98,25 @@ def load_heldout(info: RunInfo, cache_dir: Path | None) -> list[ImageSet]:
     from tune.data.heldout import load_recorded
 
     decoded, _ = cache_dirs(info, cache_dir)
-    return load_recorded(info.heldout, info.image_size, what=f"search {info.name} ran", cache_dir=decoded,
-                         skip_bad=info.skip_bad)
+    moved = list(info.moved_heldout) if info.moved_heldout else None
+    return load_recorded(info.heldout, info.image_size, what=f"search {info.name} ran", dirs=moved,
+                         cache_dir=decoded, skip_bad=info.skip_bad)
+
+
+def record_moved_data(info: RunInfo, held_out: list[ImageSet]) -> None:
+    """run.json points at where the data is now, once the loaders found the very same images there, so the
+    next command needs no --data. Nothing is written when nothing moved."""
+    from dataclasses import replace
+
+    from tune.data.heldout import describe, find
+
+    data = info.meta.data
+    moved = list(info.moved_heldout or ())
+    if Path(data.root) == info.root and not moved:
+        return
+    held = describe(moved, held_out, find(moved)) if moved else data.valid_extra
+    space = {**info.meta.space, "valid_extra": list(held["dirs"])} if moved and held else info.meta.space
+    info.run.write(replace(info.meta, space=space, data=replace(data, root=str(info.root), valid_extra=held)))
 
 
 def trial_record(info: RunInfo, arch: str, trial_id: str) -> TrialRecord | None:

@@ -4,7 +4,8 @@ A search named RUN owns two places:
 
     results/RUN/                the run folder (or STORAGE/RUN when --storage is a path)
       run.json                  what the search was: space, data fingerprints, versions, trials root, extensions
-      optuna.db                 one Optuna study per architecture, named RUN-ARCH
+      optuna.db                 one Optuna study per architecture, named RUN-ARCH (only `search --resume/--extend`
+                                need it; the report leaves its charts out without it)
       leaderboard.csv / .md, comparison.md/.csv/.json, report.html
       finalize/NAME/seedS/      finalize's retrainings
       models/ARCH.pth / .json   the winners
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 RESULTS = Path("results")  # where run folders live unless --storage names a folder
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 LOCAL_TRIALS = "trials"  # run.json's trials_root for trials kept inside the run folder (moves with it)
+FINALIZE = "finalize"  # finalize's retrainings: finalize/NAME/seedS
 
 
 def check_run_name(name: str) -> str:
@@ -225,6 +227,21 @@ class Run:
     def optuna_url(self) -> str:
         return f"sqlite:///{self.optuna_db.absolute()}"
 
+    def optuna_problem(self) -> str | None:
+        """None when optuna.db opens as an Optuna database; else what is wrong with it, in words. Opened read-only:
+        asking never creates the file (sqlite would make an empty one)."""
+        import sqlite3
+        from contextlib import closing
+
+        if not self.optuna_db.is_file():
+            return f"{self.optuna_db} is missing"
+        try:
+            with closing(sqlite3.connect(f"{self.optuna_db.absolute().as_uri()}?mode=ro", uri=True)) as db:
+                db.execute("SELECT count(*) FROM studies").fetchone()
+        except sqlite3.Error as e:
+            return f"{self.optuna_db} is not a readable Optuna database ({e})"
+        return None
+
     def study_name(self, arch: str, record: RunRecord) -> str:
         """The architecture's Optuna study in optuna.db: RUN-ARCH, RUN as the search named it
         (a run folder copied under another name keeps its studies)."""
@@ -264,8 +281,22 @@ class Run:
 
     def finalize(self, name: str, seed: int | None = None) -> Path:
         """finalize/NAME, or finalize/NAME/seedS for one retraining."""
-        d = self.path / "finalize" / folder_name(name)
+        d = self.path / FINALIZE / folder_name(name)
         return d if seed is None else d / f"seed{seed}"
+
+    # ------------------------------------------------------------------ paths the run's files record
+    def own(self, path: Path) -> str:
+        """A path inside this run folder as a record keeps it: relative to the folder, so the run can move."""
+        return Path(path).absolute().relative_to(self.path.absolute()).as_posix()
+
+    def recorded(self, text: str) -> Path:
+        """A path a record of this run keeps (own()), where it is now. Earlier versions kept absolute paths: their
+        part from the run's own finalize/ folder on is taken, so a moved or copied run reads its own files."""
+        p = Path(text)
+        if not p.is_absolute():
+            return self.path / p
+        tail = p.parts.index(FINALIZE) if FINALIZE in p.parts else None
+        return self.path.joinpath(*p.parts[tail:]) if tail is not None else p
 
     # ------------------------------------------------------------------ run.json
     def exists(self) -> bool:

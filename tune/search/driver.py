@@ -60,7 +60,8 @@ class SearchOptions:
     skip_bad: bool = False
     cache_dir: Path | None = None
     max_failures: int = 2
-    valid_extra: list[Path] | None = None  # --valid-extra: held-out validation sources (replace the space's)
+    valid_extra: list[Path] | None = None  # --valid-extra: held-out validation sources (replace the space's; with
+    # --resume/--extend: where the recorded ones are now)
 
 
 @dataclass
@@ -135,6 +136,11 @@ def previous_run(run: Run, opts: SearchOptions) -> RunRecord | None:
     if not run.exists():
         raise UserError(f"nothing to {'resume' if opts.resume else 'extend'}: {run.record_file} not found")
     old = run.read()
+    problem = run.optuna_problem()
+    if problem:
+        raise UserError(f"cannot {'resume' if opts.resume else 'extend'} run {run.name}: {problem}, and a search "
+                        "goes on from its Optuna studies; leaderboard, report (without the Optuna charts), finalize, "
+                        "reproduce, evaluate, serve and export still work")
     if opts.storage_uri and join(opts.storage_uri, run.name) != run.trials_root(old):
         raise UserError(f"run {run.name} keeps its trials at {run.trials_root(old)} (run.json); --storage "
                         f"{opts.storage_uri} names another place")
@@ -147,10 +153,7 @@ def previous_run(run: Run, opts: SearchOptions) -> RunRecord | None:
 def plan_space(opts: SearchOptions, old: RunRecord | None) -> tuple[SearchSpace, Path]:
     """The space and data root: recorded when continuing (whatever the command line's defaults say), else the
     space file with --trials / --time-budget over its budget (--time-budget alone: trials until time is up)."""
-    if old is not None:
-        if opts.valid_extra is not None:
-            raise UserError(f"run {opts.name} goes on with the held-out validation sources it recorded; leave out "
-                            "--valid-extra")
+    if old is not None:  # --data and --valid-extra re-point the recorded data (prepare checks it is the same)
         return space_from_record(old.space), opts.data or Path(old.data.root)
     if opts.space is None or opts.data is None:
         raise UserError("a new search needs --space and --data")
@@ -174,11 +177,11 @@ def experiments(record: RunRecord, opts: SearchOptions) -> list[tuple[int, RunRe
     return parts[-1:] if opts.extend else parts if opts.resume else parts[:1]
 
 
-def budget_of(location: str, archs: list[str], part: RunRecord | Extension) -> Budget:
+def budget_of(archs: list[str], part: RunRecord | Extension) -> Budget:
     """An experiment's budget: the space's for the search, its own for an --extend."""
     if isinstance(part, RunRecord):
-        return Budget(location, tuple(archs), part.space["budget"].get("trials"), part.space["budget"].get("time_s"))
-    return Budget(location, tuple(archs), part.trials, part.time_s)
+        return Budget(tuple(archs), part.space["budget"].get("trials"), part.space["budget"].get("time_s"))
+    return Budget(tuple(archs), part.trials, part.time_s)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -197,7 +200,8 @@ def prepare(opts: SearchOptions, run: Run, old: RunRecord | None, space: SearchS
                                live=not opts.use_cache) for s in ("train", "valid"))
     extra, held_out = heldout.for_training(
         [Path(d) for d in space.valid_extra], space.image_size, train, valid, data_root,
-        recorded=old.data.valid_extra if old else None, what=f"run {opts.name} started",
+        recorded=old.data.valid_extra if old else None, repoint=opts.valid_extra if old else None,
+        what=f"run {opts.name} started",
         cache_dir=cache, skip_bad=opts.skip_bad, live=not opts.use_cache)
     sources = "".join(f"; held-out validation source {s.split}: {len(s)} images" for s in extra)
     test = "its files only compared by bytes with the held-out sources" if extra else "not read by the search"
@@ -224,7 +228,9 @@ def prepare(opts: SearchOptions, run: Run, old: RunRecord | None, space: SearchS
                 raise UserError(f"cannot continue {opts.name}: the {split} data changed since the run started "
                                 f"(fingerprint {was} -> {s.fingerprint})")
         # the run's own record goes on; a run of the earlier layout keeps experiment None (one per architecture)
-        record = replace(record, space_file=old.space_file, space=old.space, trials_root=old.trials_root,
+        # the held-out folders as they are now (re-pointed or as recorded), in the space as in data.valid_extra
+        moved = {"valid_extra": list(held_out["dirs"])} if held_out else {}
+        record = replace(record, space_file=old.space_file, space={**old.space, **moved}, trials_root=old.trials_root,
                          started=old.started, started_at=old.started_at, experiment=old.experiment,
                          extensions=list(old.extensions), resumed=now if opts.resume else old.resumed)
     if opts.extend:
@@ -298,6 +304,8 @@ def run_search(opts: SearchOptions) -> Path:
     import ray
     from ray import tune
 
+    from tune.search.searcher import studies_at
+
     run = Run.named(opts.results, opts.name)
     old = previous_run(run, opts)
     space, data_root = plan_space(opts, old)
@@ -318,16 +326,16 @@ def run_search(opts: SearchOptions) -> Path:
         n_slots = slots(space)
         for k, part in experiments(record, opts):
             location = join(run.trials_root(record), str(part.experiment))
-            budget = budget_of(location, archs, part)
+            budget = budget_of(archs, part)
             began = part.started_at
             spent = max(0.0, (last_timestamp(location) or began) - began) if opts.resume and began else 0.0
             budget.start(slots=n_slots, spent=spent)
-            tuner = make_tuner(trainable, space, run, record, k, budget, opts, location, n_slots)
             print(f"[search] {', '.join(archs)} on {n_slots} slot(s): {budget.describe(spent)}"
                   f"{f' (extension {k})' if k else ''}; up "
                   f"to {space.budget.max_epochs} epochs a trial, one ASHA per architecture (grace "
                   f"{space.budget.grace_period}, reduction {space.budget.reduction_factor})", flush=True)
-            tuner.fit()
+            with studies_at(run.optuna_url):  # Ray unpickles the searcher in Tuner.restore and again in fit
+                make_tuner(trainable, space, run, record, k, budget, opts, location, n_slots).fit()
     finally:
         if started_ray:
             ray.shutdown()

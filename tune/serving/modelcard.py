@@ -33,9 +33,10 @@ def related_files(loaded: LoadedModel) -> dict[str, Path]:
     from tune.training.records import PREDICTIONS, WEIGHTS
 
     path = loaded.path.absolute()
-    src = Path(loaded.record.source) if loaded.record.source else path.parent
-    found = {"predictions": src / PREDICTIONS, "weights_of_predictions": src / WEIGHTS}
     run = run_of_model(path)
+    source = loaded.record.source
+    src = (run.recorded(source) if run is not None else Path(source)) if source else path.parent
+    found = {"predictions": src / PREDICTIONS, "weights_of_predictions": src / WEIGHTS}
     if run is not None:
         found.update(comparison=run.comparison("json"), evaluation=run.extra_test / EVALUATION)
     return {k: v for k, v in found.items() if v.is_file()}

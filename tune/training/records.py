@@ -85,7 +85,7 @@ class ModelRecord:
     # an exported winner (models/ARCH.json)
     arch: str | None = None
     chosen_by: str | None = None
-    source: str | None = None  # the finalize seed folder it was copied from
+    source: str | None = None  # the finalize seed folder it was copied from, relative to the run folder
 
     @property
     def arch_name(self) -> str:
