@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tune.cli.common import add_run, add_storage, run_folder
+from tune.cli.common import add_cache_gb, add_run, add_storage, cache_budget, run_folder
 from tune.core import cache_root
 
 
@@ -15,6 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="retrainings per model, seeds SEED..SEED+K-1 (default: 3)")
     p.add_argument("--baseline", action="store_true", help="also train the notebook's fixed recipe per architecture")
     add_storage(p)
+    add_cache_gb(p)
     p.add_argument("--extra-test", type=Path, nargs="+", metavar="DATA", help=(
                    "also evaluate the exported winners per source on these folders (as `evaluate`)"))
     p.set_defaults(func=run)
@@ -23,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(a: argparse.Namespace) -> int:
     from tune.evaluation.finalize import finalize_jobs, run_finalize
 
+    cache_budget(a)
     folder = run_folder(a)
     run_finalize(folder, seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(), jobs=finalize_jobs(folder),
                  extra_test=a.extra_test)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from tune.core import UserError
 
-UNITS = {"s": 1, "m": 60, "h": 3600}
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _CLOCKS: dict[str, tuple[float, int]] = {}  # experiment key -> (deadline, slots), set by this process's driver
 
 

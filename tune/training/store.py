@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -226,3 +228,41 @@ def get_or_build(target: Path, shape: tuple[int, ...], dtype: str, fill: Callabl
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cached file, as `python -m tune cache ls` shows it."""
+
+    path: Path
+    kind: str  # decoded, features (plain images through a frozen prefix) or views (augmented ones)
+    arch: str
+    depth: str  # frozen units
+    dtype: str
+    size: int
+    last_used: float  # mtime: touched at every lease
+
+    @property
+    def in_use(self) -> bool:
+        return in_use(self.path)
+
+
+def entries(root: Path) -> list[Entry]:
+    """The caches under the cache folder `root` (its decoded/ and features/), most recently used first."""
+    out = []
+    for p in sorted(Path(root, "decoded").glob("decoded-*")):
+        if not p.name.endswith(TMP) and p.suffix in (".npy", ".npz"):
+            st = p.stat()
+            out.append(Entry(p, "decoded", "-", "-", "uint8", st.st_size, st.st_mtime))
+    for p in stored_files(Path(root, "features")):
+        try:
+            meta = json.loads(p.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        out.append(Entry(p, str(meta.get("kind", "features")), str(meta.get("arch") or "?"),
+                         str(meta.get("frozen_units", "?")), str(meta.get("dtype", "?")), st.st_size, st.st_mtime))
+    return sorted(out, key=lambda e: -e.last_used)
