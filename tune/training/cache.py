@@ -212,28 +212,27 @@ class Inputs:
         views = self.views_bytes() if self.train_cached and cache_dir is not None else 0
         budget = store.budget_bytes(Path(cache_dir)) if views else 0
         self.train_cached = self.train_cached and views <= budget  # else views would evict each other in turn
+        self.refused = ""  # why the cache could not hold a file: the rest of the trial then runs live
+        self.eval_z: list[np.ndarray | None] = [None] * len(self.evaluated)
+        for k, s in enumerate(self.evaluated if cacheable else ()):
+            z, self.refused = self.stored(s, (False,))
+            self.eval_z[k] = z[0] if z is not None else None
         if not model.has_frozen_params:
             self.mode = "no frozen layers"
         elif not cfg.use_cache:
             self.mode = "off"
-        elif rule:
-            self.mode = f"live: {rule}"
-            self.say(f"not cached: {rule}; the frozen prefix runs live")
+        elif rule or self.refused:
+            self.mode = f"live: {rule or self.refused}"
         elif self.views == 0:
             self.mode = "valid cached; train live (a fresh augmented view every epoch)"
         elif not self.train_cached:
-            self.mode = f"valid cached; train live (its views would take {store.gb(views)} > the cache " \
-                        f"budget {store.gb(budget)})"
-            self.say(f"{cfg.arch}: {self.mode}")
+            self.mode = f"valid cached; train live (its views would take {store.gb(views)} > the cache budget " \
+                        f"{store.gb(budget)})"
         else:
             self.mode = "train and valid cached" + (f" ({self.views} augmented views)" if self.spec.active else "")
-        self.eval_z: list[np.ndarray | None] = [None] * len(self.evaluated)
-        if cacheable:
-            for k, s in enumerate(self.evaluated):
-                z, why = self.stored(s, (False,))
-                self.eval_z[k] = z[0] if z is not None else None
-                if z is None:
-                    self.live(f"{s.split or 'valid'} live", why)
+        self.train_cached = self.train_cached and not self.refused
+        if cacheable and (self.refused or not self.train_cached and self.views) or rule and cfg.use_cache:
+            self.say(f"{cfg.arch}: {self.mode}")  # what the cache could not hold: one line per trial
         self.view = 0
         self.train_z: list[np.ndarray] = []
 
@@ -244,6 +243,8 @@ class Inputs:
 
     def stored(self, data: ImageSet, flips: tuple[bool, ...], view: int = 0,
                spec: AugSpec | None = None) -> tuple[list[np.ndarray] | None, str]:
+        if self.refused:  # a full disk or budget stays so for the trial: no more tries (nor lines)
+            return None, self.refused
         return stored(self.model, data, flips=flips, cache_dir=self.cache_dir, spec=spec, view=view,
                       dtype=self.cfg.cache_dtype, label=self.cfg.arch)
 
@@ -251,10 +252,6 @@ class Inputs:
     def say(line: str) -> None:
         print(f"[cache] {line}", flush=True)
 
-    def live(self, what: str, why: str) -> None:
-        """A set or view the cache cannot hold: recorded in the mode, and one line on screen."""
-        self.mode = f"{self.mode}; {what} ({why})"
-        self.say(f"{self.cfg.arch}: {what}: {why}")
 
     def view_of(self, epoch: int) -> int:
         """The view epoch `epoch` (1-based) trains on."""
@@ -267,7 +264,9 @@ class Inputs:
         self.train_z = []  # the previous view's leases end here: another trial may evict it meanwhile
         z, why = self.stored(self.train, flips_of(self.cfg), self.view, self.spec)
         if z is None:
-            self.live(f"train view {self.view} live from epoch {epoch}", why)
+            self.refused = why
+            self.mode = f"{self.mode}; train live from epoch {epoch} ({why})"
+            self.say(f"{self.cfg.arch}: train live from epoch {epoch} ({why})")
             self.train_cached = False  # one line, not one per epoch: the budget will not grow during a trial
         else:
             self.train_z = z
