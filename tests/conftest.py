@@ -48,14 +48,14 @@ class BackbonePasses:
         self.derived: list[int] = []
         encode_all, run_units = cache.encode_all, cache.run_units
 
-        def counting_encode_all(model, x, *, flip=False):
+        def counting_encode_all(model, x, *, flip=False, out=None):
             self.full.append(len(x))
-            return encode_all(model, x, flip=flip)
+            return encode_all(model, x, flip=flip, out=out)
 
-        def counting_run_units(model, x, start, *, flip=False):
+        def counting_run_units(model, x, start, *, flip=False, out=None):
             if start:
                 self.derived.append(start)
-            return run_units(model, x, start, flip=flip)
+            return run_units(model, x, start, flip=flip, out=out)
 
         mp.setattr(cache, "encode_all", counting_encode_all)
         mp.setattr(cache, "run_units", counting_run_units)

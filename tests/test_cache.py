@@ -52,14 +52,15 @@ def test_cache_is_invalidated_exactly_when_its_output_could_change(tmp_path: Pat
 
 
 def test_cache_is_shared_by_the_search_trials(tiny_run: Path) -> None:
-    """The search built the features of every depth its space allows (0..2) once, before the trials, and
-    the trials used those files: no trial added one."""
+    """The trials built the features they used, lazily, once per depth (valid, train, flipped train), and
+    shared them: nothing was built for a depth no trial used (before, the search built all of 0..2 first)."""
     depths = set()
     for params in (tiny_run / "trials" / "search").glob("mobilenet_v2_*/params.json"):
         depths.add(json.loads(params.read_text())["unfrozen_blocks"])
     assert depths <= {0, 1, 2}
     files = list((tiny_run.parent.parent / "cache" / "features").glob("features-*.npy"))
-    assert len(files) == 3 * 3, (depths, [f.name for f in files])
+    assert len(files) == 3 * len(depths), (depths, [f.name for f in files])
+    assert {json.loads(f.with_suffix(".json").read_text())["arch"] for f in files} == {"mobilenet_v2"}
 
 
 def test_a_view_cache_is_keyed_by_its_augmentation_settings(tmp_path: Path, passes) -> None:

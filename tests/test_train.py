@@ -17,6 +17,7 @@ from conftest import make_dataset
 
 import tune.training.cache as cache
 import tune.training.loop as train_mod
+import tune.training.store as store
 from tune.data.images import ImageSet, load_split
 from tune.models.detector import count_params
 from tune.training.config import TrainConfig
@@ -192,14 +193,16 @@ def test_cached_inputs_match_live(splits, unfrozen: int, augment: str) -> None:
     torch.testing.assert_close(za, zb, rtol=1e-4, atol=1e-4 * float(zb.abs().max()))
 
 
-def test_cache_modes(splits, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_modes(splits, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     aug = MOBILE.replace(unfrozen_blocks=0, augment="blur,jpeg", epochs=1)
     assert run(aug.replace(aug_views=2), splits).cache_mode == "train and valid cached (2 augmented views)"
     fresh = run(aug.replace(aug_views=0), splits).cache_mode
     assert fresh == "valid cached; train live (a fresh augmented view every epoch)"
     assert run(CNN.replace(epochs=1), splits).cache_mode == "no frozen layers"
-    monkeypatch.setattr(cache, "LIMIT_GB", 1e-6)
-    assert "train live (its views would take" in run(aug, splits).cache_mode
+    # 1280 floats an image: valid (16 images, 82 kB) fits 100 kB, the view's two orientations (164 kB) do not
+    monkeypatch.setenv(store.BUDGET_ENV, str(100e3 / 1e9))
+    mode = run(aug, splits, cache_dir=tmp_path / "f").cache_mode
+    assert mode.startswith("valid cached; train live (its views would take 164 kB > the cache budget"), mode
 
 
 def nbytes(obj: object) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from tune.cli import (
     archs,
+    cache,
     demo_data,
     evaluate,
     export,
@@ -26,7 +27,8 @@ from tune.cli import (
 from tune.cli.common import SPACES, builtin_data, fast_allocator
 from tune.core import UserError
 
-COMMANDS = (demo_data, train, search, archs, leaderboard, finalize, reproduce, predict, evaluate, report, serve, export)
+COMMANDS = (demo_data, train, search, archs, leaderboard, finalize, reproduce, predict, evaluate, report, serve, export,
+            cache)
 __all__ = ["SPACES", "build_parser", "builtin_data", "fast_allocator", "main"]
 
 

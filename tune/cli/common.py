@@ -42,6 +42,22 @@ def add_model(p: argparse.ArgumentParser, **kw: object) -> None:
     p.add_argument("--model", type=Path, help=MODEL_FILES, **kw)  # type: ignore[arg-type]
 
 
+def add_cache_gb(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-gb", metavar="GB", help="disk budget of the frozen-prefix feature cache on each node, "
+                   "in GB (1e9 bytes): least recently used files are evicted to stay under it, a file in use never "
+                   "is, and a trial whose file does not fit trains live (default: half of the cache folder's free "
+                   "disk plus what the cache already holds, at most 200)")
+
+
+def cache_budget(a: argparse.Namespace) -> float | None:
+    """--cache-gb, checked, and made this process's budget (and its workers')."""
+    from tune.training.store import parse_gb, set_budget
+
+    gb = parse_gb(a.cache_gb)
+    set_budget(gb)
+    return gb
+
+
 def run_folder(a: argparse.Namespace) -> Path:
     """The run the command names (its `run` argument and --storage), or the newest."""
     from tune.runs.layout import resolve_run, results_root

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tune.cli.common import add_moved_data, add_run, add_storage, run_folder
+from tune.cli.common import add_cache_gb, add_moved_data, add_run, add_storage, cache_budget, run_folder
 from tune.core import cache_root
 
 
@@ -16,6 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", action="store_true", help="also train the notebook's fixed recipe per architecture")
     add_storage(p)
     add_moved_data(p)
+    add_cache_gb(p)
     p.add_argument("--extra-test", type=Path, nargs="+", metavar="DATA", help=(
                    "also evaluate the exported winners per source on these folders (as `evaluate`)"))
     p.set_defaults(func=run)
@@ -24,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(a: argparse.Namespace) -> int:
     from tune.evaluation.finalize import finalize_jobs, run_finalize
 
+    cache_budget(a)
     folder = run_folder(a)
     run_finalize(folder, seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(), jobs=finalize_jobs(folder),
                  extra_test=a.extra_test, data=a.data, valid_extra=a.valid_extra)

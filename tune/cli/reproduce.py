@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tune.cli.common import add_moved_data, add_run, add_storage, run_folder
+from tune.cli.common import add_cache_gb, add_moved_data, add_run, add_storage, cache_budget, run_folder
 from tune.core import cache_root
 
 
@@ -14,6 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trial", default="best", help="trial id (as in the leaderboard) or best (default: best)")
     add_storage(p)
     add_moved_data(p)
+    add_cache_gb(p)
     p.set_defaults(func=run)
 
 
@@ -22,6 +23,7 @@ def run(a: argparse.Namespace) -> int:
 
     from tune.evaluation.reproduce import render, reproduce_trial
 
+    cache_budget(a)
     folder = run_folder(a)
     rep = reproduce_trial(folder, a.trial, cache_dir=cache_root(), data=a.data, valid_extra=a.valid_extra)
     print(render(rep), end="")

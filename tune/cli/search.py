@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from tune.cli.common import SPACES, VALID_EXTRA_HELP, builtin_data
+from tune.cli.common import SPACES, VALID_EXTRA_HELP, add_cache_gb, builtin_data, cache_budget
 from tune.core import UserError, cache_root
 
 
@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "search (e.g. 10m), to the finished run --name (TPE goes on from its Optuna studies)")
     p.add_argument("--no-cache", action="store_true", help="turn the decoded-image and frozen-backbone caches off: "
                    "decode and run the frozen backbone live at every use")
+    add_cache_gb(p)
     p.add_argument("--skip-bad-images", action="store_true")
     p.add_argument("--valid-extra", type=Path, nargs="+", metavar="DIR", help=VALID_EXTRA_HELP + (
                    " (replaces the space file's valid_extra; the space's metric may then be xval_*, mean_* or "
@@ -61,7 +62,7 @@ def run(a: argparse.Namespace) -> int:
                          trials=trials, time_budget=time_budget, address=a.address,
                          storage_uri=a.storage if is_uri(a.storage) else None, resume=a.resume,
                          extend=a.extend is not None, use_cache=not a.no_cache, skip_bad=a.skip_bad_images,
-                         cache_dir=cache_root(), valid_extra=a.valid_extra)
+                         cache_dir=cache_root(), valid_extra=a.valid_extra, cache_gb=cache_budget(a))
     run_dir = run_search(opts)
     print(f"search finished: {run_dir}")
     from tune.runs.leaderboard import load_leaderboard, render, trial_counts

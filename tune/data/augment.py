@@ -125,3 +125,22 @@ def _threads() -> int:
     import torch
 
     return max(1, torch.get_num_threads())
+
+
+class View:
+    """View `view` of `spec` of the images `x`, sliced batch by batch (tune/training/cache.py builds a
+    cache file from it): each image's view is seeded by its index, so a slice's pixels are the whole
+    view's, and memory holds one batch of them, never the whole view. spec None: the plain images."""
+
+    def __init__(self, x: np.ndarray, spec: AugSpec | None, view: int) -> None:
+        self.x, self.spec, self.view = x, spec, view
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        import numpy as np
+
+        if self.spec is None or not self.spec.active:
+            return np.asarray(self.x[s])
+        return augment_images(self.x, np.arange(len(self.x))[s], self.spec, self.view)

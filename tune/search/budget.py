@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from tune.core import UserError
 
-UNITS = {"s": 1, "m": 60, "h": 3600}
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _CLOCK: list[tuple[float, int]] = [(math.inf, 1)]  # (deadline, slots) of the experiment this process runs now
 
 

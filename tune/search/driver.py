@@ -62,6 +62,7 @@ class SearchOptions:
     max_failures: int = 2
     valid_extra: list[Path] | None = None  # --valid-extra: held-out validation sources (replace the space's; with
     # --resume/--extend: where the recorded ones are now)
+    cache_gb: float | None = None  # --cache-gb: each node's feature-cache budget (None: tune/training/store.py's)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class TrialData:
     cache_dir: str | None
     use_cache: bool = True
     extra: list[ImageSet] = field(default_factory=list)  # held-out validation sources: scored, never trained on
+    cache_gb: float | None = None  # the feature-cache budget of the node a trial runs on
 
 
 def run_trial(config: dict[str, Any], data: TrialData) -> None:
@@ -84,7 +86,9 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
     from ray import tune
 
     from tune.training.loop import fit
+    from tune.training.store import set_budget
 
+    set_budget(data.cache_gb)  # a worker of a cluster node did not inherit the driver's environment
     node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (shown in cluster runs)
     cfg = TrainConfig.from_dict({**config, "threads": data.threads, "use_cache": data.use_cache})
     resume = None
@@ -288,7 +292,8 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=location.rstrip("/").rsplit("/", 1)[-1], storage_path=location.rstrip("/").rsplit("/", 1)[0],
-            verbose=0, callbacks=[Progress(scheduler, space.mode)],
+            verbose=0, callbacks=[Progress(scheduler, space.mode, cache=opts.cache_dir / "features"
+                                           if opts.use_cache and opts.cache_dir else None)],
             # The two latest checkpoints: each holds the kept epoch's weights too, and the one Ray's last
             # experiment snapshot names must survive until the next snapshot (every 2 s, quiet_ray).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -316,13 +321,11 @@ def run_search(opts: SearchOptions) -> Path:
         cuda = torch.cuda.is_available()
         resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial if cuda else 0}
         data = TrialData(train, valid, space.metric, space.mode, max(1, int(space.resources.cpus_per_trial)),
-                         str(opts.cache_dir / "features") if opts.cache_dir else None, opts.use_cache, extra)
+                         str(opts.cache_dir / "features") if opts.cache_dir else None, opts.use_cache, extra,
+                         opts.cache_gb)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), resources)
-        if opts.use_cache and opts.cache_dir:
-            from tune.search.prepare import precompute_features
-
-            for arch in archs:  # every architecture's caches before any trial starts
-                precompute_features(space, arch, train, valid, opts.cache_dir / "features", extra)
+        # No features are built here: each trial builds the files it needs when it first needs them
+        # (tune/search/prepare.py says why).
         n_slots = slots(space)
         for k, part in experiments(record, opts):
             location = join(run.trials_root(record), str(part.experiment))

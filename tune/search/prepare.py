@@ -1,19 +1,22 @@
-"""What a search does before its Tuner starts: check each architecture's weights, fill the feature caches.
+"""What a search does before its Tuner starts: check each architecture's weights.
 
-Both happen once in the driver, not in every trial: a hub download happens once, an architecture
-whose weights cannot be had is skipped (never run with random weights), and every frozen depth a
-space can ask for gets its cached features, shortest prefix first (tune/cache.py), so trials of
-every architecture start training at once.
+Once in the driver, not in every trial: a hub download happens once, and an architecture whose weights
+cannot be had is skipped (never run with random weights).
+
+The frozen-prefix features are *not* built here any more: each trial builds the files it needs when it
+first needs them, once per node (tune/training/cache.py, tune/training/store.py). Before, the driver
+built valid at every depth the space could reach (and the first training view when every trial shared
+it) while every slot waited; most of those depths were never used by a trial (a 6-trial demo search
+draws at most 6 of its 7 Lite0 depths, ASHA stops half of them after 2 epochs), and with augmentation
+sampled the training views were built by the trials anyway. Measured on the demo space
+(benchmarks/cache_budget.py, README "Feature caches with a budget"): see the README for the numbers.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
-from pathlib import Path
 
 from tune.core import UserError
-from tune.data.images import ImageSet
 from tune.search.space import SearchSpace
 from tune.training.config import TrainConfig
 
@@ -45,41 +48,3 @@ def check_weights(space: SearchSpace) -> tuple[SearchSpace, dict[str, str], dict
 def sampled_weights(space: SearchSpace, arch: str) -> bool:
     p = space.architectures[arch].get("weights")
     return p is not None and p.kind != "fixed"
-
-
-def frozen_depths(space: SearchSpace, arch: str) -> list[int]:
-    """Every unfrozen_blocks value the space can give `arch` (empty when the arch has no such setting)."""
-    p = space.architectures[arch].get("unfrozen_blocks")
-    if p is None:
-        from tune.models.registry import get_arch
-
-        spec = get_arch(arch).hparams.get("unfrozen_blocks")
-        return [int(spec.default)] if spec is not None else []
-    if p.kind == "fixed":
-        return [int(p.value)]
-    if p.kind == "categorical":
-        return sorted({int(c) for c in p.choices})
-    return list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
-
-
-def precompute_features(space: SearchSpace, arch: str, train: ImageSet, valid: ImageSet, cache_dir: Path,
-                        extra: list[ImageSet] | None = None) -> None:
-    """The frozen-backbone cache for every depth the trials can ask for, built once before they start:
-    the shortest prefix from the images, each longer one from the previous (tune/cache.py); valid and the
-    held-out sources (`extra`) whatever the trials' settings."""
-    from tune.training.cache import precompute
-    from tune.training.loop import make_model
-
-    depths = frozen_depths(space, arch)
-    if not depths or sampled_weights(space, arch):
-        return
-    t0 = time.time()
-    base = space.base_config(arch)
-    cfg = TrainConfig.from_dict(base)
-    models = [make_model(cfg.replace(unfrozen_blocks=d)) for d in depths]
-    # The first training view only when every trial shares it: sampled augmentation settings (or flips)
-    # make each trial's views its own, built by the trial that needs them.
-    shared = not any(n in space.architectures[arch] and space.architectures[arch][n].kind != "fixed"
-                     for n in ("augment", "aug_strength", "hflip"))
-    precompute(models, train, valid, cfg, cache_dir=cache_dir, train_view=shared, extra=extra or ())
-    print(f"[{arch}] frozen-backbone features for unfrozen_blocks {depths}: {time.time() - t0:.1f}s", flush=True)

@@ -10,6 +10,7 @@ record, for the leaderboard and for Optuna alike (tune.runs.trials.ended_how).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -20,8 +21,9 @@ from tune.search.scheduler import ArchScheduler
 
 
 class Progress(Callback):
-    def __init__(self, scheduler: ArchScheduler, mode: str, *, every_s: float = 15.0) -> None:
-        self.scheduler, self.mode, self.every_s = scheduler, mode, every_s
+    def __init__(self, scheduler: ArchScheduler, mode: str, *, every_s: float = 15.0,
+                 cache: Path | None = None) -> None:
+        self.scheduler, self.mode, self.every_s, self.cache = scheduler, mode, every_s, cache
         self.budget = scheduler.budget
         self.ended: dict[str, tuple[str, str]] = {}  # trial id -> (arch, how it ended)
         self.best: dict[str, tuple[float, str]] = {}  # arch -> (score, trial id)
@@ -68,7 +70,15 @@ class Progress(Callback):
             parts.append(f"{arch} {len(done)}{total} done{' (' + detail + ')' if detail else ''}, {running} running, "
                          f"{best}")
         clock = f" ({max(0.0, self.budget.deadline - time.time()):.0f}s left)" if self.budget.seconds else ""
-        print(f"[search] {time.time() - self.t0:5.0f}s{clock}  " + " | ".join(parts), flush=True)
+        print(f"[search] {time.time() - self.t0:5.0f}s{clock}  " + " | ".join(parts) + self.cache_use(), flush=True)
+
+    def cache_use(self) -> str:
+        """This node's feature cache against its budget (other nodes keep their own)."""
+        if self.cache is None:
+            return ""
+        from tune.training.store import budget_bytes, gb, used_bytes
+
+        return f" | cache {gb(used_bytes(self.cache))} of {gb(budget_bytes(self.cache))}"
 
     def summary(self) -> None:
         print(f"[search] finished in {time.time() - self.t0:.0f}s", flush=True)

@@ -10,6 +10,7 @@ File format (see search_spaces/default.yaml):
     budget: {trials: 20, max_epochs: 15, grace_period: 2, reduction_factor: 3, patience: 3}
                              # trials per architecture; and/or time: 20m (the whole search's wall time)
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.25}   # GPUs only used when CUDA is present
+    cache_dtype: float16     # frozen-prefix features stored as float16 (half the disk) or float32 (default)
     fixed: {batch_size: 32}                                  # TrainConfig fields shared by all trials
     architectures:
       SOME_BACKBONE:                                         # a name from `python -m tune archs`
@@ -78,13 +79,14 @@ class SearchSpace:
     fixed: dict[str, Any] = field(default_factory=dict)
     architectures: dict[str, dict[str, Param]] = field(default_factory=dict)
     valid_extra: tuple[str, ...] = ()  # held-out validation sources (absolute paths; tune/heldout.py)
+    cache_dtype: str = "float32"  # how every trial stores its frozen-prefix features (TrainConfig.cache_dtype)
 
     def base_config(self, arch: str) -> dict[str, Any]:
         """TrainConfig fields every trial of `arch` shares (sampled values are added on top). The kept epoch
         is the one with the best search metric unless the space says otherwise (e.g. monitor: val_loss)."""
         return {"monitor": self.metric, **self.fixed, "arch": arch, "epochs": self.budget.max_epochs,
                 "patience": self.budget.patience,
-                "image_size": self.image_size, "seed": self.seed,
+                "image_size": self.image_size, "seed": self.seed, "cache_dtype": self.cache_dtype,
                 **{p.name: p.value for p in self.architectures[arch].values() if p.kind == "fixed"}}
 
 
@@ -214,7 +216,8 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
     """Validate a loaded YAML document; every problem is one UserError naming file and key. Relative
     valid_extra paths are relative to `base` (the space file's folder)."""
     doc = _mapping(src, "(top level)", doc)
-    top = ("metric", "mode", "seed", "image_size", "budget", "resources", "fixed", "architectures", "valid_extra")
+    top = ("metric", "mode", "seed", "image_size", "budget", "resources", "fixed", "architectures", "valid_extra",
+           "cache_dtype")
     _check_keys(src, "", doc, top)
     metrics = search_metrics()
     metric = doc.get("metric", "val_auc")
@@ -268,7 +271,12 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
             _check_range(src, f"architectures.{arch}.{p.name}", arch, p)
 
     valid_extra = _paths(src, doc["valid_extra"], base) if doc.get("valid_extra") is not None else ()
-    space = SearchSpace(src, metric, mode, seed, image_size, budget, resources, fixed, archs, valid_extra)
+    dtypes = TrainConfig.__dataclass_fields__["cache_dtype"].metadata["choices"]
+    cache_dtype = doc.get("cache_dtype", "float32")
+    if cache_dtype not in dtypes:
+        raise _err(src, "cache_dtype", f"expected one of {', '.join(dtypes)}, got {cache_dtype!r}")
+    space = SearchSpace(src, metric, mode, seed, image_size, budget, resources, fixed, archs, valid_extra,
+                        cache_dtype)
     for arch in archs:  # the fixed part must itself be a valid training config
         try:
             TrainConfig.from_dict({k: v for k, v in space.base_config(arch).items()})

@@ -6,32 +6,33 @@ shared by every trial on the machine, and a step runs only the unfrozen units an
 
 What is stored is one *source* of pixels through the prefix: the plain images (valid, and train
 without augmentation), or one augmented view of the training images (tune/augment.py), each also
-flipped when flips are on. Views are built when an epoch first needs one, so a trial that ASHA
-stops after two epochs builds at most two. Prefixes are chained: a longer prefix's output is
-derived from a shorter one's of the same source by running only the units in between, so a search
-over several depths pays about one backbone pass per source. Views that would not fit the cache's
-size limit, and fresh views every epoch (`aug_views: 0`), are computed live; valid is always cached,
-and so is every held-out validation source (tune/heldout.py): plain images, never augmented.
+flipped when flips are on. Every file is built lazily, by the first trial that needs it, once per
+node (tune/training/store.py: a lock per file, the disk budget, least-recently-used eviction), written
+batch by batch into a memory map (peak memory: one batch, augmentation included). Prefixes are chained:
+a longer prefix's output is derived from a shorter one's of the same source and dtype by running only
+the units in between. A depth is stored only when its output is smaller than the uint8 image it
+replaces (Lite0 at 224 px: the first 4 units' outputs are larger); otherwise, and whenever the budget
+or the disk has no room, the trial runs the prefix live from the decoded images and says so in one
+line. Features may be stored as float16 (`cache_dtype`, half the disk); they are float32 once read.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from tune.data.augment import AugSpec, augment_images
+from tune.data.augment import AugSpec, View, augment_images
 from tune.data.images import ImageSet, as_tensor, to_float
 from tune.models.detector import Detector
+from tune.training import store
 from tune.training.config import TrainConfig
 
 ENCODE_BATCH = 64
-LIMIT_GB = float(os.environ.get("TUNE_VIEW_CACHE_GB", "8"))  # the train views one model may store
 
 
 def prefix_keys(model: Detector) -> list[str]:
@@ -57,24 +58,37 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def run_units(model: Detector, x: np.ndarray, start: int, *, flip: bool = False) -> np.ndarray:
-    """Units start.. of the frozen prefix over `x`: uint8 images when start is 0, else stored features."""
+def as_float32(a: np.ndarray) -> torch.Tensor:
+    """Stored features (float32 or float16) as a float32 tensor owning its memory."""
+    return torch.from_numpy(np.array(a, dtype=np.float32))
+
+
+def run_units(model: Detector, x: np.ndarray | View, start: int, *, flip: bool = False,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Units start.. of the frozen prefix over `x`: uint8 images when start is 0, else stored features.
+    With `out` (a memory-mapped file) each batch is written there as it comes, so memory holds one batch."""
     device = model_device(model)
     units = model.frozen[start:]
     outs = []
     with torch.inference_mode():
         for i in range(0, len(x), ENCODE_BATCH):
-            b = (to_float(x[i:i + ENCODE_BATCH]) if start == 0 else as_tensor(x[i:i + ENCODE_BATCH])).to(device)
+            chunk = x[i:i + ENCODE_BATCH]
+            b = (to_float(chunk) if start == 0 else as_float32(chunk)).to(device)
             if flip and start == 0:
                 b = b.flip(-1)
             if b.dim() == 4:
                 b = b.contiguous(memory_format=torch.channels_last)
-            outs.append(units(b).contiguous().cpu().numpy())
-    return np.concatenate(outs)
+            z = units(b).contiguous().cpu().numpy()
+            if out is None:
+                outs.append(z)
+            else:
+                out[i:i + len(z)] = z
+    return np.concatenate(outs) if out is None else out
 
 
-def encode_all(model: Detector, x: np.ndarray, *, flip: bool = False) -> np.ndarray:
-    return run_units(model, x, 0, flip=flip)
+def encode_all(model: Detector, x: np.ndarray | View, *, flip: bool = False,
+               out: np.ndarray | None = None) -> np.ndarray:
+    return run_units(model, x, 0, flip=flip, out=out)
 
 
 def source_key(spec: AugSpec | None, view: int) -> str:
@@ -82,50 +96,79 @@ def source_key(spec: AugSpec | None, view: int) -> str:
     return spec.key(view) if spec is not None else "plain"
 
 
+def frozen_shape(model: Detector, size: int) -> tuple[int, ...]:
+    """The frozen prefix's output shape for one image at this size."""
+    with torch.inference_mode():
+        return tuple(model.frozen(torch.zeros(1, 3, size, size, device=model_device(model))).shape[1:])
+
+
+def frozen_bytes(model: Detector, size: int, dtype: str = "float32") -> int:
+    """Bytes the frozen prefix's output takes per image at this size, stored as `dtype`."""
+    return int(np.prod(frozen_shape(model, size))) * np.dtype(dtype).itemsize
+
+
+def too_big(model: Detector, size: int, dtype: str) -> str:
+    """Why this depth is not worth storing ("" when it is): its output is no smaller than the uint8 image,
+    which the trial has anyway, so storing it costs more disk than the image for a short live pass. A
+    pooled vector (the whole backbone frozen) is always stored: live, it is the whole backbone at every
+    step, and it outweighs the image only at toy sizes (1280 floats: 5 kB, a 41 px image)."""
+    per_image, image = frozen_bytes(model, size, dtype), 3 * size * size
+    if per_image < image or len(frozen_shape(model, size)) == 1:
+        return ""
+    return f"its frozen prefix's output ({per_image / 1e3:.0f} kB an image as {dtype}) is not smaller than " \
+           f"the image ({image / 1e3:.0f} kB)"
+
+
 def cached_encode(model: Detector, data: ImageSet, *, flips: tuple[bool, ...], cache_dir: Path | None,
-                  spec: AugSpec | None = None, view: int = 0) -> list[np.ndarray]:
-    """encode_all of one source (plain images or view `view`), one array per flip, memoised on disk by
-    (data fingerprint, image size, source, flip, frozen prefix).
+                  spec: AugSpec | None = None, view: int = 0, dtype: str = "float32",
+                  label: str = "") -> list[np.ndarray] | None:
+    """encode_all of one source (plain images or view `view`), one array per flip: None when it cannot be
+    stored (see `stored`)."""
+    return stored(model, data, flips=flips, cache_dir=cache_dir, spec=spec, view=view, dtype=dtype, label=label)[0]
 
-    Chained: when a shorter prefix of the same source is stored (a trial with more unfrozen units ran
-    first, or the search precomputed it), only the units in between run. A file lock makes concurrent
-    trials on one machine wait for the first to finish instead of all computing the same thing; files
-    are written to a temporary name and renamed. The source's pixels are augmented at most once.
+
+def stored(model: Detector, data: ImageSet, *, flips: tuple[bool, ...], cache_dir: Path | None,
+           spec: AugSpec | None = None, view: int = 0, dtype: str = "float32",
+           label: str = "") -> tuple[list[np.ndarray] | None, str]:
+    """(arrays, "") or (None, why they are not stored). Memoised on disk by (data fingerprint, image size,
+    source, flip, dtype, frozen prefix); without a cache folder, computed now and kept in memory.
+
+    Chained: when a shorter prefix of the same source and dtype is stored (a trial with more unfrozen
+    units ran first), only the units in between run. Each returned memmap holds a lease on its file
+    (tune/training/store.py) for as long as it (or a slice of it) lives: no other trial evicts it meanwhile.
     """
-    pixels: list[np.ndarray] = []
-
-    def source() -> np.ndarray:
-        if not pixels:
-            pixels.append(data.x if spec is None or not spec.active else
-                          augment_images(data.x, np.arange(len(data)), spec, view))
-        return pixels[0]
-
+    pixels = View(data.x, spec, view)
     if cache_dir is None:
-        return [encode_all(model, source(), flip=f) for f in flips]
+        return [encode_all(model, pixels, flip=f) for f in flips], ""
     keys = prefix_keys(model)
     n = len(model.frozen)
+    shape = (len(data), *frozen_shape(model, data.x.shape[-1]))
     out = []
     for flip in flips:
         base = f"{data.fingerprint}-{data.x.shape[-1]}-{len(data)}-{source_key(spec, view)}{'-flip' if flip else ''}"
 
         def path(k: int, base: str = base) -> Path:
-            return Path(cache_dir) / f"features-v4-{base}-{keys[k]}.npy"
+            return Path(cache_dir) / f"features-v5-{base}-{dtype}-{keys[k]}.npy"
 
-        target = path(n)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not target.exists():
-                start = next((k for k in range(n - 1, 0, -1) if path(k).exists()), 0)
-                if start:
-                    z = run_units(model, np.load(path(start), mmap_mode="r"), start)
-                else:
-                    z = encode_all(model, source(), flip=flip)
-                tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
-                np.save(tmp, z)
-                os.replace(tmp, target)
-        out.append(np.load(target, mmap_mode="r"))
-    return out
+        def fill(mm: np.ndarray, flip: bool = flip, path: Any = path) -> None:
+            for k in range(n - 1, 0, -1):  # the longest stored shorter prefix, leased while we read it
+                lease = store.lease(path(k))
+                if lease is not None:
+                    with lease:
+                        run_units(model, np.load(path(k), mmap_mode="r"), k, out=mm)
+                    return
+            encode_all(model, pixels, flip=flip, out=mm)
+
+        meta = {"kind": "views" if spec is not None and spec.active else "features", "arch": label,
+                "frozen_units": n, "dtype": dtype, "source": source_key(spec, view), "flip": flip,
+                "split": data.split, "images": len(data), "size": int(data.x.shape[-1])}
+        lease, why = store.get_or_build(path(n), shape, dtype, fill, meta)
+        if lease is None:
+            return None, why
+        z = np.load(path(n), mmap_mode="r")
+        z.lease = lease  # type: ignore[attr-defined]  # released when the array (and every slice) is gone
+        out.append(z)
+    return out, ""
 
 
 def flips_of(cfg: TrainConfig) -> tuple[bool, ...]:
@@ -134,23 +177,17 @@ def flips_of(cfg: TrainConfig) -> tuple[bool, ...]:
 
 def precompute(models: list[Detector], train: ImageSet, valid: ImageSet, cfg: TrainConfig, *,
                cache_dir: Path, train_view: bool = True, extra: Sequence[ImageSet] = ()) -> None:
-    """Fill the cache for every frozen depth a search can ask for, shortest prefix first, so the backbone
-    runs over the images once and each longer prefix adds only its own units: valid and the held-out
-    sources (`extra`), and (train_view) the first training view of `cfg`; later views are built by the
-    first trial that reaches them."""
+    """Fill the cache for these depths, shortest prefix first, so the backbone runs over the images once
+    and each longer prefix adds only its own units: valid and the held-out sources (`extra`), and
+    (train_view) the first training view of `cfg`. Depths whose output is not smaller than the image
+    are skipped. (A search builds lazily instead, in its trials: tune/search/prepare.py says why.)"""
     for model in sorted(models, key=lambda m: len(m.frozen)):
-        if model.has_frozen_params:
+        if model.has_frozen_params and not too_big(model, cfg.image_size, cfg.cache_dtype):
+            kw: dict[str, Any] = {"cache_dir": cache_dir, "dtype": cfg.cache_dtype, "label": cfg.arch}
             for images in (valid, *extra):
-                cached_encode(model, images, flips=(False,), cache_dir=cache_dir)
+                cached_encode(model, images, flips=(False,), **kw)
             if train_view:
-                cached_encode(model, train, flips=flips_of(cfg), cache_dir=cache_dir, spec=cfg.aug, view=0)
-
-
-def frozen_bytes(model: Detector, size: int) -> int:
-    """Bytes the frozen prefix's output takes per image at this size (float32)."""
-    with torch.inference_mode():
-        z = model.frozen(torch.zeros(1, 3, size, size, device=model_device(model)))
-    return int(z.numel()) * 4
+                cached_encode(model, train, flips=flips_of(cfg), spec=cfg.aug, view=0, **kw)
 
 
 class Inputs:
@@ -158,7 +195,8 @@ class Inputs:
 
     Call `start_epoch(e)` before an epoch's batches: it picks the epoch's view, and the cached path
     loads (or builds) that view's features. The evaluated sets are valid (0) and then each held-out
-    validation source in `extra`: `eval_batches(k, ...)`.
+    validation source in `extra`: `eval_batches(k, ...)`. A set or view the cache cannot hold (the depth
+    rule, the budget, a full disk) is computed live, with one line saying so; the numbers are the same.
     """
 
     def __init__(self, model: Detector, cfg: TrainConfig, train: ImageSet, valid: ImageSet,
@@ -168,24 +206,52 @@ class Inputs:
         self.device = model_device(model)
         self.spec = cfg.aug
         self.views = cfg.aug_views if self.spec.active else 1  # without augmentation every view is the same
-        cacheable = cfg.use_cache and model.has_frozen_params
-        stored = 0.0
-        if cacheable and self.views >= 1:
-            used = min(self.views, cfg.epochs) * len(flips_of(cfg))
-            stored = len(train) * used * frozen_bytes(model, cfg.image_size) / 2**30
-        self.train_cached = cacheable and self.views >= 1 and stored <= LIMIT_GB
-        if not cacheable:
-            self.mode = "off" if model.has_frozen_params else "no frozen layers"
-        elif self.train_cached:
-            self.mode = "train and valid cached" + (f" ({self.views} augmented views)" if self.spec.active else "")
+        rule = too_big(model, cfg.image_size, cfg.cache_dtype) if model.has_frozen_params else ""
+        cacheable = cfg.use_cache and model.has_frozen_params and not rule
+        self.train_cached = cacheable and self.views >= 1
+        views = self.views_bytes() if self.train_cached and cache_dir is not None else 0
+        budget = store.budget_bytes(Path(cache_dir)) if views else 0
+        self.train_cached = self.train_cached and views <= budget  # else views would evict each other in turn
+        self.refused = ""  # why the cache could not hold a file: the rest of the trial then runs live
+        self.eval_z: list[np.ndarray | None] = [None] * len(self.evaluated)
+        for k, s in enumerate(self.evaluated if cacheable else ()):
+            z, self.refused = self.stored(s, (False,))
+            self.eval_z[k] = z[0] if z is not None else None
+        if not model.has_frozen_params:
+            self.mode = "no frozen layers"
+        elif not cfg.use_cache:
+            self.mode = "off"
+        elif rule or self.refused:
+            self.mode = f"live: {rule or self.refused}"
         elif self.views == 0:
             self.mode = "valid cached; train live (a fresh augmented view every epoch)"
+        elif not self.train_cached:
+            self.mode = f"valid cached; train live (its views would take {store.gb(views)} > the cache budget " \
+                        f"{store.gb(budget)})"
         else:
-            self.mode = f"valid cached; train live (its views would take {stored:.1f} GB > {LIMIT_GB:g} GB)"
-        self.eval_z = ([cached_encode(model, s, flips=(False,), cache_dir=cache_dir)[0] for s in self.evaluated]
-                       if cacheable else None)
+            self.mode = "train and valid cached" + (f" ({self.views} augmented views)" if self.spec.active else "")
+        self.train_cached = self.train_cached and not self.refused
+        if cacheable and (self.refused or not self.train_cached and self.views) or rule and cfg.use_cache:
+            self.say(f"{cfg.arch}: {self.mode}")  # what the cache could not hold: one line per trial
         self.view = 0
         self.train_z: list[np.ndarray] = []
+
+    def views_bytes(self) -> int:
+        """Disk the train views this trial can use take together."""
+        per_image = frozen_bytes(self.model, self.cfg.image_size, self.cfg.cache_dtype)
+        return len(self.train) * min(self.views, self.cfg.epochs) * len(flips_of(self.cfg)) * per_image
+
+    def stored(self, data: ImageSet, flips: tuple[bool, ...], view: int = 0,
+               spec: AugSpec | None = None) -> tuple[list[np.ndarray] | None, str]:
+        if self.refused:  # a full disk or budget stays so for the trial: no more tries (nor lines)
+            return None, self.refused
+        return stored(self.model, data, flips=flips, cache_dir=self.cache_dir, spec=spec, view=view,
+                      dtype=self.cfg.cache_dtype, label=self.cfg.arch)
+
+    @staticmethod
+    def say(line: str) -> None:
+        print(f"[cache] {line}", flush=True)
+
 
     def view_of(self, epoch: int) -> int:
         """The view epoch `epoch` (1-based) trains on."""
@@ -193,17 +259,25 @@ class Inputs:
 
     def start_epoch(self, epoch: int) -> None:
         self.view = self.view_of(epoch)
-        if self.train_cached:
-            self.train_z = cached_encode(self.model, self.train, flips=flips_of(self.cfg), cache_dir=self.cache_dir,
-                                         spec=self.spec, view=self.view)
+        if not self.train_cached:
+            return
+        self.train_z = []  # the previous view's leases end here: another trial may evict it meanwhile
+        z, why = self.stored(self.train, flips_of(self.cfg), self.view, self.spec)
+        if z is None:
+            self.refused = why
+            self.mode = f"{self.mode}; train live from epoch {epoch} ({why})"
+            self.say(f"{self.cfg.arch}: train live from epoch {epoch} ({why})")
+            self.train_cached = False  # one line, not one per epoch: the budget will not grow during a trial
+        else:
+            self.train_z = z
 
     def train_batch(self, idx: np.ndarray, flip: torch.Tensor) -> torch.Tensor:
         """The epoch's view of train images `idx` through the frozen prefix; rows with `flip` mirrored."""
-        if not self.train_cached:
+        if not self.train_z:
             x = as_tensor(augment_images(self.train.x, idx, self.spec, self.view))
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             return self.model.encode(to_float(x).to(self.device).contiguous(memory_format=torch.channels_last))
-        z = np.array(self.train_z[0][idx])
+        z = np.array(self.train_z[0][idx], dtype=np.float32)
         if len(self.train_z) > 1 and bool(flip.any()):
             flipped = flip.numpy()
             z[flipped] = self.train_z[1][idx[flipped]]
@@ -211,10 +285,10 @@ class Inputs:
 
     def eval_batches(self, k: int, batch_size: int) -> Iterator[torch.Tensor]:
         """Evaluated set k (0: valid, then the held-out sources) through the frozen prefix, plain, in order."""
-        images = self.evaluated[k]
+        images, z = self.evaluated[k], self.eval_z[k]
         for i in range(0, len(images), batch_size):
-            if self.eval_z is not None:
-                yield as_tensor(self.eval_z[k][i:i + batch_size]).to(self.device)
+            if z is not None:
+                yield as_float32(z[i:i + batch_size]).to(self.device)
             else:
                 x = to_float(images.x[i:i + batch_size]).to(self.device)
                 yield self.model.encode(x.contiguous(memory_format=torch.channels_last))

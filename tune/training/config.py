@@ -76,6 +76,9 @@ class TrainConfig:
     threads: int = opt(0, "torch threads (0 = torch's choice)", searchable=False)
     use_cache: bool = opt(True, "cache decoded images and frozen-backbone features; --no-cache computes them "
                                 "live at every use", searchable=False, flag="--no-cache")
+    cache_dtype: str = opt("float32", "how frozen-prefix features are stored on disk: float32, or float16 (half "
+                                      "the disk; read back as float32; set by a search space's cache_dtype)",
+                           searchable=False, choices=("float32", "float16"))
     # the architecture's own hyperparameters, checked and completed by its registry entry
     hparams: dict[str, Any] = field(default_factory=dict, compare=True)
 
