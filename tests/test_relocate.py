@@ -83,6 +83,9 @@ def test_a_moved_run_works_with_every_command(made: Path, tmp_path: Path, capsys
     assert len(board) == 3 and trials_in(run) == sorted(board["trial_id"])
     assert main(["reproduce", NAME, *storage]) == 0 and "reproduced exactly" in capsys.readouterr().out
     assert main(["report", NAME, *storage]) == 0 and (run / "report.html").is_file()
+    assert main(["evaluate", "--run", str(run), str(new / "data" / "valid"), "--out", str(tmp_path / "ev")]) == 0
+    assert main(["export", "--model", str(run / "models" / "custom_cnn.pth"), "--format", "onnx"]) == 0
+    assert (run / "models" / "custom_cnn-onnx" / "MODEL_CARD.md").is_file()
     assert not top.exists()  # nothing made the old place again
 
 
