@@ -45,7 +45,8 @@ class Burners:
 @dataclass
 class Load:
     """`clients` threads, each posting `body` as /predict on a keep-alive connection, over and over, until
-    stop(). Answers and connection errors are counted separately before and after `mark_signal()`."""
+    stop(). Answers and connection errors are counted separately by whether the request began before or after
+    `mark_signal()`."""
 
     port: int
     body: bytes
