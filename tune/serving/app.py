@@ -314,6 +314,17 @@ class Detector:
         return JSONResponse({"results": results, "model": self.identity, "threshold": self.loaded.threshold,
                              "latency_ms": (time.perf_counter() - t0) * 1000})
 
+    async def ready(self) -> bool:
+        """For `serve`'s own handle, called once at start (not an HTTP route)."""
+        return True
+
+    async def drain(self, wait_s: float) -> dict[str, Any]:
+        """Called by `serve` through its handle when stopping (not an HTTP route, so no client can): stop
+        accepting and let requests in flight finish (tune/serving/shutdown.py)."""
+        from tune.serving.shutdown import drain_direct_ingress
+
+        return await drain_direct_ingress(wait_s)
+
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "model": self.identity,

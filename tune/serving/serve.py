@@ -87,7 +87,3 @@ def direct_ingress(a: argparse.Namespace) -> bool:
     return True
 
 
-def interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
