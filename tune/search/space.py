@@ -10,6 +10,7 @@ File format (see search_spaces/default.yaml):
     budget: {trials: 20, max_epochs: 15, grace_period: 2, reduction_factor: 3, patience: 3}
                              # trials per architecture; and/or time: 20m (the whole search's wall time)
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.25}   # GPUs only used when CUDA is present
+    checkpoints: keep_best   # a finished trial keeps one checkpoint (its kept weights); keep_all: every epoch's
     fixed: {batch_size: 32}                                  # TrainConfig fields shared by all trials
     architectures:
       SOME_BACKBONE:                                         # a name from `python -m tune archs`
@@ -36,6 +37,9 @@ from tune.search.budget import parse_duration
 from tune.training.config import TrainConfig, searchable_options
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
+# What a trial's checkpoints become (tune/search/retention.py): keep_best, one per finished trial holding the kept
+# epoch's weights; keep_all, every epoch's checkpoint, whole (each could be resumed from).
+RETENTION = ("keep_best", "keep_all")
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class SearchSpace:
     fixed: dict[str, Any] = field(default_factory=dict)
     architectures: dict[str, dict[str, Param]] = field(default_factory=dict)
     valid_extra: tuple[str, ...] = ()  # held-out validation sources (absolute paths; tune/heldout.py)
+    checkpoints: str = RETENTION[0]  # one of RETENTION; a run.json written before it loads as keep_best
 
     def base_config(self, arch: str) -> dict[str, Any]:
         """TrainConfig fields every trial of `arch` shares (sampled values are added on top). The kept epoch
@@ -214,7 +219,8 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
     """Validate a loaded YAML document; every problem is one UserError naming file and key. Relative
     valid_extra paths are relative to `base` (the space file's folder)."""
     doc = _mapping(src, "(top level)", doc)
-    top = ("metric", "mode", "seed", "image_size", "budget", "resources", "fixed", "architectures", "valid_extra")
+    top = ("metric", "mode", "seed", "image_size", "budget", "resources", "fixed", "architectures", "valid_extra",
+           "checkpoints")
     _check_keys(src, "", doc, top)
     metrics = search_metrics()
     metric = doc.get("metric", "val_auc")
@@ -227,6 +233,9 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
     image_size = int(_number(src, "image_size", doc.get("image_size", 224), integer=True))
     if image_size < 32:
         raise _err(src, "image_size", f"expected >= 32, got {image_size}")
+    checkpoints = doc.get("checkpoints", RETENTION[0])
+    if checkpoints not in RETENTION:
+        raise _err(src, "checkpoints", f"expected one of {list(RETENTION)}, got {checkpoints!r}")
 
     b = dict(_mapping(src, "budget", doc.get("budget", {})))
     counts = [f.name for f in dataclasses.fields(Budget) if f.name != "time_s"]
@@ -268,7 +277,8 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
             _check_range(src, f"architectures.{arch}.{p.name}", arch, p)
 
     valid_extra = _paths(src, doc["valid_extra"], base) if doc.get("valid_extra") is not None else ()
-    space = SearchSpace(src, metric, mode, seed, image_size, budget, resources, fixed, archs, valid_extra)
+    space = SearchSpace(src, metric, mode, seed, image_size, budget, resources, fixed, archs, valid_extra,
+                        checkpoints)
     for arch in archs:  # the fixed part must itself be a valid training config
         try:
             TrainConfig.from_dict({k: v for k, v in space.base_config(arch).items()})
