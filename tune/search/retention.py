@@ -4,7 +4,7 @@ keep_all: every epoch's checkpoint, whole (Ray deletes none). keep_best: while a
 latest (make_tuner says why two); once it has finished, `Retention` deletes all but its latest checkpoint and
 slims that one to the kept epoch's weights (tune/training/checkpoint.py `finished`), which is all a finished
 trial is read back for: nothing resumes a finished trial (--resume goes on with unfinished ones, --extend starts
-new ones). A demo Lite0 trial then keeps 13-15 MB instead of two checkpoints of 43-57 MB.
+new ones). A demo Lite0 trial then keeps 12-14 MB instead of two checkpoints of 38-57 MB.
 
 Not at once: until Ray's next experiment snapshot records the trial as finished, a crash and --resume would
 restart it from the checkpoint the last snapshot names, possibly the older one. So a finished trial is pruned
