@@ -23,6 +23,9 @@ def test_extend_adds_trials_to_the_same_study_and_finalize_reruns(ray_session, t
     before = load_leaderboard(run_dir)
     assert len(before) == 2
     storage = ["--storage", str(tmp_path / "results")]
+    # --resume of the finished run (whose trials keep_best pruned to one checkpoint each) runs nothing again
+    assert main(["search", "--name", "ext", "--resume", *storage, "--no-finalize"]) == 0
+    assert load_leaderboard(run_dir).equals(before)
     assert main(["finalize", "ext", *storage, "--seeds", "1"]) == 0
     # --extend needs only the run's name: its space and data come from run.json
     assert main(["search", "--name", "ext", "--extend", "1", *storage, "--no-finalize"]) == 0

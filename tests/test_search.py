@@ -57,6 +57,7 @@ def kept_weights_scores(run_dir: Path) -> list[tuple[float, float, float]]:
     from tune.metrics.classification import binary_metrics
     from tune.runs.inference import probabilities
     from tune.runs.info import read_run
+    from tune.training.checkpoint import kept_weights
     from tune.training.config import TrainConfig
     from tune.training.loop import make_model
 
@@ -71,7 +72,7 @@ def kept_weights_scores(run_dir: Path) -> list[tuple[float, float, float]]:
             ckpt = sorted(Path(t.location).glob("checkpoint_*/state.pt"))[-1]  # the latest holds the kept weights
             state = torch.load(ckpt, weights_only=True)
             model = make_model(TrainConfig.from_dict({**t.params, "threads": 1}))
-            model.load_state_dict(state["best_state"])
+            model.load_state_dict(kept_weights(model, state))
             auc = binary_metrics(valid.y, probabilities(model, valid.x))[info.metric.removeprefix("val_")]
             out.append((float(board.loc[t.trial_id, "score"]), values[t.trial_id], float(auc)))
     return out
@@ -85,7 +86,10 @@ def test_a_trials_score_is_the_score_of_the_weights_it_kept(tiny_run: Path, ray_
     space = space[:space.index("  mobilenet_v2:")].replace(
         "    lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n",
         "    monitor: val_loss\n    lr: {type: loguniform, low: 3.0e-3, high: 3.0e-2}\n")
-    run_dir = run_tiny_search(tmp_path, name="kept", space=space)
+    run_dir = run_tiny_search(tmp_path, name="kept", space="checkpoints: keep_all\n" + space)
+    # keep_all: every epoch's checkpoint, whole; tiny_run (keep_best, the default): one per trial, slimmed
+    for t in read_trials(Run(run_dir), Run(run_dir).read(), "custom_cnn"):
+        assert len(list(Path(t.location).glob("checkpoint_*/state.pt"))) == len(t.results)
     for folder in (tiny_run, run_dir):  # tiny_run keeps the best val_auc (the space's metric, the default)
         for score, optuna_value, kept_auc in kept_weights_scores(folder):
             assert optuna_value == score
@@ -100,6 +104,18 @@ def test_a_trials_score_is_the_score_of_the_weights_it_kept(tiny_run: Path, ray_
     # the case that tells the rules apart happens here (seeded, so always): a trial whose best AUC came at
     # another epoch than its lowest val loss is ranked by the AUC of the weights it kept, not its best AUC
     assert any(row.score < max(r["val_auc"] for r in trials[row.trial_id].results) for row in df.itertuples())
+
+
+def test_keep_best_leaves_one_slim_checkpoint_per_trial(tiny_run: Path) -> None:
+    import torch
+
+    for arch in ("custom_cnn", "mobilenet_v2"):
+        for t in read_trials(Run(tiny_run), Run(tiny_run).read(), arch):
+            (ckpt,) = Path(t.location).glob("checkpoint_*/state.pt")
+            assert ckpt.parent.name == f"checkpoint_{len(t.results) - 1:06d}"  # the latest: it has the kept weights
+            state = torch.load(ckpt, weights_only=True)
+            assert state["finished"] and "optimizer" not in state and "trained" not in state
+            assert state["best_epoch"] == t.results[-1]["best_epoch"]
 
 
 def test_leaderboard_cli_formats(tiny_run: Path) -> None:

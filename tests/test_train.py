@@ -63,7 +63,7 @@ class Recorder:
 
     def __call__(self, row: dict, state) -> None:
         self.rows.append(row)
-        self.weights[row["epoch"]] = copy.deepcopy(state()["model"])
+        self.weights[row["epoch"]] = copy.deepcopy(state()["trained"])
 
 
 def scripted_evaluate(monkeypatch: pytest.MonkeyPatch, losses: list[float]) -> list[np.ndarray]:
@@ -123,7 +123,7 @@ def test_nan_loss_ends_as_diverged(splits) -> None:
     def poison(row: dict, state) -> None:
         rec(row, state)
         if row["epoch"] == 1:
-            state()["model"]["head.0.weight"].fill_(math.nan)  # live weights: epoch 2 goes NaN
+            state()["trained"]["head.0.weight"].fill_(math.nan)  # live weights: epoch 2 goes NaN
 
     result = run(CNN.replace(epochs=5), splits, report=poison)
     assert result.ended == "diverged"
@@ -213,7 +213,7 @@ def nbytes(obj: object) -> int:
 
 def test_resume_continues_identically(splits) -> None:
     """Through a saved file, as a trial's checkpoint: epoch 1 is the kept epoch, so the checkpoint holds its
-    weights once (model and best_state are the same tensors), and the run resumed from it is the same run."""
+    weights once (trained and best_trained are the same tensors), and the run resumed from it is the same run."""
     cfg = CNN.replace(epochs=3, patience=5)
     full = run(cfg, splits)
     saved = {}
@@ -224,7 +224,7 @@ def test_resume_continues_identically(splits) -> None:
             assert row["best_epoch"] == 1
             buf = io.BytesIO()
             torch.save(st, buf)
-            assert buf.tell() < nbytes(st["model"]) + nbytes(st["optimizer"]) + 0.5 * nbytes(st["model"])
+            assert buf.tell() < nbytes(st["trained"]) + nbytes(st["optimizer"]) + 0.5 * nbytes(st["trained"])
             buf.seek(0)
             saved.update(torch.load(buf, weights_only=True))
 

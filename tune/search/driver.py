@@ -96,6 +96,8 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        if resume.get("finished"):
+            return  # slimmed by keep_best: the trial had finished before a crash let a snapshot call it running
     rows = list(resume["history"]) if resume else []
 
     def report(row: dict[str, Any], state: Any) -> None:
@@ -260,6 +262,7 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
     from ray import tune
 
     from tune.search.progress import Progress
+    from tune.search.retention import Retention
     from tune.search.scheduler import ArchScheduler
     from tune.search.searcher import ArchSearcher, HonestOptunaSearch
 
@@ -278,6 +281,7 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
     scheduler = ArchScheduler(budget, metric=SCORE, mode=space.mode, max_t=b.max_epochs, grace_period=b.grace_period,
                               reduction_factor=b.reduction_factor)
     samples = budget.trials * len(budget.archs) if budget.trials and budget.seconds is None else -1
+    keep_best = space.checkpoints == "keep_best"
     # Reusing trial actors saves ~0.8 s per trial on one machine. On a cluster it lets the first node whose
     # actor is up take every trial while the other nodes' actors are still starting (seen here: all 8 trials
     # of a two-node test ran on the head), so there each trial gets its own actor, and trials spread.
@@ -293,10 +297,12 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
         run_config=tune.RunConfig(
             name=location.rstrip("/").rsplit("/", 1)[-1], storage_path=location.rstrip("/").rsplit("/", 1)[0],
             verbose=0, callbacks=[Progress(scheduler, space.mode, cache=opts.cache_dir / "features"
-                                           if opts.use_cache and opts.cache_dir else None)],
-            # The two latest checkpoints: each holds the kept epoch's weights too, and the one Ray's last
-            # experiment snapshot names must survive until the next snapshot (every 2 s, quiet_ray).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                           if opts.use_cache and opts.cache_dir else None),
+                                  *([Retention()] if keep_best else [])],
+            # keep_best: the two latest checkpoints while a trial runs (each holds the kept epoch's weights too,
+            # and the one Ray's last experiment snapshot names must survive until the next snapshot, every 2 s:
+            # quiet_ray; so not one), then Retention keeps the latest only. keep_all: every epoch's.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if keep_best else None),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures)))
 
 

@@ -11,6 +11,7 @@ File format (see search_spaces/default.yaml):
                              # trials per architecture; and/or time: 20m (the whole search's wall time)
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.25}   # GPUs only used when CUDA is present
     cache_dtype: float16     # frozen-prefix features stored as float16 (half the disk) or float32 (default)
+    checkpoints: keep_best   # a finished trial keeps one checkpoint (its kept weights); keep_all: every epoch's
     fixed: {batch_size: 32}                                  # TrainConfig fields shared by all trials
     architectures:
       SOME_BACKBONE:                                         # a name from `python -m tune archs`
@@ -37,6 +38,9 @@ from tune.search.budget import parse_duration
 from tune.training.config import TrainConfig, searchable_options
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
+# What a trial's checkpoints become (tune/search/retention.py): keep_best, one per finished trial holding the kept
+# epoch's weights; keep_all, every epoch's checkpoint, whole (each could be resumed from).
+RETENTION = ("keep_best", "keep_all")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class SearchSpace:
     architectures: dict[str, dict[str, Param]] = field(default_factory=dict)
     valid_extra: tuple[str, ...] = ()  # held-out validation sources (absolute paths; tune/heldout.py)
     cache_dtype: str = "float32"  # how every trial stores its frozen-prefix features (TrainConfig.cache_dtype)
+    checkpoints: str = RETENTION[0]  # one of RETENTION; a run.json written before it loads as keep_best
 
     def base_config(self, arch: str) -> dict[str, Any]:
         """TrainConfig fields every trial of `arch` shares (sampled values are added on top). The kept epoch
@@ -217,7 +222,7 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
     valid_extra paths are relative to `base` (the space file's folder)."""
     doc = _mapping(src, "(top level)", doc)
     top = ("metric", "mode", "seed", "image_size", "budget", "resources", "fixed", "architectures", "valid_extra",
-           "cache_dtype")
+           "cache_dtype", "checkpoints")
     _check_keys(src, "", doc, top)
     metrics = search_metrics()
     metric = doc.get("metric", "val_auc")
@@ -230,6 +235,9 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
     image_size = int(_number(src, "image_size", doc.get("image_size", 224), integer=True))
     if image_size < 32:
         raise _err(src, "image_size", f"expected >= 32, got {image_size}")
+    checkpoints = doc.get("checkpoints", RETENTION[0])
+    if checkpoints not in RETENTION:
+        raise _err(src, "checkpoints", f"expected one of {list(RETENTION)}, got {checkpoints!r}")
 
     b = dict(_mapping(src, "budget", doc.get("budget", {})))
     counts = [f.name for f in dataclasses.fields(Budget) if f.name != "time_s"]
@@ -276,7 +284,7 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
     if cache_dtype not in dtypes:
         raise _err(src, "cache_dtype", f"expected one of {', '.join(dtypes)}, got {cache_dtype!r}")
     space = SearchSpace(src, metric, mode, seed, image_size, budget, resources, fixed, archs, valid_extra,
-                        cache_dtype)
+                        cache_dtype=cache_dtype, checkpoints=checkpoints)
     for arch in archs:  # the fixed part must itself be a valid training config
         try:
             TrainConfig.from_dict({k: v for k, v in space.base_config(arch).items()})

@@ -43,6 +43,7 @@ from tune.metrics.classification import (
 from tune.models.detector import Detector, count_params
 from tune.models.registry import build_model
 from tune.training.cache import Inputs
+from tune.training.checkpoint import frozen_hash, load_trained, make_state, resume_weights, trained_part
 from tune.training.config import TrainConfig
 
 # report(metrics, checkpoint_state) is called after every epoch; checkpoint_state() builds the
@@ -172,25 +173,29 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
     mode = mode_of(cfg.monitor)
     history: list[dict[str, Any]] = []
     best_value, best_epoch, bad_epochs = math.nan, 0, 0  # NaN: any number is better
-    best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
+    # The kept epoch's trained part: the frozen prefix stays the model's own (tune/training/checkpoint.py).
+    best_state = copy.deepcopy(trained_part(model.state_dict()))
     best_probs = np.zeros(len(valid))
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        best_state = resume_weights(model, resume, cfg.arch)
         optimizer.load_state_dict(resume["optimizer"])
-        history, best_state = resume["history"], resume["best_state"]
+        history = resume["history"]
         # "best_loss": a checkpoint of an earlier version, which always monitored val_loss
         best_value = resume.get("best_value", resume.get("best_loss", math.nan))
         best_epoch, bad_epochs = resume["best_epoch"], resume["bad_epochs"]
         best_probs = np.asarray(resume["best_probs"])
+    # Once: the prefix never changes while training. After the resume, which an earlier version's checkpoint
+    # resumes with the prefix it stored.
+    digest = frozen_hash(model)
 
     def state() -> dict[str, Any]:
-        now = model.state_dict()
+        live = trained_part(model.state_dict())
         # When the epoch just run is the kept one, its weights are the model's: handing torch.save the same
-        # tensors twice stores them once (a Lite0 checkpoint: 57 -> 43 MB, written every epoch of every trial).
-        kept = now if history and best_epoch == history[-1]["epoch"] else best_state
-        return {"model": now, "optimizer": optimizer.state_dict(), "history": history,
-                "best_state": kept, "best_value": best_value, "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs, "best_probs": best_probs.tolist(), "config": cfg.to_dict()}
+        # tensors twice stores them once (written every epoch of every trial).
+        kept = live if history and best_epoch == history[-1]["epoch"] else best_state
+        return make_state(model, digest, live, kept, optimizer=optimizer.state_dict(), history=history,
+                          best_value=best_value, best_epoch=best_epoch, bad_epochs=bad_epochs,
+                          best_probs=best_probs.tolist(), config=cfg.to_dict())
 
     ended = "completed"
     last = min(cfg.epochs, stop_after or cfg.epochs)
@@ -210,7 +215,7 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
         value = metric_value(row, cfg.monitor)
         if not diverged and better(value, best_value, mode):
             best_value, best_epoch, bad_epochs = value, epoch, 0
-            best_state, best_probs = copy.deepcopy(model.state_dict()), probs
+            best_state, best_probs = copy.deepcopy(trained_part(model.state_dict())), probs
         else:
             bad_epochs += 1
         row["best_epoch"] = best_epoch
@@ -229,5 +234,5 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
             report(dict(row), state)
         if ended != "completed":
             break
-    model.load_state_dict(best_state)
+    load_trained(model, best_state)
     return FitResult(model, history, best_epoch, ended, inputs.mode, best_probs, trainable, frozen, cfg.monitor)
