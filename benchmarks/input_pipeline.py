@@ -1,7 +1,7 @@
 """The input pipeline and mixed precision: the inline loop against the prefetching loader, fp32 against bf16.
 
     python benchmarks/input_pipeline.py [--threads 2] [--epochs 2] [--precisions fp32,bf16]
-                                        [--workers 0,1,2] [--n-per-class 500]
+                                        [--workers 0,1,2] [--n-per-class 500] [--rounds 2]
 
 On the built-in data at 128 px, EfficientNet-Lite0 (packaged ImageNet weights, last 5 units trainable)
 trains live (no feature cache: the frozen prefix runs at every step) with crop+jitter, a fresh view every
@@ -10,8 +10,10 @@ epoch, for `--epochs` epochs in each setting:
   loader; 1, 2: that many threads prepare batches ahead), which must give identical numbers;
 - each other precision of `--precisions` (autocast), with the default workers.
 Per setting: training images per second (the train passes' time; validation excluded), the mean epoch
-time, the val AUC after the last epoch, and the ratio to the first setting. The settings run in turn
-in one process, so on a shared machine compare the ratios, not the absolute rates. On a GPU
+time, the val AUC after the last epoch, and the ratio to the first setting. The settings run in turn in
+one process, `--rounds` times, every other round in reverse order (so a load that drifts during the run
+weighs on every setting alike), and rates are means over rounds: on a shared machine compare the ratios,
+not the absolute rates. On a GPU
 (benchmarks/gpu_check.sh) pass --precisions fp32,bf16,fp16.
 """
 
@@ -65,33 +67,36 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--workers", default="0,1,2", help="fp32 settings: comma-separated worker counts")
     p.add_argument("--precisions", default="fp32,bf16", help="fp32 runs once per --workers; each other once")
-    p.add_argument("--n-per-class", type=int, default=None)
+    p.add_argument("--n-per-class", type=int, default=None, help="built-in data size (default: its own)")
+    p.add_argument("--rounds", type=int, default=2)
     a = p.parse_args()
     fast_allocator()
     torch.set_num_threads(a.threads)
     root = builtin_data(n_per_class=a.n_per_class)
     train, valid = load_split(root, "train", 128), load_split(root, "valid", 128)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"{device}, {a.threads} threads; {len(train)} train / {len(valid)} valid images, Lite0 128 px, "
-          f"crop+jitter live, {a.epochs} epochs per setting", flush=True)
+    print(f"{time.strftime('%Y-%m-%d')}, {device}, {a.threads} threads; {len(train)} train / {len(valid)} valid "
+          f"images, Lite0 128 px, crop+jitter live, {a.epochs} epochs per setting", flush=True)
     base = TrainConfig.of(**RECIPE, epochs=a.epochs, patience=a.epochs, threads=a.threads)
     settings = [(f"fp32, workers {w}" + (" (inline, as before)" if w == "0" else ""),
                  base.replace(workers=int(w), precision="fp32")) for w in a.workers.split(",")]
     settings += [(f"{prec}, workers auto", base.replace(precision=prec))
                  for prec in a.precisions.split(",") if prec != "fp32"]
-    rows = []
-    for name, cfg in settings:
-        r = timed_fit(cfg, train, valid)
-        rows.append((name, r))
-        print(f"  {name}: {r['img_s']:.1f} img/s", flush=True)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in settings}
+    for k in range(a.rounds):
+        for name, cfg in settings if k % 2 == 0 else settings[::-1]:
+            runs[name].append(timed_fit(cfg, train, valid))
+            print(f"  round {k + 1}: {name}: {runs[name][-1]['img_s']:.1f} img/s", flush=True)
+    rows = [(name, {**r[0], "img_s": sum(x["img_s"] for x in r) / len(r),
+                    "epoch_s": sum(x["epoch_s"] for x in r) / len(r)}) for name, r in runs.items()]
     first = rows[0][1]
     print(f"\n| setting | train img/s | ratio | epoch s | val AUC after {a.epochs} |")
     print("|---|---|---|---|---|")
     for name, r in rows:
         print(f"| {name} | {r['img_s']:.1f} | {r['img_s'] / first['img_s']:.2f}x | {r['epoch_s']:.1f} | "
               f"{r['auc']:.4f} |")
-    fp32 = [r for name, r in rows if name.startswith("fp32")]
-    same = all((r["auc"], r["loss"]) == (fp32[0]["auc"], fp32[0]["loss"]) for r in fp32)
+    fp32 = [r for name, r in runs.items() if name.startswith("fp32")]
+    same = all((x["auc"], x["loss"]) == (fp32[0][0]["auc"], fp32[0][0]["loss"]) for r in fp32 for x in r)
     print(f"\nfp32 numbers identical across worker counts: {'yes' if same else 'NO'}")
     if not same:
         raise SystemExit(1)
