@@ -29,6 +29,7 @@ from tune.core import UserError
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
 AUGMENTATIONS = ("crop", "jitter", "blur", "jpeg")  # the order they are applied in
 DRAWS = 11  # random numbers drawn per (image, view), whichever augmentations are on
@@ -67,6 +68,27 @@ class AugSpec:
         return f"{'+'.join(self.ops)}-s{self.strength:.6g}-seed{self.seed}-view{view}"
 
 
+def draws(seed: tuple[int, ...], view: int) -> np.ndarray:
+    """The DRAWS uniform numbers that decide view `view` of one image, wherever it is augmented."""
+    import numpy as np
+
+    return np.random.default_rng([*seed, view]).random(DRAWS)
+
+
+def crop_box(u: np.ndarray, size: int, s: float) -> tuple[float, float, float, float]:
+    """The crop's (left, top, right, bottom) in pixels, from one image's draws."""
+    area = 1 - 0.5 * s * u[0]
+    ratio = math.exp((2 * u[1] - 1) * math.log(4 / 3) * s)
+    w, h = min(1.0, math.sqrt(area * ratio)) * size, min(1.0, math.sqrt(area / ratio)) * size
+    left, top = u[2] * (size - w), u[3] * (size - h)
+    return left, top, left + w, top + h
+
+
+def jitter_factors(u: np.ndarray, s: float) -> tuple[float, float, float]:
+    """Brightness, contrast and saturation factors, from one image's draws."""
+    return (1 + 0.4 * s * (2 * u[4] - 1), 1 + 0.4 * s * (2 * u[5] - 1), 1 + 0.4 * s * (2 * u[6] - 1))
+
+
 def augment(img: np.ndarray, *, seed: tuple[int, ...], view: int, ops: tuple[str, ...],
             strength: float) -> np.ndarray:
     """uint8 (3, S, S) → augmented uint8 (3, S, S); the same arguments give the same pixels."""
@@ -77,20 +99,16 @@ def augment(img: np.ndarray, *, seed: tuple[int, ...], view: int, ops: tuple[str
 
     if not ops or strength <= 0:
         return img
-    u = np.random.default_rng([*seed, view]).random(DRAWS)
+    u = draws(seed, view)
     size = img.shape[-1]
     im = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)))
     s = float(strength)
     if "crop" in ops:
-        area = 1 - 0.5 * s * u[0]
-        ratio = math.exp((2 * u[1] - 1) * math.log(4 / 3) * s)
-        w, h = min(1.0, math.sqrt(area * ratio)) * size, min(1.0, math.sqrt(area / ratio)) * size
-        left, top = u[2] * (size - w), u[3] * (size - h)
-        im = im.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+        im = im.resize((size, size), Image.BILINEAR, box=crop_box(u, size, s))
     if "jitter" in ops:
-        for enhance, r in ((ImageEnhance.Brightness, u[4]), (ImageEnhance.Contrast, u[5]),
-                           (ImageEnhance.Color, u[6])):
-            im = enhance(im).enhance(1 + 0.4 * s * (2 * r - 1))
+        for enhance, factor in zip((ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color),
+                                   jitter_factors(u, s)):
+            im = enhance(im).enhance(factor)
     if "blur" in ops and u[7] < s / 2:
         im = native(im, Condition("blur", 0.1 + 2.9 * float(u[8])))
     if "jpeg" in ops and u[9] < s / 2:
@@ -98,8 +116,11 @@ def augment(img: np.ndarray, *, seed: tuple[int, ...], view: int, ops: tuple[str
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def augment_images(x: np.ndarray, idx: np.ndarray, spec: AugSpec, view: int) -> np.ndarray:
-    """View `view` of the images x[idx] (their indices in the split seed them), as uint8 (B, 3, S, S)."""
+def augment_images(x: np.ndarray, idx: np.ndarray, spec: AugSpec, view: int, *,
+                   threads: int | None = None) -> np.ndarray:
+    """View `view` of the images x[idx] (their indices in the split seed them), as uint8 (B, 3, S, S).
+    `threads`: how many augment the batch's images (default: TUNE_AUG_THREADS, else torch's thread count);
+    the training loader's workers pass 1, as they already prepare several batches at once."""
     import numpy as np
 
     if not spec.active:
@@ -111,7 +132,7 @@ def augment_images(x: np.ndarray, idx: np.ndarray, spec: AugSpec, view: int) -> 
         out[j] = augment(np.asarray(x[i:i + 1])[0], seed=(spec.seed, i), view=view, ops=spec.ops,
                          strength=spec.strength)
 
-    workers = max(1, min(len(idx), int(os.environ.get("TUNE_AUG_THREADS", "0")) or _threads()))
+    workers = max(1, min(len(idx), threads or int(os.environ.get("TUNE_AUG_THREADS", "0")) or _threads()))
     if workers == 1:
         for j in range(len(idx)):
             one(j)
@@ -119,6 +140,32 @@ def augment_images(x: np.ndarray, idx: np.ndarray, spec: AugSpec, view: int) -> 
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(one, range(len(idx))))
     return out
+
+
+# What `augment_tensor` can do on the device; blur and JPEG (PIL's codec) stay on the CPU.
+DEVICE_OPS = frozenset({"crop", "jitter"})
+
+
+def augment_tensor(x: torch.Tensor, u: np.ndarray, spec: AugSpec) -> torch.Tensor:
+    """Float images in [0, 1] (B, 3, S, S) on any device → their crop and jitter views, decided by the same
+    per-image draws `u` (B, DRAWS) as `augment`, computed with torchvision's v2 tensor ops so that on CUDA the
+    pixels never return to the CPU. The same draws, not the same pixels: another resampler and float rather
+    than PIL's 8-bit arithmetic, so CPU training keeps `augment` (exact, and what the feature cache stores)."""
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    size, s = x.shape[-1], float(spec.strength)
+    out = []
+    for img, uu in zip(x, u):
+        if "crop" in spec.ops:
+            left, top, right, bottom = crop_box(uu, size, s)
+            img = F.resized_crop(img, round(top), round(left), max(1, round(bottom - top)),
+                                 max(1, round(right - left)), [size, size], antialias=True)
+        if "jitter" in spec.ops:
+            b, c, sat = jitter_factors(uu, s)
+            img = F.adjust_saturation(F.adjust_contrast(F.adjust_brightness(img, b), c), sat)
+        out.append(img)
+    return torch.stack(out)
 
 
 def _threads() -> int:

@@ -18,6 +18,7 @@ line. Features may be stored as float16 (`cache_dtype`, half the disk); they are
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,11 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from tune.data.augment import AugSpec, View, augment_images
+from tune.data.augment import DEVICE_OPS, AugSpec, View, augment_images, augment_tensor
+from tune.data.augment import draws as augment_draws
 from tune.data.images import ImageSet, as_tensor, to_float
 from tune.models.detector import Detector
 from tune.training import store
 from tune.training.config import TrainConfig
+from tune.training.loader import HostBatch, loader_workers, pinned, prefetched
 
 ENCODE_BATCH = 64
 
@@ -235,6 +238,9 @@ class Inputs:
             self.say(f"{cfg.arch}: {self.mode}")  # what the cache could not hold: one line per trial
         self.view = 0
         self.train_z: list[np.ndarray] = []
+        self.workers = loader_workers(cfg.workers, cfg.threads, self.device)
+        # CUDA: crop and jitter of live views run on the device (CPU: PIL, exact, what the cache stores)
+        self.device_aug = self.device.type == "cuda" and self.spec.active and set(self.spec.ops) <= DEVICE_OPS
 
     def views_bytes(self) -> int:
         """Disk the train views this trial can use take together."""
@@ -251,7 +257,6 @@ class Inputs:
     @staticmethod
     def say(line: str) -> None:
         print(f"[cache] {line}", flush=True)
-
 
     def view_of(self, epoch: int) -> int:
         """The view epoch `epoch` (1-based) trains on."""
@@ -273,25 +278,45 @@ class Inputs:
 
     def train_batch(self, idx: np.ndarray, flip: torch.Tensor) -> torch.Tensor:
         """The epoch's view of train images `idx` through the frozen prefix; rows with `flip` mirrored."""
+        return self.on_device(self.train_host(idx, flip, aug_threads=None))
+
+    def train_host(self, idx: np.ndarray, flip: torch.Tensor, aug_threads: int | None = 1) -> HostBatch:
+        """train_batch's CPU part, which a loader thread runs: stored features, or the view's uint8 pixels,
+        mirrored where `flip` says. On CUDA, crop and jitter are left to the device (`on_device`)."""
         if not self.train_z:
-            x = as_tensor(augment_images(self.train.x, idx, self.spec, self.view))
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            return self.model.encode(to_float(x).to(self.device).contiguous(memory_format=torch.channels_last))
+            if self.device_aug:
+                draws = np.stack([augment_draws((self.spec.seed, int(i)), self.view) for i in idx])
+                return HostBatch(pinned(as_tensor(self.train.x[idx]), self.device), draws, flip)
+            x = as_tensor(augment_images(self.train.x, idx, self.spec, self.view, threads=aug_threads))
+            return HostBatch(pinned(torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x), self.device))
         z = np.array(self.train_z[0][idx], dtype=np.float32)
         if len(self.train_z) > 1 and bool(flip.any()):
             flipped = flip.numpy()
             z[flipped] = self.train_z[1][idx[flipped]]
-        return torch.from_numpy(z).to(self.device)
+        return HostBatch(pinned(torch.from_numpy(z), self.device))
+
+    def on_device(self, b: HostBatch) -> torch.Tensor:
+        """A host batch on the model's device, through the frozen prefix if it is pixels: uint8 crosses to the
+        device (a quarter of float32's bytes) and becomes float there (on the CPU, the same computation)."""
+        x = b.x.to(self.device, non_blocking=True)
+        if x.dtype != torch.uint8:
+            return x
+        x = to_float(x)
+        if b.draws is not None and b.flip is not None:
+            x = augment_tensor(x, b.draws, self.spec)
+            x = torch.where(b.flip.to(self.device).view(-1, 1, 1, 1), x.flip(-1), x)
+        return self.model.encode(x.contiguous(memory_format=torch.channels_last))
 
     def eval_batches(self, k: int, batch_size: int) -> Iterator[torch.Tensor]:
         """Evaluated set k (0: valid, then the held-out sources) through the frozen prefix, plain, in order."""
         images, z = self.evaluated[k], self.eval_z[k]
-        for i in range(0, len(images), batch_size):
-            if z is not None:
-                yield as_float32(z[i:i + batch_size]).to(self.device)
-            else:
-                x = to_float(images.x[i:i + batch_size]).to(self.device)
-                yield self.model.encode(x.contiguous(memory_format=torch.channels_last))
+
+        def host(i: int) -> HostBatch:
+            rows = as_float32(z[i:i + batch_size]) if z is not None else as_tensor(images.x[i:i + batch_size])
+            return HostBatch(pinned(rows, self.device))
+
+        jobs = (functools.partial(host, i) for i in range(0, len(images), batch_size))
+        return (self.on_device(b) for b in prefetched(jobs, self.workers))
 
     def valid_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         return self.eval_batches(0, batch_size)

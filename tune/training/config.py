@@ -74,6 +74,12 @@ class TrainConfig:
                             "0 draws a fresh view every epoch (live training only)")
     # execution
     threads: int = opt(0, "torch threads (0 = torch's choice)", searchable=False)
+    workers: int = opt(-1, "threads that prepare batches ahead of the step (read, augment, mirror): -1 = from "
+                           "threads (half of them on the CPU, all on CUDA), 0 = inline in the step, as before "
+                           "(the numbers are the same either way)", searchable=False)
+    precision: str = opt("auto", "arithmetic of the forward passes: fp32, bf16 or fp16 autocast (fp16 with a "
+                                 "gradient scaler), or auto (bf16 on a GPU that has it, else fp16; fp32 on the "
+                                 "CPU, where only fp32 reproduces exactly)", choices=("auto", "bf16", "fp16", "fp32"))
     use_cache: bool = opt(True, "cache decoded images and frozen-backbone features; --no-cache computes them "
                                 "live at every use", searchable=False, flag="--no-cache")
     cache_dtype: str = opt("float32", "how frozen-prefix features are stored on disk: float32, or float16 (half "

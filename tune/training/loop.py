@@ -17,6 +17,7 @@ time they take counts in the epoch's time.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -42,9 +43,11 @@ from tune.metrics.classification import (
 )
 from tune.models.detector import Detector, count_params
 from tune.models.registry import build_model
-from tune.training.cache import Inputs
+from tune.training.cache import Inputs, model_device
 from tune.training.checkpoint import frozen_hash, load_trained, make_state, resume_weights, trained_part
 from tune.training.config import TrainConfig
+from tune.training.loader import prefetched
+from tune.training.precision import autocast, grad_scaler, resolve
 
 # report(metrics, checkpoint_state) is called after every epoch; checkpoint_state() builds the
 # resumable state lazily, so callers that do not checkpoint pay nothing for it.
@@ -63,6 +66,7 @@ class FitResult:
     trainable_params: int = 0
     frozen_params: int = 0
     monitor: str = "val_loss"
+    precision: str = "fp32"  # the one that ran (config's auto resolved)
 
     @property
     def best(self) -> dict[str, Any]:
@@ -103,38 +107,58 @@ def draw_flips(n: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
     return (torch.rand(n, 5, generator=gen)[:, 0] < 0.5) & hflip
 
 
-def train_one_epoch(model: Detector, inputs: Inputs, y: np.ndarray, optimizer: torch.optim.Optimizer,
-                    cfg: TrainConfig, epoch: int) -> float:
-    model.train()
-    inputs.start_epoch(epoch)  # the epoch's augmented view (built now if it is the first to need it)
+def batch_plan(cfg: TrainConfig, n: int, epoch: int) -> list[tuple[np.ndarray, torch.Tensor]]:
+    """The epoch's batches as (sorted image indices, flips), and the dropout seed set: every random draw of
+    the epoch, made here in the training thread in the order the inline loop always made them, before any
+    loader thread starts, so that what the threads compute is a pure function of this plan."""
     gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
     torch.manual_seed(epoch_seed(cfg.seed, epoch) + 1)  # dropout
-    order = torch.randperm(len(y), generator=gen).numpy()
-    steps = math.ceil(len(order) / cfg.batch_size)
-    total, seen = 0.0, 0
-    for k, i in enumerate(range(0, len(order), cfg.batch_size)):
-        factor = lr_factor(cfg, (epoch - 1) * steps + k, steps)
+    order = torch.randperm(n, generator=gen).numpy()
+    plan = []
+    for i in range(0, len(order), cfg.batch_size):
+        idx = np.sort(order[i:i + cfg.batch_size])  # sorted: memmap reads stay sequential
+        plan.append((idx, draw_flips(len(idx), cfg.hflip, gen)))
+    return plan
+
+
+def train_one_epoch(model: Detector, inputs: Inputs, y: np.ndarray, optimizer: torch.optim.Optimizer,
+                    cfg: TrainConfig, epoch: int, precision: str = "fp32",
+                    scaler: torch.amp.GradScaler | None = None) -> float:
+    model.train()
+    inputs.start_epoch(epoch)  # the epoch's augmented view (built now if it is the first to need it)
+    plan = batch_plan(cfg, len(y), epoch)
+    jobs = (functools.partial(inputs.train_host, idx, flip, None if inputs.workers == 0 else 1)
+            for idx, flip in plan)
+    # The loss is summed on the device in float64 and read once: loss.item() at every step would wait for
+    # the GPU each time; float64 makes the sum the very number the per-step Python sum was.
+    total = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    for k, ((idx, _), batch) in enumerate(zip(plan, prefetched(jobs, inputs.workers))):
+        factor = lr_factor(cfg, (epoch - 1) * len(plan) + k, len(plan))
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
-        idx = np.sort(order[i:i + cfg.batch_size])  # sorted: memmap reads stay sequential
-        z = inputs.train_batch(idx, draw_flips(len(idx), cfg.hflip, gen))
-        target = torch.from_numpy(y[idx]).to(z.device)
+        target = torch.from_numpy(y[idx]).to(inputs.device, non_blocking=True)
         if cfg.label_smoothing:
             target = target * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
-        loss = nn.functional.binary_cross_entropy_with_logits(model.forward_cached(z), target)
+        with autocast(precision, inputs.device.type):
+            logits = model.forward_cached(inputs.on_device(batch))
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(idx)
-        seen += len(idx)
-    return total / max(seen, 1)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # fp16: the loss scaled so small gradients do not underflow; steps with inf/NaN are skipped
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        total += loss.detach().double() * len(idx)
+    return float(total) / max(len(y), 1)
 
 
 def evaluate(model: Detector, batches: Any, y: np.ndarray) -> tuple[float, np.ndarray]:
     """(mean BCE loss, P(fake) per image) over pre-encoded batches, in inference mode."""
     model.eval()
     with torch.inference_mode():
-        logits = torch.cat([model.forward_cached(z).cpu() for z in batches])
+        logits = torch.cat([model.forward_cached(z).float().cpu() for z in batches])
     loss = float(nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y)))
     return loss, torch.sigmoid(logits).numpy().astype(np.float64)
 
@@ -167,6 +191,9 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     model = make_model(cfg)
+    device = model_device(model).type
+    precision = resolve(cfg.precision, device)
+    scaler = grad_scaler(precision, device)
     trainable, frozen = count_params(model)
     inputs = Inputs(model, cfg, train, valid, cache_dir, extra)
     optimizer = OPTIMIZERS[cfg.optimizer](param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -201,13 +228,15 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
     last = min(cfg.epochs, stop_after or cfg.epochs)
     for epoch in range(len(history) + 1, last + 1):
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(model, inputs, train.y, optimizer, cfg, epoch)
-        val_loss, probs = evaluate(model, inputs.valid_batches(256), valid.y)
+        train_loss = train_one_epoch(model, inputs, train.y, optimizer, cfg, epoch, precision, scaler)
+        with autocast(precision, device):
+            val_loss, probs = evaluate(model, inputs.valid_batches(256), valid.y)
         diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
         m = binary_metrics(valid.y, np.nan_to_num(probs, nan=0.5)) if not diverged else {}
-        held = {} if diverged or not extra else heldout_row(
-            {s.split: (s.y, *scored(evaluate(model, inputs.eval_batches(k, 256), s.y)))
-             for k, s in enumerate(extra, 1)})
+        with autocast(precision, device):
+            held = {} if diverged or not extra else heldout_row(
+                {s.split: (s.y, *scored(evaluate(model, inputs.eval_batches(k, 256), s.y)))
+                 for k, s in enumerate(extra, 1)})
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                **{f"val_{k}": m.get(k, math.nan) for k in METRICS}, **held,
                "lr": optimizer.param_groups[0]["lr"],  # the head's, at the epoch's last step (the schedule)
@@ -235,4 +264,5 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
         if ended != "completed":
             break
     load_trained(model, best_state)
-    return FitResult(model, history, best_epoch, ended, inputs.mode, best_probs, trainable, frozen, cfg.monitor)
+    return FitResult(model, history, best_epoch, ended, inputs.mode, best_probs, trainable, frozen, cfg.monitor,
+                     precision)

@@ -73,6 +73,7 @@ class ModelRecord:
     frozen_params: int | None = None
     threads: int | None = None
     device: str = "cpu"
+    precision: str | None = None  # the arithmetic that ran (fp32, bf16, fp16); None: recorded before it was a choice
     versions: dict[str, str] = field(default_factory=dict)
     # finalize's retrainings
     name: str | None = None  # finalize's model name: ARCH, or ARCH-baseline
@@ -123,7 +124,7 @@ def run_record(cfg: TrainConfig, result: FitResult, data: dict[str, Any],
                        best_epoch=result.best_epoch, ended=result.ended, epochs_run=len(result.history),
                        best=result.best, trainable_params=result.trainable_params, frozen_params=result.frozen_params,
                        versions=library_versions(), threads=torch.get_num_threads(),
-                       device=str(next(result.model.parameters()).device))
+                       device=str(next(result.model.parameters()).device), precision=result.precision)
 
 
 def save_training(out: Path, result: FitResult) -> None:
