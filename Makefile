@@ -1,11 +1,12 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11 + pip):
 #   make demo   - create .venv from requirements.txt if missing, then search + finalize on the built-in data
 #   make test   - create .venv if missing, then run the whole test suite
+#   make docs   - build the documentation site (mkdocs.yml, docs/ -> site/) offline; strict: a broken link fails
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: demo test lint bench venv report-screenshot
+.PHONY: demo test docs lint bench venv report-screenshot
 
 venv: $(STAMP)
 
@@ -21,6 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check tune tests benchmarks
 	$(PY) -m pytest -q --durations=15
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: $(STAMP)
 	$(PY) benchmarks/cache_speedup.py --threads 1
