@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/backbones.py
 	$(PY) benchmarks/explain_cost.py
 
-# The README's picture of a run's report, taken by headless Chromium at 1280x900:
+# The picture of a run's report (README, docs/index.md), taken by headless Chromium at 1280x900:
 #   make report-screenshot RUN=results/demo-YYYYMMDD-HHMMSS [SHOT=docs/report.png]
 SHOT ?= docs/report.png
 report-screenshot: $(STAMP)

@@ -3,7 +3,7 @@ the notebook's fixed CNN recipe's test ROC-AUC.
 
     python benchmarks/demo_difficulty.py [--n-per-class 500] [--size 128] [--seed 0] [--out DIR]
 
-Targets (see tune/demo_data.py): generation <= 60 s at the defaults; logistic regression on
+Targets (see tune/data/builtin.py): generation <= 60 s at the defaults; logistic regression on
 per-channel mean/std <= 0.65 AUC (no colour shortcut); the CNN between 0.70 and 0.95 test AUC.
 """
 

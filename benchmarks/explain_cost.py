@@ -8,8 +8,8 @@ by round), so both sides of each ratio share the machine's state of that moment.
 built-in dataset's validation JPEGs. Reported: median and p90 latency of each, the median of the
 per-round ratios, the response sizes, and, in this process on one torch thread as the replica uses for
 a lone image, one image's forward against its Grad-CAM pass + overlay + PNG. Without --model it trains
-the model the README's numbers were measured on (efficientnet_lite0, 128 px, 2 epochs, built-in data).
---screenshot also saves the web page with an explained image (headless Chromium), for the README.
+the model the numbers in docs/explanations.md were measured on (efficientnet_lite0, 128 px, 2 epochs, built-in data).
+--screenshot also saves the web page with an explained image (headless Chromium), for docs/explanations.md.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ early stopping and is a trial's score in a search), and its kept weights are sco
   which the search favours), 8 epochs with patience 3.
 Prints test AUC per seed, the mean per rule, the epochs run and the paired bootstrap p of the difference
 (the same resamples, each resample's AUC averaged over seeds). The shipped spaces set `monitor` per
-architecture from this table (README, "Search spaces").
+architecture from this table (docs/search.md, "Search spaces").
 """
 
 from __future__ import annotations

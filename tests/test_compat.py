@@ -5,7 +5,7 @@ an earlier version of this code, their reports and plots left out (they are rebu
 - old_layout_run: before one Tuner ran every architecture: one Ray experiment per architecture
   (trials/custom_cnn/...), no `monitor` and no augmentation options in its configs, `blur_prob`/`jpeg_prob`
   at 0, a finalize without flipped or valid predictions, cells in finalize's earlier schema;
-- pre_layout_run: before the layout by stage (tune/search.py, tune/searcher.py ...): Ray pickled its
+- pre_layout_run: before the layout by stage (a flat `tune` package: search.py, searcher.py ...): Ray pickled its
   searcher, scheduler, callback and trainable under those module names, which `--resume` unpickles.
 Their data is conftest.make_dataset(n=6, size=32), made again here byte for byte (the fixtures' fingerprints
 check that); run.json's data root is pointed at it, as after moving a dataset.

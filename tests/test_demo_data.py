@@ -173,10 +173,10 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, fast_ae: object,
 
 
 def test_three_generator_protocol_shares_no_region_across_roles(tmp_path: Path, fast_ae: object) -> None:
-    """README's protocol: train and valid from seed 0, held-out validation from seed 1's valid split, test from
-    seed 2's test split, every generator cutting the photos with tiles seed 0. No crop of one role overlaps a
-    crop of another in any photo (valid and held-out share the valid tiles: both only validate), and no file is
-    byte-identical across roles; the generators differ (their fakes), the reals are other crops of the same
+    """The protocol of docs/heldout.md: train and valid from seed 0, held-out validation from seed 1's valid split,
+    test from seed 2's test split, every generator cutting the photos with tiles seed 0. No crop of one role
+    overlaps a crop of another in any photo (valid and held-out share the valid tiles: both only validate), and no
+    file is byte-identical across roles; the generators differ (their fakes), the reals are other crops of the same
     photos. Without the common tiles seed, seed 1's valid tiles overlap seed 0's train tiles."""
     from tune.data.heldout import shared
 

@@ -1,4 +1,4 @@
-"""Class-activation maps (tune/explain.py): every architecture gets one, predict --explain writes them,
+"""Class-activation maps (tune/models/explain.py): every architecture gets one, predict --explain writes them,
 a model without a spatial target layer is one line, and the model-randomisation sanity check of
 Adebayo et al. (2018) on a detector trained where the evidence is known."""
 

@@ -356,7 +356,7 @@ def test_web_page_scores_an_uploaded_image(server: Server, tmp_path: Path) -> No
         assert console_errors(driver) == []
         assert all(u.startswith(server.url) or u.startswith(("blob:", "data:")) for u in network_requests(driver))
     assert Image.open(shot).size[0] > 0
-    if os.environ.get("TUNE_DOCS_SCREENSHOT"):  # how docs/serve_page.png is made (README: Serving the winner)
+    if os.environ.get("TUNE_DOCS_SCREENSHOT"):  # how docs/serve_page.png is made (docs/serving.md: Serving the winner)
         shutil.copy(shot, os.environ["TUNE_DOCS_SCREENSHOT"])
 
 

@@ -1,7 +1,7 @@
 """Hyperparameter search for deepfake image detectors (Ray Tune + Optuna + ASHA).
 
 The package is laid out by stage, each stage a sub-package that imports only the ones before it:
-core, metrics, data, models, training, runs, search, reports, evaluation, serving, cli (README, "Where
+core, metrics, data, models, training, runs, search, reports, evaluation, serving, cli (docs/development.md, "Where
 things are"; tests/test_layout.py checks the order).
 """
 

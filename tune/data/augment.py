@@ -1,6 +1,6 @@
 """Train-time augmentation as a pure function of (image, seed, view), so that it can be cached.
 
-A frozen backbone's output is what makes trials cheap (tune/cache.py), but a cache of one fixed copy
+A frozen backbone's output is what makes trials cheap (tune/training/cache.py), but a cache of one fixed copy
 of every image leaves nothing to augment. So augmentation comes in *views*: view v of training image
 i is `augment(x_i, seed=(seed, i), view=v)`, a fixed function of its arguments. With `aug_views` V,
 epoch e trains on view (e - 1) mod V: the frozen part runs once per view (and orientation), every
@@ -14,7 +14,7 @@ The augmentations, at strength s in [0, 1] (1 is the standard setting):
 - blur:   with probability s/2, a Gaussian blur with sigma U[0.1, 3] (Wang et al. 2020: p 0.5, sigma 0-3);
 - jpeg:   with probability s/2, JPEG re-compression at quality U{30..100} (Wang et al. 2020).
 They run in that order (JPEG last, as an image's last save). Blur and JPEG are evaluate's own
-perturbations (tune/perturb.py), so "blur 2" means the same thing in training and in evaluation.
+perturbations (tune/data/perturb.py), so "blur 2" means the same thing in training and in evaluation.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Several generators: each seed trains its own autoencoder (its weights' init and 
 also draws its own crops, fake masks and JPEG qualities. The reals always come from the same photos, so
 datasets of several seeds share no pixel across splits only when they cut the photos the same way:
 `tiles_seed` (default: the seed) says how, and the three-generator protocol gives every generator the
-same one (README, "Held-out generators").
+same one (docs/heldout.md, "Held-out generators").
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Held-out validation sources: generators a search validates on every epoch but never trains on.
 
 `search --valid-extra DIR [DIR ...]` (or `valid_extra:` in the space file) and `train --valid-extra`
-name them. Each DIR is a source in evaluate's layouts (tune/sources.py: Fake/Real, 0_real/1_fake, or a
-parent of one folder per generator). They are decoded once and cached like valid (tune/data.py),
+name them. Each DIR is a source in evaluate's layouts (tune/data/sources.py: Fake/Real, 0_real/1_fake, or a
+parent of one folder per generator). They are decoded once and cached like valid (tune/data/images.py),
 fingerprinted, and handed to tune.training.loop.fit, which scores them every epoch in inference mode through
-the frozen-prefix cache (tune/cache.py) and reports xval_* numbers (declared in tune/metrics.py).
+the frozen-prefix cache (tune/training/cache.py) and reports xval_* numbers
+(declared in tune/metrics/classification.py).
 
 Honesty is checked by content: a held-out source may share no image with train, valid or test, and a
 source that selected (valid, a held-out one) is never reported as a test result (`finalize

@@ -6,7 +6,7 @@ Label convention: Fake = 1 (the positive class), Real = 0.
 Images are decoded and resized once, into a uint8 array (N, 3, S, S). When a cache folder is
 given the array lives in a memory-mapped .npy keyed by the split's content fingerprint and the
 size, so every trial on a machine shares one decoded copy. Train-time augmentation is
-tune/augment.py's.
+tune/data/augment.py's.
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def load_split(root: Path, split: str, size: int, *, skip_bad: bool = False,
 
 def load_files(files: SplitFiles, size: int, *, label: str, skip_bad: bool = False, cache_dir: Path | None = None,
                live: bool = False) -> ImageSet:
-    """Fingerprint and decode listed images (a split, or a held-out source: tune/heldout.py) into an ImageSet
+    """Fingerprint and decode listed images (a split, or a held-out source: tune/data/heldout.py) into an ImageSet
     named `files.split`; `label` says what they are in error messages. Both classes must be readable."""
     if live:
         s = load_files(files, size, label=label, skip_bad=skip_bad, cache_dir=None)

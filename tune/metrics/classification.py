@@ -3,7 +3,7 @@
 Everything else looks metrics up here: a trial reports `val_NAME` for every metric below, a search
 space may optimise any of them, and "which is better" is `better()`. Adding a metric is one entry.
 
-With held-out validation sources (generators the model never trains on, tune/heldout.py) a trial also
+With held-out validation sources (generators the model never trains on, tune/data/heldout.py) a trial also
 reports `xval_NAME` (the mean over those sources, each weighing the same) and, with several sources,
 `xval[SOURCE]_NAME` per source for the ranking metrics in PER_SOURCE; and a search may select by a
 combination of the two, declared once in COMBINED: `mean_NAME` = (val_NAME + xval_NAME) / 2, and the

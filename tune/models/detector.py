@@ -1,9 +1,9 @@
-"""What every detector is made of, and the registry's types (the entries live in tune/archs.py).
+"""What every detector is made of, and the registry's types (the entries live in tune/models/registry.py).
 
 Every detector is a `Detector`: a frozen prefix, a trainable body and a head. Pretrained backbones
 are cut into *units* (the stem, each block, the head convolution) and a tail (pooling): the last
 `unfrozen_blocks` units train, the others form the frozen prefix. Cutting the network this way is
-what lets tune/cache.py compute the frozen part once per image instead of once per step of every
+what lets tune/training/cache.py compute the frozen part once per image instead of once per step of every
 epoch of every trial, and derive a longer prefix's features from a shorter one's.
 
 Names follow timm: `forward_features(x)` gives the pooled features, `forward_head(f)` the logit.
@@ -192,7 +192,7 @@ class Arch:
     about: str = ""
     color: str = "tab:purple"  # in every plot
     min_size: Callable[[dict[str, Any]], int] = field(default=lambda hp: 32)
-    # The layer whose feature maps Grad-CAM weighs (tune/explain.py); None: this architecture has none.
+    # The layer whose feature maps Grad-CAM weighs (tune/models/explain.py); None: this architecture has none.
     cam_layer: Callable[[Detector], nn.Module] | None = last_unit
 
     @property

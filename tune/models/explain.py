@@ -3,7 +3,7 @@
 Grad-CAM (Selvaraju et al., 2017) weighs each feature map of one layer by the mean gradient of the
 class score over that map, and sums them: the result is positive where the layer's features raise
 the score. The score here is the detector's one logit, whose sigmoid is P(fake), so every map is
-for the class Fake. Captum's `LayerGradCam` computes it (README, "Why did it say Fake?", says why
+for the class Fake. Captum's `LayerGradCam` computes it (docs/explanations.md, "Why did it say Fake?", says why
 Captum and not pytorch-grad-cam), at the layer the architecture's registry entry names
 (`cam_layer`; by default the last unit before pooling, the backbone's last spatial feature map).
 

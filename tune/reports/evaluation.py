@@ -1,7 +1,7 @@
 """What `evaluate` writes: evaluation.{md,csv,json}, scores.csv and plots/*.png in one folder.
 
 Every file is written atomically and evaluation.json last, so its presence marks a complete
-evaluation. Figures use matplotlib's object API on the Agg canvas (as tune/report.py); a plot
+evaluation. Figures use matplotlib's object API on the Agg canvas (as tune/reports/figures.py); a plot
 that fails is logged and skipped, because its numbers are in evaluation.json.
 """
 

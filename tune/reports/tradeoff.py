@@ -1,4 +1,4 @@
-"""In-domain vs held-out validation: the trade-off a run with held-out sources (tune/heldout.py) shows.
+"""In-domain vs held-out validation: the trade-off a run with held-out sources (tune/data/heldout.py) shows.
 
 A detector is used on generators it never saw, and the model with the best in-domain validation AUC can
 be the worst there. So a run with held-out validation sources shows both numbers side by side: per

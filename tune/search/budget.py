@@ -1,7 +1,7 @@
 """What a search may spend: trials per architecture, wall time, or both (whichever runs out first).
 
-One Tuner runs every architecture (tune/search.py). Its searcher (tune/searcher.py) hands each
-free slot to an architecture that still has budget, and its scheduler (tune/scheduler.py) stops
+One Tuner runs every architecture (tune/search/driver.py). Its searcher (tune/search/searcher.py) hands each
+free slot to an architecture that still has budget, and its scheduler (tune/search/scheduler.py) stops
 running trials at the first epoch that ends after the deadline. With a time budget of B seconds on
 S slots, each of the n architectures has a share of S x B / n trial-seconds: the next trial goes to
 the architecture with the fewest trials running (then the least trial time used), none starts a trial

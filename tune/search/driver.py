@@ -4,7 +4,7 @@ architecture) decides what to try, one ASHA per architecture when to stop, the b
 Running every architecture in one Tuner keeps every slot busy (Ray Tune runs one Tuner at a time
 on a cluster; one Tuner per architecture, one after the other, left slots idle at each tail and
 capped a cluster at one architecture's trials). Fairness is the budget's: the same number of trials
-each, or the same share of trial time (tune/budget.py). The trainable is thin: it turns the sampled
+each, or the same share of trial time (tune/search/budget.py). The trainable is thin: it turns the sampled
 config into a TrainConfig and calls tune.training.loop.fit with a hook that reports and checkpoints each
 epoch. The test split is never read here.
 

@@ -9,7 +9,7 @@ built valid at every depth the space could reach (and the first training view wh
 it) while every slot waited; most of those depths were never used by a trial (a 6-trial demo search
 draws at most 6 of its 7 Lite0 depths, ASHA stops half of them after 2 epochs), and with augmentation
 sampled the training views were built by the trials anyway. Measured on the demo space
-(benchmarks/cache_budget.py, README "Feature caches with a budget"): see the README for the numbers.
+(benchmarks/cache_budget.py, docs/speed.md, "Feature caches with a budget"): see there for the numbers.
 """
 
 from __future__ import annotations

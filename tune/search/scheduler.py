@@ -4,7 +4,7 @@ ASHA compares a trial with the others at the same rung (epoch). With every archi
 Tuner, a single ASHA would compare a custom CNN's epoch-2 AUC with a pretrained backbone's and stop
 the weaker family wholesale; so each architecture gets its own ASHA (the same grace period and
 reduction factor), and rungs compare like with like. Past the time budget's deadline every running
-trial is stopped at the end of its current epoch (tune/budget.py).
+trial is stopped at the end of its current epoch (tune/search/budget.py).
 
 Each stop is remembered with its reason, which the progress callback writes into the trial's last
 result (`ended`), so the leaderboard and Optuna read how a trial ended from the trial itself.

@@ -95,7 +95,7 @@ class ArchSearcher(Searcher):
 
     Each architecture keeps its HonestOptunaSearch (study RUN-ARCH in optuna.db, its own TPE, its own
     define-by-run space), so TPE models like with like. This searcher decides only *which* study
-    samples the next trial, by the budget (tune/budget.py): with a trial count, the architecture with
+    samples the next trial, by the budget (tune/search/budget.py): with a trial count, the architecture with
     the most expected trial time left (longest work first, so the search does not end on one long trial
     alone); with a time budget, the one with the least trial time used and committed
     (tune.search.budget.Budget.next_arch). A free slot is filled from whichever architecture still has

@@ -82,7 +82,7 @@ class SearchSpace:
     resources: Resources = Resources()
     fixed: dict[str, Any] = field(default_factory=dict)
     architectures: dict[str, dict[str, Param]] = field(default_factory=dict)
-    valid_extra: tuple[str, ...] = ()  # held-out validation sources (absolute paths; tune/heldout.py)
+    valid_extra: tuple[str, ...] = ()  # held-out validation sources (absolute paths; tune/data/heldout.py)
     cache_dtype: str = "float32"  # how every trial stores its frozen-prefix features (TrainConfig.cache_dtype)
     checkpoints: str = RETENTION[0]  # one of RETENTION; a run.json written before it loads as keep_best
 

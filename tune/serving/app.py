@@ -3,7 +3,7 @@
 Requests are parsed and decoded concurrently on the replica's event loop (big images in threads);
 the forward pass goes through `serve.batch` on one dedicated thread. Images that arrive while it
 runs go into the next pass together (see `Detector.verdict`). `/predict?explain=1` is scored the
-same way, then its Grad-CAM pass (forward and backward, tune/explain.py) runs on that thread on its
+same way, then its Grad-CAM pass (forward and backward, tune/models/explain.py) runs on that thread on its
 own, outside any batch.
 Every bad input is answered with a 4xx and one line of JSON, `{"error": "..."}`, never a 500 or
 a traceback: the body is size-checked from Content-Length and again while it streams in, the

@@ -4,7 +4,7 @@ Exports a trained detector to ONNX with torch.onnx (the torch.export-based expor
 checks it: onnxruntime must give the same P(fake) as PyTorch on 32 images (max |Δ| <= 1e-4)
 at batch 32 and at batch 1 (the batch axis is dynamic). The file is written only after the
 check passes, atomically, so a failed export leaves nothing behind. MODEL_CARD.md is written
-beside it (tune/modelcard.py).
+beside it (tune/serving/modelcard.py).
 
 The ONNX model takes float32 RGB in [0, 1], (N, 3, S, S) at the record's image size, with any
 normalisation inside, and outputs P(fake) (the sigmoid of the logit), shape (N,).

@@ -3,7 +3,7 @@
 Loads a finalized model (its .pth state_dict and the sibling .json that finalize wrote), scores
 images and labels them Fake/Real at the model's own threshold (chosen on the validation split).
 A file that cannot be decoded gets an error in its row; it never stops the other images.
-`--explain DIR` also writes, per scored image, where the model looked (tune/explain.py):
+`--explain DIR` also writes, per scored image, where the model looked (tune/models/explain.py):
 NAME.cam.png (the image the model saw, its Grad-CAM map and P(fake)) and NAME.cam.npy (the signed
 map, float32 at the model's input size), plus explain.csv saying which file is which image's.
 """

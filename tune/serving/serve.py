@@ -1,6 +1,6 @@
 """`python -m tune serve --model PATH | --run RUN --arch ARCH [--host 127.0.0.1] [--port 8000] ...`
 
-Serves a trained detector over HTTP on Ray Serve (the API is in tune/serve_app.py): a local,
+Serves a trained detector over HTTP on Ray Serve (the API is in tune/serving/app.py): a local,
 loopback-only Ray without a dashboard unless `--address` names an existing cluster. Prints the
 URL once the model answers, and shuts Serve and the Ray it started down on Ctrl-C (or SIGTERM).
 """
@@ -74,7 +74,7 @@ def direct_ingress(a: argparse.Namespace) -> bool:
     Why: on a small machine the proxy hop is most of a request's cost. Measured on 2 cores with the demo's
     winner at concurrency 32: the proxy process spent 5.3 ms of CPU per request and the replica 19 ms
     (Ray's messaging on both sides), against 13 ms for the replica alone with direct ingress; 62 -> 104
-    req/s (README, Serving the winner: Load). Several replicas, or a cluster (--address), keep the proxy: it is
+    req/s (docs/serving.md, Serving the winner: Load). Several replicas, or a cluster (--address), keep the proxy: it is
     what spreads requests over replicas, and the cluster's Serve processes started without this setting.
     Must run before Ray starts and before `ray.serve` is imported: each process reads these on import."""
     if a.address or a.replicas != 1:

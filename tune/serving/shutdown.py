@@ -1,6 +1,6 @@
 """Stopping `python -m tune serve` within a hard bound, on Ctrl-C or SIGTERM, also under load.
 
-Where the time went before (benchmarks/serve_stop.py, README: Serving the winner, Stopping): `serve.shutdown()`
+Where the time went before (benchmarks/serve_stop.py, docs/serving.md: Serving the winner, Stopping): `serve.shutdown()`
 asks Serve's controller to stop every replica, and a replica drains first. It keeps accepting requests
 while it waits for its ongoing requests to reach zero, checked every 2 s, and is only killed after its
 graceful timeout of 20 s. With clients on keep-alive connections that zero never comes, so the stop took

@@ -5,7 +5,7 @@ output for a given input never changes: we compute it once per image, keep it in
 shared by every trial on the machine, and a step runs only the unfrozen units and the head.
 
 What is stored is one *source* of pixels through the prefix: the plain images (valid, and train
-without augmentation), or one augmented view of the training images (tune/augment.py), each also
+without augmentation), or one augmented view of the training images (tune/data/augment.py), each also
 flipped when flips are on. Every file is built lazily, by the first trial that needs it, once per
 node (tune/training/store.py: a lock per file, the disk budget, least-recently-used eviction), written
 batch by batch into a memory map (peak memory: one batch, augmentation included). Prefixes are chained:

@@ -3,7 +3,7 @@
 Training options are declared once, here: each field's metadata gives its help text (the CLI's
 flags are generated from it) and whether a search space may sample it. An architecture's own
 hyperparameters (head sizes, unfrozen depth, weights...) are declared by its registry entry
-(tune/archs.py) and carried in `hparams`; a config is flat when written or read, as in params.json.
+(tune/models/registry.py) and carried in `hparams`; a config is flat when written or read, as in params.json.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class TrainConfig:
                                    "xval_*, mean_* or min_*/max_* (tune/metrics.py)", choices=tuple(search_metrics()))
     seed: int = opt(0, "seed of initialisation, order, flips, augmented views and dropout", searchable=False)
     image_size: int = opt(224, "images are resized to this square side", searchable=False)
-    # train-time augmentation (tune/augment.py); validation and test images are never augmented
+    # train-time augmentation (tune/data/augment.py); validation and test images are never augmented
     hflip: bool = opt(True, "random horizontal flips of training images; --no-hflip turns them off",
                       flag="--no-hflip")
     augment: str = opt("none", "augmentations of the training views, comma-separated: crop, jitter, blur, jpeg "

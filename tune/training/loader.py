@@ -40,7 +40,7 @@ def loader_workers(requested: int, threads: int, device: torch.device) -> int:
     """Worker threads for a trial. `requested` >= 0 is taken as is (0: inline, the training thread prepares
     each batch when it needs it, as before there was a loader). Otherwise (-1, auto): on CUDA one per CPU
     of the trial, as the CPU's only job is feeding the GPU; on the CPU half of them (at least one), because
-    the step's own torch threads need the cores too (README, "Input pipeline and mixed precision")."""
+    the step's own torch threads need the cores too (docs/speed.md, "Input pipeline and mixed precision")."""
     if requested >= 0:
         return requested
     threads = threads or torch.get_num_threads()

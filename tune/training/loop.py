@@ -5,12 +5,12 @@ nothing of the command line or of Ray, and talks to its caller through a per-epo
 
 The rule: `cfg.monitor` (val_loss, the notebook's, or a validation metric such as val_auc) decides
 which epoch's weights are kept, stops training after `patience` epochs without a better value, and in a
-search a trial's score is the search metric at that kept epoch (tune/search.py), so the number a
+search a trial's score is the search metric at that kept epoch (tune/search/driver.py), so the number a
 trial is ranked by is the number of the weights finalize keeps.
 
-Held-out validation sources (`extra`, tune/heldout.py) are scored after valid every epoch, in inference
+Held-out validation sources (`extra`, tune/data/heldout.py) are scored after valid every epoch, in inference
 mode and never augmented; they never reach a gradient step. Their numbers (xval_*) join the epoch's row,
-so a monitor or search metric may be held-out or combined (mean_auc, min_auc: tune/metrics.py), and the
+so a monitor or search metric may be held-out or combined (mean_auc, min_auc: tune/metrics/classification.py), and the
 time they take counts in the epoch's time.
 """
 

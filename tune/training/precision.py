@@ -3,7 +3,7 @@
 auto is bf16 autocast on a GPU that has bf16, else fp16 with a GradScaler (fp16's narrow range underflows
 small gradients without one), and fp32 on the CPU: CPU autocast changes every number (the exact
 reproduction checks hold only in fp32) for a speed-up that depends on the CPU, so it runs only when asked
-(`precision: bf16`; README, "Input pipeline and mixed precision", measures it).
+(`precision: bf16`; docs/speed.md, "Input pipeline and mixed precision", measures it).
 """
 
 from __future__ import annotations
