@@ -127,8 +127,8 @@ def test_explain_without_a_spatial_target_layer_is_one_line(tmp_path: Path, caps
                         dataclasses.replace(archs.get_arch("custom_cnn"), cam_layer=None))
     assert tune.cli.main(["predict", "--model", str(model), str(image), "--explain", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err == ("error: custom_cnn declares no Grad-CAM target layer (cam_layer in its tune/archs.py entry), so "
-                   "it cannot be explained\n")
+    assert err == ("error: custom_cnn declares no Grad-CAM target layer (cam_layer in its "
+                   "tune/models/registry.py entry), so it cannot be explained\n")
     monkeypatch.undo()
     # a backbone whose last unit is 1x1 at this input size: nothing to localise
     model = save_model(tmp_path / "b", "efficientnet_lite0", 32, weights="none")

@@ -54,8 +54,8 @@ def target_layer(model: Detector, arch: str) -> tuple[str, nn.Module]:
 
     pick = get_arch(arch).cam_layer
     if pick is None:
-        raise NoTargetLayer(f"{arch} declares no Grad-CAM target layer (cam_layer in its tune/archs.py entry), so "
-                            "it cannot be explained")
+        raise NoTargetLayer(f"{arch} declares no Grad-CAM target layer (cam_layer in its "
+                            "tune/models/registry.py entry), so it cannot be explained")
     layer = pick(model)
     name = next((n for n, m in model.named_modules() if m is layer), None)
     if name is None:

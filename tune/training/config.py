@@ -60,7 +60,8 @@ class TrainConfig:
                                    "epochs without a better value, and is a search trial's score: val_loss (the "
                                    "notebook's rule) or a metric such as val_auc (in a search: the space's "
                                    "metric unless it says otherwise); with held-out validation sources also "
-                                   "xval_*, mean_* or min_*/max_* (tune/metrics.py)", choices=tuple(search_metrics()))
+                                   "xval_*, mean_* or min_*/max_* (tune/metrics/classification.py)",
+                                   choices=tuple(search_metrics()))
     seed: int = opt(0, "seed of initialisation, order, flips, augmented views and dropout", searchable=False)
     image_size: int = opt(224, "images are resized to this square side", searchable=False)
     # train-time augmentation (tune/data/augment.py); validation and test images are never augmented
