@@ -248,7 +248,7 @@ def test_a_model_without_target_layer_is_refused_422(server: Server, monkeypatch
     monkeypatch.setitem(archs.REGISTRY, "custom_cnn", dataclasses.replace(archs.get_arch("custom_cnn"),
                                                                           cam_layer=None))
     assert explain_status(loaded) == {"available": False, "why": "custom_cnn declares no Grad-CAM target layer "
-                                      "(cam_layer in its tune/archs.py entry), so it cannot be explained"}
+                                      "(cam_layer in its tune/models/registry.py entry), so it cannot be explained"}
 
 
 def test_listens_on_loopback_only(server: Server) -> None:
