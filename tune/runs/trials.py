@@ -133,7 +133,16 @@ def read_experiment(location: str, arch: str) -> list[TrialRecord]:
                if i.type == pyarrow.fs.FileType.Directory and (m := mine.match(i.base_name))}
     statuses = ray_statuses(fs, root)
     order = [t for t in statuses if t in folders] + sorted(t for t in folders if t not in statuses)
-    return [_read_trial(fs, arch, t, folders[t], statuses.get(t, "")) for t in order]
+    trials = [_read_trial(fs, arch, t, folders[t], statuses.get(t, "")) for t in order]
+    # Ray's snapshot lists trials as it holds them, and a restore (--resume) re-adds them newest result
+    # first: the order they started is read from their own first result, so trial numbers never change.
+    return sorted(trials, key=lambda t: (0, started_at(t.results[0])) if t.results else (1, 0.0))
+
+
+def started_at(first: dict[str, Any]) -> float:
+    """When a trial started, from its first epoch's row: reported then, after running time_total_s."""
+    reported = first.get("reported_at", first.get("timestamp", 0.0))
+    return float(reported) - float(first.get("time_total_s", 0.0))
 
 
 def last_timestamp(location: str) -> float | None:
