@@ -237,10 +237,11 @@ def test_reproduce_follows_the_rule(xrun: dict[str, Any], capsys: pytest.Capture
             capsys, ["reproduce", str(run)])
     finally:
         victim.write_bytes(original)
-    # --resume or --extend go on with the recorded sources
+    # --resume or --extend go on with the recorded sources: --valid-extra only says where they are now, and
+    # a folder without them is refused (one line, before any work)
     line = one_line_error(capsys, ["search", "--name", "xv", "--storage", str(run.parent), "--extend", "1",
-                                   "--valid-extra", str(xrun["gens"])])
-    assert "goes on with the held-out validation sources it recorded" in line
+                                   "--valid-extra", str(xrun["gens"] / "gen_b")])
+    assert "held-out validation source gen_a in" in line and "recorded, none there now" in line
 
 
 def test_finalize_keeps_selection_and_test_apart_and_shows_the_trade_off(

@@ -94,7 +94,8 @@ def load_recorded(recorded: dict[str, Any] | None, size: int, *, what: str, dirs
         if was.get(name) != now.get(name):
             where = f" in {', '.join(map(str, dirs))}" if dirs else ""
             raise UserError(f"the {ROLE} {name}{where} changed since {what} (fingerprint {was.get(name)} recorded, "
-                            f"{now.get(name)} now); its numbers cannot be reproduced on different images")
+                            f"{now.get(name) or 'none there'} now); its numbers cannot be reproduced on different "
+                            "images")
     return sets
 
 
