@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.evaluation.finalize import finalize_jobs, run_finalize
+    from tune.evaluation.finalize import run_finalize
+    from tune.evaluation.jobs import finalize_jobs
 
     folder = run_folder(a)
     run_finalize(folder, seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(), jobs=finalize_jobs(folder),
