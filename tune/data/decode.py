@@ -1,10 +1,12 @@
-"""One image, a file or its bytes, to the uint8 (3, S, S) RGB array every model input is made of."""
+"""One image, a file or its bytes, to the uint8 (3, S, S) RGB array every model input is made of; and
+LiveImages, which does that at every access (`--no-cache`)."""
 
 from __future__ import annotations
 
 import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -52,3 +54,21 @@ def decode_rgb(src: Path | bytes) -> Image.Image:
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt/truncated files
         raise ValueError(f"unreadable: {str(e).strip() or type(e).__name__}"[:160]) from None
     return rgb
+
+
+class LiveImages:
+    """Decodes from disk on every access, as the usual pipeline does every epoch (`--no-cache`).
+
+    Indexable like the decoded uint8 array it stands in for, so training code does not care.
+    """
+
+    def __init__(self, paths: list[str], size: int) -> None:
+        self.paths, self.size = paths, size
+        self.shape = (len(paths), 3, size, size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        rows = np.arange(len(self.paths))[idx]
+        return np.stack([decode_image(Path(self.paths[i]), self.size) for i in np.atleast_1d(rows)])

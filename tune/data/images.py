@@ -26,7 +26,7 @@ import torch
 
 from tune import FAKE, REAL
 from tune.core import atomic_write_bytes
-from tune.data.decode import MAX_PIXELS, decode_image, decode_rgb, resize_rgb  # noqa: F401 - their old home
+from tune.data.decode import MAX_PIXELS, LiveImages, decode_image, decode_rgb, resize_rgb  # noqa: F401 - their old home
 from tune.data.mapped import DataError, MappedImages, file_lock, write_rows
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -202,38 +202,27 @@ def _kept(files: SplitFiles, bad: list[tuple[Path, str]], label: str, skip_bad: 
 def _rebuild(x: MappedImages, paths: list[str]) -> None:
     """Decode a split's kept images again into the file its handle names: a node of a cluster that has no
     copy of the driver's decoded cache makes its own, once (other processes there wait for it)."""
-    with file_lock(Path(x.path).with_suffix(".lock")):
-        if x.exists():
-            return
-        files = SplitFiles("rebuild", [Path(p) for p in paths], [REAL] * len(paths))
-        bad: list[tuple[Path, str]] = []
-
-        def blocks() -> Iterator[np.ndarray]:
-            yield from _decoded_blocks(files, x.shape[-1], bad)
-            if bad:
-                raise DataError(f"cannot decode the images again at {x.path} on this machine: {len(bad)} of "
-                                f"{len(paths)} unreadable here (e.g. {bad[0][0]}: {bad[0][1]}); every node needs "
-                                "the dataset at the same path")
-
-        write_rows(Path(x.path), len(paths), x.shape[1:], blocks())
+    try:
+        with file_lock(Path(x.path).with_suffix(".lock")):
+            if not x.exists():
+                _redecode(x, paths)
+    except OSError as e:  # a node where the driver's cache folder cannot be made: one clear line
+        raise DataError(f"cannot write the decoded images at {x.path} on this machine ({e.strerror or e}); every "
+                        "node needs the cache folder writable at the same path") from None
 
 
-class LiveImages:
-    """Decodes from disk on every access, as the usual pipeline does every epoch (`--no-cache`).
+def _redecode(x: MappedImages, paths: list[str]) -> None:
+    files = SplitFiles("rebuild", [Path(p) for p in paths], [REAL] * len(paths))
+    bad: list[tuple[Path, str]] = []
 
-    Indexable like the decoded uint8 array it stands in for, so training code does not care.
-    """
+    def blocks() -> Iterator[np.ndarray]:
+        yield from _decoded_blocks(files, x.shape[-1], bad)
+        if bad:
+            raise DataError(f"cannot decode the images again at {x.path} on this machine: {len(bad)} of "
+                            f"{len(paths)} unreadable here (e.g. {bad[0][0]}: {bad[0][1]}); every node needs "
+                            "the dataset at the same path")
 
-    def __init__(self, paths: list[str], size: int) -> None:
-        self.paths, self.size = paths, size
-        self.shape = (len(paths), 3, size, size)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, idx: Any) -> np.ndarray:
-        rows = np.arange(len(self.paths))[idx]
-        return np.stack([decode_image(Path(self.paths[i]), self.size) for i in np.atleast_1d(rows)])
+    write_rows(Path(x.path), len(paths), x.shape[1:], blocks())
 
 
 def load_split(root: Path, split: str, size: int, *, skip_bad: bool = False,
