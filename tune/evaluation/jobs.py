@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tune.data.images import ImageSet
 
-# A job's private memory beside the images it is sent: torch, the model, its optimizer and batches, and
-# the frozen-feature arrays it reads into memory. Measured by benchmarks/scale.py (EfficientNet-Lite0 at
-# 224 px, unfrozen 5..18, batch 32): up to about 1.6 GB RssAnon per job.
-JOB_GB = 2.0
+# A job's private memory beside the images it is sent: torch, the model, its optimizer, activations and
+# batches. Measured by benchmarks/scale.py (EfficientNet-Lite0 at 224 px, unfrozen 5..13, batch 32, the
+# glibc settings that keep freed memory): 2.7-2.9 GB RssAnon per job, flat from 1k to 4k images.
+JOB_GB = 3.0
 
 
 def finalize_jobs(run_dir: Path) -> int:
