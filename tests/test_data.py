@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tune.data.decode as decode
 import tune.data.images as data
 from tune import FAKE, REAL
 from tune.core import UserError
@@ -282,10 +283,10 @@ def test_decompression_bomb_header_refused(tmp_path: Path) -> None:
 
 def test_max_pixels_is_enforced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     layout(tmp_path, n=1)  # 24x24 = 576 pixels each
-    monkeypatch.setattr(data, "MAX_PIXELS", 500)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 500)  # read where images are decoded
     with pytest.raises(DataError, match=r"2 bad image\(s\).*decompression bomb refused \(24x24"):
         load_split(tmp_path, "train", SIZE)
-    monkeypatch.setattr(data, "MAX_PIXELS", 576)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 576)  # read where images are decoded
     assert len(load_split(tmp_path, "train", SIZE)) == 2
 
 
@@ -330,7 +331,7 @@ def test_decoded_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(data, "decode_image", boom)
     again = load_split(tmp_path / "d", "train", SIZE, cache_dir=cache)
-    assert isinstance(again.x, np.memmap)
+    assert isinstance(again.x, data.MappedImages) and isinstance(again.x[:2], np.memmap)
     assert np.array_equal(np.asarray(again.x), first.x)
     assert np.array_equal(again.y, first.y) and again.paths == first.paths
     assert again.fingerprint == first.fingerprint

@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.evaluation.finalize import finalize_jobs, run_finalize
+    from tune.evaluation.finalize import run_finalize
+    from tune.evaluation.jobs import finalize_jobs
 
     cache_budget(a)
     folder = run_folder(a)

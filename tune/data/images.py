@@ -4,9 +4,10 @@ Layout: ROOT/{train,valid,test}/{Fake,Real}/* (also validation/ or val/, any let
 Label convention: Fake = 1 (the positive class), Real = 0.
 
 Images are decoded and resized once, into a uint8 array (N, 3, S, S). When a cache folder is
-given the array lives in a memory-mapped .npy keyed by the split's content fingerprint and the
-size, so every trial on a machine shares one decoded copy. Train-time augmentation is
-tune/data/augment.py's.
+given the array lives in a .npy keyed by the split's content fingerprint and the size, written a block
+at a time and mapped read-only by every reader (tune/data/mapped.py), so every trial and finalize job on
+a machine shares one decoded copy, and a pickled ImageSet carries the file's path, never its pixels.
+Train-time augmentation is tune/data/augment.py's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,19 +23,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
 
 from tune import FAKE, REAL
-from tune.core import UserError
+from tune.core import atomic_write_bytes
+from tune.data.decode import MAX_PIXELS, LiveImages, decode_image, decode_rgb, resize_rgb  # noqa: F401 - their old home
+from tune.data.mapped import DataError, MappedImages, file_lock, write_rows
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation", "val"), "test": ("test",)}
 CLASS_LABELS = {"fake": FAKE, "real": REAL}
-MAX_PIXELS = 64_000_000  # refuse decompression bombs (PIL's own default warns at 89 M)
-
-
-class DataError(UserError):
-    pass
 
 
 @dataclass
@@ -48,10 +45,11 @@ class SplitFiles:
 
 @dataclass
 class ImageSet:
-    """Decoded images of one split: x is uint8 (N, 3, S, S), possibly a read-only memmap."""
+    """Decoded images of one split: x is uint8 (N, 3, S, S): in memory, mapped from the decoded cache
+    (MappedImages), or decoded at every use (LiveImages, --no-cache)."""
 
     split: str
-    x: np.ndarray
+    x: np.ndarray | MappedImages | LiveImages
     y: np.ndarray  # float32 labels, 1 = Fake
     paths: list[str]
     fingerprint: str
@@ -59,6 +57,17 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # x pickles as itself: a MappedImages as its path (then _restore decodes it on a node without the file),
+        # LiveImages as its paths; only an in-memory array (no decoded cache) carries its pixels
+        return (_restore, (self.split, self.x, self.y, self.paths, self.fingerprint, self.skipped))
+
+
+def _restore(split: str, x: Any, y: np.ndarray, paths: list[str], fingerprint: str, skipped: list[str]) -> ImageSet:
+    if isinstance(x, MappedImages) and not x.exists():
+        _rebuild(x, paths)
+    return ImageSet(split, x, y, paths, fingerprint, skipped)
 
 
 def _child_ci(parent: Path, names: tuple[str, ...]) -> Path | None:
@@ -148,79 +157,72 @@ def fingerprint(files: SplitFiles) -> str:
     return h.hexdigest()[:20]
 
 
-def decode_image(src: Path | bytes, size: int) -> np.ndarray:
-    """One image (a file, or its bytes) → uint8 (3, size, size) RGB. Raises ValueError with a short
-    reason when it can't (OSError when a file cannot be opened)."""
-    return resize_rgb(decode_rgb(src), size)
+DECODE_BLOCK = 256  # images decoded at a time: memory stays at about one block (39 MB at 224 px)
 
 
-def resize_rgb(im: Image.Image, size: int) -> np.ndarray:
-    """An RGB image → uint8 (3, size, size): the one resize every model input goes through."""
-    rgb = im.resize((size, size), Image.BILINEAR)
-    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+def _decoded_blocks(files: SplitFiles, size: int, bad: list[tuple[Path, str]]) -> Iterator[np.ndarray]:
+    """The readable images of `files` in order, uint8 (B, 3, size, size), a block at a time; each
+    unreadable one is appended to `bad` with the reason."""
+    n = len(files.paths)
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        for start in range(0, n, DECODE_BLOCK):
+            block = np.empty((min(DECODE_BLOCK, n - start), 3, size, size), dtype=np.uint8)
+
+            def one(j: int, block: np.ndarray = block, start: int = start) -> bool:
+                try:
+                    block[j] = decode_image(files.paths[start + j], size)
+                    return True
+                except (ValueError, OSError) as e:
+                    bad.append((files.paths[start + j], str(e)))
+                    return False
+
+            ok = np.fromiter(pool.map(one, range(len(block))), dtype=bool, count=len(block))
+            yield block if ok.all() else block[ok]
 
 
-def decode_rgb(src: Path | bytes) -> Image.Image:
-    """One image (a file, or its bytes) → an RGB PIL image at its native size (errors as decode_image)."""
-    if (len(src) if isinstance(src, bytes) else Path(src).stat().st_size) == 0:
-        raise ValueError("zero bytes")
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
+def _kept(files: SplitFiles, bad: list[tuple[Path, str]], label: str, skip_bad: bool) -> np.ndarray:
+    """Indices of the images kept after decoding; refuses bad images (unless skipped) and a missing class."""
+    bad = sorted(bad)
+    if bad and not skip_bad:
+        listing = "; ".join(f"{p} ({why})" for p, why in bad[:50])
+        more = f"; and {len(bad) - 50} more" if len(bad) > 50 else ""
+        raise DataError(f"{len(bad)} bad image(s) in {label}: {listing}{more} "
+                        "(expected readable jpg/jpeg/png/bmp/webp; --skip-bad-images skips them)")
+    bad_set = {p for p, _ in bad}
+    keep = np.asarray([i for i, p in enumerate(files.paths) if p not in bad_set], dtype=np.int64)
+    if len(keep) == 0:
+        raise DataError(f"no readable images in {label}")
+    y = np.asarray([files.labels[i] for i in keep])
+    for cls, lab in (("Fake", FAKE), ("Real", REAL)):
+        if not (y == lab).any():
+            raise DataError(f"{label} has no readable {cls} images")
+    return keep
+
+
+def _rebuild(x: MappedImages, paths: list[str]) -> None:
+    """Decode a split's kept images again into the file its handle names: a node of a cluster that has no
+    copy of the driver's decoded cache makes its own, once (other processes there wait for it)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise ValueError(f"decompression bomb refused ({im.width}x{im.height} pixels)")
-                im.load()
-                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    # 16-bit greyscale: scale the full 16-bit range to 8 bits rather than clip. A fixed
-                    # scale, not the image's own maximum: a dark image must not come out white.
-                    arr = np.asarray(im, dtype=np.float64)
-                    top = 65535.0 if arr.max() <= 65535 else arr.max()
-                    im = Image.fromarray(np.clip(arr * (255.0 / top) + 0.5, 0, 255).astype(np.uint8))
-                elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                    im = im.convert("RGBA")
-                rgb = im.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ValueError(f"decompression bomb refused ({e})") from None
-    except ValueError:
-        raise
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt/truncated files
-        raise ValueError(f"unreadable: {str(e).strip() or type(e).__name__}"[:160]) from None
-    return rgb
+        with file_lock(Path(x.path).with_suffix(".lock")):
+            if not x.exists():
+                _redecode(x, paths)
+    except OSError as e:  # a node where the driver's cache folder cannot be made: one clear line
+        raise DataError(f"cannot write the decoded images at {x.path} on this machine ({e.strerror or e}); every "
+                        "node needs the cache folder writable at the same path") from None
 
 
-def _decode_all(files: SplitFiles, size: int) -> tuple[np.ndarray, list[tuple[Path, str]]]:
-    x = np.zeros((len(files.paths), 3, size, size), dtype=np.uint8)
+def _redecode(x: MappedImages, paths: list[str]) -> None:
+    files = SplitFiles("rebuild", [Path(p) for p in paths], [REAL] * len(paths))
     bad: list[tuple[Path, str]] = []
 
-    def one(i: int) -> None:
-        try:
-            x[i] = decode_image(files.paths[i], size)
-        except (ValueError, OSError) as e:
-            bad.append((files.paths[i], str(e)))
+    def blocks() -> Iterator[np.ndarray]:
+        yield from _decoded_blocks(files, x.shape[-1], bad)
+        if bad:
+            raise DataError(f"cannot decode the images again at {x.path} on this machine: {len(bad)} of "
+                            f"{len(paths)} unreadable here (e.g. {bad[0][0]}: {bad[0][1]}); every node needs "
+                            "the dataset at the same path")
 
-    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-        list(pool.map(one, range(len(files.paths))))
-    return x, sorted(bad)
-
-
-class LiveImages:
-    """Decodes from disk on every access, as the usual pipeline does every epoch (`--no-cache`).
-
-    Indexable like the decoded uint8 array it stands in for, so training code does not care.
-    """
-
-    def __init__(self, paths: list[str], size: int) -> None:
-        self.paths, self.size = paths, size
-        self.shape = (len(paths), 3, size, size)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, idx: Any) -> np.ndarray:
-        rows = np.arange(len(self.paths))[idx]
-        return np.stack([decode_image(Path(self.paths[i]), self.size) for i in np.atleast_1d(rows)])
+    write_rows(Path(x.path), len(paths), x.shape[1:], blocks())
 
 
 def load_split(root: Path, split: str, size: int, *, skip_bad: bool = False,
@@ -237,52 +239,47 @@ def load_files(files: SplitFiles, size: int, *, label: str, skip_bad: bool = Fal
                live: bool = False) -> ImageSet:
     """Fingerprint and decode listed images (a split, or a held-out source: tune/data/heldout.py) into an ImageSet
     named `files.split`; `label` says what they are in error messages. Both classes must be readable."""
-    if live:
-        s = load_files(files, size, label=label, skip_bad=skip_bad, cache_dir=None)
-        return ImageSet(s.split, LiveImages(s.paths, size), s.y, s.paths, s.fingerprint, s.skipped)  # type: ignore[arg-type]
-    split = files.split
-    fp = fingerprint(files)
+    bad: list[tuple[Path, str]] = []
+    if live:  # every image checked once, a block at a time; none kept
+        for _ in _decoded_blocks(files, size, bad):
+            pass
+        keep = _kept(files, bad, label, skip_bad)
+        paths = [str(files.paths[i]) for i in keep]
+        return ImageSet(files.split, LiveImages(paths, size), np.asarray([files.labels[i] for i in keep],
+                        dtype=np.float32), paths, fingerprint(files), [str(p) for p, _ in sorted(bad)])
+    split, fp = files.split, fingerprint(files)
+    if cache_dir is None:  # in memory (tests, a cache turned off): filled a block at a time
+        x = np.empty((len(files.paths), 3, size, size), dtype=np.uint8)
+        rows = 0
+        for b in _decoded_blocks(files, size, bad):
+            x[rows:rows + len(b)] = b
+            rows += len(b)
+        keep = _kept(files, bad, label, skip_bad)
+        return ImageSet(split, x[:rows], np.asarray([files.labels[i] for i in keep], dtype=np.float32),
+                        [str(files.paths[i]) for i in keep], fp, [str(p) for p, _ in sorted(bad)])
     # v2: 16-bit images are scaled by a fixed 65535 instead of each image's maximum.
-    cached = Path(cache_dir) / f"decoded-v2-{fp}-{size}.npz" if cache_dir else None
-    if cached is not None and cached.exists():
-        with np.load(cached, allow_pickle=False) as z:
-            keep = z["keep"]
-        x = np.load(cached.with_suffix(".npy"), mmap_mode="r")
-        kept = [files.paths[i] for i in keep]
-        keep_set = set(keep.tolist())
-        skipped = [str(p) for i, p in enumerate(files.paths) if i not in keep_set]
-        if skipped and not skip_bad:
-            raise DataError(f"{len(skipped)} unreadable image(s) in {files.split_dir}: "
-                            f"{', '.join(skipped[:20])} (use --skip-bad-images to skip them)")
-        y = np.asarray([files.labels[i] for i in keep], dtype=np.float32)
-        return ImageSet(split, x, y, [str(p) for p in kept], fp, skipped)
+    marker = Path(cache_dir) / f"decoded-v2-{fp}-{size}.npz"  # the kept indices; written last, it marks completion
+    if not marker.exists():
+        with file_lock(marker.with_suffix(".lock")):  # one process per machine decodes; the others then map it
+            if not marker.exists():
+                def blocks() -> Iterator[np.ndarray]:
+                    yield from _decoded_blocks(files, size, bad)
+                    _kept(files, bad, label, skip_bad)  # refused here: the file is never committed
 
-    x, bad = _decode_all(files, size)
-    if bad and not skip_bad:
-        listing = "; ".join(f"{p} ({why})" for p, why in bad[:50])
-        more = f"; and {len(bad) - 50} more" if len(bad) > 50 else ""
-        raise DataError(f"{len(bad)} bad image(s) in {label}: {listing}{more} "
-                        "(expected readable jpg/jpeg/png/bmp/webp; --skip-bad-images skips them)")
-    bad_set = {p for p, _ in bad}
-    keep = np.asarray([i for i, p in enumerate(files.paths) if p not in bad_set], dtype=np.int64)
-    if len(keep) == 0:
-        raise DataError(f"no readable images in {label}")
-    x = x[keep] if len(bad) else x
+                write_rows(marker.with_suffix(".npy"), len(files.paths), (3, size, size), blocks())
+                buf = io.BytesIO()
+                np.savez(buf, keep=_kept(files, bad, label, skip_bad))
+                atomic_write_bytes(marker, buf.getvalue())
+    with np.load(marker, allow_pickle=False) as z:
+        keep = z["keep"]
+    x = MappedImages.open(marker.with_suffix(".npy"))
+    keep_set = set(keep.tolist())
+    skipped = [str(p) for i, p in enumerate(files.paths) if i not in keep_set]
+    if skipped and not skip_bad:
+        raise DataError(f"{len(skipped)} unreadable image(s) in {files.split_dir}: "
+                        f"{', '.join(skipped[:20])} (use --skip-bad-images to skip them)")
     y = np.asarray([files.labels[i] for i in keep], dtype=np.float32)
-    for cls, lab in (("Fake", FAKE), ("Real", REAL)):
-        if not (y == lab).any():
-            raise DataError(f"{label} has no readable {cls} images")
-    if cached is not None:
-        from tune.core import atomic_write_bytes
-
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, x)
-        os.replace(tmp, cached.with_suffix(".npy"))
-        buf = io.BytesIO()
-        np.savez(buf, keep=keep)
-        atomic_write_bytes(cached, buf.getvalue())  # written last: its presence marks the cache complete
-    return ImageSet(split, x, y, [str(files.paths[i]) for i in keep], fp, [str(p) for p, _ in bad])
+    return ImageSet(split, x, y, [str(files.paths[i]) for i in keep], fp, skipped)
 
 
 def to_float(x: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -276,8 +276,12 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            # spawn, not fork: forking a process whose OpenMP threads already ran can deadlock
-            with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            from tune.evaluation.jobs import capped_jobs
+
+            jobs = capped_jobs(jobs, len(pending), [train, valid, test, *held_out], log)
+            # spawn, not fork: forking a process whose OpenMP threads already ran can deadlock. Each job is sent
+            # the ImageSets pickled: the decoded cache's path, which it maps (tune/data/mapped.py).
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = {(c.name, i): pool.submit(finalize_seed, c, info.seed + i, info, data, features, print)
                            for c, i in pending}
                 records = {c.name: [futures[c.name, i].result() if (c.name, i) in futures else
@@ -312,12 +316,3 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     log(f"wrote {info.run.comparison('{md,csv,json}')}, the winners in {info.run.model('*').parent}, "
         f"{len(plots)} plot(s) in {info.run.plot('*').parent} and {write_report(info.run_dir, log=log)}")
     return cmp
-
-
-def finalize_jobs(run_dir: Path) -> int:
-    """As many retrainings at once as the machine has room for at the trials' CPUs per trial."""
-    import os
-
-    return max(1, (os.cpu_count() or 1) // read_run(run_dir).threads)
-
-

@@ -67,7 +67,8 @@ class SearchOptions:
 
 @dataclass
 class TrialData:
-    """What every trial needs besides its config; Ray puts it in the object store once per search."""
+    """What every trial needs besides its config; Ray puts it in the object store once per search. Small: the
+    splits pickle as their decoded cache's path, which each trial maps (tune/data/mapped.py)."""
 
     train: ImageSet
     valid: ImageSet

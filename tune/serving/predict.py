@@ -45,52 +45,76 @@ def collect_images(inputs: list[Path]) -> list[Path]:
     return found
 
 
+CHUNK = 256  # images decoded at a time: a folder of any size never sits in memory whole (a multiple of the
+# model's batch, so batches hold the same images as when scored all at once, and the numbers are the same)
+
+
 def predict(loaded: LoadedModel, files: list[Path], explain_to: Path | None = None) -> list[Prediction]:
-    """Score the files; with `explain_to`, write each scored image's map and overlay there too."""
+    """Score the files, CHUNK readable images at a time; with `explain_to`, write each scored image's map and
+    overlay there too, then explain.csv listing them all."""
     import numpy as np
 
     rows = [Prediction(str(f), math.nan, "") for f in files]
+    explained = Explanations(loaded, explain_to) if explain_to is not None else None
     good: list[int] = []
     pixels: list[np.ndarray] = []
+
+    def score() -> None:
+        x = np.stack(pixels)
+        for i, p in zip(good, loaded.probabilities(x)):
+            rows[i].p_fake = float(p)
+            rows[i].label = loaded.label(float(p))
+        if explained is not None:
+            explained.add(x, [rows[i] for i in good])
+        good.clear()
+        pixels.clear()
+
     for i, f in enumerate(files):
         try:
             pixels.append(loaded.decode(f))
             good.append(i)
         except (ValueError, OSError) as e:  # decode_image's ValueError; OSError: missing or unreadable file
             rows[i].error = str(e) if isinstance(e, ValueError) else f"cannot open: {e.strerror or e}"
-    if good:
-        x = np.stack(pixels)
-        probs = loaded.probabilities(x)
-        for i, p in zip(good, probs):
-            rows[i].p_fake = float(p)
-            rows[i].label = loaded.label(float(p))
-        if explain_to is not None:
-            write_explanations(loaded, x, [rows[i] for i in good], explain_to)
+        if len(pixels) == CHUNK:
+            score()
+    if pixels:
+        score()
+    if explained is not None:
+        explained.finish()
     return rows
 
 
-def write_explanations(loaded: LoadedModel, x: np.ndarray, rows: list[Prediction], out: Path) -> None:
+class Explanations:
     """NAME.cam.png and NAME.cam.npy per image (NAME: the file's stem, numbered on repeats; the suffix
-    keeps an overlay from ever replacing an input image), then explain.csv, each written atomically."""
-    from tune.models import explain
+    keeps an overlay from ever replacing an input image), each written atomically as its chunk is scored,
+    then explain.csv."""
 
-    taken: set[str] = set()
-    index = io.StringIO()
-    w = csv.writer(index, lineterminator="\n")
-    w.writerow(["path", "p_fake", "label", "overlay", "map"])
-    cams = (cam for i in range(0, len(x), explain.BATCH)  # a batch of maps in memory at a time
-            for cam in explain.gradcam(loaded.model, loaded.arch, x[i:i + explain.BATCH]).cam)
-    for r, image, cam in zip(rows, x, cams):
-        name, k = Path(r.path).stem, 1
-        while name in taken:
-            k += 1
-            name = f"{Path(r.path).stem}-{k}"
-        taken.add(name)
-        atomic_write_bytes(out / f"{name}.cam.png",
-                           explain.png(explain.overlay(image, cam, explain.caption(r.p_fake, r.label))))
-        atomic_write_bytes(out / f"{name}.cam.npy", explain.npy(cam))
-        w.writerow([r.path, repr(r.p_fake), r.label, f"{name}.cam.png", f"{name}.cam.npy"])
-    atomic_write_text(out / "explain.csv", index.getvalue())
+    def __init__(self, loaded: LoadedModel, out: Path) -> None:
+        self.loaded, self.out = loaded, out
+        self.taken: set[str] = set()
+        self.index = io.StringIO()
+        self.w = csv.writer(self.index, lineterminator="\n")
+        self.w.writerow(["path", "p_fake", "label", "overlay", "map"])
+
+    def add(self, x: np.ndarray, rows: list[Prediction]) -> None:
+        from tune.models import explain
+
+        loaded = self.loaded
+        cams = (cam for i in range(0, len(x), explain.BATCH)  # a batch of maps in memory at a time
+                for cam in explain.gradcam(loaded.model, loaded.arch, x[i:i + explain.BATCH]).cam)
+        for r, image, cam in zip(rows, x, cams):
+            name, k = Path(r.path).stem, 1
+            while name in self.taken:
+                k += 1
+                name = f"{Path(r.path).stem}-{k}"
+            self.taken.add(name)
+            atomic_write_bytes(self.out / f"{name}.cam.png",
+                               explain.png(explain.overlay(image, cam, explain.caption(r.p_fake, r.label))))
+            atomic_write_bytes(self.out / f"{name}.cam.npy", explain.npy(cam))
+            self.w.writerow([r.path, repr(r.p_fake), r.label, f"{name}.cam.png", f"{name}.cam.npy"])
+
+    def finish(self) -> None:
+        atomic_write_text(self.out / "explain.csv", self.index.getvalue())
 
 
 def render_csv(rows: list[Prediction]) -> str:
