@@ -125,7 +125,7 @@ def test_prefetched_keeps_order_bounds_the_queue_and_raises() -> None:
 
 def test_worker_counts() -> None:
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert [loader_workers(-1, t, cpu) for t in (1, 2, 4, 8)] == [1, 1, 2, 4]
+    assert [loader_workers(-1, t, cpu) for t in (1, 2, 4, 8)] == [0, 1, 2, 4]
     assert [loader_workers(-1, t, gpu) for t in (1, 4)] == [1, 4]
     assert loader_workers(0, 8, cpu) == 0 and loader_workers(3, 1, cpu) == 3
 
