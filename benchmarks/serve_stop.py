@@ -65,6 +65,7 @@ def one_run(model: Path, body: bytes, sig: signal.Signals, cpu_load: bool, clien
             raise SystemExit("the server did not start:\n" + "".join(lines)[-3000:])
         burners = Burners(60.0) if cpu_load else None
         load = Load(port, body, clients).start()
+        load.wait_answered(clients)  # serving under this load before the warm-up clock starts
         time.sleep(warm)
         stopped = stop_server(proc, mark, sig, timeout=90, linger=30, load=load)
         load.stop()

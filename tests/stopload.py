@@ -101,6 +101,13 @@ class Load:
         for t in self._threads:
             t.join(35)
 
+    def wait_answered(self, n: int = 1, timeout: float = 60.0) -> None:
+        """Until `n` requests have been answered (the server is serving, not still warming up its model on
+        busy cores), at most `timeout` seconds; then the test's own assertions say what happened."""
+        deadline = time.monotonic() + timeout
+        while sum(self.statuses.values()) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def count(self, phase: str, *, errors: bool = False) -> int:
         source = self.errors if errors else self.statuses
         return sum(n for k, n in source.items() if k.startswith(phase + " "))

@@ -68,3 +68,35 @@ def test_a_pickled_budget_keeps_the_drivers_clock_wherever_the_run_moved() -> No
     assert restored.expired() and restored.next_arch({"a": Usage(), "b": Usage()}) is None
     Budget(("a",)).start(slots=1)  # the next experiment of this process: no time limit
     assert not restored.expired()
+
+
+class _Child:
+    """An architecture's study as ArchSearcher sees it: results pass through, nothing to sample."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+
+def test_a_trial_is_charged_the_wall_time_it_held_its_slot_not_only_its_reported_time(monkeypatch, tmp_path) -> None:
+    """Ray's time_total_s leaves out each report's checkpoint; the searcher charges the driver's wall time since
+    the trial's training began, and a trial restored by --resume goes on from what it was charged."""
+    import tune.search.searcher as searcher
+
+    now = [1000.0]
+    monkeypatch.setattr(searcher.time, "time", lambda: now[0])
+    s = searcher.ArchSearcher({"a": _Child()}, Budget(archs=("a",), seconds=60), metric="m", mode="max")  # type: ignore[dict-item]
+    s.owner["t1"] = "a"
+    s.on_trial_result("t1", {"time_total_s": 2.0})  # its training began 2 s ago
+    now[0] += 5.0
+    s.on_trial_result("t1", {"time_total_s": 5.5})  # 1.5 s of those 5 went to checkpoints
+    assert s.seconds["t1"] == 7.0 and s.usage()["a"].used_s == 7.0
+    s.save(str(tmp_path / "state.pkl"))
+    now[0] += 600.0  # the stop, and the time until --resume
+    s.restore(str(tmp_path / "state.pkl"))
+    s.on_trial_result("t1", {"time_total_s": 6.0})  # restored from its checkpoint: charged on from 7 s, not 607
+    now[0] += 1.0
+    s.on_trial_complete("t1", {"time_total_s": 6.5})
+    assert s.seconds["t1"] == 8.0 and s.usage()["a"].finished == 1

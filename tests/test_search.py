@@ -340,7 +340,10 @@ def test_a_time_budget_ends_the_search_and_shares_trial_time(ray_session, tmp_pa
     # for custom_cnn's 113 epochs, 1.7 s for mobilenet_v2's 40, in the same slot time).
     per_arch = {a: sum(t[1] - t[0] for t in ts) for a, ts in spans(run_dir).items()}
     assert set(per_arch) == {"custom_cnn", "mobilenet_v2"}
-    assert max(per_arch.values()) <= 1.15 * min(per_arch.values()), per_arch  # within 15% of each other
+    # Within 30% of each other: a slot freed in the budget's last seconds goes to one architecture only, and
+    # trials here are 10-20 s long in a 30 s budget (fresh-clone CI once saw 22.8 s vs 17.1 s, when the searcher
+    # still charged Ray's time_total_s). The rule itself is tested exactly in tests/test_budget.py.
+    assert max(per_arch.values()) <= 1.3 * min(per_arch.values()), per_arch
     assert (df["ended"] == "time_budget").any() and df["ended"].isin(["time_budget", "completed"]).all(), df
     assert len(df) > 2 * 2  # more than the space's "trials: 2": a time budget alone samples until it is spent
     optuna_agrees(run_dir)

@@ -385,7 +385,10 @@ def test_sigterm_under_load_on_busy_cores_stops_within_10_s(model_files: tuple[P
         with Burners(seconds=60):
             load = Load(srv.port, srv.images[0].read_bytes(), clients=4).start()
             try:
-                time.sleep(3)
+                # Signal once it is answering: a fixed sleep of 3 s once ended before the first answer on a slow
+                # CI machine, and the test then measured a server that never served under this load.
+                load.wait_answered(4)
+                time.sleep(1)
                 stopped = stop_server(srv.proc, srv.mark, signal.SIGTERM, timeout=30, linger=0, load=load)
             finally:
                 load.stop()
