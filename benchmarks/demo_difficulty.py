@@ -1,10 +1,11 @@
 """How hard is the built-in demo dataset? Prints generation seconds, a colour-statistics baseline and
 the notebook's fixed CNN recipe's test ROC-AUC.
 
-    python benchmarks/demo_difficulty.py [--n-per-class 500] [--size 128] [--seed 0] [--out DIR]
+    python benchmarks/demo_difficulty.py [--n-per-class 500] [--size 128] [--seed 0] [--generator tconv] [--out DIR]
 
 Targets (see tune/data/builtin.py): generation <= 60 s at the defaults; logistic regression on
-per-channel mean/std <= 0.65 AUC (no colour shortcut); the CNN between 0.70 and 0.95 test AUC.
+per-channel mean/std <= 0.65 AUC (no colour shortcut); the CNN between 0.70 and 0.95 test AUC. --generator
+checks another family of the generator zoo (tune/data/zoo/__init__.py) the same way.
 """
 
 from __future__ import annotations
@@ -116,12 +117,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=DEFAULT_SIZE)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--generator", default="tconv", help="the zoo family making the fakes (default: %(default)s)")
     ap.add_argument("--out", type=Path, help="where to write the dataset (default: a temporary folder)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "demo"
-        summary = generate_demo_data(out, n_per_class=args.n_per_class, size=args.size, seed=args.seed)
+        summary = generate_demo_data(out, n_per_class=args.n_per_class, size=args.size, seed=args.seed,
+                                     generator=args.generator)
         print(f"generation: {summary['seconds']:.1f} s for {2 * args.n_per_class} images at {args.size} px")
         data = {s: load_split(out, s) for s in ("train", "valid", "test")}
     print(f"colour-statistics logistic regression test AUC: {colour_auc(data['train'], data['test']):.3f}")

@@ -3,6 +3,11 @@ protocol on the built-in data, one search, several selection rules on the same t
 
     python benchmarks/generalisation.py [--n-per-class 500] [--test-n-per-class 1000] [--size 128]
                                         [--trials 6] [--epochs 6] [--repeats 3] [--resamples 1000]
+    python benchmarks/generalisation.py --zoo [--n-per-class N] [--size S] [--trials T] [--epochs E]
+
+With --zoo, the cross-family protocol instead: the generator zoo's families, each in turn trained on, another
+held out for validation, the rest tested (benchmarks/zoo_protocol.py says how). A small run on 2 cores:
+--zoo --n-per-class 200 --size 64 --trials 2 --epochs 3 (docs/heldout.md has its numbers and time).
 
 Data: `demo-data` with seeds 0, 1 and 2 (three autoencoder generators), every one cutting the photos with
 tiles seed 0, so no photo region crosses roles (tests/test_demo_data.py checks it):
@@ -89,9 +94,20 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def one_search(work: Path, gens: dict[int, Path], seed: int, a: argparse.Namespace) -> dict[str, Any]:
-    """One search (space seed `seed`), every rule's pick from its trials, each pick retrained and scored on both
-    test sets: {"points", "rows": {test: [(rule, pick, val_auc, xval_auc, auc, low, high, vs)]}, "seconds"}."""
+def start_ray() -> None:
+    import ray
+
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+
+
+def search_and_pick(work: Path, train: Path, held_out: tuple[str, Path], tests: dict[str, Path], seed: int,
+                    a: argparse.Namespace, name: str, per_arch: bool = False) -> dict[str, Any]:
+    """One search (space seed `seed`) on the dataset `train` with the held-out validation source `held_out` (its name
+    in xval[NAME]_auc, a folder of Fake/ and Real/). Every rule's pick from its trials (with `per_arch`, also each
+    architecture's own pick by each rule), each pick retrained and scored on every test split (read only here, at
+    the end). Returns {"points", "trials", "picks": {(method, rule): (arch, trial, epoch row)}, "probs": {(arch,
+    trial, epoch): {test: P(fake)}}, "tests": {test: ImageSet}, "seconds", "sizes"}; method "any" is the pick over
+    all architectures."""
     import ray
     import torch
 
@@ -104,43 +120,59 @@ def one_search(work: Path, gens: dict[int, Path], seed: int, a: argparse.Namespa
     from tune.training.loop import fit
 
     t0 = time.time()
-    held_out = work / "gen1"  # the source's name in xval[gen1]_auc
-    if not held_out.exists():
-        held_out.symlink_to(gens[1] / "valid", target_is_directory=True)
-    space = work / f"space{seed}.yaml"
+    link = work / held_out[0]  # the source's name in xval[NAME]_auc
+    if not link.exists():
+        link.symlink_to(held_out[1], target_is_directory=True)
+    space = work / f"space-{name}.yaml"
     space.write_text(SPACE.format(seed=seed, size=a.size, trials=a.trials, epochs=a.epochs))
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()  # the zoo's six searches share one Ray session (its start-up is slow)
+    if started:
+        start_ray()
     try:
-        run_dir = run_search(SearchOptions(space=space, data=gens[0], name=f"generalisation-seed{seed}",
-                                           results=work / "results", cache_dir=work / "cache",
-                                           valid_extra=[held_out]))
+        run_dir = run_search(SearchOptions(space=space, data=train, name=name, results=work / "results",
+                                           cache_dir=work / "cache", valid_extra=[link]))
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     info = read_run(run_dir)
     trials = {(arch, t.trial_id): t.results for arch in info.space["architectures"]
               for t in read_trials(Run(run_dir), info.meta, arch)}
     points = [(arch, tid, r) for (arch, tid), rows in trials.items() for r in rows]  # every (trial, epoch)
-    picks = {rule: points[best_index([metric_value(r, rule) for *_, r in points], "max")] for rule in RULES}
+    methods = {"any": points} | ({arch: [p for p in points if p[0] == arch] for arch in info.space["architectures"]}
+                                 if per_arch else {})
+    picks = {(m, rule): pts[best_index([metric_value(r, rule) for *_, r in pts], "max")]
+             for m, pts in methods.items() for rule in RULES}
 
-    train, valid = load_train_valid(info, work / "cache")
+    train_set, valid = load_train_valid(info, work / "cache")
     extra = load_heldout(info, work / "cache")
-    tests = {name: load_split(gens[g], "test", a.size) for name, g in TESTS.items()}  # read once, at the end
+    test_sets = {t: load_split(root, "test", a.size) for t, root in tests.items()}  # read once, at the end
     probs: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
     threads = torch.get_num_threads()
-    for rule, (arch, tid, row) in picks.items():
+    for (_, rule), (arch, tid, row) in picks.items():
         key = (arch, tid, int(row["epoch"]))
         if key in probs:
             continue
         # The pick is its trial's best epoch by `rule` (ties: the first), so retraining with that monitor, no
         # early stop, up to that epoch keeps exactly its weights; the recorded numbers must come back bit for bit.
         cfg = trial_config(info, arch, tid).replace(monitor=rule, patience=a.epochs)
-        result = fit(cfg, train, valid, extra=extra, cache_dir=work / "cache" / "features", log=None,
+        result = fit(cfg, train_set, valid, extra=extra, cache_dir=work / "cache" / "features", log=None,
                      stop_after=key[2])
         same = all(got[k] == rec[k] for got, rec in zip(result.history, trials[arch, tid])
                    for k in ("train_loss", "val_loss", "val_auc", "xval_auc"))
         assert result.best_epoch == key[2] and same, (key, result.best_epoch, same)
-        probs[key] = {name: probabilities(result.model, s.x) for name, s in tests.items()}
+        probs[key] = {t: probabilities(result.model, s.x) for t, s in test_sets.items()}
     torch.set_num_threads(threads)
+    return {"points": points, "picks": picks, "probs": probs, "tests": test_sets, "seconds": time.time() - t0,
+            "sizes": (len(train_set), len(valid), len(extra[0]), {t: len(s) for t, s in test_sets.items()})}
+
+
+def one_search(work: Path, gens: dict[int, Path], seed: int, a: argparse.Namespace) -> dict[str, Any]:
+    """The three-generator protocol's search (space seed `seed`): every rule's pick scored on both test sets:
+    {"points", "rows": {test: [(rule, pick, val_auc, xval_auc, auc, low, high, vs)]}, "seconds", "sizes"}."""
+    found = search_and_pick(work, gens[0], ("gen1", gens[1] / "valid"), {t: gens[g] for t, g in TESTS.items()}, seed,
+                            a, name=f"generalisation-seed{seed}")
+    picks = {rule: pick for (_, rule), pick in found["picks"].items()}
+    probs, tests = found["probs"], found["tests"]
     ref = (picks["val_auc"][0], picks["val_auc"][1], int(picks["val_auc"][2]["epoch"]))
     rows: dict[str, list[tuple[Any, ...]]] = {}
     for name, s in tests.items():
@@ -155,8 +187,7 @@ def one_search(work: Path, gens: dict[int, Path], seed: int, a: argparse.Namespa
             p = stats.paired_p_value(boot[key]["auc"], boot[ref]["auc"], auc - ref_auc)
             rows[name].append((rule, key, row["val_auc"], row["xval_auc"], auc, *stats.percentile_interval(
                 boot[key]["auc"]), None if key == ref else (auc - ref_auc, p)))
-    return {"points": points, "rows": rows, "seconds": time.time() - t0, "sizes": (len(train), len(valid),
-            len(extra[0]), {n: len(s) for n, s in tests.items()})}
+    return {"points": found["points"], "rows": rows, "seconds": found["seconds"], "sizes": found["sizes"]}
 
 
 def main() -> None:
@@ -168,10 +199,19 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3, help="searches, with space seeds 0..R-1 (default: %(default)s)")
     ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--zoo", action="store_true", help="the cross-family protocol on the generator zoo (every family "
+                    "--n-per-class; --test-n-per-class and --repeats do not apply)")
     a = ap.parse_args()
     os.environ.setdefault("TUNE_OFFLINE", "1")
     from tune.search.cluster import loopback_only, quiet_ray
 
+    if a.zoo:
+        import zoo_protocol  # next to this script
+
+        quiet_ray()
+        loopback_only()
+        zoo_protocol.run(a, search_and_pick, start_ray, RULES)
+        return
     t_start = time.time()
     gens = {0: generator(0, a.n_per_class, a.size), 1: generator(1, a.n_per_class, a.size),
             2: generator(2, a.test_n_per_class, a.size)}

@@ -13,6 +13,7 @@ from PIL import Image
 
 import tune.data.builtin as dd
 from tune.core import UserError
+from tune.data.zoo import nets
 
 N, SIZE, SEED = 10, 48, 3  # 10 per class -> 6/2/2 train/valid/test
 
@@ -21,7 +22,7 @@ N, SIZE, SEED = 10, 48, 3  # 10 per class -> 6/2/2 train/valid/test
 def fast_ae() -> object:
     """A few autoencoder steps are enough to exercise the pipeline; the full 300 cost ~10 s each time."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(dd, "AE_STEPS", 15)
+    mp.setattr(nets, "STEPS", 15)
     mp.setattr(dd, "AE_POOL", 32)
     yield
     mp.undo()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tune.data.zoo import DEFAULT, FAMILIES
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-data", help="write the built-in real-vs-fake dataset (offline, deterministic)")
@@ -16,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tiles-seed", type=int, help="how the photos are cut into tiles dealt to the splits (default: "
                    "--seed); datasets of several generators with one --tiles-seed share no photo region across "
                    "splits")
+    p.add_argument("--generator", default=DEFAULT, metavar="FAMILY",
+                   help="the generator family that makes the fakes, each leaving other traces (default: %(default)s): "
+                   + "; ".join(f"{f.name}: {f.about}" for f in FAMILIES.values()))
     p.set_defaults(func=run)
 
 
@@ -23,6 +28,7 @@ def run(a: argparse.Namespace) -> int:
     from tune.data import builtin as demo_data
 
     summary = demo_data.generate_demo_data(a.out, n_per_class=a.n_per_class or demo_data.DEFAULT_N_PER_CLASS,
-                                           size=a.size or demo_data.DEFAULT_SIZE, seed=a.seed, tiles_seed=a.tiles_seed)
+                                           size=a.size or demo_data.DEFAULT_SIZE, seed=a.seed, tiles_seed=a.tiles_seed,
+                                           generator=a.generator)
     print(f"wrote the built-in dataset to {a.out}: {summary.get('counts', summary)}")
     return 0

@@ -3,10 +3,12 @@
 Reals are random crops (position, scale, horizontal flip) of colour photographs that ship inside
 our dependencies (scikit-image, scikit-learn, matplotlib), so nothing is downloaded.
 
-Fakes imitate the AutoGAN simulator (Zhang, Karaman & Chang 2019): a small convolutional
+Fakes imitate the AutoGAN simulator (Zhang, Karaman & Chang 2019) by default: a small convolutional
 autoencoder, trained briefly on crops from the train region, re-synthesizes either the whole crop
 or a soft-masked region of it that is blended back (face-swap style). Its transposed convolutions
-leave the up-sampling traces that real detectors learn to see.
+leave the up-sampling traces that real detectors learn to see. `generator` picks another family of
+the zoo (tune/data/zoo/), whose synthesis leaves other traces; with one seed, every family gets the
+same crops, masks and JPEG qualities, so the reals are the same files and only the fakes differ.
 
 Both classes then get the same resize and random JPEG re-compression, and fakes are colour
 corrected to their source crop, so colour statistics, size or file format give nothing away.
@@ -36,9 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from tune.core import UserError
+from tune.data.zoo import DEFAULT, Render, family
 
 DEFAULT_N_PER_CLASS = 500
 DEFAULT_SIZE = 128
@@ -50,10 +52,10 @@ SKIMAGE_SAMPLES = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immun
 TILE = 160       # rough side of a source tile in pixels (every photo gets at least 2x2 tiles)
 WORK = 128       # resolution crops are brought to and the fake generator works at
 MIN_STD = 8.0    # re-draw crops flatter than this (the black borders of retina and hubble)
-# Fake strength, tuned with benchmarks/demo_difficulty.py: the notebook's fixed CNN reaches a test
-# ROC-AUC of 0.855 (seed 0) and 0.797 (seed 1), so the data is learnable but tuning has room to
-# show. Fewer AE steps, more whole-image fakes or higher JPEG quality make fakes easier to catch.
-AE_WIDTH, AE_STEPS, AE_BATCH, AE_PATCH, AE_POOL = 16, 120, 16, 48, 192
+# Fake strength, tuned with benchmarks/demo_difficulty.py (the generator's own, in tune/data/zoo/nets.py): the
+# notebook's fixed CNN reaches a test ROC-AUC of 0.855 (seed 0) and 0.797 (seed 1), so the data is learnable but
+# tuning has room to show. More whole-image fakes or higher JPEG quality make fakes easier to catch.
+AE_POOL = 192                # train-region crops a generator trains on (drawn for every family: same reals)
 WHOLE_SHARE = 0.8            # share of fakes re-synthesized whole; the rest swap a masked region
 JPEG_QUALITY = (60, 95)      # inclusive range, drawn per image, same for both classes
 
@@ -125,44 +127,13 @@ def draw_crop(photo: np.ndarray, tiles: list[Box], rng: np.random.Generator) -> 
     return np.asarray(img), (x, y, x + side, y + side), flip
 
 
-def autoencoder(width: int = AE_WIDTH) -> nn.Sequential:
-    """Strided-conv encoder, transposed-conv decoder: the generator half of AutoGAN, small."""
-    w = width
-    return nn.Sequential(
-        nn.Conv2d(3, w, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(),
-        nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.ReLU(),
-        nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1), nn.ReLU(),
-        nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(),
-        nn.Conv2d(w, 3, 3, padding=1), nn.Sigmoid(),
-    )
-
-
-def train_autoencoder(pool: np.ndarray, seed: int, rng: np.random.Generator) -> nn.Sequential:
-    """About a hundred Adam steps on random patches of train-region crops: deliberately brief, so the
-    re-synthesis is plausible but imperfect, like a real generator's."""
-    with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
-        torch.manual_seed(seed % 2**63)
-        model = autoencoder()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    data = torch.from_numpy(pool).permute(0, 3, 1, 2).float() / 255
-    for _ in range(AE_STEPS):
-        idx = rng.integers(len(data), size=AE_BATCH)
-        y, x = rng.integers(0, WORK - AE_PATCH + 1, size=2)
-        batch = data[idx, :, y:y + AE_PATCH, x:x + AE_PATCH]
-        loss = (model(batch) - batch).abs().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-def synthesize(model: nn.Module, crops: np.ndarray,
+def synthesize(render: Render, crops: np.ndarray,
                rng: np.random.Generator) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Re-synthesize a batch of uint8 crops (N, WORK, WORK, 3). Returns fakes and what was done to each."""
+    """Re-synthesize a batch of uint8 crops (N, WORK, WORK, 3) with a zoo family's renderer. Returns fakes and what
+    was done to each."""
     x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
-        y = model(x)
+        y = render(x)
     # Colour correction, as face-swap pipelines do: match each channel's mean and std to the original.
     dims = (2, 3)
     y = (y - y.mean(dims, keepdim=True)) / (y.std(dims, keepdim=True) + 1e-6)
@@ -219,11 +190,13 @@ def _check_out(out: Path) -> None:
 
 
 def generate_demo_data(out: Path, *, n_per_class: int = DEFAULT_N_PER_CLASS, size: int = DEFAULT_SIZE,
-                       seed: int = 0, tiles_seed: int | None = None) -> dict[str, Any]:
+                       seed: int = 0, tiles_seed: int | None = None, generator: str = DEFAULT) -> dict[str, Any]:
     """Write out/{train,valid,test}/{Fake,Real}/*.jpg plus out/demo_data.json (every image's source,
     crop box and processing). Same arguments, same bytes. Returns a summary of what was written.
-    `tiles_seed` (default `seed`) alone decides how the photos are cut and dealt to the splits."""
+    `tiles_seed` (default `seed`) alone decides how the photos are cut and dealt to the splits;
+    `generator` is the zoo family that makes the fakes (tune/data/zoo/__init__.py names them)."""
     out = Path(out)
+    make = family(generator).make  # an unknown family is one line, before anything is written
     tiles_seed = seed if tiles_seed is None else tiles_seed
     _check_args(out, n_per_class, size, seed, tiles_seed)
     n_per_class, size, seed, tiles_seed = int(n_per_class), int(size), int(seed), int(tiles_seed)  # JSON-safe
@@ -263,17 +236,19 @@ def generate_demo_data(out: Path, *, n_per_class: int = DEFAULT_N_PER_CLASS, siz
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = train_autoencoder(np.stack([crop_for("train")[0] for _ in range(AE_POOL)]), seed, r_ae)
+        render = make(np.stack([crop_for("train")[0] for _ in range(AE_POOL)]), seed, r_ae)
         counts = split_counts(n_per_class)
         for split in SPLITS:
             for _ in range(counts[split]):
                 save(split, "Real", *crop_for(split))
             for i in range(0, counts[split], 64):  # fakes in batches: fast, and bounded memory
                 chunk = [crop_for(split) for _ in range(min(64, counts[split] - i))]
-                done, how = synthesize(model, np.stack([img for img, _ in chunk]), r_fake)
+                done, how = synthesize(render, np.stack([img for img, _ in chunk]), r_fake)
                 for img, (_, meta), h in zip(done, chunk, how, strict=True):
                     save(split, "Fake", img, meta | h)
-        manifest = {"generator": "tune.data.builtin", "seed": seed, "tiles_seed": tiles_seed,
+        # The default family's manifest is the original one, key for key: its datasets stay byte-identical.
+        family_key = {} if generator == DEFAULT else {"family": generator}
+        manifest = {"generator": "tune.data.builtin", **family_key, "seed": seed, "tiles_seed": tiles_seed,
                     "n_per_class": n_per_class, "size": size,
                     "counts": {s: {c: counts[s] for c in ("Fake", "Real")} for s in SPLITS},
                     "sources": names, "tiles": {n: {s: [list(b) for b in t[s]] for s in SPLITS}
