@@ -60,7 +60,7 @@ seed: {seed}
 image_size: {size}
 budget: {{trials: {trials}, max_epochs: {epochs}, grace_period: {epochs}, reduction_factor: 2, patience: {epochs}}}
 resources: {{cpus_per_trial: 1}}
-fixed: {{batch_size: 32}}
+fixed: {{batch_size: 32{fixed}}}
 architectures:
   custom_cnn:
     lr: {{type: loguniform, low: 3.0e-4, high: 3.0e-3}}
@@ -124,7 +124,8 @@ def search_and_pick(work: Path, train: Path, held_out: tuple[str, Path], tests: 
     if not link.exists():
         link.symlink_to(held_out[1], target_is_directory=True)
     space = work / f"space-{name}.yaml"
-    space.write_text(SPACE.format(seed=seed, size=a.size, trials=a.trials, epochs=a.epochs))
+    fixed = "".join(f", {k}: {v}" for k, v in (kv.split("=", 1) for kv in a.fixed))
+    space.write_text(SPACE.format(seed=seed, size=a.size, trials=a.trials, epochs=a.epochs, fixed=fixed))
     started = not ray.is_initialized()  # the zoo's six searches share one Ray session (its start-up is slow)
     if started:
         start_ray()
@@ -199,6 +200,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3, help="searches, with space seeds 0..R-1 (default: %(default)s)")
     ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--fixed", nargs="*", default=[], metavar="KEY=VALUE", help="training options fixed for every "
+                    "trial, e.g. input=npr, resize=crop, augment=cnndetection (the baseline: none)")
     ap.add_argument("--zoo", action="store_true", help="the cross-family protocol on the generator zoo (every family "
                     "--n-per-class; --test-n-per-class and --repeats do not apply)")
     a = ap.parse_args()

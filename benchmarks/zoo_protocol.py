@@ -99,7 +99,8 @@ def run(a: argparse.Namespace, search: Callable[..., dict[str, Any]], start_ray:
     n_train, n_valid, n_held, n_tests = found[families[0]]["sizes"]
     print(f"\nThe zoo at {a.size}px, {len(families)} families, each {n_train} train / {n_valid} valid images, the "
           f"held-out family's valid split ({n_held}), every family's test split ({next(iter(n_tests.values()))}); "
-          f"one search per training family of {a.trials} trials per architecture x {a.epochs} epochs.")
+          f"one search per training family of {a.trials} trials per architecture x {a.epochs} epochs; fixed options: "
+          f"{', '.join(a.fixed) or 'none (rgb, bilinear resize)'}.")
     for rule in MATRIX_RULES:
         print(f"\nTest AUC of the {rule} rule's pick (in: in-domain test; v: the held-out validation family; "
               "mean: over the unseen families)")
