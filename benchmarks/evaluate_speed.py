@@ -41,7 +41,7 @@ from tune.data.images import decode_image, to_float  # noqa: E402
 from tune.data.perturb import parse_perturb  # noqa: E402
 from tune.data.sources import find_sources  # noqa: E402
 from tune.evaluation import evaluate as ev  # noqa: E402
-from tune.runs.inference import load  # noqa: E402
+from tune.inference import load  # noqa: E402
 from tune.training.config import TrainConfig  # noqa: E402
 from tune.training.loop import make_model  # noqa: E402
 

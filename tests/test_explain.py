@@ -16,12 +16,12 @@ from conftest import make_dataset
 from PIL import Image
 
 import tune.cli
+from tune import inference
 from tune.core import atomic_torch_save, atomic_write_json
 from tune.data.images import load_split
 from tune.models import explain
 from tune.models import registry as archs
 from tune.models.detector import Arch, last_unit
-from tune.runs import inference
 from tune.training.config import TrainConfig
 from tune.training.loop import fit, make_model
 

@@ -280,8 +280,8 @@ def seed_scores(run: Path, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_flip_tta_and_ensembles_are_means_of_the_saved_probabilities(finalized: dict[str, Any]) -> None:
+    from tune.inference import load, probabilities
     from tune.metrics.classification import youden_threshold
-    from tune.runs.inference import load, probabilities
 
     run, cmp = finalized["run"], finalized["cmp"]
     ens = {(r["name"], r["variant"]): r for r in cmp["ensembles"]["rows"]}
@@ -393,9 +393,9 @@ def test_an_old_format_run_folder_still_reports_and_finalize_completes_it(
     the saved weights (no retraining) and gives the numbers of a fresh finalize."""
     import csv
 
+    from tune.inference import load
     from tune.reports.html import build_html
     from tune.reports.tables import comparison_csv, comparison_markdown
-    from tune.runs.inference import load
     from tune.serving.modelcard import describe
 
     run = tmp_path / "tiny"

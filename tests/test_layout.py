@@ -10,8 +10,8 @@ import tune
 
 SRC = Path(tune.__file__).parent
 # Bottom to top: a module may import its own package and the ones before it, never one after it.
-LAYERS = ["core", "metrics", "data", "models", "training", "runs", "search", "reports", "evaluation", "serving",
-          "cli"]
+LAYERS = ["core", "metrics", "data", "models", "training", "inference", "runs", "search", "reports", "evaluation",
+          "serving", "cli"]
 MAX_LINES = 400
 MAX_TOP_LEVEL = 6
 

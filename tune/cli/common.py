@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from tune.core import cache_root
-from tune.runs.inference import MODEL_FILES
+from tune.inference import MODEL_FILES
 
 # Allocator settings measured on a 2-core VM where page faults are expensive: about 2x on torch.
 # glibc reads these when a process starts, so they reach the Ray workers this process starts;

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tune.cli.common import add_storage, run_folder
 from tune.core import UserError
-from tune.runs.inference import MODEL_FILES
+from tune.inference import MODEL_FILES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

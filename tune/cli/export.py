@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tune.runs.inference import MODEL_FILES
+from tune.inference import MODEL_FILES
 from tune.serving.export import FORMATS
 
 

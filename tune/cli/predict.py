@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from tune.core import UserError, atomic_write_text
-from tune.runs.inference import MODEL_FILES
+from tune.inference import MODEL_FILES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.runs import inference
+    from tune import inference
     from tune.serving.predict import collect_images, predict, render_csv, render_table
 
     loaded = inference.load(a.model)

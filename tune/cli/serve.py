@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tune.cli.common import add_storage
 from tune.core import UserError
-from tune.runs.inference import MODEL_FILES
+from tune.inference import MODEL_FILES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.runs import inference
+    from tune import inference
     from tune.serving import shutdown
     from tune.serving.serve import check_options, direct_ingress, free_port, model_path
 

@@ -46,7 +46,7 @@ def save_scores(out: Path, model: Detector, valid: ImageSet, test: ImageSet,
     """P(fake) of every valid and test image, as it is and flipped, into a seed's folder; returns the plain test
     P. `p_test`: the plain test P already saved (an older seed folder keeps the numbers its record was made of)."""
     from tune.core import atomic_write_text
-    from tune.runs.inference import probabilities
+    from tune.inference import probabilities
     from tune.training.records import PREDICTIONS, VALID_PREDICTIONS, predictions_csv
 
     p_test = probabilities(model, test.x) if p_test is None else p_test
@@ -74,7 +74,7 @@ def add_missing_scores(out: Path, threads: int, valid: ImageSet, test: ImageSet)
         return False
     import torch
 
-    from tune.runs.inference import load
+    from tune.inference import load
 
     if threads > 0:
         torch.set_num_threads(threads)

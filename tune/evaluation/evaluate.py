@@ -30,7 +30,7 @@ from tune.runs.layout import Run
 if TYPE_CHECKING:  # numpy/torch are imported on use, so `python -m tune --help` stays fast
     import numpy as np
 
-    from tune.runs.inference import LoadedModel
+    from tune.inference import LoadedModel
 
 Log = Callable[[str], None]
 CHUNK = 128  # images decoded (and perturbed) at a time: memory stays at 2 CHUNKs x conditions x model sizes
@@ -142,12 +142,12 @@ def evaluate(models: list[LoadedModel], sources: list[Source], conditions: list[
 
     Every input problem is raised before anything is written; the files are written atomically,
     evaluation.json last (its presence marks a complete evaluation)."""
-    from tune.evaluation.tables import tables
+    from tune.evaluation.statistics import evaluation_statistics
     from tune.reports.evaluation import write_outputs
 
     named = dict(zip(model_names(models), models))
     scored = score_all(sources, named, conditions, skip_bad=skip_bad, log=log)
-    result = tables(named, sources, conditions, scored, resamples=resamples, seed=seed)
+    result = evaluation_statistics(named, sources, conditions, scored, resamples=resamples, seed=seed)
     if out is not None:
         from tune.reports.campanel import evaluation_panels
 
@@ -157,7 +157,7 @@ def evaluate(models: list[LoadedModel], sources: list[Source], conditions: list[
 
 
 def load_models(paths: list[Path]) -> list[LoadedModel]:
-    from tune.runs.inference import load
+    from tune.inference import load
 
     return [load(p) for p in paths]
 

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
     from tune.data.images import ImageSet
     from tune.data.sources import Scored
+    from tune.inference import LoadedModel
     from tune.runs.files import Comparison
-    from tune.runs.inference import LoadedModel
     from tune.runs.layout import Run
 
 PER_GROUP = 4
@@ -90,8 +90,8 @@ def panel(loaded: LoadedModel, y: np.ndarray, p: np.ndarray, names: list[str], i
 
 def finalize_panels(run: Run, cmp: Comparison, test: ImageSet, log: Callable[[str], None]) -> list[Path]:
     """One panel per exported winner on the test split, into the run's plots/ (the report shows them)."""
+    from tune import inference
     from tune.reports.figures import save
-    from tune.runs import inference
     from tune.training.records import PREDICTIONS, read_predictions
 
     written = []
