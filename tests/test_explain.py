@@ -215,7 +215,7 @@ def test_maps_fail_the_model_randomisation_test_of_adebayo_et_al(tmp_path: Path)
 
 def test_panels_pick_images_by_rule() -> None:
     """Confident fakes and reals, then the worst mistakes; ties keep file order; at most k per group."""
-    from tune.reports.campanel import pick
+    from tune.evaluation.panels import pick
 
     y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0])
     p = np.array([0.9, 0.9, 0.6, 0.1, 0.2, 0.05, 0.7, 0.95, 0.3, 0.5])

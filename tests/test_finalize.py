@@ -57,7 +57,7 @@ def finalized(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     shutil.copytree(tiny_run, run)
     with pytest.MonkeyPatch.context() as mp:
         calls, fits = spy_split_reads(mp), count_fits(mp)
-        result = tune.evaluation.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=tmp / "cache",
+        result = tune.cli.finalize.finalize(run, seeds=2, baseline=True, cache_dir=tmp / "cache",
                                                        log=lambda s: None)
     # the tests read the file, as every reader does; it holds exactly what finalize returned
     cmp = json.loads((run / "comparison.json").read_text())
@@ -250,7 +250,7 @@ def test_parallel_finalize_gives_the_same_numbers(finalized: dict[str, Any], tmp
     run = tmp_path / "tiny"
     shutil.copytree(finalized["run"], run)
     shutil.rmtree(run / "finalize")
-    cmp = tune.evaluation.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=finalized["cache"],
+    cmp = tune.cli.finalize.finalize(run, seeds=2, baseline=True, cache_dir=finalized["cache"],
                                                 log=lambda s: None, jobs=2)
     assert cmp == finalized["result"]
 

@@ -28,7 +28,7 @@ def finalized(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("report")
     run = tmp / "tiny"
     shutil.copytree(tiny_run, run)
-    tune.evaluation.finalize.run_finalize(run, seeds=1, cache_dir=tmp / "cache", log=lambda s: None)
+    tune.cli.finalize.finalize(run, seeds=1, cache_dir=tmp / "cache", log=lambda s: None)
     return run
 
 

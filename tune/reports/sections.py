@@ -124,8 +124,8 @@ def curves(ctx: Context) -> str:
 
 
 def explanations(ctx: Context) -> str:
+    from tune.evaluation.panels import GROUPS, PER_GROUP
     from tune.models.explain import METHOD
-    from tune.reports.campanel import GROUPS, PER_GROUP
 
     cmp = ctx.cmp
     assert cmp is not None
