@@ -7,9 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tune.cli.common import add_storage, run_folder
+from tune.cli.common import add_model, add_storage, run_folder
 from tune.core import UserError
-from tune.inference import MODEL_FILES
 
 if TYPE_CHECKING:
     from tune.evaluation.evaluate import Evaluated
@@ -19,7 +18,7 @@ if TYPE_CHECKING:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="per-source (generator) and per-perturbation tables for trained detectors")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--model", type=Path, action="append", help=f"{MODEL_FILES}; repeatable")
+    add_model(who, repeatable=True)
     who.add_argument("--run", help="every exported winner of this run (results/RUN/models/*.pth)")
     p.add_argument("data", type=Path, nargs="+", metavar="DATA", help=(
                    "a folder with Fake/ and Real/ (any case) or 0_real/ and 1_fake/, or a parent of such folders "

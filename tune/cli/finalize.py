@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune.cli.common import add_cache_gb, add_moved_data, add_run, add_storage, cache_budget, run_folder
+from tune.cli.common import add_cache_gb, add_moved_data, add_run, add_seeds, add_storage, cache_budget, run_folder
 from tune.core import cache_root
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finalize", help="retrain each architecture's best trial with K seeds; test once; compare")
     add_run(p)
-    p.add_argument("--seeds", type=int, default=3, help="retrainings per model, seeds SEED..SEED+K-1 (default: 3)")
+    add_seeds(p, "retrainings per model, seeds SEED..SEED+K-1 (default: 3)")
     p.add_argument("--baseline", action="store_true", help="also train the notebook's fixed recipe per architecture")
     add_storage(p)
     add_moved_data(p)

@@ -7,16 +7,14 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
-from tune.cli.common import add_storage
+from tune.cli.common import add_model, add_storage
 from tune.core import UserError
-from tune.inference import MODEL_FILES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve (API, web page, batching)")
-    p.add_argument("--model", type=Path, help=MODEL_FILES)
+    add_model(p)
     p.add_argument("--run", help="with --arch: serve RUN's finalized model of that architecture")
     p.add_argument("--arch", help="with --run: which finalized model (results/RUN/models/ARCH.pth)")
     add_storage(p)

@@ -23,6 +23,7 @@ import numpy as np
 
 from tune.core import UserError
 from tune.metrics.bootstrap import Predictor
+from tune.metrics.classification import HEADLINE
 
 if TYPE_CHECKING:
     from tune.data.images import ImageSet
@@ -38,7 +39,7 @@ VARIANTS = {
     "ensemble_hflip": "one predictor: P = mean over the seeds of each seed's flip-TTA P(fake)",
 }
 OVER_SEEDS = ("seeds", "seeds_hflip")  # the predictors with a t-interval over seeds
-PAIRED = ("auc", "accuracy")  # the metrics of the paired test against the chosen seed
+PAIRED = HEADLINE[::-1]  # the metrics of the paired test against the chosen seed (AUC first, as ever in the files)
 
 
 def save_scores(out: Path, model: Detector, valid: ImageSet, test: ImageSet,

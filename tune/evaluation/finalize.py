@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tune.core import UserError, atomic_write_bytes, file_sha256
 from tune.data.perturb import Condition
 from tune.evaluation.panels import Panel, finalize_panels
-from tune.metrics.classification import THRESHOLD_RULES
+from tune.metrics.classification import HEADLINE, THRESHOLD_RULES
 from tune.runs.files import Comparison
 from tune.runs.info import (
     RunInfo,
@@ -215,7 +215,7 @@ def best_models(rows: list[dict[str, Any]], samples: dict[str, dict[str, np.ndar
 
     tuned = [r for r in rows if r["kind"] == "tuned"]
     out: dict[str, Any] = {}
-    for m in ("accuracy", "auc"):
+    for m in HEADLINE:
         value = {r["name"]: cell_of(r["at_0.5"][m]) for r in tuned}
         ranked = sorted(tuned, key=lambda r: -(value[r["name"]].value or -math.inf))
         entry: dict[str, Any] = {"model": ranked[0]["name"], "value": value[ranked[0]["name"]].value}

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from tune.metrics.cells import Cell
-from tune.metrics.classification import METRICS, THRESHOLD_RULES
+from tune.metrics.classification import METRICS, PER_SOURCE, THRESHOLD_RULES
 from tune.runs.files import Evaluation
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from tune.data.sources import Scored, Source
     from tune.inference import LoadedModel
 
-PAIRED_METRICS = ("auc", "ap")
+PAIRED_METRICS = PER_SOURCE  # the per-generator numbers, paired between models per source
 Samples = dict[str, "np.ndarray"]
 
 

@@ -31,6 +31,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from tune.inference import LoadedModel
+from tune.metrics.classification import METRICS
 
 MAX_FILES = 256  # files in one /predict/batch request
 INLINE_DECODE = 256_000  # bytes: bodies up to this size are decoded without a thread hand-off
@@ -161,6 +162,10 @@ def replica_grpc_on_loopback() -> bool:
 
     replica.add_port_to_grpc_server = loopback
     return True
+
+
+# Every registered metric, name -> label, in the registry's order: the web page's metrics table has these columns.
+METRIC_LABELS = {m.name: m.label for m in METRICS.values()}
 
 
 # Ray Serve still shows the deployment as "Detector"; the class name keeps it apart from tune.models.detector.Detector.
@@ -333,7 +338,7 @@ class DetectorApp:
 
     @app.get("/model")
     async def model(self) -> dict[str, Any]:
-        return {**self.description, "limits": self.limits, "explain": self.explain}
+        return {**self.description, "limits": self.limits, "explain": self.explain, "metrics": METRIC_LABELS}
 
     @app.get("/")
     async def page(self) -> HTMLResponse:
