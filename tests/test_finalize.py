@@ -228,6 +228,16 @@ def test_finalize_refuses_bad_input(tiny_run: Path, tmp_path: Path, capsys: pyte
     assert err[0].startswith("error: --seeds must be >= 1") and err[1].startswith("error: run not found")
 
 
+def test_search_refuses_bad_seeds_before_it_searches(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--seeds is checked as the arguments are parsed: one line, and no search runs first."""
+    import tune.search.driver
+
+    monkeypatch.setattr(tune.search.driver, "run_search", lambda opts: pytest.fail("the search ran"))
+    assert tune.cli.main(["search", "--seeds", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --seeds must be >= 1, got 0"]
+
+
 def test_seed_zero_retraining_is_the_trial_itself(finalized: dict[str, Any]) -> None:
     """Trials train with seed 0 and the tiny space's seed is 0: finalize's seed 0 must redo the trial exactly."""
     import pandas as pd
