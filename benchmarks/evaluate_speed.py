@@ -35,13 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from tune.cli.evaluate import write_evaluation  # noqa: E402
 from tune.core import atomic_torch_save, atomic_write_json, file_sha256  # noqa: E402
 from tune.data.builtin import generate_demo_data  # noqa: E402
 from tune.data.images import decode_image, to_float  # noqa: E402
 from tune.data.perturb import parse_perturb  # noqa: E402
 from tune.data.sources import find_sources  # noqa: E402
 from tune.evaluation import evaluate as ev  # noqa: E402
-from tune.runs.inference import load  # noqa: E402
+from tune.inference import load  # noqa: E402
 from tune.training.config import TrainConfig  # noqa: E402
 from tune.training.loop import make_model  # noqa: E402
 
@@ -91,7 +92,8 @@ def main() -> None:
             t0 = time.perf_counter()
             ev.score_all(sources, {a.arch: loaded}, clean, skip_bad=False, log=lambda s: None)
             t1 = time.perf_counter()
-            ev.evaluate([loaded], sources, clean, Path(tmp) / "out", log=lambda s: None)
+            done = ev.evaluate([loaded], sources, clean, log=lambda s: None)
+            write_evaluation(Path(tmp) / "out", done, lambda s: None)
             return (time.perf_counter() - t1) - (t1 - t0)
 
         jobs = {"raw": raw, "scoring": lambda: scoring(clean), "perturb": lambda: scoring(perturbed)}

@@ -31,9 +31,9 @@ from procs import kill_marked  # noqa: E402
 from serve_load import start_server  # noqa: E402
 
 import tune.cli  # noqa: E402
+from tune import inference  # noqa: E402
 from tune.data.images import scan_split  # noqa: E402
 from tune.models import explain  # noqa: E402
-from tune.runs import inference  # noqa: E402
 
 
 def small_winner(work: Path) -> Path:

@@ -112,7 +112,7 @@ def search_and_pick(work: Path, train: Path, held_out: tuple[str, Path], tests: 
     import torch
 
     from tune.data.images import load_split
-    from tune.runs.inference import probabilities
+    from tune.inference import probabilities
     from tune.runs.info import load_heldout, load_train_valid, read_run, trial_config
     from tune.runs.layout import Run
     from tune.runs.trials import read_trials

@@ -28,9 +28,9 @@ import numpy as np  # noqa: E402
 from tune.cli import fast_allocator  # noqa: E402
 from tune.core import cache_root  # noqa: E402
 from tune.data.images import load_split  # noqa: E402
+from tune.inference import probabilities  # noqa: E402
 from tune.metrics.bootstrap import Predictor, bootstrap, paired_p_value, resamples_for, t_interval  # noqa: E402
 from tune.metrics.classification import binary_metrics  # noqa: E402
-from tune.runs.inference import probabilities  # noqa: E402
 from tune.training.config import TrainConfig  # noqa: E402
 
 RECIPES = {

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from procs import kill_marked, marked_env, tune_cmd  # noqa: E402
 
 import tune.cli  # noqa: E402
+from tune import inference  # noqa: E402
 from tune.data.images import scan_split  # noqa: E402
-from tune.runs import inference  # noqa: E402
 
 
 def demo_like_model(work: Path) -> Path:

@@ -16,13 +16,13 @@ from sklearn.metrics import accuracy_score, average_precision_score, f1_score, r
 
 import tune.cli
 import tune.evaluation.finalize
+from tune import inference
 from tune.core import UserError, atomic_torch_save, atomic_write_json, file_sha256
 from tune.data.images import decode_image, decode_rgb
 from tune.data.perturb import Condition, model_input, native, parse_perturb
 from tune.data.sources import find_sources
 from tune.metrics import bootstrap as stats
 from tune.metrics.classification import METRICS, Resampled, binary_metrics
-from tune.runs import inference
 from tune.training.config import TrainConfig
 from tune.training.loop import make_model
 

@@ -16,12 +16,12 @@ from conftest import make_dataset
 from PIL import Image
 
 import tune.cli
+from tune import inference
 from tune.core import atomic_torch_save, atomic_write_json
 from tune.data.images import load_split
 from tune.models import explain
 from tune.models import registry as archs
 from tune.models.detector import Arch, last_unit
-from tune.runs import inference
 from tune.training.config import TrainConfig
 from tune.training.loop import fit, make_model
 
@@ -215,7 +215,7 @@ def test_maps_fail_the_model_randomisation_test_of_adebayo_et_al(tmp_path: Path)
 
 def test_panels_pick_images_by_rule() -> None:
     """Confident fakes and reals, then the worst mistakes; ties keep file order; at most k per group."""
-    from tune.reports.campanel import pick
+    from tune.evaluation.panels import pick
 
     y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0])
     p = np.array([0.9, 0.9, 0.6, 0.1, 0.2, 0.05, 0.7, 0.95, 0.3, 0.5])

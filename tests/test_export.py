@@ -11,11 +11,11 @@ import pytest
 from conftest import make_dataset
 
 import tune.cli
+from tune import inference
 from tune.core import atomic_torch_save, atomic_write_json, file_sha256
 from tune.data.images import scan_split
 from tune.metrics.classification import binary_metrics
 from tune.models.registry import get_arch, list_archs
-from tune.runs import inference
 from tune.serving import export as export_mod
 from tune.training.config import TrainConfig
 from tune.training.loop import make_model

@@ -57,7 +57,7 @@ def finalized(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     shutil.copytree(tiny_run, run)
     with pytest.MonkeyPatch.context() as mp:
         calls, fits = spy_split_reads(mp), count_fits(mp)
-        result = tune.evaluation.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=tmp / "cache",
+        result = tune.cli.finalize.finalize(run, seeds=2, baseline=True, cache_dir=tmp / "cache",
                                                        log=lambda s: None)
     # the tests read the file, as every reader does; it holds exactly what finalize returned
     cmp = json.loads((run / "comparison.json").read_text())
@@ -228,6 +228,16 @@ def test_finalize_refuses_bad_input(tiny_run: Path, tmp_path: Path, capsys: pyte
     assert err[0].startswith("error: --seeds must be >= 1") and err[1].startswith("error: run not found")
 
 
+def test_search_refuses_bad_seeds_before_it_searches(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--seeds is checked as the arguments are parsed: one line, and no search runs first."""
+    import tune.search.driver
+
+    monkeypatch.setattr(tune.search.driver, "run_search", lambda opts: pytest.fail("the search ran"))
+    assert tune.cli.main(["search", "--seeds", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --seeds must be >= 1, got 0"]
+
+
 def test_seed_zero_retraining_is_the_trial_itself(finalized: dict[str, Any]) -> None:
     """Trials train with seed 0 and the tiny space's seed is 0: finalize's seed 0 must redo the trial exactly."""
     import pandas as pd
@@ -250,7 +260,7 @@ def test_parallel_finalize_gives_the_same_numbers(finalized: dict[str, Any], tmp
     run = tmp_path / "tiny"
     shutil.copytree(finalized["run"], run)
     shutil.rmtree(run / "finalize")
-    cmp = tune.evaluation.finalize.run_finalize(run, seeds=2, baseline=True, cache_dir=finalized["cache"],
+    cmp = tune.cli.finalize.finalize(run, seeds=2, baseline=True, cache_dir=finalized["cache"],
                                                 log=lambda s: None, jobs=2)
     assert cmp == finalized["result"]
 
@@ -280,8 +290,8 @@ def seed_scores(run: Path, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_flip_tta_and_ensembles_are_means_of_the_saved_probabilities(finalized: dict[str, Any]) -> None:
+    from tune.inference import load, probabilities
     from tune.metrics.classification import youden_threshold
-    from tune.runs.inference import load, probabilities
 
     run, cmp = finalized["run"], finalized["cmp"]
     ens = {(r["name"], r["variant"]): r for r in cmp["ensembles"]["rows"]}
@@ -393,9 +403,9 @@ def test_an_old_format_run_folder_still_reports_and_finalize_completes_it(
     the saved weights (no retraining) and gives the numbers of a fresh finalize."""
     import csv
 
+    from tune.inference import load
     from tune.reports.html import build_html
     from tune.reports.tables import comparison_csv, comparison_markdown
-    from tune.runs.inference import load
     from tune.serving.modelcard import describe
 
     run = tmp_path / "tiny"

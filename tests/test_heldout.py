@@ -252,7 +252,7 @@ def test_finalize_keeps_selection_and_test_apart_and_shows_the_trade_off(
     assert "extra test source gen_b" in line and "held-out validation source gen_b" in line
     assert "never reported as a test result" in line and not (run / "comparison.json").exists()
     other = make_dataset(xrun["tmp"] / "unseen", n=4, size=32, seed=30, splits=("gen_c",)) / "gen_c"
-    cmp = tune.evaluation.finalize.run_finalize(run, seeds=1, cache_dir=xrun["tmp"] / "cache", log=lambda s: None,
+    cmp = tune.cli.finalize.finalize(run, seeds=1, cache_dir=xrun["tmp"] / "cache", log=lambda s: None,
                                      extra_test=[other])
     for row in cmp.rows:
         rec = json.loads((run / row["folder"] / "seed0" / "record.json").read_text())
@@ -283,6 +283,7 @@ def test_the_same_images_under_another_name_are_found(tmp_path: Path) -> None:
 
 
 def test_the_trade_off_sentence_names_both_winners_and_the_paired_test() -> None:
+    from tune.evaluation.tradeoff import summary
     from tune.metrics import bootstrap as stats
     from tune.reports import tradeoff
     from tune.training.records import ModelRecord
@@ -295,7 +296,7 @@ def test_the_trade_off_sentence_names_both_winners_and_the_paired_test() -> None
                                                   "xval[h]_auc": 0.6})],
                "b": [ModelRecord(config={}, best={"val_auc": 0.85, "xval_auc": 0.75, "xval[g]_auc": 0.7,
                                                   "xval[h]_auc": 0.8})]}
-    t = tradeoff.summary(rows, records, boot, 0.05)
+    t = summary(rows, records, boot, 0.05)
     assert (t["in_domain_winner"], t["held_out_winner"], t["agree"]) == ("a", "b", False)
     assert t["p_value"] == stats.paired_p_value(boot["a"]["auc"], boot["b"]["auc"], 0.9 - 0.8)
     said = tradeoff.sentence(t)
@@ -303,7 +304,7 @@ def test_the_trade_off_sentence_names_both_winners_and_the_paired_test() -> None
     assert "a (val_auc 0.950, xval_auc 0.550)" in said and "b (val_auc 0.850, xval_auc 0.750)" in said
     assert "0.900 vs 0.800, difference +0.100, paired bootstrap p = " in said
     records["b"][0].best["val_auc"] = 0.99
-    agree = tradeoff.summary(rows, records, boot, 0.05)
+    agree = summary(rows, records, boot, 0.05)
     assert agree["agree"] and tradeoff.sentence(agree).startswith("In-domain and held-out validation pick the same")
     md = tradeoff.markdown(agree)
     assert "| Model | val_auc | xval_auc | xval[g]_auc | xval[h]_auc | test ROC-AUC |" in md

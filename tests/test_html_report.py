@@ -13,7 +13,7 @@ import pytest
 from browser import chromium, console_errors, network_requests
 
 import tune.cli
-import tune.evaluation.finalize
+import tune.cli.finalize
 import tune.search.driver
 from tune.reports.charts import study_charts
 from tune.reports.html import build_html
@@ -28,7 +28,7 @@ def finalized(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("report")
     run = tmp / "tiny"
     shutil.copytree(tiny_run, run)
-    tune.evaluation.finalize.run_finalize(run, seeds=1, cache_dir=tmp / "cache", log=lambda s: None)
+    tune.cli.finalize.finalize(run, seeds=1, cache_dir=tmp / "cache", log=lambda s: None)
     return run
 
 
@@ -152,6 +152,25 @@ def test_search_with_no_finalize_writes_the_report(tiny_run: Path, tmp_path: Pat
     monkeypatch.setattr(tune.search.driver, "run_search", lambda opts: run)  # the search itself is tested elsewhere
     assert tune.cli.main(["search", "--data", str(tmp_path), "--name", "tiny", "--no-finalize"]) == 0
     assert (run / "report.html").is_file() and not (run / "comparison.json").exists()
+
+
+def test_the_reproduce_commands_parse(finalized: Path) -> None:
+    """Every command the report's "how to reproduce" section prints is accepted by the real parser, as printed
+    (a renamed or re-declared option would otherwise break these commands without a test noticing)."""
+    import html as html_module
+    import shlex
+
+    page = (finalized / "report.html").read_text()
+    block = re.search(r"<pre>(.*?)</pre>", page.split('id="reproduce"')[1], re.S)
+    assert block
+    commands = [shlex.split(line) for line in html_module.unescape(block.group(1)).splitlines()
+                if line and not line.startswith("#")]
+    assert [c[3] for c in commands] == ["search", *["reproduce"] * len(ARCHS), "finalize"]
+    parser = tune.cli.build_parser()
+    for c in commands:
+        assert c[:3] == ["python", "-m", "tune"]
+        args = parser.parse_args(c[3:])
+        assert args.command == c[3] and Path(args.storage) == finalized.parent.absolute()
 
 
 def test_report_refuses_a_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

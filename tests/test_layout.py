@@ -10,8 +10,8 @@ import tune
 
 SRC = Path(tune.__file__).parent
 # Bottom to top: a module may import its own package and the ones before it, never one after it.
-LAYERS = ["core", "metrics", "data", "models", "training", "runs", "search", "reports", "evaluation", "serving",
-          "cli"]
+LAYERS = ["core", "metrics", "data", "models", "training", "inference", "runs", "search", "evaluation", "reports",
+          "serving", "cli"]
 MAX_LINES = 400
 MAX_TOP_LEVEL = 6
 
@@ -46,6 +46,8 @@ def layer(module: str) -> str:
 def test_no_import_circles() -> None:
     graph = imports()
     assert graph["tune.cli"] and graph["tune.evaluation.finalize"]  # the scan sees imports at all
+    # ... and imports inside functions (finalize reaches evaluate only there), which point down like the others
+    assert "tune.evaluation.evaluate" in graph["tune.evaluation.finalize"]
 
     def reaches(start: str, target: str, seen: set[str]) -> bool:
         for d in graph[start]:

@@ -54,8 +54,8 @@ def kept_weights_scores(run_dir: Path) -> list[tuple[float, float, float]]:
     import torch
 
     from tune.data.images import load_split
+    from tune.inference import probabilities
     from tune.metrics.classification import binary_metrics
-    from tune.runs.inference import probabilities
     from tune.runs.info import read_run
     from tune.training.checkpoint import kept_weights
     from tune.training.config import TrainConfig

@@ -30,9 +30,9 @@ from procs import ROOT, kill_marked, listeners, listening_addresses, marked_env,
 from stopload import Burners, Load, stop_server
 
 import tune.cli
+from tune import inference
 from tune.data.images import MAX_PIXELS, scan_split
 from tune.metrics.classification import binary_metrics
-from tune.runs import inference
 from tune.serving.predict import predict
 from tune.serving.serve import free_port
 

@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show  # one readable line, not a source excerpt
-    args = build_parser().parse_args(argv)
-    fast_allocator()
-    func: Callable[[argparse.Namespace], int] = args.func
     try:
+        args = build_parser().parse_args(argv)  # option types check values as they are parsed (common.count)
+        fast_allocator()
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

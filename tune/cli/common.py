@@ -1,13 +1,15 @@
-"""What several commands share: the run argument, --storage, --model, the built-in data, the allocator."""
+"""What several commands share: their common options (RUN, --storage, --data, --seeds, --model), each declared
+here once and checked as it is parsed, the built-in data, the allocator."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from tune.core import cache_root
-from tune.runs.inference import MODEL_FILES
+from tune.core import UserError, cache_root
+from tune.inference import MODEL_FILES
 
 # Allocator settings measured on a 2-core VM where page faults are expensive: about 2x on torch.
 # glibc reads these when a process starts, so they reach the Ray workers this process starts;
@@ -22,14 +24,37 @@ STORAGE_HELP = ("folder holding run folders, or the URI the search's --storage n
                 "results/) (default: results)")
 
 
+def count(flag: str) -> Callable[[str], int]:
+    """An argparse type: a whole number >= 1. Checked as the arguments are parsed, so `search --seeds 0` fails
+    before a search runs; the error is the project's one line (a UserError: tune.cli.main prints it)."""
+    def parse(text: str) -> int:
+        n = int(text)  # not a number: argparse's own "invalid int value" message
+        if n < 1:
+            raise UserError(f"{flag} must be >= 1, got {n}")
+        return n
+
+    parse.__name__ = "int"  # argparse names the type in its message for a non-number
+    return parse
+
+
 def add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", nargs="?", help="run name under results/ or a run folder (default: newest)")
 
 
+def add_data(p: argparse.ArgumentParser, help: str) -> None:
+    """--data: a dataset root (each command says what it does with it)."""
+    p.add_argument("--data", type=Path, help=help)
+
+
+def add_seeds(p: argparse.ArgumentParser, help: str) -> None:
+    """--seeds K: how many retrainings per model finalize runs (finalize, and search's finalize step)."""
+    p.add_argument("--seeds", type=count("--seeds"), default=3, help=help)
+
+
 def add_moved_data(p: argparse.ArgumentParser) -> None:
     """--data and --valid-extra for a command that reads a finished run's data: where it is now, if it moved."""
-    p.add_argument("--data", type=Path, help="where the run's dataset root is now, if it moved since the search "
-                   "(the same images, checked by content fingerprint; default: the root run.json records)")
+    add_data(p, "where the run's dataset root is now, if it moved since the search (the same images, checked by "
+             "content fingerprint; default: the root run.json records)")
     p.add_argument("--valid-extra", type=Path, nargs="+", metavar="DIR", help="where the run's held-out validation "
                    "sources are now, if they moved (checked by content fingerprint; default: as recorded)")
 
@@ -38,8 +63,13 @@ def add_storage(p: argparse.ArgumentParser, help: str = STORAGE_HELP) -> None:
     p.add_argument("--storage", help=help)
 
 
-def add_model(p: argparse.ArgumentParser, **kw: object) -> None:
-    p.add_argument("--model", type=Path, help=MODEL_FILES, **kw)  # type: ignore[arg-type]
+def add_model(p: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, *, required: bool = False,
+              repeatable: bool = False) -> None:
+    """--model: a model file and its record (tune.inference.MODEL_FILES); `repeatable`: one or more."""
+    if repeatable:
+        p.add_argument("--model", type=Path, action="append", help=f"{MODEL_FILES}; repeatable")
+    else:
+        p.add_argument("--model", type=Path, required=required, help=MODEL_FILES)
 
 
 def add_cache_gb(p: argparse.ArgumentParser) -> None:

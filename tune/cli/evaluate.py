@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tune.cli.common import add_storage, run_folder
+from tune.cli.common import add_model, add_storage, run_folder
 from tune.core import UserError
-from tune.runs.inference import MODEL_FILES
+
+if TYPE_CHECKING:
+    from tune.evaluation.evaluate import Evaluated
+    from tune.runs.files import Evaluation
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="per-source (generator) and per-perturbation tables for trained detectors")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--model", type=Path, action="append", help=f"{MODEL_FILES}; repeatable")
+    add_model(who, repeatable=True)
     who.add_argument("--run", help="every exported winner of this run (results/RUN/models/*.pth)")
     p.add_argument("data", type=Path, nargs="+", metavar="DATA", help=(
                    "a folder with Fake/ and Real/ (any case) or 0_real/ and 1_fake/, or a parent of such folders "
@@ -26,6 +31,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.set_defaults(func=run)
+
+
+def write_evaluation(out: Path, done: Evaluated, log: Callable[[str], None] = print) -> Evaluation:
+    """An evaluation's folder: the rendered files and plots (tune/reports/evaluation.py), then evaluation.json,
+    last, so its presence marks a complete evaluation."""
+    from tune.reports.campanel import plot_jobs
+    from tune.reports.evaluation import write_outputs
+    from tune.runs.files import EVALUATION
+
+    write_outputs(out, done.result, done.scored, log=log, extra_plots=plot_jobs(done.panels))
+    done.result.save(Path(out) / EVALUATION)
+    return done.result
 
 
 def run(a: argparse.Namespace) -> int:
@@ -48,8 +65,8 @@ def run(a: argparse.Namespace) -> int:
             print(f"note: {note}")
     sources = find_sources(a.data)
     out = a.out or evaluation_folder(results_root(a.storage))
-    result = evaluate(models, sources, conditions, out, skip_bad=a.skip_bad_images, resamples=a.resamples,
-                      seed=a.seed)
+    done = evaluate(models, sources, conditions, skip_bad=a.skip_bad_images, resamples=a.resamples, seed=a.seed)
+    result = write_evaluation(out, done)
     print(render_markdown(result), end="")
     print(f"wrote {out}/evaluation.{{md,csv,json}}, scores.csv and {len(result.plots)} plot(s)")
     return 0

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tune.runs.inference import MODEL_FILES
+from tune.cli.common import add_model
 from tune.serving.export import FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX (parity-checked under onnxruntime) with a model card")
-    p.add_argument("--model", type=Path, required=True, help=MODEL_FILES)
+    add_model(p, required=True)
     p.add_argument("--format", default="onnx", choices=FORMATS)
     p.add_argument("--out", type=Path, help="output file (default: MODEL_DIR/STEM-onnx/model.onnx); "
                    "MODEL_CARD.md is written beside it")

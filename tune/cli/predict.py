@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tune.cli.common import add_model
 from tune.core import UserError, atomic_write_text
-from tune.runs.inference import MODEL_FILES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="score images with a finalized model (P(fake) and a Fake/Real label)")
-    p.add_argument("--model", type=Path, required=True, help=MODEL_FILES)
+    add_model(p, required=True)
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders")
     p.add_argument("--csv", type=Path, help="write path,p_fake,label,error to this file instead of a table")
     p.add_argument("--explain", type=Path, metavar="DIR", help="also write, per image, where the model looked "
@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.runs import inference
+    from tune import inference
     from tune.serving.predict import collect_images, predict, render_csv, render_table
 
     loaded = inference.load(a.model)

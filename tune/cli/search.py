@@ -6,14 +6,23 @@ import argparse
 import time
 from pathlib import Path
 
-from tune.cli.common import SPACES, VALID_EXTRA_HELP, add_cache_gb, builtin_data, cache_budget
+from tune.cli.common import (
+    SPACES,
+    VALID_EXTRA_HELP,
+    add_cache_gb,
+    add_data,
+    add_seeds,
+    add_storage,
+    builtin_data,
+    cache_budget,
+)
 from tune.core import UserError, cache_root
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="Ray Tune search (Optuna TPE + ASHA) over every architecture of the space")
-    p.add_argument("--data", type=Path, help="dataset root (default: the built-in dataset with demo.yaml); with "
-                   "--resume/--extend: where the run's data is now, if it moved (checked by content fingerprint)")
+    add_data(p, "dataset root (default: the built-in dataset with demo.yaml); with --resume/--extend: where the "
+             "run's data is now, if it moved (checked by content fingerprint)")
     p.add_argument("--space", type=Path, help="search-space YAML (default: search_spaces/default.yaml, "
                    "or demo.yaml on the built-in data)")
     p.add_argument("--name", help="run name: a folder under results/ (default: search-DATE-TIME)")
@@ -22,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "each architecture gets an equal share of the trial time and trials are sampled until it is "
                    "spent (with --trials too, whichever runs out first)")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. 10.0.0.5:6379 or auto)")
-    p.add_argument("--storage", help="folder for run folders (shared path on clusters), or a URI Ray accepts "
-                   "(s3://..., file://...): then the trials go there and the run folder stays in results/")
+    add_storage(p, "folder for run folders (shared path on clusters), or a URI Ray accepts (s3://..., file://...): "
+                "then the trials go there and the run folder stays in results/")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of this --name")
     p.add_argument("--extend", metavar="N|DURATION", help="add N trials per architecture, or DURATION more of "
                    "search (e.g. 10m), to the finished run --name (TPE goes on from its Optuna studies)")
@@ -35,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    " (replaces the space file's valid_extra; the space's metric may then be xval_*, mean_* or "
                    "min_*, e.g. mean_auc); with --resume/--extend: where the recorded ones are now, if they moved"))
     p.add_argument("--no-finalize", action="store_true", help="skip retraining the winners and the test evaluation")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per winner in the finalize step (default: 3)")
+    add_seeds(p, "seeds per winner in the finalize step (default: 3)")
     p.set_defaults(func=run)
 
 
@@ -71,10 +80,10 @@ def run(a: argparse.Namespace) -> int:
     print(render(board, fmt="table", top=10))
     print(trial_counts(board))
     if not a.no_finalize:
-        from tune.evaluation.finalize import run_finalize
+        from tune.cli.finalize import finalize
         from tune.evaluation.jobs import finalize_jobs
 
-        run_finalize(run_dir, seeds=a.seeds, cache_dir=cache_root(), jobs=finalize_jobs(run_dir))
+        finalize(run_dir, seeds=a.seeds, cache_dir=cache_root(), jobs=finalize_jobs(run_dir))
     else:
         from tune.reports.html import write_report
 

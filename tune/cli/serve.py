@@ -7,16 +7,14 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
-from tune.cli.common import add_storage
+from tune.cli.common import add_model, add_storage
 from tune.core import UserError
-from tune.runs.inference import MODEL_FILES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve (API, web page, batching)")
-    p.add_argument("--model", type=Path, help=MODEL_FILES)
+    add_model(p)
     p.add_argument("--run", help="with --arch: serve RUN's finalized model of that architecture")
     p.add_argument("--arch", help="with --run: which finalized model (results/RUN/models/ARCH.pth)")
     add_storage(p)
@@ -38,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.runs import inference
+    from tune import inference
     from tune.serving import shutdown
     from tune.serving.serve import check_options, direct_ingress, free_port, model_path
 

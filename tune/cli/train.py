@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tune.cli.common import VALID_EXTRA_HELP, builtin_data
+from tune.cli.common import VALID_EXTRA_HELP, add_data, builtin_data
 from tune.core import UserError, cache_root
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     from tune.models.registry import REGISTRY
     from tune.training.config import options
 
-    p.add_argument("--data", type=Path, help="dataset root (default: the built-in dataset)")
+    add_data(p, "dataset root (default: the built-in dataset)")
     for f in options():
         flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):

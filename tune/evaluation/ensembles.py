@@ -23,6 +23,7 @@ import numpy as np
 
 from tune.core import UserError
 from tune.metrics.bootstrap import Predictor
+from tune.metrics.classification import HEADLINE
 
 if TYPE_CHECKING:
     from tune.data.images import ImageSet
@@ -38,7 +39,7 @@ VARIANTS = {
     "ensemble_hflip": "one predictor: P = mean over the seeds of each seed's flip-TTA P(fake)",
 }
 OVER_SEEDS = ("seeds", "seeds_hflip")  # the predictors with a t-interval over seeds
-PAIRED = ("auc", "accuracy")  # the metrics of the paired test against the chosen seed
+PAIRED = HEADLINE[::-1]  # the metrics of the paired test against the chosen seed (AUC first, as ever in the files)
 
 
 def save_scores(out: Path, model: Detector, valid: ImageSet, test: ImageSet,
@@ -46,7 +47,7 @@ def save_scores(out: Path, model: Detector, valid: ImageSet, test: ImageSet,
     """P(fake) of every valid and test image, as it is and flipped, into a seed's folder; returns the plain test
     P. `p_test`: the plain test P already saved (an older seed folder keeps the numbers its record was made of)."""
     from tune.core import atomic_write_text
-    from tune.runs.inference import probabilities
+    from tune.inference import probabilities
     from tune.training.records import PREDICTIONS, VALID_PREDICTIONS, predictions_csv
 
     p_test = probabilities(model, test.x) if p_test is None else p_test
@@ -74,7 +75,7 @@ def add_missing_scores(out: Path, threads: int, valid: ImageSet, test: ImageSet)
         return False
     import torch
 
-    from tune.runs.inference import load
+    from tune.inference import load
 
     if threads > 0:
         torch.set_num_threads(threads)

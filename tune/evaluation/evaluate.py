@@ -7,8 +7,8 @@
 One row per (model, source, condition) plus a mean-over-sources row: n fake/real, AUC, AP, EER,
 and accuracy/precision/recall/F1 at the model's valid-chosen threshold and at 0.5, each with a
 95% stratified bootstrap interval; with several models, a paired bootstrap per source and overall.
-Written to evaluation.{md,csv,json} (+ scores.csv, plots/) in --out; nothing is written when an
-input is bad. Each image is decoded once: every condition and every model size derives from it.
+Written to evaluation.{md,csv,json} (+ scores.csv, plots/) in --out by tune/cli/evaluate.py; nothing is
+written when an input is bad. Each image is decoded once: every condition and every model size derives from it.
 """
 
 from __future__ import annotations
@@ -17,20 +17,20 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError
 from tune.data.perturb import Condition
 from tune.data.sources import Scored, Source
-from tune.runs.files import Comparison, Evaluation
-from tune.runs.layout import Run
+from tune.runs.files import Evaluation
 
 if TYPE_CHECKING:  # numpy/torch are imported on use, so `python -m tune --help` stays fast
     import numpy as np
 
-    from tune.runs.inference import LoadedModel
+    from tune.evaluation.panels import Panel
+    from tune.inference import LoadedModel
 
 Log = Callable[[str], None]
 CHUNK = 128  # images decoded (and perturbed) at a time: memory stays at 2 CHUNKs x conditions x model sizes
@@ -136,47 +136,30 @@ def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions:
 
 
 # --------------------------------------------------------------------------- the command
-def evaluate(models: list[LoadedModel], sources: list[Source], conditions: list[Condition], out: Path | None, *,
-             skip_bad: bool = False, resamples: int = 1000, seed: int = 0, log: Log = print) -> Evaluation:
-    """Score, compute the tables, write them into `out` and return what evaluation.json holds.
+@dataclass
+class Evaluated:
+    """What an evaluation found: the numbers evaluation.json holds, every image's scores, the Grad-CAM panels."""
 
-    Every input problem is raised before anything is written; the files are written atomically,
-    evaluation.json last (its presence marks a complete evaluation)."""
-    from tune.evaluation.tables import tables
-    from tune.reports.evaluation import write_outputs
+    result: Evaluation
+    scored: dict[str, Scored]
+    panels: dict[str, Panel]  # plot name -> panel
+
+
+def evaluate(models: list[LoadedModel], sources: list[Source], conditions: list[Condition], *,
+             skip_bad: bool = False, resamples: int = 1000, seed: int = 0, log: Log = print) -> Evaluated:
+    """Score, compute the tables' numbers and each model's Grad-CAM panel (on the clean images: parse_perturb's
+    first condition). Every input problem is raised here, before anything is written (tune/cli/evaluate.py
+    writes the folder)."""
+    from tune.evaluation.panels import evaluation_panels
+    from tune.evaluation.statistics import evaluation_statistics
 
     named = dict(zip(model_names(models), models))
     scored = score_all(sources, named, conditions, skip_bad=skip_bad, log=log)
-    result = tables(named, sources, conditions, scored, resamples=resamples, seed=seed)
-    if out is not None:
-        from tune.reports.campanel import evaluation_panels
-
-        panels = evaluation_panels(named, scored, conditions[0].name)  # the clean images (parse_perturb's first)
-        write_outputs(out, result, scored, log=log, extra_plots=panels)
-    return result
+    result = evaluation_statistics(named, sources, conditions, scored, resamples=resamples, seed=seed)
+    return Evaluated(result, scored, evaluation_panels(named, scored, conditions[0].name))
 
 
 def load_models(paths: list[Path]) -> list[LoadedModel]:
-    from tune.runs.inference import load
+    from tune.inference import load
 
     return [load(p) for p in paths]
-
-
-def extra_test(run_dir: Path, data: list[Source], cmp: Comparison, md: str, log: Log = print) -> Evaluation:
-    """`finalize --extra-test`: evaluate the exported winners on more sources; add it to comparison.md/json."""
-    from tune.core import atomic_write_text
-    from tune.reports.evaluation import render_markdown
-
-    run = Run(run_dir)
-    out = run.extra_test
-    ev = evaluate(load_models(run.winners()), data, [Condition()], out, log=log)
-    # In comparison.json the plot paths are relative to the run folder, where that file lives.
-    ev = replace(ev, plots={k: f"{out.name}/{v}" for k, v in ev.plots.items()})
-    cmp.evaluation = ev.to_plain()
-    section = render_markdown(ev, level=2, title="Extra test sets (exported winners)")
-    cmp.save(run.comparison("json"))
-    atomic_write_text(run.comparison("md"), md.rstrip("\n") + "\n\n" + section)
-    log(section)
-    return ev
-
-

@@ -20,13 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune.core import (
-    UserError,
-    atomic_write_bytes,
-    atomic_write_text,
-    file_sha256,
-)
-from tune.metrics.classification import THRESHOLD_RULES
+from tune.core import UserError, atomic_write_bytes, file_sha256
+from tune.data.perturb import Condition
+from tune.evaluation.panels import Panel, finalize_panels
+from tune.metrics.classification import HEADLINE, THRESHOLD_RULES
 from tune.runs.files import Comparison
 from tune.runs.info import (
     RunInfo,
@@ -44,6 +41,8 @@ if TYPE_CHECKING:  # numpy, torch, scipy are imported on use, so `python -m tune
     import numpy as np
 
     from tune.data.images import ImageSet
+    from tune.evaluation.evaluate import Evaluated
+    from tune.runs.layout import Run
 
 Log = Callable[[str], None]
 Data = tuple["ImageSet", "ImageSet", "ImageSet", list["ImageSet"]]  # train, valid, test, the held-out sources
@@ -165,9 +164,8 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[Model
     """Every predictor of every model (its seeds, their ensembles and flip TTA: tune.evaluation.ensembles) scored
     on the test split by the one engine (tune.metrics.bootstrap.score): cells with t-intervals over seeds and
     bootstrap intervals over the test images, all on the same resamples, so every comparison is paired."""
-    from tune.evaluation import ensembles
+    from tune.evaluation import ensembles, tradeoff
     from tune.metrics import bootstrap as stats
-    from tune.reports import tradeoff
 
     y = test.y.astype(int)
     chosen = {c.name: choose_seed(info, records[c.name]) for c in cands}
@@ -217,7 +215,7 @@ def best_models(rows: list[dict[str, Any]], samples: dict[str, dict[str, np.ndar
 
     tuned = [r for r in rows if r["kind"] == "tuned"]
     out: dict[str, Any] = {}
-    for m in ("accuracy", "auc"):
+    for m in HEADLINE:
         value = {r["name"]: cell_of(r["at_0.5"][m]) for r in tuned}
         ranked = sorted(tuned, key=lambda r: -(value[r["name"]].value or -math.inf))
         entry: dict[str, Any] = {"model": ranked[0]["name"], "value": value[ranked[0]["name"]].value}
@@ -243,12 +241,25 @@ def export_models(info: RunInfo, cmp: Comparison, records: dict[str, list[ModelR
                 source=info.run.own(src), weights_sha256=file_sha256(weights)).save(info.run.model(row["arch"], "json"))
 
 
+@dataclass
+class Finalized:
+    """What a finalize found, for tune/cli/finalize.py to write: the comparison, each exported winner's Grad-CAM
+    panel on the test split (by arch) and, with --extra-test, the winners' evaluation on those sources."""
+
+    run: Run
+    cmp: Comparison
+    panels: dict[str, Panel]
+    extra_test: Evaluated | None = None
+
+
 def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache_dir: Path | None = None,
                  log: Log = print, jobs: int = 1, extra_test: list[Path] | None = None, data: Path | None = None,
-                 valid_extra: list[Path] | None = None) -> Comparison:
-    """`jobs` > 1 retrains that many (model, seed) pairs at once in separate processes, each with the
-    trials' thread count, so the numbers are the same as sequentially, only sooner. `data` and `valid_extra`:
-    where the run's data is now, if it moved (the same images, by content; run.json then points there)."""
+                 valid_extra: list[Path] | None = None) -> Finalized:
+    """Retrain, test, compare, export the winners (models/), and compute the panels and the extra test sets'
+    evaluation; write no result file of its own (tune/cli/finalize.py writes each once). `jobs` > 1 retrains
+    that many (model, seed) pairs at once in separate processes, each with the trials' thread count, so the
+    numbers are the same as sequentially, only sooner. `data` and `valid_extra`: where the run's data is now,
+    if it moved (the same images, by content; run.json then points there)."""
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     import torch
@@ -293,26 +304,11 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     finally:
         torch.set_num_threads(threads_before)  # fit changed it for the whole process
     cmp = compare(info, cands, records, valid, test)
-    from tune.reports.figures import make_plots
-    from tune.reports.tables import comparison_csv, comparison_markdown
-    from tune.reports.tradeoff import markdown as tradeoff_markdown
-
-    md = comparison_markdown(cmp) + tradeoff_markdown(cmp.tradeoff)
-    cmp.save(info.run.comparison("json"))
-    atomic_write_text(info.run.comparison("csv"), comparison_csv(cmp))
-    atomic_write_text(info.run.comparison("md"), md)
     export_models(info, cmp, records)
-    from tune.reports.campanel import finalize_panels
+    panels = finalize_panels(info.run, cmp, test, log)  # here: the test split is in memory only in this module
+    if extra:  # the exported winners on more sources, as `evaluate`; its section joins the comparison
+        from tune.evaluation.evaluate import evaluate, load_models
 
-    finalize_panels(info.run, cmp, test, log)  # here: the test split is in memory only in this module
-    log(md)
-    plots = make_plots(info.run_dir, log=log)
-    if extra:
-        from tune.evaluation.evaluate import extra_test as evaluate_extra
-
-        evaluate_extra(info.run_dir, extra, cmp, md, log)  # adds the comparison's evaluation and a section
-    from tune.reports.html import write_report
-
-    log(f"wrote {info.run.comparison('{md,csv,json}')}, the winners in {info.run.model('*').parent}, "
-        f"{len(plots)} plot(s) in {info.run.plot('*').parent} and {write_report(info.run_dir, log=log)}")
-    return cmp
+        winners = load_models(info.run.winners())
+        return Finalized(info.run, cmp, panels, evaluate(winners, extra, [Condition()], log=log))
+    return Finalized(info.run, cmp, panels)

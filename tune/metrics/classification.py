@@ -149,6 +149,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            resample=_ap_resampled),
     Metric("eer", "min", "EER", from_scores=equal_error_rate, resample=_eer_resampled),
 )}
+# The two metrics the notebook named its best model by (accuracy at 0.5, ROC-AUC): finalize's "best model by",
+# each finalize predictor's paired test against the chosen seed, and the report's verdict.
+HEADLINE = ("accuracy", "auc")
 # How a model's decision threshold is chosen: one name each, everywhere (finalize, evaluate, model card, report).
 THRESHOLD_RULES = {"at_0.5": "threshold 0.5 (the notebook's rule)",
                    "at_valid_threshold": "threshold chosen on valid: Youden's J = TPR - FPR maximised on the model's "
@@ -165,7 +168,9 @@ def bases() -> dict[str, str]:
 
 
 HELDOUT = "xval"  # the held-out sources' prefix: xval_auc (their mean), xval[SOURCE]_auc (one source)
-PER_SOURCE = ("auc", "ap")  # reported per held-out source too (the papers' per-generator numbers)
+# Reported per held-out source too, and paired between models per source by `evaluate` (the papers'
+# per-generator numbers)
+PER_SOURCE = ("auc", "ap")
 
 
 # Selection rules that combine the in-domain and the held-out value of one metric: prefix -> (what it is, how).

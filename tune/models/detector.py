@@ -1,4 +1,5 @@
-"""What every detector is made of, and the registry's types (the entries live in tune/models/registry.py).
+"""What every detector is made of, and the registry's types (the entries live in their family modules, looked up
+in tune/models/registry.py).
 
 Every detector is a `Detector`: a frozen prefix, a trainable body and a head. Pretrained backbones
 are cut into *units* (the stem, each block, the head convolution) and a tail (pooling): the last

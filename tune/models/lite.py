@@ -5,7 +5,7 @@ efficientnet_pytorch's naming: `_conv_stem`, a flat list `_blocks.K`, `_conv_hea
 tf_efficientnet_liteN holds the same tensors with its own names and its blocks grouped into stages.
 So block K is numbered over the stages of the timm net it is loaded into (read from the net, not
 hard-coded per variant); only the very first block is depthwise-separable (no expansion conv), every
-other one is an inverted residual. The registry (tune/models/registry.py) loads the result strictly.
+other one is an inverted residual. The registry (tune/models/efficientnet_lite.py) loads the result strictly.
 """
 
 from __future__ import annotations

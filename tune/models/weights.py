@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tune.core import UserError, file_sha256
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 KINDS = ("hub", "packaged", "file", "none")
 
@@ -73,3 +78,14 @@ def fit_report(arch: str, spec: str, missing: list[str], unexpected: list[str]) 
     if missing or unexpected:
         raise UserError(f"weights {spec!r} do not fit {arch}: {len(missing)} missing keys (e.g. {missing[:2]}), "
                         f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+
+
+def load_strict(net: nn.Module, sd: dict[str, torch.Tensor], arch: str, spec: str) -> None:
+    """Load a state_dict into a net by name: wrong shapes are one UserError; missing or extra names are said
+    (fit_report)."""
+    try:
+        missing, unexpected = net.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # right names, wrong shapes
+        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+        raise UserError(f"weights {spec!r} do not fit {arch}: {first[:300]}") from None
+    fit_report(arch, spec, missing, unexpected)

@@ -1,7 +1,7 @@
-"""What `evaluate` writes: evaluation.{md,csv,json}, scores.csv and plots/*.png in one folder.
+"""What `evaluate` renders: evaluation.{md,csv}, scores.csv and plots/*.png in one folder.
 
-Every file is written atomically and evaluation.json last, so its presence marks a complete
-evaluation. Figures use matplotlib's object API on the Agg canvas (as tune/reports/figures.py); a plot
+Every file is written atomically; evaluation.json (written after them, by tune/cli/evaluate.py) marks a
+complete evaluation. Figures use matplotlib's object API on the Agg canvas (as tune/reports/figures.py); a plot
 that fails is logged and skipped, because its numbers are in evaluation.json.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from tune.core import atomic_write_text
 from tune.reports.tables import cell_at
-from tune.runs.files import EVALUATION, Evaluation
+from tune.runs.files import Evaluation
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -193,11 +193,11 @@ def make_plots(out: Path, ev: Evaluation, scored: dict[str, Scored], log: Callab
 
 def write_outputs(out: Path, ev: Evaluation, scored: dict[str, Scored], *, log: Callable[[str], None] = print,
                   extra_plots: dict[str, Callable[[Path], None]] | None = None) -> None:
-    """Plots (`extra_plots`: more NAME -> draw(path) jobs, e.g. evaluate's Grad-CAM panels), scores.csv,
-    evaluation.csv and .md, then evaluation.json (last: it marks the folder complete)."""
+    """Plots (`extra_plots`: more NAME -> draw(path) jobs, e.g. evaluate's Grad-CAM panels; each one drawn is
+    recorded in ev.plots), scores.csv, evaluation.csv and .md. evaluation.json comes after, from the caller
+    (tune/cli/evaluate.py): its presence marks the folder complete."""
     out = Path(out)
     ev.plots = make_plots(out, ev, scored, log, extra_plots)
     atomic_write_text(out / "scores.csv", scores_csv(scored))
     atomic_write_text(out / "evaluation.csv", render_csv(ev))
     atomic_write_text(out / "evaluation.md", render_markdown(ev))
-    ev.save(out / EVALUATION)

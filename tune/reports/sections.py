@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from tune.metrics.classification import HEADLINE
 from tune.reports.charts import figure_div, figure_png, png_uri, study_charts
 from tune.runs.files import Comparison, Evaluation
 from tune.runs.layout import Run, RunRecord
@@ -76,7 +77,7 @@ def verdict(ctx: Context) -> str:
     said = verdict_lines(cmp)  # the skipped architectures, then the accuracy and the AUC lines
     lines = "".join(f"<li>{escape(ln)}</li>" for ln in said[:-2]) + "".join(
         f'<li class="{"sig" if cmp.best[m].get("significant") else "ns"}">{escape(ln)}</li>'
-        for m, ln in zip(("accuracy", "auc"), said[-2:]))
+        for m, ln in zip(HEADLINE, said[-2:]))
     table = Table(["Threshold", *(label(m) for m in REPORT)],
                   [[rule_name(rule), *(cell_of(row[rule][m]).text() for m in REPORT)]
                    for rule in cmp.threshold_rules])
@@ -124,8 +125,8 @@ def curves(ctx: Context) -> str:
 
 
 def explanations(ctx: Context) -> str:
+    from tune.evaluation.panels import GROUPS, PER_GROUP
     from tune.models.explain import METHOD
-    from tune.reports.campanel import GROUPS, PER_GROUP
 
     cmp = ctx.cmp
     assert cmp is not None

@@ -16,7 +16,7 @@ from html import escape
 from typing import Any
 
 from tune.metrics.cells import Cell, cell_of
-from tune.metrics.classification import METRICS, THRESHOLD_RULES
+from tune.metrics.classification import HEADLINE, METRICS, THRESHOLD_RULES
 from tune.runs.files import Comparison, Evaluation
 
 THRESHOLD_METRICS = [m for m in METRICS if not METRICS[m].ranking]  # accuracy, precision, recall, f1
@@ -79,7 +79,8 @@ def comparison_caption(cmp: Comparison) -> str:
 def verdict_lines(cmp: Comparison) -> list[str]:
     """The best model by accuracy (at 0.5) and by ROC-AUC, and whether its lead over the runner-up is significant."""
     lines = [f"Skipped by the search: {arch} ({why})." for arch, why in cmp.skipped.items()]
-    for m, name in (("accuracy", f"{label('accuracy').lower()} at threshold 0.5"), ("auc", label("auc"))):
+    for m in HEADLINE:
+        name = label(m) if METRICS[m].ranking else f"{label(m).lower()} at threshold 0.5"
         e = cmp.best[m]
         if e.get("tie"):
             line = f"By {name}: {e['model']} and {e['runner_up']} tie ({e['value']:.3f})"

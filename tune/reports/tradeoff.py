@@ -1,4 +1,4 @@
-"""In-domain vs held-out validation: the trade-off a run with held-out sources (tune/data/heldout.py) shows.
+"""In-domain vs held-out validation, rendered: the trade-off a run with held-out sources (tune/data/heldout.py) shows.
 
 A detector is used on generators it never saw, and the model with the best in-domain validation AUC can
 be the worst there. So a run with held-out validation sources shows both numbers side by side: per
@@ -6,56 +6,22 @@ finalized model (its retrained seeds' kept epochs, mean over seeds) in compariso
 with one sentence saying whether in-domain and held-out validation pick the same model (and, when they
 do not, both models' test AUC and the paired bootstrap between them); and per trial, as a scatter of
 in-domain vs held-out AUC coloured by architecture in the report. Both numbers are validation numbers:
-neither ever reads the test split, which only the sentence's last clause reports.
+neither ever reads the test split, which only the sentence's last clause reports. The numbers (comparison.json's
+"tradeoff") come from tune/evaluation/tradeoff.py; this module writes them as a table, a sentence and a scatter.
 """
 
 from __future__ import annotations
 
 import math
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from tune.metrics.classification import HELDOUT, best_index
+from tune.evaluation.tradeoff import HELD_OUT, IN_DOMAIN
+from tune.metrics.classification import HELDOUT
 from tune.reports.sections import Context
 from tune.reports.tables import Table, label
-
-if TYPE_CHECKING:
-    from tune.training.records import ModelRecord
-
-IN_DOMAIN, HELD_OUT = "val_auc", f"{HELDOUT}_auc"
-
-
-def validation(records: list[ModelRecord]) -> dict[str, float]:
-    """Mean over a model's retrained seeds of the kept epoch's val_auc, xval_auc and AUC per held-out source."""
-    keys = dict.fromkeys(k for r in records for k in r.best
-                         if k == IN_DOMAIN or (k.startswith(HELDOUT) and k.endswith("_auc")))
-    return {k: float(np.mean([r.best.get(k, math.nan) for r in records])) for k in keys}
-
-
-def summary(rows: list[dict[str, Any]], records: dict[str, list[ModelRecord]],
-            samples: dict[str, dict[str, np.ndarray]], alpha: float) -> dict[str, Any]:
-    """comparison.json's "tradeoff": each model's validation AUCs beside its test AUC, the model each
-    validation picks among the tuned ones, and (when they differ) the paired bootstrap of the two on test
-    (`samples`: each model's bootstrap samples, from tune.metrics.bootstrap.score)."""
-    from tune.metrics import bootstrap as stats
-    from tune.metrics.cells import cell_of
-
-    table_rows = [{"name": r["name"], "model": r["model"], "kind": r["kind"], **validation(records[r["name"]]),
-                   "test_auc": cell_of(r["at_0.5"]["auc"]).value} for r in rows]
-    tuned = [t for t in table_rows if t["kind"] == "tuned"]
-    out: dict[str, Any] = {"rows": table_rows, "alpha": alpha}
-    picks = [best_index([t.get(k, math.nan) for t in tuned], "max") for k in (IN_DOMAIN, HELD_OUT)]
-    if len(tuned) < 2 or None in picks:
-        return out
-    a, b = (tuned[i] for i in picks)  # type: ignore[index]
-    out.update(in_domain_winner=a["name"], held_out_winner=b["name"], agree=a is b)
-    if a is not b:
-        diff = a["test_auc"] - b["test_auc"]
-        p = stats.paired_p_value(samples[a["name"]]["auc"], samples[b["name"]]["auc"], diff)
-        out.update(test_difference=diff, p_value=p, significant=bool(p < alpha))
-    return out
 
 
 def sentence(t: dict[str, Any]) -> str:

@@ -39,8 +39,7 @@ from tune.runs.layout import (
 from tune.runs.trials import SCORE, kept_score, last_timestamp
 from tune.search.budget import Budget
 from tune.search.cluster import loopback_only, quiet_ray, slots, start_ray
-from tune.search.space import Budget as SpaceBudget
-from tune.search.space import DefineByRun, Param, Resources, SearchSpace, check_rule, load_space
+from tune.search.space import BudgetSpec, DefineByRun, Param, Resources, SearchSpace, check_rule, load_space
 from tune.training.config import TrainConfig
 
 
@@ -122,7 +121,7 @@ def space_from_record(d: dict[str, Any]) -> SearchSpace:
     """The SearchSpace run.json recorded (dataclasses.asdict through JSON), for --resume and --extend."""
     archs = {a: {n: Param(**{**p, "choices": tuple(p.get("choices") or ())}) for n, p in ps.items()}
              for a, ps in d["architectures"].items()}
-    return SearchSpace(**{**d, "budget": SpaceBudget(**d["budget"]), "resources": Resources(**d["resources"]),
+    return SearchSpace(**{**d, "budget": BudgetSpec(**d["budget"]), "resources": Resources(**d["resources"]),
                           "architectures": archs, "valid_extra": tuple(d.get("valid_extra", ()))})
 
 

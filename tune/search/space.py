@@ -56,7 +56,9 @@ class Param:
 
 
 @dataclass(frozen=True)
-class Budget:
+class BudgetSpec:
+    """The space file's `budget:` block as written; tune.search.budget.Budget is the running search's share of it."""
+
     trials: int | None = 8  # per architecture; None: as many as the time budget allows
     time_s: float | None = None  # wall time of the whole search (`time: 20m`); None: no limit
     max_epochs: int = 10
@@ -78,7 +80,7 @@ class SearchSpace:
     mode: str = "max"
     seed: int = 0
     image_size: int = 224
-    budget: Budget = Budget()
+    budget: BudgetSpec = BudgetSpec()
     resources: Resources = Resources()
     fixed: dict[str, Any] = field(default_factory=dict)
     architectures: dict[str, dict[str, Param]] = field(default_factory=dict)
@@ -240,12 +242,12 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
         raise _err(src, "checkpoints", f"expected one of {list(RETENTION)}, got {checkpoints!r}")
 
     b = dict(_mapping(src, "budget", doc.get("budget", {})))
-    counts = [f.name for f in dataclasses.fields(Budget) if f.name != "time_s"]
+    counts = [f.name for f in dataclasses.fields(BudgetSpec) if f.name != "time_s"]
     _check_keys(src, "budget.", b, [*counts, "time"])
     time_s = parse_duration(b.pop("time"), f"{src}: budget.time") if "time" in b else None
     if time_s is not None and "trials" not in b:
         b["trials"] = None  # a time budget alone: trials are sampled until it is spent
-    budget = Budget(**{k: None if v is None else int(_number(src, f"budget.{k}", v, integer=True))
+    budget = BudgetSpec(**{k: None if v is None else int(_number(src, f"budget.{k}", v, integer=True))
                        for k, v in b.items()}, time_s=time_s)
     for k, v in dataclasses.asdict(budget).items():
         if k != "time_s" and v is not None and v < (2 if k == "reduction_factor" else 1):

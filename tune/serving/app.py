@@ -2,7 +2,7 @@
 
 Requests are parsed and decoded concurrently on the replica's event loop (big images in threads);
 the forward pass goes through `serve.batch` on one dedicated thread. Images that arrive while it
-runs go into the next pass together (see `Detector.verdict`). `/predict?explain=1` is scored the
+runs go into the next pass together (see `DetectorApp.verdict`). `/predict?explain=1` is scored the
 same way, then its Grad-CAM pass (forward and backward, tune/models/explain.py) runs on that thread on its
 own, outside any batch.
 Every bad input is answered with a 4xx and one line of JSON, `{"error": "..."}`, never a 500 or
@@ -30,7 +30,8 @@ from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from tune.runs.inference import LoadedModel
+from tune.inference import LoadedModel
+from tune.metrics.classification import METRICS
 
 MAX_FILES = 256  # files in one /predict/batch request
 INLINE_DECODE = 256_000  # bytes: bodies up to this size are decoded without a thread hand-off
@@ -163,9 +164,14 @@ def replica_grpc_on_loopback() -> bool:
     return True
 
 
-@serve.deployment
+# Every registered metric, name -> label, in the registry's order: the web page's metrics table has these columns.
+METRIC_LABELS = {m.name: m.label for m in METRICS.values()}
+
+
+# Ray Serve still shows the deployment as "Detector"; the class name keeps it apart from tune.models.detector.Detector.
+@serve.deployment(name="Detector")
 @serve.ingress(app)
-class Detector:
+class DetectorApp:
     """One replica: the model, its description, and the batched forward pass."""
 
     def __init__(self, model_path: str, max_batch: int, batch_wait_s: float, max_bytes: int, threads: int,
@@ -177,8 +183,8 @@ class Detector:
         if loopback and not replica_grpc_on_loopback():
             warnings.warn("could not keep the replica's gRPC server on 127.0.0.1 (Ray Serve changed)", stacklevel=1)
 
+        from tune import inference
         from tune.data.images import MAX_PIXELS
-        from tune.runs import inference
         from tune.serving.modelcard import describe
 
         self.threads = max(1, threads)
@@ -332,7 +338,7 @@ class Detector:
 
     @app.get("/model")
     async def model(self) -> dict[str, Any]:
-        return {**self.description, "limits": self.limits, "explain": self.explain}
+        return {**self.description, "limits": self.limits, "explain": self.explain, "metrics": METRIC_LABELS}
 
     @app.get("/")
     async def page(self) -> HTMLResponse:
@@ -344,6 +350,6 @@ def build(model_path: Path, *, replicas: int, max_batch: int, batch_wait_ms: flo
     """The Serve application: `replicas` copies of the deployment, each with its own torch threads."""
     # Serve's default of 5 ongoing requests per replica would cap every batch at 5 and queue the rest in
     # the proxy, which backs off between retries: allow a few batches' worth.
-    return Detector.options(num_replicas=replicas, max_ongoing_requests=max(4 * max_batch, 16),
+    return DetectorApp.options(num_replicas=replicas, max_ongoing_requests=max(4 * max_batch, 16),
                             ray_actor_options={"num_cpus": cpus_per_replica}).bind(
         str(Path(model_path).absolute()), max_batch, batch_wait_ms / 1000.0, max_bytes, threads, loopback)

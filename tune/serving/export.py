@@ -23,7 +23,7 @@ from tune.core import UserError, atomic_write_bytes, atomic_write_text
 if TYPE_CHECKING:
     import numpy as np
 
-    from tune.runs.inference import LoadedModel
+    from tune.inference import LoadedModel
 
 PARITY_IMAGES = 32
 PARITY_LIMIT = 1e-4
@@ -108,7 +108,7 @@ def check_parity(loaded: LoadedModel, onnx_bytes: bytes, x: np.ndarray) -> float
 
 
 def export(model: Path, fmt: str = "onnx", out: Path | None = None) -> dict[str, Any]:
-    from tune.runs import inference
+    from tune import inference
     from tune.serving.modelcard import describe, render_card
 
     if fmt not in FORMATS:

@@ -22,7 +22,7 @@ from tune.reports.tables import Table, cell_at, label, rule_name
 from tune.runs.files import EVALUATION, Comparison, Evaluation
 
 if TYPE_CHECKING:
-    from tune.runs.inference import LoadedModel
+    from tune.inference import LoadedModel
 
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tune.core import atomic_write_bytes, atomic_write_text
-from tune.runs.inference import LoadedModel
+from tune.inference import LoadedModel
 
 if TYPE_CHECKING:
     import numpy as np

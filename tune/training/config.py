@@ -3,7 +3,8 @@
 Training options are declared once, here: each field's metadata gives its help text (the CLI's
 flags are generated from it) and whether a search space may sample it. An architecture's own
 hyperparameters (head sizes, unfrozen depth, weights...) are declared by its registry entry
-(tune/models/registry.py) and carried in `hparams`; a config is flat when written or read, as in params.json.
+(tune/models/registry.py and its family modules) and carried in `hparams`; a config is flat when written or
+read, as in params.json.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from tune.metrics.cells import Cell
-from tune.metrics.classification import METRICS, THRESHOLD_RULES
+from tune.metrics.classification import METRICS, PER_SOURCE, THRESHOLD_RULES
 from tune.runs.files import Evaluation
 
 if TYPE_CHECKING:
@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 
     from tune.data.perturb import Condition
     from tune.data.sources import Scored, Source
-    from tune.runs.inference import LoadedModel
+    from tune.inference import LoadedModel
 
-PAIRED_METRICS = ("auc", "ap")
+PAIRED_METRICS = PER_SOURCE  # the per-generator numbers, paired between models per source
 Samples = dict[str, "np.ndarray"]
 
 
@@ -63,7 +63,7 @@ def mean_cells(per: list[dict[str, dict[str, Cell]]], samples: list[Samples]) ->
     return out, mean_samples
 
 
-def tables(models: dict[str, LoadedModel], sources: list[Source], conditions: list[Condition],
+def evaluation_statistics(models: dict[str, LoadedModel], sources: list[Source], conditions: list[Condition],
            scored: dict[str, Scored], *, resamples: int = 1000, seed: int = 0) -> Evaluation:
     from tune.core import library_versions
     from tune.metrics import bootstrap as stats
