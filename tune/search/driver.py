@@ -14,6 +14,7 @@ run.json), then `run` (Ray, the caches, one Tuner per experiment: the search, or
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -24,6 +25,7 @@ import torch
 
 from tune import FAKE, REAL
 from tune.core import UserError, library_versions
+from tune.metrics.costs import Serving
 from tune.data.images import ImageSet, load_split
 from tune.runs.layout import (
     DataRecord,
@@ -79,6 +81,7 @@ class TrialData:
     use_cache: bool = True
     extra: list[ImageSet] = field(default_factory=list)  # held-out validation sources: scored, never trained on
     cache_gb: float | None = None  # the feature-cache budget of the node a trial runs on
+    serving: Serving | None = None  # how the kept model's serving costs are measured (None: not measured)
 
 
 def run_trial(config: dict[str, Any], data: TrialData) -> None:
@@ -111,7 +114,13 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
     cache = Path(data.cache_dir) if data.cache_dir else None
-    fit(cfg, data.train, data.valid, extra=data.extra, report=report, resume=resume, cache_dir=cache, log=None)
+    costs = None
+    if data.serving is not None:
+        from tune.training.latency import measure
+
+        costs = functools.partial(measure, image_size=cfg.image_size, serving=data.serving, seed=cfg.seed)
+    fit(cfg, data.train, data.valid, extra=data.extra, report=report, resume=resume, cache_dir=cache, log=None,
+        measure=costs)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -123,7 +132,9 @@ def space_from_record(d: dict[str, Any]) -> SearchSpace:
     archs = {a: {n: Param(**{**p, "choices": tuple(p.get("choices") or ())}) for n, p in ps.items()}
              for a, ps in d["architectures"].items()}
     return SearchSpace(**{**d, "budget": SpaceBudget(**d["budget"]), "resources": Resources(**d["resources"]),
-                          "architectures": archs, "valid_extra": tuple(d.get("valid_extra", ()))})
+                          "architectures": archs, "valid_extra": tuple(d.get("valid_extra", ())),
+                          "objectives": tuple(tuple(o) for o in d.get("objectives", ())),
+                          "latency": Serving(**d.get("latency", {}))})
 
 
 # --------------------------------------------------------------------------- plan
@@ -329,7 +340,7 @@ def run_search(opts: SearchOptions) -> Path:
         resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial if cuda else 0}
         data = TrialData(train, valid, space.metric, space.mode, max(1, int(space.resources.cpus_per_trial)),
                          str(opts.cache_dir / "features") if opts.cache_dir else None, opts.use_cache, extra,
-                         opts.cache_gb)
+                         opts.cache_gb, space.latency)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), resources)
         # No features are built here: each trial builds the files it needs when it first needs them
         # (tune/search/prepare.py says why).
