@@ -11,7 +11,11 @@ from tune.serving.export import FORMATS
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX (parity-checked under onnxruntime) with a model card")
-    p.add_argument("--model", type=Path, required=True, help=MODEL_FILES)
+    p.add_argument("--model", type=Path, help=MODEL_FILES)
+    p.add_argument("--run", help="instead of --model: RUN's picked model (finalize --pick), or with --arch its "
+                   "finalized model of that architecture")
+    p.add_argument("--arch", help="with --run: which finalized model")
+    p.add_argument("--storage", help=argparse.SUPPRESS)
     p.add_argument("--format", default="onnx", choices=FORMATS)
     p.add_argument("--out", type=Path, help="output file (default: MODEL_DIR/STEM-onnx/model.onnx); "
                    "MODEL_CARD.md is written beside it")
@@ -20,8 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from tune.serving.export import export
+    from tune.serving.serve import model_path
 
-    info = export(a.model, a.format, a.out)
+    info = export(model_path(a), a.format, a.out)
     p = info["parity"]
     print(f"wrote {info['path']} ({info['format']}, opset {info['opset']}; input {info['input']} float [0,1] NCHW, "
           f"output {info['output']} = P(fake)); parity on {p['n']} {p['images']} images: max |Δ| "

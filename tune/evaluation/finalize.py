@@ -37,6 +37,7 @@ from tune.runs.info import (
     record_moved_data,
     trial_config,
 )
+from tune.runs.pareto import PickRule, parse_pick
 from tune.training.config import TrainConfig
 from tune.training.records import RECORD, WEIGHTS, ModelRecord
 
@@ -59,7 +60,7 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        return f"{self.arch} (tuned, trial {self.trial_id})" if self.kind == "tuned" else f"{self.arch} (baseline)"
+        return f"{self.arch} ({self.kind}, trial {self.trial_id})" if self.trial_id else f"{self.arch} (baseline)"
 
 
 def baseline_config(info: RunInfo, arch: str) -> TrainConfig:
@@ -74,7 +75,11 @@ def baseline_config(info: RunInfo, arch: str) -> TrainConfig:
     return TrainConfig.from_dict(fields)
 
 
-def candidates(info: RunInfo, baseline: bool, log: Log) -> list[Candidate]:
+def candidates(info: RunInfo, baseline: bool, log: Log,
+               pick: PickRule | None = None) -> tuple[list[Candidate], dict[str, Any]]:
+    """Each architecture's best trial (and baseline), and the trial `pick` names when it is none of them; with
+    what run.json records of the pick."""
+    from tune.evaluation.picking import picked_candidate
     from tune.runs.leaderboard import load_leaderboard
 
     board = load_leaderboard(info.run_dir)
@@ -90,7 +95,8 @@ def candidates(info: RunInfo, baseline: bool, log: Log) -> list[Candidate]:
             out.append(Candidate(f"{arch}-baseline", arch, "baseline", baseline_config(info, arch)))
     if not any(c.kind == "tuned" for c in out):
         raise UserError(f"run {info.name} has no finished trials to finalize")
-    return out
+    extra, about = picked_candidate(info, board, pick or parse_pick("best"), out, log)
+    return out + ([extra] if extra else []), about
 
 
 def load_test(info: RunInfo, decoded_cache: Path | None) -> ImageSet:
@@ -245,7 +251,7 @@ def export_models(info: RunInfo, cmp: Comparison, records: dict[str, list[ModelR
 
 def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache_dir: Path | None = None,
                  log: Log = print, jobs: int = 1, extra_test: list[Path] | None = None, data: Path | None = None,
-                 valid_extra: list[Path] | None = None) -> Comparison:
+                 valid_extra: list[Path] | None = None, pick: PickRule | None = None) -> Comparison:
     """`jobs` > 1 retrains that many (model, seed) pairs at once in separate processes, each with the
     trials' thread count, so the numbers are the same as sequentially, only sooner. `data` and `valid_extra`:
     where the run's data is now, if it moved (the same images, by content; run.json then points there)."""
@@ -258,7 +264,7 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
 
     extra = find_sources(extra_test) if extra_test else None  # a bad --extra-test fails before any training
     info = read_run(run_dir, data=data, valid_extra=valid_extra)
-    cands = candidates(info, baseline, log)
+    cands, picked = candidates(info, baseline, log, pick)
     decoded, features = cache_dirs(info, cache_dir)
     train, valid = load_train_valid(info, cache_dir)
     held_out = load_heldout(info, cache_dir)  # selected by (with a held-out or combined metric), never trained on
@@ -302,6 +308,10 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     atomic_write_text(info.run.comparison("csv"), comparison_csv(cmp))
     atomic_write_text(info.run.comparison("md"), md)
     export_models(info, cmp, records)
+    from tune.evaluation.picking import export_picked, record_pick
+
+    record_pick(info, picked)
+    export_picked(info, cmp, records, picked)
     from tune.reports.campanel import finalize_panels
 
     finalize_panels(info.run, cmp, test, log)  # here: the test split is in memory only in this module

@@ -69,6 +69,12 @@ def parse_serving(src: str, v: Any) -> Serving:
     return Serving(**v)
 
 
+def result_keys(goals: tuple[tuple[str, str], ...], score: str) -> list[str]:
+    """The result key Optuna reads for each objective: the trial's score for the first; a cost by its name (a
+    trial reports it in every row once measured); a further metric as `kept_NAME` (its value at the kept epoch)."""
+    return [score if i == 0 else name if name in COSTS else f"kept_{name}" for i, (name, _) in enumerate(goals)]
+
+
 def sampler_for(kind: str, n_objectives: int, seed: int, startup: int) -> Any:
     """Optuna's sampler: TPE (multi-objective when there are several objectives: MOTPE) or NSGA-II."""
     from optuna.samplers import NSGAIISampler, TPESampler

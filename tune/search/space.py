@@ -34,9 +34,9 @@ import yaml
 
 from tune.core import UserError
 from tune.metrics.classification import needs_heldout, search_metrics
+from tune.metrics.costs import Serving
 from tune.models.detector import parse_head_sizes
 from tune.models.registry import check_hparams, get_arch
-from tune.metrics.costs import Serving
 from tune.search.budget import parse_duration
 from tune.search.objectives import parse_objectives, parse_sampler, parse_serving
 from tune.training.config import TrainConfig, searchable_options
