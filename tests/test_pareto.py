@@ -135,24 +135,61 @@ def test_a_two_objective_search(multi_run: Path, capsys: pytest.CaptureFixture[s
     assert sorted(r["trial_id"] for r in shown) == sorted(front["trial_id"])
 
 
-def test_finalize_pick_ships_the_named_trial(multi_run: Path, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture(scope="module")
+def picked_run(multi_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the two-objective run, finalized with 1 seed and --pick within:1 (the fastest scored trial)."""
     import shutil
 
     from tune.cli import main
-    from tune.runs.leaderboard import load_leaderboard
 
-    run = tmp_path / "mo"
+    run = tmp_path_factory.mktemp("picked") / "mo"
     shutil.copytree(multi_run, run)
-    df = load_leaderboard(run)
-    scored = df[df["score"].notna()]
-    fastest = scored.sort_values("latency_ms", kind="stable").iloc[0]
     assert main(["finalize", str(run), "--seeds", "1", "--pick", "within:1"]) == 0
-    meta = json.loads((run / "run.json").read_text())
+    return run
+
+
+def test_finalize_pick_ships_the_named_trial(picked_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tune.cli import main
+    from tune.runs.leaderboard import load_leaderboard
+    from tune.serving.serve import model_path
+
+    df = load_leaderboard(picked_run)
+    fastest = df[df["score"].notna()].sort_values("latency_ms", kind="stable").iloc[0]
+    meta = json.loads((picked_run / "run.json").read_text())
     assert meta["pick"]["rule"] == "within:1" and meta["pick"]["trial_id"] == fastest["trial_id"]
-    rec = json.loads((run / "models" / "picked" / "record.json").read_text())
+    rec = json.loads((picked_run / "models" / "picked" / "record.json").read_text())
     assert rec["trial_id"] == fastest["trial_id"] and "--pick within:1" in rec["chosen_by"]
+    cmp = json.loads((picked_run / "comparison.json").read_text())
+    assert fastest["trial_id"] in [r["trial_id"] for r in cmp["rows"]]  # the comparison has the picked model's row
+    # serve and export default to the picked model
+    import argparse
+
+    assert model_path(argparse.Namespace(model=None, run=str(picked_run), arch=None, storage=None)) == \
+        picked_run / "models" / "picked" / "best.pth"
     capsys.readouterr()
-    assert main(["finalize", str(run), "--seeds", "1", "--pick", "latency_ms<=0.000001"]) == 2
+    assert main(["finalize", str(picked_run), "--seeds", "1", "--pick", "latency_ms<=0.000001"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no trial meets it; the closest is custom_cnn trial" in err[0]
+
+
+def test_report_draws_the_front_in_chromium(picked_run: Path) -> None:
+    from browser import chromium, console_errors
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = picked_run / "report.html"
+    html = page.read_text()
+    assert 'id="pareto"' in html and "could not be built" not in html
+    with chromium(1280, 900) as d:
+        d.get(page.as_uri())
+        WebDriverWait(d, 30).until(lambda d: d.execute_script(
+            "return document.readyState === 'complete' && Array.from(document.querySelectorAll('.js-plotly-plot'))"
+            ".every(e => e.querySelector('.main-svg'))"))
+        assert console_errors(d) == []
+        plots = d.find_elements(By.CSS_SELECTOR, "#pareto .js-plotly-plot")
+        assert len(plots) == 2  # ours, and Optuna's Pareto front of the one study
+        names = d.execute_script("return arguments[0].data.map(t => t.name)", plots[0])
+        assert "Pareto front" in names and "custom_cnn" in names and "picked (finalize --pick)" in names
+        section = d.find_element(By.ID, "pareto")
+        d.execute_script("arguments[0].scrollIntoView()", section)
+        assert section.is_displayed() and plots[0].size["width"] > 300

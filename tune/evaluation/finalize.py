@@ -79,7 +79,7 @@ def candidates(info: RunInfo, baseline: bool, log: Log,
                pick: PickRule | None = None) -> tuple[list[Candidate], dict[str, Any]]:
     """Each architecture's best trial (and baseline), and the trial `pick` names when it is none of them; with
     what run.json records of the pick."""
-    from tune.evaluation.picking import picked_candidate
+    from tune.evaluation.picking import PICKED, picked_trial
     from tune.runs.leaderboard import load_leaderboard
 
     board = load_leaderboard(info.run_dir)
@@ -95,8 +95,12 @@ def candidates(info: RunInfo, baseline: bool, log: Log,
             out.append(Candidate(f"{arch}-baseline", arch, "baseline", baseline_config(info, arch)))
     if not any(c.kind == "tuned" for c in out):
         raise UserError(f"run {info.name} has no finished trials to finalize")
-    extra, about = picked_candidate(info, board, pick or parse_pick("best"), out, log)
-    return out + ([extra] if extra else []), about
+    named, about = picked_trial(info, board, pick or parse_pick("best"),
+                                {c.trial_id: c.name for c in out if c.trial_id}, log)
+    if named:
+        name, arch, tid = named
+        out.append(Candidate(name, arch, PICKED, trial_config(info, arch, tid), tid))
+    return out, about
 
 
 def load_test(info: RunInfo, decoded_cache: Path | None) -> ImageSet:

@@ -19,7 +19,6 @@ from tune.training.records import RECORD, WEIGHTS, ModelRecord
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tune.evaluation.finalize import Candidate
     from tune.runs.files import Comparison
     from tune.runs.info import RunInfo
     from tune.runs.layout import Run
@@ -31,13 +30,10 @@ def picked_dir(run: Run) -> Path:
     return run.path / "models" / PICKED
 
 
-def picked_candidate(info: RunInfo, board: pd.DataFrame, rule: PickRule, winners: list[Candidate],
-                     log: Callable[[str], None]) -> tuple[Candidate | None, dict[str, Any]]:
-    """(the candidate to retrain besides the winners, or None when the rule names a winner or is `best`; what
-    run.json records)."""
-    from tune.evaluation.finalize import Candidate
-    from tune.runs.info import trial_config
-
+def picked_trial(info: RunInfo, board: pd.DataFrame, rule: PickRule, winners: dict[str, str],
+                 log: Callable[[str], None]) -> tuple[tuple[str, str, str] | None, dict[str, Any]]:
+    """((model name, arch, trial id) to retrain besides the winners, or None when the rule names a winner or is
+    `best`; what run.json records). `winners`: trial id -> the winner's model name."""
     row = choose(board, rule, info.mode)
     if row is None:
         return None, {**rule.to_dict(), "model": None}
@@ -46,11 +42,10 @@ def picked_candidate(info: RunInfo, board: pd.DataFrame, rule: PickRule, winners
              **({SPEED: float(row[SPEED])} if SPEED in row and row[SPEED] == row[SPEED] else {})}
     log(f"--pick {rule.text}: {arch} trial {row['trial_no']} ({tid}), valid {info.metric} {row['score']:.4f}"
         + (f", {row[SPEED]:.3g} ms/image" if SPEED in about else ""))
-    same = next((c for c in winners if c.trial_id == tid), None)
-    if same is not None:
-        return None, {**about, "model": same.name}
+    if tid in winners:
+        return None, {**about, "model": winners[tid]}
     name = f"{arch}-{PICKED}"
-    return Candidate(name, arch, PICKED, trial_config(info, arch, tid), tid), {**about, "model": name}
+    return (name, arch, tid), {**about, "model": name}
 
 
 def record_pick(info: RunInfo, about: dict[str, Any]) -> None:
