@@ -48,7 +48,8 @@ def figure(board: Any, metric: str, mode: str, picked: str | None) -> Any:
 
 
 def optuna_fronts(ctx: Context) -> list[tuple[str, Any]]:
-    """Optuna's plot_pareto_front of each study with two objectives (COMPLETE trials only)."""
+    """Optuna's plot_pareto_front of each study with two objectives (COMPLETE trials only); a sentence instead of
+    the figure when a study cannot be drawn."""
     import optuna
     import optuna.visualization as vis
 
@@ -59,8 +60,9 @@ def optuna_fronts(ctx: Context) -> list[tuple[str, Any]]:
     for arch in ctx.meta.architectures:
         study = load_study(ctx.run.optuna_db, ctx.run.study_name(arch, ctx.meta))
         if study is None or len(study.directions) != 2:
-            continue
+            continue  # a single-objective study: our own figure above is the picture
         if sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) < 1:
+            out.append((arch, "no trial of this study is COMPLETE yet: Optuna's Pareto front has nothing to draw"))
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -81,9 +83,10 @@ def section(ctx: Context) -> str:
             f"kept model took at batch 1 on the machine that ran it. {n_front} trial(s) on the Pareto front (no "
             "other finished trial is both as accurate and as fast); a ring marks each architecture's winner"
             + ("; the star, the model finalize --pick shipped" if picked else "") + ".</p>")
-    parts = [said, f'<div class="chart">{figure_div(figure(board, ctx.metric, ctx.meta.mode, picked), "pareto")}'
-                   "</div>"]
+    fig = figure(board, ctx.metric, ctx.meta.mode, picked)
+    parts = [said, f'<div class="chart">{figure_div(fig, "accuracy-latency")}</div>']  # not "pareto": the section's id
     for arch, fig in optuna_fronts(ctx):
-        parts.append(f"<h3>{escape(arch)}: Optuna's Pareto front</h3>"
-                     f'<div class="chart">{figure_div(fig, f"{arch}-optuna-pareto")}</div>')
+        parts.append(f"<h3>{escape(arch)}: Optuna's Pareto front</h3>" + (
+            f"<p>{escape(fig)}</p>" if isinstance(fig, str) else
+            f'<div class="chart">{figure_div(fig, f"{arch}-optuna-pareto")}</div>'))
     return "".join(parts)
