@@ -1,7 +1,7 @@
 """Accurate and fast: a two-objective search (val_auc, latency_ms) on the built-in data, its Pareto front, and
 what each pick rule ships.
 
-    python benchmarks/pareto.py [--trials 8] [--epochs 6] [--seeds 1] [--run NAME] [--skip-int8]
+    python benchmarks/pareto.py [--trials 8] [--epochs 6] [--seeds 1] [--run NAME] [--skip-int8] [--no-finalize]
 
 The space is search_spaces/demo.yaml (the demo's architectures; mobilenet_v2 is skipped offline, as in the demo)
 with `objectives: [val_auc: max, latency_ms: min]`, `--trials` per architecture and at most `--epochs` epochs.
@@ -10,6 +10,9 @@ accurate trial's latency); finalize reuses every seed already trained, so each l
 trial. Prints the front, each pick's valid AUC, test AUC and ms/image at batch 1 (measured by its trial, on this
 machine), each trial's share of time spent measuring, and with int8 each picked model's ONNX export quantized:
 its test AUC and ms/image under ONNX Runtime against fp32. `--run NAME` reuses a finished search of that name.
+`--no-finalize` retrains nothing: each rule's trial is chosen on the leaderboard (valid AUC and its measured
+latency only), and int8 is timed on that trial's architecture and hyperparameters freshly built (a latency does
+not depend on the weights' values; parity and AUC do, so they are not reported then).
 Target (issue 29): a picked model at least 2x faster than the most accurate, test AUC within 0.02 of it.
 """
 
@@ -79,6 +82,50 @@ def int8_numbers(run: Run) -> dict:
     return {**q, "auc_fp32": out["fp32"], "auc_int8": out["int8"]}
 
 
+def int8_speed(run: Run, arch: str, trial_id: str) -> dict:
+    """fp32 vs int8 ms/image at batch 1 (ONNX Runtime, one thread) of the trial's model, freshly built."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from tune.runs.info import read_run, trial_config
+    from tune.serving.quantize import median_ms, quantize_int8, session
+    from tune.training.loop import make_model
+
+    cfg = trial_config(read_run(run.path), arch, trial_id)
+    model = make_model(cfg).cpu().eval()
+    s = cfg.image_size
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.rand(1, 3, s, s),), buf, dynamo=False, input_names=["image"],
+                          dynamic_axes={"image": {0: "n"}})
+    fp32 = buf.getvalue()
+    int8 = quantize_int8(fp32, arch)
+    x = np.random.default_rng(0).random((8, 3, s, s), dtype=np.float32)
+    a, b = median_ms(session(fp32), x, "image"), median_ms(session(int8), x, "image")
+    return {"ms_per_image_fp32": a, "ms_per_image_int8": b, "speedup": a / b}
+
+
+def leaderboard_picks(run: Run, board, rules: list[str], skip_int8: bool) -> None:
+    from tune.core import UserError
+    from tune.runs.pareto import choose, parse_pick
+
+    for rule in rules:
+        try:
+            row = choose(board, parse_pick(rule), "max")
+        except UserError as e:
+            print(f"{rule:<22} {e}")
+            continue
+        if row is None:  # best: the most accurate trial
+            row = board.iloc[0]
+        q = {} if skip_int8 else int8_speed(run, str(row["arch"]), str(row["trial_id"]))
+        int8 = (f"  int8 (ORT, 1 thread): {q['ms_per_image_fp32']:.3g} -> {q['ms_per_image_int8']:.3g} ms/image "
+                f"(x{q['speedup']:.2f})") if q else ""
+        print(f"{rule:<22} {row['arch'] + ' ' + row['trial_id']:<28} {row['score']:>9.4f} {'-':>9} "
+              f"{row['latency_ms']:>9.3g}{int8}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=8, help="trials per architecture (default: 8)")
@@ -86,6 +133,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="finalize seeds per model (default: 1)")
     ap.add_argument("--run", help="reuse a finished search of this name")
     ap.add_argument("--skip-int8", action="store_true")
+    ap.add_argument("--no-finalize", action="store_true", help="choose on the leaderboard; retrain nothing")
     a = ap.parse_args()
     name = a.run or time.strftime("pareto-%Y%m%d-%H%M%S")
     t0 = time.time()
@@ -105,6 +153,9 @@ def main() -> None:
     best_ms = float(board.iloc[0]["latency_ms"])
     rules = ["best", "within:0.01", f"latency_ms<={best_ms / 2:.3g}"]
     print(f"\n{'rule':<22} {'model':<28} {'valid AUC':>9} {'test AUC':>9} {'ms/image':>9}  int8: test AUC, ms/image")
+    if a.no_finalize:
+        leaderboard_picks(run, board, rules, a.skip_int8)
+        rules = []
     for rule in rules:
         try:
             tune("finalize", name, "--seeds", str(a.seeds), "--pick", rule)
