@@ -252,6 +252,7 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
             best_state, best_probs = copy.deepcopy(trained_part(model.state_dict())), probs
             if measure is not None and not costs:
                 costs = measure(model)
+                row["epoch_time"] += costs.get(MEASURE_S, 0.0)  # the wall time between this report and the last
         else:
             bad_epochs += 1
         row["best_epoch"] = best_epoch
