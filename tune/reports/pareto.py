@@ -38,7 +38,7 @@ def figure(board: Any, metric: str, mode: str, picked: str | None) -> Any:
         fig.add_trace(go.Scatter(x=front[SPEED], y=front["score"], mode="lines", name="Pareto front",
                                  line={"shape": "hv", "color": "#333", "dash": "dot"}, hoverinfo="skip"))
     if picked:
-        row = done[done["trial_id"] == picked]
+        row = board[(board["trial_id"] == picked) & board["score"].notna() & board[SPEED].notna()]  # finished or not
         if len(row):
             fig.add_trace(go.Scatter(x=row[SPEED], y=row["score"], mode="markers", name="picked (finalize --pick)",
                                      marker={"symbol": "star", "size": 16, "color": "#d62728"}, hoverinfo="skip"))
