@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
+from tune.core import UserError  # noqa: E402
 from tune.runs.layout import Run  # noqa: E402
 from tune.runs.leaderboard import load_leaderboard  # noqa: E402
 
@@ -122,7 +123,6 @@ def remeasured(run: Run, arch: str, trial_id: str) -> float:
 
 
 def leaderboard_picks(run: Run, board, rules: list[str], skip_int8: bool) -> None:
-    from tune.core import UserError
     from tune.runs.pareto import choose, parse_pick
 
     for rule in rules:
@@ -182,9 +182,12 @@ def main() -> None:
         model = pick.get("model") or str(board.iloc[0]["arch"])
         tid = pick.get("trial_id") or str(board.iloc[0]["trial_id"])
         row = board[board["trial_id"] == tid].iloc[0]
-        q = {} if a.skip_int8 else int8_numbers(run)
-        int8 = (f"  {q['auc_fp32']:.3f} -> {q['auc_int8']:.3f}, {q['ms_per_image_fp32']:.3g} -> "
-                f"{q['ms_per_image_int8']:.3g} (x{q['speedup']:.2f})") if q else ""
+        try:
+            q = {} if a.skip_int8 else int8_numbers(run)
+            int8 = (f"  {q['auc_fp32']:.3f} -> {q['auc_int8']:.3f}, {q['ms_per_image_fp32']:.3g} -> "
+                    f"{q['ms_per_image_int8']:.3g} (x{q['speedup']:.2f})") if q else ""
+        except UserError as e:  # refused: past the parity limit, or not quantizable
+            int8 = f"  {e}"
         print(f"{rule:<22} {model + ' ' + tid:<28} {row['score']:>9.4f} {test_auc(run, model) or float('nan'):>9.4f} "
               f"{row['latency_ms']:>9.3g}{int8}", flush=True)
     print(f"\ntotal {time.time() - t0:.0f} s; run folder {run.path}")

@@ -25,10 +25,6 @@ COSTS: dict[str, Cost] = {c.name: c for c in (
 MEASURE_S = "cost_s"  # the seconds the measurement took (its share of the trial's time is shown by the benchmark)
 
 
-def is_cost(name: str) -> bool:
-    return name in COSTS
-
-
 @dataclass(frozen=True)
 class Serving:
     """How a latency is measured (a space's `latency:` mapping)."""

@@ -295,7 +295,7 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
     startup = max(2, min(10, (budget.trials or 10) // 2))
     studies = {arch: HonestOptunaSearch(
         space=DefineByRun(space, arch), metric=metric, mode=mode, study_name=run.study_name(arch, record),
-        storage=storage, sampler=sampler_for(space.sampler, len(space.goals), space.seed + k, startup))
+        storage=storage, sampler=sampler_for(space.sampler, space.seed + k, startup))
         for arch in budget.archs}
     scheduler = ArchScheduler(budget, metric=SCORE, mode=space.mode, max_t=b.max_epochs, grace_period=b.grace_period,
                               reduction_factor=b.reduction_factor)

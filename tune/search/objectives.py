@@ -75,7 +75,7 @@ def result_keys(goals: tuple[tuple[str, str], ...], score: str) -> list[str]:
     return [score if i == 0 else name if name in COSTS else f"kept_{name}" for i, (name, _) in enumerate(goals)]
 
 
-def sampler_for(kind: str, n_objectives: int, seed: int, startup: int) -> Any:
+def sampler_for(kind: str, seed: int, startup: int) -> Any:
     """Optuna's sampler: TPE (multi-objective when there are several objectives: MOTPE) or NSGA-II."""
     from optuna.samplers import NSGAIISampler, TPESampler
 
