@@ -122,3 +122,36 @@ def test_export_refuses_to_write_when_parity_fails(tmp_path: Path, monkeypatch: 
 def test_export_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert tune.cli.main(["export", "--model", str(tmp_path / "missing.pth")]) == 2
     assert capsys.readouterr().err.startswith("error: model file not found")
+
+
+@pytest.mark.parametrize("arch", ["custom_cnn", "efficientnet_lite0"])  # the demo's (all five pass; each costs
+def test_int8_export_agrees_with_fp32_within_the_stated_tolerance(arch: str, tmp_path: Path) -> None:
+    # two exports: a minute on two loaded cores)
+    from tune.serving.quantize import INT8_LIMIT
+
+    path = saved_model(tmp_path, arch, seed=1)
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    export_mod.export(path, "onnx", fp32)
+    info = export_mod.export(path, "onnx", int8, quantize="int8")
+    q = info["quantized"]
+    assert q["max_abs_diff"] <= INT8_LIMIT == q["limit"] and q["ms_per_image_int8"] > 0
+    assert q["bytes_int8"] < q["bytes_fp32"]
+    # checked again here on the written files, with a fixed image set the exporter never saw
+    x = np.random.default_rng(3).integers(0, 256, (8, 3, SIZE, SIZE), dtype=np.uint8)
+    assert np.abs(onnx_probabilities(int8, x) - onnx_probabilities(fp32, x)).max() <= INT8_LIMIT
+    assert "Quantized: int8" in (int8.parent / "MODEL_CARD.md").read_text()
+
+
+def test_int8_that_cannot_be_quantized_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import onnxruntime.quantization as q
+
+    def refuse(*_a, **_k):
+        raise NotImplementedError("no int8 kernel for this graph\nmore detail")
+
+    monkeypatch.setattr(q, "quantize_dynamic", refuse)
+    path = saved_model(tmp_path, "custom_cnn")
+    out = tmp_path / "x" / "model.onnx"
+    assert tune.cli.main(["export", "--model", str(path), "--quantize", "int8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "custom_cnn cannot be quantized" in err[0] and not out.exists()

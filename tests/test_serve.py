@@ -405,8 +405,11 @@ def test_sigterm_under_load_on_busy_cores_stops_within_10_s(model_files: tuple[P
 def test_serve_refuses_bad_options_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert tune.cli.main(["serve", "--model", str(tmp_path / "missing.pth")]) == 2
     assert "model file not found" in capsys.readouterr().err
-    assert tune.cli.main(["serve", "--run", "nosuch"]) == 2
+    assert tune.cli.main(["serve"]) == 2
     assert "--run RUN --arch ARCH" in capsys.readouterr().err
+    assert tune.cli.main(["serve", "--run", "nosuch"]) == 2  # --run alone: its picked model (finalize --pick)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nosuch" in err[0]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()

@@ -25,7 +25,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_cache_gb(p)
     p.add_argument("--extra-test", type=Path, nargs="+", metavar="DATA", help=(
                    "also evaluate the exported winners per source on these folders (as `evaluate`)"))
+    p.add_argument("--pick", type=pick_rule, default="best", metavar="RULE", help=(
+                   "which model is shipped (models/picked/, what serve and export default to): best (default), "
+                   "\"latency_ms<=8\" (the most accurate trial within the budget) or \"within:0.01\" (the fastest "
+                   "trial whose valid score is within 0.01 of the best); it is retrained beside the winners"))
     p.set_defaults(func=run)
+
+
+def pick_rule(text: str) -> object:
+    from tune.runs.pareto import parse_pick
+
+    try:
+        return parse_pick(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def finalize(run_dir: Path, *, log: Callable[[str], None] = print, **options: Any) -> Comparison:
@@ -71,5 +84,5 @@ def run(a: argparse.Namespace) -> int:
     cache_budget(a)
     folder = run_folder(a)
     finalize(folder, seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(), jobs=finalize_jobs(folder),
-             extra_test=a.extra_test, data=a.data, valid_extra=a.valid_extra)
+             extra_test=a.extra_test, data=a.data, valid_extra=a.valid_extra, pick=a.pick)
     return 0

@@ -13,6 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_storage(p)
     p.add_argument("--top", type=int, help="show only the best K trials")
     p.add_argument("--arch", help="only this architecture")
+    p.add_argument("--pareto", action="store_true", help="only the trials on the Pareto front (accuracy against "
+                   "latency, or the space's objectives)")
     p.add_argument("--format", default="table", choices=["table", "csv", "markdown", "json"])
     p.set_defaults(func=run)
 
@@ -26,7 +28,7 @@ def run(a: argparse.Namespace) -> int:
     if board.empty and a.format == "table":
         print(f"run {run.name}: no trials yet in {run.trials_root(run.read())}")
         return 0
-    out = render(board, fmt=a.format, top=a.top, arch=a.arch)
+    out = render(board, fmt=a.format, top=a.top, arch=a.arch, pareto=a.pareto)
     print(out, end="" if out.endswith("\n") else "\n")
     if a.format == "table":
         print(trial_counts(board))

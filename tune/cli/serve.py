@@ -15,7 +15,8 @@ from tune.core import UserError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve (API, web page, batching)")
     add_model(p)
-    p.add_argument("--run", help="with --arch: serve RUN's finalized model of that architecture")
+    p.add_argument("--run", help="serve RUN's picked model (finalize --pick: results/RUN/models/picked/), or with "
+                   "--arch its finalized model of that architecture")
     p.add_argument("--arch", help="with --run: which finalized model (results/RUN/models/ARCH.pth)")
     add_storage(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "

@@ -34,6 +34,7 @@ from tune.runs.info import (
     record_moved_data,
     trial_config,
 )
+from tune.runs.pareto import PickRule, parse_pick
 from tune.training.config import TrainConfig
 from tune.training.records import RECORD, WEIGHTS, ModelRecord
 
@@ -58,7 +59,7 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        return f"{self.arch} (tuned, trial {self.trial_id})" if self.kind == "tuned" else f"{self.arch} (baseline)"
+        return f"{self.arch} ({self.kind}, trial {self.trial_id})" if self.trial_id else f"{self.arch} (baseline)"
 
 
 def baseline_config(info: RunInfo, arch: str) -> TrainConfig:
@@ -73,7 +74,11 @@ def baseline_config(info: RunInfo, arch: str) -> TrainConfig:
     return TrainConfig.from_dict(fields)
 
 
-def candidates(info: RunInfo, baseline: bool, log: Log) -> list[Candidate]:
+def candidates(info: RunInfo, baseline: bool, log: Log,
+               pick: PickRule | None = None) -> tuple[list[Candidate], dict[str, Any]]:
+    """Each architecture's best trial (and baseline), and the trial `pick` names when it is none of them; with
+    what run.json records of the pick."""
+    from tune.evaluation.picking import PICKED, picked_trial
     from tune.runs.leaderboard import load_leaderboard
 
     board = load_leaderboard(info.run_dir)
@@ -89,7 +94,12 @@ def candidates(info: RunInfo, baseline: bool, log: Log) -> list[Candidate]:
             out.append(Candidate(f"{arch}-baseline", arch, "baseline", baseline_config(info, arch)))
     if not any(c.kind == "tuned" for c in out):
         raise UserError(f"run {info.name} has no finished trials to finalize")
-    return out
+    named, about = picked_trial(info, board, pick or parse_pick("best"),
+                                {c.trial_id: c.name for c in out if c.trial_id}, log)
+    if named:
+        name, arch, tid = named
+        out.append(Candidate(name, arch, PICKED, trial_config(info, arch, tid), tid))
+    return out, about
 
 
 def load_test(info: RunInfo, decoded_cache: Path | None) -> ImageSet:
@@ -254,12 +264,12 @@ class Finalized:
 
 def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache_dir: Path | None = None,
                  log: Log = print, jobs: int = 1, extra_test: list[Path] | None = None, data: Path | None = None,
-                 valid_extra: list[Path] | None = None) -> Finalized:
-    """Retrain, test, compare, export the winners (models/), and compute the panels and the extra test sets'
-    evaluation; write no result file of its own (tune/cli/finalize.py writes each once). `jobs` > 1 retrains
-    that many (model, seed) pairs at once in separate processes, each with the trials' thread count, so the
-    numbers are the same as sequentially, only sooner. `data` and `valid_extra`: where the run's data is now,
-    if it moved (the same images, by content; run.json then points there)."""
+                 valid_extra: list[Path] | None = None, pick: PickRule | None = None) -> Finalized:
+    """Retrain, test, compare, export the winners (models/) and the picked model (`pick`: models/picked/), and
+    compute the panels and the extra test sets' evaluation; write no result file of its own (tune/cli/finalize.py
+    writes each once). `jobs` > 1 retrains that many (model, seed) pairs at once in separate processes, each with
+    the trials' thread count, so the numbers are the same as sequentially, only sooner. `data` and `valid_extra`:
+    where the run's data is now, if it moved (the same images, by content; run.json then points there)."""
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     import torch
@@ -269,7 +279,7 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
 
     extra = find_sources(extra_test) if extra_test else None  # a bad --extra-test fails before any training
     info = read_run(run_dir, data=data, valid_extra=valid_extra)
-    cands = candidates(info, baseline, log)
+    cands, picked = candidates(info, baseline, log, pick)
     decoded, features = cache_dirs(info, cache_dir)
     train, valid = load_train_valid(info, cache_dir)
     held_out = load_heldout(info, cache_dir)  # selected by (with a held-out or combined metric), never trained on
@@ -305,6 +315,10 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
         torch.set_num_threads(threads_before)  # fit changed it for the whole process
     cmp = compare(info, cands, records, valid, test)
     export_models(info, cmp, records)
+    from tune.evaluation.picking import export_picked, record_pick
+
+    record_pick(info, picked)
+    export_picked(info, cmp, records, picked)
     panels = finalize_panels(info.run, cmp, test, log)  # here: the test split is in memory only in this module
     if extra:  # the exported winners on more sources, as `evaluate`; its section joins the comparison
         from tune.evaluation.evaluate import evaluate, load_models

@@ -76,7 +76,7 @@ def same_budget(study: optuna.Study) -> tuple[optuna.Study, int, int]:
 
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    copy = optuna.create_study(direction=study.direction, study_name=study.study_name)
+    copy = optuna.create_study(directions=study.directions, study_name=study.study_name)
     copy.add_trials(done)
     return copy, len(trials), sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
 
@@ -110,11 +110,13 @@ def study_charts(db: Path, study_name: str, metric: str, asha_stopped: int = 0) 
         return (f"{n} of {total} trials ran at the full budget (the others were stopped by ASHA, failed or are "
                 f"still running): too few to chart (needs {MIN_CHART_TRIALS}+)."), []
     target = f"best {metric}"
+    # a multi-objective study (a space's objectives): the charts show the first objective, the score
+    first = {"target": (lambda t: t.values[0])} if len(study.directions) > 1 else {}
     charts: list[tuple[str, Any]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        charts.append(("optimization history", vis.plot_optimization_history(fair, target_name=target)))
-        charts.append(("parallel coordinates", vis.plot_parallel_coordinate(fair, target_name=target)))
+        charts.append(("optimization history", vis.plot_optimization_history(fair, target_name=target, **first)))
+        charts.append(("parallel coordinates", vis.plot_parallel_coordinate(fair, target_name=target, **first)))
         if n < MIN_IMPORTANCE_TRIALS:
             said += (f" Importances need {MIN_IMPORTANCE_TRIALS}+ such trials (fANOVA on fewer is noise): not "
                      "drawn.")
@@ -122,7 +124,8 @@ def study_charts(db: Path, study_name: str, metric: str, asha_stopped: int = 0) 
             try:
                 evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)  # as plots/importance.png
                 charts.append(("parameter importances",
-                               vis.plot_param_importances(fair, evaluator=evaluator, target_name=target)))
+                               vis.plot_param_importances(fair, evaluator=evaluator, target_name=target,
+                                                          **first)))
             except (ValueError, RuntimeError) as e:  # e.g. no parameter varied
                 said += f" Importances not available: {str(e)[:160]}"
     return said, charts

@@ -221,7 +221,8 @@ def plot_importance(run_dir: Path, run: RunRecord) -> Figure:
                          f"(needs {MIN_IMPORTANCE_TRIALS}+; {pruned} stopped early by ASHA are not counted)")
                 continue
             imp = optuna.importance.get_param_importances(  # uses COMPLETE trials only
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                target=(lambda t: t.values[0]) if len(study.directions) > 1 else None)  # the score
         except (KeyError, ValueError, RuntimeError) as e:  # missing study, constant params, ...
             note(ax, f"importance not available: {str(e)[:120]}")
             continue

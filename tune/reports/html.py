@@ -16,8 +16,8 @@ from html import escape
 from pathlib import Path
 
 from tune.core import atomic_write_text
+from tune.reports import pareto, tradeoff
 from tune.reports import sections as sec
-from tune.reports import tradeoff
 from tune.runs.layout import Run
 
 Log = Callable[[str], None]
@@ -30,6 +30,7 @@ SECTIONS: list[tuple[str, str, Callable[[sec.Context], str], str]] = [
     ("explain", "Where the winners looked: class-activation maps", sec.explanations, "comparison"),
     ("evaluation", "Per source and robustness", sec.evaluation, "evaluation"),
     ("tradeoff", "In-domain vs held-out validation", tradeoff.section, "heldout"),
+    ("pareto", "Accuracy against latency: the Pareto front", pareto.section, "latency"),
     ("leaderboard", "Leaderboard: every trial", sec.leaderboard, ""),
     ("search", "The search, per architecture (Optuna)", sec.search, ""),
     ("epochs", "Epochs per trial (ASHA)", sec.epochs, ""),
@@ -123,7 +124,8 @@ def missing(ctx: sec.Context) -> list[str]:
 def build_html(run_dir: Path, *, log: Log = print) -> str:
     ctx = context(run_dir)
     has = {"": True, "comparison": ctx.cmp is not None, "evaluation": bool(ctx.cmp and ctx.cmp.evaluation),
-           "heldout": bool(ctx.meta.data.valid_extra)}
+           "heldout": bool(ctx.meta.data.valid_extra),
+           "latency": "latency_ms" in ctx.board and bool(ctx.board["latency_ms"].notna().any())}
     parts, nav = [], []
     for anchor, heading, build, needs in SECTIONS:
         if not has[needs]:

@@ -165,6 +165,7 @@ class RunRecord:
     started: str = ""
     started_at: float | None = None
     resumed: str | None = None
+    pick: dict[str, Any] | None = None  # finalize --pick: the rule and the trial it named (tune/evaluation/picking.py)
 
     @property
     def metric(self) -> str:

@@ -10,7 +10,9 @@ import pandas as pd
 
 from tune.core import UserError, atomic_write_text
 from tune.metrics.classification import HELDOUT, split_name
+from tune.metrics.costs import COSTS, MEASURE_S
 from tune.runs.layout import Run, RunRecord
+from tune.runs.pareto import front_mask, goals
 from tune.runs.trials import kept_score, read_trials
 
 BASE_COLUMNS = ["trial_id", "arch", "trial_no", "ended", "epochs", "best_epoch", "score", "val_loss_at_best",
@@ -49,6 +51,10 @@ def load_leaderboard(run_dir: Path) -> pd.DataFrame:
                 "best_epoch": kept, "score": score, "val_loss_at_best": at.get("val_loss", math.nan),
                 **{c: at.get(c, math.nan) for c in shown},
                 "wall_s": round(sum(r.get("epoch_time", 0.0) for r in results), 2),
+                # what the kept model costs to serve (tune/training/latency.py): in every row once measured
+                **{c: results[-1][c] for c in (*COSTS, MEASURE_S) if results and c in results[-1]},
+                **{n: at.get(n, math.nan) for n, _ in space.get("objectives", ())[1:]
+                   if n not in COSTS and at},  # a further objective that is a metric: at the kept epoch
                 "seed": t.params.get("seed", 0),
             }
             for name in sampled[arch]:
@@ -60,6 +66,9 @@ def load_leaderboard(run_dir: Path) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=BASE_COLUMNS)
     df = df.sort_values("score", ascending=(mode == "min"), na_position="last", kind="stable").reset_index(drop=True)
+    objectives = goals(space, df.columns)
+    if objectives:
+        df.insert(df.columns.get_loc("wall_s"), "pareto", front_mask(df, objectives))
     df.attrs.update(metric=metric, mode=mode, run=str(run.path))
     return df
 
@@ -74,7 +83,13 @@ def trial_counts(df: pd.DataFrame) -> str:
     return "trials per architecture: " + ("; ".join(parts) if parts else "none yet")
 
 
-def render(df: pd.DataFrame, *, fmt: str = "table", top: int | None = None, arch: str | None = None) -> str:
+def render(df: pd.DataFrame, *, fmt: str = "table", top: int | None = None, arch: str | None = None,
+           pareto: bool = False) -> str:
+    if pareto:
+        if "pareto" not in df.columns:
+            raise UserError("--pareto: this run has no second objective measured (no latency_ms: searched before "
+                            "serving costs were measured)")
+        df = df[df["pareto"].astype(bool)]
     if arch:
         df = df[df["arch"] == arch].dropna(axis=1, how="all")
     if top:

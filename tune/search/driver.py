@@ -14,6 +14,7 @@ run.json), then `run` (Ray, the caches, one Tuner per experiment: the search, or
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -25,6 +26,7 @@ import torch
 from tune import FAKE, REAL
 from tune.core import UserError, library_versions
 from tune.data.images import ImageSet, load_split
+from tune.metrics.costs import COSTS, Serving
 from tune.runs.layout import (
     DataRecord,
     Extension,
@@ -78,6 +80,8 @@ class TrialData:
     use_cache: bool = True
     extra: list[ImageSet] = field(default_factory=list)  # held-out validation sources: scored, never trained on
     cache_gb: float | None = None  # the feature-cache budget of the node a trial runs on
+    serving: Serving | None = None  # how the kept model's serving costs are measured (None: not measured)
+    kept_metrics: tuple[str, ...] = ()  # further objectives that are metrics (reported at the kept epoch)
 
 
 def run_trial(config: dict[str, Any], data: TrialData) -> None:
@@ -103,6 +107,8 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
     def report(row: dict[str, Any], state: Any) -> None:
         rows.append(row)
         row[SCORE] = kept_score(rows, data.metric)[1]  # the metric of the weights this trial keeps
+        for name in data.kept_metrics:  # a further objective that is a metric: at the kept epoch too
+            row[f"kept_{name}"] = kept_score(rows, name)[1]
         row["node_id"] = node_id
         row["reported_at"] = time.time()  # wall clock, to the microsecond (Ray's `timestamp` is whole seconds)
         with tempfile.TemporaryDirectory() as d:
@@ -110,7 +116,13 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
     cache = Path(data.cache_dir) if data.cache_dir else None
-    fit(cfg, data.train, data.valid, extra=data.extra, report=report, resume=resume, cache_dir=cache, log=None)
+    costs = None
+    if data.serving is not None:
+        from tune.training.latency import measure
+
+        costs = functools.partial(measure, image_size=cfg.image_size, serving=data.serving, seed=cfg.seed)
+    fit(cfg, data.train, data.valid, extra=data.extra, report=report, resume=resume, cache_dir=cache, log=None,
+        measure=costs)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -122,7 +134,9 @@ def space_from_record(d: dict[str, Any]) -> SearchSpace:
     archs = {a: {n: Param(**{**p, "choices": tuple(p.get("choices") or ())}) for n, p in ps.items()}
              for a, ps in d["architectures"].items()}
     return SearchSpace(**{**d, "budget": BudgetSpec(**d["budget"]), "resources": Resources(**d["resources"]),
-                          "architectures": archs, "valid_extra": tuple(d.get("valid_extra", ()))})
+                          "architectures": archs, "valid_extra": tuple(d.get("valid_extra", ())),
+                          "objectives": tuple(tuple(o) for o in d.get("objectives", ())),
+                          "latency": Serving(**d.get("latency", {}))})
 
 
 # --------------------------------------------------------------------------- plan
@@ -257,10 +271,10 @@ def prepare(opts: SearchOptions, run: Run, old: RunRecord | None, space: SearchS
 def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, k: int, budget: Budget,
                opts: SearchOptions, location: str, n_slots: int) -> Any:
     """A new Tuner for experiment k, or (--resume) the interrupted one restored."""
-    from optuna.samplers import TPESampler
     from optuna.storages import RDBStorage
     from ray import tune
 
+    from tune.search.objectives import result_keys, sampler_for
     from tune.search.progress import Progress
     from tune.search.retention import Retention
     from tune.search.scheduler import ArchScheduler
@@ -273,10 +287,14 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
     storage = RDBStorage(run.optuna_url)
     # One study per architecture, the same for every experiment of the run: an extension's TPE starts from
     # all earlier trials. Its own sampler seed, so its random draws are not the first experiment's again.
+    # Several objectives: Optuna is told each (metric and mode become lists); ASHA still cuts on the score.
+    multi = len(space.goals) > 1
+    metric: Any = result_keys(space.goals, SCORE) if multi else SCORE
+    mode: Any = [m for _, m in space.goals] if multi else space.mode
+    startup = max(2, min(10, (budget.trials or 10) // 2))
     studies = {arch: HonestOptunaSearch(
-        space=DefineByRun(space, arch), metric=SCORE, mode=space.mode, study_name=run.study_name(arch, record),
-        storage=storage, sampler=TPESampler(seed=space.seed + k, n_startup_trials=max(2, min(10, (budget.trials or
-                                                                                                   10) // 2))))
+        space=DefineByRun(space, arch), metric=metric, mode=mode, study_name=run.study_name(arch, record),
+        storage=storage, sampler=sampler_for(space.sampler, space.seed + k, startup))
         for arch in budget.archs}
     scheduler = ArchScheduler(budget, metric=SCORE, mode=space.mode, max_t=b.max_epochs, grace_period=b.grace_period,
                               reduction_factor=b.reduction_factor)
@@ -328,7 +346,8 @@ def run_search(opts: SearchOptions) -> Path:
         resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial if cuda else 0}
         data = TrialData(train, valid, space.metric, space.mode, max(1, int(space.resources.cpus_per_trial)),
                          str(opts.cache_dir / "features") if opts.cache_dir else None, opts.use_cache, extra,
-                         opts.cache_gb)
+                         opts.cache_gb, space.latency,
+                         tuple(n for n, _ in space.goals[1:] if n not in COSTS))
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), resources)
         # No features are built here: each trial builds the files it needs when it first needs them
         # (tune/search/prepare.py says why).

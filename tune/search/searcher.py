@@ -8,6 +8,11 @@ well, after the complete ones); a trial that ran to its end, early-stopped on pa
 diverged (the trial says so in its result's `ended`) is COMPLETE with its best value; an errored
 trial is FAIL. Each Optuna trial carries its Ray trial id as the user attribute `ray_trial_id`.
 
+With several objectives (a space's `objectives:`, tune/search/objectives.py) `metric` and `mode` are lists, the
+first being the score ASHA cuts on: a finished trial is COMPLETE with every objective's value, a trial ASHA
+stopped is PRUNED (Optuna keeps no intermediate values for a multi-objective study), an errored one FAIL, and a
+finished trial missing a value (a cost not measured) FAIL too, so the study never holds half a point.
+
 Module-level classes: Ray pickles the searcher with the experiment and restores it by name.
 """
 
@@ -65,10 +70,13 @@ class HonestOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials or isinstance(self.metric, list):
+        if ot_trial is None or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return
         how = ended_how(result, "ERROR" if error else "TERMINATED")
+        if isinstance(self.metric, list):
+            self._tell_all(trial_id, ot_trial, how, result)
+            return
         # Ray hands a trial's last result (ASHA's stopping one, or the final epoch) only to this method,
         # never to on_trial_result: record it as an intermediate value too, so every epoch is there.
         if result and isinstance(result.get(self.metric), (int, float)) and STEP in result:
@@ -86,6 +94,21 @@ class HonestOptunaSearch(OptunaSearch):
         state = TrialState.FAIL if how == "errored" else TrialState.PRUNED
         try:
             self._ot_study.tell(ot_trial, state=state)  # PRUNED keeps its last intermediate value
+        except Exception as e:  # noqa: BLE001 - as Ray's own: a bookkeeping problem must not stop the search
+            log.warning("could not tell Optuna that trial %s ended %s: %s", trial_id, how, e)
+        self._completed_trials.add(trial_id)
+
+    def _tell_all(self, trial_id: str, ot_trial: Any, how: str, result: dict[str, Any] | None) -> None:
+        """A multi-objective study: COMPLETE with every value, PRUNED when ASHA stopped it, else FAIL."""
+        from optuna.trial import TrialState
+
+        values = [(result or {}).get(m) for m in self.metric]
+        finite = all(isinstance(v, (int, float)) and v == v and abs(v) != float("inf") for v in values)
+        state = TrialState.COMPLETE if how in ("completed", "early_stopped", "diverged") and finite else \
+            TrialState.PRUNED if how == "stopped_by_asha" else TrialState.FAIL
+        try:
+            self._ot_study.tell(ot_trial, [float(v) for v in values] if state == TrialState.COMPLETE else None,
+                                state=state)
         except Exception as e:  # noqa: BLE001 - as Ray's own: a bookkeeping problem must not stop the search
             log.warning("could not tell Optuna that trial %s ended %s: %s", trial_id, how, e)
         self._completed_trials.add(trial_id)

@@ -12,6 +12,8 @@ File format (see search_spaces/default.yaml):
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.25}   # GPUs only used when CUDA is present
     cache_dtype: float16     # frozen-prefix features stored as float16 (half the disk) or float32 (default)
     checkpoints: keep_best   # a finished trial keeps one checkpoint (its kept weights); keep_all: every epoch's
+    objectives: [val_auc: max, latency_ms: min]   # optional: several objectives (the first is `metric`); see
+    sampler: tpe             # tpe or nsga2 (tune/search/objectives.py); latency: how costs are measured
     fixed: {batch_size: 32}                                  # TrainConfig fields shared by all trials
     architectures:
       SOME_BACKBONE:                                         # a name from `python -m tune archs`
@@ -32,9 +34,11 @@ import yaml
 
 from tune.core import UserError
 from tune.metrics.classification import needs_heldout, search_metrics
+from tune.metrics.costs import Serving
 from tune.models.detector import parse_head_sizes
 from tune.models.registry import check_hparams, get_arch
 from tune.search.budget import parse_duration
+from tune.search.objectives import parse_objectives, parse_sampler, parse_serving
 from tune.training.config import TrainConfig, searchable_options
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
@@ -87,6 +91,14 @@ class SearchSpace:
     valid_extra: tuple[str, ...] = ()  # held-out validation sources (absolute paths; tune/data/heldout.py)
     cache_dtype: str = "float32"  # how every trial stores its frozen-prefix features (TrainConfig.cache_dtype)
     checkpoints: str = RETENTION[0]  # one of RETENTION; a run.json written before it loads as keep_best
+    objectives: tuple[tuple[str, str], ...] = ()  # (name, mode) of each; () : the one objective (metric, mode)
+    sampler: str = "tpe"  # tpe or nsga2
+    latency: Serving = Serving()  # how each trial measures what its kept model costs to serve
+
+    @property
+    def goals(self) -> tuple[tuple[str, str], ...]:
+        """Every objective Optuna is told, the first being (metric, mode)."""
+        return self.objectives or ((self.metric, self.mode),)
 
     def base_config(self, arch: str) -> dict[str, Any]:
         """TrainConfig fields every trial of `arch` shares (sampled values are added on top). The kept epoch
@@ -224,13 +236,18 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
     valid_extra paths are relative to `base` (the space file's folder)."""
     doc = _mapping(src, "(top level)", doc)
     top = ("metric", "mode", "seed", "image_size", "budget", "resources", "fixed", "architectures", "valid_extra",
-           "cache_dtype", "checkpoints")
+           "cache_dtype", "checkpoints", "objectives", "sampler", "latency")
     _check_keys(src, "", doc, top)
     metrics = search_metrics()
-    metric = doc.get("metric", "val_auc")
+    objectives = parse_objectives(src, doc["objectives"]) if "objectives" in doc else ()
+    if objectives and "metric" in doc and doc["metric"] != objectives[0][0]:
+        raise _err(src, "metric", f"{doc['metric']} is not the first objective ({objectives[0][0]}); give one of them")
+    if objectives and "mode" in doc and doc["mode"] != objectives[0][1]:
+        raise _err(src, "mode", f"{doc['mode']} is not the first objective's direction ({objectives[0][1]})")
+    metric = objectives[0][0] if objectives else doc.get("metric", "val_auc")
     if not isinstance(metric, str) or metric not in metrics:
         raise _err(src, "metric", f"expected one of {sorted(metrics)}, got {metric!r}")
-    mode = doc.get("mode", metrics[metric])
+    mode = objectives[0][1] if objectives else doc.get("mode", metrics[metric])
     if not isinstance(mode, str) or mode not in ("min", "max"):
         raise _err(src, "mode", f"expected min or max, got {mode!r}")
     seed = int(_number(src, "seed", doc.get("seed", 0), integer=True))
@@ -286,7 +303,9 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
     if cache_dtype not in dtypes:
         raise _err(src, "cache_dtype", f"expected one of {', '.join(dtypes)}, got {cache_dtype!r}")
     space = SearchSpace(src, metric, mode, seed, image_size, budget, resources, fixed, archs, valid_extra,
-                        cache_dtype=cache_dtype, checkpoints=checkpoints)
+                        cache_dtype=cache_dtype, checkpoints=checkpoints, objectives=objectives,
+                        sampler=parse_sampler(src, doc.get("sampler", "tpe")),
+                        latency=parse_serving(src, doc.get("latency", {})))
     for arch in archs:  # the fixed part must itself be a valid training config
         try:
             TrainConfig.from_dict({k: v for k, v in space.base_config(arch).items()})

@@ -107,21 +107,31 @@ def check_parity(loaded: LoadedModel, onnx_bytes: bytes, x: np.ndarray) -> float
     return float(max(np.abs(full - ref).max(), np.abs(single - ref[:len(single)]).max()))
 
 
-def export(model: Path, fmt: str = "onnx", out: Path | None = None) -> dict[str, Any]:
+def export(model: Path, fmt: str = "onnx", out: Path | None = None, quantize: str | None = None) -> dict[str, Any]:
+    """The fp32 ONNX model, parity-checked; with `quantize="int8"` its dynamically quantized version is written
+    instead, checked against fp32 within tune/serving/quantize.py's stated limit and timed."""
     from tune import inference
     from tune.serving.modelcard import describe, render_card
 
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     loaded = inference.load(model)
-    out = Path(out) if out else loaded.path.parent / f"{loaded.path.stem}-onnx" / "model.onnx"
+    name = "model-int8.onnx" if quantize else "model.onnx"
+    out = Path(out) if out else loaded.path.parent / f"{loaded.path.stem}-onnx" / name
     x, kind = parity_images(loaded)
     data, opset = to_onnx(loaded)
     diff = check_parity(loaded, data, x)
     if not diff <= PARITY_LIMIT:  # also refuses NaN
         raise UserError(f"ONNX parity failed for {loaded.path}: max |Δ P(fake)| = {diff:.3g} on {len(x)} {kind} "
                         f"images (limit {PARITY_LIMIT:g}); nothing written")
-    info = {"format": fmt, "file": out.name, "sha256": hashlib.sha256(data).hexdigest(), "opset": opset,
+    quantized = {}
+    if quantize:
+        from tune.serving.quantize import compare, quantize_int8
+
+        int8 = quantize_int8(data, loaded.arch)
+        quantized = {"quantized": compare(data, int8, x, loaded.arch, INPUT)}
+        data = int8
+    info = {"format": fmt, "file": out.name, "sha256": hashlib.sha256(data).hexdigest(), "opset": opset, **quantized,
             "input": INPUT, "output": OUTPUT, "output_meaning": "P(fake), the sigmoid of the detector's logit",
             "parity": {"n": len(x), "images": kind, "max_abs_diff": diff, "limit": PARITY_LIMIT}}
     atomic_write_bytes(out, data)

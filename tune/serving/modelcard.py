@@ -130,6 +130,16 @@ def describe(loaded: LoadedModel) -> dict[str, Any]:
         "versions": r.versions, "device_trained_on": r.device, "notes": loaded.notes})
 
 
+def _quantized(q: dict[str, Any] | None) -> list[str]:
+    """The card's line on an int8 export (tune/serving/quantize.py): its drift from fp32 and its speed."""
+    if not q:
+        return []
+    return [f"- Quantized: {q['scheme']}; against the fp32 model on the same {q['n']} images max |Δ P(fake)| = "
+            f"{q['max_abs_diff']:.3g} (limit {q['limit']:g}), mean {q['mean_abs_diff']:.2g}; "
+            f"{q['ms_per_image_fp32']:.3g} -> {q['ms_per_image_int8']:.3g} ms/image at batch 1, one thread "
+            f"(x{q['speedup']:.2f})."]
+
+
 def render_card(d: dict[str, Any], export: dict[str, Any]) -> str:
     """MODEL_CARD.md in the Hugging Face model-card sections, for an exported model file."""
     cfg = d.get("config") or {}
@@ -147,7 +157,8 @@ def render_card(d: dict[str, Any], export: dict[str, Any]) -> str:
              f"- Decision rule: Fake when P(fake) >= {d['threshold']:.6g} ({d['threshold_rule']}).",
              f"- Exported with torch.onnx (opset {export['opset']}); parity with PyTorch under onnxruntime on "
              f"{export['parity']['n']} {export['parity']['images']} images: max |Δ P(fake)| = "
-             f"{export['parity']['max_abs_diff']:.2e} (limit {export['parity']['limit']:.0e}).", "",
+             f"{export['parity']['max_abs_diff']:.2e} (limit {export['parity']['limit']:.0e}).",
+             *_quantized(export.get("quantized")), "",
              "## Intended use", "",
              "Flag images that are likely synthesised or manipulated (label Fake = 1), as one signal for a person "
              "or a moderation pipeline to review. Not for automated decisions about people, and not evidence on "

@@ -16,14 +16,24 @@ from tune.core import UserError
 
 
 def model_path(a: argparse.Namespace) -> Path:
-    """--model as given, or the winner `--run RUN --arch ARCH` exported by finalize (RUN/models/ARCH.pth)."""
+    """--model as given, the winner `--run RUN --arch ARCH` exported by finalize (RUN/models/ARCH.pth), or with
+    --run alone the model finalize --pick shipped (RUN/models/picked/best.pth)."""
     if a.model:
         return Path(a.model)
-    if not (a.run and a.arch):
-        raise UserError("say which model to serve: --model PATH, or --run RUN --arch ARCH")
+    if not a.run:
+        raise UserError("say which model: --model PATH, --run RUN (the picked model) or --run RUN --arch ARCH")
     from tune.runs.layout import Run, resolve_run, results_root
 
-    return Run(resolve_run(a.run, results_root(a.storage))).model(a.arch)
+    run = Run(resolve_run(a.run, results_root(getattr(a, "storage", None))))
+    if getattr(a, "arch", None):
+        return run.model(a.arch)
+    from tune.evaluation.picking import picked_dir
+    from tune.training.records import WEIGHTS
+
+    path = picked_dir(run) / WEIGHTS
+    if not path.is_file():
+        raise UserError(f"run {run.name} has no picked model ({path}): run finalize (it ships one), or give --arch")
+    return path
 
 
 def tcp_socket(host: str) -> socket.socket:

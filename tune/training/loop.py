@@ -41,6 +41,7 @@ from tune.metrics.classification import (
     mode_of,
     needs_heldout,
 )
+from tune.metrics.costs import COSTS, MEASURE_S
 from tune.models.detector import Detector, count_params
 from tune.models.registry import build_model
 from tune.training.cache import Inputs, model_device
@@ -178,12 +179,15 @@ def make_model(cfg: TrainConfig) -> Detector:
 
 def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[ImageSet] = (),
         report: ReportHook | None = None, resume: dict[str, Any] | None = None, cache_dir: Path | None = None,
-        log: Callable[[str], None] | None = print, stop_after: int | None = None) -> FitResult:
+        log: Callable[[str], None] | None = print, stop_after: int | None = None,
+        measure: Callable[[Detector], dict[str, Any]] | None = None) -> FitResult:
     """Train with BCEWithLogitsLoss; keep the epoch with the best `cfg.monitor`, and stop after `patience`
     epochs without a better one. `extra`: held-out validation sources, scored every epoch, never trained on.
 
     Returns the model with the kept epoch's weights restored. `resume` is a state from a checkpoint
-    (see `state()` below); `stop_after` caps the epochs run (used by reproduce).
+    (see `state()` below); `stop_after` caps the epochs run (used by reproduce). `measure(model)`, when given, is
+    called once, when the first kept epoch is chosen (the model then holds the kept weights): what it returns (the
+    serving costs, tune/training/latency.py) joins that epoch's row and every later one.
     """
     if needs_heldout(cfg.monitor) and not extra:
         raise UserError(f"monitor {cfg.monitor} needs held-out validation sources (--valid-extra DIR), and none "
@@ -214,6 +218,7 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
     # Once: the prefix never changes while training. After the resume, which an earlier version's checkpoint
     # resumes with the prefix it stored.
     digest = frozen_hash(model)
+    costs = {k: v for k, v in (history[-1] if history else {}).items() if k in COSTS or k == MEASURE_S}
 
     def state() -> dict[str, Any]:
         live = trained_part(model.state_dict())
@@ -245,9 +250,13 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
         if not diverged and better(value, best_value, mode):
             best_value, best_epoch, bad_epochs = value, epoch, 0
             best_state, best_probs = copy.deepcopy(trained_part(model.state_dict())), probs
+            if measure is not None and not costs:
+                costs = measure(model)
+                row["epoch_time"] += costs.get(MEASURE_S, 0.0)  # the wall time between this report and the last
         else:
             bad_epochs += 1
         row["best_epoch"] = best_epoch
+        row.update(costs)
         history.append(row)
         if log:
             xval = f"  {HELDOUT}_auc {row[f'{HELDOUT}_auc']:.4f}" if held else ""

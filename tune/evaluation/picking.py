@@ -1,0 +1,78 @@
+"""finalize --pick: the trial a rule names (tune/runs/pareto.py) is retrained beside each architecture's winner,
+tested and exported as models/picked/ (best.pth + record.json), which serve and export default to.
+
+With `--pick best` (the default) the picked model is the most accurate winner, as before. run.json records the
+rule and the trial it named (`pick`), so a later command knows what was shipped and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune.core import atomic_write_bytes, file_sha256
+from tune.runs.pareto import SPEED, PickRule, choose
+from tune.training.records import RECORD, WEIGHTS, ModelRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tune.runs.files import Comparison
+    from tune.runs.info import RunInfo
+    from tune.runs.layout import Run
+
+PICKED = "picked"  # models/picked/: the shipped model
+
+
+def picked_dir(run: Run) -> Path:
+    return run.path / "models" / PICKED
+
+
+def picked_trial(info: RunInfo, board: pd.DataFrame, rule: PickRule, winners: dict[str, str],
+                 log: Callable[[str], None]) -> tuple[tuple[str, str, str] | None, dict[str, Any]]:
+    """((model name, arch, trial id) to retrain besides the winners, or None when the rule names a winner or is
+    `best`; what run.json records). `winners`: trial id -> the winner's model name."""
+    row = choose(board, rule, info.mode)
+    if row is None:
+        return None, {**rule.to_dict(), "model": None}
+    tid, arch = str(row["trial_id"]), str(row["arch"])
+    about = {**rule.to_dict(), "trial_id": tid, "arch": arch, "score": float(row["score"]),
+             **({SPEED: float(row[SPEED])} if SPEED in row and row[SPEED] == row[SPEED] else {})}
+    log(f"--pick {rule.text}: {arch} trial {row['trial_no']} ({tid}), valid {info.metric} {row['score']:.4f}"
+        + (f", {row[SPEED]:.3g} ms/image" if SPEED in about else ""))
+    if tid in winners:
+        return None, {**about, "model": winners[tid]}
+    name = f"{arch}-{PICKED}"
+    return (name, arch, tid), {**about, "model": name}
+
+
+def record_pick(info: RunInfo, about: dict[str, Any]) -> None:
+    """run.json's `pick`: the rule, and the trial and model it named."""
+    meta = info.run.read()  # as finalize left it (moved data recorded)
+    info.run.write(replace(meta, pick=about))
+
+
+def export_picked(info: RunInfo, cmp: Comparison, records: dict[str, list[ModelRecord]],
+                  about: dict[str, Any]) -> Path:
+    """models/picked/best.pth + record.json: the picked model's seed with the best valid score (for `best`: the
+    winner with the best valid score)."""
+    rows = [r for r in cmp.rows if r["kind"] in ("tuned", PICKED)]
+    if about.get("model"):
+        row = next(r for r in rows if r["name"] == about["model"])
+    else:
+        from tune.metrics.classification import better
+
+        row = rows[0]
+        for r in rows[1:]:
+            if better(max(r["valid_scores"]), max(row["valid_scores"]), info.mode):
+                row = r
+    rec = next(r for r in records[row["name"]] if r.seed == row["chosen_seed"])
+    src = info.run.finalize(row["name"], rec.seed)
+    out = picked_dir(info.run)
+    atomic_write_bytes(out / WEIGHTS, (src / WEIGHTS).read_bytes())
+    replace(rec, arch=row["arch"], run=info.name, chosen_by=f"--pick {about['rule']}; best valid {info.metric} "
+            f"over seeds {row['seeds']}", source=info.run.own(src),
+            weights_sha256=file_sha256(out / WEIGHTS)).save(out / RECORD)
+    return out / WEIGHTS
