@@ -13,6 +13,9 @@ The augmentations, at strength s in [0, 1] (1 is the standard setting):
 - jitter: brightness, contrast and saturation each scaled by U[1 - 0.4 s, 1 + 0.4 s];
 - blur:   with probability s/2, a Gaussian blur with sigma U[0.1, 3] (Wang et al. 2020: p 0.5, sigma 0-3);
 - jpeg:   with probability s/2, JPEG re-compression at quality U{30..100} (Wang et al. 2020).
+- cnndetection: CNNDetection's Blur+JPEG (Wang et al. 2020) as its paper has it: with probability p = s/2 a
+          Gaussian blur with sigma U[0, 3], then, independently with probability p, JPEG at quality U{30..100}
+          (strength 1: the paper's "Blur+JPEG (0.5)"; 0.2..1 spans its p 0.1..0.5). It replaces blur and jpeg.
 They run in that order (JPEG last, as an image's last save). Blur and JPEG are evaluate's own
 perturbations (tune/data/perturb.py), so "blur 2" means the same thing in training and in evaluation.
 """
@@ -31,21 +34,24 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-AUGMENTATIONS = ("crop", "jitter", "blur", "jpeg")  # the order they are applied in
+AUGMENTATIONS = ("crop", "jitter", "blur", "jpeg", "cnndetection")  # the order they are applied in
 DRAWS = 11  # random numbers drawn per (image, view), whichever augmentations are on
 
 
 def parse_augment(value: str) -> tuple[str, ...]:
-    """"crop,blur" → ("crop", "blur") in application order; "all" → every one; "none" or "" → ()."""
+    """"crop,blur" → ("crop", "blur") in application order; "all" → crop to jpeg; "none" or "" → ()."""
     names = [n.strip().lower() for n in str(value).replace("+", ",").split(",") if n.strip()]
     if names in ([], ["none"]):
         return ()
     if names == ["all"]:
-        return AUGMENTATIONS
+        return AUGMENTATIONS[:4]  # crop, jitter, blur, jpeg (cnndetection is blur and JPEG again)
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:
         raise UserError(f"unknown augmentation {unknown[0]!r} in augment={value!r}: expected a comma-separated "
                         f"list of {', '.join(AUGMENTATIONS)} (or all, or none)")
+    if "cnndetection" in names and {"blur", "jpeg"} & set(names):
+        raise UserError(f"augment={value!r}: cnndetection is blur and JPEG already (Wang et al. 2020's Blur+JPEG); "
+                        "leave blur and jpeg out")
     return tuple(a for a in AUGMENTATIONS if a in names)
 
 
@@ -113,6 +119,11 @@ def augment(img: np.ndarray, *, seed: tuple[int, ...], view: int, ops: tuple[str
         im = native(im, Condition("blur", 0.1 + 2.9 * float(u[8])))
     if "jpeg" in ops and u[9] < s / 2:
         im = native(im, Condition("jpeg", 30 + min(70, int(71 * float(u[10])))))
+    if "cnndetection" in ops:  # the same draws as blur and jpeg; sigma from 0, as in the paper
+        if u[7] < s / 2:
+            im = native(im, Condition("blur", 3.0 * float(u[8])))
+        if u[9] < s / 2:
+            im = native(im, Condition("jpeg", 30 + min(70, int(71 * float(u[10])))))
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
 
 

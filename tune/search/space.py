@@ -290,7 +290,21 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
             TrainConfig.from_dict({k: v for k, v in space.base_config(arch).items()})
         except (UserError, TypeError) as e:
             raise _err(src, f"architectures.{arch}", f"invalid fixed values: {e}") from None
+        _check_choices(src, space, arch)
     return space
+
+
+def _check_choices(src: str, space: SearchSpace, arch: str) -> None:
+    """Each choice of a sampled training option (input, resize, augment...) must make a valid config with the
+    fixed part: an unknown input or resize mode is one line at load time, not a failed trial."""
+    base = space.base_config(arch)
+    for p in space.architectures[arch].values():
+        if p.kind == "categorical" and p.name in searchable_options():
+            for c in p.choices:
+                try:
+                    TrainConfig.from_dict({**base, p.name: c})
+                except (UserError, TypeError) as e:
+                    raise _err(src, f"architectures.{arch}.{p.name}", str(e)) from None
 
 
 def load_space(path: Path) -> SearchSpace:

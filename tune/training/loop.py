@@ -42,6 +42,7 @@ from tune.metrics.classification import (
     needs_heldout,
 )
 from tune.models.detector import Detector, count_params
+from tune.models.inputs import with_input
 from tune.models.registry import build_model
 from tune.training.cache import Inputs, model_device
 from tune.training.checkpoint import frozen_hash, load_trained, make_state, resume_weights, trained_part
@@ -173,7 +174,8 @@ def make_model(cfg: TrainConfig) -> Detector:
     seed_everything(cfg.seed)  # model init depends on the seed only
     # CUDA when present (a Ray trial sees only the GPU share it was given); else the CPU.
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return build_model(cfg.arch, **cfg.hparams).to(device=device, memory_format=torch.channels_last)
+    model = with_input(build_model(cfg.arch, **cfg.hparams), cfg.input)  # its input transform is part of it
+    return model.to(device=device, memory_format=torch.channels_last)
 
 
 def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[ImageSet] = (),
