@@ -201,6 +201,16 @@ def monitors(space: SearchSpace) -> set[str]:
     return out
 
 
+def resize_modes(space: SearchSpace) -> set[str]:
+    """Every resize mode a trial of the space can get (tune/search/driver.py prepares the images for each)."""
+    out = set()
+    for arch, params in space.architectures.items():
+        p = params.get("resize")
+        out |= {str(c) for c in p.choices} if p is not None and p.kind == "categorical" else \
+            {str(space.base_config(arch).get("resize", "bilinear"))}
+    return out
+
+
 def check_rule(space: SearchSpace) -> None:
     """A held-out or combined metric (or monitor) needs held-out validation sources: one line if none."""
     for name in sorted({space.metric} | monitors(space)):
@@ -298,11 +308,13 @@ def _check_choices(src: str, space: SearchSpace, arch: str) -> None:
     """Each choice of a sampled training option (input, resize, augment...) must make a valid config with the
     fixed part: an unknown input or resize mode is one line at load time, not a failed trial."""
     base = space.base_config(arch)
-    for p in space.architectures[arch].values():
-        if p.kind == "categorical" and p.name in searchable_options():
-            for c in p.choices:
+    sampled = [p for p in space.architectures[arch].values() if p.kind == "categorical" and p.name in
+               searchable_options()]
+    for i, p in enumerate(sampled):  # each choice, and each pair of choices (resize crop with augment crop)
+        for q in [p, *sampled[i + 1:]]:
+            for c, d in ((c, d) for c in p.choices for d in q.choices):
                 try:
-                    TrainConfig.from_dict({**base, p.name: c})
+                    TrainConfig.from_dict({**base, q.name: d, p.name: c})
                 except (UserError, TypeError) as e:
                     raise _err(src, f"architectures.{arch}.{p.name}", str(e)) from None
 

@@ -142,7 +142,8 @@ class TrainConfig:
         """The training views' augmentation (its random draws are seeded by the run's seed)."""
         from tune.data.augment import AugSpec, parse_augment
 
-        return AugSpec(parse_augment(self.augment), float(self.aug_strength), int(self.seed))
+        return AugSpec(parse_augment(self.augment), float(self.aug_strength), int(self.seed),
+                       crop=int(self.image_size) if self.resize == "crop" else 0)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return self.from_dict({**self.to_dict(), **changes})
@@ -155,6 +156,9 @@ class TrainConfig:
         min_size = get_arch(self.arch).min_size(self.hparams)
         parse_augment(self.augment)  # an unknown augmentation is one clear line
         parse_input(self.input)  # so is an unknown input
+        if self.resize == "crop" and "crop" in parse_augment(self.augment):
+            raise UserError(f"bad training option: augment={self.augment!r} with resize crop: augment's crop resizes "
+                            "a random crop back, and resize crop never resamples a training pixel; leave crop out")
         checks = [
             (self.lr > 0, "lr must be > 0"),
             (self.backbone_lr_mult > 0, f"backbone_lr_mult must be > 0 (got {self.backbone_lr_mult}); freeze "

@@ -190,6 +190,10 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
     if needs_heldout(cfg.monitor) and not extra:
         raise UserError(f"monitor {cfg.monitor} needs held-out validation sources (--valid-extra DIR), and none "
                         "were given")
+    wrong = [s.split for s in (train, valid, *extra) if s.resize != cfg.resize]
+    if wrong:  # a bug, not a user's mistake: the caller loaded the images for another resize mode
+        raise UserError(f"resize {cfg.resize}: {', '.join(wrong)} images were prepared for resize "
+                        f"{'crop' if cfg.resize == 'bilinear' else 'bilinear'} (load them with resize={cfg.resize!r})")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     model = make_model(cfg)
