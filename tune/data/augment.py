@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-AUGMENTATIONS = ("crop", "jitter", "blur", "jpeg", "cnndetection")  # the order they are applied in
+AUGMENTATIONS = ("crop", "jitter", "blur", "jpeg")  # the order they are applied in ("all")
+ORDER = (*AUGMENTATIONS, "cnndetection")  # with the preset, which is blur and JPEG as its paper has them
 DRAWS = 13  # random numbers drawn per (image, view), whichever augmentations are on (the first 11 as before)
 
 
@@ -47,15 +48,15 @@ def parse_augment(value: str) -> tuple[str, ...]:
     if names in ([], ["none"]):
         return ()
     if names == ["all"]:
-        return AUGMENTATIONS[:4]  # crop, jitter, blur, jpeg (cnndetection is blur and JPEG again)
-    unknown = [n for n in names if n not in AUGMENTATIONS]
+        return AUGMENTATIONS
+    unknown = [n for n in names if n not in ORDER]
     if unknown:
         raise UserError(f"unknown augmentation {unknown[0]!r} in augment={value!r}: expected a comma-separated "
-                        f"list of {', '.join(AUGMENTATIONS)} (or all, or none)")
+                        f"list of {', '.join(ORDER)} (or all, or none)")
     if "cnndetection" in names and {"blur", "jpeg"} & set(names):
         raise UserError(f"augment={value!r}: cnndetection is blur and JPEG already (Wang et al. 2020's Blur+JPEG); "
                         "leave blur and jpeg out")
-    return tuple(a for a in AUGMENTATIONS if a in names)
+    return tuple(a for a in ORDER if a in names)
 
 
 @dataclass(frozen=True)
