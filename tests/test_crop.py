@@ -115,3 +115,22 @@ def test_serving_decodes_the_centre_crop(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((10, 30, 3), np.uint8)).save(small)
     with pytest.raises(ValueError, match="smaller than the 32 px crop"):
         loaded.decode(small)
+
+
+def test_a_search_prepares_crop_images_only_when_a_trial_can_be_crop(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from tune.search.driver import SearchOptions, crop_sets
+    from tune.search.space import parse_space, resize_modes
+
+    root = dataset(tmp_path / "data")
+    plain = parse_space({"image_size": SIZE, "architectures": {"custom_cnn": {}}})
+    either = parse_space({"image_size": SIZE, "architectures": {"custom_cnn": {}, "mobilenet_v2": {
+        "weights": "none", "resize": {"type": "categorical", "choices": ["bilinear", "crop"]}}}})
+    assert resize_modes(plain) == {"bilinear"} and resize_modes(either) == {"bilinear", "crop"}
+    opts = SearchOptions(None, root, "x", tmp_path / "results", cache_dir=tmp_path / "cache")
+    record = SimpleNamespace(data=SimpleNamespace(valid_extra=None))
+    assert crop_sets(opts, plain, record, root) is None
+    train, valid, extra = crop_sets(opts, either, record, root)
+    assert (train.resize, valid.resize, extra) == ("crop", "crop", []) and train.x.shape[-1] == 2 * SIZE
+    assert any("crop64" in p.name for p in (tmp_path / "cache" / "decoded").iterdir())  # keyed apart
