@@ -57,13 +57,15 @@ def test_train_help(capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     for opt in ("--data", "--arch", "--unfrozen-blocks", "--weights", "--skip-bad-images", "--out", "--monitor",
                 "--backbone-lr-mult", "--optimizer", "--schedule", "--warmup-epochs", "--label-smoothing", "--augment",
-                "--aug-strength", "--aug-views", "--no-hflip"):
+                "--aug-strength", "--aug-views", "--no-hflip", "--input", "--resize"):
         assert opt in out
 
 
 @pytest.mark.parametrize(("args", "line"), [
     (["--augment", "blur,sharpen"], "error: unknown augmentation 'sharpen' in augment='blur,sharpen': expected a "
-                                    "comma-separated list of crop, jitter, blur, jpeg (or all, or none)"),
+                                    "comma-separated list of crop, jitter, blur, jpeg, cnndetection (or all, or none)"),
+    (["--input", "rgb+fft"], "error: unknown input 'fft' in input='rgb+fft': expected one of rgb, npr, highpass, dwt, "
+                             "or a stack of them joined by + (e.g. rgb+npr)"),
     (["--backbone-lr-mult", "0"], "error: bad training option: backbone_lr_mult must be > 0 (got 0.0); freeze units "
                                   "with unfrozen_blocks instead"),
     (["--aug-views", "-1"], "error: bad training option: aug_views must be >= 0 (got -1; 0 = a fresh view every "

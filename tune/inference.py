@@ -80,6 +80,11 @@ class LoadedModel:
     def image_size(self) -> int:
         return int(self.record.config["image_size"])
 
+    @property
+    def resize(self) -> str:
+        """bilinear (the whole image resized) or crop (its centre at native resolution); older records: bilinear."""
+        return str(self.record.config.get("resize", "bilinear"))
+
     def identity(self) -> dict[str, Any]:
         """Which model answered: enough to find it again (arch, run, trial, file and its hash)."""
         return {"arch": self.arch, "run": self.record.run, "trial": self.record.trial_id,
@@ -89,7 +94,7 @@ class LoadedModel:
         """One image file (or its bytes) → uint8 (3, S, S) at this model's size; ValueError if unreadable."""
         from tune.data.images import decode_image
 
-        return decode_image(src, self.image_size)
+        return decode_image(src, self.image_size, self.resize)
 
     def probabilities(self, x: np.ndarray, batch: int = BATCH) -> np.ndarray:
         return probabilities(self.model, x, batch)

@@ -73,10 +73,10 @@ def run(a: argparse.Namespace) -> int:
         raise UserError(f"--monitor {cfg.monitor} needs held-out validation sources: give --valid-extra DIR [DIR ...]")
     root = (a.data or builtin_data()).absolute()
     cache = cache_root() / "decoded" if cfg.use_cache else None
-    train = load_split(root, "train", cfg.image_size, skip_bad=a.skip_bad_images, cache_dir=cache)
-    valid = load_split(root, "valid", cfg.image_size, skip_bad=a.skip_bad_images, cache_dir=cache)
+    train, valid = (load_split(root, s, cfg.image_size, skip_bad=a.skip_bad_images, cache_dir=cache,
+                               resize=cfg.resize) for s in ("train", "valid"))
     extra, held_out = for_training(a.valid_extra or [], cfg.image_size, train, valid, root, cache_dir=cache,
-                                   skip_bad=a.skip_bad_images)
+                                   skip_bad=a.skip_bad_images, resize=cfg.resize)
     for s in (train, valid, *extra):
         if s.skipped:
             print(f"skipped {len(s.skipped)} bad image(s) in {s.split}")

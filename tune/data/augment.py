@@ -13,7 +13,13 @@ The augmentations, at strength s in [0, 1] (1 is the standard setting):
 - jitter: brightness, contrast and saturation each scaled by U[1 - 0.4 s, 1 + 0.4 s];
 - blur:   with probability s/2, a Gaussian blur with sigma U[0.1, 3] (Wang et al. 2020: p 0.5, sigma 0-3);
 - jpeg:   with probability s/2, JPEG re-compression at quality U{30..100} (Wang et al. 2020).
-They run in that order (JPEG last, as an image's last save). Blur and JPEG are evaluate's own
+- cnndetection: CNNDetection's Blur+JPEG (Wang et al. 2020) as its paper has it: with probability p = s/2 a
+          Gaussian blur with sigma U[0, 3], then, independently with probability p, JPEG at quality U{30..100}
+          (strength 1: the paper's "Blur+JPEG (0.5)"; 0.2..1 spans its p 0.1..0.5). It replaces blur and jpeg.
+They run in that order (JPEG last, as an image's last save). Under `resize: crop` a view first cuts a random
+image_size window at native resolution from the larger centre square the training images are stored at
+(tune/data/decode.py, crop_side), so every view is cached like an augmented one; augment's crop, which resamples,
+is refused there. Blur and JPEG are evaluate's own
 perturbations (tune/data/perturb.py), so "blur 2" means the same thing in training and in evaluation.
 """
 
@@ -31,22 +37,26 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-AUGMENTATIONS = ("crop", "jitter", "blur", "jpeg")  # the order they are applied in
-DRAWS = 11  # random numbers drawn per (image, view), whichever augmentations are on
+AUGMENTATIONS = ("crop", "jitter", "blur", "jpeg")  # the order they are applied in ("all")
+ORDER = (*AUGMENTATIONS, "cnndetection")  # with the preset, which is blur and JPEG as its paper has them
+DRAWS = 13  # random numbers drawn per (image, view), whichever augmentations are on (the first 11 as before)
 
 
 def parse_augment(value: str) -> tuple[str, ...]:
-    """"crop,blur" → ("crop", "blur") in application order; "all" → every one; "none" or "" → ()."""
+    """"crop,blur" → ("crop", "blur") in application order; "all" → crop to jpeg; "none" or "" → ()."""
     names = [n.strip().lower() for n in str(value).replace("+", ",").split(",") if n.strip()]
     if names in ([], ["none"]):
         return ()
     if names == ["all"]:
         return AUGMENTATIONS
-    unknown = [n for n in names if n not in AUGMENTATIONS]
+    unknown = [n for n in names if n not in ORDER]
     if unknown:
         raise UserError(f"unknown augmentation {unknown[0]!r} in augment={value!r}: expected a comma-separated "
-                        f"list of {', '.join(AUGMENTATIONS)} (or all, or none)")
-    return tuple(a for a in AUGMENTATIONS if a in names)
+                        f"list of {', '.join(ORDER)} (or all, or none)")
+    if "cnndetection" in names and {"blur", "jpeg"} & set(names):
+        raise UserError(f"augment={value!r}: cnndetection is blur and JPEG already (Wang et al. 2020's Blur+JPEG); "
+                        "leave blur and jpeg out")
+    return tuple(a for a in ORDER if a in names)
 
 
 @dataclass(frozen=True)
@@ -56,16 +66,18 @@ class AugSpec:
     ops: tuple[str, ...]
     strength: float
     seed: int
+    crop: int = 0  # resize: crop: each view first cuts a random crop x crop window at native resolution
 
     @property
     def active(self) -> bool:
-        return bool(self.ops) and self.strength > 0
+        return bool(self.ops) and self.strength > 0 or self.crop > 0
 
     def key(self, view: int) -> str:
         """Names view `view` in cache file names: the same key, the same pixels."""
         if not self.active:
             return "plain"
-        return f"{'+'.join(self.ops)}-s{self.strength:.6g}-seed{self.seed}-view{view}"
+        ops = "+".join(self.ops) if self.ops and self.strength > 0 else "none"
+        return f"{f'crop{self.crop}-' if self.crop else ''}{ops}-s{self.strength:.6g}-seed{self.seed}-view{view}"
 
 
 def draws(seed: tuple[int, ...], view: int) -> np.ndarray:
@@ -89,17 +101,26 @@ def jitter_factors(u: np.ndarray, s: float) -> tuple[float, float, float]:
     return (1 + 0.4 * s * (2 * u[4] - 1), 1 + 0.4 * s * (2 * u[5] - 1), 1 + 0.4 * s * (2 * u[6] - 1))
 
 
+def native_crop(img: np.ndarray, u: np.ndarray, crop: int) -> np.ndarray:
+    """A crop x crop window of uint8 (3, R, R) at offsets from draws 11 and 12: its pixels, never resampled."""
+    top, left = (min(img.shape[k - 10] - crop, int(u[k] * (img.shape[k - 10] - crop + 1))) for k in (11, 12))
+    return img[:, top:top + crop, left:left + crop]
+
+
 def augment(img: np.ndarray, *, seed: tuple[int, ...], view: int, ops: tuple[str, ...],
-            strength: float) -> np.ndarray:
-    """uint8 (3, S, S) → augmented uint8 (3, S, S); the same arguments give the same pixels."""
+            strength: float, crop: int = 0) -> np.ndarray:
+    """uint8 (3, S, S) → augmented uint8 (3, S, S); the same arguments give the same pixels. With `crop`, first
+    a random crop x crop window of the (larger) image at native resolution."""
     import numpy as np
     from PIL import Image, ImageEnhance
 
     from tune.data.perturb import Condition, native
 
+    u = draws(seed, view)
+    if crop:
+        img = np.ascontiguousarray(native_crop(img, u, crop))
     if not ops or strength <= 0:
         return img
-    u = draws(seed, view)
     size = img.shape[-1]
     im = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)))
     s = float(strength)
@@ -113,6 +134,11 @@ def augment(img: np.ndarray, *, seed: tuple[int, ...], view: int, ops: tuple[str
         im = native(im, Condition("blur", 0.1 + 2.9 * float(u[8])))
     if "jpeg" in ops and u[9] < s / 2:
         im = native(im, Condition("jpeg", 30 + min(70, int(71 * float(u[10])))))
+    if "cnndetection" in ops:  # the same draws as blur and jpeg; sigma from 0, as in the paper
+        if u[7] < s / 2:
+            im = native(im, Condition("blur", 3.0 * float(u[8])))
+        if u[9] < s / 2:
+            im = native(im, Condition("jpeg", 30 + min(70, int(71 * float(u[10])))))
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
 
 
@@ -125,12 +151,13 @@ def augment_images(x: np.ndarray, idx: np.ndarray, spec: AugSpec, view: int, *,
 
     if not spec.active:
         return np.asarray(x[idx])
-    out = np.empty((len(idx), *x.shape[1:]), dtype=np.uint8)
+    side = spec.crop or x.shape[-1]
+    out = np.empty((len(idx), x.shape[1], side, side), dtype=np.uint8)
 
     def one(j: int) -> None:
         i = int(idx[j])  # a slice, not x[i]: the live stand-in for a decoded array (data.LiveImages) reads slices
         out[j] = augment(np.asarray(x[i:i + 1])[0], seed=(spec.seed, i), view=view, ops=spec.ops,
-                         strength=spec.strength)
+                         strength=spec.strength, crop=spec.crop)
 
     workers = max(1, min(len(idx), threads or int(os.environ.get("TUNE_AUG_THREADS", "0")) or _threads()))
     if workers == 1:

@@ -57,10 +57,10 @@ def find(dirs: list[Path]) -> list[Source]:
 
 
 def load(sources: list[Source], size: int, *, cache_dir: Path | None = None, skip_bad: bool = False,
-         live: bool = False) -> list[ImageSet]:
+         live: bool = False, resize: str = "bilinear") -> list[ImageSet]:
     """Decode each source once (cached by fingerprint, like a split); both classes must stay readable."""
     return [load_files(SplitFiles(s.name, s.files, s.labels, 0, s.path), size, label=f"{ROLE} {s.path}",
-                       skip_bad=skip_bad, cache_dir=cache_dir, live=live) for s in sources]
+                       skip_bad=skip_bad, cache_dir=cache_dir, live=live, resize=resize) for s in sources]
 
 
 def describe(dirs: list[Path], sets: list[ImageSet], sources: list[Source]) -> dict[str, Any]:
@@ -72,7 +72,8 @@ def describe(dirs: list[Path], sets: list[ImageSet], sources: list[Source]) -> d
 
 
 def load_recorded(recorded: dict[str, Any] | None, size: int, *, what: str, dirs: list[Path] | None = None,
-                  cache_dir: Path | None = None, skip_bad: bool = False, live: bool = False) -> list[ImageSet]:
+                  cache_dir: Path | None = None, skip_bad: bool = False, live: bool = False,
+                  resize: str = "bilinear") -> list[ImageSet]:
     """The held-out sources a run or training recorded (describe()), refused when their content changed:
     its numbers and its choices cannot be reproduced on other images. None (an older run): none.
 
@@ -84,7 +85,7 @@ def load_recorded(recorded: dict[str, Any] | None, size: int, *, what: str, dirs
                             f"(since {what}); leave it out")
         return []
     sources = find([Path(d) for d in (dirs or recorded["dirs"])])
-    sets = load(sources, size, cache_dir=cache_dir, skip_bad=skip_bad, live=live)
+    sets = load(sources, size, cache_dir=cache_dir, skip_bad=skip_bad, live=live, resize=resize)
     was = {r["name"]: r["fingerprint"] for r in recorded["sources"]}
     if dirs:
         named = {fp: name for name, fp in was.items()}
@@ -149,18 +150,18 @@ def check_for_training(sets: list[ImageSet], train: ImageSet, valid: ImageSet, r
 
 def for_training(dirs: list[Path], size: int, train: ImageSet, valid: ImageSet, root: Path, *,
                  recorded: dict[str, Any] | None = None, repoint: list[Path] | None = None, what: str = "",
-                 cache_dir: Path | None = None, skip_bad: bool = False,
-                 live: bool = False) -> tuple[list[ImageSet], dict[str, Any] | None]:
+                 cache_dir: Path | None = None, skip_bad: bool = False, live: bool = False,
+                 resize: str = "bilinear") -> tuple[list[ImageSet], dict[str, Any] | None]:
     """(the held-out sets, their description for run.json or record.json) of a new search or training from
     `dirs`, or of one that goes on (`recorded`: refused if their content changed since `what`; `repoint`: the
     folders they are in now, when they moved); checked apart from train, valid and test."""
     if recorded is not None:
         sets = load_recorded(recorded, size, what=what, dirs=repoint, cache_dir=cache_dir, skip_bad=skip_bad,
-                             live=live)
+                             live=live, resize=resize)
         description = describe(repoint, sets, find(repoint)) if repoint else recorded
     else:
         sources = find(dirs) if dirs else []
-        sets = load(sources, size, cache_dir=cache_dir, skip_bad=skip_bad, live=live)
+        sets = load(sources, size, cache_dir=cache_dir, skip_bad=skip_bad, live=live, resize=resize)
         description = describe(dirs, sets, sources) if sets else None
     check_for_training(sets, train, valid, root)
     return sets, description

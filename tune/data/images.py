@@ -26,7 +26,7 @@ import torch
 
 from tune import FAKE, REAL
 from tune.core import atomic_write_bytes
-from tune.data.decode import MAX_PIXELS, LiveImages, decode_image, decode_rgb, resize_rgb  # noqa: F401 - their old home
+from tune.data.decode import MAX_PIXELS, LiveImages, crop_side, decode_image, decode_rgb, resize_rgb  # noqa: F401
 from tune.data.mapped import DataError, MappedImages, file_lock, write_rows
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -54,6 +54,7 @@ class ImageSet:
     paths: list[str]
     fingerprint: str
     skipped: list[str] = field(default_factory=list)
+    resize: str = "bilinear"  # or "crop": native-resolution pixels (train: a larger centre square, cut per view)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -61,13 +62,14 @@ class ImageSet:
     def __reduce__(self) -> tuple[Any, ...]:
         # x pickles as itself: a MappedImages as its path (then _restore decodes it on a node without the file),
         # LiveImages as its paths; only an in-memory array (no decoded cache) carries its pixels
-        return (_restore, (self.split, self.x, self.y, self.paths, self.fingerprint, self.skipped))
+        return (_restore, (self.split, self.x, self.y, self.paths, self.fingerprint, self.skipped, self.resize))
 
 
-def _restore(split: str, x: Any, y: np.ndarray, paths: list[str], fingerprint: str, skipped: list[str]) -> ImageSet:
+def _restore(split: str, x: Any, y: np.ndarray, paths: list[str], fingerprint: str, skipped: list[str],
+             resize: str = "bilinear") -> ImageSet:
     if isinstance(x, MappedImages) and not x.exists():
-        _rebuild(x, paths)
-    return ImageSet(split, x, y, paths, fingerprint, skipped)
+        _rebuild(x, paths, resize)
+    return ImageSet(split, x, y, paths, fingerprint, skipped, resize)
 
 
 def _child_ci(parent: Path, names: tuple[str, ...]) -> Path | None:
@@ -160,7 +162,8 @@ def fingerprint(files: SplitFiles) -> str:
 DECODE_BLOCK = 256  # images decoded at a time: memory stays at about one block (39 MB at 224 px)
 
 
-def _decoded_blocks(files: SplitFiles, size: int, bad: list[tuple[Path, str]]) -> Iterator[np.ndarray]:
+def _decoded_blocks(files: SplitFiles, size: int, bad: list[tuple[Path, str]],
+                    resize: str = "bilinear") -> Iterator[np.ndarray]:
     """The readable images of `files` in order, uint8 (B, 3, size, size), a block at a time; each
     unreadable one is appended to `bad` with the reason."""
     n = len(files.paths)
@@ -170,7 +173,7 @@ def _decoded_blocks(files: SplitFiles, size: int, bad: list[tuple[Path, str]]) -
 
             def one(j: int, block: np.ndarray = block, start: int = start) -> bool:
                 try:
-                    block[j] = decode_image(files.paths[start + j], size)
+                    block[j] = decode_image(files.paths[start + j], size, resize)
                     return True
                 except (ValueError, OSError) as e:
                     bad.append((files.paths[start + j], str(e)))
@@ -199,24 +202,24 @@ def _kept(files: SplitFiles, bad: list[tuple[Path, str]], label: str, skip_bad: 
     return keep
 
 
-def _rebuild(x: MappedImages, paths: list[str]) -> None:
+def _rebuild(x: MappedImages, paths: list[str], resize: str = "bilinear") -> None:
     """Decode a split's kept images again into the file its handle names: a node of a cluster that has no
     copy of the driver's decoded cache makes its own, once (other processes there wait for it)."""
     try:
         with file_lock(Path(x.path).with_suffix(".lock")):
             if not x.exists():
-                _redecode(x, paths)
+                _redecode(x, paths, resize)
     except OSError as e:  # a node where the driver's cache folder cannot be made: one clear line
         raise DataError(f"cannot write the decoded images at {x.path} on this machine ({e.strerror or e}); every "
                         "node needs the cache folder writable at the same path") from None
 
 
-def _redecode(x: MappedImages, paths: list[str]) -> None:
+def _redecode(x: MappedImages, paths: list[str], resize: str) -> None:
     files = SplitFiles("rebuild", [Path(p) for p in paths], [REAL] * len(paths))
     bad: list[tuple[Path, str]] = []
 
     def blocks() -> Iterator[np.ndarray]:
-        yield from _decoded_blocks(files, x.shape[-1], bad)
+        yield from _decoded_blocks(files, x.shape[-1], bad, resize)
         if bad:
             raise DataError(f"cannot decode the images again at {x.path} on this machine: {len(bad)} of "
                             f"{len(paths)} unreadable here (e.g. {bad[0][0]}: {bad[0][1]}); every node needs "
@@ -226,44 +229,48 @@ def _redecode(x: MappedImages, paths: list[str]) -> None:
 
 
 def load_split(root: Path, split: str, size: int, *, skip_bad: bool = False,
-               cache_dir: Path | None = None, live: bool = False) -> ImageSet:
+               cache_dir: Path | None = None, live: bool = False, resize: str = "bilinear") -> ImageSet:
     """Scan, fingerprint and decode a split; reuse the decoded array from `cache_dir` when present.
 
     With `live`, images are still checked once here, but decoded again at every use (LiveImages).
     """
     return load_files(scan_split(root, split), size, label=f"split '{split}' of {root}", skip_bad=skip_bad,
-                      cache_dir=cache_dir, live=live)
+                      cache_dir=cache_dir, live=live, resize=resize, train=split == "train")
 
 
 def load_files(files: SplitFiles, size: int, *, label: str, skip_bad: bool = False, cache_dir: Path | None = None,
-               live: bool = False) -> ImageSet:
+               live: bool = False, resize: str = "bilinear", train: bool = False) -> ImageSet:
     """Fingerprint and decode listed images (a split, or a held-out source: tune/data/heldout.py) into an ImageSet
-    named `files.split`; `label` says what they are in error messages. Both classes must be readable."""
+    named `files.split`; `label` says what they are in error messages. Both classes must be readable.
+    resize crop: stored at decode.crop_side's side (`train`: the larger square the views are cut from)."""
     bad: list[tuple[Path, str]] = []
+    if resize == "crop":
+        size = crop_side(files.paths, size, train=train, label=label)
     if live:  # every image checked once, a block at a time; none kept
-        for _ in _decoded_blocks(files, size, bad):
+        for _ in _decoded_blocks(files, size, bad, resize):
             pass
         keep = _kept(files, bad, label, skip_bad)
         paths = [str(files.paths[i]) for i in keep]
-        return ImageSet(files.split, LiveImages(paths, size), np.asarray([files.labels[i] for i in keep],
-                        dtype=np.float32), paths, fingerprint(files), [str(p) for p, _ in sorted(bad)])
+        return ImageSet(files.split, LiveImages(paths, size, resize), np.asarray([files.labels[i] for i in keep],
+                        dtype=np.float32), paths, fingerprint(files), [str(p) for p, _ in sorted(bad)], resize)
     split, fp = files.split, fingerprint(files)
     if cache_dir is None:  # in memory (tests, a cache turned off): filled a block at a time
         x = np.empty((len(files.paths), 3, size, size), dtype=np.uint8)
         rows = 0
-        for b in _decoded_blocks(files, size, bad):
+        for b in _decoded_blocks(files, size, bad, resize):
             x[rows:rows + len(b)] = b
             rows += len(b)
         keep = _kept(files, bad, label, skip_bad)
         return ImageSet(split, x[:rows], np.asarray([files.labels[i] for i in keep], dtype=np.float32),
-                        [str(files.paths[i]) for i in keep], fp, [str(p) for p, _ in sorted(bad)])
+                        [str(files.paths[i]) for i in keep], fp, [str(p) for p, _ in sorted(bad)], resize)
     # v2: 16-bit images are scaled by a fixed 65535 instead of each image's maximum.
-    marker = Path(cache_dir) / f"decoded-v2-{fp}-{size}.npz"  # the kept indices; written last, it marks completion
+    # the kept indices; written last, it marks completion
+    marker = Path(cache_dir) / f"decoded-v2-{fp}-{'crop' if resize == 'crop' else ''}{size}.npz"
     if not marker.exists():
         with file_lock(marker.with_suffix(".lock")):  # one process per machine decodes; the others then map it
             if not marker.exists():
                 def blocks() -> Iterator[np.ndarray]:
-                    yield from _decoded_blocks(files, size, bad)
+                    yield from _decoded_blocks(files, size, bad, resize)
                     _kept(files, bad, label, skip_bad)  # refused here: the file is never committed
 
                 write_rows(marker.with_suffix(".npy"), len(files.paths), (3, size, size), blocks())
@@ -279,7 +286,7 @@ def load_files(files: SplitFiles, size: int, *, label: str, skip_bad: bool = Fal
         raise DataError(f"{len(skipped)} unreadable image(s) in {files.split_dir}: "
                         f"{', '.join(skipped[:20])} (use --skip-bad-images to skip them)")
     y = np.asarray([files.labels[i] for i in keep], dtype=np.float32)
-    return ImageSet(split, x, y, [str(files.paths[i]) for i in keep], fp, skipped)
+    return ImageSet(split, x, y, [str(files.paths[i]) for i in keep], fp, skipped, resize)
 
 
 def to_float(x: np.ndarray | torch.Tensor) -> torch.Tensor:

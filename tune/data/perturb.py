@@ -104,13 +104,18 @@ def native(im: Image.Image, c: Condition) -> Image.Image:
     return im
 
 
-def model_input(im: Image.Image, c: Condition, size: int) -> np.ndarray:
-    """`native(im, c)` → uint8 (3, size, size) for a model of this input size (decode_image's resize)."""
+def model_input(im: Image.Image, c: Condition, size: int, resize: str = "bilinear") -> np.ndarray:
+    """`native(im, c)` → uint8 (3, size, size) for a model of this input size and resize mode (decode_image's).
+    Under resize crop, a resize condition scales the whole image down and back up before the centre crop."""
     from PIL import Image
 
-    from tune.data.images import resize_rgb
+    from tune.data.decode import to_model_size
 
-    if c.perturbation == "resize":
+    if c.perturbation == "resize" and resize == "crop":
+        w, h = im.size
+        f = float(c.severity or 1)
+        im = im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR).resize((w, h), Image.BILINEAR)
+    elif c.perturbation == "resize":
         small = max(1, round(size * float(c.severity or 1)))
         im = im.resize((small, small), Image.BILINEAR)
-    return resize_rgb(im, size)
+    return to_model_size(im, size, resize)

@@ -51,16 +51,17 @@ def model_names(models: list[LoadedModel]) -> list[str]:
 
 
 def _prepare(pool: ThreadPoolExecutor, files: list[Path], conditions: list[Condition],
-             sizes: list[int]) -> tuple[list[int], dict, dict[int, str]]:
+             sizes: list[tuple[int, str]]) -> tuple[list[int], dict, dict[int, str]]:
     """Decode each file once at its native size; every (condition, model size) input comes from that decode.
 
-    Returns the positions of the readable files, their inputs per (condition, size), and why each other failed."""
+    Returns the positions of the readable files, their inputs per (condition, (size, resize mode)), and why each
+    other failed."""
     import numpy as np
 
     from tune.data.images import decode_rgb
     from tune.data.perturb import model_input, native
 
-    def one(f: Path) -> dict[tuple[str, int], np.ndarray] | str:
+    def one(f: Path) -> dict[tuple[str, tuple[int, str]], np.ndarray] | str:
         try:
             im = decode_rgb(f)
         except (ValueError, OSError) as e:
@@ -69,7 +70,10 @@ def _prepare(pool: ThreadPoolExecutor, files: list[Path], conditions: list[Condi
         for c in conditions:
             base = native(im, c)
             for s in sizes:
-                out[c.name, s] = model_input(base, c, s)
+                try:
+                    out[c.name, s] = model_input(base, c, *s)
+                except ValueError as e:  # smaller than a resize-crop model's crop
+                    return str(e)
         return out
 
     done = list(pool.map(one, files))
@@ -79,7 +83,8 @@ def _prepare(pool: ThreadPoolExecutor, files: list[Path], conditions: list[Condi
     return good, x, bad
 
 
-def _prepared(chunks: list[list[Path]], conditions: list[Condition], sizes: list[int]) -> Iterator[Any]:
+def _prepared(chunks: list[list[Path]], conditions: list[Condition],
+              sizes: list[tuple[int, str]]) -> Iterator[Any]:
     """Each chunk prepared, in order; the next one is decoded while the models score this one (PIL's decode
     and resize release the GIL), so the forward rarely waits."""
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
@@ -100,7 +105,7 @@ def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions:
     import numpy as np
 
     t0 = time.perf_counter()
-    sizes = sorted({m.image_size for m in models.values()})
+    sizes = sorted({(m.image_size, m.resize) for m in models.values()})
     files = [f for s in sources for f in s.files]
     p = {(n, c.name): np.full(len(files), np.nan) for n in models for c in conditions}
     why: dict[int, str] = {}
@@ -112,7 +117,7 @@ def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions:
         rows = k * CHUNK + np.asarray(good)
         for name, m in models.items():
             for c in conditions:
-                p[name, c.name][rows] = m.probabilities(x[c.name, m.image_size], batch=BATCH)
+                p[name, c.name][rows] = m.probabilities(x[c.name, (m.image_size, m.resize)], batch=BATCH)
     out, start = {}, 0
     for s in sources:
         keep = [i for i in range(len(s.files)) if start + i not in why]

@@ -102,11 +102,12 @@ def candidates(info: RunInfo, baseline: bool, log: Log,
     return out, about
 
 
-def load_test(info: RunInfo, decoded_cache: Path | None) -> ImageSet:
+def load_test(info: RunInfo, decoded_cache: Path | None, resize: str = "bilinear") -> ImageSet:
     """The one read of the test split in the whole project (tests assert that)."""
     from tune.data import images as data
 
-    return data.load_split(info.root, "test", info.image_size, skip_bad=info.skip_bad, cache_dir=decoded_cache)
+    return data.load_split(info.root, "test", info.image_size, skip_bad=info.skip_bad, cache_dir=decoded_cache,
+                           resize=resize)
 
 
 def _fingerprints(info: RunInfo, data: Data) -> dict[str, Any]:
@@ -281,16 +282,18 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     info = read_run(run_dir, data=data, valid_extra=valid_extra)
     cands, picked = candidates(info, baseline, log, pick)
     decoded, features = cache_dirs(info, cache_dir)
-    train, valid = load_train_valid(info, cache_dir)
-    held_out = load_heldout(info, cache_dir)  # selected by (with a held-out or combined metric), never trained on
+    # each resize mode a candidate uses: the same files, as that mode prepares them (tune/data/decode.py)
+    by_mode = {m: (*load_train_valid(info, cache_dir, m), load_test(info, decoded, m), load_heldout(info, cache_dir, m))
+               for m in sorted({c.config.resize for c in cands})}
+    train, valid, test, held_out = next(iter(by_mode.values()))  # held-out sources selected by, never trained on
     record_moved_data(info, held_out)
-    test = load_test(info, decoded)
     check_for_testing(test, extra or [], train, valid, held_out)
     log(f"finalize {info.name}: {len(cands)} model(s) x {seeds} seed(s); {len(train)} train / {len(valid)} valid / "
         f"{len(test)} test images{''.join(f'; held-out {h.split}: {len(h)}' for h in held_out)}; {info.threads} "
         "thread(s) per training, as the trials")
     threads_before = torch.get_num_threads()
     data = (train, valid, test, held_out)
+    of = {c.name: by_mode[c.config.resize] for c in cands}
     try:
         pending = [(c, i) for c in cands for i in range(seeds) if done_record(c, info.seed + i, info, data) is None]
         if jobs > 1 and len(pending) > 1:
@@ -299,18 +302,18 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
 
             from tune.evaluation.jobs import capped_jobs
 
-            jobs = capped_jobs(jobs, len(pending), [train, valid, test, *held_out], log)
+            jobs = capped_jobs(jobs, len(pending), [s for d in by_mode.values() for s in (*d[:3], *d[3])], log)
             # spawn, not fork: forking a process whose OpenMP threads already ran can deadlock. Each job is sent
             # the ImageSets pickled: the decoded cache's path, which it maps (tune/data/mapped.py).
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {(c.name, i): pool.submit(finalize_seed, c, info.seed + i, info, data, features, print)
-                           for c, i in pending}
+                futures = {(c.name, i): pool.submit(finalize_seed, c, info.seed + i, info, of[c.name], features,
+                                                    print) for c, i in pending}
                 records = {c.name: [futures[c.name, i].result() if (c.name, i) in futures else
-                                    finalize_seed(c, info.seed + i, info, data, features, log) for i in range(seeds)]
-                           for c in cands}
+                                    finalize_seed(c, info.seed + i, info, of[c.name], features, log)
+                                    for i in range(seeds)] for c in cands}
         else:
-            records = {c.name: [finalize_seed(c, info.seed + i, info, data, features, log) for i in range(seeds)]
-                       for c in cands}
+            records = {c.name: [finalize_seed(c, info.seed + i, info, of[c.name], features, log)
+                                for i in range(seeds)] for c in cands}
     finally:
         torch.set_num_threads(threads_before)  # fit changed it for the whole process
     cmp = compare(info, cands, records, valid, test)

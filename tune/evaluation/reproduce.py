@@ -81,8 +81,8 @@ def reproduce_trial(run_dir: Path, trial: str | None = "best", *, cache_dir: Pat
     if not recorded:
         raise UserError(f"trial {arch}_{tid} has no recorded epochs to reproduce")
     cfg = trial_config(info, arch, tid)
-    train, valid = load_train_valid(info, cache_dir)  # refuses when the data changed
-    extra = load_heldout(info, cache_dir)  # so does this; a monitor such as mean_auc needs them
+    train, valid = load_train_valid(info, cache_dir, cfg.resize)  # refuses when the data changed
+    extra = load_heldout(info, cache_dir, cfg.resize)  # so does this; a monitor such as mean_auc needs them
     _, features = cache_dirs(info, cache_dir)
     log(f"reproducing {arch} trial {tid} of run {info.name}: {len(recorded)} epoch(s), seed {cfg.seed}, "
         f"{cfg.threads} thread(s), cache {'on' if cfg.use_cache else 'off'}")

@@ -77,14 +77,15 @@ def cache_dirs(info: RunInfo, cache_dir: Path | None) -> tuple[Path | None, Path
     return Path(cache_dir) / "decoded", Path(cache_dir) / "features"
 
 
-def load_train_valid(info: RunInfo, cache_dir: Path | None) -> tuple[ImageSet, ImageSet]:
+def load_train_valid(info: RunInfo, cache_dir: Path | None, resize: str = "bilinear") -> tuple[ImageSet, ImageSet]:
     """The search's train and valid splits; refuse when their content changed since the search."""
     from tune.data import images as data  # numpy, torch, PIL: imported when needed, so the CLI starts fast
 
     decoded, _ = cache_dirs(info, cache_dir)
     out = []
     for split in ("train", "valid"):
-        s = data.load_split(info.root, split, info.image_size, skip_bad=info.skip_bad, cache_dir=decoded)
+        s = data.load_split(info.root, split, info.image_size, skip_bad=info.skip_bad, cache_dir=decoded,
+                            resize=resize)
         if s.fingerprint != info.fingerprints[split]:
             raise UserError(f"the {split} data in {info.root} changed since search {info.name} ran (fingerprint "
                             f"{info.fingerprints[split]} in run.json, {s.fingerprint} now); its numbers cannot be "
@@ -93,14 +94,14 @@ def load_train_valid(info: RunInfo, cache_dir: Path | None) -> tuple[ImageSet, I
     return out[0], out[1]
 
 
-def load_heldout(info: RunInfo, cache_dir: Path | None) -> list[ImageSet]:
+def load_heldout(info: RunInfo, cache_dir: Path | None, resize: str = "bilinear") -> list[ImageSet]:
     """The search's held-out validation sources (none for a run without them); refused when changed."""
     from tune.data.heldout import load_recorded
 
     decoded, _ = cache_dirs(info, cache_dir)
     moved = list(info.moved_heldout) if info.moved_heldout else None
     return load_recorded(info.heldout, info.image_size, what=f"search {info.name} ran", dirs=moved,
-                         cache_dir=decoded, skip_bad=info.skip_bad)
+                         cache_dir=decoded, skip_bad=info.skip_bad, resize=resize)
 
 
 def record_moved_data(info: RunInfo, held_out: list[ImageSet]) -> None:

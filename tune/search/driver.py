@@ -41,7 +41,16 @@ from tune.runs.layout import (
 from tune.runs.trials import SCORE, kept_score, last_timestamp
 from tune.search.budget import Budget
 from tune.search.cluster import loopback_only, quiet_ray, slots, start_ray
-from tune.search.space import BudgetSpec, DefineByRun, Param, Resources, SearchSpace, check_rule, load_space
+from tune.search.space import (
+    BudgetSpec,
+    DefineByRun,
+    Param,
+    Resources,
+    SearchSpace,
+    check_rule,
+    load_space,
+    resize_modes,
+)
 from tune.training.config import TrainConfig
 
 
@@ -82,6 +91,7 @@ class TrialData:
     cache_gb: float | None = None  # the feature-cache budget of the node a trial runs on
     serving: Serving | None = None  # how the kept model's serving costs are measured (None: not measured)
     kept_metrics: tuple[str, ...] = ()  # further objectives that are metrics (reported at the kept epoch)
+    crop: tuple[ImageSet, ImageSet, list[ImageSet]] | None = None  # train, valid, held-out as resize crop has them
 
 
 def run_trial(config: dict[str, Any], data: TrialData) -> None:
@@ -121,8 +131,8 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
         from tune.training.latency import measure
 
         costs = functools.partial(measure, image_size=cfg.image_size, serving=data.serving, seed=cfg.seed)
-    fit(cfg, data.train, data.valid, extra=data.extra, report=report, resume=resume, cache_dir=cache, log=None,
-        measure=costs)
+    train, valid, extra = data.crop if cfg.resize == "crop" and data.crop else (data.train, data.valid, data.extra)
+    fit(cfg, train, valid, extra=extra, report=report, resume=resume, cache_dir=cache, log=None, measure=costs)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -267,6 +277,20 @@ def prepare(opts: SearchOptions, run: Run, old: RunRecord | None, space: SearchS
     return record, space, train, valid, extra
 
 
+def crop_sets(opts: SearchOptions, space: SearchSpace, record: RunRecord,
+              data_root: Path) -> tuple[ImageSet, ImageSet, list[ImageSet]] | None:
+    """train, valid and the held-out sources as resize crop prepares them, when some trial can be resize crop
+    (the same files as run.json's; a crop larger than the smallest image is one line, before any trial)."""
+    from tune.data.heldout import load_recorded
+
+    if "crop" not in resize_modes(space):
+        return None
+    cache = opts.cache_dir / "decoded" if opts.use_cache and opts.cache_dir else None
+    kw: dict[str, Any] = {"skip_bad": opts.skip_bad, "cache_dir": cache, "live": not opts.use_cache, "resize": "crop"}
+    train, valid = (load_split(data_root, s, space.image_size, **kw) for s in ("train", "valid"))
+    return train, valid, load_recorded(record.data.valid_extra, space.image_size, what="the search started", **kw)
+
+
 # --------------------------------------------------------------------------- run
 def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, k: int, budget: Budget,
                opts: SearchOptions, location: str, n_slots: int) -> Any:
@@ -339,6 +363,7 @@ def run_search(opts: SearchOptions) -> Path:
     old = previous_run(run, opts)
     space, data_root = plan_space(opts, old)
     record, space, train, valid, extra = prepare(opts, run, old, space, data_root)
+    crop = crop_sets(opts, space, record, data_root)
     archs = list(space.architectures)
     started_ray = start_ray(opts.address)
     try:
@@ -347,7 +372,7 @@ def run_search(opts: SearchOptions) -> Path:
         data = TrialData(train, valid, space.metric, space.mode, max(1, int(space.resources.cpus_per_trial)),
                          str(opts.cache_dir / "features") if opts.cache_dir else None, opts.use_cache, extra,
                          opts.cache_gb, space.latency,
-                         tuple(n for n, _ in space.goals[1:] if n not in COSTS))
+                         tuple(n for n, _ in space.goals[1:] if n not in COSTS), crop)
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), resources)
         # No features are built here: each trial builds the files it needs when it first needs them
         # (tune/search/prepare.py says why).

@@ -215,6 +215,16 @@ def monitors(space: SearchSpace) -> set[str]:
     return out
 
 
+def resize_modes(space: SearchSpace) -> set[str]:
+    """Every resize mode a trial of the space can get (tune/search/driver.py prepares the images for each)."""
+    out = set()
+    for arch, params in space.architectures.items():
+        p = params.get("resize")
+        out |= {str(c) for c in p.choices} if p is not None and p.kind == "categorical" else \
+            {str(space.base_config(arch).get("resize", "bilinear"))}
+    return out
+
+
 def check_rule(space: SearchSpace) -> None:
     """A held-out or combined metric (or monitor) needs held-out validation sources: one line if none."""
     for name in sorted({space.metric} | monitors(space)):
@@ -311,7 +321,23 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
             TrainConfig.from_dict({k: v for k, v in space.base_config(arch).items()})
         except (UserError, TypeError) as e:
             raise _err(src, f"architectures.{arch}", f"invalid fixed values: {e}") from None
+        _check_choices(src, space, arch)
     return space
+
+
+def _check_choices(src: str, space: SearchSpace, arch: str) -> None:
+    """Each choice of a sampled training option (input, resize, augment...) must make a valid config with the
+    fixed part: an unknown input or resize mode is one line at load time, not a failed trial."""
+    base = space.base_config(arch)
+    sampled = [p for p in space.architectures[arch].values() if p.kind == "categorical" and p.name in
+               searchable_options()]
+    for i, p in enumerate(sampled):  # each choice, and each pair of choices (resize crop with augment crop)
+        for q in [p, *sampled[i + 1:]]:
+            for c, d in ((c, d) for c in p.choices for d in q.choices):
+                try:
+                    TrainConfig.from_dict({**base, q.name: d, p.name: c})
+                except (UserError, TypeError) as e:
+                    raise _err(src, f"architectures.{arch}.{p.name}", str(e)) from None
 
 
 def load_space(path: Path) -> SearchSpace:

@@ -152,7 +152,10 @@ def render_card(d: dict[str, Any], export: dict[str, Any]) -> str:
              f"- Architecture: {d['arch']}; configuration: `{json.dumps(cfg, sort_keys=True)}`",
              f"- Weights: {d.get('weights_source') or 'unknown'}",
              f"- Input `{export['input']}`: float32 RGB, shape (N, 3, {d['image_size']}, {d['image_size']}), "
-             "values in [0, 1] (pixel / 255), resized with bilinear interpolation; any normalisation is inside.",
+             "values in [0, 1] (pixel / 255), "
+             + ("the centre crop at native resolution (never resized)" if cfg.get("resize") == "crop" else
+                "resized with bilinear interpolation")
+             + f"; any normalisation, and the input transform ({cfg.get('input', 'rgb')}), is inside.",
              f"- Output `{export['output']}`: {export['output_meaning']}, shape (N,).",
              f"- Decision rule: Fake when P(fake) >= {d['threshold']:.6g} ({d['threshold_rule']}).",
              f"- Exported with torch.onnx (opset {export['opset']}); parity with PyTorch under onnxruntime on "
@@ -189,7 +192,9 @@ def render_card(d: dict[str, Any], export: dict[str, Any]) -> str:
         lines.append("- Not evaluated on other generators or perturbations (no `evaluate` results for this model): "
                      "expect lower scores on fakes from generators unlike the training data, and after "
                      "re-compression, resizing or blur.")
-    lines += [f"- Trained and tested on {d['image_size']} px images; other sizes are resized, which can hide traces.",
+    lines += [f"- Trained and tested on {d['image_size']} px "
+              + ("centre crops at native resolution; a smaller image is refused." if cfg.get("resize") == "crop"
+                 else "images; other sizes are resized, which can hide traces."),
               "- The threshold was chosen on the validation split; re-check it on your own data.", "",
               "## How to reproduce", "", "```bash",
               f"python -m tune reproduce {d['run']} --trial {d['trial']}   # re-run the trial, check every epoch"

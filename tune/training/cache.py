@@ -145,10 +145,13 @@ def stored(model: Detector, data: ImageSet, *, flips: tuple[bool, ...], cache_di
         return [encode_all(model, pixels, flip=f) for f in flips], ""
     keys = prefix_keys(model)
     n = len(model.frozen)
-    shape = (len(data), *frozen_shape(model, data.x.shape[-1]))
+    side = spec.crop if spec is not None and spec.crop else data.x.shape[-1]  # resize crop: a view's window
+    shape = (len(data), *frozen_shape(model, side))
+    # the pixels' side as stored, and how they were made (resize crop: native pixels, not a resized image)
+    made = f"{data.x.shape[-1]}{'-native' if data.resize == 'crop' else ''}"
     out = []
     for flip in flips:
-        base = f"{data.fingerprint}-{data.x.shape[-1]}-{len(data)}-{source_key(spec, view)}{'-flip' if flip else ''}"
+        base = f"{data.fingerprint}-{made}-{len(data)}-{source_key(spec, view)}{'-flip' if flip else ''}"
 
         def path(k: int, base: str = base) -> Path:
             return Path(cache_dir) / f"features-v5-{base}-{dtype}-{keys[k]}.npy"
@@ -164,7 +167,7 @@ def stored(model: Detector, data: ImageSet, *, flips: tuple[bool, ...], cache_di
 
         meta = {"kind": "views" if spec is not None and spec.active else "features", "arch": label,
                 "frozen_units": n, "dtype": dtype, "source": source_key(spec, view), "flip": flip,
-                "split": data.split, "images": len(data), "size": int(data.x.shape[-1])}
+                "split": data.split, "images": len(data), "size": int(side), "resize": data.resize}
         lease, why = store.get_or_build(path(n), shape, dtype, fill, meta)
         if lease is None:
             return None, why
@@ -240,7 +243,8 @@ class Inputs:
         self.train_z: list[np.ndarray] = []
         self.workers = loader_workers(cfg.workers, cfg.threads, self.device)
         # CUDA: crop and jitter of live views run on the device (CPU: PIL, exact, what the cache stores)
-        self.device_aug = self.device.type == "cuda" and self.spec.active and set(self.spec.ops) <= DEVICE_OPS
+        self.device_aug = self.device.type == "cuda" and self.spec.active and set(self.spec.ops) <= DEVICE_OPS \
+            and not self.spec.crop  # a native crop is cut on the host
 
     def views_bytes(self) -> int:
         """Disk the train views this trial can use take together."""

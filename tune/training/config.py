@@ -64,7 +64,13 @@ class TrainConfig:
                                    "xval_*, mean_* or min_*/max_* (tune/metrics/classification.py)",
                                    choices=tuple(search_metrics()))
     seed: int = opt(0, "seed of initialisation, order, flips, augmented views and dropout", searchable=False)
-    image_size: int = opt(224, "images are resized to this square side", searchable=False)
+    image_size: int = opt(224, "images are resized (or cropped, see resize) to this square side", searchable=False)
+    # what the model sees (tune/models/inputs.py): part of the model, so exported and served with it
+    input: str = opt("rgb", "the model's input: rgb, npr, highpass or dwt, or a stack joined by + (e.g. rgb+npr); "
+                            "computed inside the model from the RGB image")
+    resize: str = opt("bilinear", "how an image becomes image_size square: bilinear (resized whole) or crop (native "
+                                  "resolution: random crops for training, the centre crop everywhere else)",
+                      choices=("bilinear", "crop"))
     # train-time augmentation (tune/data/augment.py); validation and test images are never augmented
     hflip: bool = opt(True, "random horizontal flips of training images; --no-hflip turns them off",
                       flag="--no-hflip")
@@ -137,17 +143,23 @@ class TrainConfig:
         """The training views' augmentation (its random draws are seeded by the run's seed)."""
         from tune.data.augment import AugSpec, parse_augment
 
-        return AugSpec(parse_augment(self.augment), float(self.aug_strength), int(self.seed))
+        return AugSpec(parse_augment(self.augment), float(self.aug_strength), int(self.seed),
+                       crop=int(self.image_size) if self.resize == "crop" else 0)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
     def validated(self) -> TrainConfig:
         from tune.data.augment import parse_augment
+        from tune.models.inputs import parse_input
         from tune.models.registry import get_arch
 
         min_size = get_arch(self.arch).min_size(self.hparams)
         parse_augment(self.augment)  # an unknown augmentation is one clear line
+        parse_input(self.input)  # so is an unknown input
+        if self.resize == "crop" and "crop" in parse_augment(self.augment):
+            raise UserError(f"bad training option: augment={self.augment!r} with resize crop: augment's crop resizes "
+                            "a random crop back, and resize crop never resamples a training pixel; leave crop out")
         checks = [
             (self.lr > 0, "lr must be > 0"),
             (self.backbone_lr_mult > 0, f"backbone_lr_mult must be > 0 (got {self.backbone_lr_mult}); freeze "

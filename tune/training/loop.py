@@ -43,6 +43,7 @@ from tune.metrics.classification import (
 )
 from tune.metrics.costs import COSTS, MEASURE_S
 from tune.models.detector import Detector, count_params
+from tune.models.inputs import with_input
 from tune.models.registry import build_model
 from tune.training.cache import Inputs, model_device
 from tune.training.checkpoint import frozen_hash, load_trained, make_state, resume_weights, trained_part
@@ -174,7 +175,8 @@ def make_model(cfg: TrainConfig) -> Detector:
     seed_everything(cfg.seed)  # model init depends on the seed only
     # CUDA when present (a Ray trial sees only the GPU share it was given); else the CPU.
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return build_model(cfg.arch, **cfg.hparams).to(device=device, memory_format=torch.channels_last)
+    model = with_input(build_model(cfg.arch, **cfg.hparams), cfg.input)  # its input transform is part of it
+    return model.to(device=device, memory_format=torch.channels_last)
 
 
 def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[ImageSet] = (),
@@ -192,6 +194,10 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
     if needs_heldout(cfg.monitor) and not extra:
         raise UserError(f"monitor {cfg.monitor} needs held-out validation sources (--valid-extra DIR), and none "
                         "were given")
+    wrong = [s.split for s in (train, valid, *extra) if s.resize != cfg.resize]
+    if wrong:  # a bug, not a user's mistake: the caller loaded the images for another resize mode
+        raise UserError(f"resize {cfg.resize}: {', '.join(wrong)} images were prepared for resize "
+                        f"{'crop' if cfg.resize == 'bilinear' else 'bilinear'} (load them with resize={cfg.resize!r})")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     model = make_model(cfg)
