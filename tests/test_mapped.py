@@ -124,7 +124,7 @@ def in_trial(data: Any) -> dict[str, int]:
 
 
 def test_a_ray_trial_maps_the_split_instead_of_copying_it(ray_session, big: dict[str, Any]) -> None:
-    from tune.search.driver import TrialData
+    from tune.search.trainable import TrialData
 
     def data(train: ImageSet, valid: ImageSet) -> TrialData:
         return TrialData(train, valid, "val_auc", "max", 1, None)

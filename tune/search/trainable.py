@@ -1,0 +1,80 @@
+"""The Ray Tune trainable: a trial turns its sampled config into a TrainConfig and calls
+tune.training.loop.fit, with a hook that reports each epoch to Ray Tune and checkpoints it. Thin on purpose:
+training is tune/training/, what to try and when to stop are the search's (tune/search/driver.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tune.data.images import ImageSet
+from tune.metrics.costs import Serving
+from tune.runs.trials import SCORE, kept_score
+from tune.training.config import TrainConfig
+
+
+@dataclass
+class TrialData:
+    """What every trial needs besides its config; Ray puts it in the object store once per search. Small: the
+    splits pickle as their decoded cache's path, which each trial maps (tune/data/mapped.py)."""
+
+    train: ImageSet
+    valid: ImageSet
+    metric: str
+    mode: str
+    threads: int
+    cache_dir: str | None
+    use_cache: bool = True
+    extra: list[ImageSet] = field(default_factory=list)  # held-out validation sources: scored, never trained on
+    cache_gb: float | None = None  # the feature-cache budget of the node a trial runs on
+    serving: Serving | None = None  # how the kept model's serving costs are measured (None: not measured)
+    kept_metrics: tuple[str, ...] = ()  # further objectives that are metrics (reported at the kept epoch)
+    crop: tuple[ImageSet, ImageSet, list[ImageSet]] | None = None  # train, valid, held-out as resize crop has them
+
+
+def run_trial(config: dict[str, Any], data: TrialData) -> None:
+    """The Ray Tune trainable (function API)."""
+    import ray
+    from ray import tune
+
+    from tune.training.loop import fit
+    from tune.training.store import set_budget
+
+    set_budget(data.cache_gb)  # a worker of a cluster node did not inherit the driver's environment
+    node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (shown in cluster runs)
+    cfg = TrainConfig.from_dict({**config, "threads": data.threads, "use_cache": data.use_cache})
+    resume = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        if resume.get("finished"):
+            return  # slimmed by keep_best: the trial had finished before a crash let a snapshot call it running
+    rows = list(resume["history"]) if resume else []
+
+    def report(row: dict[str, Any], state: Any) -> None:
+        rows.append(row)
+        row[SCORE] = kept_score(rows, data.metric)[1]  # the metric of the weights this trial keeps
+        for name in data.kept_metrics:  # a further objective that is a metric: at the kept epoch too
+            row[f"kept_{name}"] = kept_score(rows, name)[1]
+        row["node_id"] = node_id
+        row["reported_at"] = time.time()  # wall clock, to the microsecond (Ray's `timestamp` is whole seconds)
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state(), Path(d) / "state.pt")
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
+
+    cache = Path(data.cache_dir) if data.cache_dir else None
+    costs = None
+    if data.serving is not None:
+        from tune.training.latency import measure
+
+        costs = functools.partial(measure, image_size=cfg.image_size, serving=data.serving, seed=cfg.seed)
+    train, valid, extra = data.crop if cfg.resize == "crop" and data.crop else (data.train, data.valid, data.extra)
+    fit(cfg, train, valid, extra=extra, report=report, resume=resume, cache_dir=cache, log=None, measure=costs)
