@@ -35,31 +35,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-MARKER = "TUNE_RAYDATA_BENCH"
-
-
-def kb(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scale.py, next to this script
+from scale import MARKER, marked, status_kb  # noqa: E402  # the /proc readers, shared with the scale benchmark
 
 
 def ours(tag: str) -> list[int]:
     """This process and every process started from it (Ray's inherit the marker in their environment)."""
-    want = f"{MARKER}={tag}".encode()
-    pids = [os.getpid()]
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if want in (d / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(d.name))
-            except OSError:
-                continue
-    return pids
+    return [os.getpid(), *(p for p in marked(tag) if p != os.getpid())]
 
 
 class Peak(threading.Thread):
@@ -75,8 +57,8 @@ class Peak(threading.Thread):
     def run(self) -> None:
         while True:
             pids = ours(self.tag)
-            self.anon = max(self.anon, sum(kb(p, "RssAnon") for p in pids))
-            self.shm = max(self.shm, max(kb(p, "RssShmem") for p in pids))
+            self.anon = max(self.anon, sum(status_kb(p, "RssAnon") for p in pids))
+            self.shm = max(self.shm, max(status_kb(p, "RssShmem") for p in pids))
             time.sleep(0.2)
 
 
