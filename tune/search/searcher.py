@@ -19,6 +19,7 @@ Module-level classes: Ray pickles the searcher with the experiment and restores 
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import time
 import warnings
@@ -60,6 +61,8 @@ def studies_at(url: str) -> Iterator[None]:
         RDBStorage.__setstate__ = pickled  # type: ignore[method-assign]
 
 
+FINISHED = ("completed", "early_stopped", "diverged")  # ended this way, a trial is COMPLETE with its value(s)
+
 class HonestOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         params = super().suggest(trial_id)
@@ -86,7 +89,7 @@ class HonestOptunaSearch(OptunaSearch):
                     ot_trial.report(float(result[self.metric]), int(result[STEP]))
             except Exception as e:  # noqa: BLE001 - e.g. a NaN of a diverged first epoch
                 log.debug("intermediate value of %s not recorded: %s", trial_id, e)
-        if how in ("completed", "early_stopped", "diverged"):
+        if how in FINISHED:
             super().on_trial_complete(trial_id, result, error=False)  # COMPLETE with its best value
             return
         from optuna.trial import TrialState
@@ -103,9 +106,10 @@ class HonestOptunaSearch(OptunaSearch):
         from optuna.trial import TrialState
 
         values = [(result or {}).get(m) for m in self.metric]
-        finite = all(isinstance(v, (int, float)) and v == v and abs(v) != float("inf") for v in values)
-        state = TrialState.COMPLETE if how in ("completed", "early_stopped", "diverged") and finite else \
-            TrialState.PRUNED if how == "stopped_by_asha" else TrialState.FAIL
+        finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        # As with one objective: a stopped trial (by ASHA or the time budget) is PRUNED, an errored one FAIL.
+        state = ((TrialState.COMPLETE if finite else TrialState.FAIL) if how in FINISHED
+                 else TrialState.FAIL if how == "errored" else TrialState.PRUNED)
         try:
             self._ot_study.tell(ot_trial, [float(v) for v in values] if state == TrialState.COMPLETE else None,
                                 state=state)
