@@ -106,6 +106,32 @@ def test_unwritable_results_one_line_and_nothing_half_written(tiny_run: Path, tm
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "/proc/not-writable" in err[0], err
 
 
+def test_a_result_file_a_killed_copy_cut_short_is_mended_and_read_by_epoch(tiny_run: Path, tmp_path: Path) -> None:
+    """Ray copies result.json into the run folder by rewriting it: a driver killed mid-copy leaves it cut
+    short, mid-line. --resume must not let the torn line swallow the next row, and the leaderboard counts
+    the trial's own epochs, not the rows that survived."""
+    import shutil
+
+    from tune.runs.trials import mend_torn_results
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    whole = load_leaderboard(run).set_index("trial_id")
+    result = next((run / "trials").rglob("result.json"))
+    text = result.read_text()
+    first, second = text.splitlines()[:2]
+    result.write_text(second + "\n" + second[: len(second) // 2])  # the first row lost, the second torn off
+    location = str(result.parent.parent)
+    assert mend_torn_results(location) == [str(result)]
+    assert result.read_text() == second + "\n"
+    assert mend_torn_results(location) == []  # nothing more to mend
+    cut = load_leaderboard(run).set_index("trial_id")
+    trial = result.parent.name.rsplit("_", 1)[1]
+    assert cut.loc[trial, "epochs"] == whole.loc[trial, "epochs"] == 2
+    if whole.loc[trial, "best_epoch"] == 2:  # the kept epoch's row survived: the same score, read by epoch
+        assert cut.loc[trial, "score"] == whole.loc[trial, "score"]
+
+
 class _Writer:
     def __init__(self, fd: int, write) -> None:
         self.fd, self._write = fd, write

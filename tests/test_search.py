@@ -13,7 +13,7 @@ import optuna
 import pandas as pd
 import pytest
 from conftest import TINY_SPACE, make_dataset, run_tiny_search
-from procs import ROOT, kill_marked, listening_addresses, marked_env, pids_with_mark, result_rows, run, tune_cmd
+from procs import ROOT, kill_marked, listening_addresses, marked_env, pids_with_mark, run, tune_cmd
 
 from tune.core import UserError
 from tune.runs.layout import Run
@@ -177,7 +177,11 @@ architectures:
 
 
 def _raw_epochs(trial_dir: Path) -> list[int]:
-    return [r["epoch"] for r in result_rows(trial_dir / "result.json")]
+    """The epochs of a trial's result.json lines, in order (replays included)."""
+    path = trial_dir / "result.json"
+    lines = path.read_text().split("\n") if path.exists() else []
+    # what follows the last newline is a line being written, or one a killed copy tore: not a row
+    return [json.loads(line)["epoch"] for line in lines[:-1] if line.strip()]
 
 
 def test_sigkill_driver_then_resume(tmp_path: Path) -> None:
@@ -194,8 +198,8 @@ def test_sigkill_driver_then_resume(tmp_path: Path) -> None:
                                 stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + 240
         while time.time() < deadline:  # kill once some trial is mid-way (>= 2 epochs, not finished)
-            epochs = {d.name: _raw_epochs(d) for d in arch_dir.glob("custom_cnn_*")}
-            if any(2 <= len(e) < 6 for e in epochs.values()):
+            seen = {d.name: _raw_epochs(d) for d in arch_dir.glob("custom_cnn_*")}
+            if any(2 <= len(e) < 6 for e in seen.values()):
                 # Every server the search started (Ray's GCS, raylet, object manager...) is on loopback only.
                 addresses = listening_addresses(pids_with_mark(mark))
                 assert addresses and addresses <= {"127.0.0.1", "::1"}, addresses
@@ -206,8 +210,10 @@ def test_sigkill_driver_then_resume(tmp_path: Path) -> None:
         proc.wait()
     finally:
         kill_marked(mark)
+    assert any(2 <= len(e) < 6 for e in seen.values()), seen
+    # Ray copies result.json into the run folder by rewriting it in place: a kill mid-copy leaves it cut
+    # short (even empty). Those rows are lost to Ray too; what is left must be kept, and the trial not redone.
     before = {d.name: _raw_epochs(d) for d in arch_dir.glob("custom_cnn_*")}
-    assert any(2 <= len(e) < 6 for e in before.values()), before
 
     env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"))
     try:
@@ -220,7 +226,8 @@ def test_sigkill_driver_then_resume(tmp_path: Path) -> None:
     for name, epochs_before in before.items():
         after = _raw_epochs(arch_dir / name)
         assert after[:len(epochs_before)] == epochs_before  # kept what was there
-        assert after.count(1) == 1, (name, after)  # never restarted from scratch
+        checkpointed = epochs_before or len(seen.get(name, [])) >= 2
+        assert after.count(1) <= 1 and not (checkpointed and 1 in after[len(epochs_before):]), (name, after)
     study = optuna.load_study(study_name="r-custom_cnn", storage=f"sqlite:///{tmp_path / 'results/r/optuna.db'}")
     assert len(study.trials) == 3
 

@@ -45,9 +45,11 @@ def load_leaderboard(run_dir: Path) -> pd.DataFrame:
         for no, t in enumerate(read_trials(run, meta, arch), 1):
             results, ended = t.results, t.ended
             kept, score = kept_score(results, metric)
-            at = results[kept - 1] if kept else {}
+            # by epoch number, not position: rows an interrupted copy lost (trials.mend_torn_results) shift positions
+            at = next((r for r in results if r.get("epoch") == kept), {}) if kept else {}
             row: dict[str, Any] = {
-                "trial_id": t.trial_id, "arch": arch, "trial_no": no, "ended": ended, "epochs": len(results),
+                "trial_id": t.trial_id, "arch": arch, "trial_no": no, "ended": ended,
+                "epochs": int(results[-1]["epoch"]) if results else 0,  # the trial's own count, as for `at`
                 "best_epoch": kept, "score": score, "val_loss_at_best": at.get("val_loss", math.nan),
                 **{c: at.get(c, math.nan) for c in shown},
                 "wall_s": round(sum(r.get("epoch_time", 0.0) for r in results), 2),

@@ -145,6 +145,29 @@ def started_at(first: dict[str, Any]) -> float:
     return float(reported) - float(first.get("time_total_s", 0.0))
 
 
+def mend_torn_results(location: str) -> list[str]:
+    """Cut a torn last line off every trial's result.json in the experiment at `location`; the paths mended.
+
+    Ray writes result.json on the driver and copies it into the run folder, rewriting the file in place.
+    A driver killed mid-copy leaves it cut short, possibly mid-line; --resume appends to it, and a torn
+    line would swallow the first new row. Rows lost in the cut stay lost (the trial's own epoch count
+    says how far it got); no row is ever half-kept."""
+    import pyarrow.fs
+
+    fs, root = filesystem(location)
+    if fs.get_file_info(root).type == pyarrow.fs.FileType.NotFound:
+        return []
+    mended = []
+    for i in fs.get_file_info(pyarrow.fs.FileSelector(root)):
+        path = f"{i.path}/result.json"
+        text = _read_text(fs, path) if i.type == pyarrow.fs.FileType.Directory else None
+        if text and not text.endswith("\n"):
+            with fs.open_output_stream(path) as f:
+                f.write(text[:text.rfind("\n") + 1].encode("utf-8"))
+            mended.append(path)
+    return mended
+
+
 def last_timestamp(location: str) -> float | None:
     """When the last result of any trial in the experiment at `location` was reported (Ray's `timestamp`),
     or None when none was: how long an interrupted experiment ran."""

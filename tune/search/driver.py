@@ -236,6 +236,7 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
     from optuna.storages import RDBStorage
     from ray import tune
 
+    from tune.runs.trials import mend_torn_results
     from tune.search.objectives import result_keys, sampler_for
     from tune.search.progress import Progress
     from tune.search.retention import Retention
@@ -244,6 +245,8 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
 
     if opts.resume and tune.Tuner.can_restore(location):
         print(f"[search] resuming {location}", flush=True)
+        for path in mend_torn_results(location):
+            print(f"[search] {path}: its last line was cut short by the interruption; dropped it", flush=True)
         return tune.Tuner.restore(location, trainable=trainable, resume_unfinished=True, resume_errored=True)
     b = space.budget
     storage = RDBStorage(run.optuna_url)
