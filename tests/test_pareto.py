@@ -161,6 +161,18 @@ def test_finalize_pick_ships_the_named_trial(picked_run: Path, capsys: pytest.Ca
     assert rec["trial_id"] == fastest["trial_id"] and "--pick within:1" in rec["chosen_by"]
     cmp = json.loads((picked_run / "comparison.json").read_text())
     assert fastest["trial_id"] in [r["trial_id"] for r in cmp["rows"]]  # the comparison has the picked model's row
+    # ... and its paired test against the most accurate winner, on the same test resamples
+    shipped = next(r for r in cmp["rows"] if r["trial_id"] == fastest["trial_id"] and r["kind"] in ("tuned", "picked"))
+    top = cmp["best"]["auc"]["model"]
+    p = cmp["picked"]
+    assert p["model"] == shipped["name"] and p["most_accurate"] == top and p["same"] == (shipped["name"] == top)
+    auc = p["metrics"]["auc"]
+    assert auc["value"] == shipped["at_0.5"]["auc"]["value"]
+    assert auc["most_accurate_value"] == cmp["best"]["auc"]["value"]
+    if not p["same"]:
+        assert auc["difference"] == pytest.approx(auc["value"] - auc["most_accurate_value"]) and 0 < auc["p_value"] <= 1
+    said = (picked_run / "comparison.md").read_text()
+    assert f"Shipped (finalize --pick within:1): {shipped['name']}" in said
     # serve and export default to the picked model
     import argparse
 

@@ -171,11 +171,12 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: 
 
 
 def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[ModelRecord]],
-            valid: ImageSet, test: ImageSet) -> Comparison:
+            valid: ImageSet, test: ImageSet, picked: dict[str, Any] | None = None) -> Comparison:
     """Every predictor of every model (its seeds, their ensembles and flip TTA: tune.evaluation.ensembles) scored
     on the test split by the one engine (tune.metrics.bootstrap.score): cells with t-intervals over seeds and
     bootstrap intervals over the test images, all on the same resamples, so every comparison is paired."""
     from tune.evaluation import ensembles, tradeoff
+    from tune.evaluation.picking import versus_most_accurate
     from tune.metrics import bootstrap as stats
 
     y = test.y.astype(int)
@@ -199,9 +200,11 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[Model
         rows.append(row)
         variant_rows += ensembles.rows(row, preds[c.name], cells, samples)
     seeds = {c.name: samples[c.name, "seeds"] for c in cands}
+    best = best_models(rows, seeds)
     return Comparison(
         run=info.name, metric=info.metric, n_test=len(y), test_fingerprint=test.fingerprint, rows=rows,
-        best=best_models(rows, seeds), threshold_rules=THRESHOLD_RULES, alpha=stats.ALPHA, skipped=info.meta.skipped,
+        best=best, picked=versus_most_accurate(rows, seeds, best, picked, info.mode) if picked else None,
+        threshold_rules=THRESHOLD_RULES, alpha=stats.ALPHA, skipped=info.meta.skipped,
         bootstrap={"resamples": stats.RESAMPLES, "seed": [stats.SEED, "the test split's fingerprint"],
                    "stratified_by_class": True, "statistic": "each resample's metric is averaged over seeds"},
         ensembles={"variants": ensembles.VARIANTS, "paired_against": "chosen_seed",
@@ -316,7 +319,7 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
                                 for i in range(seeds)] for c in cands}
     finally:
         torch.set_num_threads(threads_before)  # fit changed it for the whole process
-    cmp = compare(info, cands, records, valid, test)
+    cmp = compare(info, cands, records, valid, test, picked)
     export_models(info, cmp, records)
     from tune.evaluation.picking import export_picked, record_pick
 

@@ -17,6 +17,7 @@ from tune.runs.pareto import SPEED, PickRule, choose
 from tune.training.records import RECORD, WEIGHTS, ModelRecord
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from tune.runs.files import Comparison
@@ -54,20 +55,48 @@ def record_pick(info: RunInfo, about: dict[str, Any]) -> None:
     info.run.write(replace(meta, pick=about))
 
 
+def picked_row(rows: list[dict[str, Any]], about: dict[str, Any], mode: str) -> dict[str, Any]:
+    """The comparison row shipped as models/picked/: the model the rule named, else (`best`) the winner with the
+    best valid score. Test numbers never choose."""
+    from tune.metrics.classification import better
+
+    rows = [r for r in rows if r["kind"] in ("tuned", PICKED)]
+    if about.get("model"):
+        return next(r for r in rows if r["name"] == about["model"])
+    row = rows[0]
+    for r in rows[1:]:
+        if better(max(r["valid_scores"]), max(row["valid_scores"]), mode):
+            row = r
+    return row
+
+
+def versus_most_accurate(rows: list[dict[str, Any]], samples: dict[str, dict[str, np.ndarray]],
+                         best: dict[str, Any], about: dict[str, Any], mode: str) -> dict[str, Any]:
+    """The picked model against the most accurate winner on the test split (comparison.json's `picked`): for each
+    headline metric at 0.5, both values, the difference and its paired bootstrap p (the comparison's resamples),
+    so a user sees what the rule cost. The most accurate is by test ROC-AUC, as the verdict says; it only
+    reports, never chooses."""
+    from tune.metrics import bootstrap as stats
+    from tune.metrics.cells import cell_of
+    from tune.metrics.classification import HEADLINE
+
+    name, top = picked_row(rows, about, mode)["name"], best["auc"]["model"]
+    value = {r["name"]: r for r in rows}
+    out: dict[str, Any] = {"model": name, "rule": about["rule"], "most_accurate": top, "same": name == top,
+                           "metrics": {}}
+    for m in HEADLINE:
+        a, b = cell_of(value[name]["at_0.5"][m]), cell_of(value[top]["at_0.5"][m])
+        k = stats.key("at_0.5", m)
+        test = {} if name == top else stats.paired(a, b, samples[name][k], samples[top][k]) or {}
+        out["metrics"][m] = {"value": a.value, "most_accurate_value": b.value, **test}
+    return out
+
+
 def export_picked(info: RunInfo, cmp: Comparison, records: dict[str, list[ModelRecord]],
                   about: dict[str, Any]) -> Path:
     """models/picked/best.pth + record.json: the picked model's seed with the best valid score (for `best`: the
     winner with the best valid score)."""
-    rows = [r for r in cmp.rows if r["kind"] in ("tuned", PICKED)]
-    if about.get("model"):
-        row = next(r for r in rows if r["name"] == about["model"])
-    else:
-        from tune.metrics.classification import better
-
-        row = rows[0]
-        for r in rows[1:]:
-            if better(max(r["valid_scores"]), max(row["valid_scores"]), info.mode):
-                row = r
+    row = picked_row(cmp.rows, about, info.mode)
     rec = next(r for r in records[row["name"]] if r.seed == row["chosen_seed"])
     src = info.run.finalize(row["name"], rec.seed)
     out = picked_dir(info.run)

@@ -65,7 +65,7 @@ def cmd(*parts: str) -> str:
 # --------------------------------------------------------------------------- 1-2: the test results
 def verdict(ctx: Context) -> str:
     from tune.metrics.cells import cell_of
-    from tune.reports.tables import REPORT, Table, label, rule_name, verdict_lines
+    from tune.reports.tables import REPORT, Table, label, picked_lines, rule_name, verdict_lines
 
     cmp = ctx.cmp
     assert cmp is not None
@@ -77,7 +77,7 @@ def verdict(ctx: Context) -> str:
     said = verdict_lines(cmp)  # the skipped architectures, then the accuracy and the AUC lines
     lines = "".join(f"<li>{escape(ln)}</li>" for ln in said[:-2]) + "".join(
         f'<li class="{"sig" if cmp.best[m].get("significant") else "ns"}">{escape(ln)}</li>'
-        for m, ln in zip(HEADLINE, said[-2:]))
+        for m, ln in zip(HEADLINE, said[-2:])) + "".join(f"<li>{escape(ln)}</li>" for ln in picked_lines(cmp))
     table = Table(["Threshold", *(label(m) for m in REPORT)],
                   [[rule_name(rule), *(cell_of(row[rule][m]).text() for m in REPORT)]
                    for rule in cmp.threshold_rules])

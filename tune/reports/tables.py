@@ -94,6 +94,24 @@ def verdict_lines(cmp: Comparison) -> list[str]:
     return lines
 
 
+def picked_lines(cmp: Comparison) -> list[str]:
+    """What finalize --pick shipped (models/picked/) against the most accurate winner, with the paired test."""
+    p = cmp.picked
+    if not p:
+        return []
+    head = f"Shipped (finalize --pick {p['rule']}): {p['model']}"
+    if p["same"]:
+        return [f"{head}, the most accurate by test {label('auc')}."]
+    parts = []
+    for m, e in p["metrics"].items():
+        text = f"{label(m)} {e['value']:.3f} vs {e['most_accurate_value']:.3f}"
+        if e.get("p_value") is not None:
+            text += (f", difference {e['difference']:+.3f}, paired bootstrap p = {e['p_value']:.3f}, "
+                     f"{'significant' if e['significant'] else 'not significant'} at α = {cmp.alpha}")
+        parts.append(text)
+    return [f"{head}; against the most accurate, {p['most_accurate']}, on the test split: {'; '.join(parts)}."]
+
+
 ENSEMBLE_CAPTION = (
     "Predictors of each model: the chosen seed (the exported one, the reference); its seeds each alone (the main "
     "table's row), and each with flip test-time augmentation (TTA: P = mean of P(fake) of the image and of its "
@@ -144,7 +162,7 @@ def comparison_markdown(cmp: Comparison) -> str:
         out += [f"At {text}:", "", rule_table(cmp.rows, rule).markdown()]
     free = [m for m in RANKING_METRICS if m != "auc"]
     out += ["Threshold-free:", "", rule_table(cmp.rows, "at_0.5", free).markdown(), comparison_caption(cmp), ""]
-    out += verdict_lines(cmp)
+    out += verdict_lines(cmp) + picked_lines(cmp)
     if cmp.ensembles is not None:  # comparison.json files from before ensembles have none
         out += ["", "### Ensembles and flip TTA", "", ensemble_table(cmp).markdown(), *ensemble_lines(cmp)]
     return "\n".join(out) + "\n"

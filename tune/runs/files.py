@@ -24,7 +24,8 @@ EVALUATION = "evaluation.json"  # in evaluate's output folder, and in RUN/extra-
 @dataclass
 class Comparison:
     """finalize's comparison.json: every model's rows of cells (tune.metrics.cells), the verdict, the ensembles,
-    the in-domain vs held-out trade-off and, with finalize --extra-test, evaluate's tables of the winners."""
+    the in-domain vs held-out trade-off, the picked model against the most accurate and, with finalize
+    --extra-test, evaluate's tables of the winners."""
 
     run: str
     metric: str
@@ -39,6 +40,7 @@ class Comparison:
     ensembles: dict[str, Any] | None = None
     tradeoff: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
+    picked: dict[str, Any] | None = None  # finalize --pick: the shipped model against the most accurate
 
     @classmethod
     def load(cls, path: Path) -> Comparison:
