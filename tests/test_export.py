@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from conftest import make_dataset
@@ -124,22 +125,38 @@ def test_export_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert capsys.readouterr().err.startswith("error: model file not found")
 
 
-@pytest.mark.parametrize("arch", ["custom_cnn", "efficientnet_lite0"])  # the demo's (all five pass; each costs
-def test_int8_export_agrees_with_fp32_within_the_stated_tolerance(arch: str, tmp_path: Path) -> None:
-    # two exports: a minute on two loaded cores)
+@pytest.mark.parametrize(("arch", "scheme"), [("custom_cnn", "int8"), ("efficientnet_lite0", "int8"),
+                                             ("custom_cnn", "int8-dynamic")])  # the demo's (each costs two
+def test_int8_export_agrees_with_fp32_within_the_stated_tolerance(arch: str, scheme: str, tmp_path: Path) -> None:
+    # exports: up to a minute on two loaded cores)
     from tune.serving.quantize import INT8_LIMIT
 
-    path = saved_model(tmp_path, arch, seed=1)
+    data = make_dataset(tmp_path / "data", n=40, size=SIZE)  # static int8 calibrates on its valid split
+    path = saved_model(tmp_path, arch, seed=1, data=data)
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     export_mod.export(path, "onnx", fp32)
-    info = export_mod.export(path, "onnx", int8, quantize="int8")
+    info = export_mod.export(path, "onnx", int8, quantize=scheme)
     q = info["quantized"]
-    assert q["max_abs_diff"] <= INT8_LIMIT == q["limit"] and q["ms_per_image_int8"] > 0
+    assert q["name"] == scheme and q["max_abs_diff"] <= INT8_LIMIT == q["limit"] and q["ms_per_image_int8"] > 0
     assert q["bytes_int8"] < q["bytes_fp32"]
+    assert ("calibrated on" in q["scheme"]) == (scheme == "int8")
     # checked again here on the written files, with a fixed image set the exporter never saw
     x = np.random.default_rng(3).integers(0, 256, (8, 3, SIZE, SIZE), dtype=np.uint8)
     assert np.abs(onnx_probabilities(int8, x) - onnx_probabilities(fp32, x)).max() <= INT8_LIMIT
-    assert "Quantized: int8" in (int8.parent / "MODEL_CARD.md").read_text()
+    card = (int8.parent / "MODEL_CARD.md").read_text()
+    assert f"Quantized: int8 {'static' if scheme == 'int8' else 'dynamic'}" in card
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert ("QuantizeLinear" in ops) == (scheme == "int8")  # static: QDQ around every quantized op
+
+
+def test_static_int8_without_its_validation_images_is_one_line(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = saved_model(tmp_path, "custom_cnn")  # its record's data root does not exist here
+    out = tmp_path / "x" / "model.onnx"
+    assert tune.cli.main(["export", "--model", str(path), "--quantize", "int8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibrates on the model's validation images" in err[0] and "int8-dynamic" in err[0]
+    assert not out.exists()
 
 
 def test_int8_that_cannot_be_quantized_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -152,6 +169,6 @@ def test_int8_that_cannot_be_quantized_is_one_line(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(q, "quantize_dynamic", refuse)
     path = saved_model(tmp_path, "custom_cnn")
     out = tmp_path / "x" / "model.onnx"
-    assert tune.cli.main(["export", "--model", str(path), "--quantize", "int8", "--out", str(out)]) == 2
+    assert tune.cli.main(["export", "--model", str(path), "--quantize", "int8-dynamic", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "custom_cnn cannot be quantized" in err[0] and not out.exists()

@@ -18,8 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", help="with --run: which finalized model")
     add_storage(p)
     p.add_argument("--format", default="onnx", choices=FORMATS)
-    p.add_argument("--quantize", choices=SCHEMES, help="int8: ONNX Runtime dynamic quantization, checked against "
-                   "fp32 (max |Δ P(fake)| <= 0.05 on the parity images) and timed (default: fp32)")
+    p.add_argument("--quantize", choices=SCHEMES, help="int8: ONNX Runtime static quantization calibrated on the "
+                   "model's validation images; int8-dynamic: no calibration (slower on convolutions). Either is "
+                   "checked against fp32 (max |Δ P(fake)| <= 0.05 on the parity images) and timed (default: fp32)")
     p.add_argument("--out", type=Path, help="output file (default: MODEL_DIR/STEM-onnx/model.onnx); "
                    "MODEL_CARD.md is written beside it")
     p.set_defaults(func=run)
@@ -33,7 +34,7 @@ def run(a: argparse.Namespace) -> int:
     p = info["parity"]
     q = info.get("quantized")
     if q:
-        print(f"int8: max |Δ P(fake)| vs fp32 {q['max_abs_diff']:.3g} <= {q['limit']:g} "
+        print(f"{q['name']}: max |Δ P(fake)| vs fp32 {q['max_abs_diff']:.3g} <= {q['limit']:g} "
               f"(mean {q['mean_abs_diff']:.2g}) on {q['n']} images; {q['ms_per_image_fp32']:.3g} -> "
               f"{q['ms_per_image_int8']:.3g} ms/image at batch 1 (x{q['speedup']:.2f}); "
               f"{q['bytes_fp32'] / 1e6:.2f} -> {q['bytes_int8'] / 1e6:.2f} MB")

@@ -31,27 +31,41 @@ FORMATS = ("onnx",)
 INPUT, OUTPUT = "image", "p_fake"
 
 
-def parity_images(loaded: LoadedModel, n: int = PARITY_IMAGES) -> tuple[np.ndarray, str]:
-    """n uint8 images: the record's validation images when its data root is here (never the test split),
-    else deterministic synthetic ones (noise, gradients and checkerboards, so every layer sees signal)."""
+def validation_images(loaded: LoadedModel, n: int, *, half_step: bool = False) -> np.ndarray | None:
+    """n uint8 images spread over the record's validation split (never the test split), or None when the split
+    is not where the record says. `half_step`: the images half-way between those of the default spread, so a
+    second set (int8 calibration) shares none with the first (parity)."""
     import numpy as np
 
     from tune.data.images import scan_split
 
     root = loaded.record.data.get("root")
-    if root and Path(root).is_dir():
+    if not (root and Path(root).is_dir()):
+        return None
+    try:
+        files = scan_split(Path(root), "valid").paths
+    except UserError:
+        return None
+    step = max(1, len(files) // n)
+    picked = []
+    for f in files[step // 2 if half_step else 0::step]:
         try:
-            files = scan_split(Path(root), "valid").paths
-        except UserError:
-            files = []
-        picked = []
-        for f in files[:: max(1, len(files) // n)]:
-            try:
-                picked.append(loaded.decode(f))
-            except (ValueError, OSError):
-                continue
-            if len(picked) == n:
-                return np.stack(picked), "validation"
+            picked.append(loaded.decode(f))
+        except (ValueError, OSError):
+            continue
+        if len(picked) == n:
+            break
+    return np.stack(picked) if picked else None
+
+
+def parity_images(loaded: LoadedModel, n: int = PARITY_IMAGES) -> tuple[np.ndarray, str]:
+    """n uint8 images: the record's validation images when its data root is here (never the test split),
+    else deterministic synthetic ones (noise, gradients and checkerboards, so every layer sees signal)."""
+    import numpy as np
+
+    valid = validation_images(loaded, n)
+    if valid is not None and len(valid) == n:
+        return valid, "validation"
     s = loaded.image_size
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:s, 0:s]
@@ -108,15 +122,18 @@ def check_parity(loaded: LoadedModel, onnx_bytes: bytes, x: np.ndarray) -> float
 
 
 def export(model: Path, fmt: str = "onnx", out: Path | None = None, quantize: str | None = None) -> dict[str, Any]:
-    """The fp32 ONNX model, parity-checked; with `quantize="int8"` its dynamically quantized version is written
-    instead, checked against fp32 within tune/serving/quantize.py's stated limit and timed."""
+    """The fp32 ONNX model, parity-checked; with `quantize` ("int8": static, calibrated on validation images;
+    "int8-dynamic") its quantized version is written instead, checked against fp32 within
+    tune/serving/quantize.py's stated limit and timed."""
+    import numpy as np
+
     from tune import inference
     from tune.serving.modelcard import describe, render_card
 
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     loaded = inference.load(model)
-    name = "model-int8.onnx" if quantize else "model.onnx"
+    name = f"model-{quantize}.onnx" if quantize else "model.onnx"
     out = Path(out) if out else loaded.path.parent / f"{loaded.path.stem}-onnx" / name
     x, kind = parity_images(loaded)
     data, opset = to_onnx(loaded)
@@ -126,10 +143,21 @@ def export(model: Path, fmt: str = "onnx", out: Path | None = None, quantize: st
                         f"images (limit {PARITY_LIMIT:g}); nothing written")
     quantized = {}
     if quantize:
-        from tune.serving.quantize import compare, quantize_int8
+        from tune.serving.quantize import CALIBRATION_IMAGES, SCHEMES, compare, quantize_int8
 
-        int8 = quantize_int8(data, loaded.arch)
-        quantized = {"quantized": compare(data, int8, x, loaded.arch, INPUT)}
+        if quantize not in SCHEMES:
+            raise UserError(f"unknown --quantize {quantize!r}; valid: {', '.join(SCHEMES)}")
+        calibration = None
+        if quantize == "int8":  # static: activation ranges from the model's own validation images
+            images = validation_images(loaded, CALIBRATION_IMAGES, half_step=True)
+            if images is None:
+                raise UserError(f"--quantize int8 calibrates on the model's validation images, and its data root "
+                                f"{loaded.record.data.get('root')!r} has none here; use --quantize int8-dynamic "
+                                "(no calibration, slower) or export where the data is")
+            calibration = images.astype(np.float32) / np.float32(255.0)
+        int8 = quantize_int8(data, loaded.arch, calibration)
+        quantized = {"quantized": compare(data, int8, x, loaded.arch, INPUT, quantize,
+                                          0 if calibration is None else len(calibration))}
         data = int8
     info = {"format": fmt, "file": out.name, "sha256": hashlib.sha256(data).hexdigest(), "opset": opset, **quantized,
             "input": INPUT, "output": OUTPUT, "output_meaning": "P(fake), the sigmoid of the detector's logit",
