@@ -103,23 +103,15 @@ def int8_text(run: Run) -> str:
 def int8_speed(run: Run, arch: str, trial_id: str) -> dict:
     """fp32 vs each int8 scheme, ms/image at batch 1 (ONNX Runtime, one thread) of the trial's model, freshly built
     (static int8 calibrated on random images: only its speed is measured here)."""
-    import io
-
     import numpy as np
-    import torch
 
+    from tune.models.onnxrt import legacy_onnx, median_ms, quantize_int8, session
     from tune.runs.info import read_run, trial_config
-    from tune.serving.quantize import median_ms, quantize_int8, session
     from tune.training.loop import make_model
 
     cfg = trial_config(read_run(run.path), arch, trial_id)
-    model = make_model(cfg).cpu().eval()
     s = cfg.image_size
-    buf = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(model, (torch.rand(1, 3, s, s),), buf, dynamo=False, input_names=["image"],
-                          dynamic_axes={"image": {0: "n"}})
-    fp32 = buf.getvalue()
+    fp32 = legacy_onnx(make_model(cfg).cpu().eval(), s)
     x = np.random.default_rng(0).random((8, 3, s, s), dtype=np.float32)
     a = median_ms(session(fp32), x, "image")
     out = {"ms_per_image_fp32": a}

@@ -43,7 +43,7 @@ def test_measured_once_on_the_kept_weights(splits) -> None:
     assert result.history[epoch - 1]["best_epoch"] == epoch  # called when that epoch became the kept one
     assert live[epoch] and all(torch.equal(weights[k], v) for k, v in live[epoch].items())
     for row in result.history[epoch - 1:]:  # that row and every later one carry the costs
-        assert set(COSTS) - {"onnx_mb"} <= set(row) and row[MEASURE_S] > 0
+        assert {c for c in COSTS if not COSTS[c].needs} <= set(row) and row[MEASURE_S] > 0
         assert row["latency_ms"] == result.history[epoch - 1]["latency_ms"] > 0
 
 
@@ -64,3 +64,15 @@ def test_onnx_size_when_asked() -> None:
     model = build_model("custom_cnn", head_sizes=(64,), conv_blocks=1, base_width=4, dropout=0.0)
     out = measure(model, 32, Serving(batch=2, repeats=1, warmup=0, onnx=True))
     assert 0.01 < out["onnx_mb"] < 1.0 and out["params"] * 4 / 1e6 <= out["onnx_mb"] * 1.2
+
+
+def test_int8_latency_when_asked_and_a_bigger_head_costs_more_there_too() -> None:
+    """The static int8 model `export --quantize int8` ships, timed under ONNX Runtime in the trial."""
+    hp = {"conv_blocks": 1, "base_width": 4, "dropout": 0.0}
+    serving = Serving(batch=4, repeats=9, int8=True)
+    torch.manual_seed(0)
+    small = measure(build_model("custom_cnn", head_sizes=(8,), **hp), 32, serving)
+    big = measure(build_model("custom_cnn", head_sizes=(2048, 2048), **hp), 32, serving)
+    assert 0 < small["latency_int8_ms"] < big["latency_int8_ms"]
+    assert "latency_int8_ms" not in measure(build_model("custom_cnn", head_sizes=(8,), **hp), 32, Serving(repeats=1))
+    assert torch.get_num_threads() == 1

@@ -65,11 +65,16 @@ def test_objectives_in_a_space() -> None:
     assert s.goals == (("val_auc", "max"), ("latency_ms", "min")) and s.metric == "val_auc" and s.mode == "max"
     assert s.sampler == "nsga2" and s.latency.batch == 8
     assert parse_space(base).goals == (("val_auc", "max"),)  # one objective: as before
+    assert not s.latency.int8 and not parse_space(base).latency.onnx  # opt-in costs are off unless asked...
+    int8 = parse_space({**base, "objectives": ["val_auc", "latency_int8_ms"]})
+    assert int8.goals[1] == ("latency_int8_ms", "min") and int8.latency.int8  # ... or an objective names them
+    assert parse_space({**base, "latency": {"int8": True}}).latency.int8
     for doc, says in (({"objectives": [{"val_speed": "min"}]}, "unknown objective 'val_speed'"),
                       ({"objectives": [{"val_auc": "up"}]}, "direction of val_auc must be max or min, got 'up'"),
                       ({"objectives": [{"latency_ms": "min"}]}, "not the cost latency_ms"),
                       ({"objectives": ["val_auc"], "sampler": "grid"}, "key 'sampler'"),
-                      ({"latency": {"batch": 0}}, "latency.batch")):
+                      ({"latency": {"batch": 0}}, "latency.batch"),
+                      ({"latency": {"int8": 1}}, "latency.int8': expected true or false")):
         with pytest.raises(UserError, match=says) as e:
             parse_space({**base, **doc})
         assert "\n" not in str(e.value)

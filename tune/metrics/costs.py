@@ -14,13 +14,15 @@ class Cost:
     name: str
     label: str
     mode: str = "min"
+    needs: str = ""  # the Serving switch that makes a trial measure it ("": always measured)
 
 
 COSTS: dict[str, Cost] = {c.name: c for c in (
     Cost("latency_ms", "median ms per image at batch 1"),
     Cost("latency_batch_ms", "median ms per image at the serving batch size"),
     Cost("params", "parameters (frozen and trained)"),
-    Cost("onnx_mb", "exported ONNX size, MB"),
+    Cost("onnx_mb", "exported ONNX size, MB", needs="onnx"),
+    Cost("latency_int8_ms", "median ms per image at batch 1, static int8 under ONNX Runtime", needs="int8"),
 )}
 MEASURE_S = "cost_s"  # the seconds the measurement took (its share of the trial's time is shown by the benchmark)
 
@@ -33,4 +35,5 @@ class Serving:
     batch: int = 32  # the serving batch size
     warmup: int = 2  # untimed runs first, at each batch size
     repeats: int = 7  # timed runs at batch 1 (the median is reported); the serving batch gets max(2, repeats // 3)
-    onnx: bool = False  # also export to ONNX and report its size (costs an export: seconds per trial)
+    onnx: bool = False  # also export to ONNX and report its size (costs an export: a second or two per trial)
+    int8: bool = False  # also time the static int8 model under ONNX Runtime (an export and a quantization)

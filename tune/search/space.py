@@ -38,7 +38,7 @@ from tune.metrics.costs import Serving
 from tune.models.detector import parse_head_sizes
 from tune.models.registry import check_hparams, get_arch
 from tune.search.budget import parse_duration
-from tune.search.objectives import parse_objectives, parse_sampler, parse_serving
+from tune.search.objectives import measuring, parse_objectives, parse_sampler, parse_serving
 from tune.training.config import TrainConfig, searchable_options
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
@@ -315,7 +315,7 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
     space = SearchSpace(src, metric, mode, seed, image_size, budget, resources, fixed, archs, valid_extra,
                         cache_dtype=cache_dtype, checkpoints=checkpoints, objectives=objectives,
                         sampler=parse_sampler(src, doc.get("sampler", "tpe")),
-                        latency=parse_serving(src, doc.get("latency", {})))
+                        latency=measuring(parse_serving(src, doc.get("latency", {})), objectives))
     for arch in archs:  # the fixed part must itself be a valid training config
         try:
             TrainConfig.from_dict({k: v for k, v in space.base_config(arch).items()})

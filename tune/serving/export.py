@@ -143,7 +143,8 @@ def export(model: Path, fmt: str = "onnx", out: Path | None = None, quantize: st
                         f"images (limit {PARITY_LIMIT:g}); nothing written")
     quantized = {}
     if quantize:
-        from tune.serving.quantize import CALIBRATION_IMAGES, SCHEMES, compare, quantize_int8
+        from tune.models.onnxrt import quantize_int8
+        from tune.serving.quantize import CALIBRATION_IMAGES, SCHEMES, compare
 
         if quantize not in SCHEMES:
             raise UserError(f"unknown --quantize {quantize!r}; valid: {', '.join(SCHEMES)}")

@@ -1,5 +1,6 @@
 """What the kept model costs to serve, measured where the trial runs: median ms per image at batch 1 and at the
-serving batch size, over fixed inputs after warm-up, the parameter count and (when asked) the ONNX size.
+serving batch size, over fixed inputs after warm-up, the parameter count and, when asked, the ONNX size and the
+static int8 model's ms per image under ONNX Runtime (what `export --quantize int8` ships).
 
 A trial measures once, when its first kept epoch is chosen (tune.training.loop.fit's `measure` hook): the
 model then holds the kept weights, and a later kept epoch has the same layers, so the same cost (a latency
@@ -12,7 +13,6 @@ with the serving threads (`latency: {threads: N}` in the space; 0 keeps the tria
 
 from __future__ import annotations
 
-import io
 import statistics
 import time
 from typing import Any
@@ -45,17 +45,21 @@ def median_ms(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> f
     return 1000.0 * statistics.median(times) / len(x)
 
 
-def onnx_megabytes(model: nn.Module, image_size: int) -> float:
-    """The size of the model exported to ONNX (the legacy TorchScript exporter: fast, and the size is the weights')."""
-    buf = io.BytesIO()
-    cpu = model.to("cpu")
-    with torch.no_grad():
-        torch.onnx.export(cpu, (torch.rand(1, 3, image_size, image_size),), buf, dynamo=False)
-    return buf.getbuffer().nbytes / 1e6
+def int8_ms(model: nn.Module, x: torch.Tensor, serving: Serving, onnx: bytes) -> float:
+    """Median ms per image at batch 1 of the model as `export --quantize int8` makes it (ONNX Runtime's static
+    QDQ int8), with the serving threads. Calibrated on the fixed inputs: a latency depends on which ops run,
+    not on the ranges calibration sets."""
+    from tune.models.onnxrt import median_ms as ort_median_ms
+    from tune.models.onnxrt import quantize_int8, session
+
+    images = x.float().cpu().numpy()
+    int8 = quantize_int8(onnx, type(model).__name__, images)
+    return ort_median_ms(session(int8, max(1, serving.threads)), images, "image", serving.repeats, serving.warmup)
 
 
 def measure(model: nn.Module, image_size: int, serving: Serving = Serving(), seed: int = 0) -> dict[str, Any]:
-    """{latency_ms, latency_batch_ms, params, [onnx_mb], cost_s} of `model` as it is now (its weights kept)."""
+    """{latency_ms, latency_batch_ms, params, [onnx_mb], [latency_int8_ms], cost_s} of `model` as it is now (its
+    weights kept)."""
     t0 = time.perf_counter()
     was_training, threads = model.training, torch.get_num_threads()
     device = _device(model)
@@ -71,9 +75,15 @@ def measure(model: nn.Module, image_size: int, serving: Serving = Serving(), see
             "latency_batch_ms": median_ms(model, x, min(1, serving.warmup), max(2, serving.repeats // 3)),
             "params": sum(p.numel() for p in model.parameters()),
         }
-        if serving.onnx:
-            out["onnx_mb"] = onnx_megabytes(model, image_size)
+        if serving.onnx or serving.int8:
+            from tune.models.onnxrt import legacy_onnx
+
+            onnx = legacy_onnx(model.to("cpu"), image_size)
             model.to(device)
+            if serving.onnx:
+                out["onnx_mb"] = len(onnx) / 1e6
+            if serving.int8:
+                out["latency_int8_ms"] = int8_ms(model, x, serving, onnx)
     finally:
         torch.set_num_threads(threads)
         model.train(was_training)
