@@ -52,7 +52,7 @@ def int8_ms(model: nn.Module, x: torch.Tensor, serving: Serving, onnx: bytes) ->
     from tune.models.onnxrt import median_ms as ort_median_ms
     from tune.models.onnxrt import quantize_int8, session
 
-    images = x.float().cpu().numpy()
+    images = x.float().cpu().contiguous().numpy()  # NCHW as ONNX Runtime reads it (x is channels_last)
     int8 = quantize_int8(onnx, type(model).__name__, images)
     return ort_median_ms(session(int8, max(1, serving.threads)), images, "image", serving.repeats, serving.warmup)
 
