@@ -14,7 +14,7 @@ from conftest import make_dataset
 
 from tune.core import UserError
 from tune.data.images import ImageSet, load_split
-from tune.training.checkpoint import FROZEN, full_weights, kept_weights
+from tune.training.checkpoint import FROZEN, finished, full_weights, kept_weights
 from tune.training.config import TrainConfig
 from tune.training.loop import FitResult, fit, make_model
 
@@ -98,3 +98,24 @@ def test_a_changed_frozen_prefix_is_refused_in_one_line(splits, tmp_path: Path) 
         run(cfg, splits, resume=saved)
     message = str(e.value)
     assert "\n" not in message and "frozen layers" in message and "lite0.pth" in message
+
+
+def test_an_fp16_checkpoint_carries_its_loss_scaler(splits, tmp_path: Path) -> None:
+    """fp16 trains with a GradScaler whose state moves as it goes (the scale, and the steps since it last
+    changed): a resumed trial carries on from that state, not a fresh scaler's, so it ends where the
+    uninterrupted run ends."""
+    cfg = TrainConfig.of(arch="custom_cnn", image_size=32, batch_size=8, epochs=3, patience=5, lr=3e-3,
+                         conv_blocks=1, base_width=4, head_sizes=(8,), precision="fp16")
+    ends: list[dict[str, Any]] = []
+
+    def last_scaler(row: dict, state: Any) -> None:
+        if row["epoch"] == 3:
+            ends.append(state()["scaler"])
+
+    full = run(cfg, splits, report=last_scaler)
+    saved = saved_at(cfg, splits, 2, tmp_path / "state.pt")
+    assert saved["scaler"]["_growth_tracker"] > 0  # steps were counted
+    resumed = run(cfg, splits, resume=saved, report=last_scaler)
+    assert rows(resumed) == rows(full)
+    assert ends[0] == ends[1]  # a fresh scaler would have counted only the third epoch's steps
+    assert "scaler" not in finished(saved)  # only a resume needs it

@@ -89,7 +89,8 @@ def kept_weights(model: Detector, state: dict[str, Any]) -> Weights:
 
 def finished(state: dict[str, Any]) -> dict[str, Any]:
     """A finished trial's checkpoint: the kept epoch's weights, history and config, without what only a resume
-    needs (the live weights, the optimizer): the demo's Lite0 trials' 36-57 MB become 12-14 MB."""
+    needs (the live weights, the optimizer and fp16's loss scaler): the demo's Lite0 trials' 36-57 MB become
+    12-14 MB."""
     if not is_compact(state) or state.get("finished"):
         return state
-    return {**{k: v for k, v in state.items() if k not in ("trained", "optimizer")}, "finished": True}
+    return {**{k: v for k, v in state.items() if k not in ("trained", "optimizer", "scaler")}, "finished": True}

@@ -216,6 +216,8 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
     if resume is not None:
         best_state = resume_weights(model, resume, cfg.arch)
         optimizer.load_state_dict(resume["optimizer"])
+        if scaler is not None and "scaler" in resume:  # fp16: the loss scale it had reached, not a fresh 2**16
+            scaler.load_state_dict(resume["scaler"])
         history = resume["history"]
         # "best_loss": a checkpoint of an earlier version, which always monitored val_loss
         best_value = resume.get("best_value", resume.get("best_loss", math.nan))
@@ -233,7 +235,8 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
         kept = live if history and best_epoch == history[-1]["epoch"] else best_state
         return make_state(model, digest, live, kept, optimizer=optimizer.state_dict(), history=history,
                           best_value=best_value, best_epoch=best_epoch, bad_epochs=bad_epochs,
-                          best_probs=best_probs.tolist(), config=cfg.to_dict())
+                          best_probs=best_probs.tolist(), config=cfg.to_dict(),
+                          **({"scaler": scaler.state_dict()} if scaler is not None else {}))
 
     ended = "completed"
     last = min(cfg.epochs, stop_after or cfg.epochs)
