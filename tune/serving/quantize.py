@@ -6,7 +6,7 @@ Two schemes:
   the record says (or it is one line: there is nothing honest to calibrate on). The calibration images are
   not the parity images, and never the test split.
 - `int8-dynamic`: int8 weights only; activations quantized per batch at run time (no calibration). On this
-  project's convolutional models ONNX Runtime runs it 3-7x *slower* than fp32 (ConvInteger), measured in
+  project's convolutional models ONNX Runtime runs it 1.7-5x *slower* than fp32 (ConvInteger), measured in
   docs/speed.md; it is kept for graphs the static scheme cannot handle.
 
 Quantization changes the numbers, so the parity limit is looser than fp32's 1e-4: max |Δ P(fake)| <= 0.05 on the
