@@ -133,3 +133,19 @@ def test_other_data_and_a_lost_optuna_db_are_one_line(made: Path, tmp_path: Path
     (run / "optuna.db").write_bytes(b"not a database at all" * 100)
     err = one_line(capsys, ["search", "--name", NAME, "--extend", "1", *storage])
     assert "not a readable Optuna database" in err
+
+
+def test_a_ray_snapshot_a_killed_copy_cut_short_is_one_line(made: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray rewrites experiment_state-*.json in place when it copies it into the run folder: a kill mid-copy can
+    leave it cut short, and Ray keeps no older one. --resume says so in one line; reading the run still works."""
+    top = copy_of(made, tmp_path / "top")
+    monkeypatch.chdir(tmp_path)
+    storage = ["--storage", str(top / "results")]
+    (state,) = (top / "results" / NAME / "trials").rglob("experiment_state-*.json")
+    state.write_text(state.read_text()[:100])
+    err = one_line(capsys, ["search", "--name", NAME, "--resume", *storage])
+    assert state.name in err and "cut short" in err and "leaderboard" in err
+    assert main(["leaderboard", NAME, *storage]) == 0
+    assert len(load_leaderboard(top / "results" / NAME)) == 2  # its trials, read from their own folders

@@ -168,6 +168,24 @@ def mend_torn_results(location: str) -> list[str]:
     return mended
 
 
+def torn_snapshots(location: str) -> list[str]:
+    """Ray's experiment snapshots (experiment_state-*.json) at `location` that do not parse: rewritten in place
+    like result.json (mend_torn_results), so a kill mid-copy can cut one short, and there is no older copy."""
+    import pyarrow.fs
+
+    fs, root = filesystem(location)
+    if fs.get_file_info(root).type == pyarrow.fs.FileType.NotFound:
+        return []
+    torn = []
+    for i in fs.get_file_info(pyarrow.fs.FileSelector(root)):
+        if i.base_name.startswith("experiment_state") and i.base_name.endswith(".json"):
+            try:
+                json.loads(_read_text(fs, i.path) or "")
+            except ValueError:
+                torn.append(i.base_name)
+    return torn
+
+
 def last_timestamp(location: str) -> float | None:
     """When the last result of any trial in the experiment at `location` was reported (Ray's `timestamp`),
     or None when none was: how long an interrupted experiment ran."""

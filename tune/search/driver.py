@@ -236,7 +236,7 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
     from optuna.storages import RDBStorage
     from ray import tune
 
-    from tune.runs.trials import mend_torn_results
+    from tune.runs.trials import mend_torn_results, torn_snapshots
     from tune.search.objectives import result_keys, sampler_for
     from tune.search.progress import Progress
     from tune.search.retention import Retention
@@ -244,6 +244,11 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
     from tune.search.searcher import ArchSearcher, HonestOptunaSearch
 
     if opts.resume and tune.Tuner.can_restore(location):
+        torn = torn_snapshots(location)
+        if torn:
+            raise UserError(f"cannot resume run {run.name}: Ray's experiment snapshot {torn[0]} in {location} was cut "
+                            "short when the search was killed mid-copy, and Ray keeps no older one; the trials' own "
+                            "folders are intact (leaderboard and report read them)")
         print(f"[search] resuming {location}", flush=True)
         for path in mend_torn_results(location):
             print(f"[search] {path}: its last line was cut short by the interruption; dropped it", flush=True)
