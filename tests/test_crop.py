@@ -134,3 +134,42 @@ def test_a_search_prepares_crop_images_only_when_a_trial_can_be_crop(tmp_path: P
     train, valid, extra = crop_sets(opts, either, record, root)
     assert (train.resize, valid.resize, extra) == ("crop", "crop", []) and train.x.shape[-1] == 2 * SIZE
     assert any("crop64" in p.name for p in (tmp_path / "cache" / "decoded").iterdir())  # keyed apart
+
+
+CROP_SPACE = """
+metric: val_auc
+seed: 0
+image_size: 32
+budget: {trials: 2, max_epochs: 2, grace_period: 2, reduction_factor: 2, patience: 3}
+resources: {cpus_per_trial: 1}
+fixed: {batch_size: 8, resize: crop}
+architectures:
+  custom_cnn:
+    lr: {type: loguniform, low: 1.0e-3, high: 1.0e-2}
+    conv_blocks: {type: int, low: 1, high: 2}
+"""
+
+
+def test_a_crop_search_runs_through_ray_then_finalizes_and_predicts(ray_session, tmp_path: Path) -> None:
+    """End to end: trials on Ray train on native-resolution windows, finalize retrains and tests on centre crops,
+    and the exported model's record says crop, so predict prepares images the same way."""
+    import json
+
+    from conftest import make_dataset, run_tiny_search
+
+    from tune import inference
+    from tune.cli import main
+    from tune.runs.leaderboard import load_leaderboard
+
+    data = make_dataset(tmp_path / "data", n=8, size=64)  # 64 px images, 32 px windows
+    run = run_tiny_search(tmp_path, name="crop", space=CROP_SPACE, data=data)
+    board = load_leaderboard(run)
+    assert len(board) == 2 and (board["ended"] == "completed").all() and board["score"].notna().all()
+    assert main(["finalize", str(run), "--seeds", "1"]) == 0
+    record = json.loads((run / "models" / "custom_cnn.json").read_text())
+    assert record["config"]["resize"] == "crop"
+    loaded = inference.load(run / "models" / "custom_cnn.pth")
+    test = load_split(data, "test", 32, resize="crop")
+    files = scan_split(data, "test").paths[:4]
+    direct = loaded.probabilities(np.stack([loaded.decode(f) for f in files]))
+    assert np.allclose(direct, loaded.probabilities(test.x[:4]), atol=1e-6)  # predict decodes as finalize tested
