@@ -145,6 +145,16 @@ def started_at(first: dict[str, Any]) -> float:
     return float(reported) - float(first.get("time_total_s", 0.0))
 
 
+def _entries(location: str) -> tuple[Any, list[Any]]:
+    """(filesystem, what the experiment folder at `location` holds: pyarrow FileInfos; none before it exists)."""
+    import pyarrow.fs
+
+    fs, root = filesystem(location)
+    if fs.get_file_info(root).type == pyarrow.fs.FileType.NotFound:
+        return fs, []
+    return fs, fs.get_file_info(pyarrow.fs.FileSelector(root))
+
+
 def mend_torn_results(location: str) -> list[str]:
     """Cut a torn last line off every trial's result.json in the experiment at `location`; the paths mended.
 
@@ -154,11 +164,9 @@ def mend_torn_results(location: str) -> list[str]:
     says how far it got); no row is ever half-kept."""
     import pyarrow.fs
 
-    fs, root = filesystem(location)
-    if fs.get_file_info(root).type == pyarrow.fs.FileType.NotFound:
-        return []
+    fs, entries = _entries(location)
     mended = []
-    for i in fs.get_file_info(pyarrow.fs.FileSelector(root)):
+    for i in entries:
         path = f"{i.path}/result.json"
         text = _read_text(fs, path) if i.type == pyarrow.fs.FileType.Directory else None
         if text and not text.endswith("\n"):
@@ -171,13 +179,9 @@ def mend_torn_results(location: str) -> list[str]:
 def torn_snapshots(location: str) -> list[str]:
     """Ray's experiment snapshots (experiment_state-*.json) at `location` that do not parse: rewritten in place
     like result.json (mend_torn_results), so a kill mid-copy can cut one short, and there is no older copy."""
-    import pyarrow.fs
-
-    fs, root = filesystem(location)
-    if fs.get_file_info(root).type == pyarrow.fs.FileType.NotFound:
-        return []
+    fs, entries = _entries(location)
     torn = []
-    for i in fs.get_file_info(pyarrow.fs.FileSelector(root)):
+    for i in entries:
         if i.base_name.startswith("experiment_state") and i.base_name.endswith(".json"):
             try:
                 json.loads(_read_text(fs, i.path) or "")
@@ -191,11 +195,8 @@ def last_timestamp(location: str) -> float | None:
     or None when none was: how long an interrupted experiment ran."""
     import pyarrow.fs
 
-    fs, root = filesystem(location)
-    if fs.get_file_info(root).type == pyarrow.fs.FileType.NotFound:
-        return None
-    stamps = [r["timestamp"] for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
-              if i.type == pyarrow.fs.FileType.Directory
+    fs, entries = _entries(location)
+    stamps = [r["timestamp"] for i in entries if i.type == pyarrow.fs.FileType.Directory
               for r in per_epoch(_read_text(fs, f"{i.path}/result.json") or "")[-1:] if "timestamp" in r]
     return max(stamps, default=None)
 
