@@ -117,9 +117,9 @@ def test_a_result_file_a_killed_copy_cut_short_is_mended_and_read_by_epoch(tiny_
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     whole = load_leaderboard(run).set_index("trial_id")
-    result = next((run / "trials").rglob("result.json"))
-    text = result.read_text()
-    first, second = text.splitlines()[:2]
+    # a trial that ran both epochs (ASHA may stop the others after one): the longest result.json, by name on a tie
+    result = max(sorted((run / "trials").rglob("result.json")), key=lambda p: len(p.read_text().splitlines()))
+    second = result.read_text().splitlines()[1]
     result.write_text(second + "\n" + second[: len(second) // 2])  # the first row lost, the second torn off
     location = str(result.parent.parent)
     assert mend_torn_results(location) == [str(result)]
