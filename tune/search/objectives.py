@@ -55,9 +55,6 @@ def parse_sampler(src: str, v: Any) -> str:
     return str(v)
 
 
-BOOLEAN = ("onnx", "int8")  # Serving's switches; the rest are counts
-
-
 def parse_serving(src: str, v: Any) -> Serving:
     if not isinstance(v, dict):
         raise UserError(f"{src}: key 'latency': expected a mapping such as {{threads: 1, batch: 32}}, got {v!r}")
@@ -65,7 +62,7 @@ def parse_serving(src: str, v: Any) -> Serving:
     for k, x in v.items():
         if k not in fields:
             raise UserError(f"{src}: key 'latency.{k}': unknown key; expected one of {sorted(fields)}")
-        want = bool if k in BOOLEAN else int
+        want = bool if fields[k].type in (bool, "bool") else int  # Serving's switches; the rest are counts
         if type(x) is not want or (want is int and x < (1 if k in ("batch", "repeats") else 0)):
             raise UserError(f"{src}: key 'latency.{k}': expected {'true or false' if want is bool else 'an integer'}"
                             f"{' >= 1' if k in ('batch', 'repeats') else ' >= 0' if want is int else ''}, got {x!r}")
