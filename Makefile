@@ -1,20 +1,39 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11 + pip):
-#   make demo   - create .venv from requirements.txt if missing, then search + finalize on the built-in data
+#   make demo   - create .venv from requirements.lock if missing, then search + finalize on the built-in data
 #   make test   - create .venv if missing, then run the whole test suite
 #   make docs   - build the documentation site (mkdocs.yml, docs/ -> site/) offline; strict: a broken link fails
+#   make lock   - regenerate requirements.lock from requirements.txt (and lock-pins.txt) with uv
+#   make test-latest - the suite in a throwaway .venv-latest holding the newest versions requirements.txt admits
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+LOCK := requirements.lock
+STAMP := $(VENV)/.installed-$(shell cksum $(LOCK) | cut -d' ' -f1)
+LATEST := .venv-latest
 
-.PHONY: demo test docs lint bench venv report-screenshot
+.PHONY: demo test docs lint bench venv report-screenshot lock test-latest
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+# Every package pinned, transitive ones included: a release made after the lock cannot change a fresh install.
+$(STAMP): $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r $(LOCK)
 	rm -f $(VENV)/.installed-* && touch $@
+
+lock:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/uv pip compile requirements.txt -c lock-pins.txt --universal --python-version 3.11 -o $(LOCK)
+
+# What a user who installs requirements.txt today gets: a breaking release shows up here before it reaches them.
+test-latest:
+	rm -rf $(LATEST) && python3 -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q -r requirements.txt
+	@$(LATEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|torchvision|ray|optuna|numpy|pandas|scikit-learn|timm|onnxruntime) '
+	$(LATEST)/bin/ruff check tune tests benchmarks
+	$(LATEST)/bin/python -m pytest -q --durations=15
 
 demo: $(STAMP)
 	$(PY) -m tune search --name demo-$(shell date +%Y%m%d-%H%M%S)

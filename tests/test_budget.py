@@ -73,11 +73,19 @@ def test_a_pickled_budget_keeps_the_drivers_clock_wherever_the_run_moved() -> No
 class _Child:
     """An architecture's study as ArchSearcher sees it: results pass through, nothing to sample."""
 
+    _ot_trials: dict = {}
+    _completed_trials: set = set()
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass
+
+
+class _Plan:
+    def open(self, url: str | None = None) -> _Child:
+        return _Child()
 
 
 def test_a_trial_is_charged_the_wall_time_it_held_its_slot_not_only_its_reported_time(monkeypatch, tmp_path) -> None:
@@ -87,7 +95,7 @@ def test_a_trial_is_charged_the_wall_time_it_held_its_slot_not_only_its_reported
 
     now = [1000.0]
     monkeypatch.setattr(searcher.time, "time", lambda: now[0])
-    s = searcher.ArchSearcher({"a": _Child()}, Budget(archs=("a",), seconds=60), metric="m", mode="max")  # type: ignore[dict-item]
+    s = searcher.ArchSearcher({"a": _Plan()}, Budget(archs=("a",), seconds=60), metric="m", mode="max")  # type: ignore[dict-item]
     s.owner["t1"] = "a"
     s.on_trial_result("t1", {"time_total_s": 2.0})  # its training began 2 s ago
     now[0] += 5.0

@@ -26,6 +26,7 @@ from tune.cli import (
 )
 from tune.cli.common import SPACES, builtin_data, fast_allocator
 from tune.core import UserError
+from tune.core.processes import Interrupted, exit_code
 
 COMMANDS = (demo_data, train, search, archs, leaderboard, finalize, reproduce, predict, evaluate, report, serve, export,
             cache)
@@ -59,6 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"error: cannot read or write results ({e.strerror or e}){where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (tune.core.processes.Interrupted): workers are ended
+        print(f"interrupted ({e.args[0] if isinstance(e, Interrupted) else 'SIGINT'})", file=sys.stderr)
+        return exit_code(e)

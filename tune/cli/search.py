@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from tune.cli.common import (
     cache_budget,
 )
 from tune.core import UserError, cache_root
+from tune.core.processes import Interrupted, exit_code
+from tune.runs.layout import Run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +52,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def resume_command(a: argparse.Namespace, name: str) -> str:
+    """The command line that goes on with an interrupted search, with the options that say where and how."""
+    args = ["python", "-m", "tune", "search", "--name", name, "--resume"]
+    for flag, value in (("--storage", a.storage), ("--address", a.address), ("--cache-gb", a.cache_gb),
+                        ("--seeds", a.seeds if a.seeds != 3 else None)):
+        args += [flag, str(value)] if value is not None else []
+    for flag, on in (("--no-cache", a.no_cache), ("--skip-bad-images", a.skip_bad_images),
+                     ("--no-finalize", a.no_finalize)):
+        args += [flag] if on else []
+    return shlex.join(args)
+
+
 def run(a: argparse.Namespace) -> int:
     from tune.runs.layout import check_run_name, is_uri, results_root
     from tune.search.budget import parse_duration
@@ -72,7 +88,17 @@ def run(a: argparse.Namespace) -> int:
                          storage_uri=a.storage if is_uri(a.storage) else None, resume=a.resume,
                          extend=a.extend is not None, use_cache=not a.no_cache, skip_bad=a.skip_bad_images,
                          cache_dir=cache_root(), valid_extra=a.valid_extra, cache_gb=cache_budget(a))
-    run_dir = run_search(opts)
+    try:
+        run_dir = run_search(opts)
+    except KeyboardInterrupt as e:  # the trials were stopped and Ray saved the search: say how to go on, never
+        # finalize a search that did not end (its best trial may have run 1 of its epochs)
+        how = e.args[0] if isinstance(e, Interrupted) else "SIGINT"
+        if Run.named(opts.results, name).exists():
+            print(f"search interrupted ({how}); its state is saved, resume with: {resume_command(a, name)}",
+                  file=sys.stderr)
+        else:
+            print(f"search interrupted ({how}) before it started; nothing was saved", file=sys.stderr)
+        return exit_code(e)
     print(f"search finished: {run_dir}")
     from tune.runs.leaderboard import load_leaderboard, render, trial_counts
 

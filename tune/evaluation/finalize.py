@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError, atomic_write_bytes, file_sha256
+from tune.core.processes import worker_pool
 from tune.data.perturb import Condition
 from tune.evaluation.panels import Panel, finalize_panels
 from tune.metrics.classification import HEADLINE, THRESHOLD_RULES
@@ -300,15 +301,12 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     try:
         pending = [(c, i) for c in cands for i in range(seeds) if done_record(c, info.seed + i, info, data) is None]
         if jobs > 1 and len(pending) > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
             from tune.evaluation.jobs import capped_jobs
 
             jobs = capped_jobs(jobs, len(pending), [s for d in by_mode.values() for s in (*d[:3], *d[3])], log)
-            # spawn, not fork: forking a process whose OpenMP threads already ran can deadlock. Each job is sent
-            # the ImageSets pickled: the decoded cache's path, which it maps (tune/data/mapped.py).
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            # Each job is sent the ImageSets pickled: the decoded cache's path, which it maps (tune/data/mapped.py).
+            # An interrupt kills the workers at once; a rerun redoes the seeds without a record.json.
+            with worker_pool(jobs) as pool:
                 futures = {(c.name, i): pool.submit(finalize_seed, c, info.seed + i, info, of[c.name], features,
                                                     print) for c, i in pending}
                 records = {c.name: [futures[c.name, i].result() if (c.name, i) in futures else

@@ -4,6 +4,8 @@ dashboard, our own progress lines instead of Ray's chatter, and snapshots often 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 import torch
 
@@ -21,6 +23,9 @@ def quiet_ray() -> None:
     # at most the last 2 s of results unless a trial checkpoints twice within them.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray Tune's own Ctrl-C handler would end fit quietly, as if the search were done; the driver handles SIGINT
+    # and SIGTERM itself (tune.search.driver.stop_gracefully) and asks Ray through SIGUSR1, as Ray's does.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -38,10 +43,13 @@ def start_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    term = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    if threading.current_thread() is threading.main_thread():  # ray.init's SIGTERM handler exits on the spot,
+        signal.signal(signal.SIGTERM, term)  # skipping the command's clean-up (tune.core.processes)
     return True
 
 

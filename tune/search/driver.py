@@ -14,15 +14,22 @@ run.json), then `run` (Ray, the caches, one Tuner per experiment: the search, or
 
 from __future__ import annotations
 
+import logging
+import signal
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
 
 from tune import FAKE, REAL
 from tune.core import UserError, library_versions
+from tune.core.processes import Interrupted, stop_on_signals
 from tune.data.images import ImageSet, load_split
 from tune.metrics.costs import COSTS, Serving
 from tune.runs.layout import (
@@ -230,18 +237,41 @@ def crop_sets(opts: SearchOptions, space: SearchSpace, record: RunRecord,
 
 
 # --------------------------------------------------------------------------- run
+@contextmanager
+def stop_gracefully() -> Iterator[list[int]]:
+    """Around Tuner.fit: the first SIGINT or SIGTERM stops the trials and has Ray save the experiment (through
+    the SIGUSR1 handler Ray Tune installs in fit, the one its own Ctrl-C handling calls; quiet_ray turns that
+    off, so SIGTERM and SIGINT take the same path), and fit returns; a second one stops at once. Yields the
+    signals received: the caller raises Interrupted after fit when there are any."""
+    usr1 = signal.getsignal(signal.SIGUSR1)
+
+    def ask_ray(signum: int, frame: FrameType | None) -> None:
+        ray_handler = signal.getsignal(signal.SIGUSR1)
+        if not callable(ray_handler) or ray_handler is usr1:  # fit has not begun: nothing to save yet
+            raise Interrupted(signum)
+        print(f"[search] {signal.Signals(signum).name}: stopping the trials and saving the search "
+              "(again to stop at once)", file=sys.stderr, flush=True)
+        logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # its lines name Ray's resume, not ours
+        ray_handler(signal.SIGUSR1, frame)
+
+    try:
+        with stop_on_signals(ask_ray) as received:
+            yield received
+    finally:
+        signal.signal(signal.SIGUSR1, usr1)
+
+
 def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, k: int, budget: Budget,
                opts: SearchOptions, location: str, n_slots: int) -> Any:
     """A new Tuner for experiment k, or (--resume) the interrupted one restored."""
-    from optuna.storages import RDBStorage
     from ray import tune
 
     from tune.runs.trials import mend_torn_results, torn_snapshots
-    from tune.search.objectives import result_keys, sampler_for
+    from tune.search.objectives import result_keys
     from tune.search.progress import Progress
     from tune.search.retention import Retention
     from tune.search.scheduler import ArchScheduler
-    from tune.search.searcher import ArchSearcher, HonestOptunaSearch
+    from tune.search.searcher import ArchSearcher, StudyPlan
 
     if opts.resume and tune.Tuner.can_restore(location):
         torn = torn_snapshots(location)
@@ -254,7 +284,6 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
             print(f"[search] {path}: its last line was cut short by the interruption; dropped it", flush=True)
         return tune.Tuner.restore(location, trainable=trainable, resume_unfinished=True, resume_errored=True)
     b = space.budget
-    storage = RDBStorage(run.optuna_url)
     # One study per architecture, the same for every experiment of the run: an extension's TPE starts from
     # all earlier trials. Its own sampler seed, so its random draws are not the first experiment's again.
     # Several objectives: Optuna is told each (metric and mode become lists); ASHA still cuts on the score.
@@ -262,10 +291,10 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
     metric: Any = result_keys(space.goals, SCORE) if multi else SCORE
     mode: Any = [m for _, m in space.goals] if multi else space.mode
     startup = max(2, min(10, (budget.trials or 10) // 2))
-    studies = {arch: HonestOptunaSearch(
-        space=DefineByRun(space, arch), metric=metric, mode=mode, study_name=run.study_name(arch, record),
-        storage=storage, sampler=sampler_for(space.sampler, space.seed + k, startup))
-        for arch in budget.archs}
+    plans = {arch: StudyPlan(space=DefineByRun(space, arch), study_name=run.study_name(arch, record),
+                             url=run.optuna_url, sampler=space.sampler, seed=space.seed + k, startup=startup,
+                             metric=metric, mode=mode)
+             for arch in budget.archs}
     scheduler = ArchScheduler(budget, metric=SCORE, mode=space.mode, max_t=b.max_epochs, grace_period=b.grace_period,
                               reduction_factor=b.reduction_factor)
     samples = budget.trials * len(budget.archs) if budget.trials and budget.seconds is None else -1
@@ -276,7 +305,7 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=SCORE, mode=space.mode, search_alg=ArchSearcher(studies, budget, metric=SCORE, mode=space.mode),
+            metric=SCORE, mode=space.mode, search_alg=ArchSearcher(plans, budget, metric=SCORE, mode=space.mode),
             # Ray lets a searcher of its own have one trial pending at a time unless told how many may run:
             # with short trials the second slot's actor was never up before the first trial ended (seen:
             # 10 trials of 1-3 s, strictly one after the other on 2 slots).
@@ -334,7 +363,11 @@ def run_search(opts: SearchOptions) -> Path:
                   f"to {space.budget.max_epochs} epochs a trial, one ASHA per architecture (grace "
                   f"{space.budget.grace_period}, reduction {space.budget.reduction_factor})", flush=True)
             with studies_at(run.optuna_url):  # Ray unpickles the searcher in Tuner.restore and again in fit
-                make_tuner(trainable, space, run, record, k, budget, opts, location, n_slots).fit()
+                tuner = make_tuner(trainable, space, run, record, k, budget, opts, location, n_slots)
+                with stop_gracefully() as received:
+                    tuner.fit()
+            if received:  # Ray stopped the trials and saved the experiment: a stop, not the search's end
+                raise Interrupted(received[0])
     finally:
         if started_ray:
             ray.shutdown()

@@ -13,7 +13,8 @@ first being the score ASHA cuts on: a finished trial is COMPLETE with every obje
 stopped is PRUNED (Optuna keeps no intermediate values for a multi-objective study), an errored one FAIL, and a
 finished trial missing a value (a cost not measured) FAIL too, so the study never holds half a point.
 
-Module-level classes: Ray pickles the searcher with the experiment and restores it by name.
+Module-level classes: Ray pickles the searcher with the experiment and restores it by name; what it pickles is
+the searcher's own data and each study's plan, never an Optuna sampler (StudyPlan).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -32,33 +34,32 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tune.runs.trials import ended_how
 from tune.search.budget import Budget, Usage
+from tune.search.objectives import sampler_for
+from tune.search.space import DefineByRun
 
 log = logging.getLogger(__name__)
 STEP = "training_iteration"  # the step Ray's OptunaSearch reports intermediate values at (= the epoch here)
 
 
+_reopen_at: str | None = None  # set by studies_at: where the run's optuna.db is now
+
+
 @contextmanager
 def studies_at(url: str) -> Iterator[None]:
-    """Every Optuna RDB storage unpickled inside this block opens `url`, the run's optuna.db where the run
-    folder is now, whatever URL the pickle names.
+    """Every Optuna study that a searcher unpickled inside this block opens is `url`, the run's optuna.db where
+    the run folder is now, whatever URL its plan names.
 
-    Ray pickles the searcher, its Optuna storages included, into the experiment (tuner.pkl, searcher-state-*.pkl)
-    and `Tuner.restore` unpickles them in the driver. Their URL is the absolute path the run had when it
-    started: after a move the file is not there ("unable to open database file"), and after a copy the copy's
-    trials would go into the original's optuna.db. The run's place is the driver's to say, never a pickle's.
+    Ray pickles the searcher into the experiment (tuner.pkl, searcher-state-*.pkl) and `Tuner.restore` unpickles
+    it in the driver. The plans' URL is the absolute path the run had when it started: after a move the file is
+    not there ("unable to open database file"), and after a copy the copy's trials would go into the original's
+    optuna.db. The run's place is the driver's to say, never a pickle's.
     """
-    from optuna.storages import RDBStorage
-
-    pickled = RDBStorage.__setstate__
-
-    def reopened(self: RDBStorage, state: dict[Any, Any]) -> None:
-        pickled(self, {**state, "url": url})
-
-    RDBStorage.__setstate__ = reopened  # type: ignore[method-assign]
+    global _reopen_at
+    _reopen_at = url
     try:
         yield
     finally:
-        RDBStorage.__setstate__ = pickled  # type: ignore[method-assign]
+        _reopen_at = None
 
 
 FINISHED = ("completed", "early_stopped", "diverged")  # ended this way, a trial is COMPLETE with its value(s)
@@ -118,6 +119,53 @@ class HonestOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+@dataclass(frozen=True)
+class StudyPlan:
+    """What an architecture's Optuna search is made from: its space, its study in optuna.db and its sampler's
+    kind and seed. The searcher saves this, never the sampler: a sampler's internals change between Optuna
+    releases (5.1.0's NSGA-II holds a lock, which cannot be pickled) and the study in optuna.db is the truth."""
+
+    space: DefineByRun
+    study_name: str
+    url: str  # the run's optuna.db when the plan was made (studies_at re-points it where the run is now)
+    sampler: str  # "tpe" or "nsga2" (tune.search.objectives.sampler_for)
+    seed: int
+    startup: int
+    metric: str | list[str]
+    mode: str | list[str]
+
+    def open(self, url: str | None = None) -> HonestOptunaSearch:
+        """The study loaded from optuna.db with a new sampler. Reopened after a stop, the sampler's seed moves on
+        by the study's trial count, so its random draws are not the first session's again; trials that were
+        running are linked back to their Ray trials, and finished ones are known as finished."""
+        from optuna.storages import RDBStorage
+        from optuna.trial import Trial, TrialState
+
+        storage = RDBStorage(url or self.url)
+        done = len(optuna_study_trials(storage, self.study_name))
+        search = HonestOptunaSearch(space=self.space, metric=self.metric, mode=self.mode, study_name=self.study_name,
+                                    storage=storage, sampler=sampler_for(self.sampler, self.seed + done, self.startup))
+        for t in search._ot_study.get_trials(deepcopy=False):
+            ray_id = t.user_attrs.get("ray_trial_id")
+            if ray_id is None:
+                continue
+            if t.state == TrialState.RUNNING:
+                search._ot_trials[ray_id] = Trial(search._ot_study, t._trial_id)
+            else:
+                search._completed_trials.add(ray_id)
+        return search
+
+
+def optuna_study_trials(storage: Any, name: str) -> list[Any]:
+    """The trials a study of `storage` holds, none when the study is not there yet."""
+    from optuna.exceptions import OptunaError
+
+    try:
+        return storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
+    except (KeyError, OptunaError):
+        return []
+
+
 class ArchSearcher(Searcher):
     """One Ray searcher for a search of several architectures, each with its own Optuna study.
 
@@ -129,12 +177,15 @@ class ArchSearcher(Searcher):
     (tune.search.budget.Budget.next_arch). A free slot is filled from whichever architecture still has
     budget.
 
-    Pickled whole (its studies included) into the experiment, as Ray's OptunaSearch pickles itself.
+    What Ray pickles (tuner.pkl, and its searcher state at every experiment snapshot) is this searcher's own
+    data: which architecture owns each trial, the trial time charged, the budget, and each study's plan. The
+    Optuna searches are rebuilt from the plans on unpickling, their studies read back from optuna.db.
     """
 
-    def __init__(self, children: dict[str, HonestOptunaSearch], budget: Budget, *, metric: str, mode: str) -> None:
+    def __init__(self, plans: dict[str, StudyPlan], budget: Budget, *, metric: str, mode: str) -> None:
         super().__init__(metric=metric, mode=mode)
-        self.children = children
+        self.plans = plans
+        self.children = {arch: plan.open() for arch, plan in plans.items()}
         self.budget = budget
         self.owner: dict[str, str] = {}  # Ray trial id -> its architecture
         self.seconds: dict[str, float] = {}  # Ray trial id -> trial time charged so far
@@ -188,11 +239,33 @@ class ArchSearcher(Searcher):
         if trial_id in self.owner:
             self.children[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "children"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "plans" in state:  # (a searcher pickled by an earlier version holds its Optuna searches whole)
+            self.children = {arch: plan.open(_reopen_at) for arch, plan in self.plans.items()}
+
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__.copy(), f)
+            pickle.dump(self.__getstate__(), f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            self.__setstate__(pickle.load(f))
         self.began = {}  # the previous session's clock: its trials begin again when they next report
+        self.fail_lost()
+
+    def fail_lost(self) -> None:
+        """Optuna trials still RUNNING whose Ray trial this snapshot does not know: the stop came between Optuna
+        creating the trial and Ray's next snapshot, so Ray will never run it. FAIL, so the study holds no trial
+        that never ends."""
+        from optuna.trial import TrialState
+
+        for child in self.children.values():
+            for ray_id, ot_trial in list(child._ot_trials.items()):
+                if ray_id not in self.owner and ray_id not in child._completed_trials:
+                    child._ot_study.tell(ot_trial, state=TrialState.FAIL)
+                    child._completed_trials.add(ray_id)
+                    log.info("Optuna trial %s (Ray %s) was lost in the interruption: FAIL", ot_trial.number, ray_id)

@@ -29,58 +29,25 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from tune.core.processes import MARK, current_mark, end_processes, marked_pids
 
 BUDGET_S = 8.0  # the whole stop, from the signal to the exit
 DRAIN_S = 3.0  # requests in flight get this long to be answered
 RAY_S = 3.0  # ray.shutdown(); it takes ~1.5 s on 2 idle cores
 END_S = 1.0  # SIGTERM to SIGKILL for processes still running after that
-MARK = "TUNE_SERVE_MARK"
-
 _received: list[tuple[str, float]] = []  # (signal name, monotonic time): the first says how the stop began
 
 
 def mark_processes() -> str:
-    """A marker unique to this command, put into its environment before Ray starts, so every process
-    Ray starts for it can be found again (and only those). Returns it."""
-    mark = uuid.uuid4().hex
-    os.environ[MARK] = mark
+    """The marker of the processes this command starts (tune.core.processes): `python -m tune` set it already;
+    set one here when serving runs inside another program. Returns it."""
+    mark = current_mark()
+    if mark is None:
+        mark = uuid.uuid4().hex
+        os.environ[MARK] = mark
     return mark
-
-
-def marked_pids(mark: str) -> list[int]:
-    """PIDs of the processes, other than this one, whose environment carries `mark` (Linux's /proc;
-    elsewhere none are found, and Ray's own shutdown is all there is)."""
-    needle = f"{MARK}={mark}".encode()
-    out = []
-    for d in Path("/proc").glob("[0-9]*"):
-        if int(d.name) == os.getpid():
-            continue
-        try:
-            if needle in (d / "environ").read_bytes().split(b"\0"):
-                out.append(int(d.name))
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-    return out
-
-
-def end_processes(mark: str, grace_s: float) -> tuple[int, int]:
-    """SIGTERM every marked process, SIGKILL those still there after `grace_s` (Ray's agents can ignore
-    SIGTERM). Returns (how many got SIGTERM, how many needed SIGKILL)."""
-    counts = []
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0.5)):
-        pids = marked_pids(mark)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        counts.append(len(pids))
-        deadline = time.monotonic() + wait_s
-        while pids and marked_pids(mark) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    return counts[0], counts[1]
 
 
 def _again(signum: int, frame: object) -> None:
