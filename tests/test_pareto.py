@@ -178,6 +178,18 @@ def test_finalize_pick_ships_the_named_trial(picked_run: Path, capsys: pytest.Ca
         assert auc["difference"] == pytest.approx(auc["value"] - auc["most_accurate_value"]) and 0 < auc["p_value"] <= 1
     said = (picked_run / "comparison.md").read_text()
     assert f"Shipped (finalize --pick within:1): {shipped['name']}" in said
+    # what the pick bought: every model's measured costs beside its test AUC, in comparison.json and .md
+    for r in cmp["rows"]:
+        c = r["costs"]
+        assert c["latency_ms"] > 0 and c["latency_batch_ms"] > 0 and c["params"] > 0 and c["onnx_mb"] > 0, r["costs"]
+    assert cmp["costs"]["settings"]["batch"] == 8 and cmp["costs"]["settings"]["onnx"]  # the space's latency:
+    costs = said[said.index("### Costs"):]
+    assert "ms / image, batch 1" in costs and "ms / image, batch 8" in costs and "ONNX MB" in costs
+    for r in cmp["rows"]:
+        assert f"| {r['model']} | " in costs and f"{r['costs']['latency_ms']:.2f}" in costs
+    if not p["same"]:
+        line = next(ln for ln in said.splitlines() if ln.startswith("Shipped"))
+        assert f"It costs {shipped['costs']['latency_ms']:.2f} ms per image at batch 1 against" in line
     # serve and export default to the picked model
     import argparse
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tune.core import UserError, atomic_write_bytes, file_sha256
 from tune.core.processes import worker_pool
 from tune.data.perturb import Condition
+from tune.evaluation.costs import add_costs
 from tune.evaluation.panels import Panel, finalize_panels
 from tune.metrics.classification import HEADLINE, THRESHOLD_RULES
 from tune.runs.files import Comparison
@@ -318,6 +319,7 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     finally:
         torch.set_num_threads(threads_before)  # fit changed it for the whole process
     cmp = compare(info, cands, records, valid, test, picked)
+    add_costs(info, cmp, log)
     export_models(info, cmp, records)
     from tune.evaluation.picking import export_picked, record_pick
 

@@ -90,6 +90,7 @@ def comparison(ctx: Context) -> str:
         RANKING_METRICS,
         REPORT,
         comparison_caption,
+        cost_table,
         ensemble_lines,
         ensemble_table,
         rule_table,
@@ -104,6 +105,9 @@ def comparison(ctx: Context) -> str:
     out.append("<h3>Threshold-free</h3>" + rule_table(cmp.rows, "at_0.5", [m for m in RANKING_METRICS
                                                                                if m != "auc"]).html())
     out.append(f'<p class="note">{escape(comparison_caption(cmp))}</p>')
+    costs = cost_table(cmp)
+    if costs is not None:
+        out.append("<h3>Costs</h3>" + costs.html())
     if cmp.ensembles is not None:  # comparison.json files from before ensembles have none
         out.append("<h3>Ensembles and flip TTA</h3>" + ensemble_table(cmp).html())
         out.append('<ul class="ensembles">' + "".join(f"<li>{escape(ln)}</li>" for ln in ensemble_lines(cmp)) + "</ul>")

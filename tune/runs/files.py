@@ -41,6 +41,7 @@ class Comparison:
     tradeoff: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     picked: dict[str, Any] | None = None  # finalize --pick: the shipped model against the most accurate
+    costs: dict[str, Any] | None = None  # how each row's `costs` were measured (tune.evaluation.costs)
 
     @classmethod
     def load(cls, path: Path) -> Comparison:
