@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from procs import pids_with_mark
 
@@ -137,6 +138,12 @@ def stop_server(proc: subprocess.Popen[str], mark: str, sig: signal.Signals, *, 
         code = None
     seconds = time.monotonic() - t0
     left = pids_with_mark(mark)
+    for pid in left:  # say what was left, while it is there to be named
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
+        except OSError:
+            cmd = "?"
+        print(f"left at exit: {pid} {cmd}", flush=True)
     deadline = time.monotonic() + linger
     while pids_with_mark(mark) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tune.core.processes import MARK
 from tune.serving import shutdown
 
 # Ignores SIGTERM, as Ray's agents can; says when it is ready, then sleeps at most 60 s.
@@ -19,11 +20,11 @@ STUBBORN = ("import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_
 
 def test_end_processes_ends_marked_ones_only_and_kills_those_ignoring_sigterm(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(shutdown.MARK, raising=False)
+    monkeypatch.delenv(MARK, raising=False)
     mark = shutdown.mark_processes()
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
              for code in (STUBBORN, "import time\nprint('ready', flush=True)\ntime.sleep(60)\n")]
-    monkeypatch.delenv(shutdown.MARK)
+    monkeypatch.delenv(MARK)
     other = subprocess.Popen([sys.executable, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(60)\n"],
                              stdout=subprocess.PIPE, text=True)  # started without the mark: left alone
     try:

@@ -9,7 +9,7 @@ import sys
 import time
 
 from tune.cli.common import add_model, add_storage
-from tune.core import UserError
+from tune.core import UserError, processes
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -106,5 +106,6 @@ def run(a: argparse.Namespace) -> int:
         # after a Ray driver and Serve handle took another 4-6 s (in C, measured on 2 cores); skip it.
         logging.shutdown()
         sys.stderr.flush()
+        processes.finish()  # os._exit skips the reaper's wait (tune/__main__.py)
         os._exit(code)
     return code

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -49,8 +50,18 @@ def exit_code(e: KeyboardInterrupt) -> int:
 
 
 # --------------------------------------------------------------------------- the marker and the reaper
-def current_mark() -> str | None:
-    return os.environ.get(MARK)
+_owned: list[str] = []  # the mark of this command's own_descendants, while it runs
+_reapers: list[subprocess.Popen[bytes]] = []  # its reaper, until finish()
+
+
+def process_mark() -> str:
+    """The marker of the processes this command starts: own_descendants' (the reaper watches it), or, when this
+    code runs inside another program (a test calling the CLI), a fresh one put into the environment now."""
+    if _owned:
+        return _owned[-1]
+    mark = uuid.uuid4().hex
+    os.environ[MARK] = mark
+    return mark
 
 
 def marked_pids(mark: str) -> list[int]:
@@ -72,50 +83,103 @@ def marked_pids(mark: str) -> list[int]:
 def end_processes(mark: str, grace_s: float) -> tuple[int, int]:
     """SIGTERM every marked process, SIGKILL those still there after `grace_s` (Ray's agents can ignore SIGTERM).
     Returns (how many got SIGTERM, how many needed SIGKILL)."""
+    return end_pids(lambda: marked_pids(mark), grace_s)
+
+
+def end_pids(find: Callable[[], list[int]], grace_s: float) -> tuple[int, int]:
+    """SIGTERM the processes `find` names, SIGKILL those it still names after `grace_s`."""
     counts = []
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0.5)):
-        pids = marked_pids(mark)
+        pids = find()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         counts.append(len(pids))
         deadline = time.monotonic() + wait_s
-        while pids and marked_pids(mark) and time.monotonic() < deadline:
+        while pids and find() and time.monotonic() < deadline:
             time.sleep(0.05)
     return counts[0], counts[1]
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) from /proc/PID/stat, None when it is gone (or not Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(root: int) -> dict[int, int]:
+    """Every live descendant of `root`: pid -> its start time (so a reused pid is never taken for it)."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        st = _stat(int(d.name))
+        if st is not None:
+            children.setdefault(st[0], []).append((int(d.name), st[1]))
+    out, todo = {}, [root]
+    while todo:
+        for pid, started in children.get(todo.pop(), []):
+            if pid not in out:
+                out[pid] = started
+                todo.append(pid)
+    return out
 
 
 @contextlib.contextmanager
 def own_descendants() -> Iterator[str]:
     """Mark this process's environment and start the reaper; yields the mark. When this process exits, or is
-    killed, whatever it started and left running is ended. A command's mark is its own: a nested command (a test
-    calling the CLI) keeps the mark it inherited, and its reaper is its parent's."""
-    if current_mark():
-        yield str(current_mark())
-        return
+    killed, whatever it started and left running is ended. Every command has a mark and a reaper of its own: one
+    inherited from a parent is replaced (the parent's reaper still ends this process, and this one's reaper, which
+    carries no mark, ends what this process started)."""
     mark = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k != MARK}  # the reaper itself is not marked
     reaper = subprocess.Popen([sys.executable, "-S", __file__, mark], stdin=subprocess.PIPE, env=env,
                               stdout=subprocess.DEVNULL, start_new_session=True)
     os.environ[MARK] = mark
+    _owned.append(mark)
+    _reapers.append(reaper)
     try:
         yield mark
     finally:
-        del os.environ[MARK]
+        _owned.pop()
+        os.environ.pop(MARK, None)
+        finish()
+
+
+def finish() -> None:
+    """Let the reaper end what is left now and wait for it, so nothing outlives this command, the reaper included.
+    own_descendants does this on the way out; call it before os._exit, which skips that."""
+    while _reapers:
+        reaper = _reapers.pop()
         if reaper.stdin:
             reaper.stdin.close()  # the reaper's signal; the kernel closes it too if this process is killed
+        with contextlib.suppress(subprocess.TimeoutExpired, KeyboardInterrupt):
+            reaper.wait(REAP_GRACE_S + 3)
 
 
 def reap(mark: str) -> None:
-    """The reaper: wait until the command's pipe closes, then end every process still carrying its mark."""
+    """The reaper: until the command's pipe closes, note the command's descendants every second; then end every
+    one still alive, and every process still carrying its mark. Both, because neither alone finds all: Ray
+    daemonises some processes (no parent link back), and some rewrite their title over their environment."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the command must not end its reaper
-    with contextlib.suppress(OSError):
-        while sys.stdin.buffer.read(1 << 16):
-            pass
+    command, me, fd = os.getppid(), os.getpid(), sys.stdin.fileno()
+    seen: dict[int, int] = {}
+    while True:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if ready and not os.read(fd, 1 << 16):
+            break
+        seen.update(descendants(command))
+    seen.pop(me, None)
+
+    def left() -> list[int]:
+        alive = [pid for pid, started in seen.items() if (st := _stat(pid)) is not None and st[1] == started]
+        return sorted(set(alive) | set(marked_pids(mark)) - {me})
+
     deadline = time.monotonic() + 1.0  # processes that are ending on their own (Ray's workers) get a moment
-    while marked_pids(mark) and time.monotonic() < deadline:
+    while left() and time.monotonic() < deadline:
         time.sleep(0.1)
-    end_processes(mark, REAP_GRACE_S)
+    end_pids(left, REAP_GRACE_S)
 
 
 # --------------------------------------------------------------------------- workers

@@ -133,7 +133,7 @@ def cost_table(cmp: Comparison) -> Table | None:
             "params": "Parameters", "onnx_mb": "ONNX MB"}
     return Table(["Model", label("auc"), *(head.get(n, n) for n in names)],
                  [[r["model"], cell_of(r["at_0.5"]["auc"]).text(),
-                   *(cost_text(n, (r.get("costs") or {}).get(n)) for n in names)] for r in cmp.rows],
+                   *(cost_text(n, cmp.costs["models"].get(r["name"], {}).get(n)) for n in names)] for r in cmp.rows],
                  f"Costs of each model's chosen seed, measured once after the retrainings on {cmp.costs['device']}: "
                  f"median over {s['repeats']} runs at batch 1 ({max(2, s['repeats'] // 3)} at batch {s['batch']}) "
                  f"after {s['warmup']} warm-up runs, {threads} torch thread(s), fixed "
@@ -143,9 +143,9 @@ def cost_table(cmp: Comparison) -> Table | None:
 def picked_costs(cmp: Comparison) -> str:
     """' It costs 2.10 ms per image at batch 1 against 11.40 for ...': what the pick bought, when measured."""
     p = cmp.picked
-    rows = {r["name"]: r.get("costs") or {} for r in cmp.rows}
-    if not (p and cmp.costs) or p["same"] or "latency_ms" not in rows.get(p["model"], {}):
+    if not (p and cmp.costs) or p["same"]:
         return ""
+    rows = cmp.costs["models"]
     a, b = rows[p["model"]], rows[p["most_accurate"]]
     return (f" It costs {cost_text('latency_ms', a['latency_ms'])} ms per image at batch 1 against "
             f"{cost_text('latency_ms', b.get('latency_ms'))} for {p['most_accurate']} "

@@ -54,12 +54,21 @@ def studies_at(url: str) -> Iterator[None]:
     not there ("unable to open database file"), and after a copy the copy's trials would go into the original's
     optuna.db. The run's place is the driver's to say, never a pickle's.
     """
+    from optuna.storages import RDBStorage
+
     global _reopen_at
     _reopen_at = url
+    pickled = RDBStorage.__setstate__
+
+    def reopened(self: RDBStorage, state: dict[Any, Any]) -> None:  # a searcher an earlier version pickled whole
+        pickled(self, {**state, "url": url})
+
+    RDBStorage.__setstate__ = reopened  # type: ignore[method-assign]
     try:
         yield
     finally:
         _reopen_at = None
+        RDBStorage.__setstate__ = pickled  # type: ignore[method-assign]
 
 
 FINISHED = ("completed", "early_stopped", "diverged")  # ended this way, a trial is COMPLETE with its value(s)

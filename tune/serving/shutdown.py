@@ -27,11 +27,10 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from tune.core.processes import MARK, current_mark, end_processes, marked_pids
+from tune.core.processes import end_processes, marked_pids, process_mark
 
 BUDGET_S = 8.0  # the whole stop, from the signal to the exit
 DRAIN_S = 3.0  # requests in flight get this long to be answered
@@ -41,13 +40,8 @@ _received: list[tuple[str, float]] = []  # (signal name, monotonic time): the fi
 
 
 def mark_processes() -> str:
-    """The marker of the processes this command starts (tune.core.processes): `python -m tune` set it already;
-    set one here when serving runs inside another program. Returns it."""
-    mark = current_mark()
-    if mark is None:
-        mark = uuid.uuid4().hex
-        os.environ[MARK] = mark
-    return mark
+    """The marker of the processes this command starts, so the stop can end them (tune.core.processes)."""
+    return process_mark()
 
 
 def _again(signum: int, frame: object) -> None:
