@@ -58,6 +58,7 @@ class Candidate:
     kind: str  # "tuned" (the search's best trial) or "baseline" (the notebook's fixed recipe)
     config: TrainConfig  # its seed is replaced by each retraining's seed
     trial_id: str | None = None
+    trial_s: float = 0.0  # the trial's wall time: parallel retrainings start longest first
 
     @property
     def label(self) -> str:
@@ -89,7 +90,7 @@ def candidates(info: RunInfo, baseline: bool, log: Log,
         scored = board[(board["arch"] == arch) & board["score"].notna()] if len(board) else board
         if len(scored):
             tid = str(scored.iloc[0]["trial_id"])
-            out.append(Candidate(arch, arch, "tuned", trial_config(info, arch, tid), tid))
+            out.append(Candidate(arch, arch, "tuned", trial_config(info, arch, tid), tid, wall_s(board, tid)))
         else:
             log(f"[{arch}] no trial with a {info.metric} yet: nothing to finalize for it")
         if baseline:
@@ -100,8 +101,14 @@ def candidates(info: RunInfo, baseline: bool, log: Log,
                                 {c.trial_id: c.name for c in out if c.trial_id}, log)
     if named:
         name, arch, tid = named
-        out.append(Candidate(name, arch, PICKED, trial_config(info, arch, tid), tid))
+        out.append(Candidate(name, arch, PICKED, trial_config(info, arch, tid), tid, wall_s(board, tid)))
     return out, about
+
+
+def wall_s(board: Any, trial_id: str) -> float:
+    """A trial's wall seconds on the leaderboard (0 when it has none)."""
+    rows = board[board["trial_id"] == trial_id] if "wall_s" in board else []
+    return float(rows.iloc[0]["wall_s"]) if len(rows) and rows.iloc[0]["wall_s"] == rows.iloc[0]["wall_s"] else 0.0
 
 
 def load_test(info: RunInfo, decoded_cache: Path | None, resize: str = "bilinear") -> ImageSet:
@@ -300,7 +307,9 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     data = (train, valid, test, held_out)
     of = {c.name: by_mode[c.config.resize] for c in cands}
     try:
-        pending = [(c, i) for c in cands for i in range(seeds) if done_record(c, info.seed + i, info, data) is None]
+        # Longest first: a long retraining started last would run alone at the end while the other slots idle.
+        pending = sorted(((c, i) for c in cands for i in range(seeds) if done_record(c, info.seed + i, info, data)
+                          is None), key=lambda ci: -ci[0].trial_s)
         if jobs > 1 and len(pending) > 1:
             from tune.evaluation.jobs import capped_jobs
 
