@@ -106,8 +106,9 @@ def load_test(info: RunInfo, decoded_cache: Path | None, resize: str = "bilinear
     """The one read of the test split in the whole project (tests assert that)."""
     from tune.data import images as data
 
+    data.check_video_leaks(info.root)
     return data.load_split(info.root, "test", info.image_size, skip_bad=info.skip_bad, cache_dir=decoded_cache,
-                           resize=resize)
+                           resize=resize, prep=info.prep)
 
 
 def _fingerprints(info: RunInfo, data: Data) -> dict[str, Any]:
@@ -161,7 +162,7 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: 
     save_training(out, result)
     p_test = save_scores(out, result.model, valid, test)
     record = replace(run_record(cfg, result, fingerprints), name=c.name, kind=c.kind, trial_id=c.trial_id,
-                     run=info.name, metric=info.metric,
+                     run=info.name, metric=info.metric, preprocess=info.prep.to_dict(),
                      valid_score=metric_value(result.best, info.metric),  # by the run's rule (mean_auc, ...)
                      threshold=threshold, threshold_rule=THRESHOLD_RULES["at_valid_threshold"],
                      test={"at_0.5": binary_metrics(test.y, p_test, 0.5),
