@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from tune.core import atomic_write_bytes, atomic_write_text, file_sha256
-from tune.data.decode import decode_rgb
+from tune.data.decode import decode_image, decode_rgb, to_model_size
 from tune.data.faces import FaceSettings, crop_face
 from tune.data.mapped import file_lock
 from tune.data.video import VideoSettings, is_video, read_frames
@@ -94,6 +94,17 @@ def crops_of(path: Path | str, prep: Preprocess) -> list[Crop]:
     if not out:
         raise ValueError(f"no face found in {what} (detector {prep.faces.detector})")
     return out
+
+
+def model_inputs(path: Path | str, prep: Preprocess, size: int,
+                 resize: str = "bilinear") -> tuple[np.ndarray, list[Crop]]:
+    """What a model scores for one file, made as training made it: uint8 (N, 3, size, size), one row per crop (a
+    video's frames with a face; a still image: one), and the crops. Training decodes the crops' PNGs through
+    decode_image; here the same pixels go through the same resize (to_model_size), so the rows are bit-identical."""
+    if not prep.touches(Path(path)):
+        return decode_image(Path(path), size, resize)[None], []
+    crops = crops_of(path, prep)
+    return np.stack([to_model_size(Image.fromarray(c.rgb), size, resize) for c in crops]), crops
 
 
 def cached_crops(path: Path, prep: Preprocess, root: Path) -> list[Path]:

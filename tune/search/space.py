@@ -329,10 +329,13 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
 
 
 def _prep(src: str, doc: dict[str, Any]) -> Preprocess:
-    try:
-        return Preprocess.parse(doc.get("video"), doc.get("faces"))
-    except (UserError, TypeError) as e:
-        raise _err(src, "video/faces", str(e)) from None
+    """The `video:` and `faces:` blocks; a problem is one line naming the block."""
+    for key in ("video", "faces"):
+        try:
+            Preprocess.parse(**{key: doc.get(key)})
+        except (UserError, TypeError) as e:
+            raise _err(src, key, str(e).removeprefix(f"{key}: ")) from None
+    return Preprocess.parse(doc.get("video"), doc.get("faces"))
 
 
 def _check_choices(src: str, space: SearchSpace, arch: str) -> None:
