@@ -202,6 +202,10 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[Model
         variant_rows += ensembles.rows(row, preds[c.name], cells, samples)
     seeds = {c.name: samples[c.name, "seeds"] for c in cands}
     best = best_models(rows, seeds)
+    from tune.evaluation.videos import section
+
+    video = section([(row, c.config, [info.run.finalize(c.name, r.seed) for r in records[c.name]])
+                     for row, c in zip(rows, cands, strict=True)], valid, test)
     return Comparison(
         run=info.name, metric=info.metric, n_test=len(y), test_fingerprint=test.fingerprint, rows=rows,
         best=best, picked=versus_most_accurate(rows, seeds, best, picked, info.mode) if picked else None,
@@ -210,7 +214,7 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[Model
                    "stratified_by_class": True, "statistic": "each resample's metric is averaged over seeds"},
         ensembles={"variants": ensembles.VARIANTS, "paired_against": "chosen_seed",
                    "paired_metrics": list(ensembles.PAIRED), "rows": variant_rows},
-        tradeoff=tradeoff.summary(rows, records, seeds, stats.ALPHA) if info.heldout else None)
+        tradeoff=tradeoff.summary(rows, records, seeds, stats.ALPHA) if info.heldout else None, video=video)
 
 
 def choose_seed(info: RunInfo, recs: list[ModelRecord]) -> ModelRecord:
