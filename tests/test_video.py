@@ -135,3 +135,17 @@ def test_the_space_takes_video_and_faces(tmp_path: Path) -> None:
         with pytest.raises(UserError, match=where) as e:
             parse_space({**doc, **bad}, "s.yaml")
         assert str(e.value).startswith(f"s.yaml: key '{next(iter(bad))}'")
+
+
+def test_search_refuses_a_leaked_video_in_one_line_before_any_trial(clips: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from tune.cli import main
+
+    data = copy_of(clips, tmp_path)
+    shutil.copy(data / "test" / "Real" / "clip0007.mp4", data / "train" / "Real" / "again.mp4")
+    (tmp_path / "s.yaml").write_text("metric: val_video_auc\nvideo: {frames: 2}\narchitectures: {custom_cnn: {}}\n")
+    code = main(["search", "--data", str(data), "--space", str(tmp_path / "s.yaml"), "--name", "leak",
+                 "--storage", str(tmp_path / "results")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith("error: video leak: ") and "again.mp4 (train)" in err and "same bytes" in err
