@@ -77,6 +77,15 @@ def test_a_video_search_finalizes_with_video_auc_and_predicts_an_mp4(ray_session
     assert [t for _, t, _ in row.frames] == sorted(t for _, t, _ in row.frames) and all(row.boxes)
     assert render_csv([row]).count("#frame=") == 4
 
+    # evaluate takes the folder of clips: one row per video, and the same tables per frame
+    assert main(["evaluate", "--run", str(run), str(data / "test"), "--out", str(tmp_path / "eval")]) == 0
+    ev = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert [(s["n_fake"], s["n_real"]) for s in ev["sources"]] == [(2, 2)]
+    assert [(s["n_fake"], s["n_real"]) for s in ev["frames"]["sources"]] == [(8, 8)]
+    by_video = next(r for r in ev["rows"] if r["source"] == "test")["at_0.5"]["auc"]["value"]
+    assert by_video == pytest.approx(auc["value"])  # evaluate's video AUC is finalize's (one seed)
+    assert "Per frame" in (tmp_path / "eval" / "evaluation.md").read_text()
+
     capsys.readouterr()
     assert main(["predict", "--model", str(run / "models" / "custom_cnn.pth"), str(clip)]) == 0
     out = capsys.readouterr().out

@@ -84,6 +84,7 @@ class Evaluation:
     metrics: dict[str, str] = field(default_factory=dict)
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    frames: dict[str, Any] | None = None  # sources with videos: the same evaluation of their frames, one row each
 
     @classmethod
     def load(cls, path: Path) -> Evaluation:
