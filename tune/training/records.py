@@ -139,9 +139,11 @@ def save_training(out: Path, result: FitResult) -> None:
 
 
 def save_run(out: Path, cfg: TrainConfig, result: FitResult, data: dict[str, Any],
-             y_valid: np.ndarray | None = None) -> ModelRecord:
-    """out/best.pth (state_dict), out/history.csv (per epoch), out/record.json (everything else)."""
+             y_valid: np.ndarray | None = None, preprocess: dict[str, Any] | None = None) -> ModelRecord:
+    """out/best.pth (state_dict), out/history.csv (per epoch), out/record.json (everything else; `preprocess`:
+    how videos and faces became its inputs, tune.data.frames.Preprocess.to_dict)."""
     record = run_record(cfg, result, data, y_valid)
+    record.preprocess = preprocess
     save_training(out, result)
     record.weights_sha256 = file_sha256(out / WEIGHTS)
     record.save(out / RECORD)
