@@ -90,3 +90,7 @@ def test_a_video_search_finalizes_with_video_auc_and_predicts_an_mp4(ray_session
     assert main(["predict", "--model", str(run / "models" / "custom_cnn.pth"), str(clip)]) == 0
     out = capsys.readouterr().out
     assert "clip0020.mp4" in out and "frames: " in out and "1 image(s) scored" in out
+    # Grad-CAM on each face crop the model scored
+    assert main(["predict", "--model", str(run / "models" / "custom_cnn.pth"), str(clip), "--explain",
+                 str(tmp_path / "cam")]) == 0
+    assert len(list((tmp_path / "cam").glob("clip0020-f*.cam.png"))) == len(crops)
