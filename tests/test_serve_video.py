@@ -4,6 +4,10 @@ headless Chromium."""
 
 from __future__ import annotations
 
+import base64
+import io
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import numpy as np
 import pytest
 import requests
 from browser import chromium, console_errors, network_requests
+from PIL import Image
 from test_serve import Server, end, launch
 
 import tune.cli
@@ -54,6 +59,10 @@ def test_predict_video_answers_the_clip_and_its_frames_like_predict(video_server
     assert [f["frame"] for f in out["frames"]] == frames and frames and set(frames) <= {1, 3, 5, 7}
     assert [f["p_fake"] for f in out["frames"]] == pytest.approx([p for _, _, p in want.frames], abs=1e-6)
     assert all(len(f["box"]) == 4 for f in out["frames"]) and out["duration_s"] == pytest.approx(1.0)
+    face = Image.open(io.BytesIO(base64.b64decode(out["face_png"])))  # the first scored frame, its face box drawn
+    assert face.size == (320, 320) and out["face_frame"] == frames[0]
+    x, y, w, h = (round(v * 320 / 96) for v in out["frames"][0]["box"])  # the box's left edge is drawn yellow
+    assert np.asarray(face.convert("RGB"))[y + h // 2, x].tolist() == [255, 214, 0]
     raw = requests.post(video_server.url + "/predict/video", data=clip.read_bytes(),
                         headers={"content-type": "video/mp4"}, timeout=60)
     assert raw.status_code == 200 and raw.json()["p_fake"] == pytest.approx(out["p_fake"], abs=1e-9)
@@ -81,7 +90,7 @@ def test_web_page_plots_a_clips_score_over_time(video_server: Server, tmp_path: 
     clip = video_server.images[-1]
     loaded = inference.load(video_server.model)
     (want,) = predict(loaded, [clip])
-    with chromium(1100, 900) as driver:
+    with chromium(1100, 1250) as driver:
         driver.get(video_server.url + "/")
         wait = WebDriverWait(driver, 60)
         wait.until(lambda d: "threshold" in d.find_element(By.ID, "model-line").text)
@@ -98,10 +107,14 @@ def test_web_page_plots_a_clips_score_over_time(video_server: Server, tmp_path: 
         assert [x for x, _ in xy] == sorted(x for x, _ in xy)
         ps = [p for _, _, p in want.frames]
         assert np.argsort([-y for _, y in xy], kind="stable").tolist() == np.argsort(ps, kind="stable").tolist()
+        assert driver.execute_script("const i = document.getElementById('face'); return i.complete && "
+                                     "i.naturalWidth") == 320 and driver.find_element(By.ID, "face").is_displayed()
         box = driver.find_element(By.ID, "score-plot").rect
         assert box["width"] > 300 and box["height"] > 50
         assert f"{len(want.frames)} frames with a face of 8" in driver.find_element(By.ID, "timeline-note").text
         driver.save_screenshot(str(tmp_path / "serve_video.png"))
+        if os.environ.get("TUNE_DOCS_SCREENSHOT_VIDEO"):  # how docs/serve_video.png is made (docs/video.md)
+            shutil.copy(tmp_path / "serve_video.png", os.environ["TUNE_DOCS_SCREENSHOT_VIDEO"])
         assert console_errors(driver) == []
         assert all(u.startswith(video_server.url) or u.startswith(("blob:", "data:")) for u in
                    network_requests(driver))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune.data.video import VIDEO_EXTS, probe
+from tune.data.video import VIDEO_EXTS, probe, read_frames
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,6 +35,24 @@ class Clip:
     crops: list[Crop]
     duration_s: float
     n_frames: int
+    first: np.ndarray | None = None  # the first scored frame, RGB (H, W, 3): where the page draws the face box
+
+
+def boxed_png(frame: np.ndarray, box: tuple[int, int, int, int] | None, width: int = 320) -> bytes:
+    """A frame with its face box drawn (the box the crop was cut around), scaled to `width` px, as PNG."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(frame)
+    scale = width / im.width
+    im = im.resize((width, max(1, round(im.height * scale))), Image.BILINEAR)
+    if box is not None:
+        x, y, w, h = (v * scale for v in box)
+        ImageDraw.Draw(im).rectangle((x, y, x + w, y + h), outline=(255, 214, 0), width=3)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def suffix_of(name: str) -> str:
@@ -60,18 +78,25 @@ def prepare_clip(loaded: LoadedModel, data: bytes, name: str, max_s: float) -> C
             raise ClipRefused(413, f"video of {duration:.1f} s is over the limit of {max_s:g} s")
         try:
             x, crops = loaded.inputs(Path(tmp))
+            first = read_frames(tmp, loaded.prep.video.frames)
         except ValueError as e:
             raise ClipRefused(422 if "no face" in str(e) else 400, f"not a usable video: {e}") from None
-        return Clip(x, crops, duration, n)
+        shown = first.images[first.indices.index(crops[0].frame)] if crops and crops[0].frame in first.indices \
+            else None
+        return Clip(x, crops, duration, n, shown)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
 def clip_answer(loaded: LoadedModel, clip: Clip, p: np.ndarray) -> dict[str, Any]:
     """The JSON of a scored clip: its verdict (the frames aggregated as the model was selected) and each frame."""
+    import base64
+
     score = loaded.video_score(p)
     c = loaded.record.config
-    return {"p_fake": score, "label": loaded.label(score), "threshold": loaded.threshold,
+    face = {} if clip.first is None else {"face_png": base64.b64encode(
+        boxed_png(clip.first, clip.crops[0].box)).decode("ascii"), "face_frame": clip.crops[0].frame}
+    return {**face, "p_fake": score, "label": loaded.label(score), "threshold": loaded.threshold,
             "aggregation": str(c.get("video_agg", "mean")), "duration_s": clip.duration_s, "n_frames": clip.n_frames,
             "frames": [{"frame": k.frame, "time_s": k.time_s, "p_fake": float(q), "box": list(k.box) if k.box else None}
                        for k, q in zip(clip.crops, p, strict=True)]}
