@@ -112,7 +112,7 @@ def cached_crops(path: Path, prep: Preprocess, root: Path) -> list[Path]:
     folder = Path(root) / f"{file_sha256(path)[:24]}-{prep.key}"
     done = folder / CROPS
     if not done.is_file():
-        with file_lock(folder.with_suffix(".lock")):  # one process per machine crops; the others read its files
+        with file_lock(folder.parent / f"{folder.name}.lock"):  # one process per machine crops; the others wait
             if not done.is_file():
                 crops = crops_of(path, prep)
                 names = []
