@@ -75,6 +75,8 @@ def test_a_face_is_cropped_square_with_its_margin_and_resized() -> None:
     assert 150 < x < 210 and 30 < y < 90 and 70 < w < 110  # the astronaut's face (MTCNN: 179, 60, 89, 113)
     assert c.square[2] == c.square[3] == round(max(w, h) * 1.5)
     assert crop_face(np.full((120, 120, 3), 128, np.uint8), FaceSettings()) is None  # no face: None
+    haar = crop_face(photo, FaceSettings(detector="haar", margin=1.5, size=80))  # the other offline detector
+    assert haar is not None and abs(haar.box[0] + haar.box[2] / 2 - (x + w / 2)) < 20  # the same face
 
 
 def test_bad_and_faceless_videos_are_listed_then_skipped(clips: Path, tmp_path: Path) -> None:
