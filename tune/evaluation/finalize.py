@@ -202,7 +202,7 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[Model
         variant_rows += ensembles.rows(row, preds[c.name], cells, samples)
     seeds = {c.name: samples[c.name, "seeds"] for c in cands}
     best = best_models(rows, seeds)
-    from tune.evaluation.videos import section
+    from tune.evaluation.video_comparison import section
 
     video = section([(row, c.config, [info.run.finalize(c.name, r.seed) for r in records[c.name]])
                      for row, c in zip(rows, cands, strict=True)], valid, test)

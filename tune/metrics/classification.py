@@ -221,8 +221,12 @@ def needs_heldout(name: str) -> bool:
 
 
 def is_video_metric(name: str) -> bool:
-    """True for a video-level metric (val_video_auc): valid must hold videos."""
-    return split_name(name)[0] == VIDEO
+    """True for a video-level metric (val_video_auc): valid must hold videos. False for any other name, a cost
+    objective's (latency_ms) included."""
+    try:
+        return split_name(name)[0] == VIDEO
+    except KeyError:
+        return False
 
 
 def describe(name: str) -> str:

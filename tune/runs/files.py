@@ -41,7 +41,7 @@ class Comparison:
     tradeoff: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     picked: dict[str, Any] | None = None  # finalize --pick: the shipped model against the most accurate
-    video: dict[str, Any] | None = None  # a test split with videos: each model's cells per video (evaluation/videos.py)
+    video: dict[str, Any] | None = None  # a test split with videos: its cells per video (video_comparison.py)
 
     @classmethod
     def load(cls, path: Path) -> Comparison:
