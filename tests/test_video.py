@@ -144,7 +144,7 @@ def test_search_refuses_a_leaked_video_in_one_line_before_any_trial(clips: Path,
     from tune.cli import main
 
     data = copy_of(clips, tmp_path)
-    shutil.copy(data / "test" / "Real" / "clip0007.mp4", data / "train" / "Real" / "again.mp4")
+    shutil.copy(data / "valid" / "Real" / "clip0005.mp4", data / "train" / "Real" / "again.mp4")
     (tmp_path / "s.yaml").write_text("metric: val_video_auc\nvideo: {frames: 2}\narchitectures: {custom_cnn: {}}\n")
     code = main(["search", "--data", str(data), "--space", str(tmp_path / "s.yaml"), "--name", "leak",
                  "--storage", str(tmp_path / "results")])

@@ -5,6 +5,7 @@ exactly as training did."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,10 @@ def test_a_video_search_finalizes_with_video_auc_and_predicts_an_mp4(ray_session
     assert main(["predict", "--model", str(run / "models" / "custom_cnn.pth"), str(clip), "--explain",
                  str(tmp_path / "cam")]) == 0
     assert len(list((tmp_path / "cam").glob("clip0020-f*.cam.png"))) == len(crops)
+
+    # finalize, the one reader of the test split, refuses a clip of train found in test, in one line
+    shutil.copy(data / "train" / "Real" / "clip0008.mp4", data / "test" / "Real" / "copied.mp4")
+    capsys.readouterr()
+    assert main(["finalize", str(run), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: video leak: ") and "copied.mp4 (test)" in err

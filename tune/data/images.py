@@ -323,8 +323,8 @@ def load_files(files: SplitFiles, size: int, *, label: str, skip_bad: bool = Fal
 
 
 def check_video_leaks(root: Path, splits: tuple[str, ...] = ("train", "valid", "test")) -> None:
-    """Refuse (one line) a video in two splits, by id or by bytes. The test split's files are listed and hashed
-    here, never decoded or scored: only finalize reads them."""
+    """Refuse (one line) a video in two of `splits`, by id or by bytes. The search checks train and valid (it never
+    reads the test split); finalize, the one reader of the test split, checks all three before testing."""
     listings = {s: [p for p in scan_split(root, s).paths if is_video(p)] for s in splits}
     if sum(map(bool, listings.values())) < 2:
         return

@@ -165,7 +165,7 @@ def prepare(opts: SearchOptions, run: Run, old: RunRecord | None, space: SearchS
     cache = opts.cache_dir / "decoded" if opts.use_cache and opts.cache_dir else None
     t0 = time.time()
     # --no-cache: every trial decodes every image every epoch, like the usual pipeline (for comparison)
-    check_video_leaks(data_root)
+    check_video_leaks(data_root, ("train", "valid"))  # the test split: finalize checks it, the search never reads it
     train, valid = (load_split(data_root, s, space.image_size, skip_bad=opts.skip_bad, cache_dir=cache,
                                live=not opts.use_cache, prep=space.prep) for s in ("train", "valid"))
     check_video_metric(space, valid)
