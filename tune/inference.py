@@ -22,6 +22,7 @@ from tune.core import UserError, file_sha256
 if TYPE_CHECKING:  # numpy/torch are imported on use, so `python -m tune --help` stays fast
     import numpy as np
 
+    from tune.data.frames import Crop, Preprocess
     from tune.models.detector import Detector
     from tune.training.records import ModelRecord
 
@@ -89,6 +90,26 @@ class LoadedModel:
         """Which model answered: enough to find it again (arch, run, trial, file and its hash)."""
         return {"arch": self.arch, "run": self.record.run, "trial": self.record.trial_id,
                 "seed": self.record.seed, "path": str(self.path), "sha256": self.sha256}
+
+    @property
+    def prep(self) -> Preprocess:
+        """How this model's inputs were cut from files: video frames and face crops (whole images before)."""
+        from tune.data.frames import Preprocess
+
+        return Preprocess.record(self.record.preprocess)
+
+    def inputs(self, path: Path) -> tuple[np.ndarray, list[Crop]]:
+        """A file (a video, or an image) as this model's rows, prepared exactly as in training (frames.py)."""
+        from tune.data.frames import model_inputs
+
+        return model_inputs(path, self.prep, self.image_size, self.resize)
+
+    def video_score(self, p: np.ndarray) -> float:
+        """A video's P(fake) from its frames', by the model's own aggregation (video_agg in its config)."""
+        from tune.metrics.video import DEFAULT_TOPK, aggregate
+
+        c = self.record.config
+        return aggregate(p, str(c.get("video_agg", "mean")), int(c.get("video_topk", DEFAULT_TOPK)))
 
     def decode(self, src: Path | bytes) -> np.ndarray:
         """One image file (or its bytes) → uint8 (3, S, S) at this model's size; ValueError if unreadable."""

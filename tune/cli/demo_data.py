@@ -21,11 +21,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--generator", default=DEFAULT, metavar="FAMILY",
                    help="the generator family that makes the fakes, each leaving other traces (default: %(default)s): "
                    + "; ".join(f"{f.name}: {f.about}" for f in FAMILIES.values()))
+    p.add_argument("--videos", action="store_true", help="write face videos instead (mp4 clips of a face photo under "
+                   "a moving, zooming camera; the fakes' faces re-synthesized): --n-per-class clips per class "
+                   "(default 20), --size px frames (default 128), --frames per clip")
+    p.add_argument("--frames", type=int, default=None, help="with --videos: frames per clip (default 24)")
     p.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> int:
     from tune.data import builtin as demo_data
+
+    if a.videos:
+        from tune.data.builtin_video import DEFAULTS, generate_face_videos
+
+        generate_face_videos(a.out, n_per_class=a.n_per_class or DEFAULTS["n_per_class"],
+                             frames=a.frames or DEFAULTS["frames"], size=a.size or DEFAULTS["size"], seed=a.seed)
+        print(f"wrote the built-in face videos to {a.out}")
+        return 0
 
     summary = demo_data.generate_demo_data(a.out, n_per_class=a.n_per_class or demo_data.DEFAULT_N_PER_CLASS,
                                            size=a.size or demo_data.DEFAULT_SIZE, seed=a.seed, tiles_seed=a.tiles_seed,

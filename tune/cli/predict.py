@@ -10,9 +10,10 @@ from tune.core import UserError, atomic_write_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="score images with a finalized model (P(fake) and a Fake/Real label)")
+    p = sub.add_parser("predict", help="score images or videos with a finalized model (P(fake) and a Fake/Real "
+                                       "label; a video: per frame too)")
     add_model(p, required=True)
-    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER", help="image or video files, or folders")
     p.add_argument("--csv", type=Path, help="write path,p_fake,label,error to this file instead of a table")
     p.add_argument("--explain", type=Path, metavar="DIR", help="also write, per image, where the model looked "
                    "(Grad-CAM for Fake): NAME.cam.png overlay with P(fake) and NAME.cam.npy raw map")

@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "%(default)s)")
     p.add_argument("--max-bytes", type=int, default=20_000_000, help="largest request body in bytes; more is "
                    "answered 413 (default: %(default)s)")
+    p.add_argument("--max-video-s", type=float, default=120.0, help="longest clip /predict/video takes, in seconds "
+                   "(read from the container before decoding); longer is answered 413 (default: %(default)s)")
     p.add_argument("--address", help="deploy on an existing Ray cluster (e.g. auto or HOST:6379) instead of a "
                    "local Ray")
     p.set_defaults(func=run)
@@ -80,7 +82,7 @@ def run(a: argparse.Namespace) -> int:
         app = serve_app.build(path, replicas=a.replicas, max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms,
                               max_bytes=a.max_bytes, threads=threads,
                               cpus_per_replica=min(float(threads), cpus / a.replicas) if not a.address else 1.0,
-                              loopback=not a.address)
+                              loopback=not a.address, max_video_s=a.max_video_s)
         try:
             handle = serve.run(app, name="detector", route_prefix="/", logging_config={"log_level": "WARNING"})
         except RuntimeError as e:  # a replica failed to start; Ray's logs have its traceback

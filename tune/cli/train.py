@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from tune.cli.common import VALID_EXTRA_HELP, add_data, builtin_data
 from tune.core import UserError, cache_root
+from tune.data.faces import DETECTORS
 
 if TYPE_CHECKING:
     from tune.training.config import TrainConfig
@@ -38,6 +39,14 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
                        help=f"{', '.join(archs)}: {spec.help} (default: the architecture's)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and report the count")
+    p.add_argument("--video-frames", type=int, default=16, help="frames sampled evenly from each video of the data "
+                   "(default: %(default)s; a search space's video: {frames: K})")
+    p.add_argument("--faces", choices=DETECTORS, help="crop each frame's (and still image's) face with this offline "
+                   "detector before the resize (a search space's faces: {detector: ...}); default: whole frames")
+    p.add_argument("--face-margin", type=float, default=1.3, help="with --faces: the square's side as a multiple of "
+                   "the face box (default: %(default)s)")
+    p.add_argument("--face-size", type=int, default=256, help="with --faces: the crop's side in px (default: "
+                   "%(default)s)")
     p.add_argument("--valid-extra", type=Path, nargs="+", metavar="DIR", help=VALID_EXTRA_HELP)
 
 
@@ -62,6 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(a: argparse.Namespace) -> int:
     import time
 
+    from tune.data.frames import Preprocess
     from tune.data.heldout import for_training
     from tune.data.images import load_split
     from tune.metrics.classification import needs_heldout
@@ -69,12 +79,14 @@ def run(a: argparse.Namespace) -> int:
     from tune.training.records import HISTORY, RECORD, WEIGHTS, save_run
 
     cfg = train_config(a)  # fails fast, before reading any data
+    faces = {"detector": a.faces, "margin": a.face_margin, "size": a.face_size} if a.faces else None
+    prep = Preprocess.parse({"frames": a.video_frames}, faces)
     if needs_heldout(cfg.monitor) and not a.valid_extra:
         raise UserError(f"--monitor {cfg.monitor} needs held-out validation sources: give --valid-extra DIR [DIR ...]")
     root = (a.data or builtin_data()).absolute()
     cache = cache_root() / "decoded" if cfg.use_cache else None
     train, valid = (load_split(root, s, cfg.image_size, skip_bad=a.skip_bad_images, cache_dir=cache,
-                               resize=cfg.resize) for s in ("train", "valid"))
+                               resize=cfg.resize, prep=prep) for s in ("train", "valid"))
     extra, held_out = for_training(a.valid_extra or [], cfg.image_size, train, valid, root, cache_dir=cache,
                                    skip_bad=a.skip_bad_images, resize=cfg.resize)
     for s in (train, valid, *extra):
@@ -88,7 +100,7 @@ def run(a: argparse.Namespace) -> int:
             "n_train": len(train), "n_valid": len(valid),
             "skipped": train.skipped + valid.skipped + [p for s in extra for p in s.skipped],
             **({"valid_extra": held_out} if held_out else {})}
-    save_run(out, cfg, result, data, valid.y)
+    save_run(out, cfg, result, data, valid.y, prep.to_dict())
     b = result.best
     print(f"{result.ended} after {len(result.history)} epochs; best epoch {result.best_epoch}: "
           f"val_loss {b['val_loss']:.4f} val_auc {b['val_auc']:.4f} val_acc {b['val_accuracy']:.4f}"

@@ -25,9 +25,11 @@ import numpy as np
 import torch
 
 from tune import FAKE, REAL
-from tune.core import atomic_write_bytes
+from tune.core import atomic_write_bytes, cache_root
 from tune.data.decode import MAX_PIXELS, LiveImages, crop_side, decode_image, decode_rgb, resize_rgb  # noqa: F401
+from tune.data.frames import Preprocess, prepare, settings_digest
 from tune.data.mapped import DataError, MappedImages, file_lock, write_rows
+from tune.data.video import VIDEO_EXTS, check_leaks, is_video
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation", "val"), "test": ("test",)}
@@ -41,6 +43,7 @@ class SplitFiles:
     labels: list[int]
     ignored: int = 0  # non-image files found and skipped
     split_dir: Path | None = None  # the folder the paths are under (fingerprints are relative to it)
+    videos: list[str] | None = None  # each row's video key (tune/data/frames.py), "" for a still image
 
 
 @dataclass
@@ -55,6 +58,7 @@ class ImageSet:
     fingerprint: str
     skipped: list[str] = field(default_factory=list)
     resize: str = "bilinear"  # or "crop": native-resolution pixels (train: a larger centre square, cut per view)
+    videos: list[str] | None = None  # each row's video key ("" for a still image); None: no video in the split
 
     def __len__(self) -> int:
         return len(self.y)
@@ -62,14 +66,15 @@ class ImageSet:
     def __reduce__(self) -> tuple[Any, ...]:
         # x pickles as itself: a MappedImages as its path (then _restore decodes it on a node without the file),
         # LiveImages as its paths; only an in-memory array (no decoded cache) carries its pixels
-        return (_restore, (self.split, self.x, self.y, self.paths, self.fingerprint, self.skipped, self.resize))
+        return (_restore, (self.split, self.x, self.y, self.paths, self.fingerprint, self.skipped, self.resize,
+                           self.videos))
 
 
 def _restore(split: str, x: Any, y: np.ndarray, paths: list[str], fingerprint: str, skipped: list[str],
-             resize: str = "bilinear") -> ImageSet:
+             resize: str = "bilinear", videos: list[str] | None = None) -> ImageSet:
     if isinstance(x, MappedImages) and not x.exists():
         _rebuild(x, paths, resize)
-    return ImageSet(split, x, y, paths, fingerprint, skipped, resize)
+    return ImageSet(split, x, y, paths, fingerprint, skipped, resize, videos)
 
 
 def _child_ci(parent: Path, names: tuple[str, ...]) -> Path | None:
@@ -128,10 +133,11 @@ def scan_split(root: Path, split: str) -> SplitFiles:
         if not d.is_dir():
             raise DataError(f"class path is a file, not a folder: {d}")
         files = _walk_files(d)
-        images = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
+        images = [f for f in files if f.suffix.lower() in IMAGE_EXTS or is_video(f)]
         ignored += len(files) - len(images)
         if not images:
-            raise DataError(f"empty class folder: {d} has no images (expected {', '.join(sorted(IMAGE_EXTS))})")
+            raise DataError(f"empty class folder: {d} has no images or videos (expected "
+                            f"{', '.join(sorted(IMAGE_EXTS))} or {', '.join(VIDEO_EXTS)})")
         paths += images
         labels += [CLASS_LABELS[cls.lower()]] * len(images)
     return SplitFiles(split, paths, labels, ignored, split_dir)
@@ -229,31 +235,56 @@ def _redecode(x: MappedImages, paths: list[str], resize: str) -> None:
 
 
 def load_split(root: Path, split: str, size: int, *, skip_bad: bool = False,
-               cache_dir: Path | None = None, live: bool = False, resize: str = "bilinear") -> ImageSet:
+               cache_dir: Path | None = None, live: bool = False, resize: str = "bilinear",
+               prep: Preprocess | None = None) -> ImageSet:
     """Scan, fingerprint and decode a split; reuse the decoded array from `cache_dir` when present.
 
-    With `live`, images are still checked once here, but decoded again at every use (LiveImages).
+    With `live`, images are still checked once here, but decoded again at every use (LiveImages). Videos (and,
+    with `prep.faces`, still images) become their face crops first (tune/data/frames.py), tagged with their video.
     """
-    return load_files(scan_split(root, split), size, label=f"split '{split}' of {root}", skip_bad=skip_bad,
-                      cache_dir=cache_dir, live=live, resize=resize, train=split == "train")
+    files = scan_split(root, split)
+    label = f"split '{split}' of {root}"
+    prep = prep or Preprocess()
+    if not any(prep.touches(p) for p in files.paths):
+        return load_files(files, size, label=label, skip_bad=skip_bad, cache_dir=cache_dir, live=live,
+                          resize=resize, train=split == "train")
+    fp = settings_digest(fingerprint(files), prep)
+    frames_root = (Path(cache_dir).parent if cache_dir else cache_root()) / "frames"
+    paths, labels, videos, bad = prepare(files.paths, files.labels, files.split_dir, prep, frames_root)
+    if bad and not skip_bad:
+        listing = "; ".join(f"{p} ({why})" for p, why in sorted(bad)[:50])
+        more = f"; and {len(bad) - 50} more" if len(bad) > 50 else ""
+        raise DataError(f"{len(bad)} bad video(s) or image(s) in {label}: {listing}{more} (expected a readable "
+                        f"{'/'.join(e[1:] for e in VIDEO_EXTS)} video or image"
+                        f"{' with a face' if prep.faces else ''}; --skip-bad-images skips them)")
+    prepared = SplitFiles(split, paths, labels, files.ignored, files.split_dir, videos)
+    out = load_files(prepared, size, label=label, skip_bad=skip_bad, cache_dir=cache_dir, live=live, resize=resize,
+                     train=split == "train", fp=fp)
+    out.skipped = sorted({*out.skipped, *(str(p) for p, _ in bad)})
+    return out
 
 
 def load_files(files: SplitFiles, size: int, *, label: str, skip_bad: bool = False, cache_dir: Path | None = None,
-               live: bool = False, resize: str = "bilinear", train: bool = False) -> ImageSet:
+               live: bool = False, resize: str = "bilinear", train: bool = False, fp: str | None = None) -> ImageSet:
     """Fingerprint and decode listed images (a split, or a held-out source: tune/data/heldout.py) into an ImageSet
     named `files.split`; `label` says what they are in error messages. Both classes must be readable.
     resize crop: stored at decode.crop_side's side (`train`: the larger square the views are cut from)."""
     bad: list[tuple[Path, str]] = []
     if resize == "crop":
         size = crop_side(files.paths, size, train=train, label=label)
+    fp = fp or fingerprint(files)
+
+    def videos(keep: np.ndarray) -> list[str] | None:  # the kept rows' video keys; None: no video in the split
+        return [files.videos[i] for i in keep] if files.videos and any(files.videos) else None
+
     if live:  # every image checked once, a block at a time; none kept
         for _ in _decoded_blocks(files, size, bad, resize):
             pass
         keep = _kept(files, bad, label, skip_bad)
         paths = [str(files.paths[i]) for i in keep]
         return ImageSet(files.split, LiveImages(paths, size, resize), np.asarray([files.labels[i] for i in keep],
-                        dtype=np.float32), paths, fingerprint(files), [str(p) for p, _ in sorted(bad)], resize)
-    split, fp = files.split, fingerprint(files)
+                        dtype=np.float32), paths, fp, [str(p) for p, _ in sorted(bad)], resize, videos(keep))
+    split = files.split
     if cache_dir is None:  # in memory (tests, a cache turned off): filled a block at a time
         x = np.empty((len(files.paths), 3, size, size), dtype=np.uint8)
         rows = 0
@@ -262,7 +293,8 @@ def load_files(files: SplitFiles, size: int, *, label: str, skip_bad: bool = Fal
             rows += len(b)
         keep = _kept(files, bad, label, skip_bad)
         return ImageSet(split, x[:rows], np.asarray([files.labels[i] for i in keep], dtype=np.float32),
-                        [str(files.paths[i]) for i in keep], fp, [str(p) for p, _ in sorted(bad)], resize)
+                        [str(files.paths[i]) for i in keep], fp, [str(p) for p, _ in sorted(bad)], resize,
+                        videos(keep))
     # v2: 16-bit images are scaled by a fixed 65535 instead of each image's maximum.
     # the kept indices; written last, it marks completion
     marker = Path(cache_dir) / f"decoded-v2-{fp}-{'crop' if resize == 'crop' else ''}{size}.npz"
@@ -275,7 +307,8 @@ def load_files(files: SplitFiles, size: int, *, label: str, skip_bad: bool = Fal
 
                 write_rows(marker.with_suffix(".npy"), len(files.paths), (3, size, size), blocks())
                 buf = io.BytesIO()
-                np.savez(buf, keep=_kept(files, bad, label, skip_bad))
+                kept = _kept(files, bad, label, skip_bad)  # and each kept row's video key, beside the rows
+                np.savez(buf, keep=kept, videos=np.asarray(videos(kept) or [], dtype=str))
                 atomic_write_bytes(marker, buf.getvalue())
     with np.load(marker, allow_pickle=False) as z:
         keep = z["keep"]
@@ -286,7 +319,18 @@ def load_files(files: SplitFiles, size: int, *, label: str, skip_bad: bool = Fal
         raise DataError(f"{len(skipped)} unreadable image(s) in {files.split_dir}: "
                         f"{', '.join(skipped[:20])} (use --skip-bad-images to skip them)")
     y = np.asarray([files.labels[i] for i in keep], dtype=np.float32)
-    return ImageSet(split, x, y, [str(files.paths[i]) for i in keep], fp, skipped, resize)
+    return ImageSet(split, x, y, [str(files.paths[i]) for i in keep], fp, skipped, resize, videos(keep))
+
+
+def check_video_leaks(root: Path, splits: tuple[str, ...] = ("train", "valid", "test")) -> None:
+    """Refuse (one line) a video in two of `splits`, by id or by bytes. The search checks train and valid (it never
+    reads the test split); finalize, the one reader of the test split, checks all three before testing."""
+    listings = {s: [p for p in scan_split(root, s).paths if is_video(p)] for s in splits}
+    if sum(map(bool, listings.values())) < 2:
+        return
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        every = [p for ps in listings.values() for p in ps]
+        check_leaks(listings, dict(zip(every, pool.map(file_digest, every), strict=True)))
 
 
 def to_float(x: np.ndarray | torch.Tensor) -> torch.Tensor:

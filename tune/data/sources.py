@@ -70,12 +70,13 @@ def _parts(folder: Path) -> list[Path] | None:
 
 def _images(name: str, folder: Path, parts: list[Path]) -> Source:
     from tune.data.images import IMAGE_EXTS, _walk_files
+    from tune.data.video import is_video
 
     files: list[Path] = []
     labels: list[int] = []
     for part in parts:
         for d, label in class_dirs(part):
-            found = [f for f in _walk_files(d) if f.suffix.lower() in IMAGE_EXTS]
+            found = [f for f in _walk_files(d) if f.suffix.lower() in IMAGE_EXTS or is_video(f)]
             files += found
             labels += [label] * len(found)
     if not files:
@@ -126,3 +127,4 @@ class Scored:
     paths: list[str]
     p: dict[tuple[str, str], np.ndarray]
     bad: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of unreadable images
+    frames: Scored | None = None  # a source with videos: its videos' frames, one row each (the frame level)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from tune.core import UserError
 from tune.data.perturb import Condition
 from tune.data.sources import Scored, Source
+from tune.evaluation.video_scores import FileScores, needs_crops, score_file
 from tune.runs.files import Evaluation
 
 if TYPE_CHECKING:  # numpy/torch are imported on use, so `python -m tune --help` stays fast
@@ -109,22 +110,34 @@ def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions:
     files = [f for s in sources for f in s.files]
     p = {(n, c.name): np.full(len(files), np.nan) for n in models for c in conditions}
     why: dict[int, str] = {}
-    chunks = [files[k:k + CHUNK] for k in range(0, len(files), CHUNK)]
+    plain = [i for i, f in enumerate(files) if not needs_crops(f, models)]  # videos: scored one at a time below
+    chunks = [[files[i] for i in plain[k:k + CHUNK]] for k in range(0, len(plain), CHUNK)]
     for k, (good, x, bad) in enumerate(_prepared(chunks, conditions, sizes)):
-        why.update({k * CHUNK + i: reason for i, reason in bad.items()})
+        at = plain[k * CHUNK:(k + 1) * CHUNK]
+        why.update({at[i]: reason for i, reason in bad.items()})
         if not good:
             continue
-        rows = k * CHUNK + np.asarray(good)
+        rows = np.asarray([at[i] for i in good])
         for name, m in models.items():
             for c in conditions:
                 p[name, c.name][rows] = m.probabilities(x[c.name, (m.image_size, m.resize)], batch=BATCH)
+    cropped = {}
+    for i in sorted(set(range(len(files))) - set(plain)):
+        try:
+            cropped[i] = score_file(files[i], models, conditions)
+        except (ValueError, OSError) as e:
+            why[i] = str(e) if isinstance(e, ValueError) else f"cannot open: {e.strerror or e}"
+            continue
+        for key, v in cropped[i].p.items():
+            p[key][i] = v
     out, start = {}, 0
     for s in sources:
         keep = [i for i in range(len(s.files)) if start + i not in why]
         rows = start + np.asarray(keep, dtype=int)
         out[s.name] = Scored(np.asarray([s.labels[i] for i in keep], dtype=int), [str(s.files[i]) for i in keep],
                              {key: v[rows] for key, v in p.items()},
-                             [(str(s.files[i]), why[start + i]) for i in range(len(s.files)) if start + i in why])
+                             [(str(s.files[i]), why[start + i]) for i in range(len(s.files)) if start + i in why],
+                             frame_level([(s.labels[i], cropped.get(start + i)) for i in keep]))
         start += len(s.files)
     log(f"scored {len(files) - len(why)} image(s) in {len(sources)} source(s) x {len(models)} model(s) x "
         f"{len(conditions)} condition(s) in {time.perf_counter() - t0:.1f}s")
@@ -138,6 +151,19 @@ def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions:
         if len(out[s.name].y) == 0:
             raise UserError(f"no readable images in source {s.name} ({s.path})")
     return out
+
+
+def frame_level(files: list[tuple[int, FileScores | None]]) -> Scored | None:
+    """A source's videos' frames as one Scored (a row per frame), or None when it has no video scored by frame."""
+    import numpy as np
+
+    videos = [(label, f) for label, f in files if f is not None and f.frames]
+    if not videos:
+        return None
+    keys = list(videos[0][1].frame_p)
+    return Scored(np.asarray([label for label, f in videos for _ in f.frames], dtype=int),
+                  [path for _, f in videos for path in f.frames],
+                  {k: np.concatenate([f.frame_p[k] for _, f in videos]) for k in keys})
 
 
 # --------------------------------------------------------------------------- the command
@@ -161,6 +187,11 @@ def evaluate(models: list[LoadedModel], sources: list[Source], conditions: list[
     named = dict(zip(model_names(models), models))
     scored = score_all(sources, named, conditions, skip_bad=skip_bad, log=log)
     result = evaluation_statistics(named, sources, conditions, scored, resamples=resamples, seed=seed)
+    framed = [s for s in sources if scored[s.name].frames is not None]
+    if framed:  # both levels: the videos above, their frames here (each with its own mean over sources)
+        frames = {s.name: scored[s.name].frames for s in framed}
+        result.frames = evaluation_statistics(named, framed, conditions, frames,  # type: ignore[arg-type]
+                                              resamples=resamples, seed=seed).to_plain()
     return Evaluated(result, scored, evaluation_panels(named, scored, conditions[0].name))
 
 

@@ -115,8 +115,9 @@ def load_test(info: RunInfo, decoded_cache: Path | None, resize: str = "bilinear
     """The one read of the test split in the whole project (tests assert that)."""
     from tune.data import images as data
 
+    data.check_video_leaks(info.root)
     return data.load_split(info.root, "test", info.image_size, skip_bad=info.skip_bad, cache_dir=decoded_cache,
-                           resize=resize)
+                           resize=resize, prep=info.prep)
 
 
 def _fingerprints(info: RunInfo, data: Data) -> dict[str, Any]:
@@ -170,7 +171,7 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: 
     save_training(out, result)
     p_test = save_scores(out, result.model, valid, test)
     record = replace(run_record(cfg, result, fingerprints), name=c.name, kind=c.kind, trial_id=c.trial_id,
-                     run=info.name, metric=info.metric,
+                     run=info.name, metric=info.metric, preprocess=info.prep.to_dict(),
                      valid_score=metric_value(result.best, info.metric),  # by the run's rule (mean_auc, ...)
                      threshold=threshold, threshold_rule=THRESHOLD_RULES["at_valid_threshold"],
                      test={"at_0.5": binary_metrics(test.y, p_test, 0.5),
@@ -210,6 +211,10 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[Model
         variant_rows += ensembles.rows(row, preds[c.name], cells, samples)
     seeds = {c.name: samples[c.name, "seeds"] for c in cands}
     best = best_models(rows, seeds)
+    from tune.evaluation.video_comparison import section
+
+    video = section([(row, c.config, [info.run.finalize(c.name, r.seed) for r in records[c.name]])
+                     for row, c in zip(rows, cands, strict=True)], valid, test)
     return Comparison(
         run=info.name, metric=info.metric, n_test=len(y), test_fingerprint=test.fingerprint, rows=rows,
         best=best, picked=versus_most_accurate(rows, seeds, best, picked, info.mode) if picked else None,
@@ -218,7 +223,7 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[Model
                    "stratified_by_class": True, "statistic": "each resample's metric is averaged over seeds"},
         ensembles={"variants": ensembles.VARIANTS, "paired_against": "chosen_seed",
                    "paired_metrics": list(ensembles.PAIRED), "rows": variant_rows},
-        tradeoff=tradeoff.summary(rows, records, seeds, stats.ALPHA) if info.heldout else None)
+        tradeoff=tradeoff.summary(rows, records, seeds, stats.ALPHA) if info.heldout else None, video=video)
 
 
 def choose_seed(info: RunInfo, recs: list[ModelRecord]) -> ModelRecord:

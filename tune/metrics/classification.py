@@ -167,6 +167,8 @@ def bases() -> dict[str, str]:
     return {"loss": LOSS.mode, **{m.name: m.mode for m in METRICS.values()}}
 
 
+# Video-level: each valid video's P(fake) aggregated from its frames' (tune/metrics/video.py): val_video_auc, ...
+VIDEO = "val_video"
 HELDOUT = "xval"  # the held-out sources' prefix: xval_auc (their mean), xval[SOURCE]_auc (one source)
 # Reported per held-out source too, and paired between models per source by `evaluate` (the papers'
 # per-generator numbers)
@@ -192,6 +194,7 @@ def search_metrics() -> dict[str, str]:
     base = bases()
     out = {f"val_{b}": mode for b, mode in base.items()}
     out |= {f"{HELDOUT}_{b}": mode for b, mode in base.items()}
+    out |= {f"{VIDEO}_{m.name}": m.mode for m in METRICS.values()}
     for b, mode in base.items():
         out |= {f"mean_{b}": mode, f"{worst_prefix(mode)}_{b}": mode}
     return out
@@ -202,7 +205,7 @@ def split_name(name: str) -> tuple[str, str]:
     mean_auc -> ("mean", "auc"). A bare "auc" is ("val", "auc"); best_ in front is ignored."""
     kind, _, base = name.removeprefix("best_").rpartition("_")
     held_out_source = kind.startswith(f"{HELDOUT}[") and kind.endswith("]")
-    if base not in bases() or not (kind in ("", "val", HELDOUT, *COMBINED) or held_out_source):
+    if base not in bases() or not (kind in ("", "val", HELDOUT, VIDEO, *COMBINED) or held_out_source):
         raise KeyError(name)
     return kind or "val", base
 
@@ -214,7 +217,16 @@ def mode_of(name: str) -> str:
 
 def needs_heldout(name: str) -> bool:
     """True when `name` cannot be computed without held-out validation sources."""
-    return split_name(name)[0] != "val"
+    return split_name(name)[0] not in ("val", VIDEO)
+
+
+def is_video_metric(name: str) -> bool:
+    """True for a video-level metric (val_video_auc): valid must hold videos. False for any other name, a cost
+    objective's (latency_ms) included."""
+    try:
+        return split_name(name)[0] == VIDEO
+    except KeyError:
+        return False
 
 
 def describe(name: str) -> str:
@@ -223,6 +235,8 @@ def describe(name: str) -> str:
     label = METRICS[base].label if base in METRICS else LOSS.label
     if kind == "val":
         return f"{name}: {label} on the valid split"
+    if kind == VIDEO:
+        return f"{name}: {label} over the valid split's videos (each video's P(fake) aggregated from its frames')"
     if kind == HELDOUT:
         return f"{name}: {label} averaged over the held-out validation sources (each source weighs the same)"
     if kind not in COMBINED:

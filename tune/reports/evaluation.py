@@ -39,6 +39,9 @@ def render_markdown(ev: Evaluation, *, level: int = 1, title: str = "Evaluation"
     lines += ["", f"Cells: value on all images [{b['level']:.0%} stratified bootstrap interval, {b['resamples']} "
               "resamples]. At valid: at the model's threshold chosen on valid; at 0.5: at 0.5. The mean row "
               "averages the sources (each source weighs the same)."]
+    if ev.frames:
+        lines += ["", "Videos count as one row each: a video's P(fake) is its sampled frames' P(fake) aggregated by "
+                  "the model's video_agg; the same tables per frame follow (Per frame)."]
     for cond in ev.conditions:
         lines += ["", f"{h}# {cond['name']}", "", evaluation_table(ev, cond["name"]).markdown()]
     if len(ev.conditions) > 1:
@@ -52,6 +55,9 @@ def render_markdown(ev: Evaluation, *, level: int = 1, title: str = "Evaluation"
     if ev.paired:
         lines += ["", f"{h}# Paired bootstrap (same resamples for both models; two-sided p, not corrected for "
                   "multiple comparisons)", "", paired_table(ev).markdown()]
+    if ev.frames:  # sources with videos: the rows above are videos; here, the same of their frames
+        lines += ["", render_markdown(Evaluation.from_dict(ev.frames), level=level + 1,
+                                      title="Per frame (each sampled frame of the videos scored alone)")]
     if ev.plots:
         lines.append("")
         lines += [f"![{name}]({path})" for name, path in ev.plots.items()]

@@ -94,6 +94,7 @@ def comparison(ctx: Context) -> str:
         ensemble_lines,
         ensemble_table,
         rule_table,
+        video_table,
     )
 
     cmp = ctx.cmp
@@ -111,6 +112,8 @@ def comparison(ctx: Context) -> str:
     if cmp.ensembles is not None:  # comparison.json files from before ensembles have none
         out.append("<h3>Ensembles and flip TTA</h3>" + ensemble_table(cmp).html())
         out.append('<ul class="ensembles">' + "".join(f"<li>{escape(ln)}</li>" for ln in ensemble_lines(cmp)) + "</ul>")
+    if cmp.video:
+        out.append(f"<h3>Per video ({cmp.video['n_videos']} test videos)</h3>" + video_table(cmp).html())
     if cmp.evaluation is None:
         out.append('<p class="note">No per-source or robustness tables: this run was finalized without extra test '
                    "sets.</p>")

@@ -204,12 +204,26 @@ def comparison_markdown(cmp: Comparison) -> str:
     free = [m for m in RANKING_METRICS if m != "auc"]
     out += ["Threshold-free:", "", rule_table(cmp.rows, "at_0.5", free).markdown(), comparison_caption(cmp), ""]
     out += verdict_lines(cmp) + picked_lines(cmp)
+    if cmp.video:
+        out += ["", f"### Per video ({cmp.video['n_videos']} test videos, {cmp.video['n_frames']} frames)", "",
+                video_table(cmp).markdown()]
     costs = cost_table(cmp)
     if costs is not None:
         out += ["", "### Costs", "", costs.markdown()]
     if cmp.ensembles is not None:  # comparison.json files from before ensembles have none
         out += ["", "### Ensembles and flip TTA", "", ensemble_table(cmp).markdown(), *ensemble_lines(cmp)]
     return "\n".join(out) + "\n"
+
+
+def video_table(cmp: Comparison) -> Table:
+    """Each model's cells per test video at both threshold rules: ROC-AUC, then accuracy at each rule."""
+    rows = (cmp.video or {}).get("rows", [])
+    head = ["Model", "Aggregation", label("auc"), label("ap"), label("eer"),
+            *(f"{label('accuracy')} at {rule_name(rule)}" for rule in THRESHOLD_RULES)]
+    return Table(head, [[r["model"], r["aggregation"], *(cell_of(r["at_0.5"].get(m)).text() for m in ("auc", "ap",
+                                                                                                     "eer")),
+                         *(cell_of(r[rule].get("accuracy")).text() for rule in THRESHOLD_RULES)] for r in rows],
+                 caption=(cmp.video or {}).get("about", ""))
 
 
 def cells_csv(rows: list[dict[str, Any]], keys: list[str]) -> str:
@@ -231,6 +245,7 @@ def comparison_csv(cmp: Comparison) -> str:
     """comparison.csv: every cell of every predictor of every model (variant `seeds` is the main table)."""
     rows = [{**r, "variant": "seeds"} for r in cmp.rows]
     rows += [r for r in (cmp.ensembles or {}).get("rows", []) if r["variant"] != "seeds"]
+    rows += [{**r, "variant": "video"} for r in (cmp.video or {}).get("rows", [])]
     return cells_csv(rows, ["name", "kind", "variant"])
 
 

@@ -42,6 +42,7 @@ class Comparison:
     evaluation: dict[str, Any] | None = None
     picked: dict[str, Any] | None = None  # finalize --pick: the shipped model against the most accurate
     costs: dict[str, Any] | None = None  # how each row's `costs` were measured (tune.evaluation.costs)
+    video: dict[str, Any] | None = None  # a test split with videos: its cells per video (video_comparison.py)
 
     @classmethod
     def load(cls, path: Path) -> Comparison:
@@ -84,6 +85,7 @@ class Evaluation:
     metrics: dict[str, str] = field(default_factory=dict)
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    frames: dict[str, Any] | None = None  # sources with videos: the same evaluation of their frames, one row each
 
     @classmethod
     def load(cls, path: Path) -> Evaluation:

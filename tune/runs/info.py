@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError
+from tune.data.frames import Preprocess
 from tune.runs.layout import Run, RunRecord
 from tune.training.config import TrainConfig
 
@@ -37,6 +38,11 @@ class RunInfo:
     space: dict[str, Any]
     meta: RunRecord  # run.json
     moved_heldout: tuple[Path, ...] | None = None  # --valid-extra: where the recorded held-out sources are now
+
+    @property
+    def prep(self) -> Preprocess:
+        """How the search made videos and faces into inputs (run.json's space; whole images before videos)."""
+        return Preprocess.record(self.space.get("prep"))
 
     @property
     def run(self) -> Run:
@@ -85,7 +91,7 @@ def load_train_valid(info: RunInfo, cache_dir: Path | None, resize: str = "bilin
     out = []
     for split in ("train", "valid"):
         s = data.load_split(info.root, split, info.image_size, skip_bad=info.skip_bad, cache_dir=decoded,
-                            resize=resize)
+                            resize=resize, prep=info.prep)
         if s.fingerprint != info.fingerprints[split]:
             raise UserError(f"the {split} data in {info.root} changed since search {info.name} ran (fingerprint "
                             f"{info.fingerprints[split]} in run.json, {s.fingerprint} now); its numbers cannot be "

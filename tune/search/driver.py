@@ -30,7 +30,8 @@ import torch
 from tune import FAKE, REAL
 from tune.core import UserError, library_versions
 from tune.core.processes import Interrupted, stop_on_signals
-from tune.data.images import ImageSet, load_split
+from tune.data.frames import Preprocess
+from tune.data.images import ImageSet, check_video_leaks, load_split
 from tune.metrics.costs import COSTS, Serving
 from tune.runs.layout import (
     DataRecord,
@@ -91,7 +92,7 @@ def space_from_record(d: dict[str, Any]) -> SearchSpace:
     return SearchSpace(**{**d, "budget": BudgetSpec(**d["budget"]), "resources": Resources(**d["resources"]),
                           "architectures": archs, "valid_extra": tuple(d.get("valid_extra", ())),
                           "objectives": tuple(tuple(o) for o in d.get("objectives", ())),
-                          "latency": Serving(**d.get("latency", {}))})
+                          "latency": Serving(**d.get("latency", {})), "prep": Preprocess.record(d.get("prep"))})
 
 
 # --------------------------------------------------------------------------- plan
@@ -171,8 +172,10 @@ def prepare(opts: SearchOptions, run: Run, old: RunRecord | None, space: SearchS
     cache = opts.cache_dir / "decoded" if opts.use_cache and opts.cache_dir else None
     t0 = time.time()
     # --no-cache: every trial decodes every image every epoch, like the usual pipeline (for comparison)
+    check_video_leaks(data_root, ("train", "valid"))  # the test split: finalize checks it, the search never reads it
     train, valid = (load_split(data_root, s, space.image_size, skip_bad=opts.skip_bad, cache_dir=cache,
-                               live=not opts.use_cache) for s in ("train", "valid"))
+                               live=not opts.use_cache, prep=space.prep) for s in ("train", "valid"))
+    check_video_metric(space, valid)
     extra, held_out = heldout.for_training(
         [Path(d) for d in space.valid_extra], space.image_size, train, valid, data_root,
         recorded=old.data.valid_extra if old else None, repoint=opts.valid_extra if old else None,
@@ -232,8 +235,18 @@ def crop_sets(opts: SearchOptions, space: SearchSpace, record: RunRecord,
         return None
     cache = opts.cache_dir / "decoded" if opts.use_cache and opts.cache_dir else None
     kw: dict[str, Any] = {"skip_bad": opts.skip_bad, "cache_dir": cache, "live": not opts.use_cache, "resize": "crop"}
-    train, valid = (load_split(data_root, s, space.image_size, **kw) for s in ("train", "valid"))
+    train, valid = (load_split(data_root, s, space.image_size, prep=space.prep, **kw) for s in ("train", "valid"))
     return train, valid, load_recorded(record.data.valid_extra, space.image_size, what="the search started", **kw)
+
+
+def check_video_metric(space: SearchSpace, valid: ImageSet) -> None:
+    """A video-level metric or objective needs videos in the valid split: refused in one line before any trial."""
+    from tune.metrics.classification import is_video_metric
+
+    wanted = [n for n, _ in space.goals if is_video_metric(n)]
+    if wanted and not valid.videos:
+        raise UserError(f"{wanted[0]} scores videos, and the valid split holds none (expected videos "
+                        "in valid/Fake and valid/Real; or select by a frame-level metric such as val_auc)")
 
 
 # --------------------------------------------------------------------------- run

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from tune.core import UserError
+from tune.data.frames import Preprocess
 from tune.metrics.classification import needs_heldout, search_metrics
 from tune.metrics.costs import Serving
 from tune.models.detector import parse_head_sizes
@@ -94,6 +95,7 @@ class SearchSpace:
     objectives: tuple[tuple[str, str], ...] = ()  # (name, mode) of each; () : the one objective (metric, mode)
     sampler: str = "tpe"  # tpe or nsga2
     latency: Serving = Serving()  # how each trial measures what its kept model costs to serve
+    prep: Preprocess = field(default_factory=Preprocess)  # `video: {frames: K}` and `faces: {...}` (data/frames.py)
 
     @property
     def goals(self) -> tuple[tuple[str, str], ...]:
@@ -246,7 +248,7 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
     valid_extra paths are relative to `base` (the space file's folder)."""
     doc = _mapping(src, "(top level)", doc)
     top = ("metric", "mode", "seed", "image_size", "budget", "resources", "fixed", "architectures", "valid_extra",
-           "cache_dtype", "checkpoints", "objectives", "sampler", "latency")
+           "cache_dtype", "checkpoints", "objectives", "sampler", "latency", "video", "faces")
     _check_keys(src, "", doc, top)
     metrics = search_metrics()
     objectives = parse_objectives(src, doc["objectives"]) if "objectives" in doc else ()
@@ -315,7 +317,8 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
     space = SearchSpace(src, metric, mode, seed, image_size, budget, resources, fixed, archs, valid_extra,
                         cache_dtype=cache_dtype, checkpoints=checkpoints, objectives=objectives,
                         sampler=parse_sampler(src, doc.get("sampler", "tpe")),
-                        latency=measuring(parse_serving(src, doc.get("latency", {})), objectives))
+                        latency=measuring(parse_serving(src, doc.get("latency", {})), objectives),
+                        prep=_prep(src, doc))
     for arch in archs:  # the fixed part must itself be a valid training config
         try:
             TrainConfig.from_dict({k: v for k, v in space.base_config(arch).items()})
@@ -323,6 +326,16 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
             raise _err(src, f"architectures.{arch}", f"invalid fixed values: {e}") from None
         _check_choices(src, space, arch)
     return space
+
+
+def _prep(src: str, doc: dict[str, Any]) -> Preprocess:
+    """The `video:` and `faces:` blocks; a problem is one line naming the block."""
+    for key in ("video", "faces"):
+        try:
+            Preprocess.parse(**{key: doc.get(key)})
+        except (UserError, TypeError) as e:
+            raise _err(src, key, str(e).removeprefix(f"{key}: ")) from None
+    return Preprocess.parse(doc.get("video"), doc.get("faces"))
 
 
 def _check_choices(src: str, space: SearchSpace, arch: str) -> None:

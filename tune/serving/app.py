@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException
 
 from tune.inference import LoadedModel
 from tune.metrics.classification import METRICS
+from tune.serving.clips import MAX_VIDEO_S, VIDEO_TYPES, ClipRefused, clip_answer, prepare_clip
 
 MAX_FILES = 256  # files in one /predict/batch request
 INLINE_DECODE = 256_000  # bytes: bodies up to this size are decoded without a thread hand-off
@@ -175,7 +176,7 @@ class DetectorApp:
     """One replica: the model, its description, and the batched forward pass."""
 
     def __init__(self, model_path: str, max_batch: int, batch_wait_s: float, max_bytes: int, threads: int,
-                 loopback: bool) -> None:
+                 loopback: bool, max_video_s: float = MAX_VIDEO_S) -> None:
         import warnings
 
         import torch
@@ -197,7 +198,9 @@ class DetectorApp:
         self.description = describe(self.loaded)
         self.explain = explain_status(self.loaded)
         self.max_bytes = max_bytes
-        self.limits = {"max_bytes": max_bytes, "max_pixels": MAX_PIXELS, "max_files": MAX_FILES}
+        self.max_video_s = max_video_s
+        self.limits = {"max_bytes": max_bytes, "max_pixels": MAX_PIXELS, "max_files": MAX_FILES,
+                       "max_video_s": max_video_s, "video_frames": self.loaded.prep.video.frames}
         self.page = (resources.files("tune.serving") / "web" / "index.html").read_text(encoding="utf-8")
         self.score.set_max_batch_size(max_batch)
         self.batch_wait_s = batch_wait_s
@@ -289,6 +292,26 @@ class DetectorApp:
                                                                               out["p_fake"])
         return JSONResponse({**out, "model": self.identity, "latency_ms": (time.perf_counter() - t0) * 1000})
 
+    @app.post("/predict/video")
+    async def predict_video(self, request: Request) -> JSONResponse:
+        """One clip (a video/* or octet-stream body, or one multipart file): its verdict and each frame's score."""
+        t0 = time.perf_counter()
+        kind = media_type(request)
+        if not (kind == "multipart/form-data" or kind.startswith("video/") or kind in VIDEO_TYPES):
+            raise BadInput(415, f"unsupported content type {kind or '(none)'!r}: send the clip as the body with a "
+                           "video/* content type, or as one multipart/form-data file")
+        body = await read_body(request, self.max_bytes)
+        files = await form_files(request, body) if kind == "multipart/form-data" else [("body.mp4", body)]
+        if len(files) != 1:
+            raise BadInput(400, f"{len(files)} files sent to /predict/video; send one clip")
+        try:
+            clip = await asyncio.to_thread(prepare_clip, self.loaded, files[0][1], files[0][0], self.max_video_s)
+        except ClipRefused as e:
+            raise BadInput(e.status, e.message) from None
+        p = await asyncio.get_running_loop().run_in_executor(self.forward_thread, self.forward, clip.x)
+        return JSONResponse({**clip_answer(self.loaded, clip, p), "model": self.identity,
+                             "latency_ms": (time.perf_counter() - t0) * 1000})
+
     @app.post("/predict/batch")
     async def predict_batch(self, request: Request) -> JSONResponse:
         t0 = time.perf_counter()
@@ -346,10 +369,10 @@ class DetectorApp:
 
 
 def build(model_path: Path, *, replicas: int, max_batch: int, batch_wait_ms: float, max_bytes: int,
-          threads: int, cpus_per_replica: float, loopback: bool) -> Any:
+          threads: int, cpus_per_replica: float, loopback: bool, max_video_s: float = MAX_VIDEO_S) -> Any:
     """The Serve application: `replicas` copies of the deployment, each with its own torch threads."""
     # Serve's default of 5 ongoing requests per replica would cap every batch at 5 and queue the rest in
     # the proxy, which backs off between retries: allow a few batches' worth.
     return DetectorApp.options(num_replicas=replicas, max_ongoing_requests=max(4 * max_batch, 16),
                             ray_actor_options={"num_cpus": cpus_per_replica}).bind(
-        str(Path(model_path).absolute()), max_batch, batch_wait_ms / 1000.0, max_bytes, threads, loopback)
+        str(Path(model_path).absolute()), max_batch, batch_wait_ms / 1000.0, max_bytes, threads, loopback, max_video_s)

@@ -127,7 +127,8 @@ def describe(loaded: LoadedModel) -> dict[str, Any]:
         "config": r.config, "weights_source": r.weights_source, "data": data,
         "chosen_by": r.chosen_by, "valid_best": r.best, "valid_score": r.valid_score,
         "test_metrics": test_metrics(loaded, files), "evaluation": evaluation(loaded, files),
-        "versions": r.versions, "device_trained_on": r.device, "notes": loaded.notes})
+        "versions": r.versions, "device_trained_on": r.device, "notes": loaded.notes,
+        "preprocess": r.preprocess})
 
 
 def _quantized(q: dict[str, Any] | None) -> list[str]:
@@ -138,6 +139,20 @@ def _quantized(q: dict[str, Any] | None) -> list[str]:
             f"{q['max_abs_diff']:.3g} (limit {q['limit']:g}), mean {q['mean_abs_diff']:.2g}; "
             f"{q['ms_per_image_fp32']:.3g} -> {q['ms_per_image_int8']:.3g} ms/image at batch 1, one thread "
             f"(x{q['speedup']:.2f})."]
+
+
+def _preprocess(p: dict[str, Any] | None) -> list[str]:
+    """The card's line on how inputs are cut from files before the resize (tune.data.frames.Preprocess): the
+    exported graph takes the crops, so a user of the ONNX file must cut them the same way."""
+    if not p or not p.get("faces"):
+        return [f"- Videos: {p['video']['frames']} frames spaced evenly over the clip, each scored whole; the "
+                "clip's P(fake) aggregates them (video_agg in the configuration)."] if p else []
+    f = p["faces"]
+    return [f"- Faces, before the resize: the largest face found by {f['detector']} (tune/data/faces.py), cut as a "
+            f"square of {f['margin']:g} x the face box's longer side centred on it (black outside the frame), "
+            f"resized bilinearly to {f['size']} px; a video: {p['video']['frames']} frames spaced evenly, each "
+            "frame's crop scored, the clip's P(fake) their aggregation (video_agg in the configuration). Inputs "
+            "cut any other way are not what the model was trained on."]
 
 
 def render_card(d: dict[str, Any], export: dict[str, Any]) -> str:
@@ -156,6 +171,7 @@ def render_card(d: dict[str, Any], export: dict[str, Any]) -> str:
              + ("the centre crop at native resolution (never resized)" if cfg.get("resize") == "crop" else
                 "resized with bilinear interpolation")
              + f"; any normalisation, and the input transform ({cfg.get('input', 'rgb')}), is inside.",
+             *_preprocess(d.get("preprocess")),
              f"- Output `{export['output']}`: {export['output_meaning']}, shape (N,).",
              f"- Decision rule: Fake when P(fake) >= {d['threshold']:.6g} ({d['threshold_rule']}).",
              f"- Exported with torch.onnx (opset {export['opset']}); parity with PyTorch under onnxruntime on "

@@ -13,11 +13,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tune.core import atomic_write_bytes, atomic_write_text
+from tune.data.video import is_video
 from tune.inference import LoadedModel
 
 if TYPE_CHECKING:
@@ -30,16 +31,19 @@ class Prediction:
     p_fake: float  # NaN when the image could not be read
     label: str  # "Fake", "Real" or "" when unreadable
     error: str = ""
+    # a video: each scored frame's (index, time in s, P(fake)); its p_fake is their aggregation (video_agg)
+    frames: list[tuple[int, float, float]] = field(default_factory=list)
+    boxes: list[tuple[int, int, int, int] | None] = field(default_factory=list)  # each frame's face box
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
-    """Files as given (whatever their extension: the user named them), folders scanned for images."""
+    """Files as given (whatever their extension: the user named them), folders scanned for images and videos."""
     from tune.data.images import IMAGE_EXTS
 
     found: list[Path] = []
     for p in inputs:
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            found += sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix.lower() in IMAGE_EXTS or is_video(f)))
         else:
             found.append(p)  # a missing file becomes an error row, not a crash
     return found
@@ -69,7 +73,11 @@ def predict(loaded: LoadedModel, files: list[Path], explain_to: Path | None = No
         good.clear()
         pixels.clear()
 
+    prep = loaded.prep
     for i, f in enumerate(files):
+        if prep.touches(f):  # a video, or an image to crop the face from: its own rows, scored at once
+            score_file(loaded, f, rows[i], explained)
+            continue
         try:
             pixels.append(loaded.decode(f))
             good.append(i)
@@ -82,6 +90,23 @@ def predict(loaded: LoadedModel, files: list[Path], explain_to: Path | None = No
     if explained is not None:
         explained.finish()
     return rows
+
+
+def score_file(loaded: LoadedModel, f: Path, row: Prediction, explained: Explanations | None = None) -> None:
+    """A video (its frames' face crops) or a face-cropped image, prepared as the model's training prepared it."""
+    try:
+        x, crops = loaded.inputs(f)
+    except (ValueError, OSError) as e:
+        row.error = str(e) if isinstance(e, ValueError) else f"cannot open: {e.strerror or e}"
+        return
+    p = loaded.probabilities(x)
+    row.p_fake = loaded.video_score(p) if is_video(f) else float(p[0])
+    row.label = loaded.label(row.p_fake)
+    row.frames = [(c.frame, c.time_s, float(q)) for c, q in zip(crops, p, strict=True)]
+    row.boxes = [c.box for c in crops]
+    if explained is not None:
+        explained.add(x, [Prediction(f"{f.stem}-f{c.frame:06d}{f.suffix}", float(q), loaded.label(float(q)))
+                          for c, q in zip(crops, p, strict=True)])
 
 
 class Explanations:
@@ -123,6 +148,8 @@ def render_csv(rows: list[Prediction]) -> str:
     w.writerow(["path", "p_fake", "label", "error"])
     for r in rows:
         w.writerow([r.path, "" if math.isnan(r.p_fake) else repr(r.p_fake), r.label, r.error])
+        for frame, t, p in r.frames if len(r.frames) > 1 else ():  # a video's frames, after its verdict
+            w.writerow([f"{r.path}#frame={frame}&t={t:.3f}", repr(p), "", ""])
     return buf.getvalue()
 
 
@@ -132,6 +159,8 @@ def render_table(rows: list[Prediction]) -> str:
     for r in rows:
         p = "" if math.isnan(r.p_fake) else f"{r.p_fake:.4f}"
         lines.append(f"{r.path:<{width}}  {p:>8}  {r.label:<5}  {r.error}".rstrip())
+        if len(r.frames) > 1:
+            lines.append(f"{'':<{width}}  frames: " + " ".join(f"{t:.1f}s:{q:.2f}" for _, t, q in r.frames))
     return "\n".join(lines) + "\n"
 
 

@@ -58,6 +58,8 @@ def check_options(a: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(a, name)}")
     if a.port > 65535:
         raise UserError(f"--port must be <= 65535, got {a.port}")
+    if getattr(a, "max_video_s", 1.0) <= 0:
+        raise UserError(f"--max-video-s must be > 0, got {a.max_video_s}")
     if a.batch_wait_ms < 0:
         raise UserError(f"--batch-wait-ms must be >= 0, got {a.batch_wait_ms}")
     if not a.address:  # a remote cluster's head binds the port, not this machine

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError
 from tune.metrics.classification import search_metrics
+from tune.metrics.video import AGGREGATIONS, DEFAULT_TOPK
 from tune.models.registry import DEFAULT_ARCH
 
 if TYPE_CHECKING:
@@ -63,6 +64,10 @@ class TrainConfig:
                                    "metric unless it says otherwise); with held-out validation sources also "
                                    "xval_*, mean_* or min_*/max_* (tune/metrics/classification.py)",
                                    choices=tuple(search_metrics()))
+    video_agg: str = opt("mean", "a video's P(fake) from its frames': mean, max, or topk (the mean of the video_topk "
+                                 "highest); valid and test videos are scored with it (tune/metrics/video.py)",
+                         choices=AGGREGATIONS)
+    video_topk: int = opt(DEFAULT_TOPK, "k of video_agg topk")
     seed: int = opt(0, "seed of initialisation, order, flips, augmented views and dropout", searchable=False)
     image_size: int = opt(224, "images are resized (or cropped, see resize) to this square side", searchable=False)
     # what the model sees (tune/models/inputs.py): part of the model, so exported and served with it

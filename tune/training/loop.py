@@ -42,6 +42,7 @@ from tune.metrics.classification import (
     needs_heldout,
 )
 from tune.metrics.costs import COSTS, MEASURE_S
+from tune.metrics.video import video_row
 from tune.models.detector import Detector, count_params
 from tune.models.inputs import with_input
 from tune.models.registry import build_model
@@ -253,6 +254,7 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
                  for k, s in enumerate(extra, 1)})
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                **{f"val_{k}": m.get(k, math.nan) for k in METRICS}, **held,
+               **({} if diverged else video_row(valid.y, probs, valid.videos, cfg.video_agg, cfg.video_topk)),
                "lr": optimizer.param_groups[0]["lr"],  # the head's, at the epoch's last step (the schedule)
                "epoch_time": time.perf_counter() - t0}  # the held-out sources' scoring included
         value = metric_value(row, cfg.monitor)

@@ -20,7 +20,7 @@ from tune.core import (
     plain,
     read_json,
 )
-from tune.metrics.classification import HELDOUT, METRICS
+from tune.metrics.classification import HELDOUT, METRICS, VIDEO
 from tune.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", *(f"val_{k}" for k in METRI
 
 def history_csv(history: list[dict[str, Any]]) -> str:
     """One row per epoch; a training with held-out validation sources also gets their xval_ columns."""
-    held = [k for k in dict.fromkeys(k for row in history for k in row) if k.startswith(HELDOUT)]
+    held = [k for k in dict.fromkeys(k for row in history for k in row) if k.startswith((VIDEO, HELDOUT))]
     fields = HISTORY_FIELDS[:3 + len(METRICS)] + held + HISTORY_FIELDS[3 + len(METRICS):]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
@@ -73,6 +73,9 @@ class ModelRecord:
     frozen_params: int | None = None
     threads: int | None = None
     device: str = "cpu"
+    # how a file became the model's inputs: video frames and face crops (tune.data.frames.Preprocess.to_dict);
+    # predict, serve and evaluate prepare their inputs the same way. None: whole images (a record from before)
+    preprocess: dict[str, Any] | None = None
     precision: str | None = None  # the arithmetic that ran (fp32, bf16, fp16); None: recorded before it was a choice
     versions: dict[str, str] = field(default_factory=dict)
     # finalize's retrainings
@@ -136,9 +139,11 @@ def save_training(out: Path, result: FitResult) -> None:
 
 
 def save_run(out: Path, cfg: TrainConfig, result: FitResult, data: dict[str, Any],
-             y_valid: np.ndarray | None = None) -> ModelRecord:
-    """out/best.pth (state_dict), out/history.csv (per epoch), out/record.json (everything else)."""
+             y_valid: np.ndarray | None = None, preprocess: dict[str, Any] | None = None) -> ModelRecord:
+    """out/best.pth (state_dict), out/history.csv (per epoch), out/record.json (everything else; `preprocess`:
+    how videos and faces became its inputs, tune.data.frames.Preprocess.to_dict)."""
     record = run_record(cfg, result, data, y_valid)
+    record.preprocess = preprocess
     save_training(out, result)
     record.weights_sha256 = file_sha256(out / WEIGHTS)
     record.save(out / RECORD)
