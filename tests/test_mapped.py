@@ -133,7 +133,8 @@ def test_a_ray_trial_maps_the_split_instead_of_copying_it(ray_session, big: dict
     base = in_trial(data(tiny(big["train"]), tiny(big["valid"])))
     mapped = in_trial(data(big["train"], big["valid"]))
     copied = in_trial(data(as_memmap(big["train"]), big["valid"]))  # the control: the measure sees a copy
-    assert copied["entry_kb"] - base["entry_kb"] > 0.8 * split_kb
+    # Half, not all of it: under load a worker's baseline moves by a few MB (CI once saw 0.799 of the split).
+    assert copied["entry_kb"] - base["entry_kb"] > 0.5 * split_kb
     assert mapped["entry_kb"] - base["entry_kb"] < 0.25 * split_kb
     assert mapped["after_kb"] - base["entry_kb"] < 0.25 * split_kb  # reading it all adds nothing private
     assert mapped["total"] == copied["total"]
@@ -149,7 +150,7 @@ def test_a_finalize_job_maps_the_split_instead_of_copying_it(big: dict[str, Any]
     base = in_job((tiny(big["train"]), tiny(big["valid"])))
     mapped = in_job((big["train"], big["valid"]))
     copied = in_job((as_memmap(big["train"]), big["valid"]))
-    assert copied["entry_kb"] - base["entry_kb"] > 0.8 * split_kb
+    assert copied["entry_kb"] - base["entry_kb"] > 0.5 * split_kb
     assert mapped["after_kb"] - base["entry_kb"] < 0.25 * split_kb
 
 
