@@ -107,9 +107,10 @@ def run(a: argparse.Namespace) -> int:
     print(trial_counts(board))
     if not a.no_finalize:
         from tune.cli.finalize import finalize
+        from tune.evaluation.finalize import FinalizeOptions
         from tune.evaluation.jobs import finalize_jobs
 
-        finalize(run_dir, seeds=a.seeds, cache_dir=cache_root(), jobs=finalize_jobs(run_dir))
+        finalize(run_dir, FinalizeOptions(seeds=a.seeds, cache_dir=cache_root(), jobs=finalize_jobs(run_dir)))
     else:
         from tune.reports.html import write_report
 
