@@ -1,5 +1,6 @@
 """What several commands share: their common options (RUN, --storage, --data, --seeds, --model), each declared
-here once and checked as it is parsed, the built-in data, the allocator."""
+here once and checked as it is parsed, the built-in data, the allocator. Importing this module does nothing: a
+command calls what it needs when it starts."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ from pathlib import Path
 from tune.core import UserError, cache_root
 from tune.inference import MODEL_FILES
 
-# Allocator settings measured on a 2-core VM where page faults are expensive: about 2x on torch.
-# glibc reads these when a process starts, so they reach the Ray workers this process starts;
-# fast_allocator() applies them to this process too.
-os.environ.setdefault("MALLOC_MMAP_MAX_", "0")
-os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "100000000000")
+# Allocator settings measured on a 2-core VM where page faults are expensive: about 2x on torch. glibc reads
+# these when a process starts, so set in the environment they reach the processes a command starts (its Ray
+# workers); fast_allocator() applies them to the command's own process too.
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 VALID_EXTRA_HELP = ("held-out validation sources, scored every epoch and never trained on: folders with Fake/ and "
@@ -95,10 +95,19 @@ def run_folder(a: argparse.Namespace) -> Path:
     return resolve_run(a.run, results_root(a.storage))
 
 
+def allocator_environment() -> None:
+    """ALLOCATOR_ENV into this process's environment, where a user has not set them: every process started
+    from now on (Ray's workers, finalize's jobs) starts with them."""
+    for name, value in ALLOCATOR_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 def fast_allocator() -> None:
-    """The settings above for this running process, through glibc's mallopt: freed memory is kept for
-    reuse instead of going back to the OS and faulting in again. EfficientNet-Lite0 at 128 px, batch
-    32, 2 threads: 104 -> 189 img/s. Without glibc (musl, macOS) there is nothing to do."""
+    """ALLOCATOR_ENV for the processes this one starts (allocator_environment) and, through glibc's mallopt,
+    for this running process: freed memory is kept for reuse instead of going back to the OS and faulting in
+    again. EfficientNet-Lite0 at 128 px, batch 32, 2 threads: 104 -> 189 img/s. Without glibc (musl, macOS)
+    there is nothing to do. Every command calls it as it starts (tune.cli.main)."""
+    allocator_environment()
     import ctypes
     import ctypes.util
 
