@@ -42,6 +42,7 @@ architectures:
 
 def make_run(trials: int) -> Path:
     from tune.cli.finalize import finalize
+    from tune.evaluation.finalize import FinalizeOptions
     from tune.search.driver import SearchOptions, run_search
 
     work = Path(tempfile.mkdtemp(prefix="bench-report-"))
@@ -50,7 +51,7 @@ def make_run(trials: int) -> Path:
     t0 = time.perf_counter()
     run_dir = run_search(SearchOptions(space=work / "space.yaml", data=data, name="report200",
                                        results=work / "results", trials=trials, cache_dir=work / "cache"))
-    finalize(run_dir, seeds=1, cache_dir=work / "cache", log=lambda s: None)
+    finalize(run_dir, FinalizeOptions(seeds=1, cache_dir=work / "cache"), log=lambda s: None)
     print(f"search of {trials} trials + finalize (1 seed) took {time.perf_counter() - t0:.0f} s")
     return run_dir
 

@@ -18,6 +18,12 @@ os.environ.setdefault("TUNE_OFFLINE", "1")
 # server subprocess starts, so they inherit it; removed when the session ends.
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="tune-tests-torch-")
 atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], True)
+# What a command sets as it starts (tune.cli.main): the Ray workers and jobs the tests start themselves, outside
+# a command, get the allocator a command's would. Imported here, after the settings above: tune.cli imports
+# every command's module.
+from tune.cli.common import allocator_environment  # noqa: E402
+
+allocator_environment()
 
 
 def make_dataset(root: Path, n: int = 12, size: int = 40, seed: int = 0,

@@ -20,6 +20,7 @@ import tune.cli
 import tune.data.images
 import tune.evaluation.finalize
 import tune.training.loop
+from tune.evaluation.finalize import FinalizeOptions
 from tune.metrics import bootstrap as stats
 from tune.metrics.classification import METRICS, Resampled, binary_metrics
 from tune.runs.files import Comparison
@@ -63,8 +64,8 @@ def finalized(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     shutil.copytree(tiny_run, run)
     with pytest.MonkeyPatch.context() as mp:
         calls, fits = spy_split_reads(mp), count_fits(mp)
-        result = tune.cli.finalize.finalize(run, seeds=2, baseline=True, cache_dir=tmp / "cache",
-                                                       log=lambda s: None)
+        result = tune.cli.finalize.finalize(run, FinalizeOptions(seeds=2, baseline=True, cache_dir=tmp / "cache"),
+                                            log=lambda s: None)
     # the tests read the file, as every reader does; it holds exactly what finalize returned
     cmp = json.loads((run / "comparison.json").read_text())
     return {"run": run, "cmp": cmp, "result": result, "calls": calls, "fits": fits, "cache": tmp / "cache"}
@@ -265,8 +266,8 @@ def test_parallel_finalize_gives_the_same_numbers(finalized: dict[str, Any], tmp
     run = tmp_path / "tiny"
     shutil.copytree(finalized["run"], run)
     shutil.rmtree(run / "finalize")
-    cmp = tune.cli.finalize.finalize(run, seeds=2, baseline=True, cache_dir=finalized["cache"],
-                                                log=lambda s: None, jobs=2)
+    cmp = tune.cli.finalize.finalize(run, FinalizeOptions(seeds=2, baseline=True, cache_dir=finalized["cache"],
+                                                          jobs=2), log=lambda s: None)
     assert replace(cmp, costs=None) == replace(finalized["result"], costs=None)  # costs are timings
 
 

@@ -21,6 +21,7 @@ import tune.training.loop as training
 from tune.core import UserError
 from tune.data import heldout
 from tune.data.images import load_split
+from tune.evaluation.finalize import FinalizeOptions
 from tune.metrics.classification import metric_value, mode_of, needs_heldout, search_metrics
 from tune.runs.layout import Run
 from tune.runs.leaderboard import load_leaderboard
@@ -252,8 +253,8 @@ def test_finalize_keeps_selection_and_test_apart_and_shows_the_trade_off(
     assert "extra test source gen_b" in line and "held-out validation source gen_b" in line
     assert "never reported as a test result" in line and not (run / "comparison.json").exists()
     other = make_dataset(xrun["tmp"] / "unseen", n=4, size=32, seed=30, splits=("gen_c",)) / "gen_c"
-    cmp = tune.cli.finalize.finalize(run, seeds=1, cache_dir=xrun["tmp"] / "cache", log=lambda s: None,
-                                     extra_test=[other])
+    cmp = tune.cli.finalize.finalize(run, FinalizeOptions(seeds=1, cache_dir=xrun["tmp"] / "cache", extra_test=[other]),
+                                     log=lambda s: None)
     for row in cmp.rows:
         rec = json.loads((run / row["folder"] / "seed0" / "record.json").read_text())
         assert rec["valid_score"] == metric_value(rec["best"], "xval_auc") == row["valid_scores"][0]

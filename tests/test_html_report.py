@@ -15,6 +15,7 @@ from browser import chromium, console_errors, network_requests
 import tune.cli
 import tune.cli.finalize
 import tune.search.driver
+from tune.evaluation.finalize import FinalizeOptions
 from tune.reports.charts import study_charts
 from tune.reports.html import build_html
 
@@ -28,7 +29,7 @@ def finalized(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("report")
     run = tmp / "tiny"
     shutil.copytree(tiny_run, run)
-    tune.cli.finalize.finalize(run, seeds=1, cache_dir=tmp / "cache", log=lambda s: None)
+    tune.cli.finalize.finalize(run, FinalizeOptions(seeds=1, cache_dir=tmp / "cache"), log=lambda s: None)
     return run
 
 

@@ -20,6 +20,7 @@ from conftest import make_dataset
 import tune.cli.finalize
 from tune.data.images import DataError, ImageSet, load_split
 from tune.data.mapped import MappedImages, write_rows
+from tune.evaluation.finalize import FinalizeOptions
 
 SIZE = 128  # 49 KB per decoded image: the split below is about 29 MB
 
@@ -170,7 +171,7 @@ def test_finalize_jobs_are_sent_paths_and_capped(tiny_run: Path, tmp_path: Path,
     monkeypatch.setattr(ProcessPoolExecutor, "submit", measured)
     monkeypatch.setattr("tune.evaluation.jobs.available_bytes", lambda: int(3e9))
     lines: list[str] = []
-    tune.cli.finalize.finalize(run, seeds=2, cache_dir=tmp_path / "cache", log=lines.append, jobs=2)
+    tune.cli.finalize.finalize(run, FinalizeOptions(seeds=2, cache_dir=tmp_path / "cache", jobs=2), log=lines.append)
     decoded = sum(f.stat().st_size for f in (tmp_path / "cache" / "decoded").glob("*.npy"))
     assert len(sent) == 4 and max(sent) < 16_000 < decoded
     assert any(line.startswith("finalize: 1 retraining(s) at once, set by memory (CPU slots 2; memory room for 1")

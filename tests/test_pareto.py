@@ -156,7 +156,7 @@ def picked_run(multi_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def test_finalize_pick_ships_the_named_trial(picked_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tune.cli import main
     from tune.runs.leaderboard import load_leaderboard
-    from tune.serving.serve import model_path
+    from tune.serving.serve import ModelChoice, model_path
 
     df = load_leaderboard(picked_run)
     fastest = df[df["score"].notna()].sort_values("latency_ms", kind="stable").iloc[0]
@@ -192,10 +192,7 @@ def test_finalize_pick_ships_the_named_trial(picked_run: Path, capsys: pytest.Ca
         line = next(ln for ln in said.splitlines() if ln.startswith("Shipped"))
         assert f"It costs {measured[shipped['name']]['latency_ms']:.2f} ms per image at batch 1 against" in line
     # serve and export default to the picked model
-    import argparse
-
-    assert model_path(argparse.Namespace(model=None, run=str(picked_run), arch=None, storage=None)) == \
-        picked_run / "models" / "picked" / "best.pth"
+    assert model_path(ModelChoice(run=str(picked_run))) == picked_run / "models" / "picked" / "best.pth"
     capsys.readouterr()
     assert main(["finalize", str(picked_run), "--seeds", "1", "--pick", "latency_ms<=0.000001"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

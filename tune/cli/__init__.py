@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = show  # one readable line, not a source excerpt
     try:
         args = build_parser().parse_args(argv)  # option types check values as they are parsed (common.count)
-        fast_allocator()
+        fast_allocator()  # as the command starts, before it starts any process (never on import)
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except UserError as e:

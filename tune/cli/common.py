@@ -1,5 +1,7 @@
-"""What several commands share: their common options (RUN, --storage, --data, --seeds, --model), each declared
-here once and checked as it is parsed, the built-in data, the allocator."""
+"""What several commands share: every option more than one command takes (RUN, --storage, --data, --model,
+--valid-extra, --skip-bad-images, ...), each declared here once and checked as it is parsed (where the help
+differs per command, it is a parameter; tests/test_cli_options.py fails on a flag declared twice), the built-in
+data, the allocator. Importing this module does nothing: a command calls what it needs when it starts."""
 
 from __future__ import annotations
 
@@ -7,15 +9,19 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tune.core import UserError, cache_root
 from tune.inference import MODEL_FILES
 
-# Allocator settings measured on a 2-core VM where page faults are expensive: about 2x on torch.
-# glibc reads these when a process starts, so they reach the Ray workers this process starts;
-# fast_allocator() applies them to this process too.
-os.environ.setdefault("MALLOC_MMAP_MAX_", "0")
-os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "100000000000")
+if TYPE_CHECKING:
+    from tune.serving.serve import ModelChoice
+
+# Allocator settings measured on a 2-core VM where page faults are expensive: about 2x on torch. glibc reads
+# these when a process starts, so set in the environment they reach the processes a command starts (its Ray
+# workers); fast_allocator() applies them to the command's own process too.
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+Parser = argparse._ActionsContainer  # what add_argument belongs to: a parser, or a group of one (mutually exclusive)
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 VALID_EXTRA_HELP = ("held-out validation sources, scored every epoch and never trained on: folders with Fake/ and "
@@ -41,9 +47,45 @@ def add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", nargs="?", help="run name under results/ or a run folder (default: newest)")
 
 
+def add_run_flag(p: Parser, help: str) -> None:
+    """--run RUN: a run whose models the command uses (serve, export, evaluate say which)."""
+    p.add_argument("--run", help=help)
+
+
+def add_arch(p: Parser, help: str, *, default: str | None = None) -> None:
+    """--arch NAME: an architecture (train's to train, leaderboard's to show, serve's and export's model)."""
+    p.add_argument("--arch", default=default, help=help)
+
+
 def add_data(p: argparse.ArgumentParser, help: str) -> None:
     """--data: a dataset root (each command says what it does with it)."""
     p.add_argument("--data", type=Path, help=help)
+
+
+def add_valid_extra(p: argparse.ArgumentParser, help: str = VALID_EXTRA_HELP) -> None:
+    """--valid-extra DIR [DIR ...]: held-out validation sources (train, search), or where a run's are now."""
+    p.add_argument("--valid-extra", type=Path, nargs="+", metavar="DIR", help=help)
+
+
+def add_moved_data(p: argparse.ArgumentParser) -> None:
+    """--data and --valid-extra for a command that reads a finished run's data: where it is now, if it moved."""
+    add_data(p, "where the run's dataset root is now, if it moved since the search (the same images, checked by "
+             "content fingerprint; default: the root run.json records)")
+    add_valid_extra(p, "where the run's held-out validation sources are now, if they moved (checked by content "
+                    "fingerprint; default: as recorded)")
+
+
+def add_skip_bad_images(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and report the count")
+
+
+def add_no_cache(p: argparse.ArgumentParser, help: str) -> None:
+    """--no-cache: decode and run the frozen backbone live (train's TrainConfig.use_cache, search's trials)."""
+    p.add_argument("--no-cache", dest="use_cache", action="store_false", help=help)
+
+
+def add_seed(p: argparse.ArgumentParser, help: str, *, default: int = 0) -> None:
+    p.add_argument("--seed", type=int, default=default, help=help)
 
 
 def add_seeds(p: argparse.ArgumentParser, help: str) -> None:
@@ -51,25 +93,42 @@ def add_seeds(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--seeds", type=count("--seeds"), default=3, help=help)
 
 
-def add_moved_data(p: argparse.ArgumentParser) -> None:
-    """--data and --valid-extra for a command that reads a finished run's data: where it is now, if it moved."""
-    add_data(p, "where the run's dataset root is now, if it moved since the search (the same images, checked by "
-             "content fingerprint; default: the root run.json records)")
-    p.add_argument("--valid-extra", type=Path, nargs="+", metavar="DIR", help="where the run's held-out validation "
-                   "sources are now, if they moved (checked by content fingerprint; default: as recorded)")
+def add_threads(p: argparse.ArgumentParser, help: str, *, default: int = 0) -> None:
+    p.add_argument("--threads", type=int, default=default, help=help)
+
+
+def add_address(p: argparse.ArgumentParser, help: str) -> None:
+    """--address: an existing Ray cluster to use instead of a local Ray (search, serve)."""
+    p.add_argument("--address", help=help)
 
 
 def add_storage(p: argparse.ArgumentParser, help: str = STORAGE_HELP) -> None:
     p.add_argument("--storage", help=help)
 
 
-def add_model(p: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, *, required: bool = False,
-              repeatable: bool = False) -> None:
+def add_model(p: Parser, *, required: bool = False, repeatable: bool = False) -> None:
     """--model: a model file and its record (tune.inference.MODEL_FILES); `repeatable`: one or more."""
-    if repeatable:
-        p.add_argument("--model", type=Path, action="append", help=f"{MODEL_FILES}; repeatable")
-    else:
-        p.add_argument("--model", type=Path, required=required, help=MODEL_FILES)
+    how = {"action": "append", "help": f"{MODEL_FILES}; repeatable"} if repeatable else \
+        {"required": required, "help": MODEL_FILES}
+    p.add_argument("--model", type=Path, **how)
+
+
+def add_model_choice(p: argparse.ArgumentParser, *, run_help: str, arch_help: str) -> None:
+    """--model, or --run [--arch], and --storage: which model serve and export use (model_choice reads them)."""
+    add_model(p)
+    add_run_flag(p, run_help)
+    add_arch(p, arch_help)
+    add_storage(p)
+
+
+def add_out(p: argparse.ArgumentParser, help: str | None = None, *, required: bool = False) -> None:
+    """--out PATH: where the command writes (each command says what: a folder or a file)."""
+    p.add_argument("--out", type=Path, required=required, help=help)
+
+
+def add_format(p: argparse.ArgumentParser, choices: tuple[str, ...], default: str) -> None:
+    """--format: what the command writes (leaderboard: a table or data; export: a model format)."""
+    p.add_argument("--format", default=default, choices=choices)
 
 
 def add_cache_gb(p: argparse.ArgumentParser) -> None:
@@ -77,6 +136,13 @@ def add_cache_gb(p: argparse.ArgumentParser) -> None:
                    "in GB (1e9 bytes): least recently used files are evicted to stay under it, a file in use never "
                    "is, and a trial whose file does not fit trains live (default: half of the cache folder's free "
                    "disk plus what the cache already holds, at most 200)")
+
+
+def model_choice(a: argparse.Namespace) -> ModelChoice:
+    """What add_model_choice's options name, as serve and export pass it on."""
+    from tune.serving.serve import ModelChoice
+
+    return ModelChoice(model=a.model, run=a.run, arch=a.arch, storage=a.storage)
 
 
 def cache_budget(a: argparse.Namespace) -> float | None:
@@ -95,10 +161,19 @@ def run_folder(a: argparse.Namespace) -> Path:
     return resolve_run(a.run, results_root(a.storage))
 
 
+def allocator_environment() -> None:
+    """ALLOCATOR_ENV into this process's environment, where a user has not set them: every process started
+    from now on (Ray's workers, finalize's jobs) starts with them."""
+    for name, value in ALLOCATOR_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 def fast_allocator() -> None:
-    """The settings above for this running process, through glibc's mallopt: freed memory is kept for
-    reuse instead of going back to the OS and faulting in again. EfficientNet-Lite0 at 128 px, batch
-    32, 2 threads: 104 -> 189 img/s. Without glibc (musl, macOS) there is nothing to do."""
+    """ALLOCATOR_ENV for the processes this one starts (allocator_environment) and, through glibc's mallopt,
+    for this running process: freed memory is kept for reuse instead of going back to the OS and faulting in
+    again. EfficientNet-Lite0 at 128 px, batch 32, 2 threads: 104 -> 189 img/s. Without glibc (musl, macOS)
+    there is nothing to do. Every command calls it as it starts (tune.cli.main)."""
+    allocator_environment()
     import ctypes
     import ctypes.util
 

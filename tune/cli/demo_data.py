@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from tune.cli.common import add_out, add_seed
 from tune.data.zoo import DEFAULT, FAMILIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-data", help="write the built-in real-vs-fake dataset (offline, deterministic)")
-    p.add_argument("--out", type=Path, required=True)
+    add_out(p, required=True)
     p.add_argument("--n-per-class", type=int, default=None, help="images per class over all splits")
     p.add_argument("--size", type=int, default=None, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0, help="the generator (its autoencoder) and every random draw "
-                   "(default: 0)")
+    add_seed(p, "the generator (its autoencoder) and every random draw (default: 0)")
     p.add_argument("--tiles-seed", type=int, help="how the photos are cut into tiles dealt to the splits (default: "
                    "--seed); datasets of several generators with one --tiles-seed share no photo region across "
                    "splits")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tune.cli.common import add_model, add_storage, run_folder
+from tune.cli.common import add_model, add_out, add_run_flag, add_seed, add_skip_bad_images, add_storage, run_folder
 from tune.core import UserError
 
 if TYPE_CHECKING:
@@ -19,17 +19,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="per-source (generator) and per-perturbation tables for trained detectors")
     who = p.add_mutually_exclusive_group(required=True)
     add_model(who, repeatable=True)
-    who.add_argument("--run", help="every exported winner of this run (results/RUN/models/*.pth)")
+    add_run_flag(who, "every exported winner of this run (results/RUN/models/*.pth)")
     p.add_argument("data", type=Path, nargs="+", metavar="DATA", help=(
                    "a folder with Fake/ and Real/ (any case) or 0_real/ and 1_fake/, or a parent of such folders "
                    "(one source per sub-folder)"))
     p.add_argument("--perturb", nargs="+", metavar="NAME=S1,S2", help=(
                    "robustness conditions: jpeg=QUALITY,... blur=SIGMA,... resize=FACTOR,... (after DATA)"))
-    p.add_argument("--out", type=Path, help="output folder (default: results/eval-DATE-TIME)")
+    add_out(p, "output folder (default: results/eval-DATE-TIME)")
     add_storage(p)
-    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and count them")
+    add_skip_bad_images(p)
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    add_seed(p, "bootstrap seed (default: %(default)s)")
     p.set_defaults(func=run)
 
 

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from tune.cli.common import add_model, add_storage
+from tune.cli.common import add_format, add_model_choice, add_out, model_choice
 from tune.serving.export import FORMATS
 from tune.serving.quantize import SCHEMES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX (parity-checked under onnxruntime) with a model card")
-    add_model(p)
-    p.add_argument("--run", help="instead of --model: RUN's picked model (finalize --pick), or with --arch its "
-                   "finalized model of that architecture")
-    p.add_argument("--arch", help="with --run: which finalized model")
-    add_storage(p)
-    p.add_argument("--format", default="onnx", choices=FORMATS)
+    add_model_choice(p, run_help="instead of --model: RUN's picked model (finalize --pick), or with --arch its "
+                     "finalized model of that architecture", arch_help="with --run: which finalized model")
+    add_format(p, FORMATS, "onnx")
     p.add_argument("--quantize", choices=SCHEMES, help="int8: ONNX Runtime static quantization calibrated on the "
                    "model's validation images; int8-dynamic: no calibration (slower on convolutions). Either is "
                    "checked against fp32 (max |Δ P(fake)| <= 0.05 on the parity images) and timed (default: fp32)")
-    p.add_argument("--out", type=Path, help="output file (default: MODEL_DIR/STEM-onnx/model.onnx); "
-                   "MODEL_CARD.md is written beside it")
+    add_out(p, "output file (default: MODEL_DIR/STEM-onnx/model.onnx); MODEL_CARD.md is written beside it")
     p.set_defaults(func=run)
 
 
@@ -30,7 +25,7 @@ def run(a: argparse.Namespace) -> int:
     from tune.serving.export import export
     from tune.serving.serve import model_path
 
-    info = export(model_path(a), a.format, a.out, a.quantize)
+    info = export(model_path(model_choice(a)), a.format, a.out, a.quantize)
     p = info["parity"]
     q = info.get("quantized")
     if q:

@@ -6,12 +6,13 @@ import argparse
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tune.cli.common import add_cache_gb, add_moved_data, add_run, add_seeds, add_storage, cache_budget, run_folder
 from tune.core import cache_root
 
 if TYPE_CHECKING:
+    from tune.evaluation.finalize import FinalizeOptions
     from tune.runs.files import Comparison
 
 
@@ -41,7 +42,7 @@ def pick_rule(text: str) -> object:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def finalize(run_dir: Path, *, log: Callable[[str], None] = print, **options: Any) -> Comparison:
+def finalize(run_dir: Path, options: FinalizeOptions, *, log: Callable[[str], None] = print) -> Comparison:
     """Finalize the run (tune.evaluation.finalize: retrain, test, compute), then write what it found, each file
     once: the extra test sets' folder, comparison.{json,csv,md}, the Grad-CAM panels, the plots and the report."""
     from tune.cli.evaluate import write_evaluation
@@ -54,7 +55,7 @@ def finalize(run_dir: Path, *, log: Callable[[str], None] = print, **options: An
     from tune.reports.tables import comparison_csv, comparison_markdown
     from tune.reports.tradeoff import markdown as tradeoff_markdown
 
-    done = run_finalize(run_dir, log=log, **options)
+    done = run_finalize(run_dir, options, log=log)
     run, cmp = done.run, done.cmp
     md = comparison_markdown(cmp) + tradeoff_markdown(cmp.tradeoff)
     section = ""
@@ -79,10 +80,12 @@ def finalize(run_dir: Path, *, log: Callable[[str], None] = print, **options: An
 
 
 def run(a: argparse.Namespace) -> int:
+    from tune.evaluation.finalize import FinalizeOptions
     from tune.evaluation.jobs import finalize_jobs
 
     cache_budget(a)
     folder = run_folder(a)
-    finalize(folder, seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(), jobs=finalize_jobs(folder),
-             extra_test=a.extra_test, data=a.data, valid_extra=a.valid_extra, pick=a.pick)
+    finalize(folder, FinalizeOptions(seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(),
+                                     jobs=finalize_jobs(folder), extra_test=a.extra_test, data=a.data,
+                                     valid_extra=a.valid_extra, pick=a.pick))
     return 0

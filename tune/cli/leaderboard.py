@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tune.cli.common import add_run, add_storage, run_folder
+from tune.cli.common import add_arch, add_format, add_run, add_storage, run_folder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -12,10 +12,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_run(p)
     add_storage(p)
     p.add_argument("--top", type=int, help="show only the best K trials")
-    p.add_argument("--arch", help="only this architecture")
+    add_arch(p, "only this architecture")
     p.add_argument("--pareto", action="store_true", help="only the trials on the Pareto front (accuracy against "
                    "latency, or the space's objectives)")
-    p.add_argument("--format", default="table", choices=["table", "csv", "markdown", "json"])
+    add_format(p, ("table", "csv", "markdown", "json"), "table")
     p.set_defaults(func=run)
 
 

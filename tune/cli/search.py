@@ -11,10 +11,14 @@ from pathlib import Path
 from tune.cli.common import (
     SPACES,
     VALID_EXTRA_HELP,
+    add_address,
     add_cache_gb,
     add_data,
+    add_no_cache,
     add_seeds,
+    add_skip_bad_images,
     add_storage,
+    add_valid_extra,
     builtin_data,
     cache_budget,
 )
@@ -34,19 +38,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", metavar="DURATION", help="wall time of the whole search, e.g. 20m or 1.5h: "
                    "each architecture gets an equal share of the trial time and trials are sampled until it is "
                    "spent (with --trials too, whichever runs out first)")
-    p.add_argument("--address", help="join an existing Ray cluster (e.g. 10.0.0.5:6379 or auto)")
+    add_address(p, "join an existing Ray cluster (e.g. 10.0.0.5:6379 or auto)")
     add_storage(p, "folder for run folders (shared path on clusters), or a URI Ray accepts (s3://..., file://...): "
                 "then the trials go there and the run folder stays in results/")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of this --name")
     p.add_argument("--extend", metavar="N|DURATION", help="add N trials per architecture, or DURATION more of "
                    "search (e.g. 10m), to the finished run --name (TPE goes on from its Optuna studies)")
-    p.add_argument("--no-cache", action="store_true", help="turn the decoded-image and frozen-backbone caches off: "
-                   "decode and run the frozen backbone live at every use")
+    add_no_cache(p, "turn the decoded-image and frozen-backbone caches off: decode and run the frozen backbone "
+                 "live at every use")
     add_cache_gb(p)
-    p.add_argument("--skip-bad-images", action="store_true")
-    p.add_argument("--valid-extra", type=Path, nargs="+", metavar="DIR", help=VALID_EXTRA_HELP + (
-                   " (replaces the space file's valid_extra; the space's metric may then be xval_*, mean_* or "
-                   "min_*, e.g. mean_auc); with --resume/--extend: where the recorded ones are now, if they moved"))
+    add_skip_bad_images(p)
+    add_valid_extra(p, VALID_EXTRA_HELP + " (replaces the space file's valid_extra; the space's metric may then be "
+                    "xval_*, mean_* or min_*, e.g. mean_auc); with --resume/--extend: where the recorded ones are "
+                    "now, if they moved")
     p.add_argument("--no-finalize", action="store_true", help="skip retraining the winners and the test evaluation")
     add_seeds(p, "seeds per winner in the finalize step (default: 3)")
     p.set_defaults(func=run)
@@ -58,7 +62,7 @@ def resume_command(a: argparse.Namespace, name: str) -> str:
     for flag, value in (("--storage", a.storage), ("--address", a.address), ("--cache-gb", a.cache_gb),
                         ("--seeds", a.seeds if a.seeds != 3 else None)):
         args += [flag, str(value)] if value is not None else []
-    for flag, on in (("--no-cache", a.no_cache), ("--skip-bad-images", a.skip_bad_images),
+    for flag, on in (("--no-cache", not a.use_cache), ("--skip-bad-images", a.skip_bad_images),
                      ("--no-finalize", a.no_finalize)):
         args += [flag] if on else []
     return shlex.join(args)
@@ -86,7 +90,7 @@ def run(a: argparse.Namespace) -> int:
     opts = SearchOptions(space=space, data=root, name=name, results=results_root(a.storage).absolute(),
                          trials=trials, time_budget=time_budget, address=a.address,
                          storage_uri=a.storage if is_uri(a.storage) else None, resume=a.resume,
-                         extend=a.extend is not None, use_cache=not a.no_cache, skip_bad=a.skip_bad_images,
+                         extend=a.extend is not None, use_cache=a.use_cache, skip_bad=a.skip_bad_images,
                          cache_dir=cache_root(), valid_extra=a.valid_extra, cache_gb=cache_budget(a))
     try:
         run_dir = run_search(opts)
@@ -107,9 +111,10 @@ def run(a: argparse.Namespace) -> int:
     print(trial_counts(board))
     if not a.no_finalize:
         from tune.cli.finalize import finalize
+        from tune.evaluation.finalize import FinalizeOptions
         from tune.evaluation.jobs import finalize_jobs
 
-        finalize(run_dir, seeds=a.seeds, cache_dir=cache_root(), jobs=finalize_jobs(run_dir))
+        finalize(run_dir, FinalizeOptions(seeds=a.seeds, cache_dir=cache_root(), jobs=finalize_jobs(run_dir)))
     else:
         from tune.reports.html import write_report
 

@@ -7,23 +7,25 @@ import os
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from tune.cli.common import add_model, add_storage
+from tune.cli.common import add_address, add_model_choice, add_threads, model_choice
 from tune.core import UserError, processes
+
+if TYPE_CHECKING:
+    from tune.serving.serve import ServeOptions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve (API, web page, batching)")
-    add_model(p)
-    p.add_argument("--run", help="serve RUN's picked model (finalize --pick: results/RUN/models/picked/), or with "
-                   "--arch its finalized model of that architecture")
-    p.add_argument("--arch", help="with --run: which finalized model (results/RUN/models/ARCH.pth)")
-    add_storage(p)
+    add_model_choice(p, run_help="serve RUN's picked model (finalize --pick: results/RUN/models/picked/), or with "
+                     "--arch its finalized model of that architecture",
+                     arch_help="with --run: which finalized model (results/RUN/models/ARCH.pth)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "
                    "only; a network interface's address, or all interfaces, exposes the API to the network)")
     p.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     p.add_argument("--replicas", type=int, default=1, help="model replicas (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per replica (default: CPUs / replicas)")
+    add_threads(p, "torch threads per replica (default: CPUs / replicas)")
     p.add_argument("--max-batch", type=int, default=32, help="largest batch of requests per forward pass "
                    "(default: %(default)s)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch may wait to fill, only "
@@ -33,18 +35,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "answered 413 (default: %(default)s)")
     p.add_argument("--max-video-s", type=float, default=120.0, help="longest clip /predict/video takes, in seconds "
                    "(read from the container before decoding); longer is answered 413 (default: %(default)s)")
-    p.add_argument("--address", help="deploy on an existing Ray cluster (e.g. auto or HOST:6379) instead of a "
-                   "local Ray")
+    add_address(p, "deploy on an existing Ray cluster (e.g. auto or HOST:6379) instead of a local Ray")
     p.set_defaults(func=run)
 
 
-def run(a: argparse.Namespace) -> int:
+def serve_options(a: argparse.Namespace) -> ServeOptions:
+    from tune.serving.serve import ServeOptions
+
+    return ServeOptions(host=a.host, port=a.port, replicas=a.replicas, threads=a.threads, max_batch=a.max_batch,
+                        batch_wait_ms=a.batch_wait_ms, max_bytes=a.max_bytes, max_video_s=a.max_video_s,
+                        address=a.address)
+
+
+def run(args: argparse.Namespace) -> int:
     from tune import inference
     from tune.serving import shutdown
     from tune.serving.serve import check_options, direct_ingress, free_port, model_path
 
+    a = serve_options(args)  # from here on the typed options, checked before anything starts
     check_options(a)
-    path = model_path(a)
+    path = model_path(model_choice(args))
     loaded = inference.load(path)  # here, so a bad model file is one line before any Ray starts
     for note in loaded.notes:
         print(f"note: {note}")

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tune.cli.common import VALID_EXTRA_HELP, add_data, builtin_data
+from tune.cli.common import (
+    add_arch,
+    add_data,
+    add_no_cache,
+    add_out,
+    add_seed,
+    add_skip_bad_images,
+    add_threads,
+    add_valid_extra,
+    builtin_data,
+)
 from tune.core import UserError, cache_root
 from tune.data.faces import DETECTORS
 
@@ -21,9 +32,15 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     from tune.training.config import options
 
     add_data(p, "dataset root (default: the built-in dataset)")
+    # Flags other commands take too are declared once, in tune/cli/common.py: here with train's help and default.
+    shared: dict[str, Callable[..., None]] = {"--arch": add_arch, "--seed": add_seed, "--threads": add_threads}
     for f in options():
         flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
+        if flag == "--no-cache":  # TrainConfig.use_cache, search's --no-cache
+            add_no_cache(p, f.metadata["help"])
+        elif flag in shared:
+            shared[flag](p, f"{f.metadata['help']} (default: %(default)s)", default=f.default)
+        elif isinstance(f.default, bool):
             p.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
                            help=f.metadata["help"])
         else:
@@ -38,7 +55,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         kind = {"int": int, "float": float}.get(spec.kind, str)
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
                        help=f"{', '.join(archs)}: {spec.help} (default: the architecture's)")
-    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and report the count")
+    add_skip_bad_images(p)
     p.add_argument("--video-frames", type=int, default=16, help="frames sampled evenly from each video of the data "
                    "(default: %(default)s; a search space's video: {frames: K})")
     p.add_argument("--faces", choices=DETECTORS, help="crop each frame's (and still image's) face with this offline "
@@ -47,7 +64,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "the face box (default: %(default)s)")
     p.add_argument("--face-size", type=int, default=256, help="with --faces: the crop's side in px (default: "
                    "%(default)s)")
-    p.add_argument("--valid-extra", type=Path, nargs="+", metavar="DIR", help=VALID_EXTRA_HELP)
+    add_valid_extra(p)
 
 
 def train_config(a: argparse.Namespace) -> TrainConfig:
@@ -64,7 +81,7 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="one training run with early stopping (what every trial runs)")
     _add_train_options(p)
-    p.add_argument("--out", type=Path, help="run folder (default: results/train-ARCH-TIME)")
+    add_out(p, "run folder (default: results/train-ARCH-TIME)")
     p.set_defaults(func=run)
 
 

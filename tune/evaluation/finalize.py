@@ -280,14 +280,27 @@ class Finalized:
     extra_test: Evaluated | None = None
 
 
-def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache_dir: Path | None = None,
-                 log: Log = print, jobs: int = 1, extra_test: list[Path] | None = None, data: Path | None = None,
-                 valid_extra: list[Path] | None = None, pick: PickRule | None = None) -> Finalized:
+@dataclass(frozen=True, kw_only=True)
+class FinalizeOptions:
+    """How a run is finalized: `finalize`'s flags, and what search's finalize step passes on."""
+
+    seeds: int = 3  # retrainings per model, seeds SEED..SEED+K-1
+    baseline: bool = False  # also train the notebook's fixed recipe per architecture
+    cache_dir: Path | None = None  # the decoded-image and feature caches' folder (None: no cache)
+    jobs: int = 1  # (model, seed) pairs retrained at once, each in its own process
+    extra_test: list[Path] | None = None  # more sources the exported winners are evaluated on
+    data: Path | None = None  # where the run's dataset root is now, if it moved
+    valid_extra: list[Path] | None = None  # where its held-out validation sources are now, if they moved
+    pick: PickRule | None = None  # which model is shipped in models/picked/ (None: best)
+
+
+def run_finalize(run_dir: Path, options: FinalizeOptions, *, log: Log = print) -> Finalized:
     """Retrain, test, compare, export the winners (models/) and the picked model (`pick`: models/picked/), and
     compute the panels and the extra test sets' evaluation; write no result file of its own (tune/cli/finalize.py
     writes each once). `jobs` > 1 retrains that many (model, seed) pairs at once in separate processes, each with
     the trials' thread count, so the numbers are the same as sequentially, only sooner. `data` and `valid_extra`:
     where the run's data is now, if it moved (the same images, by content; run.json then points there)."""
+    seeds, cache_dir, jobs, extra_test = options.seeds, options.cache_dir, options.jobs, options.extra_test
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     import torch
@@ -296,8 +309,8 @@ def run_finalize(run_dir: Path, *, seeds: int = 3, baseline: bool = False, cache
     from tune.data.sources import find_sources
 
     extra = find_sources(extra_test) if extra_test else None  # a bad --extra-test fails before any training
-    info = read_run(run_dir, data=data, valid_extra=valid_extra)
-    cands, picked = candidates(info, baseline, log, pick)
+    info = read_run(run_dir, data=options.data, valid_extra=options.valid_extra)
+    cands, picked = candidates(info, options.baseline, log, options.pick)
     decoded, features = cache_dirs(info, cache_dir)
     # each resize mode a candidate uses: the same files, as that mode prepares them (tune/data/decode.py)
     by_mode = {m: (*load_train_valid(info, cache_dir, m), load_test(info, decoded, m), load_heldout(info, cache_dir, m))

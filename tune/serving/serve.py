@@ -7,26 +7,50 @@ URL once the model answers, and shuts Serve and the Ray it started down on Ctrl-
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 from tune.core import UserError
 
 
-def model_path(a: argparse.Namespace) -> Path:
+@dataclass(frozen=True, kw_only=True)
+class ModelChoice:
+    """Which model serve and export use: a model file, or a run's (its picked model, or with `arch` its
+    finalized model of that architecture); `storage` holds the run folders (None: results/)."""
+    model: Path | None = None
+    run: str | None = None
+    arch: str | None = None
+    storage: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeOptions:
+    """How `serve` listens and batches (the flags of the same names; their defaults are the command line's)."""
+    host: str
+    port: int
+    replicas: int
+    threads: int  # torch threads per replica; 0: the CPUs shared among the replicas
+    max_batch: int
+    batch_wait_ms: float
+    max_bytes: int
+    max_video_s: float
+    address: str | None  # an existing Ray cluster to deploy on; None: a local, loopback-only Ray
+
+
+def model_path(choice: ModelChoice) -> Path:
     """--model as given, the winner `--run RUN --arch ARCH` exported by finalize (RUN/models/ARCH.pth), or with
     --run alone the model finalize --pick shipped (RUN/models/picked/best.pth)."""
-    if a.model:
-        return Path(a.model)
-    if not a.run:
+    if choice.model:
+        return Path(choice.model)
+    if not choice.run:
         raise UserError("say which model: --model PATH, --run RUN (the picked model) or --run RUN --arch ARCH")
     from tune.runs.layout import Run, resolve_run, results_root
 
-    run = Run(resolve_run(a.run, results_root(getattr(a, "storage", None))))
-    if getattr(a, "arch", None):
-        return run.model(a.arch)
+    run = Run(resolve_run(choice.run, results_root(choice.storage)))
+    if choice.arch:
+        return run.model(choice.arch)
     from tune.evaluation.picking import picked_dir
     from tune.training.records import WEIGHTS
 
@@ -52,13 +76,14 @@ def lingering(port: int) -> bool:
     return any(f[3] == "06" and int(f[1].rsplit(":", 1)[1], 16) == port for f in (r.split() for r in rows))
 
 
-def check_options(a: argparse.Namespace) -> None:
-    for name, low in (("port", 1), ("replicas", 1), ("max_batch", 1), ("max_bytes", 1)):
-        if getattr(a, name) < low:
-            raise UserError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(a, name)}")
+def check_options(a: ServeOptions) -> None:
+    for flag, value in (("--port", a.port), ("--replicas", a.replicas), ("--max-batch", a.max_batch),
+                        ("--max-bytes", a.max_bytes)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
     if a.port > 65535:
         raise UserError(f"--port must be <= 65535, got {a.port}")
-    if getattr(a, "max_video_s", 1.0) <= 0:
+    if a.max_video_s <= 0:
         raise UserError(f"--max-video-s must be > 0, got {a.max_video_s}")
     if a.batch_wait_ms < 0:
         raise UserError(f"--batch-wait-ms must be >= 0, got {a.batch_wait_ms}")
@@ -79,7 +104,7 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def direct_ingress(a: argparse.Namespace) -> bool:
+def direct_ingress(a: ServeOptions) -> bool:
     """One replica on a Ray this command starts: let the replica answer HTTP on --port itself (Ray Serve's
     direct ingress, part of its RAY_SERVE_THROUGHPUT_OPTIMIZED mode) instead of behind Serve's proxy.
 
