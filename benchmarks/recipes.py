@@ -89,9 +89,9 @@ def searched(data: Path, space: Path, seeds: int, name: str | None) -> tuple[np.
         seconds = run.comparison("json").stat().st_mtime - float(run.read().started_at or 0.0)
     tuned = Comparison.load(run.comparison("json")).tuned
     mode = run.read().mode
-    pick = (max if mode == "max" else min)(tuned, key=lambda r: float(np.mean(r["valid_scores"])))
-    probs = np.stack([read_predictions(run.finalize(pick["name"], s) / PREDICTIONS)[2] for s in pick["seeds"]])
-    return probs, f"{pick['model']}, searched and finalized (chosen on valid)", seconds, run.path
+    pick = (max if mode == "max" else min)(tuned, key=lambda r: float(np.mean(r.valid_scores)))
+    probs = np.stack([read_predictions(run.finalize(pick.name, s) / PREDICTIONS)[2] for s in pick.seeds])
+    return probs, f"{pick.model}, searched and finalized (chosen on valid)", seconds, run.path
 
 
 def main() -> None:
