@@ -39,7 +39,7 @@ from tune.core import cache_root  # noqa: E402
 from tune.data.images import load_split  # noqa: E402
 from tune.inference import probabilities  # noqa: E402
 from tune.metrics.bootstrap import Predictor, bootstrap, paired_p_value, resamples_for, t_interval  # noqa: E402
-from tune.metrics.classification import binary_metrics  # noqa: E402
+from tune.metrics.classification import AT_HALF, binary_metrics  # noqa: E402
 from tune.models.registry import DEFAULT_ARCH  # noqa: E402
 from tune.runs.files import Comparison  # noqa: E402
 from tune.runs.layout import Run  # noqa: E402
@@ -135,7 +135,7 @@ def main() -> None:
               f"{mean:.4f} ± {half:.4f} | {seconds:.0f} s |")
     print()
     if "b" in rows:
-        boot = bootstrap(y, {k: Predictor(rows[k][1], {"at_0.5": [0.5] * len(seeds)}) for k in ("b", "c")},
+        boot = bootstrap(y, {k: Predictor(rows[k][1], {AT_HALF: [0.5] * len(seeds)}) for k in ("b", "c")},
                          rng=resamples_for(test.fingerprint))
         diff = float(np.mean(aucs["c"]) - np.mean(aucs["b"]))
         p = paired_p_value(boot["c"]["auc"], boot["b"]["auc"], diff)
