@@ -4,9 +4,10 @@ training writes).
 
 Each is a dataclass written and read here only (`save`, `load`), so a field has one name and one meaning
 and a reader never guesses which version wrote a file: `load` accepts what earlier versions wrote (missing
-fields get the meaning they had then) and `save` writes this version's. The comparison's parts are typed in
-tune.runs.comparison; a part that another module owns is that owner's type (a cell: tune.metrics.cells.Cell,
-which reads every schema of those) or stays in its owner's schema (a trial's config: tune.training.config).
+fields get the meaning they had then) and `save` writes this version's, with the keys every earlier reader
+knows. Their parts are typed in tune.runs.comparison and tune.runs.evaluation; a part that another module owns
+is that owner's type (a cell: tune.metrics.cells.Cell, which reads every schema of those; a condition:
+tune.data.perturb.Condition) or stays in its owner's schema (a trial's config: tune.training.config).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Comparison:
         def part(key: str, read: Callable[[dict[str, Any]], Any]) -> Any:
             return read(d[key]) if d.get(key) else None
 
-        rules = {r.value for r in ThresholdRule}
+        rules = {r.value for r in ThresholdRule}  # a rule this version does not know has no cells to show
         return known(cls, {**d, "rows": [ModelRow.from_dict(r) for r in d.get("rows", [])],
                            "threshold_rules": {ThresholdRule(k): v for k, v in d.get("threshold_rules", {}).items()
                                                if k in rules},
@@ -76,8 +77,8 @@ class Comparison:
 
     def to_plain(self) -> dict[str, Any]:
         parts = {"rows": [r.to_plain() for r in self.rows], "best": {m: v.to_plain() for m, v in self.best.items()},
-                 "bootstrap": self.bootstrap.to_plain("stratified_by_class"), "threshold_rules": {str(k): v for k, v in
-                                                                         self.threshold_rules.items()}}
+                 "threshold_rules": {str(k): v for k, v in self.threshold_rules.items()},
+                 "bootstrap": self.bootstrap.to_plain("stratified_by_class")}
         for name in ("ensembles", "tradeoff", "evaluation", "picked", "costs", "video"):
             value = getattr(self, name)
             parts[name] = None if value is None else value.to_plain()
