@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 
 from tune.core import cache_root  # noqa: E402
 from tune.metrics import bootstrap as stats  # noqa: E402
-from tune.metrics.classification import best_index, binary_metrics, metric_value  # noqa: E402
+from tune.metrics.classification import AT_HALF, best_index, binary_metrics, metric_value  # noqa: E402
 
 RULES = ("val_auc", "xval_auc", "mean_auc", "min_auc")
 TESTS = {"in-domain (gen0 test)": 0, "unseen generator (gen2 test)": 2}  # test name -> generator
@@ -178,7 +178,7 @@ def one_search(work: Path, gens: dict[int, Path], seed: int, a: argparse.Namespa
     rows: dict[str, list[tuple[Any, ...]]] = {}
     for name, s in tests.items():
         y = s.y.astype(int)
-        boot = stats.bootstrap(y, {k: stats.Predictor(p[name][None, :], {"at_0.5": [0.5]}) for k, p in probs.items()},
+        boot = stats.bootstrap(y, {k: stats.Predictor(p[name][None, :], {AT_HALF: [0.5]}) for k, p in probs.items()},
                                rng=stats.resamples_for(s.fingerprint), resamples=a.resamples)
         ref_auc = float(binary_metrics(y, probs[ref][name])["auc"])
         rows[name] = []

@@ -30,7 +30,7 @@ from tune.core import cache_root  # noqa: E402
 from tune.data.images import load_split  # noqa: E402
 from tune.inference import probabilities  # noqa: E402
 from tune.metrics.bootstrap import Predictor, bootstrap, paired_p_value, resamples_for, t_interval  # noqa: E402
-from tune.metrics.classification import binary_metrics  # noqa: E402
+from tune.metrics.classification import AT_HALF, binary_metrics  # noqa: E402
 from tune.training.config import TrainConfig  # noqa: E402
 
 RECIPES = {
@@ -77,7 +77,7 @@ def main() -> None:
         probs = {rule: np.stack([done[(arch, rule, s, a.size, a.threads, str(data))][0] for s in range(a.seeds)])
                  for rule in RULES}
         aucs = {rule: [binary_metrics(y, p)["auc"] for p in probs[rule]] for rule in RULES}
-        boot = bootstrap(y, {rule: Predictor(probs[rule], {"at_0.5": [0.5] * a.seeds}) for rule in RULES},
+        boot = bootstrap(y, {rule: Predictor(probs[rule], {AT_HALF: [0.5] * a.seeds}) for rule in RULES},
                          rng=resamples_for(test.fingerprint))
         diff = float(np.mean(aucs["val_auc"]) - np.mean(aucs["val_loss"]))
         p = paired_p_value(boot["val_auc"]["auc"], boot["val_loss"]["auc"], diff)

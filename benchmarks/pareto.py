@@ -57,9 +57,8 @@ def space_file(trials: int, epochs: int, out: Path) -> Path:
 
 
 def test_auc(run: Run, model: str) -> float | None:
-    cmp = json.loads(run.comparison("json").read_text())
-    row = next((r for r in cmp["rows"] if r["name"] == model), None)
-    return row["at_0.5"]["auc"]["value"] if row else None
+    row = next((r for r in Comparison.load(run.comparison("json")).rows if r.name == model), None)
+    return row.cell("auc").value if row else None
 
 
 def int8_text(run: Run) -> str:

@@ -39,7 +39,7 @@ from tune.core import cache_root  # noqa: E402
 from tune.data.images import load_split  # noqa: E402
 from tune.inference import probabilities  # noqa: E402
 from tune.metrics.bootstrap import Predictor, bootstrap, paired_p_value, resamples_for, t_interval  # noqa: E402
-from tune.metrics.classification import binary_metrics  # noqa: E402
+from tune.metrics.classification import AT_HALF, binary_metrics  # noqa: E402
 from tune.models.registry import DEFAULT_ARCH  # noqa: E402
 from tune.runs.files import Comparison  # noqa: E402
 from tune.runs.layout import Run  # noqa: E402
@@ -89,9 +89,9 @@ def searched(data: Path, space: Path, seeds: int, name: str | None) -> tuple[np.
         seconds = run.comparison("json").stat().st_mtime - float(run.read().started_at or 0.0)
     tuned = Comparison.load(run.comparison("json")).tuned
     mode = run.read().mode
-    pick = (max if mode == "max" else min)(tuned, key=lambda r: float(np.mean(r["valid_scores"])))
-    probs = np.stack([read_predictions(run.finalize(pick["name"], s) / PREDICTIONS)[2] for s in pick["seeds"]])
-    return probs, f"{pick['model']}, searched and finalized (chosen on valid)", seconds, run.path
+    pick = (max if mode == "max" else min)(tuned, key=lambda r: float(np.mean(r.valid_scores)))
+    probs = np.stack([read_predictions(run.finalize(pick.name, s) / PREDICTIONS)[2] for s in pick.seeds])
+    return probs, f"{pick.model}, searched and finalized (chosen on valid)", seconds, run.path
 
 
 def main() -> None:
@@ -135,7 +135,7 @@ def main() -> None:
               f"{mean:.4f} ± {half:.4f} | {seconds:.0f} s |")
     print()
     if "b" in rows:
-        boot = bootstrap(y, {k: Predictor(rows[k][1], {"at_0.5": [0.5] * len(seeds)}) for k in ("b", "c")},
+        boot = bootstrap(y, {k: Predictor(rows[k][1], {AT_HALF: [0.5] * len(seeds)}) for k in ("b", "c")},
                          rng=resamples_for(test.fingerprint))
         diff = float(np.mean(aucs["c"]) - np.mean(aucs["b"]))
         p = paired_p_value(boot["c"]["auc"], boot["b"]["auc"], diff)

@@ -32,7 +32,7 @@ import numpy as np
 from tune.core import cache_root
 from tune.data.zoo import FAMILIES, cues
 from tune.metrics import bootstrap as stats
-from tune.metrics.classification import binary_metrics
+from tune.metrics.classification import AT_HALF, binary_metrics
 
 MATRIX_RULES = ("val_auc", "xval_auc")  # the matrices printed; the summary has every rule
 CUES = ("colour", "smoothness")
@@ -125,9 +125,9 @@ def run(a: argparse.Namespace, search: Callable[..., dict[str, Any]], start_ray:
     for g, s in tests.items():
         predictors: dict[Any, stats.Predictor] = {}
         for t in (t for t in families if g in unseen[t]):
-            predictors |= {(t, m, r): stats.Predictor(probs_of(t, m, r, g)[None, :], {"at_0.5": [0.5]})
+            predictors |= {(t, m, r): stats.Predictor(probs_of(t, m, r, g)[None, :], {AT_HALF: [0.5]})
                            for m, r in found[t]["picks"]}
-            predictors |= {(t, c, "cue"): stats.Predictor(cue_probs[c, t][g][None, :], {"at_0.5": [0.5]}) for c in CUES}
+            predictors |= {(t, c, "cue"): stats.Predictor(cue_probs[c, t][g][None, :], {AT_HALF: [0.5]}) for c in CUES}
         boot[g] = stats.bootstrap(s.y.astype(int), predictors, rng=stats.resamples_for(s.fingerprint),
                                   resamples=a.resamples)
 

@@ -48,22 +48,60 @@ def test_result_files_of_earlier_versions_load_as_this_versions_types(old_run: P
     """comparison.json from before ensembles (cells as mean/boot_low/boot_high) and an evaluation.json from
     before the one cell schema (top-level auc, at_threshold) load as Comparison and Evaluation; what they lack is
     None, and the cells read the same."""
-    from tune.metrics.cells import cell_of
-    from tune.reports.tables import cell_at
+    from tune.metrics.classification import AT_VALID
     from tune.runs.files import Comparison, Evaluation
     from tune.runs.layout import Run
 
     cmp = Comparison.load(old_run / "comparison.json")
     old = json.loads((old_run / "comparison.json").read_text())
     assert cmp.ensembles is None and cmp.tradeoff is None and cmp.evaluation is None and cmp.seeds == 1
-    assert cell_of(cmp.rows[0]["at_0.5"]["auc"]).value == old["rows"][0]["at_0.5"]["auc"]["mean"]
+    assert cmp.rows[0].cell("auc").value == old["rows"][0]["at_0.5"]["auc"]["mean"]
     record = json.loads((old_run / "run.json").read_text())
     assert Run(old_run).read().data.train_fingerprint == record["data"]["train_fingerprint"]
     row = {"model": "m", "source": "s", "condition": "clean", "auc": {"value": 0.7, "low": 0.6, "high": 0.8},
            "at_threshold": {"accuracy": {"value": 0.6, "low": 0.5, "high": 0.7}}}
     ev = Evaluation.from_dict({"rows": [row], "bootstrap": {"resamples": 1000, "seed": 0}, "unknown_later_field": 1})
-    assert ev.models == [] and ev.paired == [] and cell_at(ev.rows[0], "auc").text() == "0.700 [0.600, 0.800]"
-    assert cell_at(ev.rows[0], "accuracy", "at_valid_threshold").value == 0.6
+    assert ev.models == [] and ev.paired == [] and ev.rows[0].cell("auc").text() == "0.700 [0.600, 0.800]"
+    assert ev.rows[0].cell("accuracy", AT_VALID).value == 0.6
+    assert ev.rows[0].cell("auc", AT_VALID) == ev.rows[0].cell("auc")  # a ranking metric: the same at either rule
+    assert set(ev.to_plain()["rows"][0]) == {"model", "source", "condition", "n_fake", "n_real", "at_0.5",
+                                              "at_valid_threshold", "note"}  # written in this version's schema
+
+
+def test_an_old_comparison_json_reads_into_typed_records() -> None:
+    """Both fixtures' comparison.json (finalize's earlier cell schema, `numpy_seed`; one with ensembles, one
+    without) load as records with attributes, and write back the keys they were read from."""
+    from tune.metrics.cells import Cell
+    from tune.metrics.classification import AT_HALF, AT_VALID
+    from tune.runs.comparison import Ensembles, ModelRow, Resampling, VariantRow, Verdict
+    from tune.runs.files import Comparison
+
+    for name in ("old_layout_run", "pre_layout_run"):
+        old = json.loads((FIXTURES / name / "comparison.json").read_text())
+        cmp = Comparison.from_dict(old)
+        row, was = cmp.rows[0], old["rows"][0]
+        assert isinstance(row, ModelRow) and isinstance(cmp.best["auc"], Verdict)
+        assert (row.name, row.arch, row.kind, row.trial_id) == (was["name"], was["arch"], "tuned", was["trial_id"])
+        assert row.seeds == was["seeds"] and row.chosen_seed == was["chosen_seed"] and cmp.seeds == 1
+        auc = row.cell("auc")
+        assert isinstance(auc, Cell) and (auc.value, auc.low, auc.high) == tuple(
+            was["at_0.5"]["auc"][k] for k in ("mean", "boot_low", "boot_high"))
+        assert row.cell("accuracy", AT_VALID).value == was["at_valid_threshold"]["accuracy"]["mean"]
+        assert cmp.best["auc"].model == old["best"]["auc"]["model"] and cmp.best["auc"].test is None
+        boot = old["bootstrap"]  # `numpy_seed` then, `seed` now
+        assert cmp.bootstrap == Resampling(1000, boot["numpy_seed"], statistic=boot["statistic"])
+        assert list(cmp.threshold_rules) == [AT_HALF, AT_VALID]
+        if "ensembles" in old:  # pre_layout_run: five predictors of its one model
+            assert isinstance(cmp.ensembles, Ensembles) and all(isinstance(r, VariantRow) for r in cmp.ensembles.rows)
+            ens = cmp.ensembles.row(row.name, "ensemble")
+            assert ens is not None and ens.versus("auc") is not None
+            assert ens.versus("auc").value == old["ensembles"]["rows"][3]["vs_chosen"]["at_0.5"]["auc"]["value"]
+        else:
+            assert cmp.ensembles is None
+        plain = json.loads(json.dumps(cmp.to_plain()))  # what a save writes: the same keys, the same values
+        assert plain.keys() == old.keys() and plain["rows"][0].keys() == was.keys()
+        assert plain["best"] == old["best"] and plain.get("ensembles", {}).keys() == old.get("ensembles", {}).keys()
+        assert Comparison.from_dict(plain) == cmp
 
 
 def test_an_old_run_is_read_by_every_command(old_run: Path, capsys: pytest.CaptureFixture[str]) -> None:

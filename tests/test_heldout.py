@@ -256,17 +256,17 @@ def test_finalize_keeps_selection_and_test_apart_and_shows_the_trade_off(
     cmp = tune.cli.finalize.finalize(run, FinalizeOptions(seeds=1, cache_dir=xrun["tmp"] / "cache", extra_test=[other]),
                                      log=lambda s: None)
     for row in cmp.rows:
-        rec = json.loads((run / row["folder"] / "seed0" / "record.json").read_text())
-        assert rec["valid_score"] == metric_value(rec["best"], "xval_auc") == row["valid_scores"][0]
+        rec = json.loads((run / row.folder / "seed0" / "record.json").read_text())
+        assert rec["valid_score"] == metric_value(rec["best"], "xval_auc") == row.valid_scores[0]
         assert rec["data"]["valid_extra"] == Run(run).read().data.valid_extra
     t = cmp.tradeoff
     assert t is not None
-    assert {r["name"] for r in t["rows"]} == {"custom_cnn", "mobilenet_v2"}
-    assert {"val_auc", "xval_auc", "xval[gen_a]_auc", "test_auc"} <= set(t["rows"][0])
+    assert {r.name for r in t.rows} == {"custom_cnn", "mobilenet_v2"}
+    assert {"val_auc", "xval_auc", "xval[gen_a]_auc", "test_auc"} <= set(t.rows[0].to_plain())
     md = (run / "comparison.md").read_text()
     assert "### In-domain vs held-out validation" in md and "| Model | val_auc | xval_auc | xval[gen_a]_auc" in md
-    assert ("The in-domain winner is not the held-out winner" in md) == (not t["agree"])
-    if not t["agree"]:
+    assert ("The in-domain winner is not the held-out winner" in md) == (not t.agree)
+    if not t.agree:
         assert "paired bootstrap p = " in md
     html = (run / "report.html").read_text()
     assert 'id="tradeoff"' in html and "tradeoff-scatter" in html and "could not be built" not in html
@@ -286,27 +286,30 @@ def test_the_same_images_under_another_name_are_found(tmp_path: Path) -> None:
 def test_the_trade_off_sentence_names_both_winners_and_the_paired_test() -> None:
     from tune.evaluation.tradeoff import summary
     from tune.metrics import bootstrap as stats
+    from tune.metrics.cells import Cell
+    from tune.metrics.classification import AT_HALF
     from tune.reports import tradeoff
+    from tune.runs.comparison import ModelRow
     from tune.training.records import ModelRecord
 
     rng = np.random.default_rng(0)
     boot = {n: {"auc": rng.normal(m, 0.02, 1000)} for n, m in (("a", 0.9), ("b", 0.8))}
-    rows = [{"name": n, "model": f"{n} (tuned)", "kind": "tuned", "at_0.5": {"auc": {"value": m}}}
-            for n, m in (("a", 0.9), ("b", 0.8))]
+    rows = [ModelRow(f"{n} (tuned)", n, "custom_cnn", "tuned", None, {}, [0], [0.5], [0.5], n, 0, 0.5,
+                     {AT_HALF: {"auc": Cell(m)}}) for n, m in (("a", 0.9), ("b", 0.8))]
     records = {"a": [ModelRecord(config={}, best={"val_auc": 0.95, "xval_auc": 0.55, "xval[g]_auc": 0.5,
                                                   "xval[h]_auc": 0.6})],
                "b": [ModelRecord(config={}, best={"val_auc": 0.85, "xval_auc": 0.75, "xval[g]_auc": 0.7,
                                                   "xval[h]_auc": 0.8})]}
     t = summary(rows, records, boot, 0.05)
-    assert (t["in_domain_winner"], t["held_out_winner"], t["agree"]) == ("a", "b", False)
-    assert t["p_value"] == stats.paired_p_value(boot["a"]["auc"], boot["b"]["auc"], 0.9 - 0.8)
+    assert (t.in_domain_winner, t.held_out_winner, t.agree) == ("a", "b", False)
+    assert t.p_value == stats.paired_p_value(boot["a"]["auc"], boot["b"]["auc"], 0.9 - 0.8)
     said = tradeoff.sentence(t)
     assert said.startswith("The in-domain winner is not the held-out winner")
     assert "a (val_auc 0.950, xval_auc 0.550)" in said and "b (val_auc 0.850, xval_auc 0.750)" in said
     assert "0.900 vs 0.800, difference +0.100, paired bootstrap p = " in said
     records["b"][0].best["val_auc"] = 0.99
     agree = summary(rows, records, boot, 0.05)
-    assert agree["agree"] and tradeoff.sentence(agree).startswith("In-domain and held-out validation pick the same")
+    assert agree.agree and tradeoff.sentence(agree).startswith("In-domain and held-out validation pick the same")
     md = tradeoff.markdown(agree)
     assert "| Model | val_auc | xval_auc | xval[g]_auc | xval[h]_auc | test ROC-AUC |" in md
     assert "| b (tuned) | 0.990 | 0.750 | 0.700 | 0.800 | 0.800 |" in md

@@ -64,7 +64,7 @@ def finalize(run_dir: Path, options: FinalizeOptions, *, log: Callable[[str], No
         ev = write_evaluation(out, done.extra_test, log)
         # In comparison.json the plot paths are relative to the run folder, where that file lives.
         ev = replace(ev, plots={k: f"{out.name}/{v}" for k, v in ev.plots.items()})
-        cmp.evaluation = ev.to_plain()
+        cmp.evaluation = ev
         section = render_markdown(ev, level=2, title="Extra test sets (exported winners)")
     cmp.save(run.comparison("json"))
     atomic_write_text(run.comparison("csv"), comparison_csv(cmp))

@@ -47,6 +47,14 @@ class Condition:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "perturbation": self.perturbation, "severity": self.severity}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Condition:
+        """A condition as to_dict wrote it (its name follows from the other two), or named only ("jpeg=75")."""
+        if "perturbation" not in d and d.get("name", "clean") != "clean":
+            kind, _, severity = str(d["name"]).partition("=")
+            return cls(kind, float(severity) if "." in severity else int(severity))
+        return cls(d.get("perturbation"), d.get("severity"))
+
 
 CLEAN = Condition()
 

@@ -10,12 +10,13 @@ on the weights' values), with the run's latency settings (the space's `latency:`
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from typing import Any
 
 from tune.inference import load
 from tune.metrics.costs import COSTS, Serving
 from tune.models.onnxrt import legacy_onnx
+from tune.runs.comparison import Costs
 from tune.runs.files import Comparison
 from tune.runs.info import RunInfo
 from tune.training.latency import measure
@@ -49,14 +50,13 @@ def add_costs(info: RunInfo, cmp: Comparison, log: Log = print) -> None:
     serving = settings(info)
     models, device = {}, "cpu"
     for row in cmp.rows:
-        loaded = load(info.run.finalize(row["name"], row["chosen_seed"]) / WEIGHTS)
+        loaded = load(info.run.finalize(row.name, row.chosen_seed) / WEIGHTS)
         device = next(loaded.model.parameters()).device.type
         measured = measure(loaded.model, loaded.image_size, replace(serving, onnx=False))
         costs = {k: measured[k] for k in SHOWN if k in measured}
         costs["onnx_mb"] = onnx_mb(loaded.model, loaded.image_size, log)
-        models[row["name"]] = costs
-        log(f"[{row['name']}] costs: {costs['latency_ms']:.2f} ms/image at batch 1, {costs['latency_batch_ms']:.2f} "
+        models[row.name] = costs
+        log(f"[{row.name}] costs: {costs['latency_ms']:.2f} ms/image at batch 1, {costs['latency_batch_ms']:.2f} "
             f"at batch {serving.batch}, {costs['params']:,} parameters"
             + (f", ONNX {costs['onnx_mb']:.2f} MB" if costs["onnx_mb"] is not None else ""))
-    cmp.costs = {"settings": asdict(serving), "device": device, "labels": {k: COSTS[k].label for k in SHOWN},
-                 "models": models}
+    cmp.costs = Costs(serving, device, {k: COSTS[k].label for k in SHOWN}, models)

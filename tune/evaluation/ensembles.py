@@ -23,11 +23,11 @@ import numpy as np
 
 from tune.core import UserError
 from tune.metrics.bootstrap import Predictor
-from tune.metrics.classification import HEADLINE
+from tune.metrics.classification import AT_HALF, AT_VALID, HEADLINE, ThresholdRule
+from tune.runs.comparison import Cells, Ensembles, ModelRow, VariantRow, Versus
 
 if TYPE_CHECKING:
     from tune.data.images import ImageSet
-    from tune.metrics.cells import Cell
     from tune.models.detector import Detector
 
 VARIANTS = {
@@ -116,7 +116,7 @@ def predictors(folders: list[Path], recorded: list[float], chosen: int, valid: I
         return youden_threshold(valid.y, p)
 
     def predictor(test: np.ndarray, thresholds: list[float], variant: str) -> Predictor:
-        return Predictor(test, {"at_0.5": [0.5] * len(thresholds), "at_valid_threshold": thresholds},
+        return Predictor(test, {AT_HALF: [0.5] * len(thresholds), AT_VALID: thresholds},
                          over_seeds=variant in OVER_SEEDS)
 
     return {
@@ -136,28 +136,30 @@ def label(variant: str, seeds: list[int], chosen_seed: int) -> str:
             "ensemble_hflip": f"ensemble of {k} seeds + flip TTA"}[variant]
 
 
-def rows(model: dict[str, Any], preds: dict[str, Predictor], cells: dict[Any, dict[str, dict[str, Cell]]],
-         samples: dict[Any, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+def rows(model: ModelRow, preds: dict[str, Predictor], cells: dict[Any, Cells],
+         samples: dict[Any, dict[str, np.ndarray]]) -> list[VariantRow]:
     """The table's rows of one model (`model`: its row of the main table): each predictor's cells under every
     threshold rule and, but for the chosen seed, its paired test against the chosen seed (PAIRED metrics)."""
     from tune.metrics import bootstrap as stats
 
-    name, out = model["name"], []
+    name, out = model.name, []
     ref = cells[name, "chosen_seed"]
     for variant, pred in preds.items():
-        row: dict[str, Any] = {k: model[k] for k in ("model", "name", "arch", "kind", "seeds", "chosen_seed")}
-        row.update(variant=variant, predictor=label(variant, model["seeds"], model["chosen_seed"]),
-                   thresholds=pred.thresholds["at_valid_threshold"],
-                   **{rule: {m: c.to_dict() for m, c in got.items()} for rule, got in cells[name, variant].items()})
-        if variant != "chosen_seed":
-            mine = cells[name, variant]
+        mine = cells[name, variant]
 
-            def vs(rule: str, m: str, mine: dict[str, dict[str, Cell]] = mine, variant: str = variant) -> dict:
-                k = stats.key(rule, m)
-                test = stats.paired(mine[rule][m], ref[rule][m], samples[name, variant][k],
-                                    samples[name, "chosen_seed"][k])
-                return {"value": mine[rule][m].value, "chosen_value": ref[rule][m].value, **(test or {})}
+        def vs(rule: ThresholdRule, m: str, mine: Cells = mine, variant: str = variant) -> Versus:
+            k = stats.key(rule, m)
+            test = stats.paired(mine[rule][m], ref[rule][m], samples[name, variant][k], samples[name, "chosen_seed"][k])
+            return Versus(mine[rule][m].value, ref[rule][m].value, test)
 
-            row["vs_chosen"] = {rule: {m: vs(rule, m) for m in PAIRED} for rule in pred.thresholds}
-        out.append(row)
+        out.append(VariantRow(
+            model.model, name, model.arch, model.kind, model.seeds, model.chosen_seed, variant,
+            label(variant, model.seeds, model.chosen_seed), pred.thresholds[AT_VALID], mine,
+            None if variant == "chosen_seed" else {rule: {m: vs(rule, m) for m in PAIRED}
+                                                   for rule in pred.thresholds}))
     return out
+
+
+def section(rows: list[VariantRow]) -> Ensembles:
+    """comparison.json's `ensembles`: every model's predictors, paired against the chosen seed."""
+    return Ensembles(dict(VARIANTS), "chosen_seed", list(PAIRED), rows)

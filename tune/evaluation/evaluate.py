@@ -191,7 +191,7 @@ def evaluate(models: list[LoadedModel], sources: list[Source], conditions: list[
     if framed:  # both levels: the videos above, their frames here (each with its own mean over sources)
         frames = {s.name: scored[s.name].frames for s in framed}
         result.frames = evaluation_statistics(named, framed, conditions, frames,  # type: ignore[arg-type]
-                                              resamples=resamples, seed=seed).to_plain()
+                                              resamples=resamples, seed=seed)
     return Evaluated(result, scored, evaluation_panels(named, scored, conditions[0].name))
 
 

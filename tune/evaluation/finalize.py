@@ -25,7 +25,9 @@ from tune.core.processes import worker_pool
 from tune.data.perturb import Condition
 from tune.evaluation.costs import add_costs
 from tune.evaluation.panels import Panel, finalize_panels
-from tune.metrics.classification import HEADLINE, THRESHOLD_RULES
+from tune.metrics.classification import AT_HALF, AT_VALID, HEADLINE, THRESHOLD_RULES
+from tune.models.hparams import HParamKind
+from tune.runs.comparison import ModelRow, Resampling, Verdict
 from tune.runs.files import Comparison
 from tune.runs.info import (
     RunInfo,
@@ -72,7 +74,7 @@ def baseline_config(info: RunInfo, arch: str) -> TrainConfig:
     fields: dict[str, Any] = {"arch": arch, "image_size": info.image_size, "epochs": info.max_epochs, "patience": 3,
                               "threads": info.threads, "use_cache": info.use_cache}
     w = info.space["architectures"][arch].get("weights")
-    if w and w["kind"] == "fixed":
+    if w and w["kind"] == HParamKind.FIXED:
         fields["weights"] = w["value"]
     return TrainConfig.from_dict(fields)
 
@@ -173,9 +175,9 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: 
     record = replace(run_record(cfg, result, fingerprints), name=c.name, kind=c.kind, trial_id=c.trial_id,
                      run=info.name, metric=info.metric, preprocess=info.prep.to_dict(),
                      valid_score=metric_value(result.best, info.metric),  # by the run's rule (mean_auc, ...)
-                     threshold=threshold, threshold_rule=THRESHOLD_RULES["at_valid_threshold"],
-                     test={"at_0.5": binary_metrics(test.y, p_test, 0.5),
-                           "at_valid_threshold": binary_metrics(test.y, p_test, threshold)})
+                     threshold=threshold, threshold_rule=THRESHOLD_RULES[AT_VALID],
+                     test={AT_HALF: binary_metrics(test.y, p_test, 0.5),
+                           AT_VALID: binary_metrics(test.y, p_test, threshold)})
     record.save(out / RECORD)  # last: its presence marks this seed as done
     return record
 
@@ -199,14 +201,12 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[Model
     rows, variant_rows = [], []
     for c in cands:
         recs = records[c.name]
-        row: dict[str, Any] = {"model": c.label, "name": c.name, "arch": c.arch, "kind": c.kind,
-                               "trial_id": c.trial_id, "config": {**c.config.to_dict(), "seed": None},
-                               "seeds": [r.seed for r in recs], "valid_scores": [r.valid_score for r in recs],
-                               "thresholds": [float(r.threshold or 0.5) for r in recs],
-                               "folder": str(info.run.finalize(c.name).relative_to(info.run.path)),
-                               "chosen_seed": chosen[c.name].seed, "chosen_threshold": chosen[c.name].threshold,
-                               **{rule: {m: cell.to_dict() for m, cell in cells[c.name, "seeds"][rule].items()}
-                                  for rule in THRESHOLD_RULES}}
+        row = ModelRow(model=c.label, name=c.name, arch=c.arch, kind=c.kind, trial_id=c.trial_id,
+                       config={**c.config.to_dict(), "seed": None}, seeds=[r.seed for r in recs],
+                       valid_scores=[r.valid_score for r in recs], thresholds=[float(r.threshold or 0.5) for r in recs],
+                       folder=str(info.run.finalize(c.name).relative_to(info.run.path)),
+                       chosen_seed=chosen[c.name].seed, chosen_threshold=chosen[c.name].threshold,
+                       cells=cells[c.name, "seeds"])
         rows.append(row)
         variant_rows += ensembles.rows(row, preds[c.name], cells, samples)
     seeds = {c.name: samples[c.name, "seeds"] for c in cands}
@@ -218,11 +218,10 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[Model
     return Comparison(
         run=info.name, metric=info.metric, n_test=len(y), test_fingerprint=test.fingerprint, rows=rows,
         best=best, picked=versus_most_accurate(rows, seeds, best, picked, info.mode) if picked else None,
-        threshold_rules=THRESHOLD_RULES, alpha=stats.ALPHA, skipped=info.meta.skipped,
-        bootstrap={"resamples": stats.RESAMPLES, "seed": [stats.SEED, "the test split's fingerprint"],
-                   "stratified_by_class": True, "statistic": "each resample's metric is averaged over seeds"},
-        ensembles={"variants": ensembles.VARIANTS, "paired_against": "chosen_seed",
-                   "paired_metrics": list(ensembles.PAIRED), "rows": variant_rows},
+        threshold_rules=dict(THRESHOLD_RULES), alpha=stats.ALPHA, skipped=info.meta.skipped,
+        bootstrap=Resampling(stats.RESAMPLES, [stats.SEED, "the test split's fingerprint"],
+                             statistic="each resample's metric is averaged over seeds"),
+        ensembles=ensembles.section(variant_rows),
         tradeoff=tradeoff.summary(rows, records, seeds, stats.ALPHA) if info.heldout else None, video=video)
 
 
@@ -236,24 +235,21 @@ def choose_seed(info: RunInfo, recs: list[ModelRecord]) -> ModelRecord:
     return best
 
 
-def best_models(rows: list[dict[str, Any]], samples: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+def best_models(rows: list[ModelRow], samples: dict[str, dict[str, np.ndarray]]) -> dict[str, Verdict]:
     """The notebook named the best model by accuracy and by AUC (at 0.5); we add whether the gap is significant."""
     from tune.metrics import bootstrap as stats
-    from tune.metrics.cells import cell_of
 
-    tuned = [r for r in rows if r["kind"] == "tuned"]
-    out: dict[str, Any] = {}
+    tuned = [r for r in rows if r.kind == "tuned"]
+    out: dict[str, Verdict] = {}
     for m in HEADLINE:
-        value = {r["name"]: cell_of(r["at_0.5"][m]) for r in tuned}
-        ranked = sorted(tuned, key=lambda r: -(value[r["name"]].value or -math.inf))
-        entry: dict[str, Any] = {"model": ranked[0]["name"], "value": value[ranked[0]["name"]].value}
+        ranked = sorted(tuned, key=lambda r: -(r.cell(m).value or -math.inf))
+        a = ranked[0]
+        out[m] = Verdict(a.name, a.cell(m).value)
         if len(ranked) > 1:
-            a, b = ranked[0]["name"], ranked[1]["name"]
-            k = stats.key("at_0.5", m)
-            test = stats.paired(value[a], value[b], samples[a][k], samples[b][k]) or {}
-            entry.update(runner_up=b, runner_up_value=value[b].value, **test,
-                         tie=bool(test.get("difference") == 0))
-        out[m] = entry
+            b, k = ranked[1], stats.key(AT_HALF, m)
+            test = stats.paired(a.cell(m), b.cell(m), samples[a.name][k], samples[b.name][k])
+            out[m] = Verdict(a.name, a.cell(m).value, b.name, b.cell(m).value, test,
+                             tie=test is not None and test.difference == 0)
     return out
 
 
@@ -261,12 +257,12 @@ def export_models(info: RunInfo, cmp: Comparison, records: dict[str, list[ModelR
     """models/<arch>.pth + .json: the tuned seed with the best valid score, ready for `predict`; its record is the
     seed's own, with what chose it and where it came from."""
     for row in cmp.tuned:
-        rec = next(r for r in records[row["name"]] if r.seed == row["chosen_seed"])
-        src = info.run.finalize(row["name"], rec.seed)
-        weights = info.run.model(row["arch"], "pth")
+        rec = next(r for r in records[row.name] if r.seed == row.chosen_seed)
+        src = info.run.finalize(row.name, rec.seed)
+        weights = info.run.model(row.arch, "pth")
         atomic_write_bytes(weights, (src / WEIGHTS).read_bytes())
-        replace(rec, arch=row["arch"], run=info.name, chosen_by=f"best valid {info.metric} over seeds {row['seeds']}",
-                source=info.run.own(src), weights_sha256=file_sha256(weights)).save(info.run.model(row["arch"], "json"))
+        replace(rec, arch=row.arch, run=info.name, chosen_by=f"best valid {info.metric} over seeds {row.seeds}",
+                source=info.run.own(src), weights_sha256=file_sha256(weights)).save(info.run.model(row.arch, "json"))
 
 
 @dataclass

@@ -87,12 +87,12 @@ def finalize_panels(run: Run, cmp: Comparison, test: ImageSet, log: Callable[[st
     out = {}
     for row in cmp.tuned:
         try:
-            loaded = inference.load(run.model(row["arch"]))
-            _, y, p = read_predictions(run.finalize(row["name"], row["chosen_seed"]) / PREDICTIONS)
-            out[row["arch"]] = panel(loaded, y, p, test.paths, lambda idx: test.x[idx],
-                                     f"{row['arch']} (seed {row['chosen_seed']}) on the test split, {len(y)} images")
+            loaded = inference.load(run.model(row.arch))
+            _, y, p = read_predictions(run.finalize(row.name, row.chosen_seed) / PREDICTIONS)
+            out[row.arch] = panel(loaded, y, p, test.paths, lambda idx: test.x[idx],
+                                  f"{row.arch} (seed {row.chosen_seed}) on the test split, {len(y)} images")
         except Exception as e:  # noqa: BLE001 - a picture must not lose the finished numbers
-            log(f"warning: Grad-CAM panel of {row['arch']} failed: {type(e).__name__}: {e}")
+            log(f"warning: Grad-CAM panel of {row.arch} failed: {type(e).__name__}: {e}")
     return out
 
 

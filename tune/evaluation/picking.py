@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import atomic_write_bytes, file_sha256
+from tune.runs.comparison import ModelRow, Picked, Verdict, Versus
 from tune.runs.pareto import SPEED, PickRule, choose
 from tune.training.records import RECORD, WEIGHTS, ModelRecord
 
@@ -55,40 +56,37 @@ def record_pick(info: RunInfo, about: dict[str, Any]) -> None:
     info.run.write(replace(meta, pick=about))
 
 
-def picked_row(rows: list[dict[str, Any]], about: dict[str, Any], mode: str) -> dict[str, Any]:
+def picked_row(rows: list[ModelRow], about: dict[str, Any], mode: str) -> ModelRow:
     """The comparison row shipped as models/picked/: the model the rule named, else (`best`) the winner with the
     best valid score. Test numbers never choose."""
     from tune.metrics.classification import better
 
-    rows = [r for r in rows if r["kind"] in ("tuned", PICKED)]
+    rows = [r for r in rows if r.kind in ("tuned", PICKED)]
     if about.get("model"):
-        return next(r for r in rows if r["name"] == about["model"])
+        return next(r for r in rows if r.name == about["model"])
     row = rows[0]
     for r in rows[1:]:
-        if better(max(r["valid_scores"]), max(row["valid_scores"]), mode):
+        if better(max(r.valid_scores), max(row.valid_scores), mode):
             row = r
     return row
 
 
-def versus_most_accurate(rows: list[dict[str, Any]], samples: dict[str, dict[str, np.ndarray]],
-                         best: dict[str, Any], about: dict[str, Any], mode: str) -> dict[str, Any]:
+def versus_most_accurate(rows: list[ModelRow], samples: dict[str, dict[str, np.ndarray]],
+                         best: dict[str, Verdict], about: dict[str, Any], mode: str) -> Picked:
     """The picked model against the most accurate winner on the test split (comparison.json's `picked`): for each
     headline metric at 0.5, both values, the difference and its paired bootstrap p (the comparison's resamples),
     so a user sees what the rule cost. The most accurate is by test ROC-AUC, as the verdict says; it only
     reports, never chooses."""
     from tune.metrics import bootstrap as stats
-    from tune.metrics.cells import cell_of
-    from tune.metrics.classification import HEADLINE
+    from tune.metrics.classification import AT_HALF, HEADLINE
 
-    name, top = picked_row(rows, about, mode)["name"], best["auc"]["model"]
-    value = {r["name"]: r for r in rows}
-    out: dict[str, Any] = {"model": name, "rule": about["rule"], "most_accurate": top, "same": name == top,
-                           "metrics": {}}
+    name, top = picked_row(rows, about, mode).name, best["auc"].model
+    a_row, b_row = (next(r for r in rows if r.name == n) for n in (name, top))
+    out = Picked(name, about["rule"], top, name == top)
     for m in HEADLINE:
-        a, b = cell_of(value[name]["at_0.5"][m]), cell_of(value[top]["at_0.5"][m])
-        k = stats.key("at_0.5", m)
-        test = {} if name == top else stats.paired(a, b, samples[name][k], samples[top][k]) or {}
-        out["metrics"][m] = {"value": a.value, "most_accurate_value": b.value, **test}
+        a, b, k = a_row.cell(m), b_row.cell(m), stats.key(AT_HALF, m)
+        out.metrics[m] = Versus(a.value, b.value,
+                                None if name == top else stats.paired(a, b, samples[name][k], samples[top][k]))
     return out
 
 
@@ -97,11 +95,11 @@ def export_picked(info: RunInfo, cmp: Comparison, records: dict[str, list[ModelR
     """models/picked/best.pth + record.json: the picked model's seed with the best valid score (for `best`: the
     winner with the best valid score)."""
     row = picked_row(cmp.rows, about, info.mode)
-    rec = next(r for r in records[row["name"]] if r.seed == row["chosen_seed"])
-    src = info.run.finalize(row["name"], rec.seed)
+    rec = next(r for r in records[row.name] if r.seed == row.chosen_seed)
+    src = info.run.finalize(row.name, rec.seed)
     out = picked_dir(info.run)
     atomic_write_bytes(out / WEIGHTS, (src / WEIGHTS).read_bytes())
-    replace(rec, arch=row["arch"], run=info.name, chosen_by=f"--pick {about['rule']}; best valid {info.metric} "
-            f"over seeds {row['seeds']}", source=info.run.own(src),
+    replace(rec, arch=row.arch, run=info.name, chosen_by=f"--pick {about['rule']}; best valid {info.metric} "
+            f"over seeds {row.seeds}", source=info.run.own(src),
             weights_sha256=file_sha256(out / WEIGHTS)).save(out / RECORD)
     return out / WEIGHTS

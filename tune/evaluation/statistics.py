@@ -14,10 +14,12 @@ import datetime
 import math
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tune.metrics.cells import Cell
-from tune.metrics.classification import METRICS, PER_SOURCE, THRESHOLD_RULES
+from tune.metrics.classification import AT_HALF, AT_VALID, METRICS, PER_SOURCE, THRESHOLD_RULES
+from tune.runs.comparison import Cells, Resampling
+from tune.runs.evaluation import MEAN, EvaluatedModel, EvaluatedSource, EvaluationRow, PairedRow
 from tune.runs.files import Evaluation
 
 if TYPE_CHECKING:
@@ -31,20 +33,13 @@ PAIRED_METRICS = PER_SOURCE  # the per-generator numbers, paired between models 
 Samples = dict[str, "np.ndarray"]
 
 
-def _row(model: str, source: str, cond: str, n_fake: int, n_real: int, cells: dict[str, dict[str, Cell]],
-         note: str) -> dict[str, Any]:
-    return {"model": model, "source": source, "condition": cond, "n_fake": n_fake, "n_real": n_real,
-            **{rule: {m: c.to_dict() for m, c in got.items()} for rule, got in cells.items()}, "note": note}
-
-
 def one_class_note(n_fake: int, n_real: int) -> str:
     if n_fake and n_real:
         return ""
     return f"only {'Fake' if n_fake else 'Real'} images: AUC, AP and EER undefined"
 
 
-def mean_cells(per: list[dict[str, dict[str, Cell]]], samples: list[Samples]) -> tuple[dict[str, dict[str, Cell]],
-                                                                                      Samples]:
+def mean_cells(per: list[Cells], samples: list[Samples]) -> tuple[Cells, Samples]:
     """The mean over sources of each cell, its interval from the mean of each resample's per-source values."""
     import numpy as np
 
@@ -52,7 +47,7 @@ def mean_cells(per: list[dict[str, dict[str, Cell]]], samples: list[Samples]) ->
 
     with _quiet():
         mean_samples = {k: np.nanmean([s[k] for s in samples], axis=0) for k in samples[0]}
-        out: dict[str, dict[str, Cell]] = {}
+        out: Cells = {}
         for rule in per[0]:
             out[rule] = {}
             for m in per[0][rule]:
@@ -69,13 +64,12 @@ def evaluation_statistics(models: dict[str, LoadedModel], sources: list[Source],
     from tune.metrics import bootstrap as stats
 
     keys = [(m, c.name) for m in models for c in conditions]
-    cells: dict[tuple[str, str, str], dict[str, dict[str, Cell]]] = {}
+    cells: dict[tuple[str, str, str], Cells] = {}
     samples: dict[tuple[str, str, str], Samples] = {}
     fingerprints = {s.name: s.fingerprint() for s in sources}
     for s in sources:
         sc = scored[s.name]
-        predictors = {(m, c): stats.Predictor(sc.p[m, c][None, :], {"at_0.5": [0.5],
-                                                                     "at_valid_threshold": [models[m].threshold]},
+        predictors = {(m, c): stats.Predictor(sc.p[m, c][None, :], {AT_HALF: [0.5], AT_VALID: [models[m].threshold]},
                                               over_seeds=False) for m, c in keys}
         got, boot = stats.score(sc.y, predictors, fingerprint=fingerprints[s.name], seed=seed, resamples=resamples)
         for m, c in keys:
@@ -87,34 +81,31 @@ def evaluation_statistics(models: dict[str, LoadedModel], sources: list[Source],
             for s in sources:
                 skipped = f"{len(scored[s.name].bad)} unreadable image(s) skipped" if scored[s.name].bad else ""
                 note = "; ".join(x for x in (one_class_note(*counts[s.name]), skipped) if x)
-                rows.append(_row(m, s.name, c.name, *counts[s.name], cells[m, s.name, c.name], note))
+                rows.append(EvaluationRow(m, s.name, c.name, *counts[s.name], cells[m, s.name, c.name], note))
             means[m, c.name] = mean_cells([cells[m, s.name, c.name] for s in sources],
                                           [samples[m, s.name, c.name] for s in sources])
-            defined = sum(cells[m, s.name, c.name]["at_0.5"]["auc"].defined for s in sources)
+            defined = sum(cells[m, s.name, c.name][AT_HALF]["auc"].defined for s in sources)
             note = f"mean over {len(sources)} source(s)" + (
                 f"; AUC, AP and EER over the {defined} with both classes" if defined < len(sources) else "")
-            rows.append(_row(m, "mean", c.name, sum(f for f, _ in counts.values()), sum(r for _, r in counts.values()),
-                             means[m, c.name][0], note))
+            rows.append(EvaluationRow(m, MEAN, c.name, sum(f for f, _ in counts.values()),
+                                      sum(r for _, r in counts.values()), means[m, c.name][0], note))
     paired = paired_rows(list(models), [s.name for s in sources], conditions, cells, samples, means)
     return Evaluation(
         created=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         versions=library_versions(),
-        bootstrap={"resamples": resamples, "seed": [seed, "each source's fingerprint"], "stratified": True,
-                   "level": stats.LEVEL},
-        threshold_rules=THRESHOLD_RULES, metrics={m: METRICS[m].label for m in METRICS},
-        models=[{"name": n, "arch": m.arch, "path": str(m.path), "sha256": m.sha256, "threshold": m.threshold,
-                 "threshold_rule": m.threshold_rule, "run": m.record.run, "trial": m.record.trial_id,
-                 "image_size": m.image_size} for n, m in models.items()],
-        sources=[{"name": s.name, "path": str(s.path), "n_fake": counts[s.name][0], "n_real": counts[s.name][1],
-                  "fingerprint": fingerprints[s.name], "skipped": [p for p, _ in scored[s.name].bad]}
-                 for s in sources],
-        conditions=[c.to_dict() for c in conditions], rows=rows, paired=paired)
+        bootstrap=Resampling(resamples, [seed, "each source's fingerprint"], level=stats.LEVEL),
+        threshold_rules={str(k): v for k, v in THRESHOLD_RULES.items()}, metrics={m: METRICS[m].label for m in METRICS},
+        models=[EvaluatedModel(n, m.arch, str(m.path), m.sha256, m.threshold, m.threshold_rule, m.record.run,
+                               m.record.trial_id, m.image_size) for n, m in models.items()],
+        sources=[EvaluatedSource(s.name, str(s.path), *counts[s.name], fingerprints[s.name],
+                                 [p for p, _ in scored[s.name].bad]) for s in sources],
+        conditions=list(conditions), rows=rows, paired=paired)
 
 
 def paired_rows(names: list[str], sources: list[str], conditions: list[Condition],
-                cells: dict[tuple[str, str, str], dict[str, dict[str, Cell]]],
+                cells: dict[tuple[str, str, str], Cells],
                 samples: dict[tuple[str, str, str], Samples],
-                means: dict[tuple[str, str], tuple[dict[str, dict[str, Cell]], Samples]]) -> list[dict[str, Any]]:
+                means: dict[tuple[str, str], tuple[Cells, Samples]]) -> list[PairedRow]:
     """Each pair of models, per source and overall (the mean over sources), on the same resamples."""
     from tune.metrics import bootstrap as stats
 
@@ -127,10 +118,9 @@ def paired_rows(names: list[str], sources: list[str], conditions: list[Condition
                 for b in names[ia + 1:]:
                     (ca, sa), (cb, sb) = got[a], got[b]
                     for metric in PAIRED_METRICS:
-                        test = stats.paired(ca["at_0.5"][metric], cb["at_0.5"][metric], sa[metric], sb[metric])
-                        if test is not None and math.isfinite(test["difference"]):  # one class: nothing to compare
-                            out.append({"source": where, "condition": c.name, "a": a, "b": b, "metric": metric,
-                                        **test})
+                        test = stats.paired(ca[AT_HALF][metric], cb[AT_HALF][metric], sa[metric], sb[metric])
+                        if test is not None and math.isfinite(test.difference):  # one class: nothing to compare
+                            out.append(PairedRow(where, c.name, a, b, metric, test))
     return out
 
 

@@ -8,11 +8,12 @@ the test split. Both picks are made on validation numbers only.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tune.metrics.classification import HELDOUT, best_index
+from tune.runs.comparison import ModelRow, Tradeoff, TradeoffRow
 
 if TYPE_CHECKING:
     from tune.training.records import ModelRecord
@@ -27,25 +28,24 @@ def validation(records: list[ModelRecord]) -> dict[str, float]:
     return {k: float(np.mean([r.best.get(k, math.nan) for r in records])) for k in keys}
 
 
-def summary(rows: list[dict[str, Any]], records: dict[str, list[ModelRecord]],
-            samples: dict[str, dict[str, np.ndarray]], alpha: float) -> dict[str, Any]:
+def summary(rows: list[ModelRow], records: dict[str, list[ModelRecord]],
+            samples: dict[str, dict[str, np.ndarray]], alpha: float) -> Tradeoff:
     """comparison.json's "tradeoff": each model's validation AUCs beside its test AUC, the model each
     validation picks among the tuned ones, and (when they differ) the paired bootstrap of the two on test
     (`samples`: each model's bootstrap samples, from tune.metrics.bootstrap.score)."""
     from tune.metrics import bootstrap as stats
-    from tune.metrics.cells import cell_of
 
-    table_rows = [{"name": r["name"], "model": r["model"], "kind": r["kind"], **validation(records[r["name"]]),
-                   "test_auc": cell_of(r["at_0.5"]["auc"]).value} for r in rows]
-    tuned = [t for t in table_rows if t["kind"] == "tuned"]
-    out: dict[str, Any] = {"rows": table_rows, "alpha": alpha}
-    picks = [best_index([t.get(k, math.nan) for t in tuned], "max") for k in (IN_DOMAIN, HELD_OUT)]
+    out = Tradeoff([TradeoffRow(r.name, r.model, r.kind, r.cell("auc").value, validation(records[r.name]))
+                    for r in rows], alpha)
+    tuned = [t for t in out.rows if t.kind == "tuned"]
+    picks = [best_index([t.validation.get(k, math.nan) for t in tuned], "max") for k in (IN_DOMAIN, HELD_OUT)]
     if len(tuned) < 2 or None in picks:
         return out
     a, b = (tuned[i] for i in picks)  # type: ignore[index]
-    out.update(in_domain_winner=a["name"], held_out_winner=b["name"], agree=a is b)
+    out.in_domain_winner, out.held_out_winner, out.agree = a.name, b.name, a is b
     if a is not b:
-        diff = a["test_auc"] - b["test_auc"]
-        p = stats.paired_p_value(samples[a["name"]]["auc"], samples[b["name"]]["auc"], diff)
-        out.update(test_difference=diff, p_value=p, significant=bool(p < alpha))
+        auc_a, auc_b = (math.nan if t.test_auc is None else t.test_auc for t in (a, b))
+        diff = auc_a - auc_b
+        p = stats.paired_p_value(samples[a.name]["auc"], samples[b.name]["auc"], diff)
+        out.test_difference, out.p_value, out.significant = diff, p, bool(p < alpha)
     return out

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tune.metrics.bootstrap import Predictor
-from tune.metrics.classification import THRESHOLD_RULES, youden_threshold
+from tune.metrics.classification import AT_HALF, AT_VALID, youden_threshold
 from tune.metrics.video import by_video
+from tune.runs.comparison import ModelRow, VideoRow, Videos
 
 if TYPE_CHECKING:
     from tune.data.images import ImageSet
@@ -39,11 +40,11 @@ def video_predictor(cfg: TrainConfig, folders: list[Path], valid: ImageSet, test
         v = per_video(valid, read_scores(f, VALID_PREDICTIONS, valid)[0]) if valid.videos else None
         both = v is not None and len(np.unique(v.y)) == 2
         thresholds.append(youden_threshold(v.y, v.p) if both else 0.5)
-    return Predictor(t, {"at_0.5": [0.5] * len(folders), "at_valid_threshold": thresholds})
+    return Predictor(t, {AT_HALF: [0.5] * len(folders), AT_VALID: thresholds})
 
 
-def section(models: list[tuple[dict[str, Any], TrainConfig, list[Path]]], valid: ImageSet,
-            test: ImageSet) -> dict[str, Any] | None:
+def section(models: list[tuple[ModelRow, TrainConfig, list[Path]]], valid: ImageSet,
+            test: ImageSet) -> Videos | None:
     """comparison.json's `video` block: per model (its comparison row, config and seed folders) its cells on the
     test videos; None when the test split holds no video."""
     from tune.metrics import bootstrap as stats
@@ -51,9 +52,7 @@ def section(models: list[tuple[dict[str, Any], TrainConfig, list[Path]]], valid:
     if not test.videos or not any(test.videos):
         return None
     vids = by_video(test.y, test.y, test.videos)
-    preds = {row["name"]: video_predictor(cfg, folders, valid, test) for row, cfg, folders in models}
+    preds = {row.name: video_predictor(cfg, folders, valid, test) for row, cfg, folders in models}
     cells, _ = stats.score(vids.y.astype(int), preds, fingerprint=test.fingerprint)
-    rows = [{"model": row["model"], "name": row["name"], "kind": row["kind"], "aggregation": aggregation(cfg),
-             **{rule: {m: c.to_dict() for m, c in cells[row["name"]][rule].items()} for rule in THRESHOLD_RULES}}
-            for row, cfg, _ in models]
-    return {"n_videos": len(vids), "n_frames": int(vids.frames.sum()), "about": ABOUT, "rows": rows}
+    rows = [VideoRow(row.model, row.name, row.kind, aggregation(cfg), cells[row.name]) for row, cfg, _ in models]
+    return Videos(len(vids), int(vids.frames.sum()), ABOUT, rows)

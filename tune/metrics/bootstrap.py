@@ -20,8 +20,8 @@ from typing import TypeVar
 import numpy as np
 from scipy import stats as sst
 
-from tune.metrics.cells import Cell
-from tune.metrics.classification import METRICS, Resampled, binary_metrics
+from tune.metrics.cells import Cell, PairedTest
+from tune.metrics.classification import METRICS, Resampled, ThresholdRule, binary_metrics
 
 RESAMPLES = 1000
 SEED = 0  # the fixed part of every generator's seed: the same images give the same intervals every time
@@ -37,7 +37,7 @@ class Predictor:
     under each threshold rule (tune.metrics.classification.THRESHOLD_RULES)."""
 
     probs: np.ndarray  # (rows, images)
-    thresholds: dict[str, list[float]]  # rule -> one threshold per row
+    thresholds: dict[ThresholdRule, list[float]]  # rule -> one threshold per row
     over_seeds: bool = True  # the rows are retrainings: their spread is a t-interval (False: one model)
 
 
@@ -101,10 +101,10 @@ def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[floa
     return float(lo), float(hi)
 
 
-def cells(y: np.ndarray, pred: Predictor, samples: Samples) -> dict[str, dict[str, Cell]]:
+def cells(y: np.ndarray, pred: Predictor, samples: Samples) -> dict[ThresholdRule, dict[str, Cell]]:
     """{rule: {metric: Cell}}: each row's metric at its threshold (binary_metrics), their mean with its t-interval
     over seeds, and the bootstrap interval over the images."""
-    out: dict[str, dict[str, Cell]] = {}
+    out: dict[ThresholdRule, dict[str, Cell]] = {}
     for rule, thresholds in pred.thresholds.items():
         rows = [binary_metrics(y, p, t) for p, t in zip(pred.probs, thresholds)]
         out[rule] = {}
@@ -119,7 +119,7 @@ def cells(y: np.ndarray, pred: Predictor, samples: Samples) -> dict[str, dict[st
 
 
 def score(y: np.ndarray, predictors: dict[K, Predictor], *, fingerprint: str, seed: int = SEED,
-          resamples: int = RESAMPLES) -> tuple[dict[K, dict[str, dict[str, Cell]]], dict[K, Samples]]:
+          resamples: int = RESAMPLES) -> tuple[dict[K, dict[ThresholdRule, dict[str, Cell]]], dict[K, Samples]]:
     """Cells of every predictor on one set of images, and the samples behind them (for paired tests)."""
     samples = bootstrap(y, predictors, rng=resamples_for(fingerprint, seed), resamples=resamples)
     return {k: cells(y, p, samples[k]) for k, p in predictors.items()}, samples
@@ -136,10 +136,10 @@ def paired_p_value(boot_a: np.ndarray, boot_b: np.ndarray, observed: float) -> f
     return float((1 + extreme.sum()) / (1 + len(d)))
 
 
-def paired(a: Cell, b: Cell, samples_a: np.ndarray, samples_b: np.ndarray) -> dict[str, float | bool] | None:
+def paired(a: Cell, b: Cell, samples_a: np.ndarray, samples_b: np.ndarray) -> PairedTest | None:
     """A's value minus B's with its paired bootstrap p and whether it is significant (None when undefined)."""
     if a.value is None or b.value is None:
         return None
     diff = a.value - b.value
     p = paired_p_value(samples_a, samples_b, diff)
-    return {"difference": diff, "p_value": p, "significant": bool(p < ALPHA)}
+    return PairedTest(diff, p, bool(p < ALPHA))

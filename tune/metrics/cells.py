@@ -55,3 +55,23 @@ class Cell:
 def cell_of(d: dict[str, Any] | None) -> Cell:
     """A cell from a file's dict (any of its schemas); an absent cell is undefined."""
     return Cell.from_dict(d) if d else Cell(None)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A's value minus B's, with the two-sided paired bootstrap p on the same resamples (tune.metrics.bootstrap.paired)
+    and whether it is significant. In the files its three keys sit beside the two values they compare."""
+
+    difference: float
+    p_value: float
+    significant: bool
+
+    def to_dict(self) -> dict[str, float | bool]:
+        return {"difference": self.difference, "p_value": self.p_value, "significant": self.significant}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PairedTest | None:
+        """The test among a file entry's keys; None where the entry has none (one model, an undefined value)."""
+        if d.get("p_value") is None:
+            return None
+        return cls(float(d["difference"]), float(d["p_value"]), bool(d["significant"]))

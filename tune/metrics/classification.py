@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
@@ -152,10 +153,22 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 # The two metrics the notebook named its best model by (accuracy at 0.5, ROC-AUC): finalize's "best model by",
 # each finalize predictor's paired test against the chosen seed, and the report's verdict.
 HEADLINE = ("accuracy", "auc")
-# How a model's decision threshold is chosen: one name each, everywhere (finalize, evaluate, model card, report).
-THRESHOLD_RULES = {"at_0.5": "threshold 0.5 (the notebook's rule)",
-                   "at_valid_threshold": "threshold chosen on valid: Youden's J = TPR - FPR maximised on the model's "
-                                         "validation probabilities (the test set never picks it)"}
+
+
+class ThresholdRule(StrEnum):
+    """How a model's decision threshold is chosen: one name each, everywhere (finalize, evaluate, model card,
+    report). The values are the files' keys (comparison.json's and evaluation.json's cells are under them); a
+    member is a str, so it indexes a file's dict as the plain key does."""
+
+    AT_HALF = "at_0.5"
+    AT_VALID = "at_valid_threshold"
+
+
+AT_HALF, AT_VALID = ThresholdRule.AT_HALF, ThresholdRule.AT_VALID
+THRESHOLD_RULES: dict[ThresholdRule, str] = {
+    AT_HALF: "threshold 0.5 (the notebook's rule)",
+    AT_VALID: "threshold chosen on valid: Youden's J = TPR - FPR maximised on the model's validation probabilities "
+              "(the test set never picks it)"}
 LOSS = Metric("loss", "min", "BCE loss")  # computed from logits by the training loop
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from tune.models.detector import Detector, HParam, mlp_head
+from tune.models.hparams import HParamKind
 from tune.models.register import head_params, register_arch
 
 
 @register_arch(
-    hparams={"conv_blocks": HParam("int", 3, 1, 8, help="Conv3x3-ReLU-MaxPool blocks"),
-             "base_width": HParam("int", 32, 1, 512, help="channels of the first block (doubled per block)"),
+    hparams={"conv_blocks": HParam(HParamKind.INT, 3, 1, 8, help="Conv3x3-ReLU-MaxPool blocks"),
+             "base_width": HParam(HParamKind.INT, 32, 1, 512, help="channels of the first block (doubled per block)"),
              **head_params(None)},
     about="The notebook's custom CNN: Conv3x3→ReLU→MaxPool blocks doubling the width (32/64/128), then the "
           "head. Random init; inputs in [0, 1].",

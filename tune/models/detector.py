@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tune.core import UserError
+from tune.models.hparams import VALUES, HParamKind
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -173,11 +174,17 @@ def parse_head_sizes(value: Any) -> tuple[int, ...]:
 class HParam:
     """One architecture hyperparameter: its type, default and valid range (checked, never swallowed)."""
 
-    kind: str  # "int", "float", "widths" (hidden layer sizes) or "weights" (a weights source)
+    kind: HParamKind  # one of VALUES
     default: Any
     low: float | None = None
     high: float | None = None  # inclusive
     help: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in VALUES:
+            raise ValueError(f"an architecture's hyperparameter is one of {[str(k) for k in VALUES]}, "
+                             f"got {self.kind!r}")
+        object.__setattr__(self, "kind", HParamKind(self.kind))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 from tune.models import lite
 from tune.models.detector import Detector, HParam, last_unit
+from tune.models.hparams import HParamKind
 from tune.models.register import head_params, register_arch
 from tune.models.timm_adapter import build_timm
 
@@ -16,7 +17,8 @@ def lite_entry(n: int, *, blocks: int, px: int, mb: float, color: str) -> dict[s
     conv. Inputs are (x - 0.5) / 0.5, TF-Lite's preprocessing (timm's tf_efficientnet_liteN configs say so too):
     measured in tests/test_archs.py, the packaged weights classify ImageNet photos best with it."""
     return {"hparams": {**head_params(blocks + 2),
-                        "weights": HParam("weights", "packaged", help="packaged (offline), hub, none, file:PATH")},
+                        "weights": HParam(HParamKind.WEIGHTS, "packaged",
+                                          help="packaged (offline), hub, none, file:PATH")},
             "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "weights": ("packaged", "hub", "none"), "color": color,
             "cam_layer": last_unit,  # conv_head + bn2 (1280 channels), as for every build_timm backbone
             "about": f"timm's tf_efficientnet_lite{n} (stem, {blocks} blocks, head conv; native {px} px): ImageNet "

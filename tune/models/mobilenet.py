@@ -16,6 +16,7 @@ from tune.models.detector import (
     load_state_dict_file,
 )
 from tune.models.detector import split_detector as _split
+from tune.models.hparams import HParamKind
 from tune.models.register import REGISTRY, head_params, register_arch
 
 
@@ -42,7 +43,7 @@ def _torchvision_imagenet(arch: str) -> tuple[dict[str, torch.Tensor], str]:
 
 @register_arch(
     hparams={**head_params(19),
-             "weights": HParam("weights", "hub", help="hub (torchvision ImageNet), none, file:PATH")},
+             "weights": HParam(HParamKind.WEIGHTS, "hub", help="hub (torchvision ImageNet), none, file:PATH")},
     mean=IMAGENET_MEAN, std=IMAGENET_STD, weights=("hub", "none"), color="tab:orange",
     cam_layer=last_unit,  # features[18]: the 1x1 convolution to 1280 channels, the last spatial map
     about="torchvision MobileNetV2 (the notebook's transfer model): 19 feature blocks, ImageNet weights from "

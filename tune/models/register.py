@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tune.models.detector import Arch, Detector, HParam
+from tune.models.hparams import HParamKind
 
 REGISTRY: dict[str, Arch] = {}
 DEFAULT_ARCH = "custom_cnn"  # the notebook's first model: what `train` trains unless told otherwise
@@ -29,10 +30,11 @@ def register_arch(*, hparams: dict[str, HParam], **info: Any) -> Callable[[Calla
 
 def head_params(unfrozen_high: int | None) -> dict[str, HParam]:
     """The hyperparameters every backbone + head detector shares."""
-    out = {"head_sizes": HParam("widths", (128,), help="hidden widths of the head, e.g. 256,64"),
-           "dropout": HParam("float", 0.5, 0.0, 0.95, help="dropout after each hidden layer of the head, or "
-                                                                "before its output layer when it has none")}
+    out = {"head_sizes": HParam(HParamKind.WIDTHS, (128,), help="hidden widths of the head, e.g. 256,64"),
+           "dropout": HParam(HParamKind.FLOAT, 0.5, 0.0, 0.95,
+                             help="dropout after each hidden layer of the head, or before its output layer when it "
+                                  "has none")}
     if unfrozen_high is not None:
-        out["unfrozen_blocks"] = HParam("int", 0, 0, unfrozen_high,
-                                        help="trainable units counted from the top (0 = head only)")
+        out["unfrozen_blocks"] = HParam(HParamKind.INT, 0, 0, unfrozen_high,
+                                           help="trainable units counted from the top (0 = head only)")
     return out

@@ -14,6 +14,7 @@ from typing import Any
 from tune.core import UserError
 from tune.models import weights as W
 from tune.models.detector import Arch, Detector, parse_head_sizes
+from tune.models.hparams import HParamKind
 from tune.models.register import DEFAULT_ARCH, REGISTRY, TIMM_PREFIX, head_params, register_arch
 from tune.models.timm_adapter import timm_arch
 
@@ -50,19 +51,19 @@ def check_hparams(name: str, hp: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, spec in arch.hparams.items():
         v = hp.get(key, spec.default)
-        if spec.kind == "widths":
+        if spec.kind == HParamKind.WIDTHS:
             v = parse_head_sizes(v)
             if not all(w >= 1 for w in v):
                 raise UserError(f"{name}: head_sizes must be positive widths, got {v}")
-        elif spec.kind == "weights":
+        elif spec.kind == HParamKind.WEIGHTS:
             W.check_kind(str(v), arch.weights, name)
             v = str(v)
         else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (spec.kind == "float" or v == int(v))
+            integer = spec.kind == HParamKind.INT
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (not integer or v == int(v))
             if not ok:
-                raise UserError(f"{name}: {key} must be {'an integer' if spec.kind == 'int' else 'a number'}, "
-                                f"got {v!r}")
-            v = int(v) if spec.kind == "int" else float(v)
+                raise UserError(f"{name}: {key} must be {'an integer' if integer else 'a number'}, got {v!r}")
+            v = int(v) if integer else float(v)
             if (spec.low is not None and v < spec.low) or (spec.high is not None and v > spec.high):
                 raise UserError(f"{name}: {key}={v} out of range (expected {spec.low}..{spec.high})")
         out[key] = v

@@ -15,6 +15,7 @@ from tune.core import UserError
 from tune.models import weights as W
 from tune.models.detector import IMAGENET_MEAN, IMAGENET_STD, Arch, Detector, HParam, Normalize, last_unit
 from tune.models.detector import split_detector as _split
+from tune.models.hparams import HParamKind
 from tune.models.register import REGISTRY, TIMM_PREFIX, head_params
 
 
@@ -153,7 +154,7 @@ def timm_arch(name: str) -> Arch:
         return build_timm(name, model_name, unfrozen_blocks=unfrozen_blocks, head_sizes=head_sizes,
                           dropout=dropout, weights=weights)
 
-    return Arch(name, builder, {**head_params(len(units)), "weights": HParam("weights", "hub")},
+    return Arch(name, builder, {**head_params(len(units)), "weights": HParam(HParamKind.WEIGHTS, "hub")},
                 mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
                 weights=("hub", "none"), about=f"timm's {model_name}: weights from timm's hub, a file, or none.",
                 cam_layer=last_unit)  # its last stage's last block, or the head conv when forward_features has it

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tune.core import atomic_write_text
-from tune.reports.tables import cell_at
+from tune.runs.evaluation import MEAN
 from tune.runs.files import Evaluation
 
 if TYPE_CHECKING:
@@ -23,40 +23,39 @@ if TYPE_CHECKING:
     from tune.data.sources import Scored
 
 def render_markdown(ev: Evaluation, *, level: int = 1, title: str = "Evaluation") -> str:
-    from tune.metrics.cells import cell_of
-    from tune.reports.tables import Table, at, evaluation_table, label, paired_table
+    from tune.reports.tables import Table, evaluation_table, label, paired_table
 
     h = "#" * level
     b = ev.bootstrap
     lines = [f"{h} {title}", "", "Models:"]
     for m in ev.models:
-        lines.append(f"- `{m['name']}`: {m['arch']} at {m['image_size']} px, threshold {m['threshold']:.3f} "
-                     f"({m['threshold_rule']}); {m['path']} (sha256 {m['sha256'][:12]})")
+        lines.append(f"- `{m.name}`: {m.arch} at {m.image_size} px, threshold {m.threshold:.3f} "
+                     f"({m.threshold_rule}); {m.path} (sha256 {(m.sha256 or '?')[:12]})")
     lines += ["", "Sources:"]
     for s in ev.sources:
-        skipped = f", {len(s['skipped'])} unreadable image(s) skipped" if s.get("skipped") else ""
-        lines.append(f"- `{s['name']}`: {s['n_fake']} fake / {s['n_real']} real ({s['path']}{skipped})")
-    lines += ["", f"Cells: value on all images [{b['level']:.0%} stratified bootstrap interval, {b['resamples']} "
+        skipped = f", {len(s.skipped)} unreadable image(s) skipped" if s.skipped else ""
+        lines.append(f"- `{s.name}`: {s.n_fake} fake / {s.n_real} real ({s.path}{skipped})")
+    lines += ["", f"Cells: value on all images [{b.confidence:.0%} stratified bootstrap interval, {b.resamples} "
               "resamples]. At valid: at the model's threshold chosen on valid; at 0.5: at 0.5. The mean row "
               "averages the sources (each source weighs the same)."]
     if ev.frames:
         lines += ["", "Videos count as one row each: a video's P(fake) is its sampled frames' P(fake) aggregated by "
                   "the model's video_agg; the same tables per frame follow (Per frame)."]
     for cond in ev.conditions:
-        lines += ["", f"{h}# {cond['name']}", "", evaluation_table(ev, cond["name"]).markdown()]
+        lines += ["", f"{h}# {cond.name}", "", evaluation_table(ev, cond.name).markdown()]
     if len(ev.conditions) > 1:
-        names = [c["name"] for c in ev.conditions]
+        names = [c.name for c in ev.conditions]
         rows = []
         for m in ev.models:
-            by = {r["condition"]: r for r in ev.rows if r["model"] == m["name"] and r["source"] == "mean"}
-            rows.append([m["name"], *(cell_of(at(by[n], "at_0.5").get("auc")).text() for n in names)])
+            by = {r.condition: r for r in ev.rows if r.model == m.name and r.source == MEAN}
+            rows.append([m.name, *(by[n].cell("auc").text() for n in names)])
         lines += ["", f"{h}# Robustness: mean {label('auc')} over sources", "",
                   Table(["Model", *names], rows).markdown()]
     if ev.paired:
         lines += ["", f"{h}# Paired bootstrap (same resamples for both models; two-sided p, not corrected for "
                   "multiple comparisons)", "", paired_table(ev).markdown()]
     if ev.frames:  # sources with videos: the rows above are videos; here, the same of their frames
-        lines += ["", render_markdown(Evaluation.from_dict(ev.frames), level=level + 1,
+        lines += ["", render_markdown(ev.frames, level=level + 1,
                                       title="Per frame (each sampled frame of the videos scored alone)")]
     if ev.plots:
         lines.append("")
@@ -93,14 +92,14 @@ def plot_auc_by_source(ev: Evaluation, path: Path) -> None:
     import numpy as np
     from matplotlib.figure import Figure
 
-    cond = ev.conditions[0]["name"]
-    sources = [s["name"] for s in ev.sources] + ["mean"]
-    models = [m["name"] for m in ev.models]
+    cond = ev.conditions[0].name
+    sources = [s.name for s in ev.sources] + [MEAN]
+    models = [m.name for m in ev.models]
     fig = Figure(figsize=(max(5.0, 1.2 * len(sources) * max(1, len(models)) ** 0.5 + 2), 4))
     ax = fig.add_subplot()
     width = 0.8 / len(models)
     for i, m in enumerate(models):
-        by = {r["source"]: cell_at(r, "auc") for r in ev.rows if r["model"] == m and r["condition"] == cond}
+        by = {source: r.cell("auc") for source, r in ev.by_source(m, cond).items()}
         xs = np.arange(len(sources)) + (i - (len(models) - 1) / 2) * width
         vals = [by[s].value if by[s].value is not None else np.nan for s in sources]
         err = [[v - (by[s].low if by[s].low is not None else v) for v, s in zip(vals, sources)],
@@ -112,7 +111,7 @@ def plot_auc_by_source(ev: Evaluation, path: Path) -> None:
     ax.axhline(0.5, color="gray", lw=0.8, ls="--")
     ax.set_xticks(np.arange(len(sources)), sources, rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel(f"ROC-AUC ({cond}), {ev.bootstrap['level']:.0%} bootstrap interval")
+    ax.set_ylabel(f"ROC-AUC ({cond}), {ev.bootstrap.confidence:.0%} bootstrap interval")
     ax.set_title("AUC per source")
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -126,8 +125,8 @@ def plot_roc_by_source(ev: Evaluation, scored: dict[str, Scored], path: Path) ->
 
     from tune.reports.figures import note
 
-    cond = ev.conditions[0]["name"]
-    names = [s["name"] for s in ev.sources]
+    cond = ev.conditions[0].name
+    names = [s.name for s in ev.sources]
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig = Figure(figsize=(4 * cols, 3.8 * rows))
@@ -139,10 +138,9 @@ def plot_roc_by_source(ev: Evaluation, scored: dict[str, Scored], path: Path) ->
             note(ax, "one class only:\nROC undefined")
             continue
         for i, m in enumerate(ev.models):
-            fpr, tpr, _ = roc_curve(sc.y, sc.p[m["name"], cond])
-            auc = next(cell_at(r, "auc").value for r in ev.rows
-                       if r["model"] == m["name"] and r["source"] == name and r["condition"] == cond)
-            ax.plot(fpr, tpr, color=f"C{i}", label=f"{m['name']} (AUC {auc:.3f})")
+            fpr, tpr, _ = roc_curve(sc.y, sc.p[m.name, cond])
+            auc = ev.by_source(m.name, cond)[name].cell("auc").value
+            ax.plot(fpr, tpr, color=f"C{i}", label=f"{m.name} (AUC {auc:.3f})")
         ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
         ax.set_xlabel("false-positive rate")
         ax.set_ylabel("true-positive rate")
@@ -153,22 +151,21 @@ def plot_roc_by_source(ev: Evaluation, scored: dict[str, Scored], path: Path) ->
 def plot_auc_vs_severity(ev: Evaluation, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    kinds = list(dict.fromkeys(c["perturbation"] for c in ev.conditions if c["perturbation"]))
+    kinds = list(dict.fromkeys(c.perturbation for c in ev.conditions if c.perturbation))
     fig = Figure(figsize=(4.5 * len(kinds), 3.8))
     for k, kind in enumerate(kinds):
         ax = fig.add_subplot(1, len(kinds), k + 1)
-        conds = [ev.conditions[0]] + [c for c in ev.conditions if c["perturbation"] == kind]
-        labels = ["clean"] + [f"{c['severity']:g}" for c in conds[1:]]
+        conds = [ev.conditions[0]] + [c for c in ev.conditions if c.perturbation == kind]
+        labels = ["clean"] + [f"{c.severity:g}" for c in conds[1:]]
         for i, m in enumerate(ev.models):
-            by = {r["condition"]: cell_at(r, "auc") for r in ev.rows if r["model"] == m["name"]
-                  and r["source"] == "mean"}
-            cells = [by[c["name"]] for c in conds]
+            by = {r.condition: r.cell("auc") for r in ev.rows if r.model == m.name and r.source == MEAN}
+            cells = [by[c.name] for c in conds]
             vals = [c.value if c.value is not None else float("nan") for c in cells]
             err = [[v - c.low if c.low is not None else 0 for v, c in zip(vals, cells)],
                    [c.high - v if c.high is not None else 0 for v, c in zip(vals, cells)]]
             shift = (i - (len(ev.models) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
             ax.errorbar([j + shift for j in range(len(conds))], vals, yerr=err, marker="o", capsize=3, color=f"C{i}",
-                        label=m["name"])
+                        label=m.name)
         ax.set_xticks(range(len(conds)), labels)
         ax.set_xlabel({"jpeg": "JPEG quality", "blur": "blur sigma (px)", "resize": "scale factor"}.get(kind, kind))
         ax.set_ylabel("mean AUC over sources")

@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from tune.core import UserError, atomic_write_bytes
+from tune.runs.comparison import ModelRow
 from tune.runs.files import Comparison
 from tune.runs.layout import Run, RunRecord
 from tune.training.records import HISTORY, PREDICTIONS
@@ -71,10 +72,10 @@ def plot_dataset(run: RunRecord) -> Figure:
     return fig
 
 
-def winners(run_dir: Path, cmp: Comparison) -> list[tuple[dict[str, Any], Path]]:
+def winners(run_dir: Path, cmp: Comparison) -> list[tuple[ModelRow, Path]]:
     """(comparison row, folder of its chosen seed) for every finalized model, tuned ones first."""
-    rows = sorted(cmp.rows, key=lambda r: r["kind"] != "tuned")
-    return [(r, Run(run_dir).finalize(r["name"], r["chosen_seed"])) for r in rows]
+    rows = sorted(cmp.rows, key=lambda r: r.kind != "tuned")
+    return [(r, Run(run_dir).finalize(r.name, r.chosen_seed)) for r in rows]
 
 
 def plot_learning_curves(run_dir: Path, cmp: Comparison) -> Figure:
@@ -83,10 +84,10 @@ def plot_learning_curves(run_dir: Path, cmp: Comparison) -> Figure:
     fig = Figure(figsize=(13, 4), layout="constrained")
     axes = fig.subplots(1, 3)
     for row, folder in winners(run_dir, cmp):
-        if row["kind"] != "tuned":
+        if row.kind != "tuned":
             continue
         h = pd.read_csv(folder / HISTORY)
-        c, name = color(row["arch"]), f"{row['arch']} (seed {row['chosen_seed']})"
+        c, name = color(row.arch), f"{row.arch} (seed {row.chosen_seed})"
         axes[0].plot(h["epoch"], h["train_loss"], "-o", color=c, ms=3, label=f"{name} train")
         axes[0].plot(h["epoch"], h["val_loss"], "--o", color=c, ms=3, label=f"{name} valid")
         axes[1].plot(h["epoch"], h["val_accuracy"], "-o", color=c, ms=3, label=name)
@@ -114,9 +115,9 @@ def plot_roc(run_dir: Path, cmp: Comparison) -> Figure:
     for row, folder in winners(run_dir, cmp):
         y, p = _predictions(folder)
         fpr, tpr, _ = roc_curve(y, p)
-        style = "-" if row["kind"] == "tuned" else ":"
-        ax.plot(fpr, tpr, style, color=color(row["arch"]), lw=2,
-                label=f"{row['name']} seed {row['chosen_seed']} (AUC {roc_auc_score(y, p):.3f})")
+        style = "-" if row.kind == "tuned" else ":"
+        ax.plot(fpr, tpr, style, color=color(row.arch), lw=2,
+                label=f"{row.name} seed {row.chosen_seed} (AUC {roc_auc_score(y, p):.3f})")
     ax.plot([0, 1], [0, 1], color="lightgray", lw=1, label="chance")
     ax.set(xlabel="false positive rate (Real called Fake)", ylabel="true positive rate (Fake caught)",
            title="ROC on the test split", xlim=(0, 1), ylim=(0, 1.01))
@@ -127,11 +128,11 @@ def plot_roc(run_dir: Path, cmp: Comparison) -> Figure:
 def plot_confusion(run_dir: Path, cmp: Comparison) -> Figure:
     from tune.metrics.classification import binary_metrics
 
-    tuned = [(r, f) for r, f in winners(run_dir, cmp) if r["kind"] == "tuned"]
+    tuned = [(r, f) for r, f in winners(run_dir, cmp) if r.kind == "tuned"]
     fig = Figure(figsize=(4.2 * len(tuned), 4), layout="constrained")
     for ax, (row, folder) in zip(np.atleast_1d(fig.subplots(1, len(tuned))), tuned):
         y, p = _predictions(folder)
-        m = binary_metrics(y, p, row["chosen_threshold"])
+        m = binary_metrics(y, p, row.chosen_threshold)
         cells = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])  # rows: true Real, Fake
         ax.imshow(cells, cmap="Blues", vmin=0)
         for (i, j), v in np.ndenumerate(cells):
@@ -140,7 +141,7 @@ def plot_confusion(run_dir: Path, cmp: Comparison) -> Figure:
         ax.set_xticks([0, 1], ["Real", "Fake"])
         ax.set_yticks([0, 1], ["Real", "Fake"])
         ax.set(xlabel="predicted", ylabel="true",
-               title=f"{row['arch']} seed {row['chosen_seed']}\n(test, threshold {row['chosen_threshold']:.3f} "
+               title=f"{row.arch} seed {row.chosen_seed}\n(test, threshold {row.chosen_threshold:.3f} "
                      "chosen on valid)")
     return fig
 

@@ -15,9 +15,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from tune.metrics.classification import HEADLINE
+from tune.metrics.classification import AT_HALF, HEADLINE
 from tune.reports.charts import figure_div, figure_png, png_uri, study_charts
-from tune.runs.files import Comparison, Evaluation
+from tune.runs.files import Comparison
 from tune.runs.layout import Run, RunRecord
 from tune.training.records import PREDICTIONS
 
@@ -64,22 +64,20 @@ def cmd(*parts: str) -> str:
 
 # --------------------------------------------------------------------------- 1-2: the test results
 def verdict(ctx: Context) -> str:
-    from tune.metrics.cells import cell_of
     from tune.reports.tables import REPORT, Table, label, picked_lines, rule_name, verdict_lines
 
     cmp = ctx.cmp
     assert cmp is not None
-    best = cmp.best["auc"]
-    row = next(r for r in cmp.rows if r["name"] == best["model"])
-    seeds = len(row["seeds"])
-    head = (f'<p class="headline">Best model by test {escape(label("auc"))}: <b>{escape(row["model"])}</b>, '
-            f'{escape(cell_of(row["at_0.5"]["auc"]).text())} on {cmp.n_test} test images ({seeds} seed(s)).</p>')
+    row = cmp.row(cmp.best["auc"].model)
+    seeds = len(row.seeds)
+    head = (f'<p class="headline">Best model by test {escape(label("auc"))}: <b>{escape(row.model)}</b>, '
+            f'{escape(row.cell("auc").text())} on {cmp.n_test} test images ({seeds} seed(s)).</p>')
     said = verdict_lines(cmp)  # the skipped architectures, then the accuracy and the AUC lines
     lines = "".join(f"<li>{escape(ln)}</li>" for ln in said[:-2]) + "".join(
-        f'<li class="{"sig" if cmp.best[m].get("significant") else "ns"}">{escape(ln)}</li>'
+        f'<li class="{"sig" if (t := cmp.best[m].test) and t.significant else "ns"}">{escape(ln)}</li>'
         for m, ln in zip(HEADLINE, said[-2:])) + "".join(f"<li>{escape(ln)}</li>" for ln in picked_lines(cmp))
     table = Table(["Threshold", *(label(m) for m in REPORT)],
-                  [[rule_name(rule), *(cell_of(row[rule][m]).text() for m in REPORT)]
+                  [[rule_name(rule), *(row.cell(m, rule).text() for m in REPORT)]
                    for rule in cmp.threshold_rules])
     return (head + f'<ul class="verdict">{lines}</ul>'
             + "<p>Its test metrics (mean ± t half-width over seeds [95% bootstrap interval]):</p>" + table.html())
@@ -99,12 +97,12 @@ def comparison(ctx: Context) -> str:
 
     cmp = ctx.cmp
     assert cmp is not None
-    out = [f"<p>Run {escape(cmp.run)}: {cmp.n_test} test images, {len(cmp.rows[0]['seeds'])} seed(s) per "
+    out = [f"<p>Run {escape(cmp.run)}: {cmp.n_test} test images, {cmp.seeds} seed(s) per "
            "model.</p>"]
     for rule, text in cmp.threshold_rules.items():
         out.append(f"<h3>At {escape(text)}</h3>" + rule_table(cmp.rows, rule, REPORT).html())
-    out.append("<h3>Threshold-free</h3>" + rule_table(cmp.rows, "at_0.5", [m for m in RANKING_METRICS
-                                                                               if m != "auc"]).html())
+    out.append("<h3>Threshold-free</h3>" + rule_table(cmp.rows, AT_HALF, [m for m in RANKING_METRICS
+                                                                           if m != "auc"]).html())
     out.append(f'<p class="note">{escape(comparison_caption(cmp))}</p>')
     costs = cost_table(cmp)
     if costs is not None:
@@ -113,7 +111,7 @@ def comparison(ctx: Context) -> str:
         out.append("<h3>Ensembles and flip TTA</h3>" + ensemble_table(cmp).html())
         out.append('<ul class="ensembles">' + "".join(f"<li>{escape(ln)}</li>" for ln in ensemble_lines(cmp)) + "</ul>")
     if cmp.video:
-        out.append(f"<h3>Per video ({cmp.video['n_videos']} test videos)</h3>" + video_table(cmp).html())
+        out.append(f"<h3>Per video ({cmp.video.n_videos} test videos)</h3>" + video_table(cmp).html())
     if cmp.evaluation is None:
         out.append('<p class="note">No per-source or robustness tables: this run was finalized without extra test '
                    "sets.</p>")
@@ -141,10 +139,10 @@ def explanations(ctx: Context) -> str:
            f"model saw it. Up to {PER_GROUP} test images per group, chosen by rule (not by hand): "
            f"{escape('; '.join(GROUPS))}.</p>"]
     for row in cmp.tuned:
-        path = ctx.run.cam_panel(row["arch"])
-        out.append(image(png_uri(path.read_bytes()), f"Grad-CAM panel of {row['arch']} on the test split")
+        path = ctx.run.cam_panel(row.arch)
+        out.append(image(png_uri(path.read_bytes()), f"Grad-CAM panel of {row.arch} on the test split")
                    if path.is_file() else
-                   f'<p class="note">No panel for {escape(row["arch"])}: finalize did not draw one (see its log; '
+                   f'<p class="note">No panel for {escape(row.arch)}: finalize did not draw one (see its log; '
                    f"<code>python -m tune finalize {escape(ctx.name)}</code> draws it).</p>")
     return "".join(out)
 
@@ -154,14 +152,14 @@ def evaluation(ctx: Context) -> str:
     from tune.reports.tables import evaluation_table, paired_table
 
     assert ctx.cmp is not None and ctx.cmp.evaluation is not None
-    ev = Evaluation.from_dict(ctx.cmp.evaluation)
+    ev = ctx.cmp.evaluation
     b = ev.bootstrap
-    out = [f"<p>Cells: value [{b.get('level', 0.95):.0%} bootstrap interval: {b.get('resamples', '?')} resamples"
-           f"{', stratified by class' if b.get('stratified') else ''}]. At valid: each model's threshold chosen on "
+    out = [f"<p>Cells: value [{b.confidence:.0%} bootstrap interval: {b.resamples} resamples"
+           f"{', stratified by class' if b.stratified else ''}]. At valid: each model's threshold chosen on "
            "valid.</p>"]
     for cond in ev.conditions:
-        title = "Per source (clean images)" if cond["name"] == "clean" else f"Robustness: {cond['name']}"
-        out.append(f"<h3>{escape(title)}</h3>" + evaluation_table(ev, cond["name"]).html())
+        title = "Per source (clean images)" if cond.name == "clean" else f"Robustness: {cond.name}"
+        out.append(f"<h3>{escape(title)}</h3>" + evaluation_table(ev, cond.name).html())
     if ev.paired:
         out.append("<h3>Paired differences</h3>" + paired_table(ev).html())
     for name, rel in (ev.plots or {}).items():
@@ -233,7 +231,7 @@ def _test_classes(ctx: Context) -> dict[str, int]:
     row = ctx.cmp.rows[0] if ctx.cmp and ctx.cmp.rows else None
     if row is None:
         return {}
-    with open(ctx.run.finalize(row["name"], row["seeds"][0]) / PREDICTIONS, newline="") as f:
+    with open(ctx.run.finalize(row.name, row.seeds[0]) / PREDICTIONS, newline="") as f:
         labels = [int(r["label"]) for r in csv.DictReader(f)]
     return {"Fake": labels.count(FAKE), "Real": len(labels) - labels.count(FAKE)}
 
@@ -286,7 +284,7 @@ def reproduce(ctx: Context) -> str:
                                  str(scored.iloc[0]["trial_id"]), "--storage", storage))
     if cmp is not None:
         fin = ["python", "-m", "tune", "finalize", again, "--seeds", str(cmp.seeds),
-               "--storage", storage] + (["--baseline"] if any(r["kind"] == "baseline" for r in cmp.rows) else [])
+               "--storage", storage] + (["--baseline"] if any(r.kind == "baseline" for r in cmp.rows) else [])
         lines += ["# 3. retrain the winners with the same seeds and test them once (on the run of step 1)", cmd(*fin)]
     versions = "".join(f"<code>{escape(k)} {escape(str(v))}</code> " for k, v in sorted(
         meta.versions.items()))

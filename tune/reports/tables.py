@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from tune.metrics.cells import Cell, cell_of
-from tune.metrics.classification import HEADLINE, METRICS, THRESHOLD_RULES
+from tune.metrics.cells import PairedTest
+from tune.metrics.classification import AT_HALF, AT_VALID, HEADLINE, METRICS, THRESHOLD_RULES, ThresholdRule
+from tune.runs.comparison import Cells, ModelRow, VariantRow
+from tune.runs.evaluation import MEAN
 from tune.runs.files import Comparison, Evaluation
 
 THRESHOLD_METRICS = [m for m in METRICS if not METRICS[m].ranking]  # accuracy, precision, recall, f1
@@ -63,17 +65,22 @@ class Table:
 
 
 # --------------------------------------------------------------------------- finalize's comparison
-def rule_table(rows: list[dict[str, Any]], rule: str, metrics: list[str] = NOTEBOOK) -> Table:
+def rule_table(rows: list[ModelRow], rule: ThresholdRule, metrics: list[str] = NOTEBOOK) -> Table:
     """Each model's cells at one threshold rule (the notebook's table)."""
     return Table(["Model", *(label(m) for m in metrics)],
-                 [[r["model"], *(cell_of(r[rule].get(m)).text() for m in metrics)] for r in rows])
+                 [[r.model, *(r.cell(m, rule).text() for m in metrics)] for r in rows])
 
 
 def comparison_caption(cmp: Comparison) -> str:
-    b = cmp.bootstrap
     return (f"Cells: mean over seeds ± half-width of its 95% t-interval over seeds [95% bootstrap interval over "
-            f"test images: {b['resamples']} resamples stratified by class, each resample's metric averaged over "
-            "seeds]. Positive class: Fake.")
+            f"test images: {cmp.bootstrap.resamples} resamples stratified by class, each resample's metric averaged "
+            "over seeds]. Positive class: Fake.")
+
+
+def test_text(t: PairedTest, alpha: float) -> str:
+    """'difference +0.012, paired bootstrap p = 0.300, not significant at α = 0.05'."""
+    return (f"difference {t.difference:+.3f}, paired bootstrap p = {t.p_value:.3f}, "
+            f"{'significant' if t.significant else 'not significant'} at α = {alpha}")
 
 
 def verdict_lines(cmp: Comparison) -> list[str]:
@@ -82,14 +89,12 @@ def verdict_lines(cmp: Comparison) -> list[str]:
     for m in HEADLINE:
         name = label(m) if METRICS[m].ranking else f"{label(m).lower()} at threshold 0.5"
         e = cmp.best[m]
-        if e.get("tie"):
-            line = f"By {name}: {e['model']} and {e['runner_up']} tie ({e['value']:.3f})"
+        if e.tie:
+            line = f"By {name}: {e.model} and {e.runner_up} tie ({e.value:.3f})"
         else:
-            line = f"Best model by {name}: {e['model']} ({e['value']:.3f})"
-        if e.get("p_value") is not None:
-            verdict = "significant" if e["significant"] else "not significant"
-            line += (f"; vs {e['runner_up']} ({e['runner_up_value']:.3f}): difference {e['difference']:+.3f}, "
-                     f"paired bootstrap p = {e['p_value']:.3f}, {verdict} at α = {cmp.alpha}")
+            line = f"Best model by {name}: {e.model} ({e.value:.3f})"
+        if e.test is not None:
+            line += f"; vs {e.runner_up} ({e.runner_up_value:.3f}): {test_text(e.test, cmp.alpha)}"
         lines.append(line + ".")
     return lines
 
@@ -99,17 +104,14 @@ def picked_lines(cmp: Comparison) -> list[str]:
     p = cmp.picked
     if not p:
         return []
-    head = f"Shipped (finalize --pick {p['rule']}): {p['model']}"
-    if p["same"]:
+    head = f"Shipped (finalize --pick {p.rule}): {p.model}"
+    if p.same:
         return [f"{head}, the most accurate by test {label('auc')}." + picked_costs(cmp)]
     parts = []
-    for m, e in p["metrics"].items():
-        text = f"{label(m)} {e['value']:.3f} vs {e['most_accurate_value']:.3f}"
-        if e.get("p_value") is not None:
-            text += (f", difference {e['difference']:+.3f}, paired bootstrap p = {e['p_value']:.3f}, "
-                     f"{'significant' if e['significant'] else 'not significant'} at α = {cmp.alpha}")
-        parts.append(text)
-    return [f"{head}; against the most accurate, {p['most_accurate']}, on the test split: {'; '.join(parts)}."
+    for m, e in p.metrics.items():
+        text = f"{label(m)} {e.value:.3f} vs {e.reference:.3f}"
+        parts.append(text + (f", {test_text(e.test, cmp.alpha)}" if e.test is not None else ""))
+    return [f"{head}; against the most accurate, {p.most_accurate}, on the test split: {'; '.join(parts)}."
             + picked_costs(cmp)]
 
 
@@ -126,31 +128,31 @@ def cost_table(cmp: Comparison) -> Table | None:
     parameters, ONNX size (tune.evaluation.costs); None for a comparison.json from before costs."""
     if not cmp.costs:
         return None
-    s = cmp.costs["settings"]
-    names = list(cmp.costs["labels"])
-    threads = s["threads"] or "the trials'"
-    head = {"latency_ms": "ms / image, batch 1", "latency_batch_ms": f"ms / image, batch {s['batch']}",
+    s, names = cmp.costs.settings, list(cmp.costs.labels)
+    threads = s.threads or "the trials'"
+    head = {"latency_ms": "ms / image, batch 1", "latency_batch_ms": f"ms / image, batch {s.batch}",
             "params": "Parameters", "onnx_mb": "ONNX MB"}
     return Table(["Model", label("auc"), *(head.get(n, n) for n in names)],
-                 [[r["model"], cell_of(r["at_0.5"]["auc"]).text(),
-                   *(cost_text(n, cmp.costs["models"].get(r["name"], {}).get(n)) for n in names)] for r in cmp.rows],
-                 f"Costs of each model's chosen seed, measured once after the retrainings on {cmp.costs['device']}: "
-                 f"median over {s['repeats']} runs at batch 1 ({max(2, s['repeats'] // 3)} at batch {s['batch']}) "
-                 f"after {s['warmup']} warm-up runs, {threads} torch thread(s), fixed "
+                 [[r.model, r.cell("auc").text(),
+                   *(cost_text(n, cmp.costs.models.get(r.name, {}).get(n)) for n in names)] for r in cmp.rows],
+                 f"Costs of each model's chosen seed, measured once after the retrainings on {cmp.costs.device}: "
+                 f"median over {s.repeats} runs at batch 1 ({max(2, s.repeats // 3)} at batch {s.batch}) "
+                 f"after {s.warmup} warm-up runs, {threads} torch thread(s), fixed "
                  "inputs; the same settings as the search's trials (the space's latency:).")
 
 
 def picked_costs(cmp: Comparison) -> str:
     """' It costs 2.10 ms per image at batch 1 against 11.40 for ...': what the pick bought, when measured."""
     p = cmp.picked
-    if not (p and cmp.costs) or p["same"]:
+    if not (p and cmp.costs) or p.same:
         return ""
-    rows = cmp.costs["models"]
-    a, b = rows[p["model"]], rows[p["most_accurate"]]
-    return (f" It costs {cost_text('latency_ms', a['latency_ms'])} ms per image at batch 1 against "
-            f"{cost_text('latency_ms', b.get('latency_ms'))} for {p['most_accurate']} "
-            f"({a['latency_ms'] / b['latency_ms']:.2f}x), with {cost_text('params', a['params'])} parameters against "
-            f"{cost_text('params', b.get('params'))}.") if b.get("latency_ms") else ""
+    rows = cmp.costs.models
+    a, b = rows[p.model], rows[p.most_accurate]
+    a_ms, b_ms = a.get("latency_ms"), b.get("latency_ms")
+    return (f" It costs {cost_text('latency_ms', a_ms)} ms per image at batch 1 against "
+            f"{cost_text('latency_ms', b_ms)} for {p.most_accurate} "
+            f"({a_ms / b_ms:.2f}x), with {cost_text('params', a.get('params'))} parameters against "
+            f"{cost_text('params', b.get('params'))}.") if a_ms and b_ms else ""
 
 
 ENSEMBLE_CAPTION = (
@@ -163,35 +165,37 @@ ENSEMBLE_CAPTION = (
     "chosen seed: the difference and its two-sided paired bootstrap p (the same resamples).")
 
 
-def _vs(r: dict[str, Any], rule: str, m: str) -> str:
-    v = (r.get("vs_chosen") or {}).get(rule, {}).get(m)
-    if not v or v.get("p_value") is None:
-        return "reference" if r["variant"] == "chosen_seed" else "n/a"
-    return f"{v['difference']:+.3f}, p = {v['p_value']:.3f}{' (significant)' if v['significant'] else ''}"
+def _vs(r: VariantRow, rule: ThresholdRule, m: str) -> str:
+    v = r.versus(m, rule)
+    if v is None or v.test is None:
+        return "reference" if r.variant == "chosen_seed" else "n/a"
+    return f"{v.test.difference:+.3f}, p = {v.test.p_value:.3f}{' (significant)' if v.test.significant else ''}"
 
 
 def ensemble_table(cmp: Comparison) -> Table:
     """Every predictor of every model (tune.evaluation.ensembles) with its paired test against the chosen seed."""
+    rows = cmp.ensembles.rows if cmp.ensembles else []
     return Table(["Model", "Predictor", label("auc"), f"{label('auc')} vs chosen seed",
                   f"{label('accuracy')} at the valid threshold", "vs chosen seed"],
-                 [[r["model"], r["predictor"], cell_of(r["at_0.5"]["auc"]).text(), _vs(r, "at_0.5", "auc"),
-                   cell_of(r["at_valid_threshold"]["accuracy"]).text(), _vs(r, "at_valid_threshold", "accuracy")]
-                  for r in cmp.ensembles["rows"]], ENSEMBLE_CAPTION)
+                 [[r.model, r.predictor, r.cell("auc").text(), _vs(r, AT_HALF, "auc"),
+                   r.cell("accuracy", AT_VALID).text(), _vs(r, AT_VALID, "accuracy")] for r in rows],
+                 ENSEMBLE_CAPTION)
 
 
 def ensemble_lines(cmp: Comparison) -> list[str]:
     """Per model: does the ensemble of its seeds beat the chosen seed (AUC), and with flip TTA?"""
-    out = []
-    for r in (r for r in cmp.ensembles["rows"] if r["variant"] == "ensemble"):
-        e = r["vs_chosen"]["at_0.5"]["auc"]
-        tta = next(t for t in cmp.ensembles["rows"] if t["name"] == r["name"] and t["variant"] == "ensemble_hflip")
-        t = tta["vs_chosen"]["at_0.5"]["auc"]
-        beats = "beats" if e.get("significant") and e["difference"] > 0 else "does not significantly beat"
-        out.append(f"{r['model']}: the ensemble of {len(r['seeds'])} seeds {beats} the chosen seed: AUC "
-                   f"{e['value']:.3f} vs {e['chosen_value']:.3f} (seed {r['chosen_seed']}), {e['difference']:+.3f}, "
-                   f"paired bootstrap p = {e['p_value']:.3f}, {'' if e['significant'] else 'not '}significant at "
-                   f"α = {cmp.alpha}; with flip TTA: AUC {t['value']:.3f}, {t['difference']:+.3f}, p = "
-                   f"{t['p_value']:.3f}.")
+    out, ens = [], cmp.ensembles
+    for r in (r for r in (ens.rows if ens else []) if r.variant == "ensemble"):
+        tta = ens.row(r.name, "ensemble_hflip") if ens else None
+        e, t = r.versus("auc"), tta.versus("auc") if tta else None
+        if not (e and e.test and t and t.test):  # an AUC undefined on these test images: nothing to say
+            continue
+        beats = "beats" if e.test.significant and e.test.difference > 0 else "does not significantly beat"
+        out.append(f"{r.model}: the ensemble of {len(r.seeds)} seeds {beats} the chosen seed: AUC "
+                   f"{e.value:.3f} vs {e.reference:.3f} (seed {r.chosen_seed}), {e.test.difference:+.3f}, "
+                   f"paired bootstrap p = {e.test.p_value:.3f}, {'' if e.test.significant else 'not '}significant at "
+                   f"α = {cmp.alpha}; with flip TTA: AUC {t.value:.3f}, {t.test.difference:+.3f}, p = "
+                   f"{t.test.p_value:.3f}.")
     return out
 
 
@@ -202,10 +206,10 @@ def comparison_markdown(cmp: Comparison) -> str:
     for rule, text in cmp.threshold_rules.items():
         out += [f"At {text}:", "", rule_table(cmp.rows, rule).markdown()]
     free = [m for m in RANKING_METRICS if m != "auc"]
-    out += ["Threshold-free:", "", rule_table(cmp.rows, "at_0.5", free).markdown(), comparison_caption(cmp), ""]
+    out += ["Threshold-free:", "", rule_table(cmp.rows, AT_HALF, free).markdown(), comparison_caption(cmp), ""]
     out += verdict_lines(cmp) + picked_lines(cmp)
     if cmp.video:
-        out += ["", f"### Per video ({cmp.video['n_videos']} test videos, {cmp.video['n_frames']} frames)", "",
+        out += ["", f"### Per video ({cmp.video.n_videos} test videos, {cmp.video.n_frames} frames)", "",
                 video_table(cmp).markdown()]
     costs = cost_table(cmp)
     if costs is not None:
@@ -217,35 +221,34 @@ def comparison_markdown(cmp: Comparison) -> str:
 
 def video_table(cmp: Comparison) -> Table:
     """Each model's cells per test video at both threshold rules: ROC-AUC, then accuracy at each rule."""
-    rows = (cmp.video or {}).get("rows", [])
+    rows = cmp.video.rows if cmp.video else []
     head = ["Model", "Aggregation", label("auc"), label("ap"), label("eer"),
             *(f"{label('accuracy')} at {rule_name(rule)}" for rule in THRESHOLD_RULES)]
-    return Table(head, [[r["model"], r["aggregation"], *(cell_of(r["at_0.5"].get(m)).text() for m in ("auc", "ap",
-                                                                                                     "eer")),
-                         *(cell_of(r[rule].get("accuracy")).text() for rule in THRESHOLD_RULES)] for r in rows],
-                 caption=(cmp.video or {}).get("about", ""))
+    return Table(head, [[r.model, r.aggregation, *(r.cell(m).text() for m in ("auc", "ap", "eer")),
+                         *(r.cell("accuracy", rule).text() for rule in THRESHOLD_RULES)] for r in rows],
+                 caption=cmp.video.about if cmp.video else "")
 
 
-def cells_csv(rows: list[dict[str, Any]], keys: list[str]) -> str:
-    """One line per cell: `keys` of its row (model, source, ...), the rule, the metric and the cell's numbers."""
+def cells_csv(rows: list[tuple[list[Any], Cells]], keys: list[str]) -> str:
+    """One line per cell: the values of `keys` of its row (model, source, ...), the rule, the metric and the cell's
+    numbers."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow([*keys, "threshold_rule", "metric", "value", "low", "high", "t_half", "seeds"])
-    for r in rows:
+    for values, cells in rows:
         for rule in THRESHOLD_RULES:
-            for m, d in (r.get(rule) or {}).items():
-                c: Cell = cell_of(d)
-                w.writerow([*(r.get(k, "") for k in keys), rule, m, *("" if v is None else v for v in
-                                                                      (c.value, c.low, c.high, c.t_half)),
+            for m, c in cells.get(rule, {}).items():
+                w.writerow([*values, rule, m, *("" if v is None else v for v in (c.value, c.low, c.high, c.t_half)),
                             len(c.per_seed) or 1])
     return buf.getvalue()
 
 
 def comparison_csv(cmp: Comparison) -> str:
     """comparison.csv: every cell of every predictor of every model (variant `seeds` is the main table)."""
-    rows = [{**r, "variant": "seeds"} for r in cmp.rows]
-    rows += [r for r in (cmp.ensembles or {}).get("rows", []) if r["variant"] != "seeds"]
-    rows += [{**r, "variant": "video"} for r in (cmp.video or {}).get("rows", [])]
+    rows = [([r.name, r.kind, "seeds"], r.cells) for r in cmp.rows]
+    rows += [([r.name, r.kind, r.variant], r.cells) for r in (cmp.ensembles.rows if cmp.ensembles else [])
+             if r.variant != "seeds"]
+    rows += [([r.name, r.kind, "video"], r.cells) for r in (cmp.video.rows if cmp.video else [])]
     return cells_csv(rows, ["name", "kind", "variant"])
 
 
@@ -258,33 +261,20 @@ def evaluation_table(ev: Evaluation, condition: str) -> Table:
             *(f"{label(m)} at {rule_name(rule).removeprefix('threshold ')}" for rule in rules
               for m in THRESHOLD_METRICS), "Note"]
     rows, bold = [], set()
-    for r in (r for r in ev.rows if r["condition"] == condition):
-        if r["source"] == "mean":
+    for r in (r for r in ev.rows if r.condition == condition):
+        if r.source == MEAN:
             bold.add(len(rows))
-        rows.append([r["model"], r["source"], str(r["n_fake"]), str(r["n_real"]),
-                     *(cell_of(at(r, "at_0.5").get(m)).text() for m in RANKING_METRICS),
-                     *(cell_of(at(r, rule).get(m)).text() for rule in rules for m in THRESHOLD_METRICS), r["note"]])
+        rows.append([r.model, r.source, str(r.n_fake), str(r.n_real), *(r.cell(m).text() for m in RANKING_METRICS),
+                     *(r.cell(m, rule).text() for rule in rules for m in THRESHOLD_METRICS), r.note])
     return Table(head, rows, bold=bold)
-
-
-def at(row: dict[str, Any], rule: str) -> dict[str, Any]:
-    """A row's cells at a rule; evaluation.json files written before the one schema kept ranking metrics at the
-    row's top and named the valid threshold's rule at_threshold."""
-    old = row.get("at_threshold" if rule == "at_valid_threshold" else rule) or {}
-    return {**{m: row[m] for m in RANKING_METRICS if isinstance(row.get(m), dict)}, **old, **(row.get(rule) or {})}
-
-
-def cell_at(row: dict[str, Any], metric: str, rule: str = "at_0.5") -> Cell:
-    """One cell of an evaluation row, whichever schema wrote it."""
-    return cell_of(at(row, rule).get(metric))
 
 
 def paired_table(ev: Evaluation) -> Table:
     return Table(["Condition", "Source", "A", "B", "Metric", "A − B", "p", "significant at 0.05"],
-                 [[p["condition"], p["source"], p["a"], p["b"], label(p["metric"]), f"{p['difference']:+.3f}",
-                   f"{p['p_value']:.3f}", "yes" if p["significant"] else "no"] for p in ev.paired])
+                 [[p.condition, p.source, p.a, p.b, label(p.metric), f"{p.test.difference:+.3f}",
+                   f"{p.test.p_value:.3f}", "yes" if p.test.significant else "no"] for p in ev.paired])
 
 
 def evaluation_csv(ev: Evaluation) -> str:
-    rows = [{**r, **{rule: at(r, rule) for rule in THRESHOLD_RULES}} for r in ev.rows]
-    return cells_csv(rows, ["model", "source", "condition", "n_fake", "n_real"])
+    return cells_csv([([r.model, r.source, r.condition, r.n_fake, r.n_real], r.cells) for r in ev.rows],
+                     ["model", "source", "condition", "n_fake", "n_real"])

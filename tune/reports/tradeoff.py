@@ -22,38 +22,39 @@ from tune.evaluation.tradeoff import HELD_OUT, IN_DOMAIN
 from tune.metrics.classification import HELDOUT
 from tune.reports.sections import Context
 from tune.reports.tables import Table, label
+from tune.runs.comparison import Tradeoff, TradeoffRow
 
 
-def sentence(t: dict[str, Any]) -> str:
+def sentence(t: Tradeoff) -> str:
     """Whether in-domain and held-out validation pick the same model, with both numbers ("" with one model)."""
-    if "agree" not in t:
+    if t.agree is None:
         return ""
-    by = {r["name"]: r for r in t["rows"]}
-    a, b = by[t["in_domain_winner"]], by[t["held_out_winner"]]
+    by = {r.name: r for r in t.rows}
+    a, b = by[str(t.in_domain_winner)], by[str(t.held_out_winner)]
 
-    def named(r: dict[str, Any]) -> str:
-        return f"{r['name']} ({IN_DOMAIN} {r[IN_DOMAIN]:.3f}, {HELD_OUT} {r[HELD_OUT]:.3f})"
+    def named(r: TradeoffRow) -> str:
+        return f"{r.name} ({IN_DOMAIN} {r.validation[IN_DOMAIN]:.3f}, {HELD_OUT} {r.validation[HELD_OUT]:.3f})"
 
-    if t["agree"]:
+    if t.agree:
         return f"In-domain and held-out validation pick the same model: {named(a)}."
-    verdict = "significant" if t["significant"] else "not significant"
+    verdict = "significant" if t.significant else "not significant"
     return (f"The in-domain winner is not the held-out winner: validation AUC on valid picks {named(a)}, "
-            f"held-out validation AUC picks {named(b)}; on the test split their AUC is {a['test_auc']:.3f} vs "
-            f"{b['test_auc']:.3f}, difference {t['test_difference']:+.3f}, paired bootstrap p = {t['p_value']:.3f}, "
-            f"{verdict} at α = {t['alpha']}.")
+            f"held-out validation AUC picks {named(b)}; on the test split their AUC is {a.test_auc:.3f} vs "
+            f"{b.test_auc:.3f}, difference {t.test_difference:+.3f}, paired bootstrap p = {t.p_value:.3f}, "
+            f"{verdict} at α = {t.alpha}.")
 
 
-def columns(t: dict[str, Any]) -> list[str]:
+def columns(t: Tradeoff) -> list[str]:
     """val_auc, xval_auc, and AUC per held-out source when there are several."""
-    per_source = [k for k in t["rows"][0] if k.startswith(f"{HELDOUT}[")]
+    per_source = [k for k in t.rows[0].validation if k.startswith(f"{HELDOUT}[")]
     return [IN_DOMAIN, HELD_OUT, *(per_source if len(per_source) > 1 else [])]
 
 
-def tradeoff_table(t: dict[str, Any]) -> Table:
+def tradeoff_table(t: Tradeoff) -> Table:
     cols = columns(t)
     return Table(["Model", *cols, f"test {label('auc')}"],
-                 [[r["model"], *(f"{r.get(c, math.nan):.3f}" for c in cols), f"{r['test_auc']:.3f}"]
-                  for r in t["rows"]], CAPTION)
+                 [[r.model, *(f"{r.validation.get(c, math.nan):.3f}" for c in cols), f"{r.test_auc:.3f}"]
+                  for r in t.rows], CAPTION)
 
 
 CAPTION = ("Validation AUC of each model's retrained seeds at their kept epochs, mean over seeds: val_auc on the "
@@ -62,7 +63,7 @@ CAPTION = ("Validation AUC of each model's retrained seeds at their kept epochs,
            "held-out sources were never trained on; only the test column reads the test split.")
 
 
-def markdown(t: dict[str, Any] | None) -> str:
+def markdown(t: Tradeoff | None) -> str:
     """comparison.md's section from the comparison's trade-off ("" for a run without held-out sources)."""
     if not t:
         return ""

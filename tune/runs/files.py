@@ -4,18 +4,24 @@ training writes).
 
 Each is a dataclass written and read here only (`save`, `load`), so a field has one name and one meaning
 and a reader never guesses which version wrote a file: `load` accepts what earlier versions wrote (missing
-fields get the meaning they had then) and `save` writes this version's. The nested parts that other modules
-own stay dicts in their owners' schemas: the search space (tune.search.space), the trials' configs
-(tune.training.config), the cells (tune.metrics.cells.Cell.from_dict reads every schema of those).
+fields get the meaning they had then) and `save` writes this version's, with the keys every earlier reader
+knows. Their parts are typed in tune.runs.comparison and tune.runs.evaluation; a part that another module owns
+is that owner's type (a cell: tune.metrics.cells.Cell, which reads every schema of those; a condition:
+tune.data.perturb.Condition) or stays in its owner's schema (a trial's config: tune.training.config).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tune.core import atomic_write_json, known, plain, read_json
+from tune.core import atomic_write_json, known, read_json
+from tune.data.perturb import Condition
+from tune.metrics.classification import ThresholdRule
+from tune.runs.comparison import Costs, Ensembles, ModelRow, Picked, Resampling, Tradeoff, Verdict, Videos
+from tune.runs.evaluation import EvaluatedModel, EvaluatedSource, EvaluationRow, PairedRow
 
 EVALUATION = "evaluation.json"  # in evaluate's output folder, and in RUN/extra-test/ (comparison.json: Run)
 
@@ -23,26 +29,26 @@ EVALUATION = "evaluation.json"  # in evaluate's output folder, and in RUN/extra-
 # --------------------------------------------------------------------------- comparison.json, evaluation.json
 @dataclass
 class Comparison:
-    """finalize's comparison.json: every model's rows of cells (tune.metrics.cells), the verdict, the ensembles,
-    the in-domain vs held-out trade-off, the picked model against the most accurate and, with finalize
-    --extra-test, evaluate's tables of the winners."""
+    """finalize's comparison.json: every model's row of cells, the verdict, the ensembles, the in-domain vs
+    held-out trade-off, the picked model against the most accurate and, with finalize --extra-test, evaluate's
+    tables of the winners."""
 
     run: str
     metric: str
     n_test: int
     test_fingerprint: str
-    rows: list[dict[str, Any]]
-    best: dict[str, Any]
-    threshold_rules: dict[str, str]
+    rows: list[ModelRow]
+    best: dict[str, Verdict]  # by each headline metric (tune.metrics.classification.HEADLINE)
+    threshold_rules: dict[ThresholdRule, str]  # each rule's description, as the file's writer worded it
     alpha: float = 0.05
-    bootstrap: dict[str, Any] = field(default_factory=dict)
+    bootstrap: Resampling = field(default_factory=Resampling)
     skipped: dict[str, str] = field(default_factory=dict)
-    ensembles: dict[str, Any] | None = None
-    tradeoff: dict[str, Any] | None = None
-    evaluation: dict[str, Any] | None = None
-    picked: dict[str, Any] | None = None  # finalize --pick: the shipped model against the most accurate
-    costs: dict[str, Any] | None = None  # how each row's `costs` were measured (tune.evaluation.costs)
-    video: dict[str, Any] | None = None  # a test split with videos: its cells per video (video_comparison.py)
+    ensembles: Ensembles | None = None
+    tradeoff: Tradeoff | None = None
+    evaluation: Evaluation | None = None
+    picked: Picked | None = None  # finalize --pick: the shipped model against the most accurate
+    costs: Costs | None = None  # each row's costs and how they were measured (tune.evaluation.costs)
+    video: Videos | None = None  # a test split with videos: its cells per video (video_comparison.py)
 
     @classmethod
     def load(cls, path: Path) -> Comparison:
@@ -51,22 +57,44 @@ class Comparison:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Comparison:
         """This version's fields, or an earlier version's (no ensembles, trade-off or evaluation: None)."""
-        return known(cls, d)
+        def part(key: str, read: Callable[[dict[str, Any]], Any]) -> Any:
+            return read(d[key]) if d.get(key) else None
+
+        rules = {r.value for r in ThresholdRule}  # a rule this version does not know has no cells to show
+        return known(cls, {**d, "rows": [ModelRow.from_dict(r) for r in d.get("rows", [])],
+                           "threshold_rules": {ThresholdRule(k): v for k, v in d.get("threshold_rules", {}).items()
+                                               if k in rules},
+                           "best": {m: Verdict.from_dict(e) for m, e in d.get("best", {}).items()},
+                           "bootstrap": Resampling.from_dict(d.get("bootstrap") or {}),
+                           "ensembles": part("ensembles", Ensembles.from_dict),
+                           "tradeoff": part("tradeoff", Tradeoff.from_dict),
+                           "evaluation": part("evaluation", Evaluation.from_dict),
+                           "picked": part("picked", Picked.from_dict), "costs": part("costs", Costs.from_dict),
+                           "video": part("video", Videos.from_dict)})
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, self.to_plain())
 
     def to_plain(self) -> dict[str, Any]:
-        return plain(self)
+        parts = {"rows": [r.to_plain() for r in self.rows], "best": {m: v.to_plain() for m, v in self.best.items()},
+                 "threshold_rules": {str(k): v for k, v in self.threshold_rules.items()},
+                 "bootstrap": self.bootstrap.to_plain("stratified_by_class")}
+        for name in ("ensembles", "tradeoff", "evaluation", "picked", "costs", "video"):
+            value = getattr(self, name)
+            parts[name] = None if value is None else value.to_plain()
+        return {k: v for k, v in {**vars(self), **parts}.items() if v is not None}
 
     @property
     def seeds(self) -> int:
         """Seeds per model (every model of a finalize has the same number)."""
-        return len(self.rows[0]["seeds"]) if self.rows else 0
+        return len(self.rows[0].seeds) if self.rows else 0
 
     @property
-    def tuned(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["kind"] == "tuned"]
+    def tuned(self) -> list[ModelRow]:
+        return [r for r in self.rows if r.kind == "tuned"]
+
+    def row(self, name: str) -> ModelRow:
+        return next(r for r in self.rows if r.name == name)
 
 
 @dataclass
@@ -74,18 +102,18 @@ class Evaluation:
     """evaluate's evaluation.json: the models, sources and conditions, one row of cells per (model, source,
     condition) and the mean over sources, the paired tests, and the plots written beside it."""
 
-    models: list[dict[str, Any]]
-    sources: list[dict[str, Any]]
-    conditions: list[dict[str, Any]]
-    rows: list[dict[str, Any]]
-    paired: list[dict[str, Any]] = field(default_factory=list)
-    plots: dict[str, str] = field(default_factory=dict)
-    bootstrap: dict[str, Any] = field(default_factory=dict)
+    models: list[EvaluatedModel]
+    sources: list[EvaluatedSource]
+    conditions: list[Condition]
+    rows: list[EvaluationRow]
+    paired: list[PairedRow] = field(default_factory=list)
+    plots: dict[str, str] = field(default_factory=dict)  # plot name -> its file, relative to this file's folder
+    bootstrap: Resampling = field(default_factory=Resampling)
     threshold_rules: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
-    frames: dict[str, Any] | None = None  # sources with videos: the same evaluation of their frames, one row each
+    frames: Evaluation | None = None  # sources with videos: the same evaluation of their frames, one row each
 
     @classmethod
     def load(cls, path: Path) -> Evaluation:
@@ -94,10 +122,25 @@ class Evaluation:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Evaluation:
         """This version's fields or an earlier one's (comparison.json embeds one under "evaluation")."""
-        return known(cls, {"models": [], "sources": [], "conditions": [], "rows": [], **d})
+        frames = d.get("frames")
+        return known(cls, {**d, "models": [EvaluatedModel.from_dict(m) for m in d.get("models", [])],
+                           "sources": [EvaluatedSource.from_dict(s) for s in d.get("sources", [])],
+                           "conditions": [Condition.from_dict(c) for c in d.get("conditions", [])],
+                           "rows": [EvaluationRow.from_dict(r) for r in d.get("rows", [])],
+                           "paired": [PairedRow.from_dict(p) for p in d.get("paired", [])],
+                           "bootstrap": Resampling.from_dict(d.get("bootstrap") or {}),
+                           "frames": cls.from_dict(frames) if frames else None})
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, self.to_plain())
 
     def to_plain(self) -> dict[str, Any]:
-        return plain(self)
+        out = {"models": [m.to_plain() for m in self.models], "sources": [s.to_plain() for s in self.sources],
+               "conditions": [c.to_dict() for c in self.conditions], "rows": [r.to_plain() for r in self.rows],
+               "paired": [p.to_plain() for p in self.paired], "bootstrap": self.bootstrap.to_plain("stratified"),
+               "frames": self.frames.to_plain() if self.frames is not None else None}
+        return {k: v for k, v in {**vars(self), **out}.items() if v is not None}
+
+    def by_source(self, model: str, condition: str) -> dict[str, EvaluationRow]:
+        """A model's rows under one condition, by source (MEAN: the mean over sources)."""
+        return {r.source: r for r in self.rows if r.model == model and r.condition == condition}

@@ -11,6 +11,7 @@ import pandas as pd
 from tune.core import UserError, atomic_write_text
 from tune.metrics.classification import HELDOUT, split_name
 from tune.metrics.costs import COSTS, MEASURE_S
+from tune.models.hparams import HParamKind
 from tune.runs.layout import Run, RunRecord
 from tune.runs.pareto import front_mask, goals
 from tune.runs.trials import kept_score, read_trials
@@ -39,7 +40,8 @@ def load_leaderboard(run_dir: Path) -> pd.DataFrame:
     space = meta.space
     metric, mode = space["metric"], space["mode"]
     shown = side_by_side(meta)
-    sampled = {a: [n for n, p in ps.items() if p["kind"] != "fixed"] for a, ps in space["architectures"].items()}
+    sampled = {a: [n for n, p in ps.items() if p["kind"] != HParamKind.FIXED]
+               for a, ps in space["architectures"].items()}
     rows = []
     for arch in space["architectures"]:
         for no, t in enumerate(read_trials(run, meta, arch), 1):

@@ -37,12 +37,13 @@ from tune.data.frames import Preprocess
 from tune.metrics.classification import needs_heldout, search_metrics
 from tune.metrics.costs import Serving
 from tune.models.detector import parse_head_sizes
+from tune.models.hparams import SAMPLED, HParamKind
 from tune.models.registry import check_hparams, get_arch
 from tune.search.budget import parse_duration
 from tune.search.objectives import measuring, parse_objectives, parse_sampler, parse_serving
 from tune.training.config import TrainConfig, searchable_options
 
-KINDS = ("loguniform", "uniform", "int", "categorical")
+KINDS = SAMPLED  # a parameter's `type:` (one it does not sample is FIXED)
 # What a trial's checkpoints become (tune/search/retention.py): keep_best, one per finished trial holding the kept
 # epoch's weights; keep_all, every epoch's checkpoint, whole (each could be resumed from).
 RETENTION = ("keep_best", "keep_all")
@@ -51,13 +52,16 @@ RETENTION = ("keep_best", "keep_all")
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: str  # one of KINDS, or "fixed"
+    kind: HParamKind  # one of KINDS, or FIXED (a plain value in the space file)
     low: float | None = None
     high: float | None = None
     log: bool = False
     step: int | None = None
     choices: tuple[Any, ...] = ()
     value: Any = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", HParamKind(self.kind))  # run.json and Ray's pickles hold the plain word
 
 
 @dataclass(frozen=True)
@@ -108,21 +112,21 @@ class SearchSpace:
         return {"monitor": self.metric, **self.fixed, "arch": arch, "epochs": self.budget.max_epochs,
                 "patience": self.budget.patience,
                 "image_size": self.image_size, "seed": self.seed, "cache_dtype": self.cache_dtype,
-                **{p.name: p.value for p in self.architectures[arch].values() if p.kind == "fixed"}}
+                **{p.name: p.value for p in self.architectures[arch].values() if p.kind == HParamKind.FIXED}}
 
 
 class DefineByRun:
     """Optuna define-by-run space for one architecture. A module-level class, so Ray can pickle it."""
 
     def __init__(self, space: SearchSpace, arch: str) -> None:
-        self.params = [p for p in space.architectures[arch].values() if p.kind != "fixed"]
+        self.params = [p for p in space.architectures[arch].values() if p.kind != HParamKind.FIXED]
         self.base = space.base_config(arch)
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         for p in self.params:
-            if p.kind in ("loguniform", "uniform"):
-                trial.suggest_float(p.name, p.low, p.high, log=p.kind == "loguniform")
-            elif p.kind == "int":
+            if p.kind in (HParamKind.LOGUNIFORM, HParamKind.UNIFORM):
+                trial.suggest_float(p.name, p.low, p.high, log=p.kind == HParamKind.LOGUNIFORM)
+            elif p.kind == HParamKind.INT:
                 trial.suggest_int(p.name, int(p.low), int(p.high), step=p.step or 1, log=p.log)
             else:
                 trial.suggest_categorical(p.name, list(p.choices))
@@ -167,14 +171,15 @@ def _choice(src: str, key: str, name: str, c: Any) -> Any:
 
 def _param(src: str, key: str, name: str, spec: Any) -> Param:
     if name == "weights" and isinstance(spec, dict) and list(spec) == ["file"]:
-        return Param(name, "fixed", value=f"file:{spec['file']}")  # weights: {file: PATH}
+        return Param(name, HParamKind.FIXED, value=f"file:{spec['file']}")  # weights: {file: PATH}
     if not isinstance(spec, dict):
-        return Param(name, "fixed", value=_choice(src, key, name, spec) if name == "head_sizes" else spec)
+        return Param(name, HParamKind.FIXED, value=_choice(src, key, name, spec) if name == "head_sizes" else spec)
     _check_keys(src, f"{key}.", spec, ("type", "low", "high", "log", "step", "choices"))
     kind = spec.get("type")
     if not isinstance(kind, str) or kind not in KINDS:
-        raise _err(src, f"{key}.type", f"expected one of {list(KINDS)}, got {kind!r}")
-    if kind == "categorical":
+        raise _err(src, f"{key}.type", f"expected one of {[str(k) for k in KINDS]}, got {kind!r}")
+    kind = HParamKind(kind)
+    if kind == HParamKind.CATEGORICAL:
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise _err(src, f"{key}.choices", "expected a non-empty list")
@@ -182,12 +187,12 @@ def _param(src: str, key: str, name: str, spec: Any) -> Param:
     for bound in ("low", "high"):
         if bound not in spec:
             raise _err(src, f"{key}.{bound}", "missing")
-    integer = kind == "int"
+    integer = kind == HParamKind.INT
     low = _number(src, f"{key}.low", spec["low"], integer=integer)
     high = _number(src, f"{key}.high", spec["high"], integer=integer)
     if low > high:
         raise _err(src, key, f"low ({low}) > high ({high})")
-    if kind == "loguniform" and low <= 0:
+    if kind == HParamKind.LOGUNIFORM and low <= 0:
         raise _err(src, f"{key}.low", f"loguniform needs low > 0, got {low}")
     step = spec.get("step")
     if step is not None:
@@ -199,7 +204,8 @@ def _check_range(src: str, key: str, arch: str, p: Param) -> None:
     """Every value a parameter can take must be valid for the architecture (its registry entry says)."""
     if p.name in searchable_options():
         return  # checked with the whole config below
-    values = list(p.choices) if p.kind == "categorical" else [p.value] if p.kind == "fixed" else [p.low, p.high]
+    values = (list(p.choices) if p.kind == HParamKind.CATEGORICAL else [p.value] if p.kind == HParamKind.FIXED
+              else [p.low, p.high])
     for v in values:
         try:
             check_hparams(arch, {p.name: v})
@@ -212,7 +218,7 @@ def monitors(space: SearchSpace) -> set[str]:
     out = set()
     for arch, params in space.architectures.items():
         p = params.get("monitor")
-        out |= {str(c) for c in p.choices} if p is not None and p.kind == "categorical" else \
+        out |= {str(c) for c in p.choices} if p is not None and p.kind == HParamKind.CATEGORICAL else \
             {str(space.base_config(arch)["monitor"])}
     return out
 
@@ -222,7 +228,7 @@ def resize_modes(space: SearchSpace) -> set[str]:
     out = set()
     for arch, params in space.architectures.items():
         p = params.get("resize")
-        out |= {str(c) for c in p.choices} if p is not None and p.kind == "categorical" else \
+        out |= {str(c) for c in p.choices} if p is not None and p.kind == HParamKind.CATEGORICAL else \
             {str(space.base_config(arch).get("resize", "bilinear"))}
     return out
 
@@ -342,7 +348,7 @@ def _check_choices(src: str, space: SearchSpace, arch: str) -> None:
     """Each choice of a sampled training option (input, resize, augment...) must make a valid config with the
     fixed part: an unknown input or resize mode is one line at load time, not a failed trial."""
     base = space.base_config(arch)
-    sampled = [p for p in space.architectures[arch].values() if p.kind == "categorical" and p.name in
+    sampled = [p for p in space.architectures[arch].values() if p.kind == HParamKind.CATEGORICAL and p.name in
                searchable_options()]
     for i, p in enumerate(sampled):  # each choice, and each pair of choices (resize crop with augment crop)
         for q in [p, *sampled[i + 1:]]:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError, file_sha256
 from tune.metrics.cells import cell_of
-from tune.metrics.classification import METRICS, THRESHOLD_RULES
-from tune.reports.tables import Table, cell_at, label, rule_name
+from tune.metrics.classification import AT_HALF, AT_VALID, METRICS, THRESHOLD_RULES
+from tune.reports.tables import Table, label, rule_name
 from tune.runs.files import EVALUATION, Comparison, Evaluation
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def test_metrics(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] 
         except (OSError, ValueError, KeyError) as e:  # no intervals, rather than no description
             out["interval"] = f"none: {pred.name} is unreadable ({type(e).__name__})"
         else:
-            one = stats.Predictor(p[None, :], {"at_valid_threshold": [loaded.threshold], "at_0.5": [0.5]},
+            one = stats.Predictor(p[None, :], {AT_VALID: [loaded.threshold], AT_HALF: [0.5]},
                                   over_seeds=False)
             fingerprint = record.data.get("test_fingerprint") or "0"
             cells, _ = stats.score(y, {"m": one}, fingerprint=fingerprint)
@@ -100,19 +100,19 @@ def evaluation(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] | 
     try:
         if "evaluation" in files:
             ev = Evaluation.load(files["evaluation"])
-        elif "comparison" in files and (embedded := Comparison.load(files["comparison"]).evaluation):
-            ev = Evaluation.from_dict(embedded)
-    except (TypeError, UserError):  # no evaluation section, rather than no description
+        elif "comparison" in files:
+            ev = Comparison.load(files["comparison"]).evaluation
+    except (TypeError, KeyError, ValueError, UserError):  # no evaluation section, rather than no description
         return None
     if ev is None:
         return None
-    names = [m.get("name") for m in ev.models if m.get("sha256") in (loaded.sha256, None)]
-    rows = [{"source": r.get("source"), "condition": r.get("condition"), "auc": cell_at(r, "auc").to_dict(),
-             "note": r.get("note", "")} for r in ev.rows if r.get("model") in names]
+    names = [m.name for m in ev.models if m.sha256 in (loaded.sha256, None)]
+    rows = [{"source": r.source, "condition": r.condition, "auc": r.cell("auc").to_dict(), "note": r.note}
+            for r in ev.rows if r.model in names]
     if not rows:
         return None
-    return {"sources": [{k: s.get(k) for k in ("name", "n_fake", "n_real", "fingerprint")} for s in ev.sources],
-            "conditions": [c.get("name") for c in ev.conditions], "rows": rows}
+    return {"sources": [{"name": s.name, "n_fake": s.n_fake, "n_real": s.n_real, "fingerprint": s.fingerprint}
+                        for s in ev.sources], "conditions": [c.name for c in ev.conditions], "rows": rows}
 
 
 def describe(loaded: LoadedModel) -> dict[str, Any]:
