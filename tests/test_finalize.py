@@ -236,9 +236,9 @@ def test_finalize_refuses_bad_input(tiny_run: Path, tmp_path: Path, capsys: pyte
 def test_search_refuses_bad_seeds_before_it_searches(monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """--seeds is checked as the arguments are parsed: one line, and no search runs first."""
-    import tune.search.driver
+    import tune.cli.search
 
-    monkeypatch.setattr(tune.search.driver, "run_search", lambda opts: pytest.fail("the search ran"))
+    monkeypatch.setattr(tune.cli.search, "run_search", lambda opts: pytest.fail("the search ran"))
     assert tune.cli.main(["search", "--seeds", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["error: --seeds must be >= 1, got 0"]
 

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from tune.cli.common import add_model, add_storage
-from tune.serving.export import FORMATS
+from tune.serving.export import FORMATS, export
 from tune.serving.quantize import SCHEMES
+from tune.serving.serve import model_path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,9 +28,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.serving.export import export
-    from tune.serving.serve import model_path
-
     info = export(model_path(a), a.format, a.out, a.quantize)
     p = info["parity"]
     q = info.get("quantized")

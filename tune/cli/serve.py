@@ -8,8 +8,12 @@ import signal
 import sys
 import time
 
+from tune import inference
 from tune.cli.common import add_model, add_storage
 from tune.core import UserError, processes
+from tune.search.cluster import loopback_only, quiet_ray, start_ray
+from tune.serving import shutdown
+from tune.serving.serve import check_options, direct_ingress, free_port, model_path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,16 +43,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune import inference
-    from tune.serving import shutdown
-    from tune.serving.serve import check_options, direct_ingress, free_port, model_path
-
     check_options(a)
     path = model_path(a)
     loaded = inference.load(path)  # here, so a bad model file is one line before any Ray starts
     for note in loaded.notes:
         print(f"note: {note}")
-    from tune.search.cluster import loopback_only, quiet_ray, start_ray
 
     quiet_ray()
     if not a.address:
@@ -60,9 +59,9 @@ def run(a: argparse.Namespace) -> int:
     direct = not ray.is_initialized() and direct_ingress(a)  # a Ray already running keeps its settings
     # Before Ray starts: every process it starts for this command inherits the marker, so a stop can end them.
     mark = shutdown.mark_processes() if not (a.address or ray.is_initialized()) else None
-    from ray import serve
+    from ray import serve  # ray and Ray Serve: imported once Ray's environment is set (quiet_ray, loopback_only)
 
-    from tune.serving import app as serve_app
+    from tune.serving import app as serve_app  # imports ray and fastapi at its top: after the settings too
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     cpus = os.cpu_count() or 1

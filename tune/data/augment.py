@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tune.core import UserError
+from tune.data.perturb import Condition, native
 
 if TYPE_CHECKING:
     import numpy as np
@@ -113,8 +114,6 @@ def augment(img: np.ndarray, *, seed: tuple[int, ...], view: int, ops: tuple[str
     a random crop x crop window of the (larger) image at native resolution."""
     import numpy as np
     from PIL import Image, ImageEnhance
-
-    from tune.data.perturb import Condition, native
 
     u = draws(seed, view)
     if crop:

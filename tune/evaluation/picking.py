@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import atomic_write_bytes, file_sha256
+from tune.metrics import bootstrap as stats
+from tune.metrics.cells import cell_of
+from tune.metrics.classification import HEADLINE, better
 from tune.runs.pareto import SPEED, PickRule, choose
 from tune.training.records import RECORD, WEIGHTS, ModelRecord
 
@@ -58,8 +61,6 @@ def record_pick(info: RunInfo, about: dict[str, Any]) -> None:
 def picked_row(rows: list[dict[str, Any]], about: dict[str, Any], mode: str) -> dict[str, Any]:
     """The comparison row shipped as models/picked/: the model the rule named, else (`best`) the winner with the
     best valid score. Test numbers never choose."""
-    from tune.metrics.classification import better
-
     rows = [r for r in rows if r["kind"] in ("tuned", PICKED)]
     if about.get("model"):
         return next(r for r in rows if r["name"] == about["model"])
@@ -76,10 +77,6 @@ def versus_most_accurate(rows: list[dict[str, Any]], samples: dict[str, dict[str
     headline metric at 0.5, both values, the difference and its paired bootstrap p (the comparison's resamples),
     so a user sees what the rule cost. The most accurate is by test ROC-AUC, as the verdict says; it only
     reports, never chooses."""
-    from tune.metrics import bootstrap as stats
-    from tune.metrics.cells import cell_of
-    from tune.metrics.classification import HEADLINE
-
     name, top = picked_row(rows, about, mode)["name"], best["auc"]["model"]
     value = {r["name"]: r for r in rows}
     out: dict[str, Any] = {"model": name, "rule": about["rule"], "most_accurate": top, "same": name == top,

@@ -18,6 +18,8 @@ from typing import Any
 
 from tune.core import UserError
 from tune.runs.info import RunInfo, cache_dirs, load_heldout, load_train_valid, read_run, trial_config, trial_record
+from tune.runs.leaderboard import load_leaderboard
+from tune.training.loop import fit
 
 KEYS = ("train_loss", "val_loss", "val_accuracy", "val_auc")
 HELD_OUT_KEYS = ("xval_loss", "xval_auc", "best_epoch")  # also compared when the run has held-out sources
@@ -49,8 +51,6 @@ def same(a: Any, b: Any) -> bool:
 
 def find_trial(info: RunInfo, wanted: str | None) -> tuple[str, str]:
     """(arch, trial id) for "best" (the leaderboard's top row), an id like 1bbc8688, or ARCH_1bbc8688."""
-    from tune.runs.leaderboard import load_leaderboard
-
     if wanted in (None, "best"):
         board = load_leaderboard(info.run_dir)
         scored = board[board["score"].notna()] if len(board) else board
@@ -71,8 +71,6 @@ def reproduce_trial(run_dir: Path, trial: str | None = "best", *, cache_dir: Pat
     """`data` and `valid_extra`: where the run's data is now, if it moved (the same images, by content). A check
     writes nothing: run.json keeps what it records."""
     import torch
-
-    from tune.training.loop import fit
 
     info = read_run(run_dir, data=data, valid_extra=valid_extra)
     arch, tid = find_trial(info, trial)

@@ -16,6 +16,8 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from tune.core import library_versions
+from tune.metrics import bootstrap as stats
 from tune.metrics.cells import Cell
 from tune.metrics.classification import METRICS, PER_SOURCE, THRESHOLD_RULES
 from tune.runs.files import Evaluation
@@ -48,8 +50,6 @@ def mean_cells(per: list[dict[str, dict[str, Cell]]], samples: list[Samples]) ->
     """The mean over sources of each cell, its interval from the mean of each resample's per-source values."""
     import numpy as np
 
-    from tune.metrics import bootstrap as stats
-
     with _quiet():
         mean_samples = {k: np.nanmean([s[k] for s in samples], axis=0) for k in samples[0]}
         out: dict[str, dict[str, Cell]] = {}
@@ -65,9 +65,6 @@ def mean_cells(per: list[dict[str, dict[str, Cell]]], samples: list[Samples]) ->
 
 def evaluation_statistics(models: dict[str, LoadedModel], sources: list[Source], conditions: list[Condition],
            scored: dict[str, Scored], *, resamples: int = 1000, seed: int = 0) -> Evaluation:
-    from tune.core import library_versions
-    from tune.metrics import bootstrap as stats
-
     keys = [(m, c.name) for m in models for c in conditions]
     cells: dict[tuple[str, str, str], dict[str, dict[str, Cell]]] = {}
     samples: dict[tuple[str, str, str], Samples] = {}
@@ -116,8 +113,6 @@ def paired_rows(names: list[str], sources: list[str], conditions: list[Condition
                 samples: dict[tuple[str, str, str], Samples],
                 means: dict[tuple[str, str], tuple[dict[str, dict[str, Cell]], Samples]]) -> list[dict[str, Any]]:
     """Each pair of models, per source and overall (the mean over sources), on the same resamples."""
-    from tune.metrics import bootstrap as stats
-
     out = []
     for c in conditions:
         for where in [*sources, "overall"]:

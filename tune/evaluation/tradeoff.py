@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tune.metrics import bootstrap as stats
+from tune.metrics.cells import cell_of
 from tune.metrics.classification import HELDOUT, best_index
 
 if TYPE_CHECKING:
@@ -32,9 +34,6 @@ def summary(rows: list[dict[str, Any]], records: dict[str, list[ModelRecord]],
     """comparison.json's "tradeoff": each model's validation AUCs beside its test AUC, the model each
     validation picks among the tuned ones, and (when they differ) the paired bootstrap of the two on test
     (`samples`: each model's bootstrap samples, from tune.metrics.bootstrap.score)."""
-    from tune.metrics import bootstrap as stats
-    from tune.metrics.cells import cell_of
-
     table_rows = [{"name": r["name"], "model": r["model"], "kind": r["kind"], **validation(records[r["name"]]),
                    "test_auc": cell_of(r["at_0.5"]["auc"]).value} for r in rows]
     tuned = [t for t in table_rows if t["kind"] == "tuned"]

@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tune.evaluation.ensembles import read_scores
+from tune.metrics import bootstrap as stats
 from tune.metrics.bootstrap import Predictor
 from tune.metrics.classification import THRESHOLD_RULES, youden_threshold
 from tune.metrics.video import by_video
+from tune.training.records import PREDICTIONS, VALID_PREDICTIONS
 
 if TYPE_CHECKING:
     from tune.data.images import ImageSet
@@ -27,9 +30,6 @@ def aggregation(cfg: TrainConfig) -> str:
 
 def video_predictor(cfg: TrainConfig, folders: list[Path], valid: ImageSet, test: ImageSet) -> Predictor:
     """The model's seeds as one predictor of test videos (rows: seeds), from the seeds' saved frame scores."""
-    from tune.evaluation.ensembles import read_scores
-    from tune.training.records import PREDICTIONS, VALID_PREDICTIONS
-
     def per_video(images: ImageSet, p: np.ndarray) -> Any:
         return by_video(images.y, p, images.videos or [], cfg.video_agg, cfg.video_topk)
 
@@ -46,8 +46,6 @@ def section(models: list[tuple[dict[str, Any], TrainConfig, list[Path]]], valid:
             test: ImageSet) -> dict[str, Any] | None:
     """comparison.json's `video` block: per model (its comparison row, config and seed folders) its cells on the
     test videos; None when the test split holds no video."""
-    from tune.metrics import bootstrap as stats
-
     if not test.videos or not any(test.videos):
         return None
     vids = by_video(test.y, test.y, test.videos)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune.core import UserError
+from tune.models.detector import Normalize
 
 SRM = ((-1.0, 2.0, -1.0), (2.0, -4.0, 2.0), (-1.0, 2.0, -1.0))  # / 4
 
@@ -125,8 +126,6 @@ def _first(module: nn.Module, kind: type) -> tuple[nn.Module, str, nn.Module] | 
 
 def with_input(model: nn.Module, value: str) -> nn.Module:
     """The detector fitted to input `value` (in place; returned for chaining). rgb leaves it as built."""
-    from tune.models.detector import Normalize
-
     names = parse_input(value)
     if names == ("rgb",):
         return model

@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError
+from tune.data import images as data
 from tune.data.frames import Preprocess
+from tune.data.heldout import describe, find, load_recorded
 from tune.runs.layout import Run, RunRecord
+from tune.runs.trials import find_trial
 from tune.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -85,8 +88,6 @@ def cache_dirs(info: RunInfo, cache_dir: Path | None) -> tuple[Path | None, Path
 
 def load_train_valid(info: RunInfo, cache_dir: Path | None, resize: str = "bilinear") -> tuple[ImageSet, ImageSet]:
     """The search's train and valid splits; refuse when their content changed since the search."""
-    from tune.data import images as data  # numpy, torch, PIL: imported when needed, so the CLI starts fast
-
     decoded, _ = cache_dirs(info, cache_dir)
     out = []
     for split in ("train", "valid"):
@@ -102,8 +103,6 @@ def load_train_valid(info: RunInfo, cache_dir: Path | None, resize: str = "bilin
 
 def load_heldout(info: RunInfo, cache_dir: Path | None, resize: str = "bilinear") -> list[ImageSet]:
     """The search's held-out validation sources (none for a run without them); refused when changed."""
-    from tune.data.heldout import load_recorded
-
     decoded, _ = cache_dirs(info, cache_dir)
     moved = list(info.moved_heldout) if info.moved_heldout else None
     return load_recorded(info.heldout, info.image_size, what=f"search {info.name} ran", dirs=moved,
@@ -114,8 +113,6 @@ def record_moved_data(info: RunInfo, held_out: list[ImageSet]) -> None:
     """run.json points at where the data is now, once the loaders found the very same images there, so the
     next command needs no --data. Nothing is written when nothing moved."""
     from dataclasses import replace
-
-    from tune.data.heldout import describe, find
 
     data = info.meta.data
     moved = list(info.moved_heldout or ())
@@ -128,8 +125,6 @@ def record_moved_data(info: RunInfo, held_out: list[ImageSet]) -> None:
 
 def trial_record(info: RunInfo, arch: str, trial_id: str) -> TrialRecord | None:
     """One trial of the run (its params.json and per-epoch results), wherever Ray stored it."""
-    from tune.runs.trials import find_trial
-
     return find_trial(info.run, info.meta, arch, trial_id)
 
 

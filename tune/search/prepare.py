@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tune.core import UserError
+from tune.models.registry import build_model
+from tune.models.weights import WeightsUnavailable
 from tune.search.space import SearchSpace
 from tune.training.config import TrainConfig
 
@@ -25,9 +27,6 @@ def check_weights(space: SearchSpace) -> tuple[SearchSpace, dict[str, str], dict
     """Build each architecture once with its fixed weights (downloading them now, in the driver, when
     they come from a hub). An architecture whose weights cannot be had is skipped, never run with
     random weights: (space without it, weights source per arch, reason per skipped arch)."""
-    from tune.models.registry import build_model
-    from tune.models.weights import WeightsUnavailable
-
     sources, skipped = {}, {}
     for arch in space.architectures:
         if sampled_weights(space, arch):

@@ -13,6 +13,9 @@ import socket
 from pathlib import Path
 
 from tune.core import UserError
+from tune.evaluation.picking import picked_dir
+from tune.runs.layout import Run, resolve_run, results_root
+from tune.training.records import WEIGHTS
 
 
 def model_path(a: argparse.Namespace) -> Path:
@@ -22,13 +25,10 @@ def model_path(a: argparse.Namespace) -> Path:
         return Path(a.model)
     if not a.run:
         raise UserError("say which model: --model PATH, --run RUN (the picked model) or --run RUN --arch ARCH")
-    from tune.runs.layout import Run, resolve_run, results_root
 
     run = Run(resolve_run(a.run, results_root(getattr(a, "storage", None))))
     if getattr(a, "arch", None):
         return run.model(a.arch)
-    from tune.evaluation.picking import picked_dir
-    from tune.training.records import WEIGHTS
 
     path = picked_dir(run) / WEIGHTS
     if not path.is_file():

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from tune.metrics.costs import MEASURE_S, Serving
+from tune.models.onnxrt import legacy_onnx, quantize_int8, session
+from tune.models.onnxrt import median_ms as ort_median_ms
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -49,9 +51,6 @@ def int8_ms(model: nn.Module, x: torch.Tensor, serving: Serving, onnx: bytes) ->
     """Median ms per image at batch 1 of the model as `export --quantize int8` makes it (ONNX Runtime's static
     QDQ int8), with the serving threads. Calibrated on the fixed inputs: a latency depends on which ops run,
     not on the ranges calibration sets."""
-    from tune.models.onnxrt import median_ms as ort_median_ms
-    from tune.models.onnxrt import quantize_int8, session
-
     images = x.float().cpu().contiguous().numpy()  # NCHW as ONNX Runtime reads it (x is channels_last)
     int8 = quantize_int8(onnx, type(model).__name__, images)
     return ort_median_ms(session(int8, max(1, serving.threads)), images, "image", serving.repeats, serving.warmup)
@@ -76,8 +75,6 @@ def measure(model: nn.Module, image_size: int, serving: Serving = Serving(), see
             "params": sum(p.numel() for p in model.parameters()),
         }
         if serving.onnx or serving.int8:
-            from tune.models.onnxrt import legacy_onnx
-
             onnx = legacy_onnx(model.to("cpu"), image_size)
             model.to(device)
             if serving.onnx:
