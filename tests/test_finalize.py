@@ -411,7 +411,7 @@ def test_an_old_format_run_folder_still_reports_and_finalize_completes_it(
     from tune.inference import load
     from tune.reports.html import build_html
     from tune.reports.tables import comparison_csv, comparison_markdown
-    from tune.serving.modelcard import describe
+    from tune.serving.modelcard import model_card
 
     run = tmp_path / "tiny"
     shutil.copytree(finalized["run"], run)
@@ -424,7 +424,7 @@ def test_an_old_format_run_folder_still_reports_and_finalize_completes_it(
     (run / "comparison.json").write_text(json.dumps(old))
     html = build_html(run, log=lambda s: None)
     assert "could not be built" not in html and "Ensembles and flip TTA" not in html and "ROC-AUC" in html
-    card = describe(load(run / "models" / "custom_cnn.pth"))
+    card = model_card(load(run / "models" / "custom_cnn.pth"))
     assert card["test_metrics"]["n_test"] == 20 and card["test_metrics"]["rules"]["at_0.5"]["auc"]["low"] is not None
     test_dir = Path(json.loads((run / "run.json").read_text())["data"]["root"]) / "test"
     assert tune.cli.main(["evaluate", "--run", str(run), str(test_dir), "--out", str(tmp_path / "eval")]) == 0

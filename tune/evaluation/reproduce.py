@@ -49,7 +49,7 @@ def same(a: Any, b: Any) -> bool:
     return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
-def find_trial(info: RunInfo, wanted: str | None) -> tuple[str, str]:
+def resolve_trial(info: RunInfo, wanted: str | None) -> tuple[str, str]:
     """(arch, trial id) for "best" (the leaderboard's top row), an id like 1bbc8688, or ARCH_1bbc8688."""
     if wanted in (None, "best"):
         board = load_leaderboard(info.run_dir)
@@ -73,7 +73,7 @@ def reproduce_trial(run_dir: Path, trial: str | None = "best", *, cache_dir: Pat
     import torch
 
     info = read_run(run_dir, data=data, valid_extra=valid_extra)
-    arch, tid = find_trial(info, trial)
+    arch, tid = resolve_trial(info, trial)
     found = trial_record(info, arch, tid)
     recorded = found.results if found else []  # one row per epoch: a resumed trial's replays counted once
     if not recorded:

@@ -176,7 +176,7 @@ def evaluation(ctx: Context) -> str:
 
 
 # --------------------------------------------------------------------------- 5-7: the search
-def _num(v: Any) -> tuple[str, str]:
+def _shown_value(v: Any) -> tuple[str, str]:
     """(shown text, sort key) of a leaderboard value, shown as in leaderboard.md (4 significant digits)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "", ""
@@ -197,7 +197,7 @@ def leaderboard(ctx: Context) -> str:
     for rec in board[cols].to_dict("records"):
         cells = []
         for i, c in enumerate(cols):
-            text, key = _num(rec[c])
+            text, key = _shown_value(rec[c])
             cls = f' class="ended-{text}"' if c == "ended" else ""
             cells.append(f'<td data-v="{key}"{cls}>{text}</td>' if i in numeric else f"<td{cls}>{text}</td>")
         rows.append(cells)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tune.evaluation.tradeoff import HELD_OUT, IN_DOMAIN
-from tune.metrics.classification import HELDOUT, describe
+from tune.metrics.classification import HELDOUT, metric_description
 from tune.reports.charts import figure_div
 from tune.reports.figures import color
 from tune.reports.sections import Context
@@ -104,7 +104,7 @@ def scatter(ctx: Context) -> Any:
 def section(ctx: Context) -> str:
     """The report's section: the rule, the finalized models side by side and the sentence, then the scatter."""
     held = (ctx.meta.data.valid_extra or {}).get("sources", [])
-    rule = ctx.meta.rule.get("about") or describe(ctx.metric)
+    rule = ctx.meta.rule.get("about") or metric_description(ctx.metric)
     sources = ", ".join(f"{s['name']} ({s['n_fake']} fake, {s['n_real']} real)" for s in held)
     out = [f"<p>Held-out validation sources (never trained on): {escape(sources)}. Selection rule: "
            f"{escape(rule)}.</p>"]

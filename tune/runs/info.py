@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tune.core import UserError
 from tune.data import images as data
 from tune.data.frames import Preprocess
-from tune.data.heldout import describe, find, load_recorded
+from tune.data.heldout import find, load_recorded, record_sources
 from tune.runs.layout import Run, RunRecord
 from tune.runs.trials import find_trial
 from tune.training.config import TrainConfig
@@ -53,7 +53,7 @@ class RunInfo:
 
     @property
     def heldout(self) -> dict[str, Any] | None:
-        """The held-out validation sources the search recorded (tune.data.heldout.describe), or None."""
+        """The held-out validation sources the search recorded (tune.data.heldout.record_sources), or None."""
         return self.meta.data.valid_extra
 
 
@@ -118,7 +118,7 @@ def record_moved_data(info: RunInfo, held_out: list[ImageSet]) -> None:
     moved = list(info.moved_heldout or ())
     if Path(data.root) == info.root and not moved:
         return
-    held = describe(moved, held_out, find(moved)) if moved else data.valid_extra
+    held = record_sources(moved, held_out, find(moved)) if moved else data.valid_extra
     space = {**info.meta.space, "valid_extra": list(held["dirs"])} if moved and held else info.meta.space
     info.run.write(replace(info.meta, space=space, data=replace(data, root=str(info.root), valid_extra=held)))
 

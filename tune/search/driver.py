@@ -34,8 +34,8 @@ from tune.data import heldout
 from tune.data.frames import Preprocess
 from tune.data.heldout import load_recorded
 from tune.data.images import ImageSet, check_video_leaks, load_split
-from tune.metrics.classification import describe, is_video_metric
-from tune.metrics.costs import COSTS, Serving
+from tune.metrics.classification import is_video_metric, metric_description
+from tune.metrics.costs import COSTS, LatencySettings
 from tune.runs.layout import (
     DataRecord,
     Extension,
@@ -52,7 +52,6 @@ from tune.runs.trials import SCORE, last_timestamp, mend_torn_results, torn_snap
 from tune.search.budget import Budget
 from tune.search.cluster import loopback_only, quiet_ray, slots, start_ray
 from tune.search.objectives import result_keys
-from tune.search.prepare import check_weights
 from tune.search.space import (
     BudgetSpec,
     DefineByRun,
@@ -64,6 +63,7 @@ from tune.search.space import (
     resize_modes,
 )
 from tune.search.trainable import TrialData, run_trial
+from tune.search.weights_check import check_weights
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def space_from_record(d: dict[str, Any]) -> SearchSpace:
     return SearchSpace(**{**d, "budget": BudgetSpec(**d["budget"]), "resources": Resources(**d["resources"]),
                           "architectures": archs, "valid_extra": tuple(d.get("valid_extra", ())),
                           "objectives": tuple(tuple(o) for o in d.get("objectives", ())),
-                          "latency": Serving(**d.get("latency", {})), "prep": Preprocess.record(d.get("prep"))})
+                          "latency": LatencySettings(**d.get("latency", {})), "prep": Preprocess.record(d.get("prep"))})
 
 
 # --------------------------------------------------------------------------- plan
@@ -198,7 +198,7 @@ def prepare(opts: SearchOptions, run: Run, old: RunRecord | None, space: SearchS
                                  for s in (train, valid)},
                         skipped=train.skipped + valid.skipped + [p for s in extra for p in s.skipped],
                         valid_extra=held_out or None),
-        rule={"metric": space.metric, "mode": space.mode, "about": describe(space.metric)},
+        rule={"metric": space.metric, "mode": space.mode, "about": metric_description(space.metric)},
         weights=weight_notes, skipped=skipped, experiment=experiment_name(0), started_at=time.time(),
         use_cache=opts.use_cache, versions=library_versions(), started=now)
     if old is not None:
@@ -361,7 +361,7 @@ def run_search(opts: SearchOptions) -> Path:
                          tuple(n for n, _ in space.goals[1:] if n not in COSTS), crop)
         trainable = ray_tune.with_resources(ray_tune.with_parameters(run_trial, data=data), resources)
         # No features are built here: each trial builds the files it needs when it first needs them
-        # (tune/search/prepare.py says why).
+        # (tune/search/weights_check.py says why).
         n_slots = slots(space)
         for k, part in experiments(record, opts):
             location = join(run.trials_root(record), str(part.experiment))
@@ -369,7 +369,7 @@ def run_search(opts: SearchOptions) -> Path:
             began = part.started_at
             spent = max(0.0, (last_timestamp(location) or began) - began) if opts.resume and began else 0.0
             budget.start(slots=n_slots, spent=spent)
-            print(f"[search] {', '.join(archs)} on {n_slots} slot(s): {budget.describe(spent)}"
+            print(f"[search] {', '.join(archs)} on {n_slots} slot(s): {budget.summary(spent)}"
                   f"{f' (extension {k})' if k else ''}; up "
                   f"to {space.budget.max_epochs} epochs a trial, one ASHA per architecture (grace "
                   f"{space.budget.grace_period}, reduction {space.budget.reduction_factor})", flush=True)

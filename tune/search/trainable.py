@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from tune.data.images import ImageSet
-from tune.metrics.costs import Serving
+from tune.metrics.costs import LatencySettings
 from tune.runs.trials import SCORE, kept_score
 from tune.training.config import TrainConfig
 from tune.training.latency import measure
@@ -37,7 +37,7 @@ class TrialData:
     use_cache: bool = True
     extra: list[ImageSet] = field(default_factory=list)  # held-out validation sources: scored, never trained on
     cache_gb: float | None = None  # the feature-cache budget of the node a trial runs on
-    serving: Serving | None = None  # how the kept model's serving costs are measured (None: not measured)
+    serving: LatencySettings | None = None  # how the kept model's serving costs are measured (None: not measured)
     kept_metrics: tuple[str, ...] = ()  # further objectives that are metrics (reported at the kept epoch)
     crop: tuple[ImageSet, ImageSet, list[ImageSet]] | None = None  # train, valid, held-out as resize crop has them
 

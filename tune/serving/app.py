@@ -36,7 +36,7 @@ from tune.inference import LoadedModel
 from tune.metrics.classification import METRICS
 from tune.models import explain
 from tune.serving.clips import MAX_VIDEO_S, VIDEO_TYPES, ClipRefused, clip_answer, prepare_clip
-from tune.serving.modelcard import describe
+from tune.serving.modelcard import model_card
 from tune.serving.shutdown import drain_direct_ingress
 
 MAX_FILES = 256  # files in one /predict/batch request
@@ -194,7 +194,7 @@ class DetectorApp:
         # that then compete for the same cores.
         self.forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self.loaded = inference.load(Path(model_path))
-        self.description = describe(self.loaded)
+        self.description = model_card(self.loaded)
         self.explain = explain_status(self.loaded)
         self.max_bytes = max_bytes
         self.max_video_s = max_video_s

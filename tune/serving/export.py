@@ -22,7 +22,7 @@ from tune import inference
 from tune.core import UserError, atomic_write_bytes, atomic_write_text
 from tune.data.images import scan_split
 from tune.models.onnxrt import quantize_int8
-from tune.serving.modelcard import describe, render_card
+from tune.serving.modelcard import model_card, render_card
 from tune.serving.quantize import CALIBRATION_IMAGES, SCHEMES, compare
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ def export(model: Path, fmt: str = "onnx", out: Path | None = None, quantize: st
             "input": INPUT, "output": OUTPUT, "output_meaning": "P(fake), the sigmoid of the detector's logit",
             "parity": {"n": len(x), "images": kind, "max_abs_diff": diff, "limit": PARITY_LIMIT}}
     atomic_write_bytes(out, data)
-    atomic_write_text(out.parent / "MODEL_CARD.md", render_card(describe(loaded), info))
+    atomic_write_text(out.parent / "MODEL_CARD.md", render_card(model_card(loaded), info))
     return {**info, "path": str(out), "card": str(out.parent / "MODEL_CARD.md")}
 
 

@@ -1,4 +1,4 @@
-"""What a served or exported model is, said once: `GET /model` answers `describe()`, and
+"""What a served or exported model is, said once: `GET /model` answers `model_card()`, and
 `export` renders the same description as a Hugging Face style MODEL_CARD.md.
 
 The description carries the test metrics with 95% bootstrap intervals for this exact model
@@ -110,7 +110,7 @@ def evaluation(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] | 
             "conditions": [c.get("name") for c in ev.conditions], "rows": rows}
 
 
-def describe(loaded: LoadedModel) -> dict[str, Any]:
+def model_card(loaded: LoadedModel) -> dict[str, Any]:
     """Everything a user of the model should know about it (GET /model, MODEL_CARD.md)."""
     r = loaded.record
     files = related_files(loaded)

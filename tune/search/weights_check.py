@@ -1,15 +1,15 @@
-"""What a search does before its Tuner starts: check each architecture's weights.
+"""The weights check a search makes before its Tuner starts (tune.search.driver.prepare calls it).
 
 Once in the driver, not in every trial: a hub download happens once, and an architecture whose weights
 cannot be had is skipped (never run with random weights).
 
-The frozen-prefix features are *not* built here any more: each trial builds the files it needs when it
-first needs them, once per node (tune/training/cache.py, tune/training/store.py). Before, the driver
-built valid at every depth the space could reach (and the first training view when every trial shared
-it) while every slot waited; most of those depths were never used by a trial (a 6-trial demo search
-draws at most 6 of its 7 Lite0 depths, ASHA stops half of them after 2 epochs), and with augmentation
-sampled the training views were built by the trials anyway. Measured on the demo space
-(benchmarks/cache_budget.py, docs/speed.md, "Feature caches with a budget"): see there for the numbers.
+The frozen-prefix features are not built in the driver: each trial builds the files it needs when it first
+needs them, once per node (tune/training/cache.py, tune/training/store.py). Built in the driver, valid at
+every depth the space can reach (and the first training view when every trial shares it) would keep every
+slot waiting, for depths most trials never use (a 6-trial demo search draws at most 6 of its 7 Lite0 depths,
+ASHA stops half of them after 2 epochs); with augmentation sampled, the trials build the training views
+anyway. Measured on the demo space (benchmarks/cache_budget.py, docs/speed.md, "Feature caches with a
+budget"): see there for the numbers.
 """
 
 from __future__ import annotations
