@@ -137,7 +137,7 @@ def load_test(info: RunInfo, decoded_cache: Path | None, resize: str = "bilinear
 
 def _fingerprints(info: RunInfo, data: Data) -> dict[str, Any]:
     train, valid, test, extra = data
-    held_out = {"valid_extra": info.heldout} if extra else {}  # a run without held-out sources: as before
+    held_out = {"valid_extra": info.heldout} if extra else {}  # a run without held-out sources records none
     return {"train_fingerprint": train.fingerprint, "valid_fingerprint": valid.fingerprint,
             "test_fingerprint": test.fingerprint, "root": str(info.root), **held_out}
 

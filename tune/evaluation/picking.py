@@ -1,7 +1,7 @@
 """finalize --pick: the trial a rule names (tune/runs/pareto.py) is retrained beside each architecture's winner,
 tested and exported as models/picked/ (best.pth + record.json), which serve and export default to.
 
-With `--pick best` (the default) the picked model is the most accurate winner, as before. run.json records the
+With `--pick best` (the default) the picked model is the most accurate winner. run.json records the
 rule and the trial it named (`pick`), so a later command knows what was shipped and why.
 """
 

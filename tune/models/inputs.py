@@ -3,7 +3,7 @@ evaluate all apply it the same way), and the one owner of the input names.
 
 A config's `input` is one name or a stack joined by "+" ("rgb+npr": channels concatenated in that order).
 Every transform maps float RGB in [0, 1], (N, 3, H, W), to a fixed number of channels at the same H x W:
-- rgb:      the image itself (3 channels; a model with input rgb is built exactly as before);
+- rgb:      the image itself (3 channels; a model with input rgb is built with no transform in front);
 - npr:      x - up(down(x)), down and up by 2 nearest-neighbour (Tan et al., CVPR 2024): each pixel minus the
             top-left pixel of its 2x2 block (3 channels; an odd last row or column is its own block);
 - highpass: the 3x3 SRM residual [[-1, 2, -1], [2, -4, 2], [-1, 2, -1]] / 4 per colour channel, reflect-padded

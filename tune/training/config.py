@@ -88,7 +88,7 @@ class TrainConfig:
     threads: int = opt(0, "torch threads (0 = torch's choice)", searchable=False)
     workers: int = opt(-1, "threads that prepare batches ahead of the step (read, augment, mirror): -1 = from "
                            "threads (half of them on the CPU, so none for one thread; all on CUDA), 0 = inline in "
-                           "the step, as before (the numbers are the same either way)", searchable=False)
+                           "the step (the numbers are the same either way)", searchable=False)
     precision: str = opt("auto", "arithmetic of the forward passes: fp32, bf16 or fp16 autocast (fp16 with a "
                                  "gradient scaler), or auto (bf16 on a GPU that has it, else fp16; fp32 on the "
                                  "CPU, where only fp32 reproduces exactly)", choices=("auto", "bf16", "fp16", "fp32"))
