@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError, atomic_write_bytes, file_sha256
 from tune.core.processes import worker_pool
-from tune.data import images as data
 from tune.data.heldout import check_for_testing
+from tune.data.images import check_video_leaks, load_split
 from tune.data.perturb import Condition
 from tune.data.sources import find_sources
 from tune.evaluation import ensembles, tradeoff
@@ -56,8 +56,8 @@ from tune.runs.info import (
 )
 from tune.runs.leaderboard import load_leaderboard
 from tune.runs.pareto import PickRule, parse_pick
-from tune.training import loop as training
 from tune.training.config import TrainConfig
+from tune.training.loop import fit
 from tune.training.records import RECORD, WEIGHTS, ModelRecord, run_record, save_training
 
 if TYPE_CHECKING:  # names used only in annotations
@@ -130,9 +130,9 @@ def wall_s(board: Any, trial_id: str) -> float:
 
 def load_test(info: RunInfo, decoded_cache: Path | None, resize: str = "bilinear") -> ImageSet:
     """The one read of the test split in the whole project (tests assert that)."""
-    data.check_video_leaks(info.root)
-    return data.load_split(info.root, "test", info.image_size, skip_bad=info.skip_bad, cache_dir=decoded_cache,
-                           resize=resize, prep=info.prep)
+    check_video_leaks(info.root)
+    return load_split(info.root, "test", info.image_size, skip_bad=info.skip_bad, cache_dir=decoded_cache,
+                      resize=resize, prep=info.prep)
 
 
 def _fingerprints(info: RunInfo, data: Data) -> dict[str, Any]:
@@ -176,7 +176,7 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: 
     if (out / RECORD).is_file():
         log(f"[{c.name}] seed {seed}: the saved result is for another config or data; redoing it")
     log(f"[{c.name}] seed {seed}: training {'trial ' + c.trial_id if c.trial_id else 'the notebook recipe'}")
-    result = training.fit(cfg, train, valid, extra=extra, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
+    result = fit(cfg, train, valid, extra=extra, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
     threshold = youden_threshold(valid.y, result.val_probs)
     save_training(out, result)
     p_test = save_scores(out, result.model, valid, test)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError
-from tune.data import images as data
 from tune.data.frames import Preprocess
 from tune.data.heldout import find, load_recorded, record_sources
+from tune.data.images import load_split
 from tune.runs.layout import Run, RunRecord
 from tune.runs.trials import find_trial
 from tune.training.config import TrainConfig
@@ -91,8 +91,8 @@ def load_train_valid(info: RunInfo, cache_dir: Path | None, resize: str = "bilin
     decoded, _ = cache_dirs(info, cache_dir)
     out = []
     for split in ("train", "valid"):
-        s = data.load_split(info.root, split, info.image_size, skip_bad=info.skip_bad, cache_dir=decoded,
-                            resize=resize, prep=info.prep)
+        s = load_split(info.root, split, info.image_size, skip_bad=info.skip_bad, cache_dir=decoded,
+                       resize=resize, prep=info.prep)
         if s.fingerprint != info.fingerprints[split]:
             raise UserError(f"the {split} data in {info.root} changed since search {info.name} ran (fingerprint "
                             f"{info.fingerprints[split]} in run.json, {s.fingerprint} now); its numbers cannot be "
