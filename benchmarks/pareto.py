@@ -100,7 +100,7 @@ def int8_speed(run: Run, arch: str, trial_id: str) -> dict:
     (static int8 calibrated on random images: only its speed is measured here)."""
     import numpy as np
 
-    from tune.models.onnxrt import legacy_onnx, median_ms, quantize_int8, session
+    from tune.models.onnxrt import legacy_onnx, quantize_int8, session, session_median_ms
     from tune.runs.info import read_run, trial_config
     from tune.training.loop import make_model
 
@@ -108,10 +108,10 @@ def int8_speed(run: Run, arch: str, trial_id: str) -> dict:
     s = cfg.image_size
     fp32 = legacy_onnx(make_model(cfg).cpu().eval(), s)
     x = np.random.default_rng(0).random((8, 3, s, s), dtype=np.float32)
-    a = median_ms(session(fp32), x, "image")
+    a = session_median_ms(session(fp32), x, "image")
     out = {"ms_per_image_fp32": a}
     for scheme, calibration in (("int8", x), ("int8-dynamic", None)):
-        b = median_ms(session(quantize_int8(fp32, arch, calibration)), x, "image")
+        b = session_median_ms(session(quantize_int8(fp32, arch, calibration)), x, "image")
         out[scheme] = {"ms_per_image_int8": b, "speedup": a / b}
     return out
 
@@ -119,14 +119,14 @@ def int8_speed(run: Run, arch: str, trial_id: str) -> dict:
 def remeasured(run: Run, arch: str, trial_id: str) -> float:
     """The trial's batch-1 ms/image measured again now, alone (its architecture freshly built, the space's serving
     settings): a search's own numbers share the machine with the other trial and whatever else runs."""
-    from tune.metrics.costs import Serving
+    from tune.metrics.costs import LatencySettings
     from tune.runs.info import read_run, trial_config
     from tune.training.latency import measure
     from tune.training.loop import make_model
 
     info = read_run(run.path)
     cfg = trial_config(info, arch, trial_id)
-    serving = Serving(**{**info.space.get("latency", {}), "repeats": 21})
+    serving = LatencySettings(**{**info.space.get("latency", {}), "repeats": 21})
     return float(measure(make_model(cfg), cfg.image_size, serving)["latency_ms"])
 
 

@@ -340,10 +340,11 @@ def test_finalize_extra_test_adds_the_evaluation(tiny_run: Path, tmp_path: Path,
     source(gens / "gen_a", n=4)
     source(gens / "gen_b", fake="1_fake", real="0_real", n=4, seed=1)
     fits: list[str] = []
-    import tune.training.loop
+    import tune.evaluation.finalize
 
-    real_fit = tune.training.loop.fit
-    monkeypatch.setattr(tune.training.loop, "fit", lambda cfg, *a, **k: fits.append(cfg.arch) or real_fit(cfg, *a, **k))
+    real_fit = tune.evaluation.finalize.fit
+    monkeypatch.setattr(tune.evaluation.finalize, "fit",
+                        lambda cfg, *a, **k: fits.append(cfg.arch) or real_fit(cfg, *a, **k))
     # A bad --extra-test folder fails before any training, and writes nothing.
     assert tune.cli.main(["finalize", str(run), "--seeds", "1", "--extra-test", str(tmp_path / "nope")]) == 2
     assert fits == [] and not (run / "comparison.json").exists()

@@ -45,14 +45,14 @@ def resampled(cmp: dict[str, Any], y: np.ndarray, predictors: dict[str, tuple[An
 
 
 def count_fits(mp: pytest.MonkeyPatch) -> list[str]:
-    real = tune.training.loop.fit
+    real = tune.evaluation.finalize.fit
     seen: list[str] = []
 
     def counting(cfg: Any, *a: Any, **k: Any) -> Any:
         seen.append(f"{cfg.arch}/{cfg.seed}")
         return real(cfg, *a, **k)
 
-    mp.setattr(tune.training.loop, "fit", counting)
+    mp.setattr(tune.evaluation.finalize, "fit", counting)  # the name finalize trains through
     return seen
 
 
@@ -237,9 +237,9 @@ def test_finalize_refuses_bad_input(tiny_run: Path, tmp_path: Path, capsys: pyte
 def test_search_refuses_bad_seeds_before_it_searches(monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """--seeds is checked as the arguments are parsed: one line, and no search runs first."""
-    import tune.search.driver
+    import tune.cli.search
 
-    monkeypatch.setattr(tune.search.driver, "run_search", lambda opts: pytest.fail("the search ran"))
+    monkeypatch.setattr(tune.cli.search, "run_search", lambda opts: pytest.fail("the search ran"))
     assert tune.cli.main(["search", "--seeds", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["error: --seeds must be >= 1, got 0"]
 
@@ -412,7 +412,7 @@ def test_an_old_format_run_folder_still_reports_and_finalize_completes_it(
     from tune.inference import load
     from tune.reports.html import build_html
     from tune.reports.tables import comparison_csv, comparison_markdown
-    from tune.serving.modelcard import describe
+    from tune.serving.modelcard import model_card
 
     run = tmp_path / "tiny"
     shutil.copytree(finalized["run"], run)
@@ -425,7 +425,7 @@ def test_an_old_format_run_folder_still_reports_and_finalize_completes_it(
     (run / "comparison.json").write_text(json.dumps(old))
     html = build_html(run, log=lambda s: None)
     assert "could not be built" not in html and "Ensembles and flip TTA" not in html and "ROC-AUC" in html
-    card = describe(load(run / "models" / "custom_cnn.pth"))
+    card = model_card(load(run / "models" / "custom_cnn.pth"))
     assert card["test_metrics"]["n_test"] == 20 and card["test_metrics"]["rules"]["at_0.5"]["auc"]["low"] is not None
     test_dir = Path(json.loads((run / "run.json").read_text())["data"]["root"]) / "test"
     assert tune.cli.main(["evaluate", "--run", str(run), str(test_dir), "--out", str(tmp_path / "eval")]) == 0

@@ -14,6 +14,7 @@ from browser import chromium, console_errors, network_requests
 
 import tune.cli
 import tune.cli.finalize
+import tune.cli.search
 import tune.search.driver
 from tune.evaluation.finalize import FinalizeOptions
 from tune.reports.charts import study_charts
@@ -150,7 +151,7 @@ def test_search_with_no_finalize_writes_the_report(tiny_run: Path, tmp_path: Pat
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "results" / "tiny"
     shutil.copytree(tiny_run, run)
-    monkeypatch.setattr(tune.search.driver, "run_search", lambda opts: run)  # the search itself is tested elsewhere
+    monkeypatch.setattr(tune.cli.search, "run_search", lambda opts: run)  # the search itself is tested elsewhere
     assert tune.cli.main(["search", "--data", str(tmp_path), "--name", "tiny", "--no-finalize"]) == 0
     assert (run / "report.html").is_file() and not (run / "comparison.json").exists()
 

@@ -9,7 +9,7 @@ import torch
 from conftest import make_dataset
 
 from tune.data.images import ImageSet, load_split
-from tune.metrics.costs import COSTS, MEASURE_S, Serving
+from tune.metrics.costs import COSTS, MEASURE_S, LatencySettings
 from tune.models.registry import build_model
 from tune.training.config import TrainConfig
 from tune.training.latency import measure
@@ -32,7 +32,7 @@ def test_measured_once_on_the_kept_weights(splits) -> None:
 
     def hook(model: torch.nn.Module) -> dict:
         seen.append((len(live) + 1, copy.deepcopy(model.state_dict())))
-        return measure(model, 32, Serving(batch=4, repeats=3))
+        return measure(model, 32, LatencySettings(batch=4, repeats=3))
 
     def report(row: dict, state) -> None:
         live[row["epoch"]] = copy.deepcopy(state()["best_trained"])  # the weights the trial keeps
@@ -52,7 +52,7 @@ def test_a_bigger_head_measures_slower_and_larger() -> None:
     hp = {"conv_blocks": 1, "base_width": 4, "dropout": 0.0}
     small = build_model("custom_cnn", head_sizes=(8,), **hp)
     big = build_model("custom_cnn", head_sizes=(2048, 2048), **hp)
-    serving = Serving(batch=8, repeats=9)
+    serving = LatencySettings(batch=8, repeats=9)
     a, b = measure(small, 32, serving), measure(big, 32, serving)
     assert b["params"] > a["params"] + 4_000_000
     assert b["latency_ms"] > 2 * a["latency_ms"] and b["latency_batch_ms"] > a["latency_batch_ms"]
@@ -62,17 +62,27 @@ def test_a_bigger_head_measures_slower_and_larger() -> None:
 
 def test_onnx_size_when_asked() -> None:
     model = build_model("custom_cnn", head_sizes=(64,), conv_blocks=1, base_width=4, dropout=0.0)
-    out = measure(model, 32, Serving(batch=2, repeats=1, warmup=0, onnx=True))
+    out = measure(model, 32, LatencySettings(batch=2, repeats=1, warmup=0, onnx=True))
     assert 0.01 < out["onnx_mb"] < 1.0 and out["params"] * 4 / 1e6 <= out["onnx_mb"] * 1.2
 
 
 def test_int8_latency_when_asked_and_a_bigger_head_costs_more_there_too() -> None:
     """The static int8 model `export --quantize int8` ships, timed under ONNX Runtime in the trial."""
     hp = {"conv_blocks": 1, "base_width": 4, "dropout": 0.0}
-    serving = Serving(batch=4, repeats=9, int8=True)
+    serving = LatencySettings(batch=4, repeats=9, int8=True)
     torch.manual_seed(0)
     small = measure(build_model("custom_cnn", head_sizes=(8,), **hp), 32, serving)
     big = measure(build_model("custom_cnn", head_sizes=(2048, 2048), **hp), 32, serving)
     assert 0 < small["latency_int8_ms"] < big["latency_int8_ms"]
-    assert "latency_int8_ms" not in measure(build_model("custom_cnn", head_sizes=(8,), **hp), 32, Serving(repeats=1))
+    plain = LatencySettings(repeats=1)
+    assert "latency_int8_ms" not in measure(build_model("custom_cnn", head_sizes=(8,), **hp), 32, plain)
     assert torch.get_num_threads() == 1
+
+
+def test_settings_pickled_under_their_old_name_still_load() -> None:
+    """A search started before LatencySettings had its name pickled its space (in Ray's searcher state) with the
+    settings as tune.metrics.costs.Serving; `search --resume` of it unpickles them."""
+    import pickle
+
+    old = pickle.dumps(LatencySettings(batch=3), 0).replace(b"\nLatencySettings\n", b"\nServing\n")
+    assert pickle.loads(old) == LatencySettings(batch=3)

@@ -55,7 +55,7 @@ def test_threshold_rules_are_declared_once() -> None:
 
 def test_a_comparison_writes_the_keys_its_readers_know() -> None:
     """A comparison made of typed parts writes the keys every reader of comparison.json knows, and reads back equal."""
-    from tune.metrics.costs import Serving
+    from tune.metrics.costs import LatencySettings
     from tune.runs.comparison import Costs, ModelRow, Picked, Resampling, VariantRow, Verdict, Versus
 
     cells = {AT_HALF: {"auc": Cell(0.9, 0.8, 1.0, 0.01, (0.89, 0.91))}, AT_VALID: {"accuracy": Cell(0.8)}}
@@ -70,7 +70,7 @@ def test_a_comparison_writes_the_keys_its_readers_know() -> None:
             "a (tuned)", "a", "custom_cnn", "tuned", [0, 1], 1, "seeds", "2 seeds", [0.4, 0.5], cells,
             {AT_HALF: {"auc": Versus(0.9, 0.88, test)}})]),
         picked=Picked("a", "best", "a", True, {"auc": Versus(0.9, 0.9)}),
-        costs=Costs(Serving(), "cpu", {"latency_ms": "ms"}, {"a": {"latency_ms": 1.5, "onnx_mb": None}}))
+        costs=Costs(LatencySettings(), "cpu", {"latency_ms": "ms"}, {"a": {"latency_ms": 1.5, "onnx_mb": None}}))
     plain = json.loads(json.dumps(cmp.to_plain()))
     assert files.Comparison.from_dict(plain) == cmp
     assert set(plain) == {"run", "metric", "n_test", "test_fingerprint", "rows", "best", "threshold_rules", "alpha",
@@ -85,7 +85,7 @@ def test_a_comparison_writes_the_keys_its_readers_know() -> None:
     assert plain["ensembles"]["rows"][0]["vs_chosen"] == {"at_0.5": {"auc": {
         "value": 0.9, "chosen_value": 0.88, "difference": 0.1, "p_value": 0.02, "significant": True}}}
     assert plain["picked"]["metrics"] == {"auc": {"value": 0.9, "most_accurate_value": 0.9}}
-    assert plain["costs"]["settings"]["batch"] == Serving().batch
+    assert plain["costs"]["settings"]["batch"] == LatencySettings().batch
 
 
 def test_hyperparameter_kinds_are_one_vocabulary() -> None:

@@ -15,7 +15,7 @@ from tune.data.faces import FaceSettings, crop_face
 from tune.data.frames import Preprocess, model_inputs
 from tune.data.images import DataError, check_video_leaks, load_split
 from tune.data.video import frame_indices, read_frames
-from tune.metrics.classification import describe, search_metrics
+from tune.metrics.classification import metric_description, search_metrics
 from tune.metrics.video import aggregate, by_video, video_row
 from tune.search.space import parse_space
 
@@ -121,7 +121,7 @@ def test_video_scores_aggregate_frames_and_are_search_metrics() -> None:
     assert video_row(y, p, ["a", "a", "b", "b", "c", "c"], "mean")["val_video_auc"] == 0.75  # b: 0.75, a tie
     assert video_row(y, p, None) == {}
     assert search_metrics()["val_video_auc"] == "max" and search_metrics()["val_video_eer"] == "min"
-    assert "videos" in describe("val_video_auc")
+    assert "videos" in metric_description("val_video_auc")
 
 
 def test_the_space_takes_video_and_faces(tmp_path: Path) -> None:

@@ -18,13 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 from tune import CLASSES
 from tune.core import UserError, file_sha256
+from tune.data.frames import Preprocess, model_inputs
+from tune.data.images import decode_image, to_float
+from tune.metrics.video import DEFAULT_TOPK, aggregate
+from tune.models.detector import load_state_dict_file
+from tune.training.config import TrainConfig
+from tune.training.loop import make_model
+from tune.training.records import RECORD, WEIGHTS, ModelRecord
 
-if TYPE_CHECKING:  # numpy/torch are imported on use, so `python -m tune --help` stays fast
+if TYPE_CHECKING:  # names used only in annotations
     import numpy as np
 
-    from tune.data.frames import Crop, Preprocess
+    from tune.data.frames import Crop
     from tune.models.detector import Detector
-    from tune.training.records import ModelRecord
 
 BATCH = 64
 # The model files every command that loads one accepts (its --model help).
@@ -35,7 +41,6 @@ def record_path(model_path: Path) -> Path:
     """models/ARCH.pth → models/ARCH.json; best.pth → record.json in the same folder."""
     model_path = Path(model_path)
     sibling = model_path.with_suffix(".json")
-    from tune.training.records import RECORD, WEIGHTS
 
     if sibling.is_file() or model_path.name != WEIGHTS:
         return sibling
@@ -47,8 +52,6 @@ def probabilities(model: Detector, x: np.ndarray, batch: int = BATCH, *, hflip: 
     hflip: of each image's mirror image (left-right), the other half of flip test-time augmentation."""
     import numpy as np
     import torch
-
-    from tune.data.images import to_float
 
     model.eval()
     device = next(model.parameters()).device  # make_model puts it on CUDA when there is one
@@ -94,27 +97,19 @@ class LoadedModel:
     @property
     def prep(self) -> Preprocess:
         """How this model's inputs were cut from files: video frames and face crops (whole images before)."""
-        from tune.data.frames import Preprocess
-
         return Preprocess.record(self.record.preprocess)
 
     def inputs(self, path: Path) -> tuple[np.ndarray, list[Crop]]:
         """A file (a video, or an image) as this model's rows, prepared exactly as in training (frames.py)."""
-        from tune.data.frames import model_inputs
-
         return model_inputs(path, self.prep, self.image_size, self.resize)
 
     def video_score(self, p: np.ndarray) -> float:
         """A video's P(fake) from its frames', by the model's own aggregation (video_agg in its config)."""
-        from tune.metrics.video import DEFAULT_TOPK, aggregate
-
         c = self.record.config
         return aggregate(p, str(c.get("video_agg", "mean")), int(c.get("video_topk", DEFAULT_TOPK)))
 
     def decode(self, src: Path | bytes) -> np.ndarray:
         """One image file (or its bytes) → uint8 (3, S, S) at this model's size; ValueError if unreadable."""
-        from tune.data.images import decode_image
-
         return decode_image(src, self.image_size, self.resize)
 
     def probabilities(self, x: np.ndarray, batch: int = BATCH) -> np.ndarray:
@@ -127,11 +122,6 @@ class LoadedModel:
 
 def load(path: Path) -> LoadedModel:
     """Load a model file and its record; every mismatch between the two is one UserError."""
-    from tune.models.detector import load_state_dict_file
-    from tune.training.config import TrainConfig
-    from tune.training.loop import make_model
-    from tune.training.records import ModelRecord
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file not found: {path} (expected {MODEL_FILES})")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from tune.models.registry import build_model, get_arch, list_archs
+from tune.models.weights import WeightsUnavailable
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("archs", help="list the registered architectures, their hyperparameters and weights")
@@ -13,9 +16,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(a: argparse.Namespace) -> int:
     """Every registered architecture: what it is, its hyperparameters, and whether its weights are here."""
-    from tune.models.registry import build_model, get_arch, list_archs
-    from tune.models.weights import WeightsUnavailable
-
     for name in a.names or list_archs():
         arch = get_arch(name)
         print(f"{name}: {arch.about}")

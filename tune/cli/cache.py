@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 from tune.core import UserError, cache_root
+from tune.search.budget import parse_duration
+from tune.training.store import budget_bytes, entries, gb, remove
 
 KINDS = ("features", "views", "decoded")
 
@@ -25,9 +27,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.search.budget import parse_duration
-    from tune.training.store import budget_bytes, entries, gb, remove
-
     root = (a.cache_dir or cache_root()).absolute()
     if a.cache_dir is not None and not root.is_dir():
         raise UserError(f"--cache-dir {a.cache_dir}: no such folder")

@@ -9,13 +9,13 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tune.core import UserError, cache_root
+from tune.data import builtin as demo_data
 from tune.inference import MODEL_FILES
-
-if TYPE_CHECKING:
-    from tune.serving.serve import ModelChoice
+from tune.runs.layout import resolve_run, results_root
+from tune.serving.serve import ModelChoice
+from tune.training.store import parse_gb, set_budget
 
 # Allocator settings measured on a 2-core VM where page faults are expensive: about 2x on torch. glibc reads
 # these when a process starts, so set in the environment they reach the processes a command starts (its Ray
@@ -140,15 +140,11 @@ def add_cache_gb(p: argparse.ArgumentParser) -> None:
 
 def model_choice(a: argparse.Namespace) -> ModelChoice:
     """What add_model_choice's options name, as serve and export pass it on."""
-    from tune.serving.serve import ModelChoice
-
     return ModelChoice(model=a.model, run=a.run, arch=a.arch, storage=a.storage)
 
 
 def cache_budget(a: argparse.Namespace) -> float | None:
     """--cache-gb, checked, and made this process's budget (and its workers')."""
-    from tune.training.store import parse_gb, set_budget
-
     gb = parse_gb(a.cache_gb)
     set_budget(gb)
     return gb
@@ -156,8 +152,6 @@ def cache_budget(a: argparse.Namespace) -> float | None:
 
 def run_folder(a: argparse.Namespace) -> Path:
     """The run the command names (its `run` argument and --storage), or the newest."""
-    from tune.runs.layout import resolve_run, results_root
-
     return resolve_run(a.run, results_root(a.storage))
 
 
@@ -191,8 +185,6 @@ def fast_allocator() -> None:
 
 def builtin_data(*, n_per_class: int | None = None, size: int | None = None, seed: int = 0) -> Path:
     """The built-in dataset, generated once into the cache folder."""
-    from tune.data import builtin as demo_data
-
     n = n_per_class or demo_data.DEFAULT_N_PER_CLASS
     s = size or demo_data.DEFAULT_SIZE
     out = cache_root() / f"demo-data-n{n}-s{s}-seed{seed}"

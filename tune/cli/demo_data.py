@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from tune.cli.common import add_out, add_seed
+from tune.data import builtin as demo_data
+from tune.data.builtin_video import DEFAULTS, generate_face_videos
 from tune.data.zoo import DEFAULT, FAMILIES
 
 
@@ -28,11 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.data import builtin as demo_data
-
     if a.videos:
-        from tune.data.builtin_video import DEFAULTS, generate_face_videos
-
         generate_face_videos(a.out, n_per_class=a.n_per_class or DEFAULTS["n_per_class"],
                              frames=a.frames or DEFAULTS["frames"], size=a.size or DEFAULTS["size"], seed=a.seed)
         print(f"wrote the built-in face videos to {a.out}")

@@ -9,6 +9,13 @@ from typing import TYPE_CHECKING
 
 from tune.cli.common import add_model, add_out, add_run_flag, add_seed, add_skip_bad_images, add_storage, run_folder
 from tune.core import UserError
+from tune.data.perturb import parse_perturb
+from tune.data.sources import find_sources
+from tune.evaluation.evaluate import evaluate, load_models
+from tune.reports.campanel import plot_jobs
+from tune.reports.evaluation import render_markdown, write_outputs
+from tune.runs.files import EVALUATION
+from tune.runs.layout import Run, evaluation_folder, results_root
 
 if TYPE_CHECKING:
     from tune.evaluation.evaluate import Evaluated
@@ -36,22 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def write_evaluation(out: Path, done: Evaluated, log: Callable[[str], None] = print) -> Evaluation:
     """An evaluation's folder: the rendered files and plots (tune/reports/evaluation.py), then evaluation.json,
     last, so its presence marks a complete evaluation."""
-    from tune.reports.campanel import plot_jobs
-    from tune.reports.evaluation import write_outputs
-    from tune.runs.files import EVALUATION
-
     write_outputs(out, done.result, done.scored, log=log, extra_plots=plot_jobs(done.panels))
     done.result.save(Path(out) / EVALUATION)
     return done.result
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.data.perturb import parse_perturb
-    from tune.data.sources import find_sources
-    from tune.evaluation.evaluate import evaluate, load_models
-    from tune.reports.evaluation import render_markdown
-    from tune.runs.layout import Run, evaluation_folder, results_root
-
     if a.resamples < 10 or a.seed < 0:
         raise UserError(f"--resamples must be >= 10 and --seed >= 0, got {a.resamples} and {a.seed}")
     conditions = parse_perturb(a.perturb)  # every input is checked before any image is scored

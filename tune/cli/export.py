@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from tune.cli.common import add_format, add_model_choice, add_out, model_choice
-from tune.serving.export import FORMATS
+from tune.serving.export import FORMATS, export
 from tune.serving.quantize import SCHEMES
+from tune.serving.serve import model_path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,9 +23,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.serving.export import export
-    from tune.serving.serve import model_path
-
     info = export(model_path(model_choice(a)), a.format, a.out, a.quantize)
     p = info["parity"]
     q = info.get("quantized")

@@ -9,7 +9,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tune.cli.common import add_cache_gb, add_moved_data, add_run, add_seeds, add_storage, cache_budget, run_folder
-from tune.core import cache_root
+from tune.cli.evaluate import write_evaluation
+from tune.core import atomic_write_text, cache_root
+from tune.evaluation.finalize import FinalizeOptions, run_finalize
+from tune.evaluation.jobs import finalize_jobs
+from tune.reports.campanel import save_panels
+from tune.reports.evaluation import render_markdown
+from tune.reports.figures import make_plots
+from tune.reports.html import write_report
+from tune.reports.tables import comparison_csv, comparison_markdown
+from tune.reports.tradeoff import markdown as tradeoff_markdown
+from tune.runs.pareto import parse_pick
 
 if TYPE_CHECKING:
     from tune.evaluation.finalize import FinalizeOptions
@@ -34,8 +44,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def pick_rule(text: str) -> object:
-    from tune.runs.pareto import parse_pick
-
     try:
         return parse_pick(text)
     except ValueError as e:
@@ -45,16 +53,6 @@ def pick_rule(text: str) -> object:
 def finalize(run_dir: Path, options: FinalizeOptions, *, log: Callable[[str], None] = print) -> Comparison:
     """Finalize the run (tune.evaluation.finalize: retrain, test, compute), then write what it found, each file
     once: the extra test sets' folder, comparison.{json,csv,md}, the Grad-CAM panels, the plots and the report."""
-    from tune.cli.evaluate import write_evaluation
-    from tune.core import atomic_write_text
-    from tune.evaluation.finalize import run_finalize
-    from tune.reports.campanel import save_panels
-    from tune.reports.evaluation import render_markdown
-    from tune.reports.figures import make_plots
-    from tune.reports.html import write_report
-    from tune.reports.tables import comparison_csv, comparison_markdown
-    from tune.reports.tradeoff import markdown as tradeoff_markdown
-
     done = run_finalize(run_dir, options, log=log)
     run, cmp = done.run, done.cmp
     md = comparison_markdown(cmp) + tradeoff_markdown(cmp.tradeoff)
@@ -80,9 +78,6 @@ def finalize(run_dir: Path, options: FinalizeOptions, *, log: Callable[[str], No
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.evaluation.finalize import FinalizeOptions
-    from tune.evaluation.jobs import finalize_jobs
-
     cache_budget(a)
     folder = run_folder(a)
     finalize(folder, FinalizeOptions(seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from tune.cli.common import add_arch, add_format, add_run, add_storage, run_folder
+from tune.runs.layout import Run
+from tune.runs.leaderboard import load_leaderboard, render, trial_counts
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +22,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.runs.layout import Run
-    from tune.runs.leaderboard import load_leaderboard, render, trial_counts
-
     run = Run(run_folder(a))
     board = load_leaderboard(run.path)
     if board.empty and a.format == "table":

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tune import inference
 from tune.cli.common import add_model
 from tune.core import UserError, atomic_write_text
+from tune.models.explain import check
+from tune.serving.predict import collect_images, predict, render_csv, render_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +24,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune import inference
-    from tune.serving.predict import collect_images, predict, render_csv, render_table
-
     loaded = inference.load(a.model)
     for note in loaded.notes:
         print(f"note: {note}")
@@ -32,7 +32,6 @@ def run(a: argparse.Namespace) -> int:
         raise UserError(f"no images found in {', '.join(map(str, a.images))} "
                         "(expected image files, or folders with .jpg/.jpeg/.png/.bmp/.webp files)")
     if a.explain:  # a model that cannot be explained is one line before anything is scored or written
-        from tune.models.explain import check
 
         check(loaded.model, loaded.arch, loaded.image_size)
     rows = predict(loaded, files, a.explain)

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from tune.cli.common import add_run, add_storage, run_folder
+from tune.reports.html import write_report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +18,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.reports.html import write_report
-
     folder = run_folder(a)
     t0 = time.perf_counter()
     path = write_report(folder)

@@ -6,6 +6,7 @@ import argparse
 
 from tune.cli.common import add_cache_gb, add_moved_data, add_run, add_storage, cache_budget, run_folder
 from tune.core import cache_root
+from tune.evaluation.reproduce import render, reproduce_trial
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +21,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(a: argparse.Namespace) -> int:
     import torch
-
-    from tune.evaluation.reproduce import render, reproduce_trial
 
     cache_budget(a)
     folder = run_folder(a)

@@ -22,9 +22,16 @@ from tune.cli.common import (
     builtin_data,
     cache_budget,
 )
+from tune.cli.finalize import finalize
 from tune.core import UserError, cache_root
 from tune.core.processes import Interrupted, exit_code
-from tune.runs.layout import Run
+from tune.evaluation.finalize import FinalizeOptions
+from tune.evaluation.jobs import finalize_jobs
+from tune.reports.html import write_report
+from tune.runs.layout import Run, check_run_name, is_uri, results_root
+from tune.runs.leaderboard import load_leaderboard, render, trial_counts
+from tune.search.budget import parse_duration
+from tune.search.driver import SearchOptions, run_search
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,10 +76,6 @@ def resume_command(a: argparse.Namespace, name: str) -> str:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tune.runs.layout import check_run_name, is_uri, results_root
-    from tune.search.budget import parse_duration
-    from tune.search.driver import SearchOptions, run_search
-
     going_on = a.resume or a.extend is not None  # the run's recorded space and data, unless given
     trials, time_budget = a.trials, parse_duration(a.time_budget) if a.time_budget is not None else None
     if a.extend is not None:
@@ -104,19 +107,13 @@ def run(a: argparse.Namespace) -> int:
             print(f"search interrupted ({how}) before it started; nothing was saved", file=sys.stderr)
         return exit_code(e)
     print(f"search finished: {run_dir}")
-    from tune.runs.leaderboard import load_leaderboard, render, trial_counts
 
     board = load_leaderboard(run_dir)
     print(render(board, fmt="table", top=10))
     print(trial_counts(board))
     if not a.no_finalize:
-        from tune.cli.finalize import finalize
-        from tune.evaluation.finalize import FinalizeOptions
-        from tune.evaluation.jobs import finalize_jobs
 
         finalize(run_dir, FinalizeOptions(seeds=a.seeds, cache_dir=cache_root(), jobs=finalize_jobs(run_dir)))
     else:
-        from tune.reports.html import write_report
-
         print(f"wrote {write_report(run_dir)}")
     return 0

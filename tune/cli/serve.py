@@ -9,8 +9,12 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from tune import inference
 from tune.cli.common import add_address, add_model_choice, add_threads, model_choice
 from tune.core import UserError, processes
+from tune.search.cluster import loopback_only, quiet_ray, start_ray
+from tune.serving import shutdown
+from tune.serving.serve import ServeOptions, check_options, direct_ingress, free_port, model_path
 
 if TYPE_CHECKING:
     from tune.serving.serve import ServeOptions
@@ -40,25 +44,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def serve_options(a: argparse.Namespace) -> ServeOptions:
-    from tune.serving.serve import ServeOptions
-
     return ServeOptions(host=a.host, port=a.port, replicas=a.replicas, threads=a.threads, max_batch=a.max_batch,
                         batch_wait_ms=a.batch_wait_ms, max_bytes=a.max_bytes, max_video_s=a.max_video_s,
                         address=a.address)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tune import inference
-    from tune.serving import shutdown
-    from tune.serving.serve import check_options, direct_ingress, free_port, model_path
-
     a = serve_options(args)  # from here on the typed options, checked before anything starts
     check_options(a)
     path = model_path(model_choice(args))
     loaded = inference.load(path)  # here, so a bad model file is one line before any Ray starts
     for note in loaded.notes:
         print(f"note: {note}")
-    from tune.search.cluster import loopback_only, quiet_ray, start_ray
 
     quiet_ray()
     if not a.address:
@@ -70,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
     direct = not ray.is_initialized() and direct_ingress(a)  # a Ray already running keeps its settings
     # Before Ray starts: every process it starts for this command inherits the marker, so a stop can end them.
     mark = shutdown.mark_processes() if not (a.address or ray.is_initialized()) else None
-    from ray import serve
+    from ray import serve  # ray and Ray Serve: imported once Ray's environment is set (quiet_ray, loopback_only)
 
-    from tune.serving import app as serve_app
+    from tune.serving import app as serve_app  # imports ray and fastapi at its top: after the settings too
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     cpus = os.cpu_count() or 1

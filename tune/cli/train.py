@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tune.cli.common import (
     add_arch,
@@ -20,17 +19,20 @@ from tune.cli.common import (
 )
 from tune.core import UserError, cache_root
 from tune.data.faces import DETECTORS
-
-if TYPE_CHECKING:
-    from tune.training.config import TrainConfig
+from tune.data.frames import Preprocess
+from tune.data.heldout import for_training
+from tune.data.images import load_split
+from tune.metrics.classification import needs_heldout
+from tune.models.hparams import HParamKind
+from tune.models.registry import REGISTRY
+from tune.training.config import TrainConfig, options
+from tune.training.loop import fit
+from tune.training.records import HISTORY, RECORD, WEIGHTS, save_run
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     """Flags from the declarations: TrainConfig's options, then every registered architecture's own
     hyperparameters (left unset, an architecture's default applies)."""
-    from tune.models.registry import REGISTRY
-    from tune.training.config import options
-
     add_data(p, "dataset root (default: the built-in dataset)")
     # Flags other commands take too are declared once, in tune/cli/common.py: here with train's help and default.
     shared: dict[str, Callable[..., None]] = {"--arch": add_arch, "--seed": add_seed, "--threads": add_threads}
@@ -52,7 +54,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             owners.setdefault(name, []).append(arch.name)
     for name, archs in owners.items():
         spec = next(a.hparams[name] for a in REGISTRY.values() if name in a.hparams)
-        kind = {"int": int, "float": float}.get(spec.kind, str)
+        kind = {HParamKind.INT: int, HParamKind.FLOAT: float}.get(spec.kind, str)
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
                        help=f"{', '.join(archs)}: {spec.help} (default: the architecture's)")
     add_skip_bad_images(p)
@@ -69,9 +71,6 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def train_config(a: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the flags describe; an architecture's hyperparameter given to another is refused."""
-    from tune.models.registry import REGISTRY
-    from tune.training.config import TrainConfig, options
-
     flat = {f.name: getattr(a, f.name) for f in options()}
     hp_names = {n for arch in REGISTRY.values() for n in arch.hparams}
     flat.update({n: getattr(a, n) for n in hp_names if getattr(a, n, None) is not None})
@@ -87,13 +86,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(a: argparse.Namespace) -> int:
     import time
-
-    from tune.data.frames import Preprocess
-    from tune.data.heldout import for_training
-    from tune.data.images import load_split
-    from tune.metrics.classification import needs_heldout
-    from tune.training.loop import fit
-    from tune.training.records import HISTORY, RECORD, WEIGHTS, save_run
 
     cfg = train_config(a)  # fails fast, before reading any data
     faces = {"detector": a.faces, "margin": a.face_margin, "size": a.face_size} if a.faces else None

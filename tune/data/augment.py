@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tune.core import UserError
+from tune.data.perturb import Condition, native
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,7 +40,9 @@ if TYPE_CHECKING:
 
 AUGMENTATIONS = ("crop", "jitter", "blur", "jpeg")  # the order they are applied in ("all")
 ORDER = (*AUGMENTATIONS, "cnndetection")  # with the preset, which is blur and JPEG as its paper has them
-DRAWS = 13  # random numbers drawn per (image, view), whichever augmentations are on (the first 11 as before)
+# Random numbers drawn per (image, view), whichever augmentations are on; the first 11 sit where runs made with
+# 11 draws had them, so those runs reproduce.
+DRAWS = 13
 
 
 def parse_augment(value: str) -> tuple[str, ...]:
@@ -113,8 +116,6 @@ def augment(img: np.ndarray, *, seed: tuple[int, ...], view: int, ops: tuple[str
     a random crop x crop window of the (larger) image at native resolution."""
     import numpy as np
     from PIL import Image, ImageEnhance
-
-    from tune.data.perturb import Condition, native
 
     u = draws(seed, view)
     if crop:

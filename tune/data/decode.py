@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile
 
+from tune.core import UserError
+
 MAX_PIXELS = 64_000_000  # refuse decompression bombs (PIL's own default warns at 89 M)
 
 
@@ -50,8 +52,6 @@ def crop_side(paths: list[Path], size: int, *, train: bool, label: str) -> int:
     crop. Train: the centre square of up to 2 x size of every image (capped by the smallest image), from which
     each view cuts a random size x size window (tune/data/augment.py). A crop larger than the smallest image
     is one clear line naming it."""
-    from tune.core import UserError
-
     sides = [(image_side(p), p) for p in paths]
     readable = [t for t in sides if t[0] > 0]
     if not readable:

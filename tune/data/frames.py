@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tune.core import atomic_write_bytes, atomic_write_text, file_sha256
+from tune.core import UserError, atomic_write_bytes, atomic_write_text, file_sha256
 from tune.data.decode import decode_image, decode_rgb, to_model_size
 from tune.data.faces import FaceSettings, crop_face
 from tune.data.mapped import file_lock
@@ -37,8 +37,6 @@ class Preprocess:
 
     @classmethod
     def parse(cls, video: Any = None, faces: Any = None) -> Preprocess:
-        from tune.core import UserError
-
         if video is not None and (not isinstance(video, dict) or set(video) - {"frames"}):
             raise UserError(f"video: expected a mapping like {{frames: 16}}, got {video!r}")
         return cls(VideoSettings(**(video or {})), FaceSettings.parse(faces))

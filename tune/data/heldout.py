@@ -63,7 +63,7 @@ def load(sources: list[Source], size: int, *, cache_dir: Path | None = None, ski
                        skip_bad=skip_bad, cache_dir=cache_dir, live=live, resize=resize) for s in sources]
 
 
-def describe(dirs: list[Path], sets: list[ImageSet], sources: list[Source]) -> dict[str, Any]:
+def record_sources(dirs: list[Path], sets: list[ImageSet], sources: list[Source]) -> dict[str, Any]:
     """What run.json and record.json keep: the folders as given, and each source's content hash."""
     return {"dirs": [str(Path(d).absolute()) for d in dirs],
             "sources": [{"name": s.split, "path": str(src.path.absolute()), "fingerprint": s.fingerprint,
@@ -74,7 +74,7 @@ def describe(dirs: list[Path], sets: list[ImageSet], sources: list[Source]) -> d
 def load_recorded(recorded: dict[str, Any] | None, size: int, *, what: str, dirs: list[Path] | None = None,
                   cache_dir: Path | None = None, skip_bad: bool = False, live: bool = False,
                   resize: str = "bilinear") -> list[ImageSet]:
-    """The held-out sources a run or training recorded (describe()), refused when their content changed:
+    """The held-out sources a run or training recorded (record_sources()), refused when their content changed:
     its numbers and its choices cannot be reproduced on other images. None (an older run): none.
 
     `dirs` re-points them (--valid-extra after the folders moved): the same images, found by content wherever
@@ -158,11 +158,11 @@ def for_training(dirs: list[Path], size: int, train: ImageSet, valid: ImageSet, 
     if recorded is not None:
         sets = load_recorded(recorded, size, what=what, dirs=repoint, cache_dir=cache_dir, skip_bad=skip_bad,
                              live=live, resize=resize)
-        description = describe(repoint, sets, find(repoint)) if repoint else recorded
+        description = record_sources(repoint, sets, find(repoint)) if repoint else recorded
     else:
         sources = find(dirs) if dirs else []
         sets = load(sources, size, cache_dir=cache_dir, skip_bad=skip_bad, live=live, resize=resize)
-        description = describe(dirs, sets, sources) if sets else None
+        description = record_sources(dirs, sets, sources) if sets else None
     check_for_training(sets, train, valid, root)
     return sets, description
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError
+from tune.data.decode import to_model_size
 
 if TYPE_CHECKING:  # numpy/PIL/scipy are imported on use, so `python -m tune --help` stays fast
     import numpy as np
@@ -116,8 +117,6 @@ def model_input(im: Image.Image, c: Condition, size: int, resize: str = "bilinea
     """`native(im, c)` → uint8 (3, size, size) for a model of this input size and resize mode (decode_image's).
     Under resize crop, a resize condition scales the whole image down and back up before the centre crop."""
     from PIL import Image
-
-    from tune.data.decode import to_model_size
 
     if c.perturbation == "resize" and resize == "crop":
         w, h = im.size

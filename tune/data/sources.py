@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from tune import FAKE, REAL
 from tune.core import UserError
+from tune.data.images import IMAGE_EXTS, SplitFiles, _walk_files, fingerprint
+from tune.data.video import is_video
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,8 +45,6 @@ class Source:
 
     def fingerprint(self) -> str:
         """Content hash of the source (relative paths, labels, bytes), as for a dataset split."""
-        from tune.data.images import SplitFiles, fingerprint
-
         return fingerprint(SplitFiles(self.name, self.files, self.labels, 0, self.path))
 
 
@@ -69,9 +69,6 @@ def _parts(folder: Path) -> list[Path] | None:
 
 
 def _images(name: str, folder: Path, parts: list[Path]) -> Source:
-    from tune.data.images import IMAGE_EXTS, _walk_files
-    from tune.data.video import is_video
-
     files: list[Path] = []
     labels: list[int] = []
     for part in parts:

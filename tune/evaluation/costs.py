@@ -14,7 +14,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from tune.inference import load
-from tune.metrics.costs import COSTS, Serving
+from tune.metrics.costs import COSTS, LatencySettings
 from tune.models.onnxrt import legacy_onnx
 from tune.runs.comparison import Costs
 from tune.runs.files import Comparison
@@ -26,12 +26,12 @@ Log = Callable[[str], None]
 SHOWN = ("latency_ms", "latency_batch_ms", "params", "onnx_mb")  # the comparison's cost columns, by COSTS name
 
 
-def settings(info: RunInfo) -> Serving:
+def settings(info: RunInfo) -> LatencySettings:
     """The run's latency settings (its trials' `latency:`), with the ONNX export on and int8 off: every model gets
     its ONNX size, and none the int8 quantization (export --quantize int8 measures that)."""
     recorded = info.space.get("latency") or {}
-    known = {f.name for f in fields(Serving)}
-    return replace(Serving(**{k: v for k, v in recorded.items() if k in known}), onnx=True, int8=False)
+    known = {f.name for f in fields(LatencySettings)}
+    return replace(LatencySettings(**{k: v for k, v in recorded.items() if k in known}), onnx=True, int8=False)
 
 
 def onnx_mb(model: Any, image_size: int, log: Log) -> float | None:

@@ -21,10 +21,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tune.core import UserError
+from tune.core import UserError, atomic_write_text
+from tune.inference import load, probabilities
+from tune.metrics import bootstrap as stats
 from tune.metrics.bootstrap import Predictor
-from tune.metrics.classification import AT_HALF, AT_VALID, HEADLINE, ThresholdRule
+from tune.metrics.classification import AT_HALF, AT_VALID, HEADLINE, ThresholdRule, youden_threshold
 from tune.runs.comparison import Cells, Ensembles, ModelRow, VariantRow, Versus
+from tune.training.records import (
+    FLIPPED,
+    PLAIN,
+    PREDICTIONS,
+    VALID_PREDICTIONS,
+    WEIGHTS,
+    prediction_columns,
+    predictions_csv,
+    read_predictions,
+)
 
 if TYPE_CHECKING:
     from tune.data.images import ImageSet
@@ -46,10 +58,6 @@ def save_scores(out: Path, model: Detector, valid: ImageSet, test: ImageSet,
                 p_test: np.ndarray | None = None) -> np.ndarray:
     """P(fake) of every valid and test image, as it is and flipped, into a seed's folder; returns the plain test
     P. `p_test`: the plain test P already saved (an older seed folder keeps the numbers its record was made of)."""
-    from tune.core import atomic_write_text
-    from tune.inference import probabilities
-    from tune.training.records import PREDICTIONS, VALID_PREDICTIONS, predictions_csv
-
     p_test = probabilities(model, test.x) if p_test is None else p_test
     atomic_write_text(out / VALID_PREDICTIONS, predictions_csv(valid, probabilities(model, valid.x),
                                                                probabilities(model, valid.x, hflip=True)))
@@ -61,21 +69,10 @@ def add_missing_scores(out: Path, threads: int, valid: ImageSet, test: ImageSet)
     """A seed folder finished by a finalize from before flip TTA has no flipped and no valid predictions: score
     them with its saved weights (no retraining), on the thread count it trained with. Returns whether any
     were missing."""
-    from tune.training.records import (
-        FLIPPED,
-        PREDICTIONS,
-        VALID_PREDICTIONS,
-        WEIGHTS,
-        prediction_columns,
-        read_predictions,
-    )
-
     test_file = out / PREDICTIONS
     if (out / VALID_PREDICTIONS).is_file() and test_file.is_file() and FLIPPED in prediction_columns(test_file):
         return False
     import torch
-
-    from tune.inference import load
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -93,8 +90,6 @@ def _relative(paths: list[str]) -> list[str]:
 
 def read_scores(folder: Path, file: str, images: ImageSet) -> np.ndarray:
     """(2, n): the plain and the flipped P(fake) a seed saved for one split, checked against that split."""
-    from tune.training.records import FLIPPED, PLAIN, read_predictions
-
     paths, labels, plain = read_predictions(folder / file, PLAIN)
     if _relative(paths) != _relative(images.paths) or not np.array_equal(labels, images.y.astype(int)):
         raise UserError(f"{folder / file} does not match the {images.split} split (the data changed since)")
@@ -105,9 +100,6 @@ def predictors(folders: list[Path], recorded: list[float], chosen: int, valid: I
                test: ImageSet) -> dict[str, Predictor]:
     """Every predictor of one model, from its seeds' folders (in seed order), the thresholds finalize recorded
     for them and the position of the chosen seed. The chosen seed comes first: the others are paired with it."""
-    from tune.metrics.classification import youden_threshold
-    from tune.training.records import PREDICTIONS, VALID_PREDICTIONS
-
     v = np.stack([read_scores(f, VALID_PREDICTIONS, valid) for f in folders])  # (seeds, plain/flipped, n_valid)
     t = np.stack([read_scores(f, PREDICTIONS, test) for f in folders])
     v_tta, t_tta = v.mean(1), t.mean(1)  # flip TTA: the mean of the plain and the flipped probability
@@ -140,8 +132,6 @@ def rows(model: ModelRow, preds: dict[str, Predictor], cells: dict[Any, Cells],
          samples: dict[Any, dict[str, np.ndarray]]) -> list[VariantRow]:
     """The table's rows of one model (`model`: its row of the main table): each predictor's cells under every
     threshold rule and, but for the chosen seed, its paired test against the chosen seed (PAIRED metrics)."""
-    from tune.metrics import bootstrap as stats
-
     name, out = model.name, []
     ref = cells[name, "chosen_seed"]
     for variant, pred in preds.items():

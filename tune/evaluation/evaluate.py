@@ -22,12 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError
-from tune.data.perturb import Condition
+from tune.data.images import decode_rgb
+from tune.data.perturb import Condition, model_input, native
 from tune.data.sources import Scored, Source
+from tune.evaluation.panels import evaluation_panels
+from tune.evaluation.statistics import evaluation_statistics
 from tune.evaluation.video_scores import FileScores, needs_crops, score_file
+from tune.inference import load
 from tune.runs.files import Evaluation
 
-if TYPE_CHECKING:  # numpy/torch are imported on use, so `python -m tune --help` stays fast
+if TYPE_CHECKING:  # names used only in annotations
     import numpy as np
 
     from tune.evaluation.panels import Panel
@@ -58,9 +62,6 @@ def _prepare(pool: ThreadPoolExecutor, files: list[Path], conditions: list[Condi
     Returns the positions of the readable files, their inputs per (condition, (size, resize mode)), and why each
     other failed."""
     import numpy as np
-
-    from tune.data.images import decode_rgb
-    from tune.data.perturb import model_input, native
 
     def one(f: Path) -> dict[tuple[str, tuple[int, str]], np.ndarray] | str:
         try:
@@ -181,9 +182,6 @@ def evaluate(models: list[LoadedModel], sources: list[Source], conditions: list[
     """Score, compute the tables' numbers and each model's Grad-CAM panel (on the clean images: parse_perturb's
     first condition). Every input problem is raised here, before anything is written (tune/cli/evaluate.py
     writes the folder)."""
-    from tune.evaluation.panels import evaluation_panels
-    from tune.evaluation.statistics import evaluation_statistics
-
     named = dict(zip(model_names(models), models))
     scored = score_all(sources, named, conditions, skip_bad=skip_bad, log=log)
     result = evaluation_statistics(named, sources, conditions, scored, resamples=resamples, seed=seed)
@@ -196,6 +194,4 @@ def evaluate(models: list[LoadedModel], sources: list[Source], conditions: list[
 
 
 def load_models(paths: list[Path]) -> list[LoadedModel]:
-    from tune.inference import load
-
     return [load(p) for p in paths]

@@ -22,10 +22,29 @@ from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError, atomic_write_bytes, file_sha256
 from tune.core.processes import worker_pool
+from tune.data.heldout import check_for_testing
+from tune.data.images import check_video_leaks, load_split
 from tune.data.perturb import Condition
+from tune.data.sources import find_sources
+from tune.evaluation import ensembles, tradeoff
 from tune.evaluation.costs import add_costs
+from tune.evaluation.ensembles import add_missing_scores, save_scores
+from tune.evaluation.evaluate import evaluate, load_models
+from tune.evaluation.jobs import capped_jobs
 from tune.evaluation.panels import Panel, finalize_panels
-from tune.metrics.classification import AT_HALF, AT_VALID, HEADLINE, THRESHOLD_RULES
+from tune.evaluation.picking import PICKED, export_picked, picked_trial, record_pick, versus_most_accurate
+from tune.evaluation.video_comparison import section
+from tune.metrics import bootstrap as stats
+from tune.metrics.classification import (
+    AT_HALF,
+    AT_VALID,
+    HEADLINE,
+    THRESHOLD_RULES,
+    better,
+    binary_metrics,
+    metric_value,
+    youden_threshold,
+)
 from tune.models.hparams import HParamKind
 from tune.runs.comparison import ModelRow, Resampling, Verdict
 from tune.runs.files import Comparison
@@ -38,11 +57,13 @@ from tune.runs.info import (
     record_moved_data,
     trial_config,
 )
+from tune.runs.leaderboard import load_leaderboard
 from tune.runs.pareto import PickRule, parse_pick
 from tune.training.config import TrainConfig
-from tune.training.records import RECORD, WEIGHTS, ModelRecord
+from tune.training.loop import fit
+from tune.training.records import RECORD, WEIGHTS, ModelRecord, run_record, save_training
 
-if TYPE_CHECKING:  # numpy, torch, scipy are imported on use, so `python -m tune --help` stays fast
+if TYPE_CHECKING:  # names used only in annotations
     import numpy as np
 
     from tune.data.images import ImageSet
@@ -83,9 +104,6 @@ def candidates(info: RunInfo, baseline: bool, log: Log,
                pick: PickRule | None = None) -> tuple[list[Candidate], dict[str, Any]]:
     """Each architecture's best trial (and baseline), and the trial `pick` names when it is none of them; with
     what run.json records of the pick."""
-    from tune.evaluation.picking import PICKED, picked_trial
-    from tune.runs.leaderboard import load_leaderboard
-
     board = load_leaderboard(info.run_dir)
     out = []
     for arch in info.space["architectures"]:
@@ -115,16 +133,14 @@ def wall_s(board: Any, trial_id: str) -> float:
 
 def load_test(info: RunInfo, decoded_cache: Path | None, resize: str = "bilinear") -> ImageSet:
     """The one read of the test split in the whole project (tests assert that)."""
-    from tune.data import images as data
-
-    data.check_video_leaks(info.root)
-    return data.load_split(info.root, "test", info.image_size, skip_bad=info.skip_bad, cache_dir=decoded_cache,
-                           resize=resize, prep=info.prep)
+    check_video_leaks(info.root)
+    return load_split(info.root, "test", info.image_size, skip_bad=info.skip_bad, cache_dir=decoded_cache,
+                      resize=resize, prep=info.prep)
 
 
 def _fingerprints(info: RunInfo, data: Data) -> dict[str, Any]:
     train, valid, test, extra = data
-    held_out = {"valid_extra": info.heldout} if extra else {}  # a run without held-out sources: as before
+    held_out = {"valid_extra": info.heldout} if extra else {}  # a run without held-out sources records none
     return {"train_fingerprint": train.fingerprint, "valid_fingerprint": valid.fingerprint,
             "test_fingerprint": test.fingerprint, "root": str(info.root), **held_out}
 
@@ -150,11 +166,6 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: 
                   log: Log) -> ModelRecord:
     """Retrain one candidate with one seed, score valid and test (plain and flipped), save; reuse a finished
     record of the same thing."""
-    from tune.evaluation.ensembles import add_missing_scores, save_scores
-    from tune.metrics.classification import binary_metrics, metric_value, youden_threshold
-    from tune.training import loop as training  # looked up on use: tests wrap tune.training.loop.fit to count trainings
-    from tune.training.records import run_record, save_training
-
     train, valid, test, extra = data
     out = info.run.finalize(c.name, seed)
     cfg = c.config.replace(seed=seed)
@@ -168,7 +179,7 @@ def finalize_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: 
     if (out / RECORD).is_file():
         log(f"[{c.name}] seed {seed}: the saved result is for another config or data; redoing it")
     log(f"[{c.name}] seed {seed}: training {'trial ' + c.trial_id if c.trial_id else 'the notebook recipe'}")
-    result = training.fit(cfg, train, valid, extra=extra, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
+    result = fit(cfg, train, valid, extra=extra, cache_dir=features, log=lambda s: log(f"  seed {seed} {s}"))
     threshold = youden_threshold(valid.y, result.val_probs)
     save_training(out, result)
     p_test = save_scores(out, result.model, valid, test)
@@ -187,10 +198,6 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[Model
     """Every predictor of every model (its seeds, their ensembles and flip TTA: tune.evaluation.ensembles) scored
     on the test split by the one engine (tune.metrics.bootstrap.score): cells with t-intervals over seeds and
     bootstrap intervals over the test images, all on the same resamples, so every comparison is paired."""
-    from tune.evaluation import ensembles, tradeoff
-    from tune.evaluation.picking import versus_most_accurate
-    from tune.metrics import bootstrap as stats
-
     y = test.y.astype(int)
     chosen = {c.name: choose_seed(info, records[c.name]) for c in cands}
     preds = {c.name: ensembles.predictors([info.run.finalize(c.name, r.seed) for r in records[c.name]],
@@ -211,7 +218,6 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[Model
         variant_rows += ensembles.rows(row, preds[c.name], cells, samples)
     seeds = {c.name: samples[c.name, "seeds"] for c in cands}
     best = best_models(rows, seeds)
-    from tune.evaluation.video_comparison import section
 
     video = section([(row, c.config, [info.run.finalize(c.name, r.seed) for r in records[c.name]])
                      for row, c in zip(rows, cands, strict=True)], valid, test)
@@ -227,8 +233,6 @@ def compare(info: RunInfo, cands: list[Candidate], records: dict[str, list[Model
 
 def choose_seed(info: RunInfo, recs: list[ModelRecord]) -> ModelRecord:
     """The seed whose model scored best on VALID (ties: the first seed). Test numbers never choose."""
-    from tune.metrics.classification import better
-
     best = recs[0]
     for r in recs[1:]:
         best = r if better(r.valid_score, best.valid_score, info.mode) else best
@@ -237,8 +241,6 @@ def choose_seed(info: RunInfo, recs: list[ModelRecord]) -> ModelRecord:
 
 def best_models(rows: list[ModelRow], samples: dict[str, dict[str, np.ndarray]]) -> dict[str, Verdict]:
     """The notebook named the best model by accuracy and by AUC (at 0.5); we add whether the gap is significant."""
-    from tune.metrics import bootstrap as stats
-
     tuned = [r for r in rows if r.kind == "tuned"]
     out: dict[str, Verdict] = {}
     for m in HEADLINE:
@@ -269,7 +271,6 @@ def export_models(info: RunInfo, cmp: Comparison, records: dict[str, list[ModelR
 class Finalized:
     """What a finalize found, for tune/cli/finalize.py to write: the comparison, each exported winner's Grad-CAM
     panel on the test split (by arch) and, with --extra-test, the winners' evaluation on those sources."""
-
     run: Run
     cmp: Comparison
     panels: dict[str, Panel]
@@ -301,9 +302,6 @@ def run_finalize(run_dir: Path, options: FinalizeOptions, *, log: Log = print) -
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     import torch
 
-    from tune.data.heldout import check_for_testing
-    from tune.data.sources import find_sources
-
     extra = find_sources(extra_test) if extra_test else None  # a bad --extra-test fails before any training
     info = read_run(run_dir, data=options.data, valid_extra=options.valid_extra)
     cands, picked = candidates(info, options.baseline, log, options.pick)
@@ -325,8 +323,6 @@ def run_finalize(run_dir: Path, options: FinalizeOptions, *, log: Log = print) -
         pending = sorted(((c, i) for c in cands for i in range(seeds) if done_record(c, info.seed + i, info, data)
                           is None), key=lambda ci: -ci[0].trial_s)
         if jobs > 1 and len(pending) > 1:
-            from tune.evaluation.jobs import capped_jobs
-
             jobs = capped_jobs(jobs, len(pending), [s for d in by_mode.values() for s in (*d[:3], *d[3])], log)
             # Each job is sent the ImageSets pickled: the decoded cache's path, which it maps (tune/data/mapped.py).
             # An interrupt kills the workers at once; a rerun redoes the seeds without a record.json.
@@ -344,13 +340,11 @@ def run_finalize(run_dir: Path, options: FinalizeOptions, *, log: Log = print) -
     cmp = compare(info, cands, records, valid, test, picked)
     add_costs(info, cmp, log)
     export_models(info, cmp, records)
-    from tune.evaluation.picking import export_picked, record_pick
 
     record_pick(info, picked)
     export_picked(info, cmp, records, picked)
     panels = finalize_panels(info.run, cmp, test, log)  # here: the test split is in memory only in this module
     if extra:  # the exported winners on more sources, as `evaluate`; its section joins the comparison
-        from tune.evaluation.evaluate import evaluate, load_models
 
         winners = load_models(info.run.winners())
         return Finalized(info.run, cmp, panels, evaluate(winners, extra, [Condition()], log=log))

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tune.runs.info import read_run
+
 if TYPE_CHECKING:
     from tune.data.images import ImageSet
 
@@ -23,8 +25,6 @@ JOB_GB = 3.0
 
 def finalize_jobs(run_dir: Path) -> int:
     """As many retrainings at once as the machine has CPU slots for at the trials' CPUs per trial."""
-    from tune.runs.info import read_run
-
     return max(1, (os.cpu_count() or 1) // read_run(run_dir).threads)
 
 

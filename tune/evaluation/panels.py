@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tune import FAKE, REAL
+from tune import FAKE, REAL, inference
+from tune.models import explain
+from tune.training.records import PREDICTIONS, read_predictions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,8 +67,6 @@ def panel(loaded: LoadedModel, y: np.ndarray, p: np.ndarray, names: list[str], i
     panel that says why (as every plot of the project that cannot be drawn)."""
     import numpy as np
 
-    from tune.models import explain
-
     groups = pick(y, p, loaded.threshold)
     members = [[(names[int(i)], float(p[int(i)])) for i in g] for g in groups]
     chosen = np.concatenate(groups)
@@ -81,9 +81,6 @@ def panel(loaded: LoadedModel, y: np.ndarray, p: np.ndarray, names: list[str], i
 def finalize_panels(run: Run, cmp: Comparison, test: ImageSet, log: Callable[[str], None]) -> dict[str, Panel]:
     """arch -> the panel of its exported winner on the test split (the report shows them); a panel that
     fails is logged and left out, because a picture must not lose the finished numbers."""
-    from tune import inference
-    from tune.training.records import PREDICTIONS, read_predictions
-
     out = {}
     for row in cmp.tuned:
         try:

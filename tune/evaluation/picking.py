@@ -1,7 +1,7 @@
 """finalize --pick: the trial a rule names (tune/runs/pareto.py) is retrained beside each architecture's winner,
 tested and exported as models/picked/ (best.pth + record.json), which serve and export default to.
 
-With `--pick best` (the default) the picked model is the most accurate winner, as before. run.json records the
+With `--pick best` (the default) the picked model is the most accurate winner. run.json records the
 rule and the trial it named (`pick`), so a later command knows what was shipped and why.
 """
 
@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import atomic_write_bytes, file_sha256
+from tune.metrics import bootstrap as stats
+from tune.metrics.classification import AT_HALF, HEADLINE, better
 from tune.runs.comparison import ModelRow, Picked, Verdict, Versus
 from tune.runs.pareto import SPEED, PickRule, choose
 from tune.training.records import RECORD, WEIGHTS, ModelRecord
@@ -59,8 +61,6 @@ def record_pick(info: RunInfo, about: dict[str, Any]) -> None:
 def picked_row(rows: list[ModelRow], about: dict[str, Any], mode: str) -> ModelRow:
     """The comparison row shipped as models/picked/: the model the rule named, else (`best`) the winner with the
     best valid score. Test numbers never choose."""
-    from tune.metrics.classification import better
-
     rows = [r for r in rows if r.kind in ("tuned", PICKED)]
     if about.get("model"):
         return next(r for r in rows if r.name == about["model"])
@@ -77,8 +77,6 @@ def versus_most_accurate(rows: list[ModelRow], samples: dict[str, dict[str, np.n
     headline metric at 0.5, both values, the difference and its paired bootstrap p (the comparison's resamples),
     so a user sees what the rule cost. The most accurate is by test ROC-AUC, as the verdict says; it only
     reports, never chooses."""
-    from tune.metrics import bootstrap as stats
-    from tune.metrics.classification import AT_HALF, HEADLINE
 
     name, top = picked_row(rows, about, mode).name, best["auc"].model
     a_row, b_row = (next(r for r in rows if r.name == n) for n in (name, top))

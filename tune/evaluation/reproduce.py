@@ -18,6 +18,8 @@ from typing import Any
 
 from tune.core import UserError
 from tune.runs.info import RunInfo, cache_dirs, load_heldout, load_train_valid, read_run, trial_config, trial_record
+from tune.runs.leaderboard import load_leaderboard
+from tune.training.loop import fit
 
 KEYS = ("train_loss", "val_loss", "val_accuracy", "val_auc")
 HELD_OUT_KEYS = ("xval_loss", "xval_auc", "best_epoch")  # also compared when the run has held-out sources
@@ -47,10 +49,8 @@ def same(a: Any, b: Any) -> bool:
     return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
-def find_trial(info: RunInfo, wanted: str | None) -> tuple[str, str]:
+def resolve_trial(info: RunInfo, wanted: str | None) -> tuple[str, str]:
     """(arch, trial id) for "best" (the leaderboard's top row), an id like 1bbc8688, or ARCH_1bbc8688."""
-    from tune.runs.leaderboard import load_leaderboard
-
     if wanted in (None, "best"):
         board = load_leaderboard(info.run_dir)
         scored = board[board["score"].notna()] if len(board) else board
@@ -72,10 +72,8 @@ def reproduce_trial(run_dir: Path, trial: str | None = "best", *, cache_dir: Pat
     writes nothing: run.json keeps what it records."""
     import torch
 
-    from tune.training.loop import fit
-
     info = read_run(run_dir, data=data, valid_extra=valid_extra)
-    arch, tid = find_trial(info, trial)
+    arch, tid = resolve_trial(info, trial)
     found = trial_record(info, arch, tid)
     recorded = found.results if found else []  # one row per epoch: a resumed trial's replays counted once
     if not recorded:

@@ -16,6 +16,8 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from tune.core import library_versions
+from tune.metrics import bootstrap as stats
 from tune.metrics.cells import Cell
 from tune.metrics.classification import AT_HALF, AT_VALID, METRICS, PER_SOURCE, THRESHOLD_RULES
 from tune.runs.comparison import Cells, Resampling
@@ -43,8 +45,6 @@ def mean_cells(per: list[Cells], samples: list[Samples]) -> tuple[Cells, Samples
     """The mean over sources of each cell, its interval from the mean of each resample's per-source values."""
     import numpy as np
 
-    from tune.metrics import bootstrap as stats
-
     with _quiet():
         mean_samples = {k: np.nanmean([s[k] for s in samples], axis=0) for k in samples[0]}
         out: Cells = {}
@@ -60,9 +60,6 @@ def mean_cells(per: list[Cells], samples: list[Samples]) -> tuple[Cells, Samples
 
 def evaluation_statistics(models: dict[str, LoadedModel], sources: list[Source], conditions: list[Condition],
            scored: dict[str, Scored], *, resamples: int = 1000, seed: int = 0) -> Evaluation:
-    from tune.core import library_versions
-    from tune.metrics import bootstrap as stats
-
     keys = [(m, c.name) for m in models for c in conditions]
     cells: dict[tuple[str, str, str], Cells] = {}
     samples: dict[tuple[str, str, str], Samples] = {}
@@ -107,8 +104,6 @@ def paired_rows(names: list[str], sources: list[str], conditions: list[Condition
                 samples: dict[tuple[str, str, str], Samples],
                 means: dict[tuple[str, str], tuple[Cells, Samples]]) -> list[PairedRow]:
     """Each pair of models, per source and overall (the mean over sources), on the same resamples."""
-    from tune.metrics import bootstrap as stats
-
     out = []
     for c in conditions:
         for where in [*sources, "overall"]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tune.metrics import bootstrap as stats
 from tune.metrics.classification import HELDOUT, best_index
 from tune.runs.comparison import ModelRow, Tradeoff, TradeoffRow
 
@@ -33,8 +34,6 @@ def summary(rows: list[ModelRow], records: dict[str, list[ModelRecord]],
     """comparison.json's "tradeoff": each model's validation AUCs beside its test AUC, the model each
     validation picks among the tuned ones, and (when they differ) the paired bootstrap of the two on test
     (`samples`: each model's bootstrap samples, from tune.metrics.bootstrap.score)."""
-    from tune.metrics import bootstrap as stats
-
     out = Tradeoff([TradeoffRow(r.name, r.model, r.kind, r.cell("auc").value, validation(records[r.name]))
                     for r in rows], alpha)
     tuned = [t for t in out.rows if t.kind == "tuned"]

@@ -9,10 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tune.evaluation.ensembles import read_scores
+from tune.metrics import bootstrap as stats
 from tune.metrics.bootstrap import Predictor
 from tune.metrics.classification import AT_HALF, AT_VALID, youden_threshold
 from tune.metrics.video import by_video
 from tune.runs.comparison import ModelRow, VideoRow, Videos
+from tune.training.records import PREDICTIONS, VALID_PREDICTIONS
 
 if TYPE_CHECKING:
     from tune.data.images import ImageSet
@@ -28,9 +31,6 @@ def aggregation(cfg: TrainConfig) -> str:
 
 def video_predictor(cfg: TrainConfig, folders: list[Path], valid: ImageSet, test: ImageSet) -> Predictor:
     """The model's seeds as one predictor of test videos (rows: seeds), from the seeds' saved frame scores."""
-    from tune.evaluation.ensembles import read_scores
-    from tune.training.records import PREDICTIONS, VALID_PREDICTIONS
-
     def per_video(images: ImageSet, p: np.ndarray) -> Any:
         return by_video(images.y, p, images.videos or [], cfg.video_agg, cfg.video_topk)
 
@@ -47,8 +47,6 @@ def section(models: list[tuple[ModelRow, TrainConfig, list[Path]]], valid: Image
             test: ImageSet) -> Videos | None:
     """comparison.json's `video` block: per model (its comparison row, config and seed folders) its cells on the
     test videos; None when the test split holds no video."""
-    from tune.metrics import bootstrap as stats
-
     if not test.videos or not any(test.videos):
         return None
     vids = by_video(test.y, test.y, test.videos)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def _num(v: Any) -> float | None:
+def as_finite(v: Any) -> float | None:
     """A finite float, or None (JSON null, NaN, a missing field)."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
@@ -44,8 +44,9 @@ class Cell:
     def from_dict(cls, d: dict[str, Any]) -> Cell:
         """This schema, or an earlier one (finalize's mean/t_half/boot_low/boot_high, evaluate's value/low/high)."""
         value = d["value"] if "value" in d else d.get("mean")
-        return cls(_num(value), _num(d.get("low", d.get("boot_low"))), _num(d.get("high", d.get("boot_high"))),
-                   _num(d.get("t_half")), tuple(float(v) for v in d.get("per_seed") or ()))
+        return cls(as_finite(value), as_finite(d.get("low", d.get("boot_low"))),
+                   as_finite(d.get("high", d.get("boot_high"))), as_finite(d.get("t_half")),
+                   tuple(float(v) for v in d.get("per_seed") or ()))
 
     @property
     def defined(self) -> bool:

@@ -242,7 +242,7 @@ def is_video_metric(name: str) -> bool:
         return False
 
 
-def describe(name: str) -> str:
+def metric_description(name: str) -> str:
     """One line saying what a selection metric is (recorded in run.json, shown in the report)."""
     kind, base = split_name(name)
     label = METRICS[base].label if base in METRICS else LOSS.label

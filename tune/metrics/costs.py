@@ -7,6 +7,7 @@ optimise them (`objectives: [val_auc: max, latency_ms: min]`). Lower is better f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -14,7 +15,7 @@ class Cost:
     name: str
     label: str
     mode: str = "min"
-    needs: str = ""  # the Serving switch that makes a trial measure it ("": always measured)
+    needs: str = ""  # the LatencySettings switch that makes a trial measure it ("": always measured)
 
 
 COSTS: dict[str, Cost] = {c.name: c for c in (
@@ -28,7 +29,7 @@ MEASURE_S = "cost_s"  # the seconds the measurement took (its share of the trial
 
 
 @dataclass(frozen=True)
-class Serving:
+class LatencySettings:
     """How a latency is measured (a space's `latency:` mapping)."""
 
     threads: int = 1  # torch threads while measuring (0: the trial's own); the same for every trial: comparable
@@ -37,3 +38,11 @@ class Serving:
     repeats: int = 7  # timed runs at batch 1 (the median is reported); the serving batch gets max(2, repeats // 3)
     onnx: bool = False  # also export to ONNX and report its size (costs an export: a second or two per trial)
     int8: bool = False  # also time the static int8 model under ONNX Runtime (an export and a quantization)
+
+
+def __getattr__(name: str) -> Any:
+    """LatencySettings under the name it had in runs searched before it was renamed (Serving): Ray's pickled
+    searcher holds the space and its settings by qualified name, and `search --resume` of such a run unpickles it."""
+    if name == "Serving":
+        return LatencySettings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tune.core import UserError
+from tune.data.images import to_float
+from tune.models.registry import get_arch
 
 if TYPE_CHECKING:  # numpy/torch/captum are imported on use, so `python -m tune --help` stays fast
     import numpy as np
@@ -50,8 +52,6 @@ class Maps:
 
 def target_layer(model: Detector, arch: str) -> tuple[str, nn.Module]:
     """(name, module) of the architecture's declared Grad-CAM layer inside this model."""
-    from tune.models.registry import get_arch
-
     pick = get_arch(arch).cam_layer
     if pick is None:
         raise NoTargetLayer(f"{arch} declares no Grad-CAM target layer (cam_layer in its "
@@ -68,8 +68,6 @@ def gradcam(model: Detector, arch: str, x: np.ndarray, batch: int = BATCH) -> Ma
     import numpy as np
     import torch
     from captum.attr import LayerAttribution, LayerGradCam
-
-    from tune.data.images import to_float
 
     name, layer = target_layer(model, arch)
     model.eval()

@@ -3,7 +3,7 @@ evaluate all apply it the same way), and the one owner of the input names.
 
 A config's `input` is one name or a stack joined by "+" ("rgb+npr": channels concatenated in that order).
 Every transform maps float RGB in [0, 1], (N, 3, H, W), to a fixed number of channels at the same H x W:
-- rgb:      the image itself (3 channels; a model with input rgb is built exactly as before);
+- rgb:      the image itself (3 channels; a model with input rgb is built with no transform in front);
 - npr:      x - up(down(x)), down and up by 2 nearest-neighbour (Tan et al., CVPR 2024): each pixel minus the
             top-left pixel of its 2x2 block (3 channels; an odd last row or column is its own block);
 - highpass: the 3x3 SRM residual [[-1, 2, -1], [2, -4, 2], [-1, 2, -1]] / 4 per colour channel, reflect-padded
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune.core import UserError
+from tune.models.detector import Normalize
 
 SRM = ((-1.0, 2.0, -1.0), (2.0, -4.0, 2.0), (-1.0, 2.0, -1.0))  # / 4
 
@@ -125,8 +126,6 @@ def _first(module: nn.Module, kind: type) -> tuple[nn.Module, str, nn.Module] | 
 
 def with_input(model: nn.Module, value: str) -> nn.Module:
     """The detector fitted to input `value` (in place; returned for chaining). rgb leaves it as built."""
-    from tune.models.detector import Normalize
-
     names = parse_input(value)
     if names == ("rgb",):
         return model

@@ -108,7 +108,7 @@ def session(onnx_bytes: bytes, threads: int = 1) -> Any:
     return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def median_ms(sess: Any, x: np.ndarray, name: str, repeats: int = 20, warmup: int = 3) -> float:
+def session_median_ms(sess: Any, x: np.ndarray, name: str, repeats: int = 20, warmup: int = 3) -> float:
     """Median milliseconds per image running one image at a time."""
     times = []
     for k in range(warmup + repeats):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tune.core import UserError, file_sha256
+from tune.models.detector import load_state_dict_file
 
 if TYPE_CHECKING:
     import torch
@@ -62,8 +63,6 @@ def offline() -> bool:
 def load_file(path: Path, arch: str) -> tuple[dict, str]:
     """(state_dict, description) of a local weights file. A missing file means the weights cannot be had
     (the search skips the architecture); an unsafe or corrupt one is refused by load_state_dict_file."""
-    from tune.models.detector import load_state_dict_file
-
     if not Path(path).is_file():
         raise WeightsUnavailable(f"{arch}: weights file not found: {path} (expected a .pth state_dict)")
     return load_state_dict_file(path), describe_file(path)

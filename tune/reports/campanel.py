@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tune.evaluation.panels import GROUPS, PER_GROUP, Panel
+from tune.models import explain
+from tune.reports.figures import note, save
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -18,9 +20,6 @@ if TYPE_CHECKING:
 def figure(pnl: Panel) -> Figure:
     """The panel as a figure; one whose computing failed raises that error (the caller logs it)."""
     from matplotlib.figure import Figure
-
-    from tune.models import explain
-    from tune.reports.figures import note
 
     if pnl.error is not None:
         raise pnl.error
@@ -54,8 +53,6 @@ def figure(pnl: Panel) -> Figure:
 
 def save_panels(run: Run, panels: dict[str, Panel], log: Callable[[str], None]) -> list[Path]:
     """finalize's panels (arch -> panel) into the run's plots/; one that fails is logged and skipped."""
-    from tune.reports.figures import save
-
     written = []
     for arch, pnl in panels.items():
         try:
@@ -67,8 +64,6 @@ def save_panels(run: Run, panels: dict[str, Panel], log: Callable[[str], None]) 
 
 def plot_jobs(panels: dict[str, Panel]) -> dict[str, Callable[[Path], None]]:
     """evaluate's panels as plot jobs (NAME -> draw(path)) beside its other plots."""
-    from tune.reports.figures import save
-
     def job(pnl: Panel) -> Callable[[Path], None]:
         def draw(path: Path) -> None:
             save(figure(pnl), path)

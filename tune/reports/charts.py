@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tune.reports.figures import MIN_IMPORTANCE_TRIALS
 from tune.runs.layout import Run
 
 if TYPE_CHECKING:  # plotly, optuna and matplotlib load on use: `python -m tune --help` stays fast
@@ -88,8 +89,6 @@ def study_charts(db: Path, study_name: str, metric: str, asha_stopped: int = 0) 
     tune recorded those as PRUNED has them as COMPLETE; the sentence then says the charts include them."""
     import optuna
     import optuna.visualization as vis
-
-    from tune.reports.figures import MIN_IMPORTANCE_TRIALS
 
     study = load_study(db, study_name)
     if study is None:

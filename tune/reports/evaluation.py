@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tune.core import atomic_write_text
+from tune.reports.figures import note, save
+from tune.reports.tables import Table, evaluation_csv, evaluation_table, label, paired_table
 from tune.runs.evaluation import MEAN
 from tune.runs.files import Evaluation
 
@@ -23,8 +25,6 @@ if TYPE_CHECKING:
     from tune.data.sources import Scored
 
 def render_markdown(ev: Evaluation, *, level: int = 1, title: str = "Evaluation") -> str:
-    from tune.reports.tables import Table, evaluation_table, label, paired_table
-
     h = "#" * level
     b = ev.bootstrap
     lines = [f"{h} {title}", "", "Models:"]
@@ -65,8 +65,6 @@ def render_markdown(ev: Evaluation, *, level: int = 1, title: str = "Evaluation"
 
 def render_csv(ev: Evaluation) -> str:
     """One line per cell (model, source, condition, rule, metric): every value with its interval."""
-    from tune.reports.tables import evaluation_csv
-
     return evaluation_csv(ev)
 
 
@@ -83,8 +81,6 @@ def scores_csv(scored: dict[str, Scored]) -> str:
 
 # --------------------------------------------------------------------------- plots
 def _save(fig: Figure, path: Path) -> None:
-    from tune.reports.figures import save
-
     save(fig, path)
 
 
@@ -123,7 +119,6 @@ def plot_roc_by_source(ev: Evaluation, scored: dict[str, Scored], path: Path) ->
     from matplotlib.figure import Figure
     from sklearn.metrics import roc_curve
 
-    from tune.reports.figures import note
 
     cond = ev.conditions[0].name
     names = [s.name for s in ev.sources]

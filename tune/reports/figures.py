@@ -10,19 +10,23 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 
 from tune.core import UserError, atomic_write_bytes
+from tune.data.images import split_counts
+from tune.metrics.classification import binary_metrics
+from tune.models.registry import get_arch
 from tune.runs.comparison import ModelRow
 from tune.runs.files import Comparison
 from tune.runs.layout import Run, RunRecord
-from tune.training.records import HISTORY, PREDICTIONS
+from tune.runs.leaderboard import load_leaderboard
+from tune.training.records import HISTORY, PREDICTIONS, read_predictions
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 STATUS_COLORS = {"completed": "tab:green", "early_stopped": "tab:blue", "stopped_by_asha": "tab:gray",
                  "diverged": "tab:red", "errored": "tab:red"}
@@ -30,12 +34,16 @@ MIN_IMPORTANCE_TRIALS = 4  # fANOVA on fewer finished trials is noise; say so in
 
 
 def color(arch: str) -> str:
-    from tune.models.registry import get_arch
-
     try:
         return get_arch(arch).color
     except UserError:  # a run made with an architecture this version no longer has
         return "tab:purple"
+
+
+def new_figure(**kwargs: Any) -> Figure:
+    from matplotlib.figure import Figure  # matplotlib: heavy, imported when a figure is drawn, not by every command
+
+    return Figure(**kwargs)
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -54,10 +62,8 @@ def note(ax: Axes, text: str) -> None:
 
 # --------------------------------------------------------------------------- data and the winners
 def plot_dataset(run: RunRecord) -> Figure:
-    from tune.data.images import split_counts
-
     counts = split_counts(Path(run.data.root))
-    fig = Figure(figsize=(6, 4), layout="constrained")
+    fig = new_figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     splits = list(counts)
     x = np.arange(len(splits))
@@ -81,7 +87,7 @@ def winners(run_dir: Path, cmp: Comparison) -> list[tuple[ModelRow, Path]]:
 def plot_learning_curves(run_dir: Path, cmp: Comparison) -> Figure:
     import pandas as pd
 
-    fig = Figure(figsize=(13, 4), layout="constrained")
+    fig = new_figure(figsize=(13, 4), layout="constrained")
     axes = fig.subplots(1, 3)
     for row, folder in winners(run_dir, cmp):
         if row.kind != "tuned":
@@ -101,8 +107,6 @@ def plot_learning_curves(run_dir: Path, cmp: Comparison) -> Figure:
 
 
 def _predictions(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    from tune.training.records import read_predictions
-
     _, y, p = read_predictions(folder / PREDICTIONS)
     return y, p
 
@@ -110,7 +114,7 @@ def _predictions(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 def plot_roc(run_dir: Path, cmp: Comparison) -> Figure:
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    fig = new_figure(figsize=(5.5, 5), layout="constrained")
     ax = fig.subplots()
     for row, folder in winners(run_dir, cmp):
         y, p = _predictions(folder)
@@ -126,8 +130,6 @@ def plot_roc(run_dir: Path, cmp: Comparison) -> Figure:
 
 
 def plot_confusion(run_dir: Path, cmp: Comparison) -> Figure:
-    from tune.metrics.classification import binary_metrics
-
     tuned = [(r, f) for r, f in winners(run_dir, cmp) if r.kind == "tuned"]
     fig = Figure(figsize=(4.2 * len(tuned), 4), layout="constrained")
     for ax, (row, folder) in zip(np.atleast_1d(fig.subplots(1, len(tuned))), tuned):
@@ -155,7 +157,7 @@ def trials_in_order(arch: str, board: Any) -> Any:
 
 def plot_search_metric(run_dir: Path, run: RunRecord, board: Any) -> Figure:
     space = run.space
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = new_figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     pick = np.fmax.accumulate if space["mode"] == "max" else np.fmin.accumulate
     for arch in space["architectures"]:
@@ -177,7 +179,7 @@ def plot_search_metric(run_dir: Path, run: RunRecord, board: Any) -> Figure:
 def plot_search_epochs(run_dir: Path, run: RunRecord, board: Any) -> Figure:
     space, budget = run.space, run.space["budget"]
     archs = list(space["architectures"])
-    fig = Figure(figsize=(7, 3 * len(archs)), layout="constrained")
+    fig = new_figure(figsize=(7, 3 * len(archs)), layout="constrained")
     rungs = [budget["grace_period"] * budget["reduction_factor"] ** k for k in range(32)
              if budget["grace_period"] * budget["reduction_factor"] ** k < budget["max_epochs"]]
     for ax, arch in zip(np.atleast_1d(fig.subplots(len(archs), 1, squeeze=False)[:, 0]), archs):
@@ -187,6 +189,9 @@ def plot_search_epochs(run_dir: Path, run: RunRecord, board: Any) -> Figure:
         for r in rungs:
             ax.axhline(r, color="black", ls=":", lw=1)
         ax.axhline(budget["max_epochs"], color="black", lw=1)
+        from matplotlib.lines import Line2D  # matplotlib: heavy, as in new_figure
+        from matplotlib.patches import Patch
+
         handles = [Patch(color=STATUS_COLORS.get(s, "tab:olive"), label=s) for s in dict.fromkeys(rows["ended"])]
         handles += [Line2D([], [], color="black", ls=":", lw=1, label=f"ASHA rungs {rungs}"),
                     Line2D([], [], color="black", lw=1, label=f"max epochs {budget['max_epochs']}")]
@@ -205,7 +210,7 @@ def plot_importance(run_dir: Path, run: RunRecord) -> Figure:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     archs = list(run.space["architectures"])
-    fig = Figure(figsize=(6.5, 3 * len(archs)), layout="constrained")
+    fig = new_figure(figsize=(6.5, 3 * len(archs)), layout="constrained")
     folder = Run(run_dir)
     for ax, arch in zip(fig.subplots(len(archs), 1, squeeze=False)[:, 0], archs):
         ax.set_title(f"{arch}: hyperparameter importance (fANOVA on the Optuna study)")
@@ -241,8 +246,6 @@ def plot_importance(run_dir: Path, run: RunRecord) -> Figure:
 # --------------------------------------------------------------------------- all of them
 def make_plots(run_dir: Path, *, log: Callable[[str], None] = print) -> list[Path]:
     """Every plot the run's files allow; the winners' plots need finalize's comparison.json."""
-    from tune.runs.leaderboard import load_leaderboard
-
     folder = Run(Path(run_dir))
     run_dir = folder.path
     run = folder.read()

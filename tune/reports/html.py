@@ -18,7 +18,10 @@ from pathlib import Path
 from tune.core import atomic_write_text
 from tune.reports import pareto, tradeoff
 from tune.reports import sections as sec
+from tune.reports.charts import plotly_js
+from tune.runs.files import Comparison
 from tune.runs.layout import Run
+from tune.runs.leaderboard import load_leaderboard
 
 Log = Callable[[str], None]
 
@@ -97,10 +100,6 @@ document.querySelectorAll("table.sortable").forEach(function (t) {
 
 
 def context(run_dir: Path) -> sec.Context:
-    from tune.runs.files import Comparison
-    from tune.runs.layout import Run
-    from tune.runs.leaderboard import load_leaderboard
-
     run = Run(run_dir)
     cmp = Comparison.load(run.comparison("json")) if run.comparison("json").is_file() else None
     return sec.Context(run=run, meta=run.read(), cmp=cmp, board=load_leaderboard(run.path))
@@ -145,7 +144,6 @@ def build_html(run_dir: Path, *, log: Log = print) -> str:
                f"{space['budget']['trials']} trials each, up to {space['budget']['max_epochs']} epochs; search metric "
                f"{escape(ctx.metric)} ({escape(space['mode'])}). Report built {time.strftime('%Y-%m-%d %H:%M:%S')}.")
     plotly = "Plotly.newPlot" in body
-    from tune.reports.charts import plotly_js
 
     return "".join([
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',

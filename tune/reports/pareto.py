@@ -9,6 +9,8 @@ import warnings
 from html import escape
 from typing import TYPE_CHECKING, Any
 
+from tune.reports.charts import figure_div, load_study
+from tune.reports.figures import color as arch_color
 from tune.runs.pareto import FINISHED, SPEED
 
 if TYPE_CHECKING:
@@ -18,8 +20,6 @@ if TYPE_CHECKING:
 def figure(board: Any, metric: str, mode: str, picked: str | None) -> Any:
     import plotly.graph_objects as go
     from matplotlib.colors import to_hex
-
-    from tune.reports.figures import color as arch_color
 
     done = board[board["ended"].isin(FINISHED) & board["score"].notna() & board[SPEED].notna()]
     fig = go.Figure()
@@ -53,8 +53,6 @@ def optuna_fronts(ctx: Context) -> list[tuple[str, Any]]:
     import optuna
     import optuna.visualization as vis
 
-    from tune.reports.charts import load_study
-
     names = [n for n, _ in ctx.meta.space.get("objectives") or ()]
     out = []
     for arch in ctx.meta.architectures:
@@ -71,8 +69,6 @@ def optuna_fronts(ctx: Context) -> list[tuple[str, Any]]:
 
 
 def section(ctx: Context) -> str:
-    from tune.reports.charts import figure_div
-
     board = ctx.board
     if board.empty or SPEED not in board or board[SPEED].isna().all():
         return ("<p>No trial measured its latency (a search from before serving costs were measured): nothing "

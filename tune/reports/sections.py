@@ -15,10 +15,34 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from tune import FAKE
+from tune.data.images import split_counts
+from tune.evaluation.panels import GROUPS, PER_GROUP
 from tune.metrics.classification import AT_HALF, HEADLINE
+from tune.models.explain import METHOD
+from tune.reports import figures as report
 from tune.reports.charts import figure_div, figure_png, png_uri, study_charts
+from tune.reports.figures import plot_search_epochs
+from tune.reports.tables import (
+    RANKING_METRICS,
+    REPORT,
+    Table,
+    comparison_caption,
+    cost_table,
+    ensemble_lines,
+    ensemble_table,
+    evaluation_table,
+    label,
+    paired_table,
+    picked_lines,
+    rule_name,
+    rule_table,
+    verdict_lines,
+    video_table,
+)
 from tune.runs.files import Comparison
 from tune.runs.layout import Run, RunRecord
+from tune.runs.leaderboard import trial_counts
 from tune.training.records import PREDICTIONS
 
 
@@ -64,8 +88,6 @@ def cmd(*parts: str) -> str:
 
 # --------------------------------------------------------------------------- 1-2: the test results
 def verdict(ctx: Context) -> str:
-    from tune.reports.tables import REPORT, Table, label, picked_lines, rule_name, verdict_lines
-
     cmp = ctx.cmp
     assert cmp is not None
     row = cmp.row(cmp.best["auc"].model)
@@ -84,17 +106,6 @@ def verdict(ctx: Context) -> str:
 
 
 def comparison(ctx: Context) -> str:
-    from tune.reports.tables import (
-        RANKING_METRICS,
-        REPORT,
-        comparison_caption,
-        cost_table,
-        ensemble_lines,
-        ensemble_table,
-        rule_table,
-        video_table,
-    )
-
     cmp = ctx.cmp
     assert cmp is not None
     out = [f"<p>Run {escape(cmp.run)}: {cmp.n_test} test images, {cmp.seeds} seed(s) per "
@@ -119,8 +130,6 @@ def comparison(ctx: Context) -> str:
 
 
 def curves(ctx: Context) -> str:
-    from tune.reports import figures as report
-
     cmp, d = ctx.cmp, ctx.run.path
     assert cmp is not None
     return "".join(image(png_of(ctx.run, name, lambda f=f: f(d, cmp)), alt) for name, f, alt in (
@@ -130,9 +139,6 @@ def curves(ctx: Context) -> str:
 
 
 def explanations(ctx: Context) -> str:
-    from tune.evaluation.panels import GROUPS, PER_GROUP
-    from tune.models.explain import METHOD
-
     cmp = ctx.cmp
     assert cmp is not None
     out = [f"<p>{escape(METHOD)}: warm colours mark where the model's features raise P(fake), over the image as the "
@@ -149,8 +155,6 @@ def explanations(ctx: Context) -> str:
 
 # --------------------------------------------------------------------------- 4: evaluation.json (shared contract)
 def evaluation(ctx: Context) -> str:
-    from tune.reports.tables import evaluation_table, paired_table
-
     assert ctx.cmp is not None and ctx.cmp.evaluation is not None
     ev = ctx.cmp.evaluation
     b = ev.bootstrap
@@ -170,7 +174,7 @@ def evaluation(ctx: Context) -> str:
 
 
 # --------------------------------------------------------------------------- 5-7: the search
-def _num(v: Any) -> tuple[str, str]:
+def _shown_value(v: Any) -> tuple[str, str]:
     """(shown text, sort key) of a leaderboard value, shown as in leaderboard.md (4 significant digits)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "", ""
@@ -191,7 +195,7 @@ def leaderboard(ctx: Context) -> str:
     for rec in board[cols].to_dict("records"):
         cells = []
         for i, c in enumerate(cols):
-            text, key = _num(rec[c])
+            text, key = _shown_value(rec[c])
             cls = f' class="ended-{text}"' if c == "ended" else ""
             cells.append(f'<td data-v="{key}"{cls}>{text}</td>' if i in numeric else f"<td{cls}>{text}</td>")
         rows.append(cells)
@@ -200,8 +204,6 @@ def leaderboard(ctx: Context) -> str:
 
 
 def search(ctx: Context) -> str:
-    from tune.runs.leaderboard import trial_counts
-
     out = [f"<p>{escape(trial_counts(ctx.board))}.</p>"] if not ctx.board.empty else []
     for arch in ctx.meta.architectures:
         asha = 0 if ctx.board.empty else int(((ctx.board["arch"] == arch)
@@ -213,8 +215,6 @@ def search(ctx: Context) -> str:
 
 
 def epochs(ctx: Context) -> str:
-    from tune.reports.figures import plot_search_epochs
-
     if ctx.board.empty:
         return "<p>No trial has reported yet.</p>"
     fig = plot_search_epochs(ctx.run.path, ctx.meta, ctx.board)
@@ -225,8 +225,6 @@ def epochs(ctx: Context) -> str:
 def _test_classes(ctx: Context) -> dict[str, int]:
     """Fake and Real among the test images finalize scored (the labels in its predictions.csv)."""
     import csv
-
-    from tune import FAKE
 
     row = ctx.cmp.rows[0] if ctx.cmp and ctx.cmp.rows else None
     if row is None:
@@ -244,8 +242,6 @@ def dataset(ctx: Context) -> str:
     counts, note = {**data.classes, "test": _test_classes(ctx)}, ""
     if not data.classes:  # a run from before run.json recorded them: count the files there now
         try:
-            from tune.data.images import split_counts  # (imports torch)
-
             counts = {**split_counts(root, ("train", "valid")), "test": counts["test"]}
             note = f"<p class=note>Train and valid counted in {escape(str(root))} now.</p>"
         except Exception as e:  # noqa: BLE001 - the data may live on another machine now

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from tune.evaluation.tradeoff import HELD_OUT, IN_DOMAIN
-from tune.metrics.classification import HELDOUT
+from tune.metrics.classification import HELDOUT, metric_description
+from tune.reports.charts import figure_div
+from tune.reports.figures import color
 from tune.reports.sections import Context
 from tune.reports.tables import Table, label
 from tune.runs.comparison import Tradeoff, TradeoffRow
@@ -78,8 +80,6 @@ def scatter(ctx: Context) -> Any:
     import plotly.graph_objects as go
     from matplotlib.colors import to_hex
 
-    from tune.reports.figures import color
-
     board = ctx.board.dropna(subset=[IN_DOMAIN, HELD_OUT])
     fig = go.Figure()
     for arch in ctx.meta.architectures:
@@ -104,11 +104,8 @@ def scatter(ctx: Context) -> Any:
 
 def section(ctx: Context) -> str:
     """The report's section: the rule, the finalized models side by side and the sentence, then the scatter."""
-    from tune.metrics.classification import describe
-    from tune.reports.charts import figure_div
-
     held = (ctx.meta.data.valid_extra or {}).get("sources", [])
-    rule = ctx.meta.rule.get("about") or describe(ctx.metric)
+    rule = ctx.meta.rule.get("about") or metric_description(ctx.metric)
     sources = ", ".join(f"{s['name']} ({s['n_fake']} fake, {s['n_real']} real)" for s in held)
     out = [f"<p>Held-out validation sources (never trained on): {escape(sources)}. Selection rule: "
            f"{escape(rule)}.</p>"]

@@ -6,7 +6,7 @@ Each part is read (`from_dict`: this version's keys or an earlier version's) and
 version's keys, the ones every earlier reader knows) here only, so the modules that compute or render them use
 attributes, never a file's string keys. The nested parts other modules own are those owners' types: a cell is
 tune.metrics.cells.Cell (which reads every cell schema), a paired test tune.metrics.cells.PairedTest, the costs'
-settings tune.metrics.costs.Serving; a row's cells are keyed by tune.metrics.classification.ThresholdRule.
+settings tune.metrics.costs.LatencySettings; a row's cells are keyed by tune.metrics.classification.ThresholdRule.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from tune.core import known
 from tune.metrics.cells import Cell, PairedTest, cell_of
 from tune.metrics.classification import AT_HALF, ThresholdRule
-from tune.metrics.costs import Serving
+from tune.metrics.costs import LatencySettings
 
 Cells = dict[ThresholdRule, dict[str, Cell]]  # under each threshold rule, each metric's cell
 
@@ -249,14 +249,14 @@ class Tradeoff:
 class Costs:
     """How each model's costs were measured (tune.evaluation.costs) and the numbers, by row name."""
 
-    settings: Serving
+    settings: LatencySettings
     device: str
     labels: dict[str, str]  # cost name (tune.metrics.costs.COSTS) -> its label, in the tables' order
     models: dict[str, dict[str, float | None]]  # row name -> cost name -> value (None: unknown, e.g. no ONNX)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Costs:
-        return cls(known(Serving, d.get("settings") or {}), d.get("device", "cpu"), d.get("labels") or {},
+        return cls(known(LatencySettings, d.get("settings") or {}), d.get("device", "cpu"), d.get("labels") or {},
                    d.get("models") or {})
 
     def to_plain(self) -> dict[str, Any]:

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError
 from tune.data.frames import Preprocess
+from tune.data.heldout import find, load_recorded, record_sources
+from tune.data.images import load_split
 from tune.runs.layout import Run, RunRecord
+from tune.runs.trials import find_trial
 from tune.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -50,7 +53,7 @@ class RunInfo:
 
     @property
     def heldout(self) -> dict[str, Any] | None:
-        """The held-out validation sources the search recorded (tune.data.heldout.describe), or None."""
+        """The held-out validation sources the search recorded (tune.data.heldout.record_sources), or None."""
         return self.meta.data.valid_extra
 
 
@@ -85,13 +88,11 @@ def cache_dirs(info: RunInfo, cache_dir: Path | None) -> tuple[Path | None, Path
 
 def load_train_valid(info: RunInfo, cache_dir: Path | None, resize: str = "bilinear") -> tuple[ImageSet, ImageSet]:
     """The search's train and valid splits; refuse when their content changed since the search."""
-    from tune.data import images as data  # numpy, torch, PIL: imported when needed, so the CLI starts fast
-
     decoded, _ = cache_dirs(info, cache_dir)
     out = []
     for split in ("train", "valid"):
-        s = data.load_split(info.root, split, info.image_size, skip_bad=info.skip_bad, cache_dir=decoded,
-                            resize=resize, prep=info.prep)
+        s = load_split(info.root, split, info.image_size, skip_bad=info.skip_bad, cache_dir=decoded,
+                       resize=resize, prep=info.prep)
         if s.fingerprint != info.fingerprints[split]:
             raise UserError(f"the {split} data in {info.root} changed since search {info.name} ran (fingerprint "
                             f"{info.fingerprints[split]} in run.json, {s.fingerprint} now); its numbers cannot be "
@@ -102,8 +103,6 @@ def load_train_valid(info: RunInfo, cache_dir: Path | None, resize: str = "bilin
 
 def load_heldout(info: RunInfo, cache_dir: Path | None, resize: str = "bilinear") -> list[ImageSet]:
     """The search's held-out validation sources (none for a run without them); refused when changed."""
-    from tune.data.heldout import load_recorded
-
     decoded, _ = cache_dirs(info, cache_dir)
     moved = list(info.moved_heldout) if info.moved_heldout else None
     return load_recorded(info.heldout, info.image_size, what=f"search {info.name} ran", dirs=moved,
@@ -115,21 +114,17 @@ def record_moved_data(info: RunInfo, held_out: list[ImageSet]) -> None:
     next command needs no --data. Nothing is written when nothing moved."""
     from dataclasses import replace
 
-    from tune.data.heldout import describe, find
-
     data = info.meta.data
     moved = list(info.moved_heldout or ())
     if Path(data.root) == info.root and not moved:
         return
-    held = describe(moved, held_out, find(moved)) if moved else data.valid_extra
+    held = record_sources(moved, held_out, find(moved)) if moved else data.valid_extra
     space = {**info.meta.space, "valid_extra": list(held["dirs"])} if moved and held else info.meta.space
     info.run.write(replace(info.meta, space=space, data=replace(data, root=str(info.root), valid_extra=held)))
 
 
 def trial_record(info: RunInfo, arch: str, trial_id: str) -> TrialRecord | None:
     """One trial of the run (its params.json and per-epoch results), wherever Ray stored it."""
-    from tune.runs.trials import find_trial
-
     return find_trial(info.run, info.meta, arch, trial_id)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from tune.core import UserError
+from tune.metrics.cells import as_finite
 
 FINISHED = ("completed", "early_stopped")
 SPEED = "latency_ms"
@@ -42,10 +43,6 @@ def goals(space: dict[str, Any], columns: Any) -> list[tuple[str, str]]:
     return out if len(out) > 1 and all(c in columns for c, _ in out) else []
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
 def front_mask(df: pd.DataFrame, objectives: list[tuple[str, str]]) -> list[bool]:
     """True for each row on the Pareto front of the finished trials in `objectives` ((column, mode), ...)."""
     if not objectives or df.empty:
@@ -53,7 +50,7 @@ def front_mask(df: pd.DataFrame, objectives: list[tuple[str, str]]) -> list[bool
     # every objective as "lower is better"
     points: list[tuple[float, ...] | None] = []
     for _, row in df.iterrows():
-        vals = [_num(row.get(c)) for c, _ in objectives]
+        vals = [as_finite(row.get(c)) for c, _ in objectives]
         ok = row.get("ended") in FINISHED and all(v is not None for v in vals)
         points.append(tuple(-v if m == "max" else v for v, (_, m) in zip(vals, objectives)) if ok else None)
 
@@ -99,7 +96,7 @@ def parse_pick(text: str) -> PickRule:
 
 
 def _describe(row: pd.Series, *cols: str) -> str:
-    vals = ", ".join(f"{c} {row[c]:.4g}" for c in cols if _num(row.get(c)) is not None)
+    vals = ", ".join(f"{c} {row[c]:.4g}" for c in cols if as_finite(row.get(c)) is not None)
     return f"{row['arch']} trial {row['trial_no']} ({row['trial_id']}; {vals})"
 
 
@@ -107,14 +104,14 @@ def choose(df: pd.DataFrame, rule: PickRule, mode: str) -> pd.Series | None:
     """The leaderboard row the rule names (None for `best`: each architecture's winner); one UserError otherwise."""
     if rule.kind == "best":
         return None
-    scored = df[df["score"].map(lambda v: _num(v) is not None)]
+    scored = df[df["score"].map(lambda v: as_finite(v) is not None)]
     if scored.empty:
         raise UserError(f"--pick {rule.text}: no trial has a score yet")
     need = rule.name if rule.kind == "bound" else SPEED
-    if need not in scored.columns or scored[need].map(lambda v: _num(v) is None).all():
+    if need not in scored.columns or scored[need].map(lambda v: as_finite(v) is None).all():
         raise UserError(f"--pick {rule.text}: no trial has {need} (measured by searches since issue 29's serving "
                         "costs; search again, or pick best)")
-    scored = scored[scored[need].map(lambda v: _num(v) is not None)]
+    scored = scored[scored[need].map(lambda v: as_finite(v) is not None)]
     best_first = scored.sort_values("score", ascending=(mode == "min"), kind="stable")
     if rule.kind == "within":
         top = float(best_first.iloc[0]["score"])

@@ -37,7 +37,7 @@ def parse_duration(text: str | float | int, what: str = "--time-budget") -> floa
     return seconds
 
 
-def describe(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:g}h" if seconds >= 3600 else f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"
 
 
@@ -67,13 +67,13 @@ class Budget:
             return math.inf
         return _CLOCK[0][1] * self.seconds / len(self.archs)
 
-    def describe(self, spent: float = 0.0) -> str:
+    def summary(self, spent: float = 0.0) -> str:
         """"6 trials per architecture", "a time budget of 20m (18m per architecture on 2 slots)", or both."""
         parts = [f"{self.trials} trials per architecture"] if self.trials else []
         if self.seconds:
-            left = f", {describe(spent)} of it spent" if spent else ""
-            parts.append(f"a time budget of {describe(self.seconds)}{left} ({describe(self.share_s())} of trial "
-                         f"time per architecture)")
+            left = f", {format_duration(spent)} of it spent" if spent else ""
+            parts.append(f"a time budget of {format_duration(self.seconds)}{left} "
+                         f"({format_duration(self.share_s())} of trial time per architecture)")
         return " and ".join(parts) or "no limit"
 
     def next_arch(self, usage: dict[str, Usage]) -> str | None:

@@ -30,9 +30,12 @@ import torch
 from tune import FAKE, REAL
 from tune.core import UserError, library_versions
 from tune.core.processes import Interrupted, stop_on_signals
+from tune.data import heldout
 from tune.data.frames import Preprocess
+from tune.data.heldout import load_recorded
 from tune.data.images import ImageSet, check_video_leaks, load_split
-from tune.metrics.costs import COSTS, Serving
+from tune.metrics.classification import is_video_metric, metric_description
+from tune.metrics.costs import COSTS, LatencySettings
 from tune.runs.layout import (
     DataRecord,
     Extension,
@@ -44,9 +47,11 @@ from tune.runs.layout import (
     trial_folder,
     trials_root_for,
 )
-from tune.runs.trials import SCORE, last_timestamp
+from tune.runs.leaderboard import write_leaderboard
+from tune.runs.trials import SCORE, last_timestamp, mend_torn_results, torn_snapshots
 from tune.search.budget import Budget
 from tune.search.cluster import loopback_only, quiet_ray, slots, start_ray
+from tune.search.objectives import result_keys
 from tune.search.space import (
     BudgetSpec,
     DefineByRun,
@@ -58,6 +63,7 @@ from tune.search.space import (
     resize_modes,
 )
 from tune.search.trainable import TrialData, run_trial
+from tune.search.weights_check import check_weights
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ def space_from_record(d: dict[str, Any]) -> SearchSpace:
     return SearchSpace(**{**d, "budget": BudgetSpec(**d["budget"]), "resources": Resources(**d["resources"]),
                           "architectures": archs, "valid_extra": tuple(d.get("valid_extra", ())),
                           "objectives": tuple(tuple(o) for o in d.get("objectives", ())),
-                          "latency": Serving(**d.get("latency", {})), "prep": Preprocess.record(d.get("prep"))})
+                          "latency": LatencySettings(**d.get("latency", {})), "prep": Preprocess.record(d.get("prep"))})
 
 
 # --------------------------------------------------------------------------- plan
@@ -165,10 +171,6 @@ def prepare(opts: SearchOptions, run: Run, old: RunRecord | None, space: SearchS
             data_root: Path) -> tuple[RunRecord, SearchSpace, ImageSet, ImageSet, list[ImageSet]]:
     """Decode train, valid and the held-out sources, check the weights, and write run.json (refusing changed
     data, held-out sources that share images with the splits, or a reused name)."""
-    from tune.data import heldout
-    from tune.metrics.classification import describe
-    from tune.search.prepare import check_weights
-
     cache = opts.cache_dir / "decoded" if opts.use_cache and opts.cache_dir else None
     t0 = time.time()
     # --no-cache: every trial decodes every image every epoch, like the usual pipeline (for comparison)
@@ -196,7 +198,7 @@ def prepare(opts: SearchOptions, run: Run, old: RunRecord | None, space: SearchS
                                  for s in (train, valid)},
                         skipped=train.skipped + valid.skipped + [p for s in extra for p in s.skipped],
                         valid_extra=held_out or None),
-        rule={"metric": space.metric, "mode": space.mode, "about": describe(space.metric)},
+        rule={"metric": space.metric, "mode": space.mode, "about": metric_description(space.metric)},
         weights=weight_notes, skipped=skipped, experiment=experiment_name(0), started_at=time.time(),
         use_cache=opts.use_cache, versions=library_versions(), started=now)
     if old is not None:
@@ -229,8 +231,6 @@ def crop_sets(opts: SearchOptions, space: SearchSpace, record: RunRecord,
               data_root: Path) -> tuple[ImageSet, ImageSet, list[ImageSet]] | None:
     """train, valid and the held-out sources as resize crop prepares them, when some trial can be resize crop
     (the same files as run.json's; a crop larger than the smallest image is one line, before any trial)."""
-    from tune.data.heldout import load_recorded
-
     if "crop" not in resize_modes(space):
         return None
     cache = opts.cache_dir / "decoded" if opts.use_cache and opts.cache_dir else None
@@ -241,8 +241,6 @@ def crop_sets(opts: SearchOptions, space: SearchSpace, record: RunRecord,
 
 def check_video_metric(space: SearchSpace, valid: ImageSet) -> None:
     """A video-level metric or objective needs videos in the valid split: refused in one line before any trial."""
-    from tune.metrics.classification import is_video_metric
-
     wanted = [n for n, _ in space.goals if is_video_metric(n)]
     if wanted and not valid.videos:
         raise UserError(f"{wanted[0]} scores videos, and the valid split holds none (expected videos "
@@ -277,16 +275,16 @@ def stop_gracefully() -> Iterator[list[int]]:
 def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, k: int, budget: Budget,
                opts: SearchOptions, location: str, n_slots: int) -> Any:
     """A new Tuner for experiment k, or (--resume) the interrupted one restored."""
-    from ray import tune
+    # Ray, and the modules that import it at their top, only once run_search has set Ray's environment (quiet_ray,
+    # loopback_only): the driver module itself imports without Ray, so `search --help` and the tests stay light.
+    from ray import tune as ray_tune
 
-    from tune.runs.trials import mend_torn_results, torn_snapshots
-    from tune.search.objectives import result_keys
     from tune.search.progress import Progress
     from tune.search.retention import Retention
     from tune.search.scheduler import ArchScheduler
     from tune.search.searcher import ArchSearcher, StudyPlan
 
-    if opts.resume and tune.Tuner.can_restore(location):
+    if opts.resume and ray_tune.Tuner.can_restore(location):
         torn = torn_snapshots(location)
         if torn:
             raise UserError(f"cannot resume run {run.name}: Ray's experiment snapshot {torn[0]} in {location} was cut "
@@ -295,7 +293,7 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
         print(f"[search] resuming {location}", flush=True)
         for path in mend_torn_results(location):
             print(f"[search] {path}: its last line was cut short by the interruption; dropped it", flush=True)
-        return tune.Tuner.restore(location, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return ray_tune.Tuner.restore(location, trainable=trainable, resume_unfinished=True, resume_errored=True)
     b = space.budget
     # One study per architecture, the same for every experiment of the run: an extension's TPE starts from
     # all earlier trials. Its own sampler seed, so its random draws are not the first experiment's again.
@@ -315,16 +313,16 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
     # Reusing trial actors saves ~0.8 s per trial on one machine. On a cluster it lets the first node whose
     # actor is up take every trial while the other nodes' actors are still starting (seen here: all 8 trials
     # of a two-node test ran on the head), so there each trial gets its own actor, and trials spread.
-    return tune.Tuner(
+    return ray_tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(
+        tune_config=ray_tune.TuneConfig(
             metric=SCORE, mode=space.mode, search_alg=ArchSearcher(plans, budget, metric=SCORE, mode=space.mode),
             # Ray lets a searcher of its own have one trial pending at a time unless told how many may run:
             # with short trials the second slot's actor was never up before the first trial ended (seen:
             # 10 trials of 1-3 s, strictly one after the other on 2 slots).
             scheduler=scheduler, num_samples=samples, max_concurrent_trials=n_slots, reuse_actors=not opts.address,
             trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(
+        run_config=ray_tune.RunConfig(
             name=location.rstrip("/").rsplit("/", 1)[-1], storage_path=location.rstrip("/").rsplit("/", 1)[0],
             verbose=0, callbacks=[Progress(scheduler, space.mode, cache=opts.cache_dir / "features"
                                            if opts.use_cache and opts.cache_dir else None),
@@ -332,8 +330,8 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
             # keep_best: the two latest checkpoints while a trial runs (each holds the kept epoch's weights too,
             # and the one Ray's last experiment snapshot names must survive until the next snapshot, every 2 s:
             # quiet_ray; so not one), then Retention keeps the latest only. keep_all: every epoch's.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if keep_best else None),
-            failure_config=tune.FailureConfig(max_failures=opts.max_failures)))
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2 if keep_best else None),
+            failure_config=ray_tune.FailureConfig(max_failures=opts.max_failures)))
 
 
 def run_search(opts: SearchOptions) -> Path:
@@ -342,10 +340,10 @@ def run_search(opts: SearchOptions) -> Path:
     quiet_ray()
     if not opts.address:
         loopback_only()
-    import ray
-    from ray import tune
+    import ray  # only now, after quiet_ray and loopback_only set its environment
+    from ray import tune as ray_tune
 
-    from tune.search.searcher import studies_at
+    from tune.search.searcher import studies_at  # imports ray: likewise
 
     run = Run.named(opts.results, opts.name)
     old = previous_run(run, opts)
@@ -361,9 +359,9 @@ def run_search(opts: SearchOptions) -> Path:
                          str(opts.cache_dir / "features") if opts.cache_dir else None, opts.use_cache, extra,
                          opts.cache_gb, space.latency,
                          tuple(n for n, _ in space.goals[1:] if n not in COSTS), crop)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), resources)
+        trainable = ray_tune.with_resources(ray_tune.with_parameters(run_trial, data=data), resources)
         # No features are built here: each trial builds the files it needs when it first needs them
-        # (tune/search/prepare.py says why).
+        # (tune/search/weights_check.py says why).
         n_slots = slots(space)
         for k, part in experiments(record, opts):
             location = join(run.trials_root(record), str(part.experiment))
@@ -371,7 +369,7 @@ def run_search(opts: SearchOptions) -> Path:
             began = part.started_at
             spent = max(0.0, (last_timestamp(location) or began) - began) if opts.resume and began else 0.0
             budget.start(slots=n_slots, spent=spent)
-            print(f"[search] {', '.join(archs)} on {n_slots} slot(s): {budget.describe(spent)}"
+            print(f"[search] {', '.join(archs)} on {n_slots} slot(s): {budget.summary(spent)}"
                   f"{f' (extension {k})' if k else ''}; up "
                   f"to {space.budget.max_epochs} epochs a trial, one ASHA per architecture (grace "
                   f"{space.budget.grace_period}, reduction {space.budget.reduction_factor})", flush=True)
@@ -384,7 +382,6 @@ def run_search(opts: SearchOptions) -> Path:
     finally:
         if started_ray:
             ray.shutdown()
-    from tune.runs.leaderboard import write_leaderboard
 
     write_leaderboard(run.path)
     return run.path

@@ -3,7 +3,7 @@
 
 The first objective is the space's `metric` (what ASHA cuts on, what a trial's score is and what finalize ranks
 by); Optuna is told every objective, in order, each with its direction. A space without `objectives` has the
-one objective `metric` / `mode`, as before; `sampler` then stays TPE.
+one objective `metric` / `mode`; `sampler` then stays TPE.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from tune.core import UserError
 from tune.metrics.classification import search_metrics
-from tune.metrics.costs import COSTS, Serving
+from tune.metrics.costs import COSTS, LatencySettings
 
 SAMPLERS = ("tpe", "nsga2")
 
@@ -55,21 +55,21 @@ def parse_sampler(src: str, v: Any) -> str:
     return str(v)
 
 
-def parse_serving(src: str, v: Any) -> Serving:
+def parse_latency(src: str, v: Any) -> LatencySettings:
     if not isinstance(v, dict):
         raise UserError(f"{src}: key 'latency': expected a mapping such as {{threads: 1, batch: 32}}, got {v!r}")
-    fields = {f.name: f for f in dataclasses.fields(Serving)}
+    fields = {f.name: f for f in dataclasses.fields(LatencySettings)}
     for k, x in v.items():
         if k not in fields:
             raise UserError(f"{src}: key 'latency.{k}': unknown key; expected one of {sorted(fields)}")
-        want = bool if fields[k].type in (bool, "bool") else int  # Serving's switches; the rest are counts
+        want = bool if fields[k].type in (bool, "bool") else int  # the on/off settings; the rest are counts
         if type(x) is not want or (want is int and x < (1 if k in ("batch", "repeats") else 0)):
             raise UserError(f"{src}: key 'latency.{k}': expected {'true or false' if want is bool else 'an integer'}"
                             f"{' >= 1' if k in ('batch', 'repeats') else ' >= 0' if want is int else ''}, got {x!r}")
-    return Serving(**v)
+    return LatencySettings(**v)
 
 
-def measuring(serving: Serving, goals: tuple[tuple[str, str], ...]) -> Serving:
+def measuring(serving: LatencySettings, goals: tuple[tuple[str, str], ...]) -> LatencySettings:
     """`serving` with the switch of every cost an objective names turned on (an objective on latency_int8_ms
     measures it, whatever `latency:` says)."""
     return dataclasses.replace(serving, **{COSTS[n].needs: True for n, _ in goals if n in COSTS and COSTS[n].needs})

@@ -18,6 +18,7 @@ from ray.tune import Callback
 from tune.metrics.classification import better
 from tune.runs.trials import SCORE, ended_how
 from tune.search.scheduler import ArchScheduler
+from tune.training.store import budget_bytes, gb, used_bytes
 
 
 class Progress(Callback):
@@ -76,7 +77,6 @@ class Progress(Callback):
         """This node's feature cache against its budget (other nodes keep their own)."""
         if self.cache is None:
             return ""
-        from tune.training.store import budget_bytes, gb, used_bytes
 
         return f" | cache {gb(used_bytes(self.cache))} of {gb(budget_bytes(self.cache))}"
 

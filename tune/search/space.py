@@ -35,12 +35,12 @@ import yaml
 from tune.core import UserError
 from tune.data.frames import Preprocess
 from tune.metrics.classification import needs_heldout, search_metrics
-from tune.metrics.costs import Serving
+from tune.metrics.costs import LatencySettings
 from tune.models.detector import parse_head_sizes
 from tune.models.hparams import SAMPLED, HParamKind
 from tune.models.registry import check_hparams, get_arch
 from tune.search.budget import parse_duration
-from tune.search.objectives import measuring, parse_objectives, parse_sampler, parse_serving
+from tune.search.objectives import measuring, parse_latency, parse_objectives, parse_sampler
 from tune.training.config import TrainConfig, searchable_options
 
 KINDS = SAMPLED  # a parameter's `type:` (one it does not sample is FIXED)
@@ -98,7 +98,7 @@ class SearchSpace:
     checkpoints: str = RETENTION[0]  # one of RETENTION; a run.json written before it loads as keep_best
     objectives: tuple[tuple[str, str], ...] = ()  # (name, mode) of each; () : the one objective (metric, mode)
     sampler: str = "tpe"  # tpe or nsga2
-    latency: Serving = Serving()  # how each trial measures what its kept model costs to serve
+    latency: LatencySettings = LatencySettings()  # how each trial measures what its kept model costs to serve
     prep: Preprocess = field(default_factory=Preprocess)  # `video: {frames: K}` and `faces: {...}` (data/frames.py)
 
     @property
@@ -323,7 +323,7 @@ def parse_space(doc: Any, src: str = "<space>", base: Path | None = None) -> Sea
     space = SearchSpace(src, metric, mode, seed, image_size, budget, resources, fixed, archs, valid_extra,
                         cache_dtype=cache_dtype, checkpoints=checkpoints, objectives=objectives,
                         sampler=parse_sampler(src, doc.get("sampler", "tpe")),
-                        latency=measuring(parse_serving(src, doc.get("latency", {})), objectives),
+                        latency=measuring(parse_latency(src, doc.get("latency", {})), objectives),
                         prep=_prep(src, doc))
     for arch in archs:  # the fixed part must itself be a valid training config
         try:

@@ -15,9 +15,12 @@ from typing import Any
 import torch
 
 from tune.data.images import ImageSet
-from tune.metrics.costs import Serving
+from tune.metrics.costs import LatencySettings
 from tune.runs.trials import SCORE, kept_score
 from tune.training.config import TrainConfig
+from tune.training.latency import measure
+from tune.training.loop import fit
+from tune.training.store import set_budget
 
 
 @dataclass
@@ -34,24 +37,21 @@ class TrialData:
     use_cache: bool = True
     extra: list[ImageSet] = field(default_factory=list)  # held-out validation sources: scored, never trained on
     cache_gb: float | None = None  # the feature-cache budget of the node a trial runs on
-    serving: Serving | None = None  # how the kept model's serving costs are measured (None: not measured)
+    serving: LatencySettings | None = None  # how the kept model's serving costs are measured (None: not measured)
     kept_metrics: tuple[str, ...] = ()  # further objectives that are metrics (reported at the kept epoch)
     crop: tuple[ImageSet, ImageSet, list[ImageSet]] | None = None  # train, valid, held-out as resize crop has them
 
 
 def run_trial(config: dict[str, Any], data: TrialData) -> None:
     """The Ray Tune trainable (function API)."""
-    import ray
-    from ray import tune
-
-    from tune.training.loop import fit
-    from tune.training.store import set_budget
+    import ray  # heavy: imported in the Ray worker that runs the trial, not by whoever imports this module
+    from ray import tune as ray_tune
 
     set_budget(data.cache_gb)  # a worker of a cluster node did not inherit the driver's environment
     node_id = ray.get_runtime_context().get_node_id()  # which machine ran it (shown in cluster runs)
     cfg = TrainConfig.from_dict({**config, "threads": data.threads, "use_cache": data.use_cache})
     resume = None
-    ckpt = tune.get_checkpoint()
+    ckpt = ray_tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
@@ -68,13 +68,11 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
         row["reported_at"] = time.time()  # wall clock, to the microsecond (Ray's `timestamp` is whole seconds)
         with tempfile.TemporaryDirectory() as d:
             torch.save(state(), Path(d) / "state.pt")
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
+            ray_tune.report(row, checkpoint=ray_tune.Checkpoint.from_directory(d))
 
     cache = Path(data.cache_dir) if data.cache_dir else None
     costs = None
     if data.serving is not None:
-        from tune.training.latency import measure
-
         costs = functools.partial(measure, image_size=cfg.image_size, serving=data.serving, seed=cfg.seed)
     train, valid, extra = data.crop if cfg.resize == "crop" and data.crop else (data.train, data.valid, data.extra)
     fit(cfg, train, valid, extra=extra, report=report, resume=resume, cache_dir=cache, log=None, measure=costs)

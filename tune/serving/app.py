@@ -30,9 +30,14 @@ from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from tune import inference
+from tune.data.images import MAX_PIXELS
 from tune.inference import LoadedModel
 from tune.metrics.classification import METRICS
+from tune.models import explain
 from tune.serving.clips import MAX_VIDEO_S, VIDEO_TYPES, ClipRefused, clip_answer, prepare_clip
+from tune.serving.modelcard import model_card
+from tune.serving.shutdown import drain_direct_ingress
 
 MAX_FILES = 256  # files in one /predict/batch request
 INLINE_DECODE = 256_000  # bytes: bodies up to this size are decoded without a thread hand-off
@@ -138,8 +143,6 @@ def explain_wanted(request: Request) -> bool:
 def explain_status(loaded: LoadedModel) -> dict[str, Any]:
     """Whether this model's requests can have ?explain=1 (else they get 422 and this "why"); /model says it,
     and the page shows its toggle by it."""
-    from tune.models import explain
-
     try:
         maps = explain.check(loaded.model, loaded.arch, loaded.image_size)
     except explain.NoTargetLayer as e:
@@ -184,10 +187,6 @@ class DetectorApp:
         if loopback and not replica_grpc_on_loopback():
             warnings.warn("could not keep the replica's gRPC server on 127.0.0.1 (Ray Serve changed)", stacklevel=1)
 
-        from tune import inference
-        from tune.data.images import MAX_PIXELS
-        from tune.serving.modelcard import describe
-
         self.threads = max(1, threads)
         torch.set_num_threads(self.threads)
         # Every forward pass runs on this one thread: torch's OpenMP keeps a team of worker threads per
@@ -195,7 +194,7 @@ class DetectorApp:
         # that then compete for the same cores.
         self.forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self.loaded = inference.load(Path(model_path))
-        self.description = describe(self.loaded)
+        self.description = model_card(self.loaded)
         self.explain = explain_status(self.loaded)
         self.max_bytes = max_bytes
         self.max_video_s = max_video_s
@@ -238,8 +237,6 @@ class DetectorApp:
         """The Grad-CAM overlay of one image, on the forward thread (so it never runs beside a batch).
         One torch thread, as a lone image's forward: the other core keeps serving requests."""
         import torch
-
-        from tune.models import explain
 
         t0 = time.perf_counter()
         torch.set_num_threads(1)
@@ -350,8 +347,6 @@ class DetectorApp:
     async def drain(self, wait_s: float) -> dict[str, Any]:
         """Called by `serve` through its handle when stopping (not an HTTP route, so no client can): stop
         accepting and let requests in flight finish (tune/serving/shutdown.py)."""
-        from tune.serving.shutdown import drain_direct_ingress
-
         return await drain_direct_ingress(wait_s)
 
     @app.get("/healthz")

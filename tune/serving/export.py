@@ -18,7 +18,12 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tune import inference
 from tune.core import UserError, atomic_write_bytes, atomic_write_text
+from tune.data.images import scan_split
+from tune.models.onnxrt import quantize_int8
+from tune.serving.modelcard import model_card, render_card
+from tune.serving.quantize import CALIBRATION_IMAGES, SCHEMES, compare
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,8 +41,6 @@ def validation_images(loaded: LoadedModel, n: int, *, half_step: bool = False) -
     is not where the record says. `half_step`: the images half-way between those of the default spread, so a
     second set (int8 calibration) shares none with the first (parity)."""
     import numpy as np
-
-    from tune.data.images import scan_split
 
     root = loaded.record.data.get("root")
     if not (root and Path(root).is_dir()):
@@ -127,9 +130,6 @@ def export(model: Path, fmt: str = "onnx", out: Path | None = None, quantize: st
     tune/serving/quantize.py's stated limit and timed."""
     import numpy as np
 
-    from tune import inference
-    from tune.serving.modelcard import describe, render_card
-
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     loaded = inference.load(model)
@@ -143,9 +143,6 @@ def export(model: Path, fmt: str = "onnx", out: Path | None = None, quantize: st
                         f"images (limit {PARITY_LIMIT:g}); nothing written")
     quantized = {}
     if quantize:
-        from tune.models.onnxrt import quantize_int8
-        from tune.serving.quantize import CALIBRATION_IMAGES, SCHEMES, compare
-
         if quantize not in SCHEMES:
             raise UserError(f"unknown --quantize {quantize!r}; valid: {', '.join(SCHEMES)}")
         calibration = None
@@ -164,7 +161,7 @@ def export(model: Path, fmt: str = "onnx", out: Path | None = None, quantize: st
             "input": INPUT, "output": OUTPUT, "output_meaning": "P(fake), the sigmoid of the detector's logit",
             "parity": {"n": len(x), "images": kind, "max_abs_diff": diff, "limit": PARITY_LIMIT}}
     atomic_write_bytes(out, data)
-    atomic_write_text(out.parent / "MODEL_CARD.md", render_card(describe(loaded), info))
+    atomic_write_text(out.parent / "MODEL_CARD.md", render_card(model_card(loaded), info))
     return {**info, "path": str(out), "card": str(out.parent / "MODEL_CARD.md")}
 
 

@@ -1,4 +1,4 @@
-"""What a served or exported model is, said once: `GET /model` answers `describe()`, and
+"""What a served or exported model is, said once: `GET /model` answers `model_card()`, and
 `export` renders the same description as a Hugging Face style MODEL_CARD.md.
 
 The description carries the test metrics with 95% bootstrap intervals for this exact model
@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError, file_sha256
-from tune.metrics.cells import cell_of
+from tune.metrics import bootstrap as stats
+from tune.metrics.cells import Cell, cell_of
 from tune.metrics.classification import AT_HALF, AT_VALID, METRICS, THRESHOLD_RULES
 from tune.reports.tables import Table, label, rule_name
 from tune.runs.files import EVALUATION, Comparison, Evaluation
+from tune.runs.layout import run_of_model
+from tune.training.records import PREDICTIONS, WEIGHTS, read_predictions
 
 if TYPE_CHECKING:
     from tune.inference import LoadedModel
@@ -29,9 +32,6 @@ if TYPE_CHECKING:
 def related_files(loaded: LoadedModel) -> dict[str, Path]:
     """The files of a run folder that say more about this model. The one place that builds run-folder
     paths here: models/ARCH.pth and finalize/NAME/seedS/best.pth live in RUN/, a train folder in itself."""
-    from tune.runs.layout import run_of_model
-    from tune.training.records import PREDICTIONS, WEIGHTS
-
     path = loaded.path.absolute()
     run = run_of_model(path)
     source = loaded.record.source
@@ -58,8 +58,6 @@ def test_metrics(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] 
     """{rule: {metric: cell}} of this model on the test split: from its own test predictions through the one engine
     (tune.metrics.bootstrap.score, as finalize and evaluate) when finalize saved them for this exact file, else
     the record's test metrics without intervals."""
-    from tune.metrics.cells import Cell
-
     record = loaded.record
     metrics = record.test  # ModelRecord.load reads the old name, test_metrics, too
     if not metrics:
@@ -68,9 +66,6 @@ def test_metrics(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] 
     pred = files.get("predictions")
     same_weights = "weights_of_predictions" in files and file_sha256(files["weights_of_predictions"]) == loaded.sha256
     if pred is not None and same_weights:
-        from tune.metrics import bootstrap as stats
-        from tune.training.records import read_predictions
-
         try:
             _, y, p = read_predictions(pred)
         except (OSError, ValueError, KeyError) as e:  # no intervals, rather than no description
@@ -115,7 +110,7 @@ def evaluation(loaded: LoadedModel, files: dict[str, Path]) -> dict[str, Any] | 
                         for s in ev.sources], "conditions": [c.name for c in ev.conditions], "rows": rows}
 
 
-def describe(loaded: LoadedModel) -> dict[str, Any]:
+def model_card(loaded: LoadedModel) -> dict[str, Any]:
     """Everything a user of the model should know about it (GET /model, MODEL_CARD.md)."""
     r = loaded.record
     files = related_files(loaded)

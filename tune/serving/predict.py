@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tune.core import atomic_write_bytes, atomic_write_text
+from tune.data.images import IMAGE_EXTS
 from tune.data.video import is_video
 from tune.inference import LoadedModel
+from tune.models import explain
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,8 +40,6 @@ class Prediction:
 
 def collect_images(inputs: list[Path]) -> list[Path]:
     """Files as given (whatever their extension: the user named them), folders scanned for images and videos."""
-    from tune.data.images import IMAGE_EXTS
-
     found: list[Path] = []
     for p in inputs:
         if p.is_dir():
@@ -122,8 +122,6 @@ class Explanations:
         self.w.writerow(["path", "p_fake", "label", "overlay", "map"])
 
     def add(self, x: np.ndarray, rows: list[Prediction]) -> None:
-        from tune.models import explain
-
         loaded = self.loaded
         cams = (cam for i in range(0, len(x), explain.BATCH)  # a batch of maps in memory at a time
                 for cam in explain.gradcam(loaded.model, loaded.arch, x[i:i + explain.BATCH]).cam)

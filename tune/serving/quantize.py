@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tune.core import UserError
-from tune.models.onnxrt import median_ms, session
+from tune.models.onnxrt import session, session_median_ms
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,7 +49,7 @@ def compare(fp32: bytes, int8: bytes, x: np.ndarray, arch: str, input_name: str,
     if not worst <= INT8_LIMIT:
         raise UserError(f"--quantize {scheme}: {arch} drifts too far when quantized: max |Δ P(fake)| = {worst:.3g} on "
                         f"{len(x)} images (limit {INT8_LIMIT:g}); nothing written")
-    ms_fp32, ms_int8 = median_ms(a, xf, input_name), median_ms(b, xf, input_name)
+    ms_fp32, ms_int8 = session_median_ms(a, xf, input_name), session_median_ms(b, xf, input_name)
     about = (f"int8 static (ONNX Runtime quantize_static, QDQ, per-channel int8 weights, uint8 activations "
              f"calibrated on {calibrated_on} validation images)" if scheme == "int8" else
              "int8 dynamic (ONNX Runtime quantize_dynamic, uint8 weights)")

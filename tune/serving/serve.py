@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tune.core import UserError
+from tune.evaluation.picking import picked_dir
+from tune.runs.layout import Run, resolve_run, results_root
+from tune.training.records import WEIGHTS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,13 +49,10 @@ def model_path(choice: ModelChoice) -> Path:
         return Path(choice.model)
     if not choice.run:
         raise UserError("say which model: --model PATH, --run RUN (the picked model) or --run RUN --arch ARCH")
-    from tune.runs.layout import Run, resolve_run, results_root
 
     run = Run(resolve_run(choice.run, results_root(choice.storage)))
     if choice.arch:
         return run.model(choice.arch)
-    from tune.evaluation.picking import picked_dir
-    from tune.training.records import WEIGHTS
 
     path = picked_dir(run) / WEIGHTS
     if not path.is_file():

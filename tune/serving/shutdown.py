@@ -1,10 +1,10 @@
 """Stopping `python -m tune serve` within a hard bound, on Ctrl-C or SIGTERM, also under load.
 
-Where the time went before (benchmarks/serve_stop.py, docs/serving.md: Serving the winner, Stopping): `serve.shutdown()`
-asks Serve's controller to stop every replica, and a replica drains first. It keeps accepting requests
-while it waits for its ongoing requests to reach zero, checked every 2 s, and is only killed after its
-graceful timeout of 20 s. With clients on keep-alive connections that zero never comes, so the stop took
-the whole 20 s, and over 30 s when the cores were busy (the controller's own 30 s wait then gave up).
+Why `serve.shutdown()` alone is not enough (benchmarks/serve_stop.py, docs/serving.md: Serving the winner,
+Stopping): it asks Serve's controller to stop every replica, and a replica drains first. It keeps accepting
+requests while it waits for its ongoing requests to reach zero, checked every 2 s, and is only killed after its
+graceful timeout of 20 s. With clients on keep-alive connections that zero never comes, so such a stop takes
+the whole 20 s, and over 30 s when the cores are busy (the controller's own 30 s wait then gives up).
 
 So the stop goes in bounded steps:
 1. the replica closes its listening socket (new connections are refused) and asks every open connection
@@ -128,7 +128,7 @@ def stop(handle: Any, *, ray_started: bool, local: bool, mark: str | None) -> tu
     t = time.monotonic()
     if local:
         done, error = _bounded(ray.shutdown, min(RAY_S, left() - END_S - 1.5))
-    else:  # not our Ray: shut Serve down there as before, and disconnect if we connected; kill nothing there
+    else:  # not our Ray: Serve's own graceful shutdown there, and disconnect if we connected; kill nothing there
         from ray import serve
 
         done, error = _bounded(lambda: (serve.shutdown(), ray.shutdown() if ray_started else None), left() - 0.5)

@@ -186,7 +186,7 @@ def precompute(models: list[Detector], train: ImageSet, valid: ImageSet, cfg: Tr
     """Fill the cache for these depths, shortest prefix first, so the backbone runs over the images once
     and each longer prefix adds only its own units: valid and the held-out sources (`extra`), and
     (train_view) the first training view of `cfg`. Depths whose output is not smaller than the image
-    are skipped. (A search builds lazily instead, in its trials: tune/search/prepare.py says why.)"""
+    are skipped. (A search builds lazily instead, in its trials: tune/search/weights_check.py says why.)"""
     for model in sorted(models, key=lambda m: len(m.frozen)):
         if model.has_frozen_params and not too_big(model, cfg.image_size, cfg.cache_dtype):
             kw: dict[str, Any] = {"cache_dir": cache_dir, "dtype": cfg.cache_dtype, "label": cfg.arch}

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tune.core import UserError
+from tune.data.augment import AugSpec, parse_augment
 from tune.metrics.classification import search_metrics
 from tune.metrics.video import AGGREGATIONS, DEFAULT_TOPK
-from tune.models.registry import DEFAULT_ARCH
-
-if TYPE_CHECKING:
-    from tune.data.augment import AugSpec
+from tune.models.inputs import parse_input
+from tune.models.registry import DEFAULT_ARCH, check_hparams, get_arch
 
 
 def opt(default: Any, help: str, *, searchable: bool = True, flag: str | None = None,
@@ -89,7 +88,7 @@ class TrainConfig:
     threads: int = opt(0, "torch threads (0 = torch's choice)", searchable=False)
     workers: int = opt(-1, "threads that prepare batches ahead of the step (read, augment, mirror): -1 = from "
                            "threads (half of them on the CPU, so none for one thread; all on CUDA), 0 = inline in "
-                           "the step, as before (the numbers are the same either way)", searchable=False)
+                           "the step (the numbers are the same either way)", searchable=False)
     precision: str = opt("auto", "arithmetic of the forward passes: fp32, bf16 or fp16 autocast (fp16 with a "
                                  "gradient scaler), or auto (bf16 on a GPU that has it, else fp16; fp32 on the "
                                  "CPU, where only fp32 reproduces exactly)", choices=("auto", "bf16", "fp16", "fp32"))
@@ -102,8 +101,6 @@ class TrainConfig:
     hparams: dict[str, Any] = field(default_factory=dict, compare=True)
 
     def __post_init__(self) -> None:
-        from tune.models.registry import check_hparams
-
         object.__setattr__(self, "hparams", check_hparams(self.arch, self.hparams))
 
     def __getattr__(self, name: str) -> Any:  # cfg.unfrozen_blocks etc.: the arch's hyperparameters
@@ -125,8 +122,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """A flat dict (params.json, a record, the CLI) → config; unknown keys are refused by name."""
-        from tune.models.registry import get_arch
-
         d = dict(d)
         for key, off in RETIRED.items():
             if key in d and d.pop(key) not in (off, None):
@@ -146,8 +141,6 @@ class TrainConfig:
     @property
     def aug(self) -> AugSpec:
         """The training views' augmentation (its random draws are seeded by the run's seed)."""
-        from tune.data.augment import AugSpec, parse_augment
-
         return AugSpec(parse_augment(self.augment), float(self.aug_strength), int(self.seed),
                        crop=int(self.image_size) if self.resize == "crop" else 0)
 
@@ -155,10 +148,6 @@ class TrainConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
     def validated(self) -> TrainConfig:
-        from tune.data.augment import parse_augment
-        from tune.models.inputs import parse_input
-        from tune.models.registry import get_arch
-
         min_size = get_arch(self.arch).min_size(self.hparams)
         parse_augment(self.augment)  # an unknown augmentation is one clear line
         parse_input(self.input)  # so is an unknown input

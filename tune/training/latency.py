@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tune.metrics.costs import MEASURE_S, Serving
+from tune.metrics.costs import MEASURE_S, LatencySettings
+from tune.models.onnxrt import legacy_onnx, quantize_int8, session, session_median_ms
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -28,7 +29,7 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def median_ms(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float:
+def torch_median_ms(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float:
     """Median wall milliseconds per image of model(x) over `repeats` timed runs after `warmup` untimed ones."""
     cuda = x.device.type == "cuda"
     times = []
@@ -45,19 +46,17 @@ def median_ms(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> f
     return 1000.0 * statistics.median(times) / len(x)
 
 
-def int8_ms(model: nn.Module, x: torch.Tensor, serving: Serving, onnx: bytes) -> float:
+def int8_ms(model: nn.Module, x: torch.Tensor, serving: LatencySettings, onnx: bytes) -> float:
     """Median ms per image at batch 1 of the model as `export --quantize int8` makes it (ONNX Runtime's static
     QDQ int8), with the serving threads. Calibrated on the fixed inputs: a latency depends on which ops run,
     not on the ranges calibration sets."""
-    from tune.models.onnxrt import median_ms as ort_median_ms
-    from tune.models.onnxrt import quantize_int8, session
-
     images = x.float().cpu().contiguous().numpy()  # NCHW as ONNX Runtime reads it (x is channels_last)
     int8 = quantize_int8(onnx, type(model).__name__, images)
-    return ort_median_ms(session(int8, max(1, serving.threads)), images, "image", serving.repeats, serving.warmup)
+    return session_median_ms(session(int8, max(1, serving.threads)), images, "image", serving.repeats, serving.warmup)
 
 
-def measure(model: nn.Module, image_size: int, serving: Serving = Serving(), seed: int = 0) -> dict[str, Any]:
+def measure(model: nn.Module, image_size: int, serving: LatencySettings = LatencySettings(),
+            seed: int = 0) -> dict[str, Any]:
     """{latency_ms, latency_batch_ms, params, [onnx_mb], [latency_int8_ms], cost_s} of `model` as it is now (its
     weights kept)."""
     t0 = time.perf_counter()
@@ -71,13 +70,11 @@ def measure(model: nn.Module, image_size: int, serving: Serving = Serving(), see
         torch.set_num_threads(serving.threads)
     try:
         out: dict[str, Any] = {
-            "latency_ms": median_ms(model, x[:1], serving.warmup, serving.repeats),
-            "latency_batch_ms": median_ms(model, x, min(1, serving.warmup), max(2, serving.repeats // 3)),
+            "latency_ms": torch_median_ms(model, x[:1], serving.warmup, serving.repeats),
+            "latency_batch_ms": torch_median_ms(model, x, min(1, serving.warmup), max(2, serving.repeats // 3)),
             "params": sum(p.numel() for p in model.parameters()),
         }
         if serving.onnx or serving.int8:
-            from tune.models.onnxrt import legacy_onnx
-
             onnx = legacy_onnx(model.to("cpu"), image_size)
             model.to(device)
             if serving.onnx:

@@ -38,7 +38,7 @@ class HostBatch:
 
 def loader_workers(requested: int, threads: int, device: torch.device) -> int:
     """Worker threads for a trial. `requested` >= 0 is taken as is (0: inline, the training thread prepares
-    each batch when it needs it, as before there was a loader). Otherwise (-1, auto): on CUDA one per CPU
+    each batch when it needs it). Otherwise (-1, auto): on CUDA one per CPU
     of the trial, as the CPU's only job is feeding the GPU; on the CPU half of them, because the step's own
     torch threads need the cores too, and none for a one-thread trial (a search's default), which a worker
     slowed (0.90x: docs/speed.md, "Input pipeline and mixed precision")."""

@@ -105,8 +105,8 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def draw_flips(n: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
-    # Five numbers per image, as earlier versions drew (a flip, then blur and JPEG choices), so a run
-    # without augmentation gives the numbers it gave then; only the first decides the flip.
+    # Five numbers per image (a flip, then blur and JPEG choices), the draws of runs trained before augmentation
+    # had its own, so a run without augmentation reproduces those; only the first decides the flip.
     return (torch.rand(n, 5, generator=gen)[:, 0] < 0.5) & hflip
 
 

@@ -27,7 +27,7 @@ def resolve(requested: str, device: str, bf16_supported: Callable[[], bool] | No
 
 
 def autocast(precision: str, device: str) -> AbstractContextManager[object]:
-    """The forward passes' context: nothing at all in fp32, so fp32 runs are the same code as before."""
+    """The forward passes' context: nothing at all in fp32, so fp32 runs the plain forward pass."""
     if precision == "fp32":
         return nullcontext()
     return torch.autocast(device_type=device, dtype=DTYPES[precision])

@@ -20,7 +20,7 @@ from tune.core import (
     plain,
     read_json,
 )
-from tune.metrics.classification import HELDOUT, METRICS, VIDEO
+from tune.metrics.classification import HELDOUT, METRICS, VIDEO, youden_threshold
 from tune.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -117,8 +117,6 @@ def run_record(cfg: TrainConfig, result: FitResult, data: dict[str, Any],
     """Everything about a training run but its weights. With the valid labels it also records the
     threshold that a model file is used at (Youden's J on valid, as finalize chooses it)."""
     import torch
-
-    from tune.metrics.classification import youden_threshold
 
     threshold = {} if y_valid is None else {"threshold": youden_threshold(y_valid, result.val_probs),
                                             "threshold_rule": "Youden's J maximised on the validation split"}

@@ -1,15 +1,15 @@
-"""What a search does before its Tuner starts: check each architecture's weights.
+"""The weights check a search makes before its Tuner starts (tune.search.driver.prepare calls it).
 
 Once in the driver, not in every trial: a hub download happens once, and an architecture whose weights
 cannot be had is skipped (never run with random weights).
 
-The frozen-prefix features are *not* built here any more: each trial builds the files it needs when it
-first needs them, once per node (tune/training/cache.py, tune/training/store.py). Before, the driver
-built valid at every depth the space could reach (and the first training view when every trial shared
-it) while every slot waited; most of those depths were never used by a trial (a 6-trial demo search
-draws at most 6 of its 7 Lite0 depths, ASHA stops half of them after 2 epochs), and with augmentation
-sampled the training views were built by the trials anyway. Measured on the demo space
-(benchmarks/cache_budget.py, docs/speed.md, "Feature caches with a budget"): see there for the numbers.
+The frozen-prefix features are not built in the driver: each trial builds the files it needs when it first
+needs them, once per node (tune/training/cache.py, tune/training/store.py). Built in the driver, valid at
+every depth the space can reach (and the first training view when every trial shares it) would keep every
+slot waiting, for depths most trials never use (a 6-trial demo search draws at most 6 of its 7 Lite0 depths,
+ASHA stops half of them after 2 epochs); with augmentation sampled, the trials build the training views
+anyway. Measured on the demo space (benchmarks/cache_budget.py, docs/speed.md, "Feature caches with a
+budget"): see there for the numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tune.core import UserError
+from tune.models.hparams import HParamKind
+from tune.models.registry import build_model
+from tune.models.weights import WeightsUnavailable
 from tune.search.space import SearchSpace
 from tune.training.config import TrainConfig
 
@@ -25,9 +28,6 @@ def check_weights(space: SearchSpace) -> tuple[SearchSpace, dict[str, str], dict
     """Build each architecture once with its fixed weights (downloading them now, in the driver, when
     they come from a hub). An architecture whose weights cannot be had is skipped, never run with
     random weights: (space without it, weights source per arch, reason per skipped arch)."""
-    from tune.models.registry import build_model
-    from tune.models.weights import WeightsUnavailable
-
     sources, skipped = {}, {}
     for arch in space.architectures:
         if sampled_weights(space, arch):
@@ -47,4 +47,4 @@ def check_weights(space: SearchSpace) -> tuple[SearchSpace, dict[str, str], dict
 
 def sampled_weights(space: SearchSpace, arch: str) -> bool:
     p = space.architectures[arch].get("weights")
-    return p is not None and p.kind != "fixed"
+    return p is not None and p.kind != HParamKind.FIXED
