@@ -15,7 +15,7 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
 
 import tune.cli
-import tune.evaluation.finalize
+import tune.evaluation.retrain
 from tune import inference
 from tune.core import UserError, atomic_torch_save, atomic_write_json, file_sha256
 from tune.data.images import decode_image, decode_rgb
@@ -340,10 +340,8 @@ def test_finalize_extra_test_adds_the_evaluation(tiny_run: Path, tmp_path: Path,
     source(gens / "gen_a", n=4)
     source(gens / "gen_b", fake="1_fake", real="0_real", n=4, seed=1)
     fits: list[str] = []
-    import tune.evaluation.finalize
-
-    real_fit = tune.evaluation.finalize.fit
-    monkeypatch.setattr(tune.evaluation.finalize, "fit",
+    real_fit = tune.evaluation.retrain.fit
+    monkeypatch.setattr(tune.evaluation.retrain, "fit",
                         lambda cfg, *a, **k: fits.append(cfg.arch) or real_fit(cfg, *a, **k))
     # A bad --extra-test folder fails before any training, and writes nothing.
     assert tune.cli.main(["finalize", str(run), "--seeds", "1", "--extra-test", str(tmp_path / "nope")]) == 2

@@ -19,6 +19,7 @@ from splits import spy_split_reads
 import tune.cli
 import tune.data.images
 import tune.evaluation.finalize
+import tune.evaluation.retrain
 import tune.training.loop
 from tune.evaluation.finalize import FinalizeOptions
 from tune.metrics import bootstrap as stats
@@ -45,14 +46,14 @@ def resampled(cmp: dict[str, Any], y: np.ndarray, predictors: dict[str, tuple[An
 
 
 def count_fits(mp: pytest.MonkeyPatch) -> list[str]:
-    real = tune.evaluation.finalize.fit
+    real = tune.evaluation.retrain.fit
     seen: list[str] = []
 
     def counting(cfg: Any, *a: Any, **k: Any) -> Any:
         seen.append(f"{cfg.arch}/{cfg.seed}")
         return real(cfg, *a, **k)
 
-    mp.setattr(tune.evaluation.finalize, "fit", counting)  # the name finalize trains through
+    mp.setattr(tune.evaluation.retrain, "fit", counting)  # the name finalize trains through
     return seen
 
 

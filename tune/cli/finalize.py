@@ -22,7 +22,6 @@ from tune.reports.tradeoff import markdown as tradeoff_markdown
 from tune.runs.pareto import parse_pick
 
 if TYPE_CHECKING:
-    from tune.evaluation.finalize import FinalizeOptions
     from tune.runs.files import Comparison
 
 

@@ -1,4 +1,5 @@
-"""finalize --pick: the trial a rule names (tune/runs/pareto.py) is retrained beside each architecture's winner,
+"""finalize's export stage: each architecture's winner goes to models/<arch>.pth (`export_winners`), and with
+--pick the trial a rule names (tune/runs/pareto.py) is retrained beside each architecture's winner,
 tested and exported as models/picked/ (best.pth + record.json), which serve and export default to.
 
 With `--pick best` (the default) the picked model is the most accurate winner. run.json records the
@@ -86,6 +87,18 @@ def versus_most_accurate(rows: list[ModelRow], samples: dict[str, dict[str, np.n
         out.metrics[m] = Versus(a.value, b.value,
                                 None if name == top else stats.paired(a, b, samples[name][k], samples[top][k]))
     return out
+
+
+def export_winners(info: RunInfo, cmp: Comparison, records: dict[str, list[ModelRecord]]) -> None:
+    """models/<arch>.pth + .json: the tuned seed with the best valid score, ready for `predict`; its record is the
+    seed's own, with what chose it and where it came from."""
+    for row in cmp.tuned:
+        rec = next(r for r in records[row.name] if r.seed == row.chosen_seed)
+        src = info.run.finalize(row.name, rec.seed)
+        weights = info.run.model(row.arch, "pth")
+        atomic_write_bytes(weights, (src / WEIGHTS).read_bytes())
+        replace(rec, arch=row.arch, run=info.name, chosen_by=f"best valid {info.metric} over seeds {row.seeds}",
+                source=info.run.own(src), weights_sha256=file_sha256(weights)).save(info.run.model(row.arch, "json"))
 
 
 def export_picked(info: RunInfo, cmp: Comparison, records: dict[str, list[ModelRecord]],

@@ -49,7 +49,7 @@ class ModelRow:
     model: str  # the tables' label
     name: str  # its folder under finalize/ (the arch, "<arch>-baseline", "<arch>-picked")
     arch: str
-    kind: str  # "tuned", "baseline" or "picked" (tune.evaluation.finalize.Candidate.kind)
+    kind: str  # "tuned", "baseline" or "picked" (tune.evaluation.retrain.Candidate.kind)
     trial_id: str | None
     config: dict[str, Any]  # the retrained config, tune.training.config's schema, with seed None
     seeds: list[int]
