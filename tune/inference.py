@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
 from tune import CLASSES
 from tune.core import UserError, file_sha256
 from tune.data.frames import Preprocess, model_inputs
@@ -27,7 +30,6 @@ from tune.training.loop import make_model
 from tune.training.records import RECORD, WEIGHTS, ModelRecord
 
 if TYPE_CHECKING:  # names used only in annotations
-    import numpy as np
 
     from tune.data.frames import Crop
     from tune.models.detector import Detector
@@ -50,9 +52,6 @@ def record_path(model_path: Path) -> Path:
 def probabilities(model: Detector, x: np.ndarray, batch: int = BATCH, *, hflip: bool = False) -> np.ndarray:
     """P(fake) for uint8 images (N, 3, S, S): the full model (frozen prefix included), eval mode.
     hflip: of each image's mirror image (left-right), the other half of flip test-time augmentation."""
-    import numpy as np
-    import torch
-
     model.eval()
     device = next(model.parameters()).device  # make_model puts it on CUDA when there is one
     out = []

@@ -6,6 +6,8 @@ data, the allocator. Importing this module does nothing: a command calls what it
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -168,9 +170,6 @@ def fast_allocator() -> None:
     again. EfficientNet-Lite0 at 128 px, batch 32, 2 threads: 104 -> 189 img/s. Without glibc (musl, macOS)
     there is nothing to do. Every command calls it as it starts (tune.cli.main)."""
     allocator_environment()
-    import ctypes
-    import ctypes.util
-
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None

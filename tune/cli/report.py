@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import webbrowser
 
 from tune.cli.common import add_run, add_storage, run_folder
 from tune.reports.html import write_report
@@ -23,7 +24,5 @@ def run(a: argparse.Namespace) -> int:
     path = write_report(folder)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s)")
     if a.open:
-        import webbrowser
-
         webbrowser.open(path.absolute().as_uri())
     return 0

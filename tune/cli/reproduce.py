@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from tune.cli.common import add_cache_gb, add_moved_data, add_run, add_storage, cache_budget, run_folder
 from tune.core import cache_root
 from tune.evaluation.reproduce import render, reproduce_trial
@@ -20,8 +22,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    import torch
-
     cache_budget(a)
     folder = run_folder(a)
     rep = reproduce_trial(folder, a.trial, cache_dir=cache_root(), data=a.data, valid_extra=a.valid_extra)

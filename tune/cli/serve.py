@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -60,9 +61,8 @@ def run(args: argparse.Namespace) -> int:
     quiet_ray()
     if not a.address:
         loopback_only()
-    import logging
 
-    import ray
+    import ray  # ray only now, after quiet_ray and loopback_only set its environment (and not at start-up)
 
     direct = not ray.is_initialized() and direct_ingress(a)  # a Ray already running keeps its settings
     # Before Ray starts: every process it starts for this command inherits the marker, so a stop can end them.

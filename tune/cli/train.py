@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,8 +86,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    import time
-
     cfg = train_config(a)  # fails fast, before reading any data
     faces = {"detector": a.faces, "margin": a.face_margin, "size": a.face_size} if a.faces else None
     prep = Preprocess.parse({"frames": a.video_frames}, faces)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.metadata as md
+import io
 import json
 import os
 import platform
@@ -11,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 
 class UserError(Exception):
     """A problem with the user's input. The CLI prints it as one line and exits 2."""
@@ -18,8 +23,7 @@ class UserError(Exception):
 
 def seed_everything(seed: int) -> None:
     """The one seeding helper: Python, NumPy and torch, plus deterministic kernels."""
-    import numpy as np
-    import torch
+    import torch  # heavy: torch only when seeding; tune.core, the bottom layer, imports nothing heavy
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on GPUs
     random.seed(seed)
@@ -77,9 +81,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    import io
-
-    import torch
+    import torch  # heavy: torch only when saving; tune.core, the bottom layer, imports nothing heavy
 
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -87,8 +89,6 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 
 
 def file_sha256(path: str | Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -98,8 +98,6 @@ def file_sha256(path: str | Path) -> str:
 
 def library_versions() -> dict[str, str]:
     """Versions recorded with every result, so a number can be traced to its stack."""
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for pkg in ("torch", "torchvision", "ray", "optuna", "numpy", "pandas", "scikit-learn", "pillow"):
         try:

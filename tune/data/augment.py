@@ -29,14 +29,13 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
 
 from tune.core import UserError
 from tune.data.perturb import Condition, native
-
-if TYPE_CHECKING:
-    import numpy as np
-    import torch
 
 AUGMENTATIONS = ("crop", "jitter", "blur", "jpeg")  # the order they are applied in ("all")
 ORDER = (*AUGMENTATIONS, "cnndetection")  # with the preset, which is blur and JPEG as its paper has them
@@ -85,8 +84,6 @@ class AugSpec:
 
 def draws(seed: tuple[int, ...], view: int) -> np.ndarray:
     """The DRAWS uniform numbers that decide view `view` of one image, wherever it is augmented."""
-    import numpy as np
-
     return np.random.default_rng([*seed, view]).random(DRAWS)
 
 
@@ -114,9 +111,6 @@ def augment(img: np.ndarray, *, seed: tuple[int, ...], view: int, ops: tuple[str
             strength: float, crop: int = 0) -> np.ndarray:
     """uint8 (3, S, S) → augmented uint8 (3, S, S); the same arguments give the same pixels. With `crop`, first
     a random crop x crop window of the (larger) image at native resolution."""
-    import numpy as np
-    from PIL import Image, ImageEnhance
-
     u = draws(seed, view)
     if crop:
         img = np.ascontiguousarray(native_crop(img, u, crop))
@@ -148,8 +142,6 @@ def augment_images(x: np.ndarray, idx: np.ndarray, spec: AugSpec, view: int, *,
     """View `view` of the images x[idx] (their indices in the split seed them), as uint8 (B, 3, S, S).
     `threads`: how many augment the batch's images (default: TUNE_AUG_THREADS, else torch's thread count);
     the training loader's workers pass 1, as they already prepare several batches at once."""
-    import numpy as np
-
     if not spec.active:
         return np.asarray(x[idx])
     side = spec.crop or x.shape[-1]
@@ -179,8 +171,7 @@ def augment_tensor(x: torch.Tensor, u: np.ndarray, spec: AugSpec) -> torch.Tenso
     per-image draws `u` (B, DRAWS) as `augment`, computed with torchvision's v2 tensor ops so that on CUDA the
     pixels never return to the CPU. The same draws, not the same pixels: another resampler and float rather
     than PIL's 8-bit arithmetic, so CPU training keeps `augment` (exact, and what the feature cache stores)."""
-    import torch
-    from torchvision.transforms.v2 import functional as F
+    from torchvision.transforms.v2 import functional as F  # heavy: torchvision only for augmenting on the GPU
 
     size, s = x.shape[-1], float(spec.strength)
     out = []
@@ -197,8 +188,6 @@ def augment_tensor(x: torch.Tensor, u: np.ndarray, spec: AugSpec) -> torch.Tenso
 
 
 def _threads() -> int:
-    import torch
-
     return max(1, torch.get_num_threads())
 
 
@@ -214,8 +203,6 @@ class View:
         return len(self.x)
 
     def __getitem__(self, s: slice) -> np.ndarray:
-        import numpy as np
-
         if self.spec is None or not self.spec.active:
             return np.asarray(self.x[s])
         return augment_images(self.x, np.arange(len(self.x))[s], self.spec, self.view)

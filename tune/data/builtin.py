@@ -70,7 +70,7 @@ def split_counts(n_per_class: int) -> dict[str, int]:
 
 def load_sources() -> dict[str, np.ndarray]:
     """name -> uint8 (H, W, 3) photo. A sample missing from this install is skipped, not fatal."""
-    import matplotlib.cbook
+    import matplotlib.cbook  # heavy: the sample photos' packages only when demo-data builds the dataset
     import skimage.data
     from sklearn.datasets import load_sample_images
 

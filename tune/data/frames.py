@@ -11,6 +11,7 @@ record's settings: the same function, the same pixels (PNG is lossless).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,8 +127,6 @@ def cached_crops(path: Path, prep: Preprocess, root: Path) -> list[Path]:
 
 
 def _png(rgb: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)  # lossless: decoded back, the same pixels
     return buf.getvalue()

@@ -14,17 +14,18 @@ from their result (`native`, then `model_input`).
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter1d
 
 from tune.core import UserError
 from tune.data.decode import to_model_size
-
-if TYPE_CHECKING:  # numpy/PIL/scipy are imported on use, so `python -m tune --help` stays fast
-    import numpy as np
-    from PIL import Image
 
 # name -> (what a severity is, its type, its valid range)
 KINDS: dict[str, tuple[str, type, Callable[[float], bool]]] = {
@@ -93,19 +94,12 @@ def parse_perturb(specs: list[str] | None) -> list[Condition]:
 
 def native(im: Image.Image, c: Condition) -> Image.Image:
     """The model-independent part of a condition, applied at the image's own size."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     if c.perturbation == "jpeg":
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=int(c.severity or 0))
         with Image.open(io.BytesIO(buf.getvalue())) as j:
             return j.convert("RGB")
     if c.perturbation == "blur":
-        from scipy.ndimage import gaussian_filter1d
-
         # gaussian_filter(sigma=(s, s, 0)) per channel, as one pass per image axis (the same numbers, faster)
         sigma = float(c.severity or 0)
         blurred = gaussian_filter1d(gaussian_filter1d(np.asarray(im, dtype=np.float32), sigma, axis=0), sigma, axis=1)
@@ -116,8 +110,6 @@ def native(im: Image.Image, c: Condition) -> Image.Image:
 def model_input(im: Image.Image, c: Condition, size: int, resize: str = "bilinear") -> np.ndarray:
     """`native(im, c)` → uint8 (3, size, size) for a model of this input size and resize mode (decode_image's).
     Under resize crop, a resize condition scales the whole image down and back up before the centre crop."""
-    from PIL import Image
-
     if c.perturbation == "resize" and resize == "crop":
         w, h = im.size
         f = float(c.severity or 1)

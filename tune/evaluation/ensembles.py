@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from tune.core import UserError, atomic_write_text
 from tune.inference import load, probabilities
@@ -72,7 +73,6 @@ def add_missing_scores(out: Path, threads: int, valid: ImageSet, test: ImageSet)
     test_file = out / PREDICTIONS
     if (out / VALID_PREDICTIONS).is_file() and test_file.is_file() and FLIPPED in prediction_columns(test_file):
         return False
-    import torch
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from tune.core import UserError
 from tune.data.images import decode_rgb
 from tune.data.perturb import Condition, model_input, native
@@ -32,7 +34,6 @@ from tune.inference import load
 from tune.runs.files import Evaluation
 
 if TYPE_CHECKING:  # names used only in annotations
-    import numpy as np
 
     from tune.evaluation.panels import Panel
     from tune.inference import LoadedModel
@@ -61,8 +62,6 @@ def _prepare(pool: ThreadPoolExecutor, files: list[Path], conditions: list[Condi
 
     Returns the positions of the readable files, their inputs per (condition, (size, resize mode)), and why each
     other failed."""
-    import numpy as np
-
     def one(f: Path) -> dict[tuple[str, tuple[int, str]], np.ndarray] | str:
         try:
             im = decode_rgb(f)
@@ -104,8 +103,6 @@ def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions:
     """Score every source; unreadable images are refused (all listed in one line) unless skip_bad.
 
     All sources' files form one list cut into chunks, so batches stay full across source boundaries."""
-    import numpy as np
-
     t0 = time.perf_counter()
     sizes = sorted({(m.image_size, m.resize) for m in models.values()})
     files = [f for s in sources for f in s.files]
@@ -156,8 +153,6 @@ def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions:
 
 def frame_level(files: list[tuple[int, FileScores | None]]) -> Scored | None:
     """A source's videos' frames as one Scored (a row per frame), or None when it has no video scored by frame."""
-    import numpy as np
-
     videos = [(label, f) for label, f in files if f is not None and f.frames]
     if not videos:
         return None

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from tune.runs.info import read_run
 
 if TYPE_CHECKING:
@@ -41,8 +43,6 @@ def available_bytes() -> int:
 
 def sent_bytes(sets: Iterable[ImageSet]) -> int:
     """Bytes of images a job receives as a copy: arrays held in memory (mapped or live images go as a path)."""
-    import numpy as np
-
     return sum(s.x.nbytes for s in sets if isinstance(s.x, np.ndarray) and not isinstance(s.x, np.memmap))
 
 

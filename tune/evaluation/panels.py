@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from tune import FAKE, REAL, inference
 from tune.models import explain
 from tune.training.records import PREDICTIONS, read_predictions
 
 if TYPE_CHECKING:
-    import numpy as np
 
     from tune.data.images import ImageSet
     from tune.data.sources import Scored
@@ -55,8 +56,6 @@ class Panel:
 def pick(y: np.ndarray, p: np.ndarray, threshold: float, k: int = PER_GROUP) -> list[np.ndarray]:
     """Positions of the images in each of GROUPS, at most k each. Called Fake means p >= threshold
     (as LoadedModel.label); a stable sort keeps file order among equal scores."""
-    import numpy as np
-
     pos, fake = np.arange(len(y)), p >= threshold
     rules = (((y == FAKE) & fake, -p), ((y == REAL) & ~fake, p), ((y == FAKE) & ~fake, p), ((y == REAL) & fake, -p))
     return [pos[keep][np.argsort(key[keep], kind="stable")][:k] for keep, key in rules]
@@ -65,8 +64,6 @@ def pick(y: np.ndarray, p: np.ndarray, threshold: float, k: int = PER_GROUP) -> 
 def panel(loaded: LoadedModel, y: np.ndarray, p: np.ndarray, names: list[str], images: Images, title: str) -> Panel:
     """The four groups of one model, their inputs and their maps. A model that cannot be explained gets a
     panel that says why (as every plot of the project that cannot be drawn)."""
-    import numpy as np
-
     groups = pick(y, p, loaded.threshold)
     members = [[(names[int(i)], float(p[int(i)])) for i in g] for g in groups]
     chosen = np.concatenate(groups)
@@ -96,8 +93,6 @@ def finalize_panels(run: Run, cmp: Comparison, test: ImageSet, log: Callable[[st
 def evaluation_panels(models: dict[str, LoadedModel], scored: dict[str, Scored], condition: str) -> dict[str, Panel]:
     """evaluate's panels, by plot name: one per model over every source's images under `condition`. One that
     fails keeps its error, so the plot is reported as failed where the other plots are."""
-    import numpy as np
-
     y = np.concatenate([sc.y for sc in scored.values()])
     paths = [f for sc in scored.values() for f in sc.paths]
     out = {}

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tune.core import UserError
 from tune.runs.info import RunInfo, cache_dirs, load_heldout, load_train_valid, read_run, trial_config, trial_record
 from tune.runs.leaderboard import load_leaderboard
@@ -70,8 +72,6 @@ def reproduce_trial(run_dir: Path, trial: str | None = "best", *, cache_dir: Pat
                     valid_extra: list[Path] | None = None) -> Reproduction:
     """`data` and `valid_extra`: where the run's data is now, if it moved (the same images, by content). A check
     writes nothing: run.json keeps what it records."""
-    import torch
-
     info = read_run(run_dir, data=data, valid_extra=valid_extra)
     arch, tid = resolve_trial(info, trial)
     found = trial_record(info, arch, tid)

@@ -16,6 +16,8 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from tune.core import library_versions
 from tune.metrics import bootstrap as stats
 from tune.metrics.cells import Cell
@@ -25,7 +27,6 @@ from tune.runs.evaluation import MEAN, EvaluatedModel, EvaluatedSource, Evaluati
 from tune.runs.files import Evaluation
 
 if TYPE_CHECKING:
-    import numpy as np
 
     from tune.data.perturb import Condition
     from tune.data.sources import Scored, Source
@@ -43,8 +44,6 @@ def one_class_note(n_fake: int, n_real: int) -> str:
 
 def mean_cells(per: list[Cells], samples: list[Samples]) -> tuple[Cells, Samples]:
     """The mean over sources of each cell, its interval from the mean of each resample's per-source values."""
-    import numpy as np
-
     with _quiet():
         mean_samples = {k: np.nanmean([s[k] for s in samples], axis=0) for k in samples[0]}
         out: Cells = {}
@@ -122,8 +121,6 @@ def paired_rows(names: list[str], sources: list[str], conditions: list[Condition
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """numpy warns on the mean of an all-NaN slice (a metric undefined in every source): that is a null cell."""
-    import numpy as np
-
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         yield

@@ -21,6 +21,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
@@ -83,8 +84,6 @@ class Resampled:
 
 def _auc_resampled(r: Resampled) -> np.ndarray:
     """ROC-AUC as the Mann-Whitney statistic: ties between a fake and a real count one half."""
-    from scipy.stats import rankdata
-
     ranks = rankdata(r.p, axis=1)
     n_pos = r.y.sum(1)
     n_neg = r.y.shape[1] - n_pos

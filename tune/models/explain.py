@@ -23,12 +23,15 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
 from tune.core import UserError
 from tune.data.images import to_float
 from tune.models.registry import get_arch
 
-if TYPE_CHECKING:  # numpy/torch/captum are imported on use, so `python -m tune --help` stays fast
-    import numpy as np
+if TYPE_CHECKING:  # names used only in annotations (captum and matplotlib load on use)
     from torch import nn
 
     from tune.models.detector import Detector
@@ -65,9 +68,7 @@ def target_layer(model: Detector, arch: str) -> tuple[str, nn.Module]:
 
 def gradcam(model: Detector, arch: str, x: np.ndarray, batch: int = BATCH) -> Maps:
     """Grad-CAM maps of uint8 images (N, 3, S, S) at the model's input size, for the class Fake."""
-    import numpy as np
-    import torch
-    from captum.attr import LayerAttribution, LayerGradCam
+    from captum.attr import LayerAttribution, LayerGradCam  # heavy: captum only when a model is explained
 
     name, layer = target_layer(model, arch)
     model.eval()
@@ -91,16 +92,12 @@ def gradcam(model: Detector, arch: str, x: np.ndarray, batch: int = BATCH) -> Ma
 
 def check(model: Detector, arch: str, size: int) -> Maps:
     """Fail with one line, before any work, when this model cannot be explained at its input size."""
-    import numpy as np
-
     return gradcam(model, arch, np.full((1, 3, size, size), 128, np.uint8))
 
 
 # --------------------------------------------------------------------------- pictures
 def heat(cam: np.ndarray) -> np.ndarray:
     """The positive part of a map scaled to [0, 1] by its maximum (all 0 when nothing raises P(fake))."""
-    import numpy as np
-
     pos = np.maximum(cam, 0)
     top = float(pos.max()) if pos.size else 0.0
     return (pos / top if top > 0 else pos).astype(np.float32)
@@ -110,9 +107,7 @@ def overlay(image: np.ndarray, cam: np.ndarray, caption: str | None = None) -> n
     """uint8 RGB (H, W, 3): the model's input image (3, S, S), enlarged by a whole factor to at least
     DISPLAY pixels, under the map's heat (jet colours, opaque where the map is highest), with an optional
     caption strip below (e.g. the verdict)."""
-    import numpy as np
-    from matplotlib import colormaps
-    from PIL import Image, ImageDraw, ImageFont
+    from matplotlib import colormaps  # heavy: matplotlib only when a map is drawn
 
     h = heat(cam)
     colours = colormaps["jet"](h)[..., :3]
@@ -138,16 +133,12 @@ def caption(p_fake: float, label: str) -> str:
 
 
 def png(rgb: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return buf.getvalue()
 
 
 def npy(cam: np.ndarray) -> bytes:
-    import numpy as np
-
     buf = io.BytesIO()
     np.save(buf, cam.astype(np.float32))
     return buf.getvalue()

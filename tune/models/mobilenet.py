@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -22,9 +24,7 @@ from tune.models.register import REGISTRY, head_params, register_arch
 
 def _torchvision_imagenet(arch: str) -> tuple[dict[str, torch.Tensor], str]:
     """torchvision's ImageNet weights: from the torch cache, else downloaded once into it."""
-    from pathlib import Path
-
-    from torchvision.models import MobileNet_V2_Weights
+    from torchvision.models import MobileNet_V2_Weights  # heavy: torchvision only when this architecture is built
 
     url = MobileNet_V2_Weights.IMAGENET1K_V1.url
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
@@ -49,6 +49,7 @@ def _torchvision_imagenet(arch: str) -> tuple[dict[str, torch.Tensor], str]:
     about="torchvision MobileNetV2 (the notebook's transfer model): 19 feature blocks, ImageNet weights from "
           "torchvision's weights API (14 MB, BSD-3; downloaded once into the torch cache).")
 def mobilenet_v2(*, unfrozen_blocks: int, head_sizes: tuple[int, ...], dropout: float, weights: str) -> Detector:
+    # heavy: torchvision only when this architecture is built
     from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
 
     kind = W.check_kind(weights, ("hub", "none"), "mobilenet_v2")

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from tune.core import UserError
 
 if TYPE_CHECKING:
@@ -25,8 +27,6 @@ def legacy_onnx(model: nn.Module, image_size: int) -> bytes:
     """`model` (on the CPU, as it is) in ONNX through the TorchScript exporter: fast (a second or two, against
     torch.export's ten), and the graph ONNX Runtime quantizes and runs like export's; the batch axis is dynamic.
     Only measurements use it: `export` ships the torch.export graph, parity-checked."""
-    import torch
-
     buf = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(model, (torch.rand(1, 3, image_size, image_size),), buf, dynamo=False,
@@ -43,6 +43,7 @@ def _refused(scheme: str, arch: str, e: Exception) -> UserError:
 def quantize_int8(onnx_bytes: bytes, arch: str, calibration: np.ndarray | None = None) -> bytes:
     """The model quantized to int8, as bytes: static, calibrated on `calibration` (float [0,1] NCHW images),
     or dynamic when `calibration` is None."""
+    # heavy: onnxruntime only when a model is quantized
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     scheme = "int8-dynamic" if calibration is None else "int8"
@@ -67,6 +68,7 @@ def quantize_int8(onnx_bytes: bytes, arch: str, calibration: np.ndarray | None =
 def _preprocessed(src: Path) -> Path:
     """ONNX Runtime's recommended step before static quantization: shape inference and graph optimisation,
     so Conv+BatchNorm+activation are fused before ranges are calibrated."""
+    # heavy: onnxruntime only when a model is quantized
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = src.with_name("pre.onnx")
@@ -100,7 +102,7 @@ def _quiet() -> Iterator[None]:
 
 
 def session(onnx_bytes: bytes, threads: int = 1) -> Any:
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: onnxruntime only when an ONNX model runs
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads

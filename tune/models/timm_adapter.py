@@ -105,7 +105,7 @@ def timm_detector(arch: str, net: nn.Module, *, unfrozen_blocks: int, head_sizes
 
 
 def _timm_hub(arch: str, model_name: str) -> nn.Module:
-    import timm
+    import timm  # heavy: timm only when a timm architecture is built
 
     how = "place the weights as a state_dict file and use weights: file:PATH"
     if W.offline():
@@ -120,7 +120,7 @@ def _timm_hub(arch: str, model_name: str) -> nn.Module:
 def build_timm(arch: str, model_name: str, *, unfrozen_blocks: int, head_sizes: tuple[int, ...], dropout: float,
                weights: str,
                packaged: Callable[[nn.Module], tuple[dict[str, torch.Tensor], str]] | None = None) -> Detector:
-    import timm
+    import timm  # heavy: timm only when a timm architecture is built
 
     kind = W.check_kind(weights, lookup(arch).weights, arch)
     if kind == "hub":
@@ -136,7 +136,7 @@ def build_timm(arch: str, model_name: str, *, unfrozen_blocks: int, head_sizes: 
 
 @cache
 def timm_arch(name: str) -> Arch:
-    import timm
+    import timm  # heavy: timm only when a timm architecture is looked up
 
     model_name = name[len(TIMM_PREFIX):]
     if not timm.is_model(model_name):

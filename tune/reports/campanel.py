@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def figure(pnl: Panel) -> Figure:
     """The panel as a figure; one whose computing failed raises that error (the caller logs it)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: matplotlib only when a figure is drawn
 
     if pnl.error is not None:
         raise pnl.error

@@ -31,14 +31,14 @@ PLOTLY_CONFIG = {"responsive": True, "displaylogo": False}
 
 def plotly_js() -> str:
     """The plotly.js bundle shipped inside the plotly package (inlined once per page: no CDN)."""
-    from plotly.offline import get_plotlyjs
+    from plotly.offline import get_plotlyjs  # heavy: plotly only when a page is written
 
     return get_plotlyjs()
 
 
 def figure_div(fig: Any, div_id: str) -> str:
     """One plotly figure as a <div> and the script that draws it; plotly.js itself is on the page once."""
-    import plotly.io as pio
+    import plotly.io as pio  # heavy: plotly only when a chart is drawn
 
     fig.update_layout(autosize=True, margin={"l": 48, "r": 16, "t": 48, "b": 40}, width=None,
                       legend={"orientation": "h", "y": -0.2})
@@ -60,7 +60,7 @@ def figure_png(fig: Figure) -> bytes:
 
 def load_study(db: Path, name: str) -> optuna.Study | None:
     """The named study in the run's sqlite file, or None while the search has not created it."""
-    import optuna
+    import optuna  # heavy: optuna only when a report reads a study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if Run(db.parent).optuna_problem():  # missing or unreadable: study_charts says so
@@ -73,7 +73,7 @@ def load_study(db: Path, name: str) -> optuna.Study | None:
 
 def same_budget(study: optuna.Study) -> tuple[optuna.Study, int, int]:
     """(an in-memory study of the COMPLETE trials only, how many trials the study holds, how many PRUNED)."""
-    import optuna
+    import optuna  # heavy: optuna only when a report reads a study
 
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -87,7 +87,7 @@ def study_charts(db: Path, study_name: str, metric: str, asha_stopped: int = 0) 
 
     `asha_stopped`: how many of the study's trials the leaderboard says ASHA stopped. A search from before
     tune recorded those as PRUNED has them as COMPLETE; the sentence then says the charts include them."""
-    import optuna
+    import optuna  # heavy: optuna only when a report reads a study
     import optuna.visualization as vis
 
     study = load_study(db, study_name)

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
+from sklearn.metrics import roc_curve
 
 from tune.core import atomic_write_text
 from tune.reports.figures import note, save
@@ -85,8 +89,7 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def plot_auc_by_source(ev: Evaluation, path: Path) -> None:
-    import numpy as np
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: matplotlib only when a figure is drawn
 
     cond = ev.conditions[0].name
     sources = [s.name for s in ev.sources] + [MEAN]
@@ -114,11 +117,7 @@ def plot_auc_by_source(ev: Evaluation, path: Path) -> None:
 
 
 def plot_roc_by_source(ev: Evaluation, scored: dict[str, Scored], path: Path) -> None:
-    import math
-
-    from matplotlib.figure import Figure
-    from sklearn.metrics import roc_curve
-
+    from matplotlib.figure import Figure  # heavy: matplotlib only when a figure is drawn
 
     cond = ev.conditions[0].name
     names = [s.name for s in ev.sources]
@@ -144,7 +143,7 @@ def plot_roc_by_source(ev: Evaluation, scored: dict[str, Scored], path: Path) ->
 
 
 def plot_auc_vs_severity(ev: Evaluation, path: Path) -> None:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: matplotlib only when a figure is drawn
 
     kinds = list(dict.fromkeys(c.perturbation for c in ev.conditions if c.perturbation))
     fig = Figure(figsize=(4.5 * len(kinds), 3.8))

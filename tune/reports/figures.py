@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from tune.core import UserError, atomic_write_bytes
 from tune.data.images import split_counts
@@ -85,8 +87,6 @@ def winners(run_dir: Path, cmp: Comparison) -> list[tuple[ModelRow, Path]]:
 
 
 def plot_learning_curves(run_dir: Path, cmp: Comparison) -> Figure:
-    import pandas as pd
-
     fig = new_figure(figsize=(13, 4), layout="constrained")
     axes = fig.subplots(1, 3)
     for row, folder in winners(run_dir, cmp):
@@ -112,8 +112,6 @@ def _predictions(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_roc(run_dir: Path, cmp: Comparison) -> Figure:
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     fig = new_figure(figsize=(5.5, 5), layout="constrained")
     ax = fig.subplots()
     for row, folder in winners(run_dir, cmp):
@@ -206,7 +204,7 @@ def plot_importance(run_dir: Path, run: RunRecord) -> Figure:
     """fANOVA on the trials that reached the same budget: Optuna's COMPLETE ones (ran to the end or
     early-stopped on patience). Trials ASHA stopped are PRUNED there (tune.search.searcher) and left out:
     a 2-epoch score explains nothing about what a hyperparameter does at 10 epochs."""
-    import optuna
+    import optuna  # heavy: optuna only when a report reads a study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     archs = list(run.space["architectures"])

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def figure(board: Any, metric: str, mode: str, picked: str | None) -> Any:
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # heavy: plotly and matplotlib only when a chart is drawn
     from matplotlib.colors import to_hex
 
     done = board[board["ended"].isin(FINISHED) & board["score"].notna() & board[SPEED].notna()]
@@ -50,7 +50,7 @@ def figure(board: Any, metric: str, mode: str, picked: str | None) -> Any:
 def optuna_fronts(ctx: Context) -> list[tuple[str, Any]]:
     """Optuna's plot_pareto_front of each study with two objectives (COMPLETE trials only); a sentence instead of
     the figure when a study cannot be drawn."""
-    import optuna
+    import optuna  # heavy: optuna only when a report reads a study
     import optuna.visualization as vis
 
     names = [n for n, _ in ctx.meta.space.get("objectives") or ()]

@@ -7,6 +7,7 @@ comes from a file is escaped.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shlex
@@ -224,8 +225,6 @@ def epochs(ctx: Context) -> str:
 # --------------------------------------------------------------------------- 8-9: data and reproduction
 def _test_classes(ctx: Context) -> dict[str, int]:
     """Fake and Real among the test images finalize scored (the labels in its predictions.csv)."""
-    import csv
-
     row = ctx.cmp.rows[0] if ctx.cmp and ctx.cmp.rows else None
     if row is None:
         return {}

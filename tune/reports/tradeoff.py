@@ -77,7 +77,7 @@ def markdown(t: Tradeoff | None) -> str:
 def scatter(ctx: Context) -> Any:
     """Every scored trial at its kept epoch: in-domain (val_auc) vs held-out (xval_auc) validation AUC, one
     colour per architecture; each architecture's leaderboard winner ringed; the diagonal is where they agree."""
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # heavy: plotly and matplotlib only when a chart is drawn
     from matplotlib.colors import to_hex
 
     board = ctx.board.dropna(subset=[IN_DOMAIN, HELD_OUT])

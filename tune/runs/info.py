@@ -7,7 +7,7 @@ same cache setting. Keeping that in one place keeps the two commands honest with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,8 +112,6 @@ def load_heldout(info: RunInfo, cache_dir: Path | None, resize: str = "bilinear"
 def record_moved_data(info: RunInfo, held_out: list[ImageSet]) -> None:
     """run.json points at where the data is now, once the loaders found the very same images there, so the
     next command needs no --data. Nothing is written when nothing moved."""
-    from dataclasses import replace
-
     data = info.meta.data
     moved = list(info.moved_heldout or ())
     if Path(data.root) == info.root and not moved:

@@ -23,16 +23,17 @@ Every other module asks this one for a path; none spells one.
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from tune.core import UserError, atomic_write_json, known, plain, read_json
+import pyarrow.fs
 
-if TYPE_CHECKING:
-    import pyarrow.fs
+from tune.core import UserError, atomic_write_json, known, plain, read_json
 
 RESULTS = Path("results")  # where run folders live unless --storage names a folder
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -68,8 +69,6 @@ def join(location: str, *parts: str) -> str:
 
 def filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
     """(pyarrow filesystem, path in it) for a folder or a URI, the filesystem layer Ray itself writes through."""
-    import pyarrow.fs
-
     if not is_uri(location):
         return pyarrow.fs.LocalFileSystem(), str(Path(location).absolute())
     try:
@@ -79,8 +78,6 @@ def filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
 
 
 def exists(location: str) -> bool:
-    import pyarrow.fs
-
     fs, path = filesystem(location)
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
@@ -231,9 +228,6 @@ class Run:
     def optuna_problem(self) -> str | None:
         """None when optuna.db opens as an Optuna database; else what is wrong with it, in words. Opened read-only:
         asking never creates the file (sqlite would make an empty one)."""
-        import sqlite3
-        from contextlib import closing
-
         if not self.optuna_db.is_file():
             return f"{self.optuna_db} is missing"
         try:

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.fs
+
 from tune.metrics.classification import metric_value
 from tune.runs.layout import Run, RunRecord, filesystem, trial_folder
 
@@ -106,7 +108,7 @@ def _read_trial(fs: Any, arch: str, trial_id: str, path: str, status: str) -> Tr
 
 def ray_statuses(fs: Any, path: str) -> dict[str, str]:
     """{trial id: status} in the order Ray created the trials, from Ray's own experiment snapshot."""
-    from ray.tune import ExperimentAnalysis
+    from ray.tune import ExperimentAnalysis  # heavy: ray only to read Ray's own experiment snapshot
 
     log = logging.getLogger("ray.tune.analysis.experiment_analysis")
     level = log.level
@@ -122,8 +124,6 @@ def ray_statuses(fs: Any, path: str) -> dict[str, str]:
 
 def read_experiment(location: str, arch: str) -> list[TrialRecord]:
     """The trials of one Ray experiment, in the order Ray created them (unlisted ones last)."""
-    import pyarrow.fs
-
     fs, root = filesystem(location)
     if fs.get_file_info(root).type == pyarrow.fs.FileType.NotFound:
         return []  # not started yet
@@ -147,8 +147,6 @@ def started_at(first: dict[str, Any]) -> float:
 
 def _entries(location: str) -> tuple[Any, list[Any]]:
     """(filesystem, what the experiment folder at `location` holds: pyarrow FileInfos; none before it exists)."""
-    import pyarrow.fs
-
     fs, root = filesystem(location)
     if fs.get_file_info(root).type == pyarrow.fs.FileType.NotFound:
         return fs, []
@@ -162,8 +160,6 @@ def mend_torn_results(location: str) -> list[str]:
     A driver killed mid-copy leaves it cut short, possibly mid-line; --resume appends to it, and a torn
     line would swallow the first new row. Rows lost in the cut stay lost (the trial's own epoch count
     says how far it got); no row is ever half-kept."""
-    import pyarrow.fs
-
     fs, entries = _entries(location)
     mended = []
     for i in entries:
@@ -193,8 +189,6 @@ def torn_snapshots(location: str) -> list[str]:
 def last_timestamp(location: str) -> float | None:
     """When the last result of any trial in the experiment at `location` was reported (Ray's `timestamp`),
     or None when none was: how long an interrupted experiment ran."""
-    import pyarrow.fs
-
     fs, entries = _entries(location)
     stamps = [r["timestamp"] for i in entries if i.type == pyarrow.fs.FileType.Directory
               for r in per_epoch(_read_text(fs, f"{i.path}/result.json") or "")[-1:] if "timestamp" in r]
@@ -208,8 +202,6 @@ def read_trials(run: Run, record: RunRecord, arch: str) -> list[TrialRecord]:
 
 def find_trial(run: Run, record: RunRecord, arch: str, trial_id: str) -> TrialRecord | None:
     """One trial by id (its params and results; status not looked up), or None."""
-    import pyarrow.fs
-
     for loc in run.experiments(record, arch):
         fs, root = filesystem(loc)
         path = f"{root}/{trial_folder(arch, trial_id)}"

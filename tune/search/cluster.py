@@ -3,6 +3,7 @@ dashboard, our own progress lines instead of Ray's chatter, and snapshots often 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -15,8 +16,6 @@ from tune.search.space import SearchSpace
 def quiet_ray() -> None:
     """Keep the screen for our own progress lines (Ray's INFO chatter and snapshot warnings go), and
     snapshot the experiment often enough for --resume after a crash."""
-    import logging
-
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ray snapshots the experiment every >= 10 s by default; a SIGKILL then finds trials pointing at checkpoints
     # rotated away since (seen: epochs of 0.1 s). Every 2 s, with two checkpoints kept per trial, a crash loses
@@ -39,7 +38,7 @@ def loopback_only() -> None:
 def start_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
     """Join the cluster at `address`, or start a fresh local Ray (never silently joining another one on this
     machine; every server on 127.0.0.1, no dashboard). False when Ray was already up in this process."""
-    import ray
+    import ray  # heavy: ray only here, after quiet_ray and loopback_only set its environment
 
     if ray.is_initialized():
         return False
@@ -55,7 +54,7 @@ def start_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
 
 def slots(space: SearchSpace) -> int:
     """How many trials run at once: the cluster's CPUs (and GPUs, with CUDA) over what one trial takes."""
-    import ray
+    import ray  # heavy: ray only once the search runs
 
     res, r = ray.cluster_resources(), space.resources
     n = res.get("CPU", 1) // r.cpus_per_trial

@@ -83,7 +83,7 @@ def result_keys(goals: tuple[tuple[str, str], ...], score: str) -> list[str]:
 
 def sampler_for(kind: str, seed: int, startup: int) -> Any:
     """Optuna's sampler: TPE (multi-objective when there are several objectives: MOTPE) or NSGA-II."""
-    from optuna.samplers import NSGAIISampler, TPESampler
+    from optuna.samplers import NSGAIISampler, TPESampler  # heavy: optuna only when a search builds its sampler
 
     if kind == "nsga2":
         return NSGAIISampler(seed=seed, population_size=max(4, startup))

@@ -29,6 +29,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from optuna.exceptions import OptunaError
+from optuna.storages import RDBStorage
+from optuna.trial import Trial, TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -54,8 +57,6 @@ def studies_at(url: str) -> Iterator[None]:
     not there ("unable to open database file"), and after a copy the copy's trials would go into the original's
     optuna.db. The run's place is the driver's to say, never a pickle's.
     """
-    from optuna.storages import RDBStorage
-
     global _reopen_at
     _reopen_at = url
     pickled = RDBStorage.__setstate__
@@ -102,7 +103,6 @@ class HonestOptunaSearch(OptunaSearch):
         if how in FINISHED:
             super().on_trial_complete(trial_id, result, error=False)  # COMPLETE with its best value
             return
-        from optuna.trial import TrialState
 
         state = TrialState.FAIL if how == "errored" else TrialState.PRUNED
         try:
@@ -113,8 +113,6 @@ class HonestOptunaSearch(OptunaSearch):
 
     def _tell_all(self, trial_id: str, ot_trial: Any, how: str, result: dict[str, Any] | None) -> None:
         """A multi-objective study: COMPLETE with every value, PRUNED when ASHA stopped it, else FAIL."""
-        from optuna.trial import TrialState
-
         values = [(result or {}).get(m) for m in self.metric]
         finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
         # As with one objective: a stopped trial (by ASHA or the time budget) is PRUNED, an errored one FAIL.
@@ -147,9 +145,6 @@ class StudyPlan:
         """The study loaded from optuna.db with a new sampler. Reopened after a stop, the sampler's seed moves on
         by the study's trial count, so its random draws are not the first session's again; trials that were
         running are linked back to their Ray trials, and finished ones are known as finished."""
-        from optuna.storages import RDBStorage
-        from optuna.trial import Trial, TrialState
-
         storage = RDBStorage(url or self.url)
         done = len(optuna_study_trials(storage, self.study_name))
         search = HonestOptunaSearch(space=self.space, metric=self.metric, mode=self.mode, study_name=self.study_name,
@@ -167,8 +162,6 @@ class StudyPlan:
 
 def optuna_study_trials(storage: Any, name: str) -> list[Any]:
     """The trials a study of `storage` holds, none when the study is not there yet."""
-    from optuna.exceptions import OptunaError
-
     try:
         return storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
     except (KeyError, OptunaError):
@@ -270,8 +263,6 @@ class ArchSearcher(Searcher):
         """Optuna trials still RUNNING whose Ray trial this snapshot does not know: the stop came between Optuna
         creating the trial and Ray's next snapshot, so Ray will never run it. FAIL, so the study holds no trial
         that never ends."""
-        from optuna.trial import TrialState
-
         for child in self.children.values():
             for ray_id, ot_trial in list(child._ot_trials.items()):
                 if ray_id not in self.owner and ray_id not in child._completed_trials:

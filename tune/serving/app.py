@@ -17,12 +17,14 @@ import asyncio
 import base64
 import re
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -155,7 +157,7 @@ def replica_grpc_on_loopback() -> bool:
     no setting to change it (ray-project/ray#64544). On a loopback-only local Ray, rewrite that address
     to 127.0.0.1 in this replica's process (its peers reach it at the node IP, 127.0.0.1). Called in the
     replica's __init__, which Serve runs before it starts that server. False if Serve's code changed."""
-    from ray.serve._private import replica
+    from ray.serve._private import replica  # Ray Serve's replica internals: loaded only in a replica's process
 
     original = getattr(replica, "add_port_to_grpc_server", None)
     if original is None:
@@ -180,10 +182,6 @@ class DetectorApp:
 
     def __init__(self, model_path: str, max_batch: int, batch_wait_s: float, max_bytes: int, threads: int,
                  loopback: bool, max_video_s: float = MAX_VIDEO_S) -> None:
-        import warnings
-
-        import torch
-
         if loopback and not replica_grpc_on_loopback():
             warnings.warn("could not keep the replica's gRPC server on 127.0.0.1 (Ray Serve changed)", stacklevel=1)
 
@@ -228,16 +226,12 @@ class DetectorApp:
         """P(fake) of a batch, on the forward thread. One image runs on one torch thread: as fast as two
         for a single small image, and steady when the other core is busy with the next requests, where
         two threads wait on each other (the single-image forward varied 30-fold with two)."""
-        import torch
-
         torch.set_num_threads(1 if len(x) == 1 else self.threads)  # only forward passes run torch here
         return self.loaded.probabilities(x, len(x))
 
     def explained(self, x: np.ndarray, p: float) -> dict[str, Any]:
         """The Grad-CAM overlay of one image, on the forward thread (so it never runs beside a batch).
         One torch thread, as a lone image's forward: the other core keeps serving requests."""
-        import torch
-
         t0 = time.perf_counter()
         torch.set_num_threads(1)
         maps = explain.gradcam(self.loaded.model, self.loaded.arch, x[None])

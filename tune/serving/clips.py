@@ -5,11 +5,15 @@ time and its face box. Limits: the upload's size (serve --max-bytes, as for imag
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from PIL import Image, ImageDraw
 
 from tune.data.video import VIDEO_EXTS, probe, read_frames
 
@@ -40,10 +44,6 @@ class Clip:
 
 def boxed_png(frame: np.ndarray, box: tuple[int, int, int, int] | None, width: int = 320) -> bytes:
     """A frame with its face box drawn (the box the crop was cut around), scaled to `width` px, as PNG."""
-    import io
-
-    from PIL import Image, ImageDraw
-
     im = Image.fromarray(frame)
     scale = width / im.width
     im = im.resize((width, max(1, round(im.height * scale))), Image.BILINEAR)
@@ -90,8 +90,6 @@ def prepare_clip(loaded: LoadedModel, data: bytes, name: str, max_s: float) -> C
 
 def clip_answer(loaded: LoadedModel, clip: Clip, p: np.ndarray) -> dict[str, Any]:
     """The JSON of a scored clip: its verdict (the frames aggregated as the model was selected) and each frame."""
-    import base64
-
     score = loaded.video_score(p)
     c = loaded.record.config
     face = {} if clip.first is None else {"face_png": base64.b64encode(

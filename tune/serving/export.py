@@ -18,6 +18,9 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
 from tune import inference
 from tune.core import UserError, atomic_write_bytes, atomic_write_text
 from tune.data.images import scan_split
@@ -26,7 +29,6 @@ from tune.serving.modelcard import model_card, render_card
 from tune.serving.quantize import CALIBRATION_IMAGES, SCHEMES, compare
 
 if TYPE_CHECKING:
-    import numpy as np
 
     from tune.inference import LoadedModel
 
@@ -40,8 +42,6 @@ def validation_images(loaded: LoadedModel, n: int, *, half_step: bool = False) -
     """n uint8 images spread over the record's validation split (never the test split), or None when the split
     is not where the record says. `half_step`: the images half-way between those of the default spread, so a
     second set (int8 calibration) shares none with the first (parity)."""
-    import numpy as np
-
     root = loaded.record.data.get("root")
     if not (root and Path(root).is_dir()):
         return None
@@ -64,8 +64,6 @@ def validation_images(loaded: LoadedModel, n: int, *, half_step: bool = False) -
 def parity_images(loaded: LoadedModel, n: int = PARITY_IMAGES) -> tuple[np.ndarray, str]:
     """n uint8 images: the record's validation images when its data root is here (never the test split),
     else deterministic synthetic ones (noise, gradients and checkerboards, so every layer sees signal)."""
-    import numpy as np
-
     valid = validation_images(loaded, n)
     if valid is not None and len(valid) == n:
         return valid, "validation"
@@ -81,8 +79,6 @@ def parity_images(loaded: LoadedModel, n: int = PARITY_IMAGES) -> tuple[np.ndarr
 
 def to_onnx(loaded: LoadedModel) -> tuple[bytes, int]:
     """(serialized ONNX model, opset) taking float [0,1] NCHW and returning P(fake)."""
-    import torch
-
     class WithSigmoid(torch.nn.Module):
         def __init__(self, detector: torch.nn.Module) -> None:
             super().__init__()
@@ -111,8 +107,7 @@ def to_onnx(loaded: LoadedModel) -> tuple[bytes, int]:
 
 def check_parity(loaded: LoadedModel, onnx_bytes: bytes, x: np.ndarray) -> float:
     """max |P_torch - P_onnx| over x, run through onnxruntime at full batch and one image at a time."""
-    import numpy as np
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: onnxruntime only when an export is checked
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     ref = loaded.probabilities(x, batch=len(x))
@@ -128,8 +123,6 @@ def export(model: Path, fmt: str = "onnx", out: Path | None = None, quantize: st
     """The fp32 ONNX model, parity-checked; with `quantize` ("int8": static, calibrated on validation images;
     "int8-dynamic") its quantized version is written instead, checked against fp32 within
     tune/serving/quantize.py's stated limit and timed."""
-    import numpy as np
-
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     loaded = inference.load(model)

@@ -15,16 +15,14 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import numpy as np
 
 from tune.core import atomic_write_bytes, atomic_write_text
 from tune.data.images import IMAGE_EXTS
 from tune.data.video import is_video
 from tune.inference import LoadedModel
 from tune.models import explain
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 @dataclass
@@ -56,8 +54,6 @@ CHUNK = 256  # images decoded at a time: a folder of any size never sits in memo
 def predict(loaded: LoadedModel, files: list[Path], explain_to: Path | None = None) -> list[Prediction]:
     """Score the files, CHUNK readable images at a time; with `explain_to`, write each scored image's map and
     overlay there too, then explain.csv listing them all."""
-    import numpy as np
-
     rows = [Prediction(str(f), math.nan, "") for f in files]
     explained = Explanations(loaded, explain_to) if explain_to is not None else None
     good: list[int] = []

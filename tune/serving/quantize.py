@@ -19,13 +19,12 @@ one line and nothing is written.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
 
 from tune.core import UserError
 from tune.models.onnxrt import session, session_median_ms
-
-if TYPE_CHECKING:
-    import numpy as np
 
 INT8_LIMIT = 0.05
 SCHEMES = ("int8", "int8-dynamic")
@@ -35,8 +34,6 @@ CALIBRATION_IMAGES = 64  # validation images that set the activations' ranges (`
 def compare(fp32: bytes, int8: bytes, x: np.ndarray, arch: str, input_name: str, scheme: str = "int8",
             calibrated_on: int = 0) -> dict[str, Any]:
     """Parity of int8 against fp32 on x (uint8 images) and their latencies at batch 1; UserError past the limit."""
-    import numpy as np
-
     xf = x.astype(np.float32) / np.float32(255.0)
     a, b = session(fp32), session(int8)
     try:

@@ -22,6 +22,7 @@ disconnected, within the same budget.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -97,7 +98,7 @@ def stop(handle: Any, *, ray_started: bool, local: bool, mark: str | None) -> tu
     when the app never started; `ray_started`: this command called ray.init; `local`: and the Ray is its
     own, not a cluster's; `mark`: the processes' marker (mark_processes). Returns the exit code and one
     line saying how it stopped and how long it took, counted from the signal."""
-    import ray
+    import ray  # heavy: ray only when serving stops (cli/serve imports this module at start-up)
 
     calm_signals()
     t0 = _received[0][1] if _received else time.monotonic()
@@ -129,7 +130,7 @@ def stop(handle: Any, *, ray_started: bool, local: bool, mark: str | None) -> tu
     if local:
         done, error = _bounded(ray.shutdown, min(RAY_S, left() - END_S - 1.5))
     else:  # not our Ray: Serve's own graceful shutdown there, and disconnect if we connected; kill nothing there
-        from ray import serve
+        from ray import serve  # heavy: ray, as in stop
 
         done, error = _bounded(lambda: (serve.shutdown(), ray.shutdown() if ray_started else None), left() - 0.5)
     notes.append(f"Ray {'shut down' if done and not error else 'did not shut down'} ({time.monotonic() - t:.1f} s"
@@ -167,9 +168,7 @@ async def drain_direct_ingress(wait_s: float) -> dict[str, Any]:
     (new connections are refused: a client sees that, never a 5xx), close idle keep-alive connections,
     and close busy ones after their current response. {"closed": False} if Serve's internals changed
     or the replica has no direct ingress (behind Serve's proxy)."""
-    import asyncio
-
-    from ray._private import worker
+    from ray._private import worker  # Ray's worker internals: only in a replica's process
 
     w = worker.global_worker
     actor = getattr(w, "actors", {}).get(getattr(w, "actor_id", None))

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
 from tune.core import (
     UserError,
     atomic_torch_save,
@@ -24,7 +27,6 @@ from tune.metrics.classification import HELDOUT, METRICS, VIDEO, youden_threshol
 from tune.training.config import TrainConfig
 
 if TYPE_CHECKING:
-    import numpy as np
 
     from tune.data.images import ImageSet
     from tune.training.loop import FitResult
@@ -116,8 +118,6 @@ def run_record(cfg: TrainConfig, result: FitResult, data: dict[str, Any],
                y_valid: np.ndarray | None = None) -> ModelRecord:
     """Everything about a training run but its weights. With the valid labels it also records the
     threshold that a model file is used at (Youden's J on valid, as finalize chooses it)."""
-    import torch
-
     threshold = {} if y_valid is None else {"threshold": youden_threshold(y_valid, result.val_probs),
                                             "threshold_rule": "Youden's J maximised on the validation split"}
     return ModelRecord(**threshold, config=cfg.to_dict(), seed=cfg.seed, data=data,
@@ -171,8 +171,6 @@ def prediction_columns(path: Path) -> list[str]:
 
 def read_predictions(path: Path, column: str = PLAIN) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(paths, labels, the column's P(fake)); a file without that column is one UserError."""
-    import numpy as np
-
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if rows and column not in rows[0]:

@@ -26,10 +26,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-if TYPE_CHECKING:
-    import numpy as np
+import numpy as np
 
 from tune.core import UserError, atomic_write_json
 
@@ -190,8 +189,6 @@ def get_or_build(target: Path, shape: tuple[int, ...], dtype: str, fill: Callabl
     features are written batch by batch into a memory-mapped temporary file in the same folder, renamed
     when complete; a full disk or a budget too small for the file leaves nothing behind.
     """
-    import numpy as np
-
     f = lease(target)
     if f is not None:
         return f, ""
