@@ -129,7 +129,7 @@ def plot_roc(run_dir: Path, cmp: Comparison) -> Figure:
 
 def plot_confusion(run_dir: Path, cmp: Comparison) -> Figure:
     tuned = [(r, f) for r, f in winners(run_dir, cmp) if r.kind == "tuned"]
-    fig = Figure(figsize=(4.2 * len(tuned), 4), layout="constrained")
+    fig = new_figure(figsize=(4.2 * len(tuned), 4), layout="constrained")
     for ax, (row, folder) in zip(np.atleast_1d(fig.subplots(1, len(tuned))), tuned):
         y, p = _predictions(folder)
         m = binary_metrics(y, p, row.chosen_threshold)
