@@ -363,3 +363,14 @@ def test_bad_time_budget_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["search", "--time-budget", "20 minutes", "--name", "x", "--storage", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == ("error: bad --time-budget '20 minutes': expected a duration like 90s, "
                                                "20m or 1.5h (or seconds)")
+
+
+def test_a_python_under_a_path_with_a_space_is_refused_in_one_line() -> None:
+    """Ray 2.60 starts Tune's workers through `bash -c` with the interpreter's path unquoted: under a path with a
+    space every trial worker dies at start and the search waits forever. start_ray refuses it first."""
+    from tune.core import UserError
+    from tune.search.cluster import check_worker_paths
+
+    check_worker_paths("/opt/venv/bin/python", "/opt/venv/lib/python3.11/site-packages/ray")
+    with pytest.raises(UserError, match="path with a space: '/tmp/ci run/.venv/bin/python'; put the project"):
+        check_worker_paths("/tmp/ci run/.venv/bin/python", "/opt/ray")

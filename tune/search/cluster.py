@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 
 import torch
 
+from tune.core import UserError
 from tune.search.space import SearchSpace
 
 
@@ -35,6 +37,16 @@ def loopback_only() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
+def check_worker_paths(*paths: str) -> None:
+    """Refuse, in one line, a Python or Ray installed under a path with white space: Ray starts Tune's and Serve's
+    workers through `bash -c` with the path unquoted, so they die at start ("bash: /tmp/my: No such file") and the
+    search waits for them forever (Ray 2.60; plain tasks are not affected)."""
+    for path in paths:
+        if any(c.isspace() for c in path):
+            raise UserError(f"Ray cannot start its workers from a path with a space: {path!r}; put the project and "
+                            "its .venv in a folder whose path has no spaces (Ray runs the worker command unquoted)")
+
+
 def start_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
     """Join the cluster at `address`, or start a fresh local Ray (never silently joining another one on this
     machine; every server on 127.0.0.1, no dashboard). False when Ray was already up in this process."""
@@ -42,6 +54,8 @@ def start_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    if not address:
+        check_worker_paths(sys.executable, os.path.dirname(ray.__file__))
     term = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, log_to_driver=False)
