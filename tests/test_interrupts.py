@@ -4,6 +4,7 @@ and --resume or a rerun completes. Also the searcher's pickled state: its own da
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import signal
@@ -20,6 +21,7 @@ from procs import ROOT, kill_marked, marked_env, pids_with_mark, run, tune_cmd
 from tune.runs.leaderboard import load_leaderboard
 from tune.search.budget import Budget
 from tune.search.searcher import ArchSearcher, StudyPlan
+from tune.search.snapshots import restored_from
 from tune.search.space import DefineByRun, parse_space
 
 pytestmark = pytest.mark.slow
@@ -183,7 +185,9 @@ def test_a_two_objective_search_snapshotted_killed_and_resumed(tmp_path: Path, s
 # SIGTERM takes the same path (stop_gracefully forwards both); the finalize tests below send it.
 @pytest.mark.parametrize("sig", [signal.SIGINT])
 def test_an_interrupted_search_says_how_to_resume_and_never_finalizes(tmp_path: Path, sig: int) -> None:
-    env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"))
+    """Then the run folder is damaged as a SIGKILL on a slow machine left it (seen on CI): Ray's snapshot cut short,
+    and the checkpoint it names for a running trial already deleted for a newer one. --resume still finishes."""
+    env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"), TUNE_GLOBAL_CHECKPOINT_S="0")
     try:
         w, args, run_dir = _search(tmp_path, "tpe", env)
         w.wait_for(lambda: sum(_epochs(run_dir / "trials" / "search")) >= 2)
@@ -198,6 +202,7 @@ def test_an_interrupted_search_says_how_to_resume_and_never_finalizes(tmp_path: 
     assert command == f"python -m tune search --name r --resume --storage {tmp_path / 'results'}", command
     assert "finalize" not in out and not (run_dir / "finalize").exists() and "search finished" not in out
     assert len(load_leaderboard(run_dir)) >= 1  # the run folder reads
+    moved = _damage(run_dir / "trials" / "search")
 
     env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"))
     try:
@@ -205,8 +210,28 @@ def test_an_interrupted_search_says_how_to_resume_and_never_finalizes(tmp_path: 
     finally:
         kill_marked(mark)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert len(load_leaderboard(run_dir)) == 3
+    assert "was cut short when the search was stopped; resuming from the whole one" in res.stdout, res.stdout
+    assert f"{moved}, which the snapshot names, was already replaced" in res.stdout, res.stdout
+    df = load_leaderboard(run_dir)
+    assert len(df) == 3 and set(df["ended"]) <= {"completed", "early_stopped", "stopped_by_asha"}, df
     assert all(t.state in FINISHED for t in _study_trials(run_dir))
+
+
+def _damage(experiment: Path) -> str:
+    """Cut Ray's snapshot short, and move the checkpoint that KeepWhole's copy of it names for an unfinished trial
+    to a later name, as Ray's rotation does. Returns the checkpoint's name."""
+    state = next(experiment.glob("experiment_state-*.json"))
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    kept = json.loads(next(experiment.glob(".whole/*/experiment_state-*.json")).read_text())
+    for trial_json, meta_json in kept["trial_data"]:
+        trial, meta = json.loads(trial_json), json.loads(meta_json)
+        named = restored_from(meta)
+        if trial["status"] != "TERMINATED" and named:
+            folder = experiment / trial["relative_logdir"]
+            later = f"checkpoint_{int(named.rsplit('_', 1)[1]) + 7:06d}"  # past any the trial wrote (5 epochs)
+            (folder / named).rename(folder / later)
+            return named
+    raise AssertionError(f"no unfinished trial with a checkpoint in the kept snapshot: {kept['trial_data']}")
 
 
 # --------------------------------------------------------------------------- finalize

@@ -30,6 +30,7 @@ LOCAL_TUNE_IMPORTS = [
     ("search/driver.py", "tune.search.retention", RAY_AFTER_SETTINGS),
     ("search/driver.py", "tune.search.scheduler", RAY_AFTER_SETTINGS),
     ("search/driver.py", "tune.search.searcher", RAY_AFTER_SETTINGS),  # make_tuner
+    ("search/driver.py", "tune.search.snapshots", RAY_AFTER_SETTINGS),
     ("search/driver.py", "tune.search.searcher", RAY_AFTER_SETTINGS),  # run_search: studies_at
 ]
 

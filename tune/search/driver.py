@@ -283,14 +283,18 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
     from tune.search.retention import Retention
     from tune.search.scheduler import ArchScheduler
     from tune.search.searcher import ArchSearcher, StudyPlan
+    from tune.search.snapshots import KeepWhole, mend_checkpoints, put_back
 
     if opts.resume and ray_tune.Tuner.can_restore(location):
+        why = put_back(location)  # KeepWhole's copy, when Ray's own was torn or stale when the driver died
         torn = torn_snapshots(location)
         if torn:
             raise UserError(f"cannot resume run {run.name}: Ray's experiment snapshot {torn[0]} in {location} was cut "
-                            "short when the search was killed mid-copy, and Ray keeps no older one; the trials' own "
-                            "folders are intact (leaderboard and report read them)")
+                            "short when the search was killed mid-copy, and no whole copy of it was kept; the "
+                            "trials' own folders are intact (leaderboard and report read them)")
         print(f"[search] resuming {location}", flush=True)
+        for line in ([why] if why else []) + mend_checkpoints(location):
+            print(f"[search] {line}", flush=True)
         for path in mend_torn_results(location):
             print(f"[search] {path}: its last line was cut short by the interruption; dropped it", flush=True)
         return ray_tune.Tuner.restore(location, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -326,7 +330,7 @@ def make_tuner(trainable: Any, space: SearchSpace, run: Run, record: RunRecord, 
             name=location.rstrip("/").rsplit("/", 1)[-1], storage_path=location.rstrip("/").rsplit("/", 1)[0],
             verbose=0, callbacks=[Progress(scheduler, space.mode, cache=opts.cache_dir / "features"
                                            if opts.use_cache and opts.cache_dir else None),
-                                  *([Retention()] if keep_best else [])],
+                                  KeepWhole(), *([Retention()] if keep_best else [])],
             # keep_best: the two latest checkpoints while a trial runs (each holds the kept epoch's weights too,
             # and the one Ray's last experiment snapshot names must survive until the next snapshot, every 2 s:
             # quiet_ray; so not one), then Retention keeps the latest only. keep_all: every epoch's.
