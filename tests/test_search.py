@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -374,3 +375,44 @@ def test_a_python_under_a_path_with_a_space_is_refused_in_one_line() -> None:
     check_worker_paths("/opt/venv/bin/python", "/opt/venv/lib/python3.11/site-packages/ray")
     with pytest.raises(UserError, match="path with a space: '/tmp/ci run/.venv/bin/python'; put the project"):
         check_worker_paths("/tmp/ci run/.venv/bin/python", "/opt/ray")
+
+
+SPACE_ONE_TRIAL = """
+metric: val_auc
+seed: 0
+image_size: 32
+budget: {trials: 1, max_epochs: 1, grace_period: 1, reduction_factor: 2, patience: 1}
+resources: {cpus_per_trial: 1}
+architectures:
+  custom_cnn:
+    lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+"""
+
+
+def test_a_search_from_an_environment_under_a_path_with_a_space_relaunches_and_runs(tmp_path: Path) -> None:
+    """The same .venv reached through "my projects/.venv" (sys.prefix keeps the path it was started by): the command
+    re-executes itself, same process id, through a link without spaces (tune/core/relaunch.py), and Ray's trial
+    workers start (before: every one died at start and the search waited forever)."""
+    venv = tmp_path / "my projects" / ".venv"
+    venv.parent.mkdir()
+    venv.symlink_to(Path(sys.prefix))
+    python = venv / Path(sys.executable).relative_to(sys.prefix)
+    env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("TUNE_RELAUNCHED", None)  # set when this test session itself was relaunched (a clone under a space)
+    # A script run twice when it re-executes: its process id before, the same after, then the prefix it ends with.
+    code = ("import os, sys; print(os.getpid(), flush=True); from tune.core.relaunch import relaunch_without_spaces;"
+            " relaunch_without_spaces(); print(sys.prefix)")
+    probe = subprocess.run([str(python), "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    pid_before, pid_after, prefix = probe.stdout.splitlines()
+    assert pid_before == pid_after and " " not in prefix and Path(prefix).resolve() == Path(sys.prefix).resolve()
+
+    data = make_dataset(tmp_path / "data", n=8, size=32, splits=("train", "valid"))
+    (tmp_path / "s.yaml").write_text(SPACE_ONE_TRIAL)
+    try:
+        res = run([str(python), "-m", "tune", "search", "--data", str(data), "--space", str(tmp_path / "s.yaml"),
+                   "--name", "sp", "--storage", str(tmp_path / "results"), "--no-finalize"], env, timeout=240)
+    finally:
+        kill_marked(mark)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert list(load_leaderboard(tmp_path / "results" / "sp")["ended"]) == ["completed"]
