@@ -294,7 +294,7 @@ def test_the_trade_off_sentence_names_both_winners_and_the_paired_test() -> None
 
     rng = np.random.default_rng(0)
     boot = {n: {"auc": rng.normal(m, 0.02, 1000)} for n, m in (("a", 0.9), ("b", 0.8))}
-    rows = [ModelRow(f"{n} (tuned)", n, "custom_cnn", "tuned", None, {}, [0], [0.5], [0.5], n, 0, 0.5,
+    rows = [ModelRow(f"{n} (tuned)", n, "custom_cnn", "tuned", None, None, [0], [0.5], [0.5], n, 0, 0.5,
                      {AT_HALF: {"auc": Cell(m)}}) for n, m in (("a", 0.9), ("b", 0.8))]
     records = {"a": [ModelRecord(config={}, best={"val_auc": 0.95, "xval_auc": 0.55, "xval[g]_auc": 0.5,
                                                   "xval[h]_auc": 0.6})],

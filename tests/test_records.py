@@ -14,15 +14,13 @@ import tune
 from tune.metrics.cells import Cell, PairedTest
 from tune.metrics.classification import AT_HALF, AT_VALID, THRESHOLD_RULES, ThresholdRule
 from tune.runs import comparison, evaluation, files
+from tune.training.config import TrainConfig
 
 SRC = Path(tune.__file__).parent
 RECORD_MODULES = (files, comparison, evaluation)
 UNTYPED = re.compile(r"\bdict\[str, Any\]")
-# Fields that stay in their owner's schema, with why. Anything else typed `dict[str, Any]` fails the test below.
-KEPT_AS_WRITTEN = {
-    "ModelRow.config": "the retrained TrainConfig in tune.training.config's schema (seed None), kept as finalize "
-                       "wrote it: TrainConfig.from_dict reads it, and a later option must not appear in an old row",
-}
+# Fields that stay in their owner's schema, with why (none now). Any field typed `dict[str, Any]` fails the test below.
+KEPT_AS_WRITTEN: dict[str, str] = {}
 
 
 def record_classes() -> dict[str, type]:
@@ -59,8 +57,8 @@ def test_a_comparison_writes_the_keys_its_readers_know() -> None:
     from tune.runs.comparison import Costs, ModelRow, Picked, Resampling, VariantRow, Verdict, Versus
 
     cells = {AT_HALF: {"auc": Cell(0.9, 0.8, 1.0, 0.01, (0.89, 0.91))}, AT_VALID: {"accuracy": Cell(0.8)}}
-    row = ModelRow("a (tuned)", "a", "custom_cnn", "tuned", "t1", {"lr": 0.001, "seed": None}, [0, 1], [0.9, 0.91],
-                   [0.4, 0.5], "finalize/a", 1, 0.5, cells)
+    row = ModelRow("a (tuned)", "a", "custom_cnn", "tuned", "t1", TrainConfig.of(arch="custom_cnn", lr=0.001, seed=1),
+                   [0, 1], [0.9, 0.91], [0.4, 0.5], "finalize/a", 1, 0.5, cells)
     test = PairedTest(0.1, 0.02, True)
     cmp = files.Comparison(
         run="r", metric="val_auc", n_test=10, test_fingerprint="ab", rows=[row],
@@ -86,6 +84,36 @@ def test_a_comparison_writes_the_keys_its_readers_know() -> None:
         "value": 0.9, "chosen_value": 0.88, "difference": 0.1, "p_value": 0.02, "significant": True}}}
     assert plain["picked"]["metrics"] == {"auc": {"value": 0.9, "most_accurate_value": 0.9}}
     assert plain["costs"]["settings"]["batch"] == LatencySettings().batch
+    # the row's config is written as finalize always wrote it: every option and hyperparameter, the seed null
+    assert plain["rows"][0]["config"] == {**TrainConfig.of(arch="custom_cnn", lr=0.001).to_dict(), "seed": None}
+
+
+def test_a_rows_config_is_the_chosen_seeds_train_config() -> None:
+    """A row's config reads back as a TrainConfig with the row's chosen seed, from a config of any version: one
+    that lacks options added since (they take their defaults) or holds keys this version does not know (a
+    retired option, a later one: left alone); one this version cannot read at all is None, written as null."""
+    from tune.runs.comparison import ModelRow
+
+    old = {"arch": "custom_cnn", "base_width": 4, "batch_size": 16, "blur_prob": 0.0, "conv_blocks": 2,
+           "dropout": 0.5, "epochs": 2, "head_sizes": [8], "hflip": True, "image_size": 32, "jpeg_prob": 0.0,
+           "lr": 0.00075, "patience": 3, "seed": None, "threads": 1, "use_cache": True, "weight_decay": 0.0,
+           "an_option_of_a_later_version": "x"}
+    was = {"model": "custom_cnn (tuned)", "name": "custom_cnn", "arch": "custom_cnn", "kind": "tuned",
+           "trial_id": "5219fbc1", "config": old, "seeds": [0, 1], "valid_scores": [0.6, 0.7],
+           "thresholds": [0.49, 0.5], "folder": "finalize/custom_cnn", "chosen_seed": 1, "chosen_threshold": 0.5,
+           "at_0.5": {"auc": {"mean": 0.6, "boot_low": 0.5, "boot_high": 0.7}}}
+    row = ModelRow.from_dict(was)
+    assert isinstance(row.config, TrainConfig) and row.config.seed == row.chosen_seed == 1
+    assert (row.config.lr, row.config.batch_size, row.config.threads, row.config.head_sizes) == (0.00075, 16, 1, (8,))
+    assert (row.config.augment, row.config.optimizer, row.config.resize) == ("none", "adam", "bilinear")  # defaults
+    plain = json.loads(json.dumps(row.to_plain()))
+    assert plain.keys() == was.keys() and plain["config"]["seed"] is None
+    assert {k: plain["config"][k] for k in set(old) - {"blur_prob", "jpeg_prob", "an_option_of_a_later_version"}} \
+        == {k: v for k, v in old.items() if k in plain["config"]}
+    assert ModelRow.from_dict(plain) == row  # written, read back: equal
+    unreadable = ModelRow.from_dict({**was, "config": {**old, "arch": "an_arch_of_a_later_version"}})
+    assert unreadable.config is None and unreadable.to_plain()["config"] is None
+    assert ModelRow.from_dict(unreadable.to_plain()) == unreadable
 
 
 def test_hyperparameter_kinds_are_one_vocabulary() -> None:

@@ -38,7 +38,7 @@ def compare_models(info: RunInfo, cands: list[Candidate], records: dict[str, lis
     for c in cands:
         recs = records[c.name]
         row = ModelRow(model=c.label, name=c.name, arch=c.arch, kind=c.kind, trial_id=c.trial_id,
-                       config={**c.config.to_dict(), "seed": None}, seeds=[r.seed for r in recs],
+                       config=c.config.replace(seed=chosen[c.name].seed), seeds=[r.seed for r in recs],
                        valid_scores=[r.valid_score for r in recs], thresholds=[float(r.threshold or 0.5) for r in recs],
                        folder=str(info.run.finalize(c.name).relative_to(info.run.path)),
                        chosen_seed=chosen[c.name].seed, chosen_threshold=chosen[c.name].threshold,

@@ -6,18 +6,20 @@ Each part is read (`from_dict`: this version's keys or an earlier version's) and
 version's keys, the ones every earlier reader knows) here only, so the modules that compute or render them use
 attributes, never a file's string keys. The nested parts other modules own are those owners' types: a cell is
 tune.metrics.cells.Cell (which reads every cell schema), a paired test tune.metrics.cells.PairedTest, the costs'
-settings tune.metrics.costs.LatencySettings; a row's cells are keyed by tune.metrics.classification.ThresholdRule.
+settings tune.metrics.costs.LatencySettings, a row's config tune.training.config.TrainConfig; a row's cells are keyed
+by tune.metrics.classification.ThresholdRule.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from tune.core import known
+from tune.core import UserError, known
 from tune.metrics.cells import Cell, PairedTest, cell_of
 from tune.metrics.classification import AT_HALF, ThresholdRule
 from tune.metrics.costs import LatencySettings
+from tune.training.config import TrainConfig
 
 Cells = dict[ThresholdRule, dict[str, Cell]]  # under each threshold rule, each metric's cell
 
@@ -41,6 +43,14 @@ def _test(test: PairedTest | None) -> dict[str, float | bool]:
 
 
 # --------------------------------------------------------------------------- rows
+def read_config(d: dict[str, Any] | None, seed: int) -> TrainConfig | None:
+    """A row's config as any version wrote it (TrainConfig.from_written), with the row's chosen seed."""
+    try:
+        return None if d is None else TrainConfig.from_written({**d, "seed": seed})
+    except (UserError, TypeError, ValueError):  # an architecture or a value this version does not know
+        return None
+
+
 @dataclass
 class ModelRow:
     """One finalized model: what it is, its seeds with their valid scores and thresholds, and its test cells (mean
@@ -51,7 +61,9 @@ class ModelRow:
     arch: str
     kind: str  # "tuned", "baseline" or "picked" (tune.evaluation.retrain.Candidate.kind)
     trial_id: str | None
-    config: dict[str, Any]  # the retrained config, tune.training.config's schema, with seed None
+    # The retrained config of the chosen seed (each seed's is this one with its own seed; the file writes the seed
+    # null). None: a file whose config this version cannot read (an architecture or a value it does not know).
+    config: TrainConfig | None
     seeds: list[int]
     valid_scores: list[float]
     thresholds: list[float]  # each seed's valid-chosen threshold
@@ -65,12 +77,12 @@ class ModelRow:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelRow:
-        return known(cls, {**d, "cells": read_cells(d)})
+        return known(cls, {**d, "config": read_config(d.get("config"), d["chosen_seed"]), "cells": read_cells(d)})
 
     def to_plain(self) -> dict[str, Any]:
-        out = asdict(self)
-        del out["cells"]
-        return {**out, **plain_cells(self.cells)}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cells"}
+        config = None if self.config is None else {**self.config.to_dict(), "seed": None}  # a row is all its seeds
+        return {**out, "config": config, **plain_cells(self.cells)}
 
 
 @dataclass

@@ -7,7 +7,7 @@ and a reader never guesses which version wrote a file: `load` accepts what earli
 fields get the meaning they had then) and `save` writes this version's, with the keys every earlier reader
 knows. Their parts are typed in tune.runs.comparison and tune.runs.evaluation; a part that another module owns
 is that owner's type (a cell: tune.metrics.cells.Cell, which reads every schema of those; a condition:
-tune.data.perturb.Condition) or stays in its owner's schema (a trial's config: tune.training.config).
+tune.data.perturb.Condition; a row's config: tune.training.config.TrainConfig, read by its from_written).
 """
 
 from __future__ import annotations

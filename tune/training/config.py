@@ -138,6 +138,15 @@ class TrainConfig:
                             f"{sorted(names | set(arch_params))}")
         return cls(arch=arch, **own, hparams=d).validated()
 
+    @classmethod
+    def from_written(cls, d: dict[str, Any]) -> TrainConfig:
+        """A config that a result file holds (a comparison.json row's), as any version wrote it: options added
+        since take their defaults (what they meant then), and keys this version does not know (a retired option,
+        a later version's) are left alone. An architecture or a value this version refuses is a UserError."""
+        arch = d.get("arch", cls.__dataclass_fields__["arch"].default)
+        names = {f.name for f in options()} | set(get_arch(arch).hparams)
+        return cls.from_dict({k: v for k, v in d.items() if k in names})
+
     @property
     def aug(self) -> AugSpec:
         """The training views' augmentation (its random draws are seeded by the run's seed)."""
