@@ -92,11 +92,13 @@ def write_trial(root: Path, trial_id: str, reports: list[dict[str, Any]]) -> Non
 
 
 def test_a_trial_cut_short_reads_back_as_time_budget_with_its_completed_epochs_only(tmp_path: Path) -> None:
-    epoch = {"epoch": 1, "val_auc": 0.7, "best_epoch": 1, SCORE: 0.7, "timestamp": 100, "ended": ""}
-    last = {"ended": OUT_OF_TIME, CUT_SHORT: 12.5, "epochs_done": 1, "best_epoch": 1, SCORE: 0.7, "timestamp": 130}
-    write_trial(tmp_path, "0000000a", [epoch, last])
-    write_trial(tmp_path, "0000000b", [{**last, "epochs_done": 0, "best_epoch": 0, SCORE: math.nan}])
-    cut, empty = sorted(read_experiment(str(tmp_path), "custom_cnn"), key=lambda t: t.trial_id)
+    epoch = {"epoch": 1, "val_auc": 0.7, "best_epoch": 1, SCORE: 0.7, "timestamp": 100, "time_total_s": 10, "ended": ""}
+    last = {"ended": OUT_OF_TIME, CUT_SHORT: 12.5, "epochs_done": 1, "best_epoch": 1, SCORE: 0.7, "timestamp": 130,
+            "time_total_s": 40}
+    write_trial(tmp_path, "0000000a", [epoch, last])  # started at 90
+    write_trial(tmp_path, "0000000b", [{**last, "epochs_done": 0, "best_epoch": 0, SCORE: math.nan,
+                                        "time_total_s": 60}])  # started at 70, cut before its first epoch
+    empty, cut = read_experiment(str(tmp_path), "custom_cnn")  # in the order they started
     assert cut.results == [epoch] and cut.ended == "time_budget" and cut.last == last
     assert empty.results == [] and empty.ended == "time_budget"
     assert last_timestamp(str(tmp_path)) == 130  # an interrupted budget's time spent counts the last report too

@@ -150,8 +150,9 @@ def read_experiment(location: str, arch: str) -> list[TrialRecord]:
     order = [t for t in statuses if t in folders] + sorted(t for t in folders if t not in statuses)
     trials = [_read_trial(fs, arch, t, folders[t], statuses.get(t, "")) for t in order]
     # Ray's snapshot lists trials as it holds them, and a restore (--resume) re-adds them newest result
-    # first: the order they started is read from their own first result, so trial numbers never change.
-    return sorted(trials, key=lambda t: (0, started_at(t.results[0])) if t.results else (1, 0.0))
+    # first: the order they started is read from their own first result, so trial numbers never change (a trial the
+    # deadline cut before its first epoch has only its last report, which says as much).
+    return sorted(trials, key=lambda t: (0, started_at((t.results or [t.last])[0])) if t.last else (1, 0.0))
 
 
 def started_at(first: dict[str, Any]) -> float:
