@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 OUT_OF_TIME = "time_budget"  # how a trial ended that the time budget stopped (`ended`, tune.runs.trials.ended_how)
 _DEADLINE = [math.inf]  # the deadline the training running in this process keeps (inf: none)
+T = TypeVar("T")
 
 
 class OutOfTime(Exception):
@@ -41,3 +43,10 @@ def until(deadline: float | None) -> Iterator[None]:
 def check() -> None:
     if time.time() >= _DEADLINE[0]:
         raise OutOfTime
+
+
+def checked(items: Iterable[T]) -> Iterator[T]:
+    """The items (batches), the deadline checked before each is used."""
+    for item in items:
+        check()
+        yield item

@@ -50,7 +50,7 @@ from tune.models.registry import build_model
 from tune.training.cache import Inputs, model_device
 from tune.training.checkpoint import frozen_hash, load_trained, make_state, resume_weights, trained_part
 from tune.training.config import TrainConfig
-from tune.training.deadline import OUT_OF_TIME, OutOfTime, check
+from tune.training.deadline import OUT_OF_TIME, OutOfTime, check, checked
 from tune.training.loader import prefetched
 from tune.training.precision import autocast, grad_scaler, resolve
 
@@ -138,8 +138,8 @@ def train_one_epoch(model: Detector, inputs: Inputs, y: np.ndarray, optimizer: t
     # The loss is summed on the device in float64 and read once: loss.item() at every step would wait for
     # the GPU each time; float64 makes the sum the very number the per-step Python sum was.
     total = torch.zeros((), dtype=torch.float64, device=inputs.device)
-    for k, ((idx, _), batch) in enumerate(zip(plan, prefetched(jobs, inputs.workers))):
-        check()  # a search's deadline: between two steps, so no step is half-taken
+    # checked: a search's deadline, between two steps (no step is half-taken)
+    for k, ((idx, _), batch) in enumerate(checked(zip(plan, prefetched(jobs, inputs.workers)))):
         factor = lr_factor(cfg, (epoch - 1) * len(plan) + k, len(plan))
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
@@ -165,11 +165,7 @@ def evaluate(model: Detector, batches: Any, y: np.ndarray) -> tuple[float, np.nd
     """(mean BCE loss, P(fake) per image) over pre-encoded batches, in inference mode."""
     model.eval()
     with torch.inference_mode():
-        parts = []
-        for z in batches:
-            check()  # a search's deadline: an epoch whose scoring it cuts is not reported
-            parts.append(model.forward_cached(z).float().cpu())
-        logits = torch.cat(parts)
+        logits = torch.cat([model.forward_cached(z).float().cpu() for z in checked(batches)])  # checked: the deadline
     loss = float(nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y)))
     return loss, torch.sigmoid(logits).numpy().astype(np.float64)
 
