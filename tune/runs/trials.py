@@ -22,6 +22,10 @@ from tune.metrics.classification import metric_value
 from tune.runs.layout import Run, RunRecord, filesystem, trial_folder
 
 SCORE = "score"  # what a trial reports to Ray, ASHA and Optuna: the search metric at its kept epoch
+# In a trial's last report when the time budget's deadline cut an epoch short: the seconds that epoch had run. That
+# report has no "epoch" (the unfinished epoch is never one: not a row, not an ASHA rung, not an Optuna step); it says
+# the trial ended "time_budget" and repeats the kept epoch's score (tune/search/trainable.py).
+CUT_SHORT = "cut_short_s"
 
 
 def kept_score(rows: list[dict[str, Any]], metric: str) -> tuple[int | None, float]:
@@ -37,8 +41,10 @@ def kept_score(rows: list[dict[str, Any]], metric: str) -> tuple[int | None, flo
 def ended_how(last_result: dict[str, Any] | None, status: str, error_file: bool = False) -> str:
     """How a trial ended, the one place that says it.
 
-    The trial itself says completed / early_stopped (patience) / diverged in its last result's
-    `ended`; a trial Ray terminated without that was stopped by the scheduler (ASHA); ERROR is
+    The trial itself says completed / early_stopped (patience) / diverged / time_budget (its deadline
+    passed mid-epoch: tune.training.deadline.OUT_OF_TIME) in its last result's `ended`, and the scheduler's
+    stops are written there too (tune/search/progress.py: stopped_by_asha, or time_budget at an epoch's
+    end); a trial Ray terminated without any was stopped by ASHA (runs of earlier versions); ERROR is
     errored. `status` is Ray's (TERMINATED, ERROR, RUNNING, PENDING, or "" when Ray's snapshot does
     not list the trial yet); `error_file`: the trial folder holds an error.txt.
     """
@@ -60,23 +66,31 @@ class TrialRecord:
     params: dict[str, Any] = field(default_factory=dict)  # params.json: the trial's full config
     results: list[dict[str, Any]] = field(default_factory=list)  # one per epoch (the last report of each)
     error: str = ""  # the telling line of error.txt, "" when there is none
+    last: dict[str, Any] | None = None  # its last report: the last epoch's, or one that is no epoch (CUT_SHORT)
 
     @property
     def ended(self) -> str:
-        return ended_how(self.results[-1] if self.results else None, self.status, bool(self.error))
+        last = self.last if self.last is not None else self.results[-1] if self.results else None
+        return ended_how(last, self.status, bool(self.error))
 
 
-def per_epoch(lines: str) -> list[dict[str, Any]]:
-    """result.json's rows, one per epoch: a trial resumed from a checkpoint replays some epochs, and
-    the last report of each wins; a line being written right now is skipped."""
-    by_epoch: dict[int, dict[str, Any]] = {}
+def reports(lines: str) -> list[dict[str, Any]]:
+    """result.json's reports in the order made, epochs or not; a line being written right now is skipped."""
+    out = []
     for line in lines.splitlines():
         try:
             r = json.loads(line)
         except ValueError:
             continue
-        if isinstance(r, dict) and "epoch" in r:
-            by_epoch[int(r["epoch"])] = r
+        if isinstance(r, dict):
+            out.append(r)
+    return out
+
+
+def per_epoch(lines: str) -> list[dict[str, Any]]:
+    """result.json's rows, one per epoch: a trial resumed from a checkpoint replays some epochs, and
+    the last report of each wins; a report that is no epoch (CUT_SHORT) is not a row."""
+    by_epoch = {int(r["epoch"]): r for r in reports(lines) if "epoch" in r}
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -102,8 +116,9 @@ def _read_trial(fs: Any, arch: str, trial_id: str, path: str, status: str) -> Tr
         p = json.loads(params) if params else {}
     except ValueError:
         p = {}  # written by Ray before the trial starts; a torn read shows as "no params yet"
+    made = reports(results or "")
     return TrialRecord(arch, trial_id, path, status, p, per_epoch(results or ""),
-                       _error_line(error) if error is not None else "")
+                       _error_line(error) if error is not None else "", made[-1] if made else None)
 
 
 def ray_statuses(fs: Any, path: str) -> dict[str, str]:
@@ -135,8 +150,9 @@ def read_experiment(location: str, arch: str) -> list[TrialRecord]:
     order = [t for t in statuses if t in folders] + sorted(t for t in folders if t not in statuses)
     trials = [_read_trial(fs, arch, t, folders[t], statuses.get(t, "")) for t in order]
     # Ray's snapshot lists trials as it holds them, and a restore (--resume) re-adds them newest result
-    # first: the order they started is read from their own first result, so trial numbers never change.
-    return sorted(trials, key=lambda t: (0, started_at(t.results[0])) if t.results else (1, 0.0))
+    # first: the order they started is read from their own first result, so trial numbers never change (a trial the
+    # deadline cut before its first epoch has only its last report, which says as much).
+    return sorted(trials, key=lambda t: (0, started_at((t.results or [t.last])[0])) if t.last else (1, 0.0))
 
 
 def started_at(first: dict[str, Any]) -> float:
@@ -191,7 +207,7 @@ def last_timestamp(location: str) -> float | None:
     or None when none was: how long an interrupted experiment ran."""
     fs, entries = _entries(location)
     stamps = [r["timestamp"] for i in entries if i.type == pyarrow.fs.FileType.Directory
-              for r in per_epoch(_read_text(fs, f"{i.path}/result.json") or "")[-1:] if "timestamp" in r]
+              for r in reports(_read_text(fs, f"{i.path}/result.json") or "") if "timestamp" in r]
     return max(stamps, default=None)
 
 

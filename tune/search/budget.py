@@ -1,17 +1,21 @@
 """What a search may spend: trials per architecture, wall time, or both (whichever runs out first).
 
 One Tuner runs every architecture (tune/search/driver.py). Its searcher (tune/search/searcher.py) hands each
-free slot to an architecture that still has budget, and its scheduler (tune/search/scheduler.py) stops
-running trials at the first epoch that ends after the deadline. With a time budget of B seconds on
-S slots, each of the n architectures has a share of S x B / n trial-seconds: the next trial goes to
-the architecture with the fewest trials running (then the least trial time used), none starts a trial
-once its share is spent, and the search ends within B plus one epoch.
+free slot to an architecture that still has budget, and none once the deadline has passed. With a time
+budget of B seconds on S slots, each of the n architectures has a share of S x B / n trial-seconds: the
+next trial goes to the architecture with the fewest trials running (then the least trial time used), and
+none starts a trial once its share is spent. The trials know the deadline (tune/search/trainable.py) and
+stop between two batches once it has passed, keeping their best completed epoch (tune/training/deadline.py),
+so the search ends within B plus one batch and the trials' wind-down, however long an epoch takes; a trial
+that reports an epoch past it is stopped there by the scheduler (tune/search/scheduler.py).
 
 The deadline is the driver's clock: the searcher and the scheduler are pickled into the experiment
 and restored by `--resume`, but the time left is the driver's to say (the budget less what earlier
-sessions spent), so they look it up here instead of carrying it. A driver runs one experiment at a
-time, so there is one clock per process, set by `Budget.start`: a pickle never names it, and a run
-folder moved or copied elsewhere (or reached through another spelling of its path) keeps its deadline.
+sessions spent), so they look it up here instead of carrying it, and the trials get it from the
+trainable the driver makes for each session (wall time: a cluster's nodes share it closely enough).
+A driver runs one experiment at a time, so there is one clock per process, set by `Budget.start`: a
+pickle never names it, and a run folder moved or copied elsewhere (or reached through another spelling
+of its path) keeps its deadline.
 """
 
 from __future__ import annotations

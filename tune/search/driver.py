@@ -363,7 +363,6 @@ def run_search(opts: SearchOptions) -> Path:
                          str(opts.cache_dir / "features") if opts.cache_dir else None, opts.use_cache, extra,
                          opts.cache_gb, space.latency,
                          tuple(n for n, _ in space.goals[1:] if n not in COSTS), crop)
-        trainable = ray_tune.with_resources(ray_tune.with_parameters(run_trial, data=data), resources)
         # No features are built here: each trial builds the files it needs when it first needs them
         # (tune/search/weights_check.py says why).
         n_slots = slots(space)
@@ -373,6 +372,11 @@ def run_search(opts: SearchOptions) -> Path:
             began = part.started_at
             spent = max(0.0, (last_timestamp(location) or began) - began) if opts.resume and began else 0.0
             budget.start(slots=n_slots, spent=spent)
+            # The trials learn the deadline from the trainable, made anew for each experiment and each session
+            # (--resume passes it to Tuner.restore), so no pickle carries an old one; they stop at it mid-epoch.
+            deadline = budget.deadline if budget.seconds is not None else None
+            trainable = ray_tune.with_resources(
+                ray_tune.with_parameters(run_trial, data=replace(data, deadline=deadline)), resources)
             print(f"[search] {', '.join(archs)} on {n_slots} slot(s): {budget.summary(spent)}"
                   f"{f' (extension {k})' if k else ''}; up "
                   f"to {space.budget.max_epochs} epochs a trial, one ASHA per architecture (grace "

@@ -51,7 +51,8 @@ class Progress(Callback):
         arch = trial.config.get("arch", "?")
         self.ended[trial.trial_id] = (arch, how)
         last = trial.last_result or {}
-        print(f"[{arch}] trial {trial.trial_id} {how} after {last.get('epoch', 0)} epoch(s): "
+        epochs = last.get("epoch", last.get("epochs_done", 0))  # a report that is no epoch (CUT_SHORT) counts them
+        print(f"[{arch}] trial {trial.trial_id} {how} after {epochs} epoch(s): "
               f"score {last.get(SCORE, float('nan')):.4f}", flush=True)
         self.status(trials)
 

@@ -3,8 +3,10 @@
 ASHA compares a trial with the others at the same rung (epoch). With every architecture in one
 Tuner, a single ASHA would compare a custom CNN's epoch-2 AUC with a pretrained backbone's and stop
 the weaker family wholesale; so each architecture gets its own ASHA (the same grace period and
-reduction factor), and rungs compare like with like. Past the time budget's deadline every running
-trial is stopped at the end of its current epoch (tune/search/budget.py).
+reduction factor), and rungs compare like with like. Past the time budget's deadline a running trial
+stops itself between two batches (tune/training/deadline.py) and says so in a last report that is no
+epoch (`CUT_SHORT`): that report never reaches its ASHA, so rungs hold completed epochs only. A trial
+that reports an epoch past the deadline is stopped there (tune/search/budget.py).
 
 Each stop is remembered with its reason, which the progress callback writes into the trial's last
 result (`ended`), so the leaderboard and Optuna read how a trial ended from the trial itself.
@@ -17,10 +19,12 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from tune.runs.trials import CUT_SHORT
 from tune.search.budget import Budget
+from tune.training.deadline import OUT_OF_TIME
 
 STOPPED_BY_ASHA = "stopped_by_asha"
-STOPPED_BY_BUDGET = "time_budget"
+STOPPED_BY_BUDGET = OUT_OF_TIME  # one value for the budget's stops, mid-epoch (the trial's) or at an epoch's end
 
 
 class ArchScheduler(TrialScheduler):
@@ -47,6 +51,9 @@ class ArchScheduler(TrialScheduler):
         self._of(trial).on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        if CUT_SHORT in result:  # the trial stopped itself mid-epoch at the deadline: no epoch for ASHA's rungs
+            self.stopped[trial.trial_id] = STOPPED_BY_BUDGET
+            return TrialScheduler.STOP
         decision = self._of(trial).on_trial_result(tune_controller, trial, result)
         if self.budget.expired():
             self.stopped[trial.trial_id] = STOPPED_BY_BUDGET

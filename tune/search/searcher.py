@@ -35,7 +35,7 @@ from optuna.trial import Trial, TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from tune.runs.trials import ended_how
+from tune.runs.trials import CUT_SHORT, ended_how
 from tune.search.budget import Budget, Usage
 from tune.search.objectives import sampler_for
 from tune.search.space import DefineByRun
@@ -92,8 +92,9 @@ class HonestOptunaSearch(OptunaSearch):
             self._tell_all(trial_id, ot_trial, how, result)
             return
         # Ray hands a trial's last result (ASHA's stopping one, or the final epoch) only to this method,
-        # never to on_trial_result: record it as an intermediate value too, so every epoch is there.
-        if result and isinstance(result.get(self.metric), (int, float)) and STEP in result:
+        # never to on_trial_result: record it as an intermediate value too, so every epoch is there. A report that
+        # is no epoch (CUT_SHORT: the deadline cut one short) repeats the kept score at no new step: not recorded.
+        if result and isinstance(result.get(self.metric), (int, float)) and STEP in result and CUT_SHORT not in result:
             try:
                 with warnings.catch_warnings():  # a step already there (reported before a restore) is kept
                     warnings.simplefilter("ignore", UserWarning)

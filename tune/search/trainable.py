@@ -1,6 +1,10 @@
 """The Ray Tune trainable: a trial turns its sampled config into a TrainConfig and calls
 tune.training.loop.fit, with a hook that reports each epoch to Ray Tune and checkpoints it. Thin on purpose:
 training is tune/training/, what to try and when to stop are the search's (tune/search/driver.py).
+
+A time budget's deadline reaches the trial in TrialData, never in its config: the config is pickled into the
+experiment, and --resume gives the deadline anew (tune/search/budget.py). Past it, fit drops the epoch under way
+(tune/training/deadline.py) and the trial makes one last report that is no epoch (`CUT_SHORT`), saying so.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import torch
 
 from tune.data.images import ImageSet
 from tune.metrics.costs import LatencySettings
-from tune.runs.trials import SCORE, kept_score
+from tune.runs.trials import CUT_SHORT, SCORE, kept_score
 from tune.training.config import TrainConfig
+from tune.training.deadline import OUT_OF_TIME, until
 from tune.training.latency import measure
 from tune.training.loop import fit
 from tune.training.store import set_budget
@@ -40,6 +45,7 @@ class TrialData:
     serving: LatencySettings | None = None  # how the kept model's serving costs are measured (None: not measured)
     kept_metrics: tuple[str, ...] = ()  # further objectives that are metrics (reported at the kept epoch)
     crop: tuple[ImageSet, ImageSet, list[ImageSet]] | None = None  # train, valid, held-out as resize crop has them
+    deadline: float | None = None  # the time budget's end, wall clock (time.time), the driver's: None without one
 
 
 def run_trial(config: dict[str, Any], data: TrialData) -> None:
@@ -59,13 +65,15 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
             return  # slimmed by keep_best: the trial had finished before a crash let a snapshot call it running
     rows = list(resume["history"]) if resume else []
 
+    def kept() -> dict[str, Any]:
+        """What every report says of the weights this trial keeps: their score, and their further metrics."""
+        return {SCORE: kept_score(rows, data.metric)[1],
+                **{f"kept_{name}": kept_score(rows, name)[1] for name in data.kept_metrics},
+                "node_id": node_id, "reported_at": time.time()}  # to the microsecond (Ray's `timestamp`: seconds)
+
     def report(row: dict[str, Any], state: Any) -> None:
         rows.append(row)
-        row[SCORE] = kept_score(rows, data.metric)[1]  # the metric of the weights this trial keeps
-        for name in data.kept_metrics:  # a further objective that is a metric: at the kept epoch too
-            row[f"kept_{name}"] = kept_score(rows, name)[1]
-        row["node_id"] = node_id
-        row["reported_at"] = time.time()  # wall clock, to the microsecond (Ray's `timestamp` is whole seconds)
+        row.update(kept())
         with tempfile.TemporaryDirectory() as d:
             torch.save(state(), Path(d) / "state.pt")
             ray_tune.report(row, checkpoint=ray_tune.Checkpoint.from_directory(d))
@@ -75,4 +83,11 @@ def run_trial(config: dict[str, Any], data: TrialData) -> None:
     if data.serving is not None:
         costs = functools.partial(measure, image_size=cfg.image_size, serving=data.serving, seed=cfg.seed)
     train, valid, extra = data.crop if cfg.resize == "crop" and data.crop else (data.train, data.valid, data.extra)
-    fit(cfg, train, valid, extra=extra, report=report, resume=resume, cache_dir=cache, log=None, measure=costs)
+    with until(data.deadline):
+        result = fit(cfg, train, valid, extra=extra, report=report, resume=resume, cache_dir=cache, log=None,
+                     measure=costs)
+    if result.ended == OUT_OF_TIME:
+        # No "epoch" and no checkpoint: ASHA and the per-epoch readers never see it (a partial epoch is no rung),
+        # the trial's latest checkpoint stays its last completed epoch's, and its `ended` says why it stopped.
+        ray_tune.report({"ended": OUT_OF_TIME, CUT_SHORT: round(result.cut_s, 3), "epochs_done": len(rows),
+                         "best_epoch": kept_score(rows, data.metric)[0] or 0, **kept()})

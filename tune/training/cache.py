@@ -33,6 +33,7 @@ from tune.data.images import ImageSet, as_tensor, to_float
 from tune.models.detector import Detector
 from tune.training import store
 from tune.training.config import TrainConfig
+from tune.training.deadline import check
 from tune.training.loader import HostBatch, loader_workers, pinned, prefetched
 
 ENCODE_BATCH = 64
@@ -75,6 +76,7 @@ def run_units(model: Detector, x: np.ndarray | View, start: int, *, flip: bool =
     outs = []
     with torch.inference_mode():
         for i in range(0, len(x), ENCODE_BATCH):
+            check()  # a search's deadline: a large feature cache can take minutes (store drops a half-built file)
             chunk = x[i:i + ENCODE_BATCH]
             b = (to_float(chunk) if start == 0 else as_float32(chunk)).to(device)
             if flip and start == 0:

@@ -12,6 +12,7 @@ Held-out validation sources (`extra`, tune/data/heldout.py) are scored after val
 mode and never augmented; they never reach a gradient step. Their numbers (xval_*) join the epoch's row,
 so a monitor or search metric may be held-out or combined (mean_auc, min_auc: tune/metrics/classification.py), and the
 time they take counts in the epoch's time.
+A trial trains until its time budget's deadline (tune/training/deadline.py): past it, the epoch under way is dropped.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from tune.models.registry import build_model
 from tune.training.cache import Inputs, model_device
 from tune.training.checkpoint import frozen_hash, load_trained, make_state, resume_weights, trained_part
 from tune.training.config import TrainConfig
+from tune.training.deadline import OUT_OF_TIME, OutOfTime, check, checked
 from tune.training.loader import prefetched
 from tune.training.precision import autocast, grad_scaler, resolve
 
@@ -63,13 +65,14 @@ class FitResult:
     model: Detector
     history: list[dict[str, Any]]
     best_epoch: int  # the kept epoch: the best `monitor` value (0 when no epoch was usable)
-    ended: str  # "completed", "early_stopped" or "diverged"
+    ended: str  # "completed", "early_stopped", "diverged" or OUT_OF_TIME (the deadline passed mid-epoch)
     cache_mode: str
     val_probs: np.ndarray = field(repr=False)
     trainable_params: int = 0
     frozen_params: int = 0
     monitor: str = "val_loss"
     precision: str = "fp32"  # the one that ran (config's auto resolved)
+    cut_s: float = 0.0  # OUT_OF_TIME: the seconds spent on the epoch (or set-up) the deadline cut short, thrown away
 
     @property
     def best(self) -> dict[str, Any]:
@@ -135,7 +138,8 @@ def train_one_epoch(model: Detector, inputs: Inputs, y: np.ndarray, optimizer: t
     # The loss is summed on the device in float64 and read once: loss.item() at every step would wait for
     # the GPU each time; float64 makes the sum the very number the per-step Python sum was.
     total = torch.zeros((), dtype=torch.float64, device=inputs.device)
-    for k, ((idx, _), batch) in enumerate(zip(plan, prefetched(jobs, inputs.workers))):
+    # checked: a search's deadline, between two steps (no step is half-taken)
+    for k, ((idx, _), batch) in enumerate(checked(zip(plan, prefetched(jobs, inputs.workers)))):
         factor = lr_factor(cfg, (epoch - 1) * len(plan) + k, len(plan))
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
@@ -161,7 +165,7 @@ def evaluate(model: Detector, batches: Any, y: np.ndarray) -> tuple[float, np.nd
     """(mean BCE loss, P(fake) per image) over pre-encoded batches, in inference mode."""
     model.eval()
     with torch.inference_mode():
-        logits = torch.cat([model.forward_cached(z).float().cpu() for z in batches])
+        logits = torch.cat([model.forward_cached(z).float().cpu() for z in checked(batches)])  # checked: the deadline
     loss = float(nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y)))
     return loss, torch.sigmoid(logits).numpy().astype(np.float64)
 
@@ -191,6 +195,9 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
     (see `state()` below); `stop_after` caps the epochs run (used by reproduce). `measure(model)`, when given, is
     called once, when the first kept epoch is chosen (the model then holds the kept weights): what it returns (the
     serving costs, tune/training/latency.py) joins that epoch's row and every later one.
+
+    Inside `tune.training.deadline.until(t)` (a search's trial) it ends OUT_OF_TIME once t passes: the epoch under way
+    (or the set-up, building feature caches) is dropped and never reported, and the kept epoch is the best completed.
     """
     if needs_heldout(cfg.monitor) and not extra:
         raise UserError(f"monitor {cfg.monitor} needs held-out validation sources (--valid-extra DIR), and none "
@@ -206,7 +213,6 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
     precision = resolve(cfg.precision, device)
     scaler = grad_scaler(precision, device)
     trainable, frozen = count_params(model)
-    inputs = Inputs(model, cfg, train, valid, cache_dir, extra)
     optimizer = OPTIMIZERS[cfg.optimizer](param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     mode = mode_of(cfg.monitor)
     history: list[dict[str, Any]] = []
@@ -239,19 +245,28 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
                           best_probs=best_probs.tolist(), config=cfg.to_dict(),
                           **({"scaler": scaler.state_dict()} if scaler is not None else {}))
 
-    ended = "completed"
+    ended, cut_s, t0 = "completed", 0.0, time.perf_counter()
     last = min(cfg.epochs, stop_after or cfg.epochs)
+    try:
+        check()  # a trial that starts past its deadline builds nothing
+        inputs = Inputs(model, cfg, train, valid, cache_dir, extra)  # a feature cache it builds checks by chunk
+    except OutOfTime:
+        ended, cut_s, last = OUT_OF_TIME, time.perf_counter() - t0, 0  # no epoch runs, `inputs` stays unbound
     for epoch in range(len(history) + 1, last + 1):
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(model, inputs, train.y, optimizer, cfg, epoch, precision, scaler)
-        with autocast(precision, device):
-            val_loss, probs = evaluate(model, inputs.valid_batches(256), valid.y)
-        diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
+        try:  # the deadline is checked only in these three, before anything of the epoch is kept
+            train_loss = train_one_epoch(model, inputs, train.y, optimizer, cfg, epoch, precision, scaler)
+            with autocast(precision, device):
+                val_loss, probs = evaluate(model, inputs.valid_batches(256), valid.y)
+            diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
+            with autocast(precision, device):
+                held = {} if diverged or not extra else heldout_row(
+                    {s.split: (s.y, *scored(evaluate(model, inputs.eval_batches(k, 256), s.y)))
+                     for k, s in enumerate(extra, 1)})
+        except OutOfTime:
+            ended, cut_s = OUT_OF_TIME, time.perf_counter() - t0
+            break
         m = binary_metrics(valid.y, np.nan_to_num(probs, nan=0.5)) if not diverged else {}
-        with autocast(precision, device):
-            held = {} if diverged or not extra else heldout_row(
-                {s.split: (s.y, *scored(evaluate(model, inputs.eval_batches(k, 256), s.y)))
-                 for k, s in enumerate(extra, 1)})
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                **{f"val_{k}": m.get(k, math.nan) for k in METRICS}, **held,
                **({} if diverged else video_row(valid.y, probs, valid.videos, cfg.video_agg, cfg.video_topk)),
@@ -283,6 +298,7 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
             report(dict(row), state)
         if ended != "completed":
             break
-    load_trained(model, best_state)
-    return FitResult(model, history, best_epoch, ended, inputs.mode, best_probs, trainable, frozen, cfg.monitor,
-                     precision)
+    load_trained(model, best_state)  # also after OUT_OF_TIME: the live weights are the dropped epoch's
+    cache_mode = inputs.mode if last else "none (out of time before the first epoch)"
+    return FitResult(model, history, best_epoch, ended, cache_mode, best_probs, trainable, frozen, cfg.monitor,
+                     precision, cut_s)
