@@ -15,13 +15,38 @@ process of its own run first, so the search finds the cache warm as every run af
 does), cache (from the search's "data:" line to its "[search]" line: Ray, weights, frozen-feature
 precompute) and train (the rest of the search).
 
+Finalize's peak is also split by phase, from its log (`finalize_phases`): setup, train (each epoch ends by
+scoring valid), score (each job's valid and test predictions, the driver's bootstrap) and report.
 The table ends with the least-squares slope of each peak in MB per 1k images, the same as a share of the
 decoded data per 1k images (1000 x 3 x PX x PX bytes), and the peak extrapolated to 190k images.
+
+Measured (issue 36, item 6), 2026-12-08, 2 shared cores (load 6-9 from other work), 96 px, 1 epoch,
+--seeds 2, sizes 1k/2k/4k; peak summed RssAnon in MB:
+
+| images | 5..18 (winners: 13, 13, 12 blocks) | 13..13 | 13..13: setup | train | score | report |
+|---|---|---|---|---|---|---|
+| 1000 | 2477 | 2531 | 1161 | 2337 | 2531 | 742 |
+| 2000 | 2804 | 2558 | 1155 | 2375 | 2558 | 742 |
+| 4000 | 2567 | 2521 | 1168 | 2408 | 2521 | 737 |
+| slope per 1k | +9 | -6 | +3 | +23 | -6 | -2 |
+
+Nothing in finalize holds a copy per image: the driver stays at 720-730 MB and each job maps the splits
+(tests/test_mapped.py) and allocates a batch at a time (tests/test_flat_memory.py). What moved the peak:
+- which network is retrained: with a range, each size's search picks another winner (another number of
+  blocks that train, so other activations): --unfrozen 13..13 retrains the same network at every size;
+- valid is scored 256 images a batch (tune/training/loop.py): below 256 valid images (N < 1.7k) that
+  transient grows with N, then stops. Run in one process, one seed, 13 blocks: the epoch's peak 863, 871,
+  868 MB at 1k, 2k, 4k; after scoring valid 899, 1073, 1051;
+- glibc's high-water mark (tune/cli/common.py's ALLOCATOR_ENV keeps freed memory): the same network at 2k
+  peaked at 1208 and 1164 MB per job in one run, 1142 and 985 in the other. Hence 3 sizes and a fit.
+The score phase (every job's valid and test P(fake), plain and flipped, 64 images a batch) is finalize's
+peak: two jobs at once, then 720-740 MB of the driver alone for the report.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -48,7 +73,7 @@ fixed: {{batch_size: 32}}
 architectures:
   efficientnet_lite0:
     weights: packaged
-    unfrozen_blocks: {{type: int, low: {low}, high: {high}}}
+    unfrozen_blocks: {unfrozen}
     lr: {{type: loguniform, low: 3.0e-4, high: 3.0e-3}}
 """
 
@@ -85,6 +110,8 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.tag, self.anon_kb, self.shm_kb, self.done = tag, 0, 0, False
         self.each: dict[int, tuple[str, int]] = {}
+        self.t0 = time.time()  # run_cmd resets it when the command starts
+        self.series: list[tuple[float, int]] = []  # (s since t0, summed RssAnon kB): the phases' peaks
 
     def run(self) -> None:
         while not self.done:
@@ -99,7 +126,12 @@ class Sampler(threading.Thread):
                     continue
                 self.each[p] = (name, max(anon, self.each.get(p, ("", 0))[1]))
             self.anon_kb = max(self.anon_kb, total)
+            self.series.append((time.time() - self.t0, total))
             time.sleep(0.2)
+
+    def peak_mb(self, start: float, end: float) -> float:
+        """The summed RssAnon's peak between two times (s since t0), in MB."""
+        return max((kb for t, kb in self.series if start <= t <= end), default=0) / 1024
 
     def top(self, k: int = 4) -> str:
         return ", ".join(f"{n} {kb / 1024:.0f}" for n, kb in sorted(self.each.values(), key=lambda e: -e[1])[:k])
@@ -110,7 +142,7 @@ def run_cmd(args: list[str], env: dict[str, str], log: Path) -> tuple[float, lis
     tag = uuid.uuid4().hex
     sampler = Sampler(tag)
     sampler.start()
-    t0 = time.time()
+    t0 = sampler.t0 = time.time()
     lines: list[tuple[float, str]] = []
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**env, MARKER: tag},
@@ -135,6 +167,18 @@ def du_mb(path: Path) -> float:
     return int(out[0]) / 1024 if out else 0.0
 
 
+def finalize_phases(lines: list[tuple[float, str]], s: Sampler, wall: float) -> dict[str, float]:
+    """Where finalize's peak is, by its log: setup (run, splits, the jobs starting) until the first "training"
+    line; train until the last epoch line (each epoch ends with scoring valid at the evaluation batch); score
+    (each job's valid and test predictions, plain and flipped, then the driver's bootstrap) until the first
+    "costs:" line; report (latency, ONNX size, Grad-CAM panels, plots) to the end."""
+    first = next((t for t, ln in lines if ": training " in ln), 0.0)
+    last = max((t for t, ln in lines if "] epoch " in ln), default=first)
+    costs = next((t for t, ln in lines if "] costs: " in ln), last)
+    return {"f_setup_mb": s.peak_mb(0, first), "f_train_mb": s.peak_mb(first, last),
+            "f_score_mb": s.peak_mb(last, costs), "f_report_mb": s.peak_mb(costs, wall + 1)}
+
+
 def one_size(n: int, px: int, data_dir: Path, work: Path, unfrozen: str) -> dict[str, float]:
     data = data_dir / f"scale-n{n}-s{px}"
     env = dict(os.environ)
@@ -145,8 +189,11 @@ def one_size(n: int, px: int, data_dir: Path, work: Path, unfrozen: str) -> dict
     here = work / f"n{n}"
     cache, results = here / "cache", here / "results"
     here.mkdir(parents=True, exist_ok=True)
-    low, high = unfrozen.split("..")
-    (here / "space.yaml").write_text(SPACE.format(px=px, low=int(low), high=int(high)))
+    low, high = (int(b) for b in unfrozen.split(".."))
+    # LOW == HIGH: one value, so every size finalizes the same network (a range lets each size's search pick
+    # another winner, and a retraining's memory depends on how many blocks train)
+    blocks = str(low) if low == high else f"{{type: int, low: {low}, high: {high}}}"
+    (here / "space.yaml").write_text(SPACE.format(px=px, unfrozen=blocks))
     env = {**env, "TUNE_CACHE_DIR": str(cache)}
     name = f"scale-n{n}"
     # decoded first, on its own: the search then finds the cache warm, as every run after a user's first does
@@ -156,12 +203,12 @@ def one_size(n: int, px: int, data_dir: Path, work: Path, unfrozen: str) -> dict
     wall, lines, s = run_cmd(search, env, here / "search.log")
     t_data = next((t for t, ln in lines if ln.startswith("data:")), 0.0)
     t_search = next((t for t, ln in lines if ln.startswith("[search]")), t_data)
-    fwall, _, f = run_cmd(["-m", "tune", "finalize", str(results / name), "--seeds", "2"], env,
-                          here / "finalize.log")
+    fwall, flines, f = run_cmd(["-m", "tune", "finalize", str(results / name), "--seeds", "2"], env,
+                               here / "finalize.log")
     row = {"n": n, "decoded_mb": n * 3 * px * px / 1e6, "decode_mb": d.anon_kb / 1024, "search_mb": s.anon_kb / 1024,
            "finalize_mb": f.anon_kb / 1024, "store_mb": max(s.shm_kb, f.shm_kb) / 1024, "cache_mb": du_mb(cache),
            "run_mb": du_mb(results / name), "decode_s": decode, "cache_s": t_search - t_data,
-           "train_s": wall - t_search, "search_s": wall, "finalize_s": fwall}
+           "train_s": wall - t_search, "search_s": wall, "finalize_s": fwall, **finalize_phases(flines, f, fwall)}
     print("[scale] " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
     print(f"[scale] peak RssAnon MB by process: search {s.top()}; finalize {f.top()}", flush=True)
     shutil.rmtree(cache, ignore_errors=True)  # measured: the frozen-feature cache can take GBs of disk
@@ -178,16 +225,21 @@ def slope(xs: list[float], ys: list[float]) -> tuple[float, float]:
 def table(rows: list[dict[str, float]], px: int) -> str:
     cols = [("n", "images"), ("decoded_mb", "decoded MB"), ("decode_mb", "decode peak RssAnon MB"),
             ("search_mb", "search peak RssAnon MB"),
-            ("finalize_mb", "finalize peak RssAnon MB"), ("store_mb", "object store MB"), ("cache_mb", "cache MB"),
+            ("finalize_mb", "finalize peak RssAnon MB"), ("f_setup_mb", "setup"), ("f_train_mb", "train"),
+            ("f_score_mb", "score"), ("f_report_mb", "report"), ("store_mb", "object store MB"),
+            ("cache_mb", "cache MB"),
             ("run_mb", "run MB"), ("decode_s", "decode s"), ("cache_s", "cache s"), ("train_s", "train s"),
             ("finalize_s", "finalize s")]
     out = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(f"{r[k]:.0f}" for k, _ in cols) + " |" for r in rows]
+    out += ["| " + " | ".join(f"{r.get(k, math.nan):.0f}" for k, _ in cols) + " |" for r in rows]
     if len(rows) > 1:
         out.append("")
         per_k = 1000 * 3 * px * px / 1e6
         xs = [r["n"] / 1000 for r in rows]
-        for k in ("decode_mb", "search_mb", "finalize_mb", "store_mb", "cache_mb"):
+        for k in ("decode_mb", "search_mb", "finalize_mb", "f_setup_mb", "f_train_mb", "f_score_mb", "f_report_mb",
+                  "store_mb", "cache_mb"):
+            if any(k not in r for r in rows):  # an earlier output of this script, from before the phases
+                continue
             a, b = slope(xs, [r[k] for r in rows])
             out.append(f"{k}: {b:+.0f} MB per 1k images ({100 * b / per_k:.1f}% of the {per_k:.0f} MB decoded per "
                        f"1k), {(a + b * FULL / 1000) / 1024:.1f} GB at {FULL // 1000}k")
@@ -200,7 +252,8 @@ def main() -> None:
     p.add_argument("--px", type=int, default=224)
     p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "tune-scale-data")
     p.add_argument("--unfrozen", default="5..18", help="unfrozen_blocks range LOW..HIGH (of 18). Fewer unfrozen "
-                   "blocks store larger frozen features: 5..18 stores 1.6 MB per image at 17 (see README)")
+                   "blocks store larger frozen features: 5..18 stores 1.6 MB per image at 17 (see README); "
+                   "LOW..LOW: that many at every size (finalize then retrains the same network at every size)")
     p.add_argument("--table", type=Path, nargs="+", metavar="LOG", help="only print the table of the rows these "
                    "earlier outputs of this script hold (sizes measured in separate runs)")
     p.add_argument("--work", type=Path, help="caches and runs (default: a temporary folder, removed after)")

@@ -256,6 +256,10 @@ def fit(cfg: TrainConfig, train: ImageSet, valid: ImageSet, *, extra: Sequence[I
         t0 = time.perf_counter()
         try:  # the deadline is checked only in these three, before anything of the epoch is kept
             train_loss = train_one_epoch(model, inputs, train.y, optimizer, cfg, epoch, precision, scaler)
+            # 256 images a batch: when the frozen prefix's outputs are cached, these activations are a retraining's
+            # largest transient (about 170 MB at 96 px, Lite0 with 13 unfrozen blocks), so its memory grows with valid
+            # up to 256 images and is flat beyond (benchmarks/scale.py). Kept: another batch size can change the
+            # last bits of the logits, and with them every trial's and finalize's numbers.
             with autocast(precision, device):
                 val_loss, probs = evaluate(model, inputs.valid_batches(256), valid.y)
             diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
