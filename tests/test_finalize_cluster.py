@@ -1,0 +1,121 @@
+"""finalize on a Ray cluster (`--address`): the retrainings as Ray tasks on every node, the extra tests' scoring as
+tasks over chunks, the same numbers as on one machine, and a node killed mid-finalize costing only its own
+retraining. A real two-node cluster on this machine (ray.cluster_utils, everything on 127.0.0.1, no dashboard);
+the finalize runs as a command, so this test process never joins the cluster beside its own local Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_dataset, run_tiny_search
+from procs import ROOT, kill_marked, marked_env, tune_cmd
+
+from tune.cli.finalize import finalize
+from tune.evaluation.finalize import FinalizeOptions
+
+# One architecture, one trial; each retraining runs several seconds (long enough to kill its node mid-way).
+SPACE = """
+metric: val_auc
+seed: 0
+image_size: 48
+budget: {trials: 1, max_epochs: 25, grace_period: 25, reduction_factor: 2, patience: 25}
+resources: {cpus_per_trial: 1}
+architectures:
+  custom_cnn:
+    lr: {type: loguniform, low: 1.0e-4, high: 1.0e-3}
+    base_width: {type: categorical, choices: [16]}
+"""
+SEEDS = 2  # each node has 1 CPU and a retraining takes 1: the two seeds run one on each node, at once
+
+
+def numbers(run: Path) -> dict[str, Any]:
+    """comparison.json without its costs (this machine's timings) and the extra tests' date, the run folder's
+    path made relative: the rest must be identical."""
+    cmp = json.loads((run / "comparison.json").read_text().replace(str(run), "RUN"))
+    cmp["evaluation"].pop("created")
+    return {k: v for k, v in cmp.items() if k != "costs"}
+
+
+def records(run: Path) -> dict[int, dict[str, Any]]:
+    return {int(p.parent.name.removeprefix("seed")): json.loads(p.read_text())
+            for p in (run / "finalize").glob("*/seed*/record.json")}
+
+
+def finalize_on(cluster_address: str, run: Path, extra: Path, env: dict[str, str],
+                out: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(tune_cmd("finalize", str(run), "--seeds", str(SEEDS), "--extra-test", str(extra),
+                                     "--address", cluster_address),
+                            env=env, cwd=ROOT, stdout=out.open("w"), stderr=subprocess.STDOUT, text=True)
+
+
+def wait(proc: subprocess.Popen[str], out: Path, timeout: float) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    text = out.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    return text
+
+
+@contextlib.contextmanager
+def two_nodes(env: dict[str, str], mark: str) -> Iterator[tuple[dict[str, str], subprocess.Popen[str]]]:
+    """tests/cluster_host.py's cluster: its address and node ids, and the process that kills its worker."""
+    host = subprocess.Popen([sys.executable, str(ROOT / "tests" / "cluster_host.py")], env=env, cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert host.stdout is not None
+        line = host.stdout.readline()  # the cluster is up (or the host died: an empty line)
+        assert line.startswith("{"), line
+        yield json.loads(line), host
+    finally:
+        with contextlib.suppress(OSError):
+            host.communicate(timeout=120)  # end of input: the host shuts its cluster down
+        kill_marked(mark)  # whatever a failed shutdown left
+
+
+@pytest.mark.slow
+def test_finalize_on_a_two_node_cluster_and_a_node_killed_mid_way(ray_session, tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", n=40, size=48)
+    extra = make_dataset(tmp_path / "extra", n=70, size=48, seed=1, splits=("x",)) / "x"  # 140 images: 2 chunks
+    searched = run_tiny_search(tmp_path, name="c", space=SPACE, data=data)
+    local, on_cluster, killed = (tmp_path / n / "c" for n in ("local", "cluster", "killed"))
+    for run in (local, on_cluster, killed):
+        shutil.copytree(searched, run)
+    finalize(local, FinalizeOptions(seeds=SEEDS, cache_dir=tmp_path / "cache", extra_test=[extra]))
+
+    env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"), RAY_AUTH_MODE="token")
+    with two_nodes(env, mark) as (cluster, host):
+        head, worker = cluster["head"], cluster["worker"]
+        # (a) both nodes retrain, and every number is the local finalize's (the extra test's scoring included)
+        out = tmp_path / "cluster.log"
+        log = wait(finalize_on(cluster["address"], on_cluster, extra, env, out), out, timeout=400)
+        assert {r["node_id"] for r in records(on_cluster).values()} == {head, worker}, log[-3000:]
+        assert f"[node {worker[:8]}]" in log and "epoch" in log, log[-3000:]  # epoch lines reach us, tagged
+        assert numbers(on_cluster) == numbers(local)
+
+        # (b) the worker node dies while it retrains: its seed is retrained again on the head, nothing else lost
+        out = tmp_path / "killed.log"
+        proc = finalize_on(cluster["address"], killed, extra, env, out)
+        deadline = time.time() + 300
+        while f"[node {worker[:8]}]" not in out.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, out.read_text()[-3000:]
+        assert host.stdin is not None and host.stdout is not None
+        host.stdin.write("kill-worker\n")
+        host.stdin.flush()
+        assert host.stdout.readline().strip() == "killed"
+        assert worker not in {r["node_id"] for r in records(killed).values()}, \
+            "the worker's retraining ended before its node was killed: make it longer"
+        log = wait(proc, out, timeout=400)
+        assert {r["node_id"] for r in records(killed).values()} == {head}, log[-3000:]
+        assert numbers(killed) == numbers(local)
