@@ -31,8 +31,12 @@ def main() -> None:
         else:
             current.write_text(before)
 
+    # A killed node is declared dead after 1 s x 3 missed health checks instead of Ray's 3 s x 5: its task's retry
+    # is not offered to it meanwhile.
+    health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                            "node_ip_address": "127.0.0.1", **MEMORY})
+                                                            "node_ip_address": "127.0.0.1", "_system_config": health,
+                                                            **MEMORY})
     try:
         put_back()
         worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", **MEMORY)

@@ -12,14 +12,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import make_dataset, run_tiny_search
 from procs import ROOT, kill_marked, marked_env, tune_cmd
+from test_evaluate import save_detector
 
 from tune.cli.finalize import finalize
+from tune.data.perturb import parse_perturb
+from tune.data.sources import find_sources
+from tune.evaluation.evaluate import evaluate, load_models
 from tune.evaluation.finalize import FinalizeOptions
 
 # One architecture, one trial; each retraining runs several seconds (long enough to kill its node mid-way).
@@ -91,14 +97,18 @@ def test_finalize_on_a_two_node_cluster_and_a_node_killed_mid_way(ray_session, t
     local, on_cluster, killed = (tmp_path / n / "c" for n in ("local", "cluster", "killed"))
     for run in (local, on_cluster, killed):
         shutil.copytree(searched, run)
+    t0 = time.time()
     finalize(local, FinalizeOptions(seeds=SEEDS, cache_dir=tmp_path / "cache", extra_test=[extra]))
+    print(f"finalize on this machine: {time.time() - t0:.1f} s")
 
     env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"), RAY_AUTH_MODE="token")
     with two_nodes(env, mark) as (cluster, host):
         head, worker = cluster["head"], cluster["worker"]
         # (a) both nodes retrain, and every number is the local finalize's (the extra test's scoring included)
         out = tmp_path / "cluster.log"
+        t0 = time.time()
         log = wait(finalize_on(cluster["address"], on_cluster, extra, env, out), out, timeout=400)
+        print(f"finalize on 2 nodes: {time.time() - t0:.1f} s")
         assert {r["node_id"] for r in records(on_cluster).values()} == {head, worker}, log[-3000:]
         assert f"[node {worker[:8]}]" in log and "epoch" in log, log[-3000:]  # epoch lines reach us, tagged
         assert numbers(on_cluster) == numbers(local)
@@ -116,6 +126,24 @@ def test_finalize_on_a_two_node_cluster_and_a_node_killed_mid_way(ray_session, t
         assert host.stdout.readline().strip() == "killed"
         assert worker not in {r["node_id"] for r in records(killed).values()}, \
             "the worker's retraining ended before its node was killed: make it longer"
+        killed_at = time.time()
         log = wait(proc, out, timeout=400)
+        print(f"finalize ended {time.time() - killed_at:.1f} s after its worker node was killed")
         assert {r["node_id"] for r in records(killed).values()} == {head}, log[-3000:]
         assert numbers(killed) == numbers(local)
+
+
+@pytest.mark.slow
+def test_scoring_as_ray_tasks_gives_the_local_numbers(ray_session, tmp_path: Path) -> None:
+    """evaluate --address's scoring (a Ray task per chunk) against scoring here: two models of different sizes, a
+    perturbation, 140 images (two chunks); the session's local Ray stands in for a cluster."""
+    models = load_models([save_detector(tmp_path / "a" / "custom_cnn.pth", size=40),
+                          save_detector(tmp_path / "b" / "custom_cnn.pth", size=32, seed=4)])
+    sources = find_sources([make_dataset(tmp_path / "data", n=70, size=40, splits=("x",)) / "x"])
+    conditions = parse_perturb(["jpeg=75"])
+    here, there = (evaluate(models, sources, conditions, resamples=50, log=lambda _: None, cluster=cluster)
+                   for cluster in (False, True))
+    for name, scored in here.scored.items():
+        assert scored.p.keys() == there.scored[name].p.keys() and len(scored.y) == 140
+        assert all(np.array_equal(v, there.scored[name].p[k]) for k, v in scored.p.items())
+    assert replace(here.result, created="") == replace(there.result, created="")
