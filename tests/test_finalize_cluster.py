@@ -74,36 +74,42 @@ def wait(proc: subprocess.Popen[str], out: Path, timeout: float) -> str:
 
 
 @contextlib.contextmanager
-def two_nodes(env: dict[str, str], mark: str) -> Iterator[tuple[dict[str, str], subprocess.Popen[str]]]:
-    """tests/cluster_host.py's cluster: its address and node ids, and the process that kills its worker."""
+def cluster_host(env: dict[str, str], mark: str) -> Iterator[subprocess.Popen[str]]:
+    """tests/cluster_host.py, starting its two-node cluster (`nodes` waits for it); shut down on leaving."""
     host = subprocess.Popen([sys.executable, str(ROOT / "tests" / "cluster_host.py")], env=env, cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert host.stdout is not None
-        line = host.stdout.readline()  # the cluster is up (or the host died: an empty line)
-        assert line.startswith("{"), line
-        yield json.loads(line), host
+        yield host
     finally:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             host.communicate(timeout=120)  # end of input: the host shuts its cluster down
         kill_marked(mark)  # whatever a failed shutdown left
 
 
+def nodes(host: subprocess.Popen[str]) -> dict[str, str]:
+    """The cluster's address and node ids, once it is up."""
+    assert host.stdout is not None
+    line = host.stdout.readline()  # the cluster is up (or the host died: an empty line)
+    assert line.startswith("{"), line
+    return dict(json.loads(line))
+
+
 @pytest.mark.slow
 def test_finalize_on_a_two_node_cluster_and_a_node_killed_mid_way(ray_session, tmp_path: Path) -> None:
-    data = make_dataset(tmp_path / "data", n=40, size=48)
-    extra = make_dataset(tmp_path / "extra", n=70, size=48, seed=1, splits=("x",)) / "x"  # 140 images: 2 chunks
-    searched = run_tiny_search(tmp_path, name="c", space=SPACE, data=data)
-    local, on_cluster, killed = (tmp_path / n / "c" for n in ("local", "cluster", "killed"))
-    for run in (local, on_cluster, killed):
-        shutil.copytree(searched, run)
-    t0 = time.time()
-    finalize(local, FinalizeOptions(seeds=SEEDS, cache_dir=tmp_path / "cache", extra_test=[extra]))
-    print(f"finalize on this machine: {time.time() - t0:.1f} s")
-
     env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"), RAY_AUTH_MODE="token")
-    with two_nodes(env, mark) as (cluster, host):
+    with cluster_host(env, mark) as host:  # the cluster starts while the search and the local finalize run
+        data = make_dataset(tmp_path / "data", n=40, size=48)
+        extra = make_dataset(tmp_path / "extra", n=70, size=48, seed=1, splits=("x",)) / "x"  # 140 images: 2 chunks
+        searched = run_tiny_search(tmp_path, name="c", space=SPACE, data=data)
+        local, on_cluster, killed = (tmp_path / n / "c" for n in ("local", "cluster", "killed"))
+        for run in (local, on_cluster, killed):
+            shutil.copytree(searched, run)
+        t0 = time.time()
+        finalize(local, FinalizeOptions(seeds=SEEDS, cache_dir=tmp_path / "cache", extra_test=[extra]))
+        print(f"finalize on this machine: {time.time() - t0:.1f} s")
+        cluster = nodes(host)
         head, worker = cluster["head"], cluster["worker"]
+
         # (a) both nodes retrain, and every number is the local finalize's (the extra test's scoring included)
         out = tmp_path / "cluster.log"
         t0 = time.time()
