@@ -56,10 +56,12 @@ def records(run: Path) -> dict[int, dict[str, Any]]:
             for p in (run / "finalize").glob("*/seed*/record.json")}
 
 
-def finalize_on(cluster_address: str, run: Path, extra: Path, env: dict[str, str],
+def finalize_on(cluster_address: str | None, run: Path, extra: Path, env: dict[str, str],
                 out: Path) -> subprocess.Popen[str]:
+    """`finalize RUN --address ADDRESS` (None: the address in run.json) as a command, its output to `out`."""
+    address = ["--address", cluster_address] if cluster_address else []
     return subprocess.Popen(tune_cmd("finalize", str(run), "--seeds", str(SEEDS), "--extra-test", str(extra),
-                                     "--address", cluster_address),
+                                     *address),
                             env=env, cwd=ROOT, stdout=out.open("w"), stderr=subprocess.STDOUT, text=True)
 
 
@@ -119,9 +121,12 @@ def test_finalize_on_a_two_node_cluster_and_a_node_killed_mid_way(ray_session, t
         assert f"[node {worker[:8]}]" in log and "epoch" in log, log[-3000:]  # epoch lines reach us, tagged
         assert numbers(on_cluster) == numbers(local)
 
-        # (b) the worker node dies while it retrains: its seed is retrained again on the head, nothing else lost
+        # (b) the worker node dies while it retrains: its seed is retrained again on the head, nothing else lost.
+        # No --address: the cluster a search ran on, as run.json records it.
+        record = json.loads((killed / "run.json").read_text())
+        (killed / "run.json").write_text(json.dumps({**record, "address": cluster["address"]}))
         out = tmp_path / "killed.log"
-        proc = finalize_on(cluster["address"], killed, extra, env, out)
+        proc = finalize_on(None, killed, extra, env, out)
         deadline = time.time() + 300
         while f"[node {worker[:8]}]" not in out.read_text() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.1)
