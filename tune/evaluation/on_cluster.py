@@ -32,7 +32,6 @@ from tune.search.cluster import quiet_ray
 
 LOCAL = "local"  # --address local: this machine's worker processes, whatever run.json recorded
 MAX_RETRIES = 3  # reruns of a task whose node or worker process died (never of one that raised)
-SCORE_THREADS = 1  # CPUs one scoring task asks for; it scores with the driver's thread count (same numbers)
 
 
 def cluster_address(given: str | None, recorded: str | None) -> str | None:
@@ -142,8 +141,12 @@ def score_chunks(models: dict[str, LoadedModel], chunks: list[list[Path]], condi
     import ray  # heavy: only with a cluster, joined (connected) before this
 
     paths = {n: str(Path(m.path).absolute()) for n, m in models.items()}
-    threads = torch.get_num_threads()
-    task = ray.remote(_score_chunk).options(num_cpus=SCORE_THREADS, max_retries=MAX_RETRIES, name="score")
+    threads = torch.get_num_threads()  # each task scores with this many threads: the same kernels, the same numbers
+    # and asks for as many CPUs, or for a whole node where no node has that many (a task asking for more than any
+    # node has would wait forever)
+    largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+    task = ray.remote(_score_chunk).options(num_cpus=max(1, min(threads, largest)), max_retries=MAX_RETRIES,
+                                            name="score")
     refs = [task.remote(paths, [str(f) for f in chunk], conditions, threads, batch, prepare) for chunk in chunks]
     try:
         for ref in refs:
