@@ -12,20 +12,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from conftest import make_dataset, run_tiny_search
 from procs import ROOT, kill_marked, marked_env, tune_cmd
 from test_evaluate import save_detector
 
+import tune.cli
 from tune.cli.finalize import finalize
-from tune.data.perturb import parse_perturb
-from tune.data.sources import find_sources
-from tune.evaluation.evaluate import evaluate, load_models
 from tune.evaluation.finalize import FinalizeOptions
 
 # One architecture, one trial; each retraining runs several seconds (long enough to kill its node mid-way).
@@ -119,6 +115,7 @@ def test_finalize_on_a_two_node_cluster_and_a_node_killed_mid_way(ray_session, t
         print(f"finalize on 2 nodes: {time.time() - t0:.1f} s")
         assert {r["node_id"] for r in records(on_cluster).values()} == {head, worker}, log[-3000:]
         assert f"[node {worker[:8]}]" in log and "epoch" in log, log[-3000:]  # epoch lines reach us, tagged
+        assert "scoring 2 chunk(s) of up to 128 images as Ray tasks" in log, log[-3000:]  # --extra-test's too
         assert numbers(on_cluster) == numbers(local)
 
         # (b) the worker node dies while it retrains: its seed is retrained again on the head, nothing else lost.
@@ -145,16 +142,21 @@ def test_finalize_on_a_two_node_cluster_and_a_node_killed_mid_way(ray_session, t
 
 
 @pytest.mark.slow
-def test_scoring_as_ray_tasks_gives_the_local_numbers(ray_session, tmp_path: Path) -> None:
+def test_scoring_as_ray_tasks_gives_the_local_numbers(ray_session, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """evaluate --address's scoring (a Ray task per chunk) against scoring here: two models of different sizes, a
-    perturbation, 140 images (two chunks); the session's local Ray stands in for a cluster."""
-    models = load_models([save_detector(tmp_path / "a" / "custom_cnn.pth", size=40),
-                          save_detector(tmp_path / "b" / "custom_cnn.pth", size=32, seed=4)])
-    sources = find_sources([make_dataset(tmp_path / "data", n=70, size=40, splits=("x",)) / "x"])
-    conditions = parse_perturb(["jpeg=75"])
-    here, there = (evaluate(models, sources, conditions, resamples=50, log=lambda _: None, cluster=cluster)
-                   for cluster in (False, True))
-    for name, scored in here.scored.items():
-        assert scored.p.keys() == there.scored[name].p.keys() and len(scored.y) == 140
-        assert all(np.array_equal(v, there.scored[name].p[k]) for k, v in scored.p.items())
-    assert replace(here.result, created="") == replace(there.result, created="")
+    perturbation, 140 images (two chunks); the session's local Ray stands in for the cluster (a command joined
+    to one uses it as it is), so this runs the command's whole path but for ray.init."""
+    a = save_detector(tmp_path / "a" / "custom_cnn.pth", size=40)
+    b = save_detector(tmp_path / "b" / "custom_cnn.pth", size=32, seed=4)
+    data = make_dataset(tmp_path / "data", n=70, size=40, splits=("x",)) / "x"
+    args = ["evaluate", "--model", str(a), "--model", str(b), str(data), "--perturb", "jpeg=75", "--resamples", "50"]
+    assert tune.cli.main([*args, "--out", str(tmp_path / "here")]) == 0
+    assert "as Ray tasks" not in capsys.readouterr().out
+    assert tune.cli.main([*args, "--out", str(tmp_path / "there"), "--address", "auto"]) == 0
+    assert "scoring 2 chunk(s) of up to 128 images as Ray tasks on the cluster" in capsys.readouterr().out
+    here, there = (json.loads((tmp_path / d / "evaluation.json").read_text()) for d in ("here", "there"))
+    assert here.pop("created") and there.pop("created")
+    assert here == there
+    assert (tmp_path / "here" / "scores.csv").read_text() == (tmp_path / "there" / "scores.csv").read_text()
+    assert len((tmp_path / "here" / "scores.csv").read_text().splitlines()) > 140  # every image scored

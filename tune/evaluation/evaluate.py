@@ -123,6 +123,8 @@ def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions:
     why: dict[int, str] = {}
     plain = [i for i, f in enumerate(files) if not needs_crops(f, models)]  # videos: scored one at a time below
     chunks = [[files[i] for i in plain[k:k + CHUNK]] for k in range(0, len(plain), CHUNK)]
+    if cluster:
+        log(f"scoring {len(chunks)} chunk(s) of up to {CHUNK} images as Ray tasks on the cluster")
     scored = score_chunks(models, chunks, conditions, BATCH, _prepare) if cluster else \
         _scored(chunks, models, conditions)
     for k, (good, probs, bad) in enumerate(scored):
