@@ -100,7 +100,8 @@ class Cluster(Executor):
         if kind is not None:
             import ray  # heavy: imported already (__init__)
 
-            for ref in self.refs:
+            _, running = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)  # not the finished (score_chunks)
+            for ref in running:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
 
@@ -148,10 +149,16 @@ def score_chunks(models: dict[str, LoadedModel], chunks: list[list[Path]], condi
     task = ray.remote(_score_chunk).options(num_cpus=max(1, min(threads, largest)), max_retries=MAX_RETRIES,
                                             name="score")
     refs = [task.remote(paths, [str(f) for f in chunk], conditions, threads, batch, prepare) for chunk in chunks]
+    fetched = 0
     try:
         for ref in refs:
-            yield ray.get(ref)
+            result = ray.get(ref)
+            fetched += 1
+            yield result
     finally:  # an interrupted evaluation leaves no task scoring for nobody
-        for ref in refs:
+        # Only the tasks not fetched: cancelling one whose result ray.get has just returned can race with Ray's own
+        # bookkeeping of its completion, and the driver aborted ("Tried to complete task that was not pending",
+        # task_manager.cc, Ray 2.60; seen once in the 2-node test)
+        for ref in refs[fetched:]:
             with contextlib.suppress(Exception):
                 ray.cancel(ref)
