@@ -97,7 +97,7 @@ class Cluster(Executor):
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:  # type: ignore[override]
         """Leaving by an exception (an interrupt, a failed retraining) cancels the other tasks: none trains on
         for a finalize that stopped."""
-        if kind is not None:
+        if kind is not None and self.refs:  # ray.wait refuses an empty list
             import ray  # heavy: imported already (__init__)
 
             _, running = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)  # not the finished (score_chunks)
