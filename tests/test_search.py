@@ -268,6 +268,8 @@ def test_two_node_cluster(tmp_path: Path) -> None:
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     finally:
         kill_marked(mark)
+    # finalize retrains on the cluster the search ran on (tests/test_finalize_cluster.py)
+    assert json.loads((tmp_path / "results" / "c" / "run.json").read_text())["address"] == f"127.0.0.1:{port}"
     nodes: dict[str, set[str]] = {}
     for f in (tmp_path / "results" / "c" / "trials" / "search").glob("*/result.json"):
         arch = f.parent.name.rsplit("_", 1)[0]

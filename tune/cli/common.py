@@ -100,7 +100,7 @@ def add_threads(p: argparse.ArgumentParser, help: str, *, default: int = 0) -> N
 
 
 def add_address(p: argparse.ArgumentParser, help: str) -> None:
-    """--address: an existing Ray cluster to use instead of a local Ray (search, serve)."""
+    """--address: an existing Ray cluster to use instead of a local Ray (search, serve, finalize, evaluate)."""
     p.add_argument("--address", help=help)
 
 

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tune.cli.common import add_model, add_out, add_run_flag, add_seed, add_skip_bad_images, add_storage, run_folder
+from tune.cli.common import (
+    add_address,
+    add_model,
+    add_out,
+    add_run_flag,
+    add_seed,
+    add_skip_bad_images,
+    add_storage,
+    run_folder,
+)
 from tune.core import UserError
 from tune.data.perturb import parse_perturb
 from tune.data.sources import find_sources
 from tune.evaluation.evaluate import evaluate, load_models
+from tune.evaluation.on_cluster import cluster_address, connected
 from tune.reports.campanel import plot_jobs
 from tune.reports.evaluation import render_markdown, write_outputs
 from tune.runs.files import EVALUATION
@@ -37,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_skip_bad_images(p)
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     add_seed(p, "bootstrap seed (default: %(default)s)")
+    add_address(p, "score on this Ray cluster (HOST:PORT or auto): each chunk of images a Ray task, the same numbers "
+                "as here; the models and DATA must be at the same paths on every node")
     p.set_defaults(func=run)
 
 
@@ -62,7 +75,10 @@ def run(a: argparse.Namespace) -> int:
             print(f"note: {note}")
     sources = find_sources(a.data)
     out = a.out or evaluation_folder(results_root(a.storage))
-    done = evaluate(models, sources, conditions, skip_bad=a.skip_bad_images, resamples=a.resamples, seed=a.seed)
+    address = cluster_address(a.address, None)
+    with connected(address) if address else contextlib.nullcontext():
+        done = evaluate(models, sources, conditions, skip_bad=a.skip_bad_images, resamples=a.resamples, seed=a.seed,
+                        cluster=bool(address))
     result = write_evaluation(out, done)
     print(render_markdown(result), end="")
     print(f"wrote {out}/evaluation.{{md,csv,json}}, scores.csv and {len(result.plots)} plot(s)")

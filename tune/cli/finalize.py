@@ -8,7 +8,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tune.cli.common import add_cache_gb, add_moved_data, add_run, add_seeds, add_storage, cache_budget, run_folder
+from tune.cli.common import (
+    add_address,
+    add_cache_gb,
+    add_moved_data,
+    add_run,
+    add_seeds,
+    add_storage,
+    cache_budget,
+    run_folder,
+)
 from tune.cli.evaluate import write_evaluation
 from tune.core import atomic_write_text, cache_root
 from tune.evaluation.finalize import FinalizeOptions, run_finalize
@@ -33,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_storage(p)
     add_moved_data(p)
     add_cache_gb(p)
+    add_address(p, "retrain on this Ray cluster (HOST:PORT or auto), each (model, seed) a Ray task with a trial's "
+                "resources; the run folder, data and caches must be at the same paths on every node (default: the "
+                "cluster the search ran on, as run.json records; `local`: this machine's processes)")
     p.add_argument("--extra-test", type=Path, nargs="+", metavar="DATA", help=(
                    "also evaluate the exported winners per source on these folders (as `evaluate`)"))
     p.add_argument("--pick", type=pick_rule, default="best", metavar="RULE", help=(
@@ -81,5 +93,5 @@ def run(a: argparse.Namespace) -> int:
     folder = run_folder(a)
     finalize(folder, FinalizeOptions(seeds=a.seeds, baseline=a.baseline, cache_dir=cache_root(),
                                      jobs=finalize_jobs(folder), extra_test=a.extra_test, data=a.data,
-                                     valid_extra=a.valid_extra, pick=a.pick))
+                                     valid_extra=a.valid_extra, pick=a.pick, address=a.address))
     return 0

@@ -27,6 +27,7 @@ from tune.core import UserError
 from tune.data.images import decode_rgb
 from tune.data.perturb import Condition, model_input, native
 from tune.data.sources import Scored, Source
+from tune.evaluation.on_cluster import score_chunks
 from tune.evaluation.panels import evaluation_panels
 from tune.evaluation.statistics import evaluation_statistics
 from tune.evaluation.video_scores import FileScores, needs_crops, score_file
@@ -98,27 +99,42 @@ def _prepared(chunks: list[list[Path]], conditions: list[Condition],
             yield current
 
 
+Chunk = tuple[list[int], dict[tuple[str, str], np.ndarray], dict[int, str]]  # positions, probabilities, failures
+
+
+def _scored(chunks: list[list[Path]], models: dict[str, LoadedModel], conditions: list[Condition]) -> Iterator[Chunk]:
+    """Each chunk scored here: its readable positions, each (model, condition)'s probabilities, why others failed."""
+    sizes = sorted({(m.image_size, m.resize) for m in models.values()})
+    for good, x, bad in _prepared(chunks, conditions, sizes):
+        yield good, ({(name, c.name): m.probabilities(x[c.name, (m.image_size, m.resize)], batch=BATCH)
+                      for name, m in models.items() for c in conditions} if good else {}), bad
+
+
 def score_all(sources: list[Source], models: dict[str, LoadedModel], conditions: list[Condition], *,
-              skip_bad: bool, log: Log) -> dict[str, Scored]:
+              skip_bad: bool, log: Log, cluster: bool = False) -> dict[str, Scored]:
     """Score every source; unreadable images are refused (all listed in one line) unless skip_bad.
 
-    All sources' files form one list cut into chunks, so batches stay full across source boundaries."""
+    All sources' files form one list cut into chunks, so batches stay full across source boundaries. `cluster`:
+    each chunk is a Ray task on the cluster joined (tune.evaluation.on_cluster), the same batches, so the same
+    numbers; videos (scored one file at a time) stay here."""
     t0 = time.perf_counter()
-    sizes = sorted({(m.image_size, m.resize) for m in models.values()})
     files = [f for s in sources for f in s.files]
     p = {(n, c.name): np.full(len(files), np.nan) for n in models for c in conditions}
     why: dict[int, str] = {}
     plain = [i for i, f in enumerate(files) if not needs_crops(f, models)]  # videos: scored one at a time below
     chunks = [[files[i] for i in plain[k:k + CHUNK]] for k in range(0, len(plain), CHUNK)]
-    for k, (good, x, bad) in enumerate(_prepared(chunks, conditions, sizes)):
+    if cluster:
+        log(f"scoring {len(chunks)} chunk(s) of up to {CHUNK} images as Ray tasks on the cluster")
+    scored = score_chunks(models, chunks, conditions, BATCH, _prepare) if cluster else \
+        _scored(chunks, models, conditions)
+    for k, (good, probs, bad) in enumerate(scored):
         at = plain[k * CHUNK:(k + 1) * CHUNK]
         why.update({at[i]: reason for i, reason in bad.items()})
         if not good:
             continue
         rows = np.asarray([at[i] for i in good])
-        for name, m in models.items():
-            for c in conditions:
-                p[name, c.name][rows] = m.probabilities(x[c.name, (m.image_size, m.resize)], batch=BATCH)
+        for key, v in probs.items():
+            p[key][rows] = v
     cropped = {}
     for i in sorted(set(range(len(files))) - set(plain)):
         try:
@@ -173,12 +189,13 @@ class Evaluated:
 
 
 def evaluate(models: list[LoadedModel], sources: list[Source], conditions: list[Condition], *,
-             skip_bad: bool = False, resamples: int = 1000, seed: int = 0, log: Log = print) -> Evaluated:
+             skip_bad: bool = False, resamples: int = 1000, seed: int = 0, log: Log = print,
+             cluster: bool = False) -> Evaluated:
     """Score, compute the tables' numbers and each model's Grad-CAM panel (on the clean images: parse_perturb's
     first condition). Every input problem is raised here, before anything is written (tune/cli/evaluate.py
     writes the folder)."""
     named = dict(zip(model_names(models), models))
-    scored = score_all(sources, named, conditions, skip_bad=skip_bad, log=log)
+    scored = score_all(sources, named, conditions, skip_bad=skip_bad, log=log, cluster=cluster)
     result = evaluation_statistics(named, sources, conditions, scored, resamples=resamples, seed=seed)
     framed = [s for s in sources if scored[s.name].frames is not None]
     if framed:  # both levels: the videos above, their frames here (each with its own mean over sources)

@@ -11,9 +11,11 @@ thresholds come from valid, and the shipped seed is the one with the best valid 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tune.core import UserError
 from tune.data.heldout import check_for_testing
@@ -23,6 +25,7 @@ from tune.data.sources import Source, find_sources
 from tune.evaluation.compare import compare_models
 from tune.evaluation.costs import add_costs
 from tune.evaluation.evaluate import Evaluated, evaluate, load_models
+from tune.evaluation.on_cluster import Cluster, cluster_address, connected, trial_resources
 from tune.evaluation.panels import Panel, finalize_panels
 from tune.evaluation.picking import export_picked, export_winners, record_pick
 from tune.evaluation.retrain import Candidate, Data, candidates, retrain
@@ -30,6 +33,7 @@ from tune.runs.files import Comparison
 from tune.runs.info import RunInfo, cache_dirs, load_heldout, load_train_valid, read_run, record_moved_data
 from tune.runs.layout import Run
 from tune.runs.pareto import PickRule
+from tune.training.records import ModelRecord
 
 Log = Callable[[str], None]
 
@@ -46,6 +50,7 @@ class FinalizeOptions:
     data: Path | None = None  # where the run's dataset root is now, if it moved
     valid_extra: list[Path] | None = None  # where its held-out validation sources are now, if they moved
     pick: PickRule | None = None  # which model is shipped in models/picked/ (None: best)
+    address: str | None = None  # a Ray cluster for the retrainings and the extra tests (None: run.json's, if any)
 
 
 @dataclass
@@ -75,7 +80,20 @@ def run_finalize(run_dir: Path, options: FinalizeOptions, *, log: Log = print) -
         f"{''.join(f'; held-out {h.split}: {len(h)}' for h in first.held_out)}; {info.threads} thread(s) per "
         "training, as the trials")
     _, features = cache_dirs(info, options.cache_dir)
-    records = retrain(info, cands, options.seeds, of, features, options.jobs, log)
+    address = cluster_address(options.address, info.meta.address)
+    with connected(address) if address else contextlib.nullcontext():
+        if address:
+            log(f"finalize: retraining on the Ray cluster at {address}; the run folder {info.run.path}, the data "
+                "and the caches must be at the same paths on every node")
+        cluster = Cluster(*trial_resources(info.space)) if address else None
+        records = retrain(info, cands, options.seeds, of, features, options.jobs, log, cluster)
+        return finish(info, cands, records, first, picked, extra, bool(address), log)
+
+
+def finish(info: RunInfo, cands: list[Candidate], records: dict[str, list[ModelRecord]],
+           first: Data, picked: dict[str, Any], extra: list[Source] | None, cluster: bool, log: Log) -> Finalized:
+    """Compare, cost, export and explain the retrained models; evaluate the winners on the extra test sets
+    (their scoring on the cluster when the retrainings ran there)."""
     test = first.test
     cmp = compare_models(info, cands, records, first.valid, test, picked)
     add_costs(info, cmp, log)
@@ -83,7 +101,8 @@ def run_finalize(run_dir: Path, options: FinalizeOptions, *, log: Log = print) -
     record_pick(info, picked)
     export_picked(info, cmp, records, picked)
     panels = finalize_panels(info.run, cmp, test, log)  # here: the test split is in memory only in this module
-    evaluation = evaluate(load_models(info.run.winners()), extra, [Condition()], log=log) if extra else None
+    evaluation = evaluate(load_models(info.run.winners()), extra, [Condition()], log=log,
+                          cluster=cluster) if extra else None
     return Finalized(info.run, cmp, panels, evaluation)
 
 

@@ -8,7 +8,9 @@ folder gets record.json last, so an interrupted finalize redoes only the seeds w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -134,9 +136,9 @@ def done_record(c: Candidate, seed: int, info: RunInfo, data: Data) -> ModelReco
 
 
 def retrain_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: Path | None,
-                 log: Log) -> ModelRecord:
+                 log: Log, node: str | None = None) -> ModelRecord:
     """Retrain one candidate with one seed, score valid and test (plain and flipped), save; reuse a finished
-    record of the same thing."""
+    record of the same thing. `node`: the Ray node it runs on, recorded (None: finalize's own machine)."""
     train, valid, test = data.train, data.valid, data.test
     out = info.run.finalize(c.name, seed)
     cfg = c.config.replace(seed=seed)
@@ -158,28 +160,34 @@ def retrain_seed(c: Candidate, seed: int, info: RunInfo, data: Data, features: P
                      valid_score=metric_value(result.best, info.metric),  # by the run's rule (mean_auc, ...)
                      threshold=threshold, threshold_rule=THRESHOLD_RULES[AT_VALID],
                      test={AT_HALF: binary_metrics(test.y, p_test, 0.5),
-                           AT_VALID: binary_metrics(test.y, p_test, threshold)})
+                           AT_VALID: binary_metrics(test.y, p_test, threshold)}, node_id=node)
     record.save(out / RECORD)  # last: its presence marks this seed as done
     return record
 
 
 def retrain(info: RunInfo, cands: list[Candidate], seeds: int, of: dict[str, Data], features: Path | None, jobs: int,
-            log: Log) -> dict[str, list[ModelRecord]]:
+            log: Log, cluster: Executor | None = None) -> dict[str, list[ModelRecord]]:
     """Every candidate's `seeds` retrainings (seeds info.seed..+seeds-1), reusing finished ones; `of` maps a
     candidate to the data of its resize mode. `jobs` > 1 retrains that many (model, seed) pairs at once in separate
-    processes, each with the trials' thread count, so the numbers are the same as sequentially, only sooner."""
+    processes, each with the trials' thread count, so the numbers are the same as sequentially, only sooner.
+    `cluster` (tune.evaluation.on_cluster.Cluster): each pending pair is a Ray task there instead."""
     threads_before = torch.get_num_threads()
     try:
         # Longest first: a long retraining started last would run alone at the end while the other slots idle.
         pending = sorted(((c, i) for c in cands for i in range(seeds)
                           if done_record(c, info.seed + i, info, of[c.name]) is None), key=lambda ci: -ci[0].trial_s)
-        if jobs > 1 and len(pending) > 1:
-            jobs = capped_jobs(jobs, len(pending), list({id(s): s for d in of.values() for s in d.all()}.values()),
-                               log)
+        if pending and (cluster is not None or (jobs > 1 and len(pending) > 1)):
+            if cluster is None:
+                jobs = capped_jobs(jobs, len(pending), list({id(s): s for d in of.values() for s in d.all()}.values()),
+                                   log)
+            else:
+                log(f"finalize: {len(pending)} retraining(s) as Ray tasks on the cluster")
             # Each job is sent the ImageSets pickled: the decoded cache's path, which it maps (tune/data/mapped.py).
             # An interrupt kills the workers at once; a rerun redoes the seeds without a record.json.
-            with worker_pool(jobs) as pool:
-                futures = {(c.name, i): pool.submit(retrain_seed, c, info.seed + i, info, of[c.name], features, print)
+            with cluster if cluster is not None else worker_pool(jobs) as pool:
+                # a Ray task passes its own log (tagged with the node) and node; a local worker prints
+                task = retrain_seed if cluster is not None else functools.partial(retrain_seed, log=print)
+                futures = {(c.name, i): pool.submit(task, c, info.seed + i, info, of[c.name], features)
                            for c, i in pending}
                 return {c.name: [futures[c.name, i].result() if (c.name, i) in futures else
                                  retrain_seed(c, info.seed + i, info, of[c.name], features, log)

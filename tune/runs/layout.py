@@ -162,6 +162,7 @@ class RunRecord:
     started: str = ""
     started_at: float | None = None
     resumed: str | None = None
+    address: str | None = None  # search --address: the Ray cluster it ran on, where finalize retrains too
     pick: dict[str, Any] | None = None  # finalize --pick: the rule and the trial it named (tune/evaluation/picking.py)
 
     @property

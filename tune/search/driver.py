@@ -200,7 +200,7 @@ def prepare(opts: SearchOptions, run: Run, old: RunRecord | None, space: SearchS
                         valid_extra=held_out or None),
         rule={"metric": space.metric, "mode": space.mode, "about": metric_description(space.metric)},
         weights=weight_notes, skipped=skipped, experiment=experiment_name(0), started_at=time.time(),
-        use_cache=opts.use_cache, versions=library_versions(), started=now)
+        use_cache=opts.use_cache, versions=library_versions(), started=now, address=opts.address)
     if old is not None:
         for split, s in (("train", train), ("valid", valid)):
             was = getattr(old.data, f"{split}_fingerprint")

@@ -88,6 +88,7 @@ class ModelRecord:
     metric: str | None = None
     valid_score: float | None = None
     test: dict[str, Any] | None = None  # {rule: binary_metrics} on the test split, read once
+    node_id: str | None = None  # the Ray node that retrained it, on a cluster (None: the finalize's own machine)
     # an exported winner (models/ARCH.json)
     arch: str | None = None
     chosen_by: str | None = None
