@@ -21,6 +21,7 @@ from conftest import TINY_SPACE, make_dataset, run_tiny_search
 
 from tune.cli import main
 from tune.runs.leaderboard import load_leaderboard
+from tune.search.snapshots import put_back
 
 pytestmark = pytest.mark.slow
 
@@ -139,12 +140,22 @@ def test_a_ray_snapshot_a_killed_copy_cut_short_is_one_line(made: Path, tmp_path
                                                             capsys: pytest.CaptureFixture[str],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray rewrites experiment_state-*.json in place when it copies it into the run folder: a kill mid-copy can
-    leave it cut short, and Ray keeps no older one. --resume says so in one line; reading the run still works."""
+    leave it cut short, and Ray keeps no older one. The search keeps a whole copy (.whole/, tune/search/snapshots.py)
+    and puts it back; without one (a run of an earlier version, or killed before the first copy) --resume says so
+    in one line, and reading the run still works."""
     top = copy_of(made, tmp_path / "top")
     monkeypatch.chdir(tmp_path)
     storage = ["--storage", str(top / "results")]
-    (state,) = (top / "results" / NAME / "trials").rglob("experiment_state-*.json")
-    state.write_text(state.read_text()[:100])
+    experiment = top / "results" / NAME / "trials" / "search"
+    (state,) = experiment.glob("experiment_state-*.json")
+    whole = state.read_text()
+    state.write_text(whole[:100])
+    assert "was cut short when the search was stopped; resuming from the whole one" in put_back(str(experiment))
+    assert json.loads(state.read_text())["trial_data"]  # whole again (the last step's copy: Ray's last but one)
+
+    state.write_text(whole[:100])
+    shutil.rmtree(experiment / ".whole")
+    assert put_back(str(experiment)) is None
     err = one_line(capsys, ["search", "--name", NAME, "--resume", *storage])
     assert state.name in err and "cut short" in err and "leaderboard" in err
     assert main(["leaderboard", NAME, *storage]) == 0

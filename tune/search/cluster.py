@@ -57,10 +57,20 @@ def start_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
     if not address:
         check_worker_paths(sys.executable, os.path.dirname(ray.__file__))
     term = signal.getsignal(signal.SIGTERM)
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     log_to_driver=False)
+    except (ConnectionError, TimeoutError, RuntimeError) as e:  # ray.init's own errors are these or bare Exception
+        raise UserError(f"Ray could not start {f'at {address}' if address else 'on this machine'}: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except Exception as e:  # noqa: BLE001 - Ray 2.60 raises a bare Exception when its node times out starting
+        if "timed out during startup" not in str(e):
+            raise
+        raise UserError(f"Ray could not start on this machine: {str(e).splitlines()[0]} (an overloaded machine "
+                        "starts Ray slowly; try again when it is less busy)") from None
     if threading.current_thread() is threading.main_thread():  # ray.init's SIGTERM handler exits on the spot,
         signal.signal(signal.SIGTERM, term)  # skipping the command's clean-up (tune.core.processes)
     return True
