@@ -149,9 +149,11 @@ def test_a_ray_snapshot_a_killed_copy_cut_short_is_one_line(made: Path, tmp_path
     experiment = top / "results" / NAME / "trials" / "search"
     (state,) = experiment.glob("experiment_state-*.json")
     whole = state.read_text()
+    assert put_back(str(experiment)) is None  # a search that ended: Ray's final snapshot, the kept copy's step
     state.write_text(whole[:100])
     assert "was cut short when the search was stopped; resuming from the whole one" in put_back(str(experiment))
-    assert json.loads(state.read_text())["trial_data"]  # whole again (the last step's copy: Ray's last but one)
+    assert json.loads(state.read_text()) == json.loads(whole)  # kept after Ray's final snapshot (on_experiment_end)
+    assert put_back(str(experiment)) is None
 
     state.write_text(whole[:100])
     shutil.rmtree(experiment / ".whole")

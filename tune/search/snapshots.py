@@ -2,8 +2,8 @@
 
 Ray writes its snapshot (experiment_state-*.json with the searcher's state beside it) into a staging folder on
 the driver, then copies that folder into the experiment's storage in a background thread, rewriting each file
-in place. A driver killed mid-copy leaves a snapshot cut short, or a whole one beside a searcher state of
-another round, and Ray keeps no older copy: found on a CI machine, where a SIGKILL tore it one run in a few.
+in place. A driver killed mid-copy leaves a snapshot cut short (or an older one than the driver had staged),
+and Ray keeps no other copy: found on a CI machine, where a SIGKILL tore it one run in a few.
 `KeepWhole` copies the staged set, which the driver has just written and nothing rewrites while callbacks run,
 to `.whole/` in the experiment folder: one set at a time, each complete before the older one goes.
 
@@ -34,8 +34,9 @@ SNAPSHOT = re.compile(r"(experiment_state|search_gen_state|searcher-state)-.*\.(
 
 
 def is_whole(name: str, data: bytes) -> bool:
-    """Whether a snapshot file's bytes are complete: JSON that parses, or a pickle ending in its STOP opcode."""
-    if name.endswith(".pkl"):
+    """Whether a snapshot file's bytes are complete: JSON that parses, or a pickle ending in its STOP opcode (Ray's
+    search_gen_state-*.json is a pickle too, whatever its name says)."""
+    if name.endswith(".pkl") or data.startswith(b"\x80"):  # pickle protocol 2 and later open with PROTO (0x80)
         return data.endswith(b".")
     try:
         json.loads(data)
@@ -45,11 +46,14 @@ def is_whole(name: str, data: bytes) -> bool:
 
 
 class KeepWhole(Callback):
-    """On the driver, after each step (Ray has just staged its snapshot): keep the staged set if it changed.
-    Ray pickles it with the experiment, so a resumed search keeps keeping."""
+    """On the driver, after each step (Ray has just staged its snapshot) and at the end (after Ray's final one):
+    keep the staged set if it changed. Ray pickles it with the experiment, so a resumed search keeps keeping."""
 
     def __init__(self) -> None:
         self.kept = 0  # the staged experiment_state's mtime (ns) last kept
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.on_step_end(0, trials)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if trials:
@@ -91,28 +95,43 @@ def _read(fs: pafs.FileSystem, path: str) -> bytes:
 
 def put_back(location: str) -> str | None:
     """Before --resume: put the kept set in place of the experiment's own snapshot files when those are torn or
-    older than it (the copy was in flight when the driver died). Returns why, or None when left as they were."""
+    older than it (the copy was in flight when the driver died). Older by Ray's step counter in the snapshot
+    (runner_data._iteration), not by file times, which a coarse filesystem clock blurs (a file written just after
+    the kept copy was seen dated before it). Returns why, or None when they were left as they were."""
     fs, root = filesystem(location)
     whole = [s for s in _sets(fs, posixpath.join(root, WHOLE))
              if fs.get_file_info(posixpath.join(s.path, DONE)).type == pafs.FileType.File]
     if not whole:
         return None
-    kept = whole[-1]
-    top = [i for i in fs.get_file_info(pafs.FileSelector(root)) if i.type == pafs.FileType.File
-           and SNAPSHOT.match(i.base_name)]
-    torn = [i.base_name for i in top if not is_whole(i.base_name, _read(fs, i.path))]
-    older = [i.base_name for i in top if i.mtime_ns is not None and i.mtime_ns < int(kept.base_name)]
-    if not torn and not older:
+    kept = {f.base_name: _read(fs, f.path) for f in fs.get_file_info(pafs.FileSelector(whole[-1].path))
+            if f.base_name != DONE}
+    top = {i.base_name: _read(fs, i.path) for i in fs.get_file_info(pafs.FileSelector(root))
+           if i.type == pafs.FileType.File and SNAPSHOT.match(i.base_name)}
+    torn = [name for name, data in top.items() if not is_whole(name, data)]
+    newest = max((n for n in kept if n.startswith("experiment_state")), default=None)
+    if newest is None:
         return None
-    for i in top:  # this round's files are rewritten below; another round's would mismatch the kept set
-        fs.delete_file(i.path)
-    for f in fs.get_file_info(pafs.FileSelector(kept.path)):
-        if f.base_name != DONE:
-            with fs.open_output_stream(posixpath.join(root, f.base_name)) as out:
-                out.write(_read(fs, f.path))
-    when = time.strftime("%H:%M:%S", time.localtime(int(kept.base_name) / 1e9))
-    cause = f"{torn[0]} was cut short" if torn else "its copy in the experiment folder was older"
+    if torn:
+        cause = f"{torn[0]} was cut short"
+    elif newest not in top or _step(top[newest]) < _step(kept[newest]):
+        cause = "its copy in the experiment folder was an older one"
+    else:  # as new as the kept one, or newer: Ray's final snapshot has the last step's counter, with trials ended
+        return None
+    for name in top:  # this round's files are rewritten below; another round's would mismatch the kept set
+        fs.delete_file(posixpath.join(root, name))
+    for name, data in kept.items():
+        with fs.open_output_stream(posixpath.join(root, name)) as out:
+            out.write(data)
+    when = time.strftime("%H:%M:%S", time.localtime(int(whole[-1].base_name) / 1e9))
     return f"Ray's snapshot: {cause} when the search was stopped; resuming from the whole one staged at {when}"
+
+
+def _step(data: bytes) -> int:
+    """Ray's step counter in an experiment snapshot: it grows with every step of one driver session."""
+    try:
+        return int(json.loads(data)["runner_data"]["_iteration"])
+    except (ValueError, KeyError, TypeError):
+        return -1
 
 
 def mend_checkpoints(location: str) -> list[str]:
