@@ -243,13 +243,15 @@ def test_two_node_cluster(tmp_path: Path) -> None:
     # A cluster is the user asking for more than loopback: undo the session's loopback-only setting.
     env, mark = marked_env(TUNE_CACHE_DIR=str(tmp_path / "cache"), RAY_AUTH_MODE="token",
                            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1")
-    ray_bin = str(Path(os.sys.executable).parent / "ray")
+    # Ray's CLI run by this interpreter, not by its script's shebang: under a path with a space the shebang names
+    # the .venv's own path, and the nodes' workers would die at start (tune/core/relaunch.py)
+    ray_bin = [os.sys.executable, "-m", "ray.scripts.scripts"]
     mem = ["--memory", str(2 * 1024**3), "--object-store-memory", str(300 * 1024**2)]
     try:
-        head = run([ray_bin, "start", "--head", "--num-cpus=1", f"--port={port}", "--include-dashboard=false",
+        head = run([*ray_bin, "start", "--head", "--num-cpus=1", f"--port={port}", "--include-dashboard=false",
                     "--disable-usage-stats", "--node-ip-address=127.0.0.1", *mem], env, timeout=120)
         assert head.returncode == 0, head.stderr[-2000:]
-        worker = run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+        worker = run([*ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
                       "--node-ip-address=127.0.0.1", *mem], env, timeout=120)
         assert worker.returncode == 0, worker.stderr[-2000:]
         # Wait until the head sees both nodes alive, or the first trials may all land on the head.
