@@ -2,11 +2,12 @@
 without any.
 
 Ray 2.60 starts Tune's and Serve's workers through `bash -c` with the interpreter's and its own worker script's
-paths unquoted: from "/home/me/my projects/deepfake-tune/.venv" every worker dies at start ("bash: line 1:
-/home/me/my: No such file or directory") and a search waits forever. Python keeps the path it was started by
-(sys.prefix is the link's, not the target's), so the same environment reached through a symlink whose path has no
-space gives Ray paths it can run. The command re-executes at once, before anything else: same process id, same
-arguments, same packages; its children (Ray's workers, subprocesses started with sys.executable) inherit the link.
+paths unquoted: from a .venv in "~/my projects/deepfake-tune" every worker dies at start (bash takes the path up
+to the space, "…/my", as the program) and a search waits forever. Python keeps the path it was started by
+(sys.prefix is the link's, not the target's), so the same environment reached through a symlink whose path has
+no space gives Ray paths it can run. The command re-executes at once, before anything else: same process id,
+same arguments, same packages; its children (Ray's workers, subprocesses started with sys.executable) inherit
+the link.
 
 The link lives in a folder of this user's own in the temporary directory, mode 0700 and checked, so nobody else
 can point it at another environment. Where that cannot be made, nothing happens, and Ray's start refuses in one
